@@ -1,0 +1,27 @@
+"""mmcompress: min-max task weighting and sparsity for compressing multi-task JAX networks.
+
+The core a user composes into their own JAX training loop:
+
+* `saddle_objective`: Σ_k w_k c_k L_k − (γ/2)‖w − 1/K‖², as a pure function;
+* `simplex_ascent`: the task weights' projected ascent, an optax transform;
+* `saddle_point`: one optax transform over ``{"params", "task_weights"}`` for both players;
+* `mmcompress.sparsity`: magnitude masks, `masked`, reweighted-ℓ1, dynamic sparse training;
+* `mmcompress.weighting`: equal, uncertainty, DWA and min-max behind one interface.
+"""
+from mmcompress import sparsity
+from mmcompress import weighting
+from mmcompress.minmax import SaddlePointState, SimplexAscentState, saddle_point, simplex_ascent
+from mmcompress.objective import equal_task_weights, saddle_objective
+from mmcompress.weighting import TaskWeighting
+
+__all__ = [
+    "SaddlePointState",
+    "SimplexAscentState",
+    "TaskWeighting",
+    "equal_task_weights",
+    "saddle_objective",
+    "saddle_point",
+    "simplex_ascent",
+    "sparsity",
+    "weighting",
+]

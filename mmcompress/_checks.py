@@ -1,0 +1,84 @@
+"""Argument checks shared by the public functions: each raises a ValueError naming the argument.
+
+Every public entry point validates its arguments with these before any compute starts, so
+that a mistake is reported as what to change rather than as a shape error deep inside jit.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+
+def sparsity(value: Any, name: str = "sparsity") -> float:
+  """Returns `value` as a float in [0, 1), or raises."""
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
+  if not 0.0 <= value < 1.0:
+    raise ValueError(
+        f"{name} must be in [0, 1) (0.975 prunes 97.5 % = 40x), got {value}.")
+  return value
+
+
+def non_negative(value: Any, name: str) -> float:
+  """Returns `value` as a finite float >= 0, or raises."""
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number >= 0, got {value!r}.") from None
+  if not (math.isfinite(value) and value >= 0.0):
+    raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+  return value
+
+
+def positive(value: Any, name: str) -> float:
+  """Returns `value` as a finite float > 0, or raises."""
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number > 0, got {value!r}.") from None
+  if not (math.isfinite(value) and value > 0.0):
+    raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+  return value
+
+
+def positive_int(value: Any, name: str) -> int:
+  """Returns `value` as an int >= 1, or raises."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+  return value
+
+
+def learning_rate(value: Any, name: str = "learning_rate") -> Any:
+  """Accepts a callable schedule as it is, or a float > 0."""
+  if callable(value):
+    return value
+  return positive(value, name)
+
+
+def one_of(value: Any, allowed: Sequence[str], name: str) -> str:
+  """Returns `value` if it is one of `allowed`, or raises listing them."""
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+  return value
+
+
+def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "params",
+                   is_leaf: Callable[[Any], bool] | None = None) -> None:
+  """Raises unless `tree` has the tree structure and leaf shapes of `reference`."""
+  struct, ref_struct = (jax.tree.structure(tree, is_leaf=is_leaf),
+                        jax.tree.structure(reference, is_leaf=is_leaf))
+  if struct != ref_struct:
+    raise ValueError(
+        f"{name} must have the tree structure of {reference_name}; got\n  {struct}\n"
+        f"for {reference_name}\n  {ref_struct}.")
+  for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf),
+                               jax.tree.leaves(reference, is_leaf=is_leaf)):
+    if getattr(leaf, "shape", None) != getattr(ref, "shape", None):
+      raise ValueError(
+          f"{name} at {jax.tree_util.keystr(path)} has shape {getattr(leaf, 'shape', None)}, "
+          f"but {reference_name} there has shape {getattr(ref, 'shape', None)}.")

@@ -1,0 +1,106 @@
+"""Every task weighting behind the one interface, against its paper's formula."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmcompress import saddle_point, weighting
+
+LOSSES = jnp.array([0.5, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("name", sorted(weighting.WEIGHTINGS))
+def test_objective_starts_at_the_mean_loss_and_weights_sum_to_one(name):
+  w = weighting.create(name)
+  task_params, task_state = w.init(3)
+  np.testing.assert_allclose(w.objective(LOSSES, task_params, task_state), LOSSES.mean(),
+                             rtol=1e-6)
+  weights = w.weights(task_params, task_state)
+  np.testing.assert_allclose(weights, np.full(3, 1 / 3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(weighting.WEIGHTINGS))
+def test_one_jitted_step_through_saddle_point(name):
+  """A trainer drives any weighting the same way; the model gets Σ_k w_k ∂L_k/∂W."""
+  w = weighting.create(name)
+  task_params, task_state = w.init(2)
+  tx = saddle_point(optax.sgd(0.1), w.tx)
+  targets = jnp.array([1.0, -2.0])
+
+  @jax.jit
+  def step(p, opt_state, task_state):
+    def objective(p):
+      losses = (p["params"] - targets) ** 2
+      return w.objective(losses, p["task_weights"], task_state), losses
+    grads, losses = jax.grad(objective, has_aux=True)(p)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, losses
+
+  p = {"params": jnp.zeros(2), "task_weights": task_params}
+  opt_state = tx.init(p)
+  for _ in range(3):
+    before = p
+    p, opt_state, losses = step(p, opt_state, task_state)
+    task_state = w.end_epoch(task_state, losses)
+  weights = w.weights(before["task_weights"], task_state)
+  assert np.all(np.isfinite(np.asarray(p["params"])))
+  assert abs(float(jnp.sum(weights)) - 1) < 1e-6
+
+
+def test_uncertainty_log_variances_descend_to_log_loss():
+  w = weighting.uncertainty(learning_rate=0.05)
+  log_vars, state = w.init(3)
+  opt_state = w.tx.init(log_vars)
+  grad = jax.jit(jax.grad(lambda s: w.objective(LOSSES, s, state)))
+  for _ in range(2000):
+    updates, opt_state = w.tx.update(grad(log_vars), opt_state, log_vars)
+    log_vars = optax.apply_updates(log_vars, updates)
+  np.testing.assert_allclose(log_vars, np.log(LOSSES), atol=1e-2)
+  # Effective weights ∝ exp(−s) = 1 / L: the task with the smallest loss weighs most.
+  np.testing.assert_allclose(w.weights(log_vars, state), (1 / LOSSES) / (1 / LOSSES).sum(),
+                             atol=1e-2)
+
+
+def test_dwa_weights_follow_the_loss_ratio_of_the_last_two_epochs():
+  w = weighting.dwa(temperature=2.0)
+  task_params, state = w.init(3)
+  epochs = [np.array([1.0, 2.0, 4.0]), np.array([0.9, 1.0, 4.0]), np.array([0.45, 1.0, 2.0])]
+  state = w.end_epoch(state, jnp.asarray(epochs[0]))
+  np.testing.assert_allclose(w.weights(task_params, state), np.full(3, 1 / 3), rtol=1e-6)
+  state = w.end_epoch(state, jnp.asarray(epochs[1]))
+  ratio = epochs[1] / epochs[0]
+  expected = np.exp(ratio / 2) / np.exp(ratio / 2).sum()
+  np.testing.assert_allclose(w.weights(task_params, state), expected, rtol=1e-6)
+  state = w.end_epoch(state, jnp.asarray(epochs[2]))
+  ratio = epochs[2] / epochs[1]
+  expected = np.exp(ratio / 2) / np.exp(ratio / 2).sum()
+  np.testing.assert_allclose(w.weights(task_params, state), expected, rtol=1e-6)
+  np.testing.assert_allclose(w.objective(LOSSES, task_params, state), expected @ LOSSES,
+                             rtol=1e-6)
+  # The weights are constants for the gradient: ∂/∂L is exactly the weights.
+  np.testing.assert_allclose(jax.grad(lambda l: w.objective(l, task_params, state))(LOSSES),
+                             expected, rtol=1e-6)
+
+
+def test_minmax_weighting_ascends_toward_the_largest_scaled_loss():
+  w = weighting.minmax(learning_rate=0.1, gamma=0.0, task_scales=[1.0, 1.0, 4.0])
+  task_weights, state = w.init(3)
+  grad = jax.grad(lambda tw: w.objective(LOSSES, tw, state))(task_weights)
+  np.testing.assert_allclose(grad, LOSSES * jnp.array([1.0, 1.0, 4.0]), rtol=1e-6)
+  updates, _ = w.tx.update(grad, w.tx.init(task_weights), task_weights)
+  new_w = optax.apply_updates(task_weights, updates)
+  assert int(jnp.argmax(new_w)) == 2  # 4 × 1.0 beats 2.0: scales decide what "worst" means
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: weighting.create("gradnorm"), "weighting"),
+    (lambda: weighting.dwa(temperature=0.0), "temperature"),
+    (lambda: weighting.minmax(gamma=-1.0), "gamma"),
+    (lambda: weighting.minmax(learning_rate=0.0), "learning_rate"),
+    (lambda: weighting.minmax(task_scales=[1.0, -1.0]), "task_scales"),
+    (lambda: weighting.equal().init(0), "num_tasks"),
+])
+def test_bad_inputs(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
