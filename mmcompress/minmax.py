@@ -94,9 +94,11 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
     if params.ndim != 1:
       raise ValueError(
           f"simplex_ascent acts on a (K,) vector of task weights, got shape {params.shape}.")
-    zero = jnp.zeros([], jnp.int32)
-    return SimplexAscentState(count=zero, num_ascents=zero, grad_sum=jnp.zeros_like(params),
-                              num_summed=zero, num_skipped=zero)
+    # Distinct arrays, not one shared zero: a donating jit rejects aliased buffers.
+    zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
+    return SimplexAscentState(count=zero(), num_ascents=zero(),
+                              grad_sum=jnp.zeros_like(params), num_summed=zero(),
+                              num_skipped=zero())
 
   def update_fn(updates: jax.Array, state: SimplexAscentState,
                 params: jax.Array | None = None) -> tuple[jax.Array, SimplexAscentState]:

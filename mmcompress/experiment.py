@@ -1,0 +1,169 @@
+"""The multi-task compression comparison: a dense reference and every weighting, over seeds.
+
+`run(config, workdir)` validates the config before any compute, refuses a workdir that holds
+a run with another config, then trains (resuming whatever a previous, interrupted call left),
+and writes the report, plots, TensorBoard events and compressed models into `workdir`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from mmcompress import _checks, report as report_lib, weighting
+from mmcompress.data import digits
+from mmcompress.models import create_model
+from mmcompress.train import parallel, run as run_lib, stages as stages_lib
+
+METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the field for any config that cannot run."""
+  _checks.one_of(config.task_set, digits.TASK_SETS, "config.task_set")
+  for method in config.methods:
+    _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
+  if not config.methods:
+    raise ValueError("config.methods is empty: name at least one of "
+                     f"{list(weighting.WEIGHTINGS)}.")
+  stages_lib.check_stage_order(config.stages)
+  _checks.sparsity(config.sparsity, "config.sparsity")
+  _checks.one_of(config.scope, ("layer", "global"), "config.scope")
+  if config.structure not in ("unstructured", "filter") and ":" not in str(config.structure):
+    raise ValueError("config.structure must be 'unstructured', 'filter' or an 'n:m' pattern "
+                     f"such as '2:4', got {config.structure!r}.")
+  _checks.positive_int(config.batch_size, "config.batch_size")
+  _checks.positive_int(config.eval_batch_size, "config.eval_batch_size")
+  _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
+  if not config.seeds:
+    raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
+  for stage in stages_lib.TRAINING_STAGES:
+    if stage in config.stages and config.epochs[stage] < 1:
+      raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
+  stages_lib.make_weighting("minmax", config, 1)  # checks the min-max knobs
+  stages_lib.base_optimizer(config.optimizer, 1)
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the config in `workdir`, or raises if it holds a run with a different one."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != current:
+      keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+      details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
+      raise ValueError(
+          f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
+          "or rerun with the same config to resume it.")
+    return
+  run_lib.write_json_atomically(path, current)
+
+
+class Progress:
+  """Prints a line per finished epoch of a stage; quiet when CI=true or when asked."""
+
+  def __init__(self, quiet: bool, writer_dir: str):
+    self.quiet = quiet
+    self.writer_dir = writer_dir
+    self._writers = {}
+
+  def __call__(self, run_name: str, method: str, seed: int, stage: str, epoch: int,
+               record: dict) -> None:
+    del method, seed
+    writer = self._writer(run_name)
+    for k, loss in enumerate(record["train_loss"]):
+      writer.add_scalar(f"{stage}/train_loss/task{k}", loss, epoch)
+    for k, metric in enumerate(record["val_metric"]):
+      writer.add_scalar(f"{stage}/val_metric/task{k}", metric, epoch)
+    for k, w in enumerate(record["task_weights"]):
+      writer.add_scalar(f"{stage}/task_weight/task{k}", w, epoch)
+    writer.flush()
+    if not self.quiet:
+      metrics = " ".join(f"{m:.3f}" for m in record["val_metric"])
+      print(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
+            f"w {' '.join(f'{w:.2f}' for w in record['task_weights'])}", flush=True)
+
+  def _writer(self, run_name: str):
+    if run_name not in self._writers:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writers[run_name] = SummaryWriter(os.path.join(self.writer_dir, run_name))
+    return self._writers[run_name]
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        on_checkpoint: Callable[[str, int], None] | None = None) -> dict:
+  """Runs the whole comparison described by `config` in `workdir` and returns the report.
+
+  Args:
+    config: see ``experiments/configs/digits.py`` for the fields.
+    workdir: where checkpoints, results, the report and the models go; rerunning the same
+      config on the same workdir resumes.
+    on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
+  """
+  validate(config)
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.data_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  check_workdir(config, workdir)
+  started = time.time()
+  data = digits.load_multidigits(config.task_set, seed=config.data_seed)
+  model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
+  quiet = config.quiet or os.environ.get("CI", "").lower() == "true"
+  progress = Progress(quiet, os.path.join(workdir, "tensorboard"))
+  exp = run_lib.Experiment(config=config, data=data, model=model, mesh=mesh, workdir=workdir,
+                           log=progress, on_checkpoint=on_checkpoint)
+  per_seed = []
+  try:
+    for seed in config.seeds:
+      dense_result, *dense_final = run_lib.run_dense(exp, seed)
+      methods = {}
+      for method in config.methods:
+        shared = tuple(dense_final) if config.share_pretraining else None
+        methods[method] = run_lib.run_method(exp, method, seed, shared)
+        if not quiet:
+          print(f"seed {seed} {method}: test {methods[method]['metrics']}", flush=True)
+      per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
+  finally:
+    progress.close()
+  notes = [
+      f"Data: MultiDigits '{config.task_set}' ({describe_counts(data)}), model {config.model}.",
+      f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
+      ("Methods share the dense pretraining of each seed (equal weighting), which is also "
+       "the dense reference." if config.share_pretraining else
+       "Each method pretrains under its own weighting; the dense reference is equal-weighted."),
+      "Model selection: best mean validation loss over the epochs of the last stage; "
+      "test metrics are of that model.",
+  ]
+  report = report_lib.build_report(
+      per_seed, tasks=list(data.task_names),
+      higher_is_better={t: k == digits.CLASSIFICATION
+                        for t, k in zip(data.task_names, data.task_kinds)},
+      metric_names={t: METRIC_NAMES[k] for t, k in zip(data.task_names, data.task_kinds)},
+      target_sparsity=config.sparsity,
+      extra={"notes": notes, "config": json.loads(config.to_json())})
+  paths = report_lib.write(report, workdir)
+  elapsed = time.time() - started
+  print(open(paths["report.md"]).read() if "report.md" in paths else "", flush=True)
+  print(f"(this call took {elapsed:.0f} s; training resumes from checkpoints, so a resumed "
+        "call is shorter than a full run)", file=sys.stderr)
+  return report
+
+
+def describe_counts(data: Any) -> str:
+  return (f"{data.train.images.shape[0]} train / {data.val.images.shape[0]} val / "
+          f"{data.test.images.shape[0]} test images")
+

@@ -1,0 +1,60 @@
+"""Checkpoints of a stage: the whole `TrainState` plus a JSON record of the host-side history.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a kill
+during a save leaves the previous checkpoints intact and no half-written latest one. A
+checkpoint that is complete but unreadable (a truncated or damaged file) is detected when
+restoring: the manager warns and falls back to the newest readable one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class StageCheckpoints:
+  """The checkpoints of one stage of one run, in `directory`.
+
+  Args:
+    directory: where the stage keeps its checkpoints.
+    max_to_keep: how many to keep (>= 2, so that a damaged latest has a fallback).
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep),
+                                             enable_async_checkpointing=False,
+                                             create=True))
+
+  def save(self, step: int, state: Any, record: dict) -> None:
+    """Saves `state` (a pytree of arrays) and `record` (JSON) as checkpoint `step`."""
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     record=ocp.args.JsonSave(record)),
+                       force=True)
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, like: Any) -> tuple[Any, dict] | None:
+    """The newest readable checkpoint as ``(state, record)``, or None if there is none.
+
+    Args:
+      like: a pytree of `jax.ShapeDtypeStruct` (with shardings) to restore into.
+    """
+    abstract = like
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                          record=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["record"])
+      except Exception as error:  # pylint: disable=broad-except
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one.",
+                        step, self.directory, type(error).__name__, error)
+    return None
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,265 @@
+"""Training one stage: epochs of jitted steps, validation, model selection, checkpoints.
+
+The position in the data is a pure function of (seed, stage, step): each epoch's order is a
+permutation drawn from ``(seed, stage, epoch)``, so a stage resumed from the checkpoint of
+step s replays exactly the batches an uninterrupted run would have seen. Host-side history
+(per-epoch losses, validation metrics, task weights, the selected epoch) is saved with the
+state, so a resumed run writes the same report as one that never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmcompress import sparsity
+from mmcompress.train import parallel
+from mmcompress.train.checkpoint import StageCheckpoints
+from mmcompress.train.step import CLASSIFICATION, TrainState
+from mmcompress.weighting import TaskWeighting
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A task loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+  """What a stage needs besides its state (all static, none of it checkpointed).
+
+  Attributes:
+    name: the stage's name.
+    index: its position in the pipeline (decorrelates the data order of stages).
+    seed: the run's seed.
+    epochs: how many epochs it trains.
+    batch_size: the global batch size.
+    train, val: the splits (objects with `images`, `targets`, `task_mask` NumPy arrays).
+    task_names, task_kinds: per task.
+    weighting: the task weighting.
+    train_step, eval_step: from `mmcompress.train.step`.
+    mesh: the data mesh.
+    eval_batch_size: rows per evaluation call.
+    checkpoint_every: save every this many steps (and at the end of the stage).
+    directory: where the stage keeps its checkpoints.
+    log: called with (stage, epoch, record of that epoch) at the end of each epoch.
+    on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
+  """
+  name: str
+  index: int
+  seed: int
+  epochs: int
+  batch_size: int
+  train: Any
+  val: Any
+  task_names: Sequence[str]
+  task_kinds: Sequence[str]
+  weighting: TaskWeighting
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+  mesh: jax.sharding.Mesh
+  eval_batch_size: int
+  checkpoint_every: int
+  directory: str
+  log: Callable[[str, int, dict], None] | None = None
+  on_checkpoint: Callable[[str, int], None] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return steps_per_epoch(self.train.images.shape[0], self.batch_size)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch (the last partial batch is dropped)."""
+  if num_examples < batch_size:
+    raise ValueError(f"batch_size={batch_size} is larger than the {num_examples} training "
+                     "examples: use a smaller batch_size.")
+  return num_examples // batch_size
+
+
+def batch_indices(seed: int, stage_index: int, step: int, num_examples: int,
+                  batch_size: int) -> np.ndarray:
+  """The training examples of global step `step` of a stage: a pure function."""
+  per_epoch = num_examples // batch_size
+  epoch, position = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, stage_index, epoch]).permutation(num_examples)
+  return order[position * batch_size:(position + 1) * batch_size]
+
+
+def host_batch(split: Any, indices: np.ndarray) -> dict:
+  """This process's rows of the global batch `indices`."""
+  per_process = len(indices) // jax.process_count()
+  start = jax.process_index() * per_process
+  mine = indices[start:start + per_process]
+  return {"images": split.images[mine], "targets": split.targets[mine],
+          "task_mask": split.task_mask[mine]}
+
+
+def evaluate(eval_step: Callable[..., Any], params: Any, model_state: Any, split: Any,
+             task_kinds: Sequence[str], mesh: jax.sharding.Mesh, batch_size: int
+             ) -> dict[str, list[float]]:
+  """Per-task metrics over a whole split, accumulated as sums (padding counts for nothing).
+
+  Returns:
+    ``{"loss": [...], "metric": [...]}``: mean loss and the task's metric (accuracy for
+    classification, mean absolute error for regression), one entry per task.
+  """
+  parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
+  num = split.images.shape[0]
+  totals = None
+  for start in range(0, num, batch_size):
+    rows = np.arange(start, min(start + batch_size, num))
+    pad = batch_size - len(rows)
+    batch = {"images": split.images[rows], "targets": split.targets[rows],
+             "task_mask": split.task_mask[rows]}
+    if pad:
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    sums = eval_step(params, model_state, parallel.shard_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.tree.map(np.asarray, totals)
+  count = np.maximum(totals["count"], 1.0)
+  metric = [float(totals["correct"][k] / count[k]) if kind == CLASSIFICATION
+            else float(totals["abs_err"][k] / count[k]) for k, kind in enumerate(task_kinds)]
+  return {"loss": [float(v) for v in totals["loss"] / count], "metric": metric}
+
+
+def selection_score(val: dict) -> float:
+  """Lower is better: the unweighted mean validation loss, the same for every method."""
+  return float(np.mean(val["loss"]))
+
+
+def snapshot(state: TrainState) -> dict:
+  """What model selection keeps of a state: parameters, statistics, and the masks.
+
+  A copy: the training step donates the state's buffers, the snapshot must outlive them.
+  """
+  masks = sparsity.find_masks(state.opt_state)
+  if masks is None:
+    masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), state.params)
+  return jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state,
+                                 "masks": masks})
+
+
+def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) -> None:
+  if not pending:
+    return
+  losses = np.asarray(jnp.stack(pending))
+  bad = ~np.isfinite(losses)
+  if bad.any():
+    row, task = np.argwhere(bad)[0]
+    raise NonFiniteLossError(
+        f"stage {ctx.name!r}: the loss of task {ctx.task_names[task]!r} is {losses[row, task]} "
+        f"at step {first_step + row + 1}. The last good checkpoint in {ctx.directory} is kept; "
+        "lower the learning rate or check the data, then rerun the same command.")
+
+
+def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
+  """Trains one stage from `state`, resuming from its checkpoints if it has any.
+
+  Returns:
+    ``(best, record)``: the snapshot of the epoch with the best validation score, and the
+    stage's record (per-epoch history, the selected epoch). The stage's final state is the
+    last checkpoint in ``ctx.directory`` (read it with `final_state`).
+  """
+  per_epoch = ctx.steps_per_epoch
+  total = ctx.epochs * per_epoch
+  checkpoints = StageCheckpoints(ctx.directory)
+  num_tasks = len(ctx.task_names)
+  restored = checkpoints.restore_latest(abstract_carry(state, num_tasks, ctx.mesh))
+  carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
+  record = {"stage": ctx.name, "epochs": [], "best_epoch": None, "best_score": None,
+            "done": False}
+  if restored is not None:
+    carry, record = restored
+    carry = parallel.replicate(carry, ctx.mesh)
+    logging.info("stage %s: resuming at step %d of %d", ctx.name, int(carry["state"].step),
+                 total)
+  step = int(carry["state"].step)
+  pending, pending_from = [], step
+  try:
+    while step < total:
+      indices = batch_indices(ctx.seed, ctx.index, step, ctx.train.images.shape[0],
+                              ctx.batch_size)
+      batch = parallel.shard_batch(host_batch(ctx.train, indices), ctx.mesh)
+      carry["state"], losses = ctx.train_step(carry["state"], batch)
+      carry["loss_sum"] = carry["loss_sum"] + losses
+      pending.append(losses)
+      step += 1
+      if step % per_epoch == 0:
+        _check_finite(pending, pending_from, ctx)
+        pending, pending_from = [], step
+        carry, epoch_record = _end_epoch(ctx, carry, step // per_epoch - 1, record)
+        record["epochs"].append(epoch_record)
+        if ctx.log:
+          ctx.log(ctx.name, epoch_record["epoch"], epoch_record)
+      if step % ctx.checkpoint_every == 0 or step == total:
+        _check_finite(pending, pending_from, ctx)
+        pending, pending_from = [], step
+        record["done"] = step == total
+        checkpoints.save(step, carry, record)
+        if ctx.on_checkpoint:
+          ctx.on_checkpoint(ctx.name, step)
+    if total == 0 and not record["done"]:
+      record["done"] = True
+      checkpoints.save(0, carry, record)
+  finally:
+    checkpoints.close()
+  return carry["best"], record
+
+
+def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
+               ) -> tuple[dict, dict]:
+  state = carry["state"]
+  train_loss = carry["loss_sum"] / ctx.steps_per_epoch
+  task_state = ctx.weighting.end_epoch(state.task_state, train_loss)
+  state = state.replace(task_state=parallel.replicate(task_state, ctx.mesh))
+  val = evaluate(ctx.eval_step, state.params, state.model_state, ctx.val, ctx.task_kinds,
+                 ctx.mesh, ctx.eval_batch_size)
+  weights = ctx.weighting.weights(state.task_params, state.task_state)
+  score = selection_score(val)
+  epoch_record = {"epoch": epoch, "train_loss": [float(v) for v in np.asarray(train_loss)],
+                  "val_loss": val["loss"], "val_metric": val["metric"],
+                  "task_weights": [float(v) for v in np.asarray(weights)], "score": score}
+  best = carry["best"]
+  if record["best_score"] is None or score < record["best_score"]:
+    record["best_score"], record["best_epoch"] = score, epoch
+    best = snapshot(state)
+  return {"state": state, "best": best,
+          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, epoch_record
+
+
+def initial_carry(state: TrainState, num_tasks: int) -> dict:
+  """What a stage checkpoints: the state, the selected snapshot, the epoch's loss sums."""
+  return {"state": state, "best": snapshot(state),
+          "loss_sum": jnp.zeros((num_tasks,), jnp.float32)}
+
+
+def abstract_carry(state: TrainState, num_tasks: int, mesh: jax.sharding.Mesh) -> Any:
+  """Shapes, dtypes and (replicated) shardings of `initial_carry`, for restoring."""
+  shapes = jax.eval_shape(lambda s: initial_carry(s, num_tasks), state)
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      shapes)
+
+
+def final_state(directory: str, like: Any) -> tuple[TrainState, dict, dict] | None:
+  """The last checkpoint of a finished stage as ``(state, best, record)``, or None.
+
+  Args:
+    directory: the stage's checkpoint folder.
+    like: `abstract_carry` of the stage's starting state.
+  """
+  checkpoints = StageCheckpoints(directory)
+  try:
+    restored = checkpoints.restore_latest(like)
+  finally:
+    checkpoints.close()
+  if restored is None or not restored[1].get("done"):
+    return None
+  carry, record = restored
+  return carry["state"], carry["best"], record

@@ -1,0 +1,199 @@
+"""One run: a task weighting taken through the stages of the pipeline, for one seed.
+
+The dense reference of a seed is the ``pretrain`` stage under equal weighting. With
+``config.share_pretraining`` every method starts its compression stages from that same dense
+model (the reference runs every stage under the method's own weighting; sharing saves a third
+of the compute and makes the seeds exactly paired); without it each method pretrains under
+its own weighting. A stage hands its *final* state to the next; the model a run reports is
+the best-validation epoch of its last training stage. A finished run writes ``result.json``
+and is not run again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmcompress import export, saddle_point, sparsity
+from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
+from mmcompress.weighting import TaskWeighting
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What every run of an experiment shares (static, not checkpointed)."""
+  config: ml_collections.ConfigDict
+  data: Any
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  workdir: str
+  log: Callable[[str, str, int, str, int, dict], None] | None = None
+  on_checkpoint: Callable[[str, int], None] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return loop.steps_per_epoch(self.data.train.images.shape[0], self.config.batch_size)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  """Writes JSON through a temporary file and a rename: a kill leaves old or new, never half."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def init_variables(exp: Experiment, seed: int) -> tuple[Any, Any]:
+  """The model's freshly initialised (params, other collections) for `seed`."""
+  images = jnp.zeros((1,) + exp.data.train.images.shape[1:], jnp.float32)
+  variables = exp.model.init(jax.random.key(seed), images, train=False)
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def create_train_state(params: Any, model_state: Any, weighting: TaskWeighting,
+                       tx: Any, num_tasks: int, rng: jax.Array) -> step_lib.TrainState:
+  """A stage's starting state: fresh optimizer and task weighting around given weights."""
+  task_params, task_state = weighting.init(num_tasks)
+  opt_state = tx.init({"params": params, "task_weights": task_params})
+  state = step_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                              model_state=model_state, task_params=task_params,
+                              task_state=task_state, opt_state=opt_state,
+                              rng=jax.random.key_data(rng))
+  # Transforms may alias one array in several leaves of their state (a shared zero); the
+  # donating step needs every leaf in a buffer of its own.
+  return jax.tree.map(jnp.copy, state)
+
+
+def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
+           params: Any, model_state: Any, masks: Any = None) -> tuple[Any, dict, dict]:
+  """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
+  cfg, data = exp.config, exp.data
+  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
+  descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks)
+  tx = saddle_point(descent, weighting.tx)
+  rng = jax.random.fold_in(jax.random.key(seed), index)
+  # The step donates the state's buffers; the caller's arrays (shared by every method's
+  # stages when pretraining is shared) must survive it.
+  params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+  state = create_train_state(params, model_state, weighting, tx, len(data.task_names), rng)
+  if stage == "sparse":  # dynamic sparse training starts from its initial masks
+    state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+  directory = os.path.join(exp.workdir, run_name, stage)
+
+  def log(stage_name, epoch, record):
+    if exp.log:
+      exp.log(run_name, method, seed, stage_name, epoch, record)
+
+  ctx = loop.StageContext(
+      name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
+      train=data.train, val=data.val, task_names=data.task_names, task_kinds=data.task_kinds,
+      weighting=weighting,
+      train_step=step_lib.make_train_step(exp.model, weighting, tx, data.task_kinds, exp.mesh),
+      eval_step=make_eval(exp), mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
+      checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
+      on_checkpoint=exp.on_checkpoint)
+  like = loop.abstract_carry(state, len(data.task_names), exp.mesh)
+  loop.train_stage(ctx, state)
+  final = loop.final_state(directory, like)
+  assert final is not None, f"stage {stage} of {run_name} finished without a final checkpoint"
+  return final
+
+
+def make_eval(exp: Experiment) -> Callable[..., Any]:
+  return step_lib.make_eval_step(exp.model, exp.data.task_kinds, exp.mesh)
+
+
+def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
+            compressed: bool) -> dict:
+  """Test metrics, measured sparsity and the compressed export of a run's selected model."""
+  cfg, data = exp.config, exp.data
+  params = jax.device_get(best["params"])
+  masks = jax.device_get(best["masks"])
+  evaluate = make_eval(exp)
+  test = loop.evaluate(evaluate, best["params"], best["model_state"], data.test,
+                       data.task_kinds, exp.mesh, cfg.eval_batch_size)
+  val = loop.evaluate(evaluate, best["params"], best["model_state"], data.val,
+                      data.task_kinds, exp.mesh, cfg.eval_batch_size)
+  stats = sparsity.summary(params, masks)
+  result = {
+      "metrics": dict(zip(data.task_names, test["metric"])),
+      "val_metrics": dict(zip(data.task_names, val["metric"])),
+      "sparsity": stats["sparsity"],
+      "compression_ratio": stats["compression_ratio"],
+      "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],
+      "selected": {"stage": records[-1]["stage"], "epoch": records[-1]["best_epoch"]},
+  }
+  if compressed:
+    os.makedirs(os.path.join(exp.workdir, "models"), exist_ok=True)
+    path = os.path.join(exp.workdir, "models", f"{run_name.replace('/', '_')}.npz")
+    result["export"] = export.save(path, params, masks)
+    result["export"]["path"] = os.path.relpath(path, exp.workdir)
+    restored = export.load(path)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                        restored, jax.tree.map(np.asarray, sparsity.apply_masks(params, masks)))
+    result["export"]["round_trip_exact"] = all(jax.tree.leaves(same))
+  return result
+
+
+def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
+  """The dense reference of `seed`; returns (result, final params, final model state)."""
+  run_name = f"seed{seed}/dense"
+  params, model_state = init_variables(exp, seed)
+  state, best, record = _train(exp, run_name, "equal", "pretrain", 0, seed, params, model_state)
+  result = _cached(exp, run_name, lambda: _finish(exp, run_name, best, [record], False))
+  return result, state.params, state.model_state
+
+
+def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] | None) -> dict:
+  """Takes `method` through ``config.stages`` for `seed` and returns its result."""
+  cfg = exp.config
+  run_name = f"seed{seed}/{method}"
+  path = os.path.join(exp.workdir, run_name, "result.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  pipeline = list(cfg.stages)
+  if dense is not None and pipeline[0] == "pretrain":
+    params, model_state = dense
+    pipeline = pipeline[1:]
+  else:
+    params, model_state = init_variables(exp, seed)
+  masks, best, records = None, None, []
+  for index, stage in enumerate(cfg.stages):
+    if stage not in pipeline:
+      continue
+    if stage == "prune":
+      masks = sparsity.magnitude_masks(params, cfg.sparsity, structure=cfg.structure,
+                                       scope=cfg.scope)
+      params = sparsity.apply_masks(params, masks)
+      continue
+    state, best, record = _train(exp, run_name, method, stage, index, seed, params,
+                                 model_state, masks)
+    params, model_state = state.params, state.model_state
+    records.append(record)
+  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, records, True))
+
+
+def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
+  path = os.path.join(exp.workdir, run_name, "result.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  result = compute()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_json_atomically(path, result)
+  logging.info("%s: %s", run_name, result["metrics"])
+  return result

@@ -1,0 +1,105 @@
+"""The compression stages and the optimizer each one trains with, driven by a config.
+
+``pretrain`` (dense) → ``reweight`` (reweighted-ℓ1) → ``prune`` (magnitude masks to the
+target) → ``retrain`` (masked), or ``sparse`` (dynamic sparse training from scratch), as in
+Guo et al. (ISCAS 2024; Neurocomputing 2025). A training stage differs from another only in
+the descent transform it wraps around the base optimizer; the task weighting's transform is
+the same in every stage.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import optax
+
+from mmcompress import _checks, sparsity, weighting as weighting_lib
+
+STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")
+TRAINING_STAGES = ("pretrain", "reweight", "retrain", "sparse")
+# What may come directly before each stage (None: it must come first).
+_MAY_FOLLOW = {
+    "pretrain": (None,),
+    "reweight": ("pretrain",),
+    "prune": ("pretrain", "reweight"),
+    "retrain": ("prune",),
+    "sparse": (None,),
+}
+
+
+def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
+  """Raises unless `stages` is a pipeline that can run, naming the first misplaced stage."""
+  stages = tuple(stages)
+  if not stages:
+    raise ValueError("stages is empty: use e.g. ('pretrain', 'reweight', 'prune', 'retrain') "
+                     "or ('sparse',).")
+  previous = None
+  for stage in stages:
+    _checks.one_of(stage, STAGES, "stage")
+    if previous not in _MAY_FOLLOW[stage]:
+      allowed = [p for p in _MAY_FOLLOW[stage] if p] or ["nothing: it must come first"]
+      raise ValueError(
+          f"stages {list(stages)} cannot run: {stage!r} must follow {allowed}, not "
+          f"{previous!r}.")
+    previous = stage
+  return stages
+
+
+def base_optimizer(config: ml_collections.ConfigDict, total_steps: int
+                   ) -> optax.GradientTransformation:
+  """The model's optimizer for one stage: SGD with momentum or Adam, decay, schedule."""
+  name = _checks.one_of(config.name, ("sgd", "adam"), "optimizer.name")
+  lr = _checks.positive(config.learning_rate, "optimizer.learning_rate")
+  schedule_name = _checks.one_of(config.schedule, ("constant", "cosine"), "optimizer.schedule")
+  schedule = (optax.cosine_decay_schedule(lr, max(total_steps, 1))
+              if schedule_name == "cosine" else optax.constant_schedule(lr))
+  if name == "sgd":
+    opt = optax.sgd(schedule, momentum=config.momentum or None)
+  else:
+    opt = optax.adam(schedule)
+  decay = _checks.non_negative(config.weight_decay, "optimizer.weight_decay")
+  return optax.chain(optax.add_decayed_weights(decay), opt) if decay else opt
+
+
+def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                      masks: Any = None) -> optax.GradientTransformation:
+  """The descent half of `saddle_point` for a training stage."""
+  total_steps = config.epochs[stage] * steps_per_epoch
+  base = base_optimizer(config.optimizer, total_steps)
+  if stage == "pretrain":
+    return base
+  if stage == "reweight":
+    rw = config.reweight
+    every = rw.refresh_every_epochs * steps_per_epoch if rw.refresh_every_epochs else None
+    return optax.chain(sparsity.add_reweighted_l1(rw.penalty, eps=rw.eps, refresh_every=every),
+                       base)
+  if stage == "retrain":
+    if masks is None:
+      raise ValueError("the retrain stage needs masks from a prune stage before it.")
+    return sparsity.masked(base, masks)
+  if stage == "sparse":
+    dyn = config.dynamic
+    end_step = int(dyn.end_fraction * total_steps) or None
+    return sparsity.dynamic_sparse(
+        base, sparsity=config.sparsity, update_every=dyn.update_every_epochs * steps_per_epoch,
+        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=0)
+  raise ValueError(f"{stage!r} is not a training stage; training stages are "
+                   f"{list(TRAINING_STAGES)}.")
+
+
+def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch: int
+                   ) -> weighting_lib.TaskWeighting:
+  """The task weighting `name`, with its knobs from the config."""
+  _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "weighting")
+  if name == "minmax":
+    mm = config.minmax
+    every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
+    return weighting_lib.minmax(
+        mm.learning_rate, gamma=mm.gamma, task_scales=tuple(mm.task_scales) or None,
+        geometry=mm.geometry, every=steps_per_epoch if every == "epoch" else 1)
+  if name == "uncertainty":
+    return weighting_lib.uncertainty(config.uncertainty.learning_rate)
+  if name == "dwa":
+    return weighting_lib.dwa(config.dwa.temperature)
+  return weighting_lib.equal()
