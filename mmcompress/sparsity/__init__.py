@@ -1,0 +1,31 @@
+"""Sparsity for JAX models: magnitude masks, masked training, reweighted ℓ1, dynamic sparsity.
+
+Everything here composes into a user's own optax loop:
+
+>>> masks = magnitude_masks(params, 0.975)                         # doctest: +SKIP
+>>> opt = masked(optax.sgd(0.1, momentum=0.9), masks)              # doctest: +SKIP
+>>> opt = optax.chain(add_reweighted_l1(1e-4), optax.sgd(0.1))     # doctest: +SKIP
+>>> opt = dynamic_sparse(optax.sgd(0.1), sparsity=0.99,            # doctest: +SKIP
+...                      update_every=100, grow_fraction=0.003)
+"""
+from __future__ import annotations
+
+from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
+from mmcompress.sparsity.masked_training import MaskedState, masked
+from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks
+from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
+from mmcompress.sparsity.stats import find_masks, summary
+
+__all__ = [
+    "DynamicSparseState",
+    "MaskedState",
+    "ReweightedL1State",
+    "add_reweighted_l1",
+    "apply_masks",
+    "default_include",
+    "dynamic_sparse",
+    "find_masks",
+    "magnitude_masks",
+    "masked",
+    "summary",
+]

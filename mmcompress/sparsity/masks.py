@@ -1,0 +1,285 @@
+"""Magnitude pruning masks: which weights to keep, and which leaves may be pruned at all.
+
+The masks are boolean pytrees with the structure and shapes of the parameters (True = keep).
+Every count is exact and every tie is broken in a documented order, so that "97.5 % sparsity"
+means exactly `floor(0.975 * n + 0.5)` zeros, reproducibly, on any backend.
+
+References:
+  Han, Pool, Tran & Dally, "Learning both Weights and Connections for Efficient Neural
+  Networks", NeurIPS 2015 (unstructured magnitude pruning).
+  Li, Kadav, Durdanovic, Samet & Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017
+  (filter pruning by norm).
+  Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, 2021
+  (N:M fine-grained structured sparsity, e.g. 2:4).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mmcompress import _checks
+
+IncludeFn = Callable[[tuple[Any, ...], Any], bool]
+
+_STRUCTURES_HELP = ("'unstructured', 'filter' or an 'n:m' pattern such as '2:4' "
+                    "(integers with 1 <= n < m)")
+_NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def _key_name(key: Any) -> str:
+  """The human name of one entry of a jax key path."""
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def path_name(path: tuple[Any, ...]) -> str:
+  """A '/'-joined name for a jax key path, e.g. "trunk/Dense_0/kernel" ("" for the root)."""
+  return "/".join(_key_name(key) for key in path)
+
+
+def _rank(leaf: Any) -> int:
+  return len(getattr(leaf, "shape", jnp.shape(leaf)))
+
+
+def default_include(path: tuple[Any, ...], leaf: Any) -> bool:
+  """Whether a parameter leaf is prunable by default.
+
+  Kernels (rank >= 2) of the shared network are prunable; biases and normalisation scales
+  (rank < 2) are not, nor is anything inside a module whose key-path name contains "head"
+  (case-insensitive), because the task-specific prediction heads stay dense (METHOD.md §2).
+  Every entry of the path, the leaf's own name included, is checked, so a trunk module named
+  e.g. "MultiHeadAttention_0" is excluded too; pass your own `include` when that matters.
+
+  Args:
+    path: the leaf's jax key path (a tuple of `DictKey`, `GetAttrKey`, `SequenceKey`, ...),
+      as given by `jax.tree_util.tree_map_with_path`.
+    leaf: the parameter array (or anything with a `.shape`).
+
+  Returns:
+    True when the leaf should be pruned.
+  """
+  if _rank(leaf) < 2:
+    return False
+  return not any("head" in _key_name(key).lower() for key in path)
+
+
+def resolve_include(include: IncludeFn | None) -> IncludeFn:
+  """Returns `include`, or `default_include` for None; raises if it is not callable."""
+  if include is None:
+    return default_include
+  if not callable(include):
+    raise ValueError(
+        f"include must be None or a callable (path, leaf) -> bool, got {include!r}.")
+  return include
+
+
+def prunable_flags(params: Any, include: IncludeFn) -> Any:
+  """A tree of Python bools: which leaves of `params` `include` selects."""
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: bool(include(path, leaf)), params)
+
+
+def prune_count(fraction: float, n: int) -> int:
+  """`floor(fraction * n + 0.5)`: the number of entries (or filters) pruned out of n."""
+  return int(math.floor(fraction * n + 0.5))
+
+
+def parse_structure(structure: Any) -> tuple[str, int, int]:
+  """Returns (kind, n, m) for a structure string, kind in {unstructured, filter, n:m}."""
+  if structure in ("unstructured", "filter"):
+    return structure, 0, 0
+  match = _NM_PATTERN.match(structure) if isinstance(structure, str) else None
+  if match is None:
+    raise ValueError(f"structure must be {_STRUCTURES_HELP}, got {structure!r}.")
+  n, m = int(match.group(1)), int(match.group(2))
+  if not 1 <= n < m:
+    raise ValueError(
+        f"structure {structure!r} is not a valid n:m pattern: need integers 1 <= n < m "
+        f"(e.g. '2:4' keeps 2 of every 4), got n={n}, m={m}.")
+  return "n:m", n, m
+
+
+def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
+  """A bool vector that is False at the k smallest entries of the 1-D `scores`.
+
+  A stable ascending sort breaks ties by index: among equal scores the lower index is
+  dropped first. `k` is a static Python int.
+  """
+  keep = jnp.ones(scores.shape, dtype=bool)
+  if k == 0:
+    return keep
+  order = jnp.argsort(scores, stable=True)
+  return keep.at[order[:k]].set(False)
+
+
+def _filter_norms(leaf: jax.Array) -> jax.Array:
+  """ℓ2 norm of each output filter (the last axis), over all other axes."""
+  leaf = jnp.asarray(leaf)
+  if leaf.ndim == 0:
+    return jnp.abs(leaf).reshape(1)
+  return jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(leaf.ndim - 1))))
+
+
+def _filter_mask(keep_filters: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  if not shape:
+    return keep_filters.reshape(())
+  return jnp.broadcast_to(keep_filters, shape)
+
+
+def _n_m_mask(leaf: jax.Array, n: int, m: int) -> jax.Array:
+  """Keeps the n largest |w| of every m consecutive entries along axis -2."""
+  magnitude = jnp.abs(jnp.swapaxes(jnp.asarray(leaf), -2, -1))
+  groups = magnitude.reshape(magnitude.shape[:-1] + (magnitude.shape[-1] // m, m))
+  # The rank of each entry within its group in a stable ascending sort: the m - n lowest
+  # ranks (smallest magnitude, lower index first among ties) are pruned.
+  ranks = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1, stable=True)
+  keep = (ranks >= m - n).reshape(magnitude.shape)
+  return jnp.swapaxes(keep, -2, -1)
+
+
+def magnitude_masks(params: Any,
+                    sparsity: float | None,
+                    *,
+                    structure: str = "unstructured",
+                    scope: str = "layer",
+                    include: IncludeFn | None = None) -> Any:
+  """Boolean keep-masks that prune the smallest-magnitude weights.
+
+  Exact counts and tie-breaks:
+
+  * "unstructured", scope "layer": a prunable leaf of n entries gets exactly
+    `floor(sparsity * n + 0.5)` zeros (round half up, computed with Python floats). The
+    entries are ranked by a stable ascending sort of |w| and the first k are pruned, so the
+    kept entries are exactly the largest magnitudes and, among equal magnitudes, the entry
+    with the lower flattened (row-major) index is pruned first.
+  * "unstructured", scope "global": all prunable leaves are ranked together and
+    `floor(sparsity * N + 0.5)` zeros are placed over their N entries in total; ties go first
+    to the earlier leaf in `jax.tree.leaves` order, then to the lower index.
+  * "filter": the output filters are the slices along the last axis (Flax Dense kernel
+    (in, out), Conv kernel (h, w, in, out)), ranked by their ℓ2 norm over all other axes.
+    Per layer, `floor(sparsity * n_filters + 0.5)` whole filters are pruned; globally the raw
+    norms of all filters of all prunable leaves are ranked together and
+    `floor(sparsity * total_filters + 0.5)` filters are pruned, so global filter sparsity
+    is counted in filters, not in weights. Ties as above.
+  * "n:m" (e.g. "2:4"): in every group of m consecutive entries along the input axis
+    (axis -2), the n largest |w| are kept (ties: lower index pruned first). `sparsity` may be
+    None; a number must equal 1 - n/m. `scope` is ignored.
+
+  Works on concrete arrays and under `jax.jit` (all counts are static, from shapes).
+
+  Args:
+    params: a pytree of arrays.
+    sparsity: the fraction in [0, 1) of prunable weights (or filters) to zero; may be None
+      for an n:m structure.
+    structure: "unstructured", "filter" or an "n:m" pattern such as "2:4".
+    scope: "layer" (each leaf pruned to the target on its own) or "global".
+    include: `(path, leaf) -> bool` choosing the prunable leaves; `default_include` if None.
+
+  Returns:
+    A pytree of bool arrays with the structure and shapes of `params`, True where a weight is
+    kept; leaves that are not prunable get all-True masks.
+
+  >>> params = {"Dense_0": {"kernel": jnp.arange(8.0).reshape(2, 4), "bias": jnp.ones(4)}}
+  >>> masks = magnitude_masks(params, 0.5)
+  >>> int(masks["Dense_0"]["kernel"].sum()), bool(masks["Dense_0"]["bias"].all())
+  (4, True)
+  """
+  kind, n, m = parse_structure(structure)
+  include = resolve_include(include)
+  scope = _checks.one_of(scope, ("layer", "global"), "scope")
+  if kind == "n:m":
+    if sparsity is not None:
+      value = _checks.sparsity(sparsity)
+      if abs(value - (1.0 - n / m)) > 1e-9:
+        raise ValueError(
+            f"sparsity must be None or 1 - n/m = {1.0 - n / m} for structure {structure!r}, "
+            f"got {value}.")
+  else:
+    sparsity = _checks.sparsity(sparsity)
+
+  flags = prunable_flags(params, include)
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+  flag_leaves = treedef.flatten_up_to(flags)
+
+  if kind == "n:m":
+    for (path, leaf), prunable in zip(leaves_with_path, flag_leaves):
+      if not prunable:
+        continue
+      shape = jnp.shape(leaf)
+      if len(shape) < 2:
+        raise ValueError(
+            f"structure {structure!r} groups entries along axis -2, but the prunable leaf "
+            f"{path_name(path)!r} has shape {shape}; exclude it with `include`.")
+      if shape[-2] % m:
+        raise ValueError(
+            f"structure {structure!r} needs axis -2 of every prunable leaf divisible by m={m}; "
+            f"leaf {path_name(path)!r} has shape {shape} (axis -2 = {shape[-2]}).")
+
+  out = []
+  if kind == "n:m":
+    for (_, leaf), prunable in zip(leaves_with_path, flag_leaves):
+      out.append(_n_m_mask(leaf, n, m) if prunable else jnp.ones(jnp.shape(leaf), bool))
+  elif scope == "layer":
+    for (_, leaf), prunable in zip(leaves_with_path, flag_leaves):
+      shape = jnp.shape(leaf)
+      if not prunable:
+        out.append(jnp.ones(shape, bool))
+      elif kind == "unstructured":
+        scores = jnp.abs(jnp.asarray(leaf)).reshape(-1)
+        out.append(keep_all_but_smallest(scores, prune_count(sparsity, scores.size))
+                   .reshape(shape))
+      else:
+        norms = _filter_norms(leaf)
+        out.append(_filter_mask(keep_all_but_smallest(norms, prune_count(sparsity, norms.size)),
+                                shape))
+  else:
+    out = _global_masks([leaf for _, leaf in leaves_with_path], flag_leaves, kind, sparsity)
+  return jax.tree.unflatten(treedef, out)
+
+
+def _global_masks(leaves: list[Any], flags: list[bool], kind: str,
+                  sparsity: float) -> list[jax.Array]:
+  """Masks for one ranking over all prunable leaves together (leaf order, then index)."""
+  if kind == "unstructured":
+    scores = [jnp.abs(jnp.asarray(leaf)).reshape(-1) for leaf, f in zip(leaves, flags) if f]
+  else:
+    scores = [_filter_norms(leaf) for leaf, f in zip(leaves, flags) if f]
+  out = []
+  if scores:
+    dtype = jnp.result_type(*scores)
+    all_scores = jnp.concatenate([s.astype(dtype) for s in scores])
+    keep = keep_all_but_smallest(all_scores, prune_count(sparsity, all_scores.size))
+    offsets = [0]
+    for s in scores:
+      offsets.append(offsets[-1] + s.size)
+    pieces = iter(keep[start:stop] for start, stop in zip(offsets[:-1], offsets[1:]))
+  for leaf, prunable in zip(leaves, flags):
+    shape = jnp.shape(leaf)
+    if not prunable:
+      out.append(jnp.ones(shape, bool))
+    elif kind == "unstructured":
+      out.append(next(pieces).reshape(shape))
+    else:
+      out.append(_filter_mask(next(pieces), shape))
+  return out
+
+
+def apply_masks(params: Any, masks: Any) -> Any:
+  """Sets the masked-out entries of `params` to exactly zero.
+
+  Args:
+    params: a pytree of arrays.
+    masks: a pytree of bool arrays with the structure and shapes of `params` (True = keep).
+
+  Returns:
+    `params` with `jnp.where(mask, p, 0)` applied leaf by leaf (dtypes preserved).
+  """
+  _checks.same_structure(masks, params, "masks")
+  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))),
+                      params, masks)
