@@ -1,0 +1,178 @@
+"""The trainer: data parallelism, checkpoints and resumption, and its refusals."""
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import digits as digits_config
+from mmcompress import experiment
+from mmcompress.data import digits
+from mmcompress.models import create_model
+from mmcompress.train import checkpoint, loop, parallel, run as run_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  config = digits_config.get_config("quick")
+  with config.unlocked():
+    config.methods = ("equal", "minmax")
+    config.model_kwargs.hidden = (32,)
+    config.epochs.pretrain, config.epochs.reweight, config.epochs.retrain = 2, 1, 2
+    config.checkpoint_every_steps = 7
+    config.quiet = True
+    for key, value in overrides.items():
+      target = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        target = target[p]
+      target[leaf] = value
+  return config
+
+
+def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
+  config = config or tiny_config()
+  data = data or digits.load_multidigits(config.task_set, seed=config.data_seed)
+  model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
+  return run_lib.Experiment(config=config, data=data, model=model, mesh=parallel.data_mesh(),
+                            workdir=str(workdir), on_checkpoint=on_checkpoint)
+
+
+def probe(devices: int, batch_size: int = 64) -> subprocess.CompletedProcess:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_probe.py"),
+                         str(batch_size)], env=env, capture_output=True, text=True,
+                        cwd=ROOT, timeout=300)
+
+
+def test_one_and_eight_devices_give_the_same_losses_and_task_weights():
+  one, eight = probe(1), probe(8)
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert eight.returncode == 0, eight.stderr[-2000:]
+  one, eight = json.loads(one.stdout.splitlines()[-1]), json.loads(eight.stdout.splitlines()[-1])
+  assert (one["devices"], eight["devices"]) == (1, 8)
+  assert "data" in eight["batch_sharding"]
+  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=2e-5)
+  np.testing.assert_allclose(eight["task_weights"], one["task_weights"], rtol=2e-5)
+  assert not np.allclose(one["task_weights"], 0.25)  # the ascent did move them
+  np.testing.assert_allclose(eight["kernel_sum"], one["kernel_sum"], rtol=2e-5)
+  assert eight["kernel_zeros"] == one["kernel_zeros"] > 0
+
+
+def test_batch_size_not_divisible_by_device_count_is_refused():
+  result = probe(8, batch_size=60)
+  assert result.returncode != 0
+  assert "batch_size=60 is not divisible by the 8 devices" in result.stderr
+
+
+class Interrupt(Exception):
+  pass
+
+
+def interrupt_after(count):
+  seen = []
+
+  def on_checkpoint(stage, step):
+    seen.append((stage, step))
+    if len(seen) == count:
+      raise Interrupt(f"interrupted after checkpoint {stage}/{step}")
+  return on_checkpoint
+
+
+def leaves_equal(a, b):
+  return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
+  whole = run_lib.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
+  for stop_at in (1, 4):  # inside pretrain; inside retrain, after stage changes
+    workdir = tmp_path / f"cut{stop_at}"
+    with pytest.raises(Interrupt):
+      run_lib.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_after(stop_at)),
+                         "minmax", 0, None)
+    assert not (workdir / "seed0" / "minmax" / "result.json").exists()
+    resumed = run_lib.run_method(tiny_experiment(workdir), "minmax", 0, None)
+    assert resumed == whole
+  assert whole["sparsity"] == pytest.approx(0.975, abs=1e-3)
+  assert whole["export"]["round_trip_exact"]
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  exp = tiny_experiment(tmp_path)
+  run_lib.run_dense(exp, 0)
+  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  steps = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
+  assert len(steps) >= 2
+  for f in (stage_dir / str(steps[-1]) / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
+      f.write_bytes(b"\0" * 7)
+  params, _ = run_lib.init_variables(exp, 0)
+  weighting = run_lib.stages_lib.make_weighting("equal", exp.config, exp.steps_per_epoch)
+  tx = run_lib.saddle_point(
+      run_lib.stages_lib.descent_transform("pretrain", exp.config, exp.steps_per_epoch),
+      weighting.tx)
+  state = run_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
+  like = loop.abstract_carry(state, 4, exp.mesh)
+  ckpts = checkpoint.StageCheckpoints(str(stage_dir))
+  with caplog.at_level(logging.WARNING):
+    restored = ckpts.restore_latest(like)
+  ckpts.close()
+  assert restored is not None
+  carry, record = restored
+  assert int(carry["state"].step) == steps[-2]
+  assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
+  config = tiny_config(checkpoint_every_steps=1)
+  data = digits.load_multidigits(config.task_set, seed=config.data_seed)
+  # Poison one training image that the third step draws first.
+  num, batch = data.train.num_examples, config.batch_size
+  seen = set(loop.batch_indices(0, 0, 0, num, batch)) | set(loop.batch_indices(0, 0, 1, num, batch))
+  poisoned = next(int(i) for i in loop.batch_indices(0, 0, 2, num, batch) if i not in seen)
+  first = 2
+  images = data.train.images.copy()
+  images[poisoned] = np.nan
+  bad = data.train._replace(images=images)
+  data = digits.MultiTaskData(data.task_set, data.task_names, data.task_kinds, data.num_outputs,
+                              bad, data.val, data.test)
+  task = data.task_names[int(np.argmax(bad.task_mask[poisoned]))]
+  with pytest.raises(loop.NonFiniteLossError, match=f"task '{task}'.*at step {first + 1}"):
+    run_lib.run_dense(tiny_experiment(tmp_path, config, data), 0)
+  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  saved = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == first  # the last good step is kept, nothing after it
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"methods": ("equal", "gradnorm")}, "config.methods"),
+    ({"structure": "blocks"}, "config.structure"),
+    ({"stages": ("pretrain", "finetune")}, "stage"),
+    ({"stages": ("pretrain", "retrain")}, "'retrain' must follow \\['prune'\\]"),
+    ({"stages": ("reweight", "prune", "retrain")}, "'reweight' must follow"),
+    ({"sparsity": 1.0}, "config.sparsity"),
+    ({"sparsity": -0.5}, "config.sparsity"),
+    ({"minmax.gamma": -1.0}, "gamma"),
+    ({"minmax.every": "hour"}, "minmax.every"),
+    ({"optimizer.name": "lion"}, "optimizer.name"),
+    ({"seeds": ()}, "config.seeds"),
+])
+def test_bad_configs_fail_before_any_compute(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    experiment.validate(tiny_config(**overrides))
+
+
+def test_a_workdir_with_another_config_is_refused(tmp_path):
+  experiment.check_workdir(tiny_config(), str(tmp_path))
+  experiment.check_workdir(tiny_config(), str(tmp_path))  # the same config resumes
+  with pytest.raises(ValueError, match=r"different config \(sparsity: 0.975 there, 0.99 now"):
+    experiment.check_workdir(tiny_config(sparsity=0.99), str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["sparsity"] == 0.975  # never overwritten
