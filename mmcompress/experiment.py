@@ -157,7 +157,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       extra={"notes": notes, "config": json.loads(config.to_json())})
   paths = report_lib.write(report, workdir)
   elapsed = time.time() - started
-  print(open(paths["report.md"]).read() if "report.md" in paths else "", flush=True)
+  with open(paths["markdown"]) as f:
+    print(f.read(), flush=True)
   print(f"(this call took {elapsed:.0f} s; training resumes from checkpoints, so a resumed "
         "call is shorter than a full run)", file=sys.stderr)
   return report
