@@ -1,0 +1,137 @@
+"""Tests of MultiDigits: disjoint stratified splits, determinism, task targets and masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import datasets
+
+from mmcompress.data import CLASSIFY_GROUPS
+from mmcompress.data import describe
+from mmcompress.data import load_multidigits
+
+NUM_IMAGES = 1797
+
+
+@pytest.fixture(scope="module")
+def raw():
+  return datasets.load_digits()
+
+
+@pytest.fixture(scope="module", params=["classify", "mixed"])
+def data(request):
+  return load_multidigits(request.param, seed=3)
+
+
+def test_splits_are_disjoint_and_cover_every_image(data):
+  indices = [data.train.index, data.val.index, data.test.index]
+  assert sum(i.size for i in indices) == NUM_IMAGES
+  assert np.unique(np.concatenate(indices)).size == NUM_IMAGES
+  for a in range(3):
+    for b in range(a + 1, 3):
+      assert not np.intersect1d(indices[a], indices[b]).size
+
+
+def test_split_arrays_match_their_source_images(data, raw):
+  for split in (data.train, data.val, data.test):
+    n = split.num_examples
+    assert split.images.shape == (n, 8, 8, 1) and split.images.dtype == np.float32
+    assert split.targets.shape == (n, data.num_tasks) and split.targets.dtype == np.float32
+    assert split.task_mask.shape == (n, data.num_tasks) and split.task_mask.dtype == bool
+    np.testing.assert_array_equal(split.images[..., 0],
+                                  (raw.images[split.index] / 16).astype(np.float32))
+    assert split.images.min() >= 0.0 and split.images.max() <= 1.0
+
+
+def test_split_is_stratified_by_digit(raw):
+  data = load_multidigits(seed=1, val_fraction=0.2, test_fraction=0.3)
+  for digit in range(10):
+    n = int(np.sum(raw.target == digit))
+    assert np.sum(raw.target[data.test.index] == digit) == round(0.3 * n)
+    assert np.sum(raw.target[data.val.index] == digit) == round(0.2 * n)
+
+
+def test_same_seed_same_arrays_other_seed_other_split():
+  first, again, other = (load_multidigits("mixed", seed=s) for s in (7, 7, 8))
+  for name in ("train", "val", "test"):
+    for a, b in zip(getattr(first, name), getattr(again, name)):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(first.test.index, other.test.index)
+  assert first.test.num_examples == other.test.num_examples
+
+
+def test_classify_one_task_per_image_with_its_documented_group(raw):
+  data = load_multidigits("classify", seed=0)
+  assert data.task_names == ("g0_0_6", "g1_1_5_8_9", "g2_2_3", "g3_4_7")
+  assert data.task_kinds == ("classification",) * 4
+  assert data.num_outputs == tuple(len(g) for g in CLASSIFY_GROUPS)
+  assert sorted(d for g in CLASSIFY_GROUPS for d in g) == list(range(10))
+  for split in (data.train, data.val, data.test):
+    np.testing.assert_array_equal(split.task_mask.sum(axis=1), 1)
+    digits = raw.target[split.index]
+    for k, group in enumerate(CLASSIFY_GROUPS):
+      rows = split.task_mask[:, k]
+      assert set(digits[rows]) == set(group)
+      labels = split.targets[rows, k]
+      assert labels.min() >= 0 and labels.max() <= data.num_outputs[k] - 1
+      # Labels are the digit's position in its increasing group: 0..c-1 in digit order.
+      np.testing.assert_array_equal(labels, [group.index(d) for d in digits[rows]])
+      assert not split.targets[~rows, k].any()
+
+
+def test_mixed_tasks_on_every_image(raw):
+  data = load_multidigits("mixed", seed=0)
+  assert data.task_names == ("digit", "parity", "ink")
+  assert data.task_kinds == ("classification", "classification", "regression")
+  assert data.num_outputs == (10, 2, 1)
+  for split in (data.train, data.val, data.test):
+    assert split.task_mask.all()
+    digits = raw.target[split.index]
+    np.testing.assert_array_equal(split.targets[:, 0], digits)
+    np.testing.assert_array_equal(split.targets[:, 1], digits % 2)
+
+
+def test_mixed_ink_is_standardised_on_train(raw):
+  data = load_multidigits("mixed", seed=5)
+  ink = data.train.targets[:, 2].astype(np.float64)
+  assert abs(ink.mean()) < 1e-5 and abs(ink.std() - 1.0) < 1e-5
+  # The same affine map of the mean intensity on every split.
+  intensity = (raw.images / 16).mean(axis=(1, 2))
+  mean, std = intensity[data.train.index].mean(), intensity[data.train.index].std()
+  for split in (data.val, data.test):
+    np.testing.assert_allclose(split.targets[:, 2], (intensity[split.index] - mean) / std,
+                               rtol=1e-5, atol=1e-5)
+  assert abs(data.test.targets[:, 2].mean()) < 0.5  # Same distribution, not trained on.
+
+
+def test_describe_counts_per_task():
+  data = load_multidigits("classify", seed=0)
+  text = describe(data)
+  lines = text.splitlines()
+  assert len(lines) == 2 + data.num_tasks
+  for k, name in enumerate(data.task_names):
+    row = lines[2 + k].split()
+    assert row[0] == name and row[1] == "classification"
+    assert [int(c) for c in row[2:]] == [
+        data.num_outputs[k],
+        *(int(s.task_mask[:, k].sum()) for s in (data.train, data.val, data.test))]
+
+
+@pytest.mark.parametrize("task_set", ["cifar", "", None])
+def test_unknown_task_set_lists_the_known_ones(task_set):
+  with pytest.raises(ValueError, match=r"\['classify', 'mixed'\]"):
+    load_multidigits(task_set)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"val_fraction": 0.0}, {"val_fraction": 0.5}, {"test_fraction": -0.1},
+    {"test_fraction": 0.7}, {"test_fraction": "0.2"}, {"val_fraction": True},
+])
+def test_fraction_outside_open_interval_is_rejected(kwargs):
+  with pytest.raises(ValueError, match=r"\(0, 0.5\)"):
+    load_multidigits(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_bad_seed_is_rejected(seed):
+  with pytest.raises(ValueError, match="seed"):
+    load_multidigits(seed=seed)
