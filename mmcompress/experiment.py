@@ -154,7 +154,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                         for t, k in zip(data.task_names, data.task_kinds)},
       metric_names={t: METRIC_NAMES[k] for t, k in zip(data.task_names, data.task_kinds)},
       target_sparsity=config.sparsity,
-      extra={"notes": notes, "config": json.loads(config.to_json())})
+      extra={"notes": notes})
+  report["config"] = json.loads(config.to_json())
   paths = report_lib.write(report, workdir)
   elapsed = time.time() - started
   with open(paths["markdown"]) as f:

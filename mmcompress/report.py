@@ -361,6 +361,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _extra_lines(extra: Mapping[str, Any]) -> list[str]:
   lines = []
   for key, value in extra.items():
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+      lines += [f"- {v}" for v in value]
+      continue
     if isinstance(value, (dict, list)):
       value = "`" + json.dumps(value, sort_keys=True) + "`"
     lines.append(f"- **{key}**: {value}")

@@ -1,0 +1,107 @@
+"""The main job end to end: the quick preset through the command line, killed and resumed."""
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mmcompress import export
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+QUICK = ["--config=experiments/configs/digits.py:quick"]
+
+
+def command(workdir):
+  return [sys.executable, "-m", "experiments.digits", f"--workdir={workdir}", *QUICK]
+
+
+def environment():
+  return dict(os.environ, CI="true", JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quick")
+  done = subprocess.run(command(workdir), cwd=ROOT, env=environment(), capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, done
+
+
+def test_quick_preset_writes_the_report(quick_run):
+  workdir, done = quick_run
+  report = json.loads((workdir / "report.json").read_text())
+  tasks = report["tasks"]
+  assert len(tasks) == 4 and report["target_sparsity"] == 0.975
+  assert set(report["dense"]["metrics"]) == set(tasks)
+  assert set(report["methods"]) == {"equal", "uncertainty", "dwa", "minmax"}
+  for name, method in report["methods"].items():
+    assert method["sparsity"] == pytest.approx(0.975, abs=2e-5), name
+    assert method["compression_ratio"] == pytest.approx(40.0, rel=1e-3), name
+    for field in ("metrics", "retention"):
+      assert set(method[field]) == set(tasks), (name, field)
+    retentions = [method["retention"][t] for t in tasks]
+    assert method["worst_task_retention"] == pytest.approx(min(retentions))
+    assert np.isfinite(method["delta_m"])
+    assert len(method["per_seed"]) == 1
+  trajectory = report["methods"]["minmax"]["task_weights"]
+  assert len(trajectory) > 3 and all(len(w) == 4 for w in trajectory)
+  assert all(abs(sum(w) - 1) < 1e-5 for w in trajectory)
+  markdown = (workdir / "report.md").read_text()
+  assert "| minmax |" in markdown and "min-max minus equal" in markdown
+  assert "| minmax |" in done.stdout  # the table is printed at the end, too
+  for png in ("task_metrics.png", "task_weights.png"):
+    assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_quick_preset_exports_models_at_the_target_sparsity(quick_run):
+  workdir, _ = quick_run
+  report = json.loads((workdir / "report.json").read_text())
+  for name in report["methods"]:
+    params = export.load(workdir / "models" / f"seed0_{name}.npz")
+    kernels = [params["trunk"][layer]["kernel"] for layer in params["trunk"]]
+    for kernel in kernels:
+      assert (kernel == 0).sum() == int(np.floor(0.975 * kernel.size + 0.5)), name
+    size = (workdir / "models" / f"seed0_{name}.npz").stat().st_size
+    dense_bytes = 4 * sum(k.size for k in kernels)
+    assert size < dense_bytes / 8
+    result = json.loads((workdir / "seed0" / name / "result.json").read_text())
+    assert result["export"]["round_trip_exact"] and result["export"]["prunable_ratio"] >= 15
+
+
+def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, tmp_path):
+  reference, _ = quick_run
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(command(workdir), cwd=ROOT, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = workdir / "seed0" / "dense" / "pretrain"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (first.exists() and any(
+      p.name.isdigit() for p in first.iterdir())):
+    time.sleep(0.05)
+  time.sleep(random.Random().uniform(0.0, 6.0))
+  killed = process.poll() is None
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert killed, "the run finished before it could be killed; kill it sooner"
+  assert not (workdir / "report.json").exists()
+  done = subprocess.run(command(workdir), cwd=ROOT, env=environment(), capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (json.loads((workdir / "report.json").read_text())
+          == json.loads((reference / "report.json").read_text()))
+
+
+def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
+  workdir, _ = quick_run
+  done = subprocess.run(command(workdir) + ["--config.sparsity=0.99"], cwd=ROOT,
+                        env=environment(), capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
