@@ -104,7 +104,8 @@ class Progress:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        on_checkpoint: Callable[[str, int], None] | None = None) -> dict:
+        on_checkpoint: Callable[[str, int], None] | None = None,
+        print_report: bool = True) -> dict:
   """Runs the whole comparison described by `config` in `workdir` and returns the report.
 
   Args:
@@ -112,6 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: where checkpoints, results, the report and the models go; rerunning the same
       config on the same workdir resumes.
     on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
+    print_report: print the Markdown report at the end.
   """
   validate(config)
   parallel.maybe_initialize_distributed(config.distributed)
@@ -157,11 +159,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       extra={"notes": notes})
   report["config"] = json.loads(config.to_json())
   paths = report_lib.write(report, workdir)
-  elapsed = time.time() - started
-  with open(paths["markdown"]) as f:
-    print(f.read(), flush=True)
-  print(f"(this call took {elapsed:.0f} s; training resumes from checkpoints, so a resumed "
-        "call is shorter than a full run)", file=sys.stderr)
+  if print_report:
+    with open(paths["markdown"]) as f:
+      print(f.read(), flush=True)
+    print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
+          "checkpoints is shorter than a full run)", file=sys.stderr)
   return report
 
 

@@ -538,7 +538,7 @@ def plot_task_weights(report: Mapping[str, Any], path: str | os.PathLike, *,
     ax.plot(steps, weights[:, k], color=color, marker=marker, markersize=3, label=task)
   ax.axhline(1.0 / len(tasks), color="0.5", linestyle="--", linewidth=1,
              label=f"equal (1/{len(tasks)})")
-  ax.set_xlabel("logged update of the task weights")
+  ax.set_xlabel("epoch (the training stages after pretraining, in order)")
   ax.set_ylabel("task weight")
   ax.set_ylim(0.0, max(1.0 / len(tasks), float(weights.max())) * 1.1)
   ax.set_title(f"{method} task weights over training (seed {info.get('task_weights_seed')})")
