@@ -4,7 +4,7 @@
 """
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmcompress import experiment
@@ -18,6 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and 
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   experiment.run(_CONFIG.value, _WORKDIR.value)

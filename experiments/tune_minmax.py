@@ -13,7 +13,7 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mmcompress import experiment, metrics
@@ -43,6 +43,8 @@ def val_worst_retention(report: dict, workdir: str, method: str) -> list[float]:
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
+    logging.set_verbosity(logging.WARNING)
   del argv
   rows = []
   for every in _EVERY.value:

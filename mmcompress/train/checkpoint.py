@@ -29,6 +29,7 @@ class StageCheckpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep),
                                              enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True,
                                              create=True))
 
   def save(self, step: int, state: Any, record: dict) -> None:
