@@ -1,6 +1,6 @@
 """The multi-task compression comparison: a dense reference and every weighting, over seeds.
 
-`run(config, workdir)` validates the config before any compute, refuses a workdir that holds
+`run(config, workdir, problem)` validates the config before any compute, refuses a workdir that holds
 a run with another config, then trains (resuming whatever a previous, interrupted call left),
 and writes the report, plots, TensorBoard events and compressed models into `workdir`.
 """
@@ -19,14 +19,18 @@ import ml_collections
 from mmcompress import _checks, report as report_lib, weighting
 from mmcompress.data import digits
 from mmcompress.models import create_model
+from mmcompress.problems import DigitsProblem, Problem
 from mmcompress.train import parallel, run as run_lib, stages as stages_lib
 
-METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
+
+def digits_problem(config: ml_collections.ConfigDict) -> DigitsProblem:
+  """The MultiDigits problem of a digits config."""
+  _checks.one_of(config.task_set, digits.TASK_SETS, "config.task_set")
+  return DigitsProblem(digits.load_multidigits(config.task_set, seed=config.data_seed))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a ValueError naming the field for any config that cannot run."""
-  _checks.one_of(config.task_set, digits.TASK_SETS, "config.task_set")
   for method in config.methods:
     _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
   if not config.methods:
@@ -104,6 +108,7 @@ class Progress:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
+        problem: Callable[[ml_collections.ConfigDict], Problem] = digits_problem,
         on_checkpoint: Callable[[str, int], None] | None = None,
         print_report: bool = True) -> dict:
   """Runs the whole comparison described by `config` in `workdir` and returns the report.
@@ -112,6 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     config: see ``experiments/configs/digits.py`` for the fields.
     workdir: where checkpoints, results, the report and the models go; rerunning the same
       config on the same workdir resumes.
+    problem: builds the data set and its tasks from the config (and checks the data first).
     on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
     print_report: print the Markdown report at the end.
   """
@@ -120,13 +126,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  check_workdir(config, workdir)
   started = time.time()
-  data = digits.load_multidigits(config.task_set, seed=config.data_seed)
-  model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
+  problem = problem(config)
+  check_workdir(config, workdir)
+  model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
   quiet = config.quiet or os.environ.get("CI", "").lower() == "true"
   progress = Progress(quiet, os.path.join(workdir, "tensorboard"))
-  exp = run_lib.Experiment(config=config, data=data, model=model, mesh=mesh, workdir=workdir,
+  exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh, workdir=workdir,
                            log=progress, on_checkpoint=on_checkpoint)
   per_seed = []
   try:
@@ -142,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     progress.close()
   notes = [
-      f"Data: MultiDigits '{config.task_set}' ({describe_counts(data)}), model {config.model}.",
+      f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
       ("Methods share the dense pretraining of each seed (equal weighting), which is also "
        "the dense reference." if config.share_pretraining else
@@ -151,10 +157,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       "test metrics are of that model.",
   ]
   report = report_lib.build_report(
-      per_seed, tasks=list(data.task_names),
-      higher_is_better={t: k == digits.CLASSIFICATION
-                        for t, k in zip(data.task_names, data.task_kinds)},
-      metric_names={t: METRIC_NAMES[k] for t, k in zip(data.task_names, data.task_kinds)},
+      per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
+      metric_names=problem.metric_names,
       target_sparsity=config.sparsity,
       extra={"notes": notes})
   report["config"] = json.loads(config.to_json())
@@ -165,9 +169,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
           "checkpoints is shorter than a full run)", file=sys.stderr)
   return report
-
-
-def describe_counts(data: Any) -> str:
-  return (f"{data.train.images.shape[0]} train / {data.val.images.shape[0]} val / "
-          f"{data.test.images.shape[0]} test images")
 

@@ -15,13 +15,15 @@ import optax
 from mmcompress import saddle_point, sparsity, weighting
 from mmcompress.data import digits
 from mmcompress.models import create_model
-from mmcompress.train import loop, parallel, run, step
+from mmcompress.problems import DigitsProblem
+from mmcompress.train import parallel, run, step
 
 
 def main(batch_size: int) -> dict:
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
   data = digits.load_multidigits("classify", seed=0)
+  problem = DigitsProblem(data)
   model = create_model("mlp", data.num_outputs, hidden=(64, 64))
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
   params = variables["params"]
@@ -31,11 +33,10 @@ def main(batch_size: int) -> dict:
   tx = saddle_point(sparsity.masked(optax.sgd(0.1, momentum=0.9), masks), minmax.tx)
   state = run.create_train_state(params, {}, minmax, tx, data.num_tasks, jax.random.key(1))
   state = parallel.replicate(state, mesh)
-  train_step = step.make_train_step(model, minmax, tx, data.task_kinds, mesh)
+  train_step = step.make_train_step(problem, model, minmax, tx, mesh)
   losses = []
   for i in range(6):
-    indices = loop.batch_indices(0, 0, i, data.train.num_examples, batch_size)
-    batch = parallel.shard_batch(loop.host_batch(data.train, indices), mesh)
+    batch = parallel.shard_batch(problem.train_batch(0, 0, i, batch_size), mesh)
     state, task_losses = train_step(state, batch)
     losses.append(np.asarray(task_losses).tolist())
   kernel = np.asarray(state.params["trunk"]["Dense_0"]["kernel"])

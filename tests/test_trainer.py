@@ -14,6 +14,7 @@ from experiments.configs import digits as digits_config
 from mmcompress import experiment
 from mmcompress.data import digits
 from mmcompress.models import create_model
+from mmcompress.problems import DigitsProblem
 from mmcompress.train import checkpoint, loop, parallel, run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
   config = config or tiny_config()
   data = data or digits.load_multidigits(config.task_set, seed=config.data_seed)
   model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
-  return run_lib.Experiment(config=config, data=data, model=model, mesh=parallel.data_mesh(),
+  return run_lib.Experiment(config=config, problem=DigitsProblem(data), model=model, mesh=parallel.data_mesh(),
                             workdir=str(workdir), on_checkpoint=on_checkpoint)
 
 
@@ -133,10 +134,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
   config = tiny_config(checkpoint_every_steps=1)
   data = digits.load_multidigits(config.task_set, seed=config.data_seed)
-  # Poison one training image that the third step draws first.
-  num, batch = data.train.num_examples, config.batch_size
-  seen = set(loop.batch_indices(0, 0, 0, num, batch)) | set(loop.batch_indices(0, 0, 1, num, batch))
-  poisoned = next(int(i) for i in loop.batch_indices(0, 0, 2, num, batch) if i not in seen)
+  # Poison one training image that the third step draws first (the batch order is a pure
+  # function of the step: mark each image with its index to read it back).
+  indexed = data.train._replace(images=np.arange(data.train.num_examples, dtype=np.float32)
+                                .reshape(-1, 1, 1, 1) * np.ones((1, 8, 8, 1), np.float32))
+  probe_problem = DigitsProblem(digits.MultiTaskData(
+      data.task_set, data.task_names, data.task_kinds, data.num_outputs, indexed, data.val,
+      data.test))
+  drawn = [set(probe_problem.train_batch(0, 0, s, config.batch_size)["images"][:, 0, 0, 0]
+               .astype(int)) for s in range(3)]
+  poisoned = next(i for i in sorted(drawn[2]) if i not in drawn[0] | drawn[1])
   first = 2
   images = data.train.images.copy()
   images[poisoned] = np.nan

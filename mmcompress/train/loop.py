@@ -1,8 +1,8 @@
 """Training one stage: epochs of jitted steps, validation, model selection, checkpoints.
 
-The position in the data is a pure function of (seed, stage, step): each epoch's order is a
-permutation drawn from ``(seed, stage, epoch)``, so a stage resumed from the checkpoint of
-step s replays exactly the batches an uninterrupted run would have seen. Host-side history
+The position in the data is a pure function of (seed, stage, step) (`Problem.train_batch`),
+so a stage resumed from the checkpoint of step s replays exactly the batches an
+uninterrupted run would have seen. Host-side history
 (per-epoch losses, validation metrics, task weights, the selected epoch) is saved with the
 state, so a resumed run writes the same report as one that never stopped.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmcompress import sparsity
+from mmcompress.problems import Problem
 from mmcompress.train import parallel
 from mmcompress.train.checkpoint import StageCheckpoints
-from mmcompress.train.step import CLASSIFICATION, TrainState
+from mmcompress.train.step import TrainState
 from mmcompress.weighting import TaskWeighting
 
 
@@ -38,8 +39,7 @@ class StageContext:
     seed: the run's seed.
     epochs: how many epochs it trains.
     batch_size: the global batch size.
-    train, val: the splits (objects with `images`, `targets`, `task_mask` NumPy arrays).
-    task_names, task_kinds: per task.
+    problem: the data and its tasks.
     weighting: the task weighting.
     train_step, eval_step: from `mmcompress.train.step`.
     mesh: the data mesh.
@@ -54,10 +54,7 @@ class StageContext:
   seed: int
   epochs: int
   batch_size: int
-  train: Any
-  val: Any
-  task_names: Sequence[str]
-  task_kinds: Sequence[str]
+  problem: Problem
   weighting: TaskWeighting
   train_step: Callable[..., Any]
   eval_step: Callable[..., Any]
@@ -70,62 +67,18 @@ class StageContext:
 
   @property
   def steps_per_epoch(self) -> int:
-    return steps_per_epoch(self.train.images.shape[0], self.batch_size)
+    return self.problem.steps_per_epoch(self.batch_size)
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Full batches per epoch (the last partial batch is dropped)."""
-  if num_examples < batch_size:
-    raise ValueError(f"batch_size={batch_size} is larger than the {num_examples} training "
-                     "examples: use a smaller batch_size.")
-  return num_examples // batch_size
-
-
-def batch_indices(seed: int, stage_index: int, step: int, num_examples: int,
-                  batch_size: int) -> np.ndarray:
-  """The training examples of global step `step` of a stage: a pure function."""
-  per_epoch = num_examples // batch_size
-  epoch, position = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, stage_index, epoch]).permutation(num_examples)
-  return order[position * batch_size:(position + 1) * batch_size]
-
-
-def host_batch(split: Any, indices: np.ndarray) -> dict:
-  """This process's rows of the global batch `indices`."""
-  per_process = len(indices) // jax.process_count()
-  start = jax.process_index() * per_process
-  mine = indices[start:start + per_process]
-  return {"images": split.images[mine], "targets": split.targets[mine],
-          "task_mask": split.task_mask[mine]}
-
-
-def evaluate(eval_step: Callable[..., Any], params: Any, model_state: Any, split: Any,
-             task_kinds: Sequence[str], mesh: jax.sharding.Mesh, batch_size: int
-             ) -> dict[str, list[float]]:
-  """Per-task metrics over a whole split, accumulated as sums (padding counts for nothing).
-
-  Returns:
-    ``{"loss": [...], "metric": [...]}``: mean loss and the task's metric (accuracy for
-    classification, mean absolute error for regression), one entry per task.
-  """
+def evaluate(problem: Problem, eval_step: Callable[..., Any], params: Any, model_state: Any,
+             split: str, mesh: jax.sharding.Mesh, batch_size: int) -> dict:
+  """The problem's metrics over a whole split, from sums accumulated batch by batch."""
   parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
-  num = split.images.shape[0]
   totals = None
-  for start in range(0, num, batch_size):
-    rows = np.arange(start, min(start + batch_size, num))
-    pad = batch_size - len(rows)
-    batch = {"images": split.images[rows], "targets": split.targets[rows],
-             "task_mask": split.task_mask[rows]}
-    if pad:
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
+  for batch in problem.eval_batches(split, batch_size):
     sums = eval_step(params, model_state, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.tree.map(np.asarray, totals)
-  count = np.maximum(totals["count"], 1.0)
-  metric = [float(totals["correct"][k] / count[k]) if kind == CLASSIFICATION
-            else float(totals["abs_err"][k] / count[k]) for k, kind in enumerate(task_kinds)]
-  return {"loss": [float(v) for v in totals["loss"] / count], "metric": metric}
+  return problem.finalize(jax.tree.map(np.asarray, totals))
 
 
 def selection_score(val: dict) -> float:
@@ -153,7 +106,8 @@ def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) 
   if bad.any():
     row, task = np.argwhere(bad)[0]
     raise NonFiniteLossError(
-        f"stage {ctx.name!r}: the loss of task {ctx.task_names[task]!r} is {losses[row, task]} "
+        f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
+        f"{losses[row, task]} "
         f"at step {first_step + row + 1}. The last good checkpoint in {ctx.directory} is kept; "
         "lower the learning rate or check the data, then rerun the same command.")
 
@@ -169,7 +123,7 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
   per_epoch = ctx.steps_per_epoch
   total = ctx.epochs * per_epoch
   checkpoints = StageCheckpoints(ctx.directory)
-  num_tasks = len(ctx.task_names)
+  num_tasks = ctx.problem.num_tasks
   restored = checkpoints.restore_latest(abstract_carry(state, num_tasks, ctx.mesh))
   carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
   record = {"stage": ctx.name, "epochs": [], "best_epoch": None, "best_score": None,
@@ -183,9 +137,9 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
   pending, pending_from = [], step
   try:
     while step < total:
-      indices = batch_indices(ctx.seed, ctx.index, step, ctx.train.images.shape[0],
-                              ctx.batch_size)
-      batch = parallel.shard_batch(host_batch(ctx.train, indices), ctx.mesh)
+      batch = parallel.shard_batch(
+          ctx.problem.train_batch(ctx.seed, ctx.index, step, ctx.batch_size), ctx.mesh,
+          ctx.problem.batch_axis)
       carry["state"], losses = ctx.train_step(carry["state"], batch)
       carry["loss_sum"] = carry["loss_sum"] + losses
       pending.append(losses)
@@ -218,12 +172,13 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
   train_loss = carry["loss_sum"] / ctx.steps_per_epoch
   task_state = ctx.weighting.end_epoch(state.task_state, train_loss)
   state = state.replace(task_state=parallel.replicate(task_state, ctx.mesh))
-  val = evaluate(ctx.eval_step, state.params, state.model_state, ctx.val, ctx.task_kinds,
+  val = evaluate(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
                  ctx.mesh, ctx.eval_batch_size)
   weights = ctx.weighting.weights(state.task_params, state.task_state)
   score = selection_score(val)
   epoch_record = {"epoch": epoch, "train_loss": [float(v) for v in np.asarray(train_loss)],
-                  "val_loss": val["loss"], "val_metric": val["metric"],
+                  "val_loss": val["loss"],
+                  "val_metric": [val["metrics"][t] for t in ctx.problem.task_names],
                   "task_weights": [float(v) for v in np.asarray(weights)], "score": score}
   best = carry["best"]
   if record["best_score"] is None or score < record["best_score"]:

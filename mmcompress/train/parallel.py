@@ -44,8 +44,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Arrays split along `axis` over the mesh, replicated along the others."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -53,15 +54,28 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Splits every leaf of a host batch along its first axis over the mesh.
+def process_slice(batch: Any, axis: int = 0) -> Any:
+  """This process's share of a global host batch: its contiguous block along `axis`."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return batch
 
-  Single host: the arrays are the global batch. Multi-host: each process passes its own
-  slice of the global batch (``global / process_count`` rows), and the global array is
-  assembled from the per-process pieces.
+  def take(x):
+    x = np.asarray(x)
+    per = x.shape[axis] // count
+    return np.take(x, np.arange(index * per, (index + 1) * per), axis=axis)
+  return jax.tree.map(take, batch)
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
+  """Places a global host batch on the mesh, split along `axis`.
+
+  Every process computes the same global batch (a pure function of the step) and
+  contributes its own block of it; on one host that is the whole batch.
   """
-  sharding = batch_sharded(mesh)
+  sharding = batch_sharded(mesh, axis)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      process_slice(batch, axis))

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from mmcompress import export, saddle_point, sparsity
+from mmcompress.problems import Problem
 from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
 from mmcompress.weighting import TaskWeighting
 
@@ -32,7 +33,7 @@ from mmcompress.weighting import TaskWeighting
 class Experiment:
   """What every run of an experiment shares (static, not checkpointed)."""
   config: ml_collections.ConfigDict
-  data: Any
+  problem: Problem
   model: nn.Module
   mesh: jax.sharding.Mesh
   workdir: str
@@ -41,7 +42,7 @@ class Experiment:
 
   @property
   def steps_per_epoch(self) -> int:
-    return loop.steps_per_epoch(self.data.train.images.shape[0], self.config.batch_size)
+    return self.problem.steps_per_epoch(self.config.batch_size)
 
 
 def write_json_atomically(path: str, value: Any) -> None:
@@ -56,8 +57,8 @@ def write_json_atomically(path: str, value: Any) -> None:
 
 def init_variables(exp: Experiment, seed: int) -> tuple[Any, Any]:
   """The model's freshly initialised (params, other collections) for `seed`."""
-  images = jnp.zeros((1,) + exp.data.train.images.shape[1:], jnp.float32)
-  variables = exp.model.init(jax.random.key(seed), images, train=False)
+  variables = exp.model.init(jax.random.key(seed), jnp.asarray(exp.problem.example_input()),
+                             train=False)
   variables = dict(variables)
   params = variables.pop("params")
   return params, variables
@@ -80,7 +81,7 @@ def create_train_state(params: Any, model_state: Any, weighting: TaskWeighting,
 def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
            params: Any, model_state: Any, masks: Any = None) -> tuple[Any, dict, dict]:
   """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
-  cfg, data = exp.config, exp.data
+  cfg, problem = exp.config, exp.problem
   weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
   descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks)
   tx = saddle_point(descent, weighting.tx)
@@ -88,7 +89,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   # The step donates the state's buffers; the caller's arrays (shared by every method's
   # stages when pretraining is shared) must survive it.
   params, model_state = jax.tree.map(jnp.copy, (params, model_state))
-  state = create_train_state(params, model_state, weighting, tx, len(data.task_names), rng)
+  state = create_train_state(params, model_state, weighting, tx, problem.num_tasks, rng)
   if stage == "sparse":  # dynamic sparse training starts from its initial masks
     state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
   directory = os.path.join(exp.workdir, run_name, stage)
@@ -99,38 +100,32 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
 
   ctx = loop.StageContext(
       name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
-      train=data.train, val=data.val, task_names=data.task_names, task_kinds=data.task_kinds,
-      weighting=weighting,
-      train_step=step_lib.make_train_step(exp.model, weighting, tx, data.task_kinds, exp.mesh),
-      eval_step=make_eval(exp), mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
+      problem=problem, weighting=weighting,
+      train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh),
+      eval_step=step_lib.make_eval_step(problem, exp.model, exp.mesh), mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
       checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
       on_checkpoint=exp.on_checkpoint)
-  like = loop.abstract_carry(state, len(data.task_names), exp.mesh)
+  like = loop.abstract_carry(state, problem.num_tasks, exp.mesh)
   loop.train_stage(ctx, state)
   final = loop.final_state(directory, like)
   assert final is not None, f"stage {stage} of {run_name} finished without a final checkpoint"
   return final
 
 
-def make_eval(exp: Experiment) -> Callable[..., Any]:
-  return step_lib.make_eval_step(exp.model, exp.data.task_kinds, exp.mesh)
-
-
 def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
             compressed: bool) -> dict:
   """Test metrics, measured sparsity and the compressed export of a run's selected model."""
-  cfg, data = exp.config, exp.data
+  cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
-  evaluate = make_eval(exp)
-  test = loop.evaluate(evaluate, best["params"], best["model_state"], data.test,
-                       data.task_kinds, exp.mesh, cfg.eval_batch_size)
-  val = loop.evaluate(evaluate, best["params"], best["model_state"], data.val,
-                      data.task_kinds, exp.mesh, cfg.eval_batch_size)
+  evaluate = step_lib.make_eval_step(problem, exp.model, exp.mesh)
+  test, val = (loop.evaluate(problem, evaluate, best["params"], best["model_state"], split,
+                             exp.mesh, cfg.eval_batch_size) for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
   result = {
-      "metrics": dict(zip(data.task_names, test["metric"])),
-      "val_metrics": dict(zip(data.task_names, val["metric"])),
+      "metrics": test["metrics"],
+      "all_metrics": test["all_metrics"],
+      "val_metrics": val["metrics"],
       "sparsity": stats["sparsity"],
       "compression_ratio": stats["compression_ratio"],
       "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],

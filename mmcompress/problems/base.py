@@ -1,0 +1,80 @@
+"""The interface between a multi-task problem and the generic trainer."""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+class Problem(abc.ABC):
+  """A data set with K tasks, as the trainer sees it.
+
+  Attributes:
+    task_names: the K task names.
+    num_outputs: the K output sizes of the model's heads.
+    metric_names: task → the name of the metric that stands for it in reports.
+    higher_is_better: task → orientation of that metric.
+    batch_axis: the axis of a training batch's arrays that splits over the ``data`` mesh
+      (0 for ``(B, ...)`` batches, 1 for task-major ``(K, B, ...)`` batches).
+  """
+  task_names: tuple[str, ...]
+  num_outputs: tuple[int, ...]
+  metric_names: dict[str, str]
+  higher_is_better: dict[str, bool]
+  batch_axis: int = 0
+
+  @property
+  def num_tasks(self) -> int:
+    return len(self.task_names)
+
+  @abc.abstractmethod
+  def example_input(self) -> np.ndarray:
+    """A batch of one input, to initialise the model."""
+
+  @abc.abstractmethod
+  def steps_per_epoch(self, batch_size: int) -> int:
+    """Training steps per epoch at this batch size."""
+
+  @abc.abstractmethod
+  def train_batch(self, seed: int, stage_index: int, step: int, batch_size: int) -> dict:
+    """The global training batch of `step` (host arrays): a pure function of its arguments."""
+
+  @abc.abstractmethod
+  def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
+    """Batches covering `split` ("val" or "test") once; padding rows must count for nothing."""
+
+  @abc.abstractmethod
+  def task_losses(self, model: nn.Module, params: Any, model_state: Any, batch: dict,
+                  rng: jax.Array) -> tuple[jax.Array, Any]:
+    """Traced: the (K,) training losses of a batch and the model's updated state."""
+
+  @abc.abstractmethod
+  def eval_sums(self, model: nn.Module, params: Any, model_state: Any, batch: dict) -> Any:
+    """Traced: a pytree of sums over the batch; must hold ``loss`` and ``count``, (K,) each."""
+
+  @abc.abstractmethod
+  def finalize(self, sums: Any) -> dict:
+    """Host: ``{"loss": [K mean losses], "metrics": {task: metric}, "all_metrics": {...}}``."""
+
+  def describe(self) -> str:
+    """One line for the report: the data and its size."""
+    return type(self).__name__
+
+
+def pad_rows(batch: dict, rows: int) -> dict:
+  """Pads every array of `batch` with zero rows up to `rows` along axis 0."""
+  def pad(x):
+    missing = rows - x.shape[0]
+    if missing <= 0:
+      return x
+    return np.concatenate([x, np.zeros((missing,) + x.shape[1:], x.dtype)])
+  return {k: pad(v) for k, v in batch.items()}
+
+
+def epoch_order(seed: int, stage_index: int, epoch: int, n: int) -> np.ndarray:
+  """The order of `n` examples in one epoch: a pure function of its arguments."""
+  return np.random.default_rng([seed, stage_index, epoch]).permutation(n)

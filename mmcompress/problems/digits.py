@@ -1,0 +1,122 @@
+"""MultiDigits as a `Problem`: uniform batches over all images, each with its task mask."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmcompress.data import digits
+from mmcompress.problems import base
+
+METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of `values` over the entries where `mask` holds (0 where none does)."""
+  mask = mask.astype(values.dtype)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def per_example_losses(outputs: Sequence[jax.Array], targets: jax.Array,
+                       kinds: Sequence[str]) -> jax.Array:
+  """(B, K) losses: cross-entropy for classification heads, squared error for regression."""
+  columns = []
+  for k, (out, kind) in enumerate(zip(outputs, kinds)):
+    if kind == digits.CLASSIFICATION:
+      labels = targets[:, k].astype(jnp.int32)
+      columns.append(optax.softmax_cross_entropy_with_integer_labels(out, labels))
+    else:
+      columns.append((out[:, 0] - targets[:, k]) ** 2)
+  return jnp.stack(columns, axis=1)
+
+
+def apply_model(model: nn.Module, params: Any, model_state: Any, images: jax.Array, *,
+                train: bool, rng: jax.Array | None = None, task_id: Any = None
+                ) -> tuple[Any, Any]:
+  """Runs `model`; returns (outputs, model state, updated when training with statistics)."""
+  variables = {"params": params, **model_state}
+  rngs = {"dropout": rng} if rng is not None else None
+  if train and model_state:
+    return model.apply(variables, images, task_id=task_id, train=True, rngs=rngs,
+                       mutable=list(model_state))
+  return model.apply(variables, images, task_id=task_id, train=train, rngs=rngs), model_state
+
+
+class DigitsProblem(base.Problem):
+  """MultiDigits (`mmcompress.data.digits`): every batch mixes the tasks' images.
+
+  A task's loss is the mean over the images of the batch that belong to it (its task mask),
+  so a task with no image in a batch contributes nothing to that step. Metrics: accuracy
+  for a classification task, mean absolute error for a regression.
+  """
+
+  def __init__(self, data: digits.MultiTaskData):
+    self.data = data
+    self.task_names = data.task_names
+    self.num_outputs = data.num_outputs
+    self.kinds = data.task_kinds
+    self.metric_names = {t: METRIC_NAMES[k] for t, k in zip(data.task_names, data.task_kinds)}
+    self.higher_is_better = {t: k == digits.CLASSIFICATION
+                             for t, k in zip(data.task_names, data.task_kinds)}
+
+  def describe(self) -> str:
+    d = self.data
+    return (f"MultiDigits '{d.task_set}' ({d.train.num_examples} train / "
+            f"{d.val.num_examples} val / {d.test.num_examples} test images)")
+
+  def example_input(self) -> np.ndarray:
+    return np.zeros((1,) + self.data.train.images.shape[1:], np.float32)
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    n = self.data.train.num_examples
+    if n < batch_size:
+      raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples: "
+                       "use a smaller batch_size.")
+    return n // batch_size
+
+  def train_batch(self, seed: int, stage_index: int, step: int, batch_size: int) -> dict:
+    split = self.data.train
+    epoch, position = divmod(step, self.steps_per_epoch(batch_size))
+    order = base.epoch_order(seed, stage_index, epoch, split.num_examples)
+    rows = order[position * batch_size:(position + 1) * batch_size]
+    return {"images": split.images[rows], "targets": split.targets[rows],
+            "task_mask": split.task_mask[rows]}
+
+  def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
+    data = {"val": self.data.val, "test": self.data.test}[split]
+    for start in range(0, data.num_examples, batch_size):
+      rows = slice(start, start + batch_size)
+      yield base.pad_rows({"images": data.images[rows], "targets": data.targets[rows],
+                           "task_mask": data.task_mask[rows]}, batch_size)
+
+  def task_losses(self, model, params, model_state, batch, rng):
+    outputs, model_state = apply_model(model, params, model_state, batch["images"],
+                                       train=True, rng=rng)
+    per_example = per_example_losses(outputs, batch["targets"], self.kinds)
+    return jax.vmap(masked_mean, in_axes=(1, 1))(per_example, batch["task_mask"]), model_state
+
+  def eval_sums(self, model, params, model_state, batch):
+    outputs, _ = apply_model(model, params, model_state, batch["images"], train=False)
+    mask = batch["task_mask"].astype(jnp.float32)
+    losses = per_example_losses(outputs, batch["targets"], self.kinds)
+    score = []  # right answers for a classification, absolute errors for a regression
+    for k, (out, kind) in enumerate(zip(outputs, self.kinds)):
+      if kind == digits.CLASSIFICATION:
+        score.append(jnp.argmax(out, -1) == batch["targets"][:, k].astype(jnp.int32))
+      else:
+        score.append(jnp.abs(out[:, 0] - batch["targets"][:, k]))
+    score = jnp.stack(score, 1).astype(jnp.float32)
+    return {"loss": jnp.sum(losses * mask, 0), "count": jnp.sum(mask, 0),
+            "score": jnp.sum(score * mask, 0)}
+
+  def finalize(self, sums):
+    count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
+    values = np.asarray(sums["score"], np.float64) / count
+    metrics = {t: float(v) for t, v in zip(self.task_names, values)}
+    return {"loss": [float(v) for v in np.asarray(sums["loss"], np.float64) / count],
+            "metrics": metrics, "all_metrics": dict(metrics)}
