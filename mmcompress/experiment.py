@@ -7,19 +7,20 @@ and writes the report, plots, TensorBoard events and compressed models into `wor
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import ml_collections
+import numpy as np
 
 from mmcompress import _checks, report as report_lib, weighting
-from mmcompress.data import digits
+from mmcompress.data import cifar100, digits
 from mmcompress.models import create_model
 from mmcompress.problems import DigitsProblem, Problem
+from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.train import parallel, run as run_lib, stages as stages_lib
 
 
@@ -27,6 +28,34 @@ def digits_problem(config: ml_collections.ConfigDict) -> DigitsProblem:
   """The MultiDigits problem of a digits config."""
   _checks.one_of(config.task_set, digits.TASK_SETS, "config.task_set")
   return DigitsProblem(digits.load_multidigits(config.task_set, seed=config.data_seed))
+
+
+def _data_dir(config: ml_collections.ConfigDict, what: str) -> str:
+  if not config.data_dir:
+    raise ValueError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
+                     f"that holds {what} (see the README's 'Reproducing the paper').")
+  return config.data_dir
+
+
+def cifar100_problem(config: ml_collections.ConfigDict) -> Cifar100Problem:
+  """CIFAR-100 as 20 tasks from the tfds `data_dir` of the config (no TensorFlow needed)."""
+  data_dir = _data_dir(config, "the tfds cifar100 data set, prepared as array_record")
+  train_images, train_fine = cifar100.load_split("train", data_dir,
+                                                 check_coarse=config.check_coarse_labels)
+  test_images, test_fine = cifar100.load_split("test", data_dir,
+                                               check_coarse=config.check_coarse_labels)
+  train, val = cifar100.make_splits(train_images, train_fine, config.val_fraction,
+                                    config.split_seed)
+  test = cifar100.ImageSplit(test_images, test_fine, np.arange(len(test_fine)))
+  return Cifar100Problem(train, val, test, augment=config.augment)
+
+
+def nyuv2_problem(config: ml_collections.ConfigDict) -> NYUv2Problem:
+  """NYUv2 from the npy layout in the config's `data_dir`, checked before any training."""
+  data_dir = _data_dir(config, "train/ and val/ of the preprocessed NYUv2")
+  return NYUv2Problem(data_dir, height=config.height, width=config.width,
+                      augment=config.augment, val_fraction=config.val_fraction,
+                      split_seed=config.split_seed, check_values=config.check_values)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -51,7 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if stage in config.stages and config.epochs[stage] < 1:
       raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
   stages_lib.make_weighting("minmax", config, 1)  # checks the min-max knobs
-  stages_lib.base_optimizer(config.optimizer, 1)
+  stages_lib.base_optimizer(config.optimizer, 1, 1)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:

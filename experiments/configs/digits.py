@@ -21,39 +21,18 @@ The min-max knobs and why they default as they do:
 """
 import ml_collections
 
+from experiments.configs import base
+
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """The default config, or the `quick` / `study` preset."""
-  c = ml_collections.ConfigDict()
+  c = base.get_base_config()
   c.task_set = "classify"          # or "mixed": two classifications and a regression per image
   c.data_seed = 0                  # the train/val/test split (fixed across model seeds)
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.seeds = (0, 1, 2)
-  c.methods = ("equal", "uncertainty", "dwa", "minmax")
-  c.stages = ("pretrain", "reweight", "prune", "retrain")
-  c.share_pretraining = True
-  c.sparsity = 0.975               # 40x
-  c.structure = "unstructured"
-  c.scope = "layer"
-  c.batch_size = 64
-  c.eval_batch_size = 128
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-      "schedule": "cosine"})
-  c.epochs = ml_collections.ConfigDict({"pretrain": 30, "reweight": 15, "retrain": 30,
-                                        "sparse": 60})
-  c.reweight = ml_collections.ConfigDict({"penalty": 1e-4, "eps": 1e-6,
-                                          "refresh_every_epochs": 5})
-  c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
-                                         "end_fraction": 0.75, "grow": "gradient"})
-  c.minmax = ml_collections.ConfigDict({"learning_rate": 0.02, "gamma": 1.0, "every": "step",
-                                        "task_scales": (), "geometry": "euclidean"})
-  c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01})
-  c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
-  c.checkpoint_every_steps = 200
-  c.distributed = False            # True on a multi-host Cloud TPU slice
-  c.quiet = False                  # CI=true is quiet too
+  c.minmax.gamma = 1.0
   if preset == "quick":
     c.seeds = (0,)
     c.epochs = ml_collections.ConfigDict({"pretrain": 4, "reweight": 2, "retrain": 3,

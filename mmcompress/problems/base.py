@@ -78,3 +78,15 @@ def pad_rows(batch: dict, rows: int) -> dict:
 def epoch_order(seed: int, stage_index: int, epoch: int, n: int) -> np.ndarray:
   """The order of `n` examples in one epoch: a pure function of its arguments."""
   return np.random.default_rng([seed, stage_index, epoch]).permutation(n)
+
+
+def apply_model(model: nn.Module, params: Any, model_state: Any, images: jax.Array, *,
+                train: bool, rng: jax.Array | None = None, task_id: Any = None
+                ) -> tuple[Any, Any]:
+  """Runs `model`; returns (outputs, model state, updated when training with statistics)."""
+  variables = {"params": params, **model_state}
+  rngs = {"dropout": rng} if rng is not None else None
+  if train and model_state:
+    return model.apply(variables, images, task_id=task_id, train=True, rngs=rngs,
+                       mutable=list(model_state))
+  return model.apply(variables, images, task_id=task_id, train=train, rngs=rngs), model_state

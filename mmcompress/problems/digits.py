@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,18 +31,6 @@ def per_example_losses(outputs: Sequence[jax.Array], targets: jax.Array,
     else:
       columns.append((out[:, 0] - targets[:, k]) ** 2)
   return jnp.stack(columns, axis=1)
-
-
-def apply_model(model: nn.Module, params: Any, model_state: Any, images: jax.Array, *,
-                train: bool, rng: jax.Array | None = None, task_id: Any = None
-                ) -> tuple[Any, Any]:
-  """Runs `model`; returns (outputs, model state, updated when training with statistics)."""
-  variables = {"params": params, **model_state}
-  rngs = {"dropout": rng} if rng is not None else None
-  if train and model_state:
-    return model.apply(variables, images, task_id=task_id, train=True, rngs=rngs,
-                       mutable=list(model_state))
-  return model.apply(variables, images, task_id=task_id, train=train, rngs=rngs), model_state
 
 
 class DigitsProblem(base.Problem):
@@ -95,13 +81,13 @@ class DigitsProblem(base.Problem):
                            "task_mask": data.task_mask[rows]}, batch_size)
 
   def task_losses(self, model, params, model_state, batch, rng):
-    outputs, model_state = apply_model(model, params, model_state, batch["images"],
+    outputs, model_state = base.apply_model(model, params, model_state, batch["images"],
                                        train=True, rng=rng)
     per_example = per_example_losses(outputs, batch["targets"], self.kinds)
     return jax.vmap(masked_mean, in_axes=(1, 1))(per_example, batch["task_mask"]), model_state
 
   def eval_sums(self, model, params, model_state, batch):
-    outputs, _ = apply_model(model, params, model_state, batch["images"], train=False)
+    outputs, _ = base.apply_model(model, params, model_state, batch["images"], train=False)
     mask = batch["task_mask"].astype(jnp.float32)
     losses = per_example_losses(outputs, batch["targets"], self.kinds)
     score = []  # right answers for a classification, absolute errors for a regression

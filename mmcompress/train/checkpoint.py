@@ -11,7 +11,6 @@ import logging
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 

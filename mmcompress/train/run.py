@@ -25,7 +25,7 @@ import numpy as np
 
 from mmcompress import export, saddle_point, sparsity
 from mmcompress.problems import Problem
-from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
+from mmcompress.train import loop, stages as stages_lib, step as step_lib
 from mmcompress.weighting import TaskWeighting
 
 

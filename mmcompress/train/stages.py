@@ -46,14 +46,26 @@ def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
   return stages
 
 
-def base_optimizer(config: ml_collections.ConfigDict, total_steps: int
-                   ) -> optax.GradientTransformation:
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """``constant``, ``cosine`` (to zero over the stage) or ``step`` (× decay_factor every
+  decay_every_epochs epochs, the reference's NYUv2 schedule)."""
+  lr = _checks.positive(config.learning_rate, "optimizer.learning_rate")
+  name = _checks.one_of(config.schedule, ("constant", "cosine", "step"), "optimizer.schedule")
+  if name == "cosine":
+    return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  if name == "step":
+    every = _checks.positive_int(config.decay_every_epochs, "optimizer.decay_every_epochs")
+    factor = _checks.positive(config.decay_factor, "optimizer.decay_factor")
+    return optax.exponential_decay(lr, every * steps_per_epoch, factor, staircase=True)
+  return optax.constant_schedule(lr)
+
+
+def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
   """The model's optimizer for one stage: SGD with momentum or Adam, decay, schedule."""
   name = _checks.one_of(config.name, ("sgd", "adam"), "optimizer.name")
-  lr = _checks.positive(config.learning_rate, "optimizer.learning_rate")
-  schedule_name = _checks.one_of(config.schedule, ("constant", "cosine"), "optimizer.schedule")
-  schedule = (optax.cosine_decay_schedule(lr, max(total_steps, 1))
-              if schedule_name == "cosine" else optax.constant_schedule(lr))
+  schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
   if name == "sgd":
     opt = optax.sgd(schedule, momentum=config.momentum or None)
   else:
@@ -66,13 +78,15 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
                       masks: Any = None) -> optax.GradientTransformation:
   """The descent half of `saddle_point` for a training stage."""
   total_steps = config.epochs[stage] * steps_per_epoch
-  base = base_optimizer(config.optimizer, total_steps)
+  base = base_optimizer(config.optimizer, total_steps, steps_per_epoch)
   if stage == "pretrain":
     return base
   if stage == "reweight":
     rw = config.reweight
     every = rw.refresh_every_epochs * steps_per_epoch if rw.refresh_every_epochs else None
-    return optax.chain(sparsity.add_reweighted_l1(rw.penalty, eps=rw.eps, refresh_every=every),
+    at = tuple(int(e) * steps_per_epoch for e in rw.refresh_at_epochs)
+    return optax.chain(sparsity.add_reweighted_l1(rw.penalty, eps=rw.eps, refresh_every=every,
+                                                  refresh_at=at),
                        base)
   if stage == "retrain":
     if masks is None:
