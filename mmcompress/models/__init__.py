@@ -15,10 +15,12 @@ from mmcompress import _checks
 from mmcompress.models.cnn import MultiHeadCNN
 from mmcompress.models.mlp import MultiHeadMLP
 from mmcompress.models.mlp import check_num_outputs
+from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.models.vgg import MultiHeadVGG16
 from mmcompress.models.vgg import TaskBatchNorm
 
-_MODELS = {"mlp": MultiHeadMLP, "cnn": MultiHeadCNN, "vgg16": MultiHeadVGG16}
+_MODELS = {"mlp": MultiHeadMLP, "cnn": MultiHeadCNN, "vgg16": MultiHeadVGG16,
+           "mtan": MultiTaskAttentionNet}
 MODEL_NAMES = tuple(_MODELS)
 
 
@@ -26,7 +28,7 @@ def create_model(name: str, num_outputs: Sequence[int], **kwargs: Any) -> nn.Mod
   """Returns the model called `name` with one head per entry of `num_outputs`.
 
   Args:
-    name: one of ``"mlp"``, ``"cnn"``, ``"vgg16"``.
+    name: one of ``"mlp"``, ``"cnn"``, ``"vgg16"``, ``"mtan"``.
     num_outputs: one output size per task (classes, or 1 for a regression).
     **kwargs: the model's other attributes, e.g. ``hidden=(128,)`` for the MLP or
       ``task_conditional_bn=False`` for VGG16.
@@ -54,6 +56,7 @@ __all__ = [
     "MultiHeadCNN",
     "MultiHeadMLP",
     "MultiHeadVGG16",
+    "MultiTaskAttentionNet",
     "TaskBatchNorm",
     "create_model",
 ]

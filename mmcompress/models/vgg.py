@@ -135,8 +135,10 @@ class VGG16Trunk(nn.Module):
 
   Attributes:
     num_tasks: the number of batch-norm parameter sets; None to share one set.
+    width: a multiplier of every layer's channels (1 is VGG16; smaller for CPU tests).
   """
   num_tasks: int | None = None
+  width: float = 1.0
 
   @nn.compact
   def __call__(self, images: jax.Array, task_id: jax.typing.ArrayLike | None = None, *,
@@ -148,7 +150,7 @@ class VGG16Trunk(nn.Module):
         # "SAME" keeps at least one pixel for images smaller than 16×16 (the tests use 8×8).
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         continue
-      x = nn.Conv(layer, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
+      x = nn.Conv(max(1, round(layer * self.width)), (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
                   name=f"conv{conv}")(x)
       x = TaskBatchNorm(self.num_tasks, momentum=0.9, epsilon=1e-5, name=f"bn{conv}")(
           x, task_id, train=train)
@@ -164,6 +166,7 @@ class MultiHeadVGG16(nn.Module):
     num_outputs: one output size per task (classes, or 1 for a regression).
     task_conditional_bn: one batch-norm set per task (then `task_id` is required) instead of
       one shared set (then `task_id` is ignored).
+    width: a multiplier of every convolution's channels (1 is VGG16; smaller for CPU tests).
 
   >>> model = MultiHeadVGG16(num_outputs=(5, 5))
   >>> images = jnp.zeros((2, 32, 32, 3))
@@ -175,6 +178,7 @@ class MultiHeadVGG16(nn.Module):
   """
   num_outputs: Sequence[int]
   task_conditional_bn: bool = True
+  width: float = 1.0
 
   @nn.compact
   def __call__(self, images: jax.Array, task_id: jax.typing.ArrayLike | None = None, *,
@@ -200,5 +204,5 @@ class MultiHeadVGG16(nn.Module):
             "MultiHeadVGG16 with task_conditional_bn=True needs task_id, the task "
             f"(0..{num_tasks - 1}) of the batch: model.apply(variables, images, task_id=k, ...).")
       task_id = 0
-    features = VGG16Trunk(num_tasks, name="trunk")(images, task_id, train=train)
+    features = VGG16Trunk(num_tasks, self.width, name="trunk")(images, task_id, train=train)
     return task_heads(features, sizes)

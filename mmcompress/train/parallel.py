@@ -27,8 +27,13 @@ def maybe_initialize_distributed(enabled: bool) -> None:
 
 
 def data_mesh() -> Mesh:
-  """A 1-D mesh over every device of every host, axis ``data``."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over every device of every host, axis ``data``.
+
+  The axis is `AxisType.Auto`: XLA's partitioner decides the layout of intermediates (a
+  vmapped per-task batch is reshaped inside the model), as jit has always done.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:

@@ -1,0 +1,337 @@
+"""SegNet with task-specific attention (MTAN), for dense multi-task prediction such as NYUv2.
+
+Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019. One SegNet
+(Badrinarayanan et al. 2017) is shared by all tasks; every task owns a chain of small attention
+modules, one per encoder and decoder block, that picks its features out of the shared ones.
+
+Shared backbone (``backbone``): a VGG16-style encoder of 5 blocks of 3×3 convolution + batch
+norm + ReLU (channels `filters`, default 64, 128, 256, 512, 512; `convs_per_block` = 2, 2, 3, 3,
+3 convolutions, the 13 convolutions of VGG16 as in SegNet and the public MTAN code), each
+block followed by a 2×2 max pooling that remembers where each maximum was; then a mirror
+decoder of 5 blocks (3, 3, 3, 2, 2 convolutions), each preceded by max unpooling with the
+indices of the matching encoder pooling. Decoder block ``j`` (in the order they run, ``dec0``
+at 1/16 resolution to ``dec4`` at full resolution) outputs ``filters[3 - j]`` channels,
+and ``filters[0]`` for the last one.
+
+Task attention, after Eq. (1) of the paper: in every block ``j`` the shared network gives
+``u`` (the output of the block's first convolution) and ``p`` (that of its last). Task ``k``
+computes a soft mask ``a = g([u; h(â_prev)])`` with ``g`` = 1×1 conv → BN → ReLU → 1×1 conv
+→ BN → sigmoid (task-specific) and multiplies it into the shared features: ``â = a ⊙ p``.
+``h`` passes the previous block's attended features through a 3×3 conv + BN + ReLU ``f`` and
+matches the resolution: in the encoder ``f`` then 2×2 max pooling (the first block has no
+previous features and uses ``u`` alone), in the decoder bilinear ×2 up-sampling then ``f``.
+``f`` is shared by all tasks (one set of weights per block, as the paper's "shared feature
+extractor" and the public code). Each task's last attended features feed its head: a 3×3
+convolution, then a 1×1 convolution to its outputs (no activation between them, as in MTAN);
+a task flagged in `normalize` has its output divided by its ℓ2 norm (surface normals).
+
+Departures from the public MTAN code, all deliberate:
+
+- The decoder's attention takes ``u`` = the first convolution's output of the decoder block, as
+  in the paper; the public code feeds it the unpooled block input instead. Then every ``g``
+  sees ``2 × C`` channels, whatever `filters` is.
+- The next decoder block receives the attended features ``â`` of this one, as in the paper;
+  the public code passes the mask ``a`` on.
+- Up-sampling of attention features is `jax.image.resize` (bilinear, half-pixel centres)
+  instead of PyTorch's ``align_corners=True``.
+- Convolutions followed by batch norm have no bias (the batch-norm bias replaces it).
+- Max unpooling keeps the position of each maximum inside its 2×2 window (0..3), not a flat
+  index, and on ties picks the first position in row-major order.
+
+Parameter names. Shared, pruned by the default rule: ``backbone/{enc,dec}{b}_{i}/conv/kernel``
+(block ``b``, convolution ``i``) and their ``bn/{scale,bias}``. Kept dense because every name
+contains "head": the task attention masks ``head_{k}_attention_{enc,dec}{b}/{conv0,bn0,
+conv1,bn1}``, the attention feature extractors shared by the tasks
+``head_shared_attention_{enc,dec}{b}/{conv,bn}``, and the prediction heads
+``head_{k}/{conv0,conv1}/{kernel,bias}``. Batch norm (momentum 0.9, epsilon 1e-5) keeps its
+running statistics in the ``batch_stats`` collection; a shared ``f`` is called once per task,
+so in training its statistics are updated K times per batch, as in the reference.
+
+Calling convention, that of `mmcompress.models.mlp`::
+
+    seg, depth, normal = model.apply(variables, images, task_id=None, train=False)
+
+Every task is computed for every image; `task_id` is accepted and ignored. Images are
+(B, H, W, C) with H and W divisible by 32 (five 2×2 poolings), e.g. NYUv2's 288×384.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmcompress.models.mlp import check_num_outputs
+
+NUM_BLOCKS = 5
+# Images must be divisible by this: one 2×2 pooling per encoder block.
+SIZE_MULTIPLE = 2**NUM_BLOCKS
+SEGNET_FILTERS: tuple[int, ...] = (64, 128, 256, 512, 512)
+# The 13 convolutions of VGG16 (configuration D), grouped by pooling block, as in SegNet.
+SEGNET_CONVS_PER_BLOCK: tuple[int, ...] = (2, 2, 3, 3, 3)
+NYUV2_NUM_OUTPUTS: tuple[int, ...] = (13, 1, 3)
+
+# Xavier-normal weights, as the public MTAN code initialises its convolutions.
+_conv_init = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def max_pool_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """2×2 max pooling with stride 2 that also returns where each maximum was.
+
+  Args:
+    x: (B, H, W, C) features, H and W even.
+
+  Returns:
+    The pooled (B, H/2, W/2, C) features and, of the same shape, the int32 position of each
+    maximum inside its 2×2 window in row-major order (0 top left, 1 top right, 2 bottom left,
+    3 bottom right); the first such position on ties. The gradient flows to that position
+    only, as for PyTorch's ``max_pool2d``.
+
+  >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  >>> pooled, argmax = max_pool_with_argmax(x)
+  >>> pooled[0, :, :, 0].tolist(), argmax[0, :, :, 0].tolist()
+  ([[5.0, 7.0], [13.0, 15.0]], [[3, 3], [3, 3]])
+  """
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_with_argmax needs even H and W, got shape {x.shape}.")
+  windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  windows = windows.reshape(b, h // 2, w // 2, c, 4)
+  argmax = jnp.argmax(windows, axis=-1).astype(jnp.int32)
+  # A gather, not jnp.max: the gradient must go to the position unpooling will use.
+  pooled = jnp.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
+  return pooled, argmax
+
+
+def max_unpool(y: jax.Array, argmax: jax.Array) -> jax.Array:
+  """The inverse of `max_pool_with_argmax`: each value back at its maximum's position.
+
+  Args:
+    y: (B, h, w, C) features.
+    argmax: (B, h, w, C) window positions in [0, 4), as returned by `max_pool_with_argmax`.
+
+  Returns:
+    (B, 2h, 2w, C) features, equal to `y` at the recorded positions and zero elsewhere.
+  """
+  if y.shape != argmax.shape:
+    raise ValueError(f"max_unpool needs features and argmax of one shape, got {y.shape} and "
+                     f"{argmax.shape}.")
+  b, h, w, c = y.shape
+  scattered = jax.nn.one_hot(argmax, 4, dtype=y.dtype) * y[..., None]
+  scattered = scattered.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  return scattered.reshape(b, 2 * h, 2 * w, c)
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _upsample2(x: jax.Array) -> jax.Array:
+  b, h, w, c = x.shape
+  return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+
+
+def _unit_norm(x: jax.Array) -> jax.Array:
+  # The floor keeps the gradient finite for an all-zero prediction.
+  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
+
+
+class ConvBNReLU(nn.Module):
+  """3×3 convolution without bias (``conv``), batch norm (``bn``), ReLU.
+
+  Attributes:
+    features: output channels.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
+                name="conv")(x)
+    return nn.relu(_batch_norm(train, "bn")(x))
+
+
+class AttentionMask(nn.Module):
+  """MTAN's task-specific mask g: 1×1 conv → BN → ReLU → 1×1 conv → BN → sigmoid.
+
+  Attributes:
+    features: channels of the mask, those of the shared features it multiplies.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=_conv_init, name="conv0")(x)
+    x = nn.relu(_batch_norm(train, "bn0")(x))
+    x = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=_conv_init, name="conv1")(x)
+    return nn.sigmoid(_batch_norm(train, "bn1")(x))
+
+
+class DensePredictionHead(nn.Module):
+  """A task's prediction: 3×3 conv (``conv0``), 1×1 conv (``conv1``), optional ℓ2 norm.
+
+  Attributes:
+    num_outputs: output channels (classes, 1 for depth, 3 for surface normals).
+    normalize: divide each pixel's output vector by its ℓ2 norm.
+  """
+  num_outputs: int
+  normalize: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(x.shape[-1], (3, 3), padding="SAME", kernel_init=_conv_init, name="conv0")(x)
+    x = nn.Conv(self.num_outputs, (1, 1), kernel_init=_conv_init, name="conv1")(x)
+    return _unit_norm(x) if self.normalize else x
+
+
+def decoder_widths(filters: Sequence[int]) -> tuple[int, ...]:
+  """Output channels of the decoder blocks, in the order they run (the encoder's, mirrored)."""
+  return tuple(reversed(tuple(filters)[:-1])) + (filters[0],)
+
+
+class SegNetBackbone(nn.Module):
+  """The shared SegNet: VGG-style encoder, max pooling with indices, unpooling decoder.
+
+  Blocks are named ``enc{b}_{i}`` and ``dec{b}_{i}`` (block b, convolution i), each a
+  `ConvBNReLU`.
+
+  Attributes:
+    filters: output channels of the 5 encoder blocks.
+    convs_per_block: convolutions in each encoder block; the decoder mirrors them.
+  """
+  filters: Sequence[int] = SEGNET_FILTERS
+  convs_per_block: Sequence[int] = SEGNET_CONVS_PER_BLOCK
+
+  def _block(self, x: jax.Array, prefix: str, width: int, convs: int, train: bool
+             ) -> tuple[jax.Array, jax.Array]:
+    first = ConvBNReLU(width, name=f"{prefix}_0")(x, train=train)
+    last = first
+    for i in range(1, convs):
+      last = ConvBNReLU(width, name=f"{prefix}_{i}")(last, train=train)
+    return first, last
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool
+               ) -> tuple[list[tuple[jax.Array, jax.Array]], list[tuple[jax.Array, jax.Array]]]:
+    """Returns the (first, last) convolution outputs of every encoder and decoder block.
+
+    Args:
+      images: (B, H, W, C) images, H and W divisible by 32.
+      train: batch norm with batch statistics.
+
+    Returns:
+      Two lists of 5 pairs: the encoder blocks from full resolution down to 1/16, then the
+      decoder blocks from 1/16 back up to full resolution.
+    """
+    x = images
+    encoder, argmaxes = [], []
+    for b, (width, convs) in enumerate(zip(self.filters, self.convs_per_block)):
+      first, last = self._block(x, f"enc{b}", width, convs, train)
+      encoder.append((first, last))
+      x, argmax = max_pool_with_argmax(last)
+      argmaxes.append(argmax)
+    decoder = []
+    widths = decoder_widths(self.filters)
+    for j, (width, convs) in enumerate(zip(widths, reversed(tuple(self.convs_per_block)))):
+      x = max_unpool(x, argmaxes[-1 - j])
+      first, x = self._block(x, f"dec{j}", width, convs, train)
+      decoder.append((first, x))
+    return encoder, decoder
+
+
+def _check_positive_ints(values: Sequence[int], what: str) -> tuple[int, ...]:
+  values = tuple(values)
+  if len(values) != NUM_BLOCKS or any(
+      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+    raise ValueError(f"{what} must be {NUM_BLOCKS} integers >= 1, one per SegNet block, got "
+                     f"{values!r}.")
+  return values
+
+
+class MultiTaskAttentionNet(nn.Module):
+  """SegNet shared by K dense-prediction tasks, each with its own attention; see the module.
+
+  Attributes:
+    num_outputs: one output size per task; NYUv2's 13-class segmentation, depth and surface
+      normals by default.
+    filters: output channels of the 5 encoder blocks.
+    normalize: one flag per task: divide its output by its ℓ2 norm at every pixel.
+    convs_per_block: 3×3 convolutions in each encoder block (mirrored in the decoder).
+
+  >>> model = MultiTaskAttentionNet(filters=(8, 8, 16, 16, 16))
+  >>> images = jnp.zeros((2, 32, 64, 3))
+  >>> variables = model.init(jax.random.key(0), images)
+  >>> [y.shape for y in model.apply(variables, images)]
+  [(2, 32, 64, 13), (2, 32, 64, 1), (2, 32, 64, 3)]
+  """
+  num_outputs: Sequence[int] = NYUV2_NUM_OUTPUTS
+  filters: Sequence[int] = SEGNET_FILTERS
+  normalize: Sequence[bool] = (False, False, True)
+  convs_per_block: Sequence[int] = SEGNET_CONVS_PER_BLOCK
+
+  def _checked_config(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...],
+                                     tuple[int, ...]]:
+    sizes = check_num_outputs(self.num_outputs)
+    filters = _check_positive_ints(self.filters, "filters")
+    convs = _check_positive_ints(self.convs_per_block, "convs_per_block")
+    normalize = tuple(self.normalize)
+    if len(normalize) != len(sizes) or not all(isinstance(n, bool) for n in normalize):
+      raise ValueError(
+          f"normalize must hold one bool per task ({len(sizes)} tasks for num_outputs="
+          f"{sizes}), got {self.normalize!r}.")
+    return sizes, normalize, filters, convs
+
+  @nn.compact
+  def __call__(self, images: jax.Array, task_id: jax.typing.ArrayLike | None = None, *,
+               train: bool = False) -> tuple[jax.Array, ...]:
+    """Returns every task's dense prediction for a batch of images.
+
+    Args:
+      images: (B, H, W, C) images, H and W divisible by 32.
+      task_id: ignored: every task is computed for every image.
+      train: normalise with batch statistics and update the running ones (then pass
+        ``mutable=["batch_stats"]`` to `apply`).
+
+    Returns:
+      K arrays, the k-th of shape (B, H, W, num_outputs[k]), unit-norm along the last axis
+      where `normalize[k]`.
+
+    Raises:
+      ValueError: for images whose shape is not (B, H, W, C) with H, W divisible by 32, or a
+        bad configuration.
+    """
+    del task_id
+    sizes, normalize, filters, convs = self._checked_config()
+    if (images.ndim != 4 or images.shape[1] < SIZE_MULTIPLE or images.shape[2] < SIZE_MULTIPLE
+        or images.shape[1] % SIZE_MULTIPLE or images.shape[2] % SIZE_MULTIPLE):
+      raise ValueError(
+          f"MultiTaskAttentionNet needs images of shape (B, H, W, C) with H and W positive "
+          f"multiples of {SIZE_MULTIPLE} (one 2x2 pooling per block), got shape "
+          f"{tuple(images.shape)}; resize or pad them, e.g. NYUv2 at 288x384.")
+
+    encoder, decoder = SegNetBackbone(filters, convs, name="backbone")(images, train=train)
+    # One feature extractor f per block, shared by the tasks; the encoder's widens the
+    # features to the next block's channels.
+    encoder_f = [ConvBNReLU(filters[min(b + 1, NUM_BLOCKS - 1)],
+                            name=f"head_shared_attention_enc{b}") for b in range(NUM_BLOCKS)]
+    decoder_f = [ConvBNReLU(width, name=f"head_shared_attention_dec{j}")
+                 for j, width in enumerate(decoder_widths(filters))]
+
+    outputs = []
+    for k, (size, unit) in enumerate(zip(sizes, normalize)):
+      attended = None
+      for b, (first, last) in enumerate(encoder):
+        inputs = first if attended is None else jnp.concatenate([first, attended], axis=-1)
+        mask = AttentionMask(last.shape[-1], name=f"head_{k}_attention_enc{b}")(
+            inputs, train=train)
+        attended = encoder_f[b](mask * last, train=train)
+        attended = nn.max_pool(attended, (2, 2), strides=(2, 2))
+      for j, (first, last) in enumerate(decoder):
+        previous = decoder_f[j](_upsample2(attended), train=train)
+        mask = AttentionMask(last.shape[-1], name=f"head_{k}_attention_dec{j}")(
+            jnp.concatenate([first, previous], axis=-1), train=train)
+        attended = mask * last
+      outputs.append(DensePredictionHead(size, unit, name=f"head_{k}")(attended))
+    return tuple(outputs)

@@ -1,0 +1,136 @@
+"""The paper's two benchmarks at reduced size on CPU: one jitted step each, data checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.configs import cifar100 as cifar_config
+from experiments.configs import nyuv2 as nyu_config
+from mmcompress import experiment, saddle_point, sparsity, weighting
+from mmcompress.data import cifar100, nyuv2
+from mmcompress.models import create_model
+from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.problems.nyuv2 import NYUv2Problem
+from mmcompress.train import loop, parallel, run, step
+
+
+def synthetic_cifar_split(per_class: int, seed: int) -> cifar100.ImageSplit:
+  rng = np.random.default_rng(seed)
+  fine = np.repeat(np.arange(100, dtype=np.int32), per_class)
+  images = rng.integers(0, 256, (len(fine), 32, 32, 3), dtype=np.uint8)
+  return cifar100.ImageSplit(images, fine, np.arange(len(fine)))
+
+
+def minmax_masked_step(problem, model, sparsity_level=0.9):
+  mesh = parallel.data_mesh()
+  params, model_state = run.init_variables(
+      run.Experiment(config=None, problem=problem, model=model, mesh=mesh, workdir=""), 0)
+  masks = sparsity.magnitude_masks(params, sparsity_level)
+  minmax = weighting.minmax(0.02, gamma=5.0)
+  tx = saddle_point(sparsity.masked(optax.sgd(0.05, momentum=0.9), masks), minmax.tx)
+  state = run.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
+                                 problem.num_tasks, jax.random.key(0))
+  train_step = step.make_train_step(problem, model, minmax, tx, mesh)
+  return state, train_step, masks, mesh
+
+
+def assert_masked_zeros(params, masks):
+  checked = 0
+  for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks)):
+    p, m = np.asarray(p), np.asarray(m)
+    assert np.all(p[~m] == 0.0)
+    checked += (~m).sum()
+  assert checked > 0
+
+
+def test_cifar100_vgg16_step_uses_each_tasks_batch_norm_and_respects_masks():
+  problem = Cifar100Problem(synthetic_cifar_split(4, 0), synthetic_cifar_split(1, 1),
+                            synthetic_cifar_split(1, 2))
+  model = create_model("vgg16", problem.num_outputs, width=0.125)
+  state, train_step, masks, mesh = minmax_masked_step(problem, model)
+  start_stats = jax.tree.map(np.asarray, state.model_state)
+  start_params = jax.tree.map(np.asarray, state.params)  # the step donates `state`
+  batch = problem.train_batch(0, 0, 0, 2)
+  assert batch["images"].shape == (20, 2, 32, 32, 3) and batch["labels"].shape == (20, 2)
+  state, losses = train_step(state, parallel.shard_batch(batch, mesh, problem.batch_axis))
+  assert losses.shape == (20,) and np.all(np.isfinite(np.asarray(losses)))
+  assert_masked_zeros(state.params, masks)
+  # Task 3's statistics are exactly those of a forward pass of task 3's batch alone.
+  _, alone = model.apply({"params": start_params, **start_stats},
+                         jnp.asarray(batch["images"][3]), task_id=3, train=True,
+                         mutable=["batch_stats"])
+  for layer in ("bn0", "bn7", "bn12"):
+    merged = state.model_state["batch_stats"]["trunk"][layer]
+    expected = alone["batch_stats"]["trunk"][layer]
+    for stat in ("mean_task3", "var_task3"):
+      np.testing.assert_allclose(merged[stat], expected[stat], rtol=1e-4, atol=1e-6)
+    before = start_stats["batch_stats"]["trunk"][layer]
+    assert not np.allclose(merged["mean_task3"], before["mean_task3"])
+  eval_step = step.make_eval_step(problem, model, mesh)
+  val = loop.evaluate(problem, eval_step, state.params, state.model_state, "val", mesh, 4)
+  assert set(val["metrics"]) == set(cifar100.TASK_NAMES)
+  assert all(0.0 <= a <= 1.0 for a in val["metrics"].values())
+
+
+@pytest.fixture(scope="module")
+def nyu_root(tmp_path_factory):
+  return nyuv2.write_synthetic(tmp_path_factory.mktemp("nyuv2") / "data", 5, 2, height=32,
+                               width=64, seed=0)
+
+
+def test_nyuv2_mtan_step_is_finite_respects_masks_and_evaluates_all_metrics(nyu_root):
+  problem = NYUv2Problem(str(nyu_root), height=32, width=64, val_fraction=0.2)
+  assert {k: len(v) for k, v in problem.rows.items()} == {"train": 4, "val": 1, "test": 2}
+  model = create_model("mtan", problem.num_outputs, filters=(4, 8, 8, 16, 16))
+  state, train_step, masks, mesh = minmax_masked_step(problem, model)
+  batch = problem.train_batch(0, 0, 0, 2)
+  assert batch["image"].shape == (2, 32, 64, 3) and batch["label"].shape == (2, 32, 64)
+  state, losses = train_step(state, parallel.shard_batch(batch, mesh))
+  assert losses.shape == (3,) and np.all(np.isfinite(np.asarray(losses)))
+  assert_masked_zeros(state.params, masks)
+  eval_step = step.make_eval_step(problem, model, mesh)
+  test = loop.evaluate(problem, eval_step, state.params, state.model_state, "test", mesh, 2)
+  assert set(test["all_metrics"]) >= {"miou", "pixel_acc", "depth_abs_err", "depth_rel_err",
+                                      "normal_mean", "normal_median", "normal_11.25"}
+  assert test["metrics"]["segmentation"] == test["all_metrics"]["miou"]
+  assert all(np.isfinite(v) for v in test["all_metrics"].values())
+  assert len(test["loss"]) == 3 and all(np.isfinite(test["loss"]))
+
+
+def test_nyuv2_bad_data_directory_fails_before_training(tmp_path, nyu_root):
+  config = nyu_config.get_config("smoke")
+  with pytest.raises(ValueError, match="config.data_dir is empty"):
+    experiment.nyuv2_problem(config)
+  with config.unlocked():
+    config.data_dir = str(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match="nowhere"):
+    experiment.nyuv2_problem(config)
+  with config.unlocked():
+    config.data_dir, config.height, config.width = str(nyu_root), 64, 64
+  with pytest.raises(ValueError, match=r"0\.npy"):  # the shapes are 32×64, not 64×64
+    experiment.nyuv2_problem(config)
+
+
+def test_cifar100_from_tfds_mock_data_yields_twenty_five_way_tasks(tmp_path):
+  config = cifar_config.get_config("smoke")
+  with config.unlocked():
+    config.data_dir = str(tmp_path)
+    config.check_coarse_labels = False  # mock data draws fine and coarse labels independently
+  with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
+    problem = experiment.cifar100_problem(config)
+  assert problem.num_tasks == 20 and problem.num_outputs == (5,) * 20
+  batch = problem.train_batch(0, 0, 0, 2)
+  assert batch["images"].shape == (20, 2, 32, 32, 3)
+  assert batch["labels"].min() >= 0 and batch["labels"].max() <= 4
+  with config.unlocked():
+    config.check_coarse_labels = True
+  with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(ValueError, match="coarse_label"):
+      experiment.cifar100_problem(config)
+
+
+def test_cifar100_missing_data_dir_is_refused():
+  with pytest.raises(ValueError, match="config.data_dir is empty"):
+    experiment.cifar100_problem(cifar_config.get_config())
