@@ -2,10 +2,13 @@
 
   python -m experiments.cifar100 --workdir=runs/cifar100 --config.data_dir=/data/tfds
 """
+import functools
+
 from experiments import launch
 from mmcompress import experiment
 
 _CONFIG, _WORKDIR = launch.define_flags("cifar100")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR, experiment.cifar100_problem)
+  launch.run(_CONFIG, _WORKDIR,
+             functools.partial(experiment.run, problem=experiment.cifar100_problem))

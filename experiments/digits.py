@@ -8,4 +8,4 @@ from mmcompress import experiment
 _CONFIG, _WORKDIR = launch.define_flags("digits")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR, experiment.digits_problem)
+  launch.run(_CONFIG, _WORKDIR, experiment.run_digits)

@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from mmcompress import experiment
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
@@ -20,12 +19,13 @@ def define_flags(config_name: str):
   return config, workdir
 
 
-def run(config_flag, workdir_flag, problem: Callable) -> None:
-  """Runs `experiment.run` on the flags' config and workdir, with `problem`'s data."""
+def run(config_flag, workdir_flag, job: Callable) -> None:
+  """Runs ``job(config, workdir)`` on the flags' values: `experiment.run` with a problem, or
+  `experiment.run_digits`."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
       logging.set_verbosity(logging.WARNING)
-    experiment.run(config_flag.value, workdir_flag.value, problem=problem)
+    job(config_flag.value, workdir_flag.value)
   app.run(main)

@@ -24,10 +24,40 @@ from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.train import parallel, run as run_lib, stages as stages_lib
 
 
-def digits_problem(config: ml_collections.ConfigDict) -> DigitsProblem:
-  """The MultiDigits problem of a digits config."""
-  _checks.one_of(config.task_set, digits.TASK_SETS, "config.task_set")
-  return DigitsProblem(digits.load_multidigits(config.task_set, seed=config.data_seed))
+def digits_problem(config: ml_collections.ConfigDict, task_set: str | None = None
+                   ) -> DigitsProblem:
+  """The MultiDigits problem of a digits config (its first task set unless one is named)."""
+  task_set = config.task_sets[0] if task_set is None else task_set
+  _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+  return DigitsProblem(digits.load_multidigits(task_set, seed=config.data_seed))
+
+
+def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
+  """The MultiDigits comparison for every task set of ``config.task_sets``.
+
+  One task set writes into `workdir`; several write one full run each into
+  ``workdir/<task_set>`` and an index ``workdir/report.md`` that holds their reports.
+
+  Returns:
+    ``{task_set: report}``.
+  """
+  task_sets = tuple(config.task_sets)
+  if not task_sets:
+    raise ValueError(f"config.task_sets is empty: name some of {list(digits.TASK_SETS)}.")
+  for task_set in task_sets:
+    _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+  if len(task_sets) == 1:
+    return {task_sets[0]: run(config, workdir, **kwargs)}
+  reports, sections = {}, []
+  for task_set in task_sets:
+    subdir = os.path.join(workdir, task_set)
+    reports[task_set] = run(config, subdir, problem=lambda c, t=task_set: digits_problem(c, t),
+                            **kwargs)
+    with open(os.path.join(subdir, "report.md")) as f:
+      sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write("\n\n".join(sections))
+  return reports
 
 
 def _data_dir(config: ml_collections.ConfigDict, what: str) -> str:

@@ -105,3 +105,22 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
                         env=environment(), capture_output=True, text=True, timeout=300)
   assert done.returncode != 0
   assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
+
+
+def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path):
+  from tests.test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
+  from mmcompress import experiment  # pylint: disable=import-outside-toplevel
+  config = tiny_config(task_sets=("classify", "mixed"))
+  reports = experiment.run_digits(config, str(tmp_path), print_report=False)
+  assert set(reports) == {"classify", "mixed"}
+  mixed = reports["mixed"]
+  assert mixed["tasks"] == ["digit", "parity", "ink"]
+  assert mixed["higher_is_better"] == {"digit": True, "parity": True, "ink": False}
+  assert mixed["metric_names"]["ink"] == "MAE"
+  dense_ink = mixed["dense"]["metrics"]["ink"]
+  minmax = mixed["methods"]["minmax"]
+  assert minmax["retention"]["ink"] == pytest.approx(dense_ink / minmax["metrics"]["ink"])
+  index = (tmp_path / "report.md").read_text()
+  assert "Task set 'classify'" in index and "Task set 'mixed'" in index
+  for task_set in ("classify", "mixed"):
+    assert (tmp_path / task_set / "report.json").exists()

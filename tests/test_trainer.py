@@ -39,7 +39,7 @@ def tiny_config(**overrides):
 
 def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
   config = config or tiny_config()
-  data = data or digits.load_multidigits(config.task_set, seed=config.data_seed)
+  data = data or digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
   model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
   return run_lib.Experiment(config=config, problem=DigitsProblem(data), model=model, mesh=parallel.data_mesh(),
                             workdir=str(workdir), on_checkpoint=on_checkpoint)
@@ -133,7 +133,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
   config = tiny_config(checkpoint_every_steps=1)
-  data = digits.load_multidigits(config.task_set, seed=config.data_seed)
+  data = digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
   # Poison one training image that the third step draws first (the batch order is a pure
   # function of the step: mark each image with its index to read it back).
   indexed = data.train._replace(images=np.arange(data.train.num_examples, dtype=np.float32)

@@ -6,18 +6,31 @@ weighting through pretrain → reweight → prune → retrain, 3 seeds; a few mi
   python -m experiments.digits --workdir=runs/digits
 
 Presets: ``--config=experiments/configs/digits.py:quick`` (one seed, short stages: a smoke
-test in about a minute) and ``...:study`` (10 seeds, the size a one-point effect needs).
+test in well under a minute) and ``...:study`` (10 seeds, the size a one-point effect needs,
+on both task sets, ``classify`` and ``mixed``, each in its own sub-folder of the workdir).
 Override any field, e.g. ``--config.sparsity=0.99 --config.minmax.gamma=5``; the config is
 locked, so a mistyped field fails.
 
-The min-max knobs and why they default as they do:
-* ``minmax.gamma = 1`` and ascent every step: METHOD.md §6 measured on these tasks that the
-  paper's γ = 5 leaves the weights near 1/K (within ±0.003 of equal), while γ = 1 every
-  step moved them and protected the hardest task by about a point at 40x (9 of 10 seeds).
-  Not yet re-tuned on this code's validation split: sweep ``--config.minmax.gamma`` and
-  compare the ``val_metrics`` of each run's ``result.json`` (never the test split).
+The min-max knobs and how they were chosen (on the validation split, never on test):
+``python -m experiments.tune_minmax --workdir=runs/tune --config.seeds="(0,1,2,3,4,5,6,7,8,9)"
+--gammas=0.5,1,2,5 --every=step`` ran equal and min-max over 10 paired seeds at 40x and printed
+the validation worst-task retention (min over tasks of compressed / dense):
+
+  γ     min-max  equal   paired difference, mean [min, max]
+  0.5   0.9699   0.9631  +0.0068 [−0.0098, +0.0291]
+  1     0.9660   0.9631  +0.0029 [−0.0098, +0.0098]
+  2     0.9651   0.9631  +0.0020 [−0.0098, +0.0098]
+  5     0.9680   0.9631  +0.0049 [−0.0196, +0.0098]
+
+(A 3-seed run of the same tool with the ascent once per epoch put γ = 0.5, 1, 2, 5 all within
+±0.0033 of equal.) The highest mean is γ = 0.5 with an ascent every step, so that is the
+default; but one validation image of the hard task is worth 0.0098 here, so these
+differences are within about one image and the choice is weak. METHOD.md §6 measured a
+similar +0.008 for γ = 1 on the test split of its own runs.
 * ``minmax.learning_rate = 0.02``: the reference ascent step 1/β with β = 50.
-* ``minmax.task_scales = ()``: raw losses, as in the reference for classification.
+* ``minmax.task_scales = ()``: raw losses, as the reference does for classification. On the
+  ``mixed`` task set the raw losses differ in scale (cross-entropy vs squared error), which
+  decides what "worst" means: see METHOD.md §6 B and the study preset.
 """
 import ml_collections
 
@@ -27,12 +40,12 @@ from experiments.configs import base
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """The default config, or the `quick` / `study` preset."""
   c = base.get_base_config()
-  c.task_set = "classify"          # or "mixed": two classifications and a regression per image
+  c.task_sets = ("classify",)      # or ("mixed",): two classifications and a regression per image
   c.data_seed = 0                  # the train/val/test split (fixed across model seeds)
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.seeds = (0, 1, 2)
-  c.minmax.gamma = 1.0
+  c.minmax.gamma = 0.5             # chosen on validation: see the docstring
   if preset == "quick":
     c.seeds = (0,)
     c.epochs = ml_collections.ConfigDict({"pretrain": 4, "reweight": 2, "retrain": 3,
@@ -40,6 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 50
   elif preset == "study":
     c.seeds = tuple(range(10))
+    c.task_sets = ("classify", "mixed")
   elif preset:
     raise ValueError(f"unknown preset {preset!r}: use '', 'quick' or 'study'.")
   c.lock()
