@@ -213,7 +213,7 @@ def test_one_jitted_forward_compiles_once(name):
 
 
 def test_create_model_rejects_bad_arguments():
-  with pytest.raises(ValueError, match=r"\['mlp', 'cnn', 'vgg16'\]"):
+  with pytest.raises(ValueError, match=r"\['mlp', 'cnn', 'vgg16', 'mtan'\]"):
     create_model("resnet", (2,))
   for bad in ((), (2, 0), (2, 1.5), 3):
     with pytest.raises(ValueError, match="num_outputs"):
