@@ -105,13 +105,20 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
     if params is None:
       raise ValueError("simplex_ascent needs params (the current task weights) in update().")
     finite = jnp.all(jnp.isfinite(updates))
+    lr = learning_rate(state.num_ascents) if callable(learning_rate) else learning_rate
+    lr = jnp.asarray(lr, params.dtype)
+    if every == 1:  # no window to keep: ascend on this gradient unless it is not finite
+      safe = jnp.where(finite, updates, 0.0)
+      new_updates = jnp.where(finite, step_fn(params, safe, lr) - params, 0.0)
+      return new_updates, state._replace(
+          count=state.count + 1, num_ascents=state.num_ascents + finite.astype(jnp.int32),
+          num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
     grad_sum = state.grad_sum + jnp.where(finite, updates, 0.0)
     num_summed = state.num_summed + finite.astype(jnp.int32)
     count = state.count + 1
     ascend = jnp.logical_and(count % every == 0, num_summed > 0)
-    lr = learning_rate(state.num_ascents) if callable(learning_rate) else learning_rate
     mean_grad = grad_sum / jnp.maximum(num_summed, 1).astype(grad_sum.dtype)
-    target = step_fn(params, mean_grad, jnp.asarray(lr, params.dtype))
+    target = step_fn(params, mean_grad, lr)
     new_updates = jnp.where(ascend, target - params, jnp.zeros_like(params))
     window_ends = count % every == 0
     new_state = SimplexAscentState(
