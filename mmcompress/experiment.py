@@ -15,7 +15,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from mmcompress import _checks, report as report_lib, weighting
+from mmcompress import _checks, _files, report as report_lib, weighting
 from mmcompress.data import cifar100, digits
 from mmcompress.models import create_model
 from mmcompress.problems import DigitsProblem, Problem
@@ -128,7 +128,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
           "or rerun with the same config to resume it.")
     return
-  run_lib.write_json_atomically(path, current)
+  _files.write_json_atomically(path, current)
 
 
 class Progress:

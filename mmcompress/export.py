@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -47,6 +46,8 @@ from typing import Any
 import jax
 import ml_dtypes
 import numpy as np
+
+from mmcompress import _files
 
 FORMAT_NAME = "mmcompress.export"
 FORMAT_VERSION = 1
@@ -171,29 +172,6 @@ def _writable_target(path: str | os.PathLike) -> str:
   return path
 
 
-def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
-  """Calls `write(file)` on a temp file beside `path`, then renames it onto `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  try:
-    fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                                suffix=".tmp")
-  except OSError as e:
-    raise ValueError(
-        f"cannot write {path!r}: {e.strerror or e}; choose a writable directory.") from None
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp makes the file private (0600); give it the mode a plain open() would have had.
-    os.chmod(temp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.remove(temp)
-    raise
-
-
 def save(path: str | os.PathLike,
          params: Any,
          masks: Any,
@@ -270,7 +248,7 @@ def save(path: str | os.PathLike,
   manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "leaves": entries}
   arrays[MANIFEST_KEY] = np.frombuffer(json.dumps(manifest, indent=1).encode("utf-8"),
                                        dtype=np.uint8)
-  _write_atomically(path, lambda f: np.savez(f, **arrays))
+  _files.write_atomically(path, lambda f: np.savez(f, **arrays))
 
   if prunable_dense_bytes == 0:
     ratio = 1.0

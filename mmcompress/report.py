@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from mmcompress import metrics as metrics_lib
+from mmcompress import _files, metrics as metrics_lib
 
 MINMAX = "minmax"
 EQUAL = "equal"
@@ -503,7 +502,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
 
 def _save_figure(figure: Any, path: str | os.PathLike) -> str:
   path = os.fspath(path)
-  _write_atomically(path, lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
+  _files.write_atomically(path, lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
   return path
 
 
@@ -605,25 +604,6 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomically(path: str, write: Callable[[Any], None]) -> None:
-  """Calls `write(file)` on a temp file beside `path`, then renames it onto `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                              suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp makes the file private (0600); give it the mode a plain open() would have had.
-    os.chmod(temp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.remove(temp)
-    raise
-
-
 def write(report: Mapping[str, Any], workdir: str | os.PathLike) -> dict[str, str]:
   """Writes report.json, report.md, task_metrics.png and task_weights.png into `workdir`.
 
@@ -650,7 +630,7 @@ def write(report: Mapping[str, Any], workdir: str | os.PathLike) -> dict[str, st
   paths = {"json": os.path.join(workdir, "report.json"),
            "markdown": os.path.join(workdir, "report.md")}
   text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-  _write_atomically(paths["json"], lambda f: f.write(text.encode("utf-8")))
+  _files.write_atomically(paths["json"], lambda f: f.write(text.encode("utf-8")))
   paths["task_metrics"] = plot_task_metrics(report, os.path.join(workdir, "task_metrics.png"))
   weights = plot_task_weights(report, os.path.join(workdir, "task_weights.png"))
   if weights is not None:
@@ -659,5 +639,5 @@ def write(report: Mapping[str, Any], workdir: str | os.PathLike) -> dict[str, st
   if weights is not None:
     figures.append("![Min-max task weights over training](task_weights.png)")
   markdown = to_markdown(report) + "\n" + "\n".join(figures) + "\n"
-  _write_atomically(paths["markdown"], lambda f: f.write(markdown.encode("utf-8")))
+  _files.write_atomically(paths["markdown"], lambda f: f.write(markdown.encode("utf-8")))
   return paths

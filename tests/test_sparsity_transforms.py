@@ -364,3 +364,24 @@ def test_dynamic_sparse_first_step_grows_onto_dense_params_at_zero():
   assert (new & ~old).any()
   assert (p[new & ~old] == 0.0).all() and (p[~new] == 0.0).all()
   assert (p[new & old] != 0.0).all()
+
+
+def test_masked_state_keeps_no_mask_for_leaves_that_prune_nothing():
+  params = {"trunk": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},
+            "head_0": {"kernel": jnp.ones((4, 2))}}
+  masks = sp.magnitude_masks(params, 0.5)
+  opt = sp.masked(optax.sgd(0.1, momentum=0.9), masks)
+  state = opt.init(params)
+  stored = state.masks
+  assert stored["trunk"]["bias"] is None and stored["head_0"]["kernel"] is None
+  assert len(jax.tree.leaves(stored)) == 1  # only the pruned kernel is carried
+  full = sp.full_masks(params, sp.find_masks(state))
+  for got, want in zip(jax.tree.leaves(full), jax.tree.leaves(masks)):
+    np.testing.assert_array_equal(got, want)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(opt.update)(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new["trunk"]["bias"], 0.9)  # unmasked leaves: plain SGD
+  np.testing.assert_allclose(new["head_0"]["kernel"], 0.9)
+  kernel, keep = np.asarray(new["trunk"]["kernel"]), np.asarray(masks["trunk"]["kernel"])
+  assert np.all(kernel[~keep] == 0.0) and np.allclose(kernel[keep], np.arange(7.0, 13.0) - 0.1)

@@ -47,16 +47,7 @@ class MultiHeadCNN(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, task_id: jax.typing.ArrayLike | None = None, *,
                train: bool = False) -> tuple[jax.Array, ...]:
-    """Returns the K head outputs for a batch of images.
-
-    Args:
-      images: (B, H, W, C) images.
-      task_id: ignored (the convention of `MultiHeadVGG16`).
-      train: ignored (no dropout or batch norm).
-
-    Returns:
-      K arrays, the k-th of shape (B, num_outputs[k]).
-    """
+    """The K head outputs for (B, H, W, C) images; as `MultiHeadMLP.__call__`."""
     del task_id, train
     sizes = check_num_outputs(self.num_outputs)
     return task_heads(CNNTrunk(tuple(self.features), name="trunk")(images), sizes)

@@ -90,3 +90,12 @@ def apply_model(model: nn.Module, params: Any, model_state: Any, images: jax.Arr
     return model.apply(variables, images, task_id=task_id, train=True, rngs=rngs,
                        mutable=list(model_state))
   return model.apply(variables, images, task_id=task_id, train=train, rngs=rngs), model_state
+
+
+def per_task_means(task_names: tuple[str, ...], sums: Any, metric_key: str) -> dict:
+  """`Problem.finalize` for problems whose metric is a per-task sum divided by a count."""
+  count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
+  values = np.asarray(sums[metric_key], np.float64) / count
+  metrics = {t: float(v) for t, v in zip(task_names, values)}
+  return {"loss": [float(v) for v in np.asarray(sums["loss"], np.float64) / count],
+          "metrics": metrics, "all_metrics": dict(metrics)}

@@ -116,8 +116,4 @@ class Cifar100Problem(base.Problem):
             "correct": one_hot * jnp.sum(correct * valid)}
 
   def finalize(self, sums):
-    count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
-    accuracy = np.asarray(sums["correct"], np.float64) / count
-    metrics = {t: float(a) for t, a in zip(self.task_names, accuracy)}
-    return {"loss": [float(v) for v in np.asarray(sums["loss"], np.float64) / count],
-            "metrics": metrics, "all_metrics": dict(metrics)}
+    return base.per_task_means(self.task_names, sums, "correct")

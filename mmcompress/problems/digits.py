@@ -101,8 +101,4 @@ class DigitsProblem(base.Problem):
             "score": jnp.sum(score * mask, 0)}
 
   def finalize(self, sums):
-    count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
-    values = np.asarray(sums["score"], np.float64) / count
-    metrics = {t: float(v) for t, v in zip(self.task_names, values)}
-    return {"loss": [float(v) for v in np.asarray(sums["loss"], np.float64) / count],
-            "metrics": metrics, "all_metrics": dict(metrics)}
+    return base.per_task_means(self.task_names, sums, "score")

@@ -11,7 +11,7 @@ Everything here composes into a user's own optax loop:
 from __future__ import annotations
 
 from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
-from mmcompress.sparsity.masked_training import MaskedState, masked
+from mmcompress.sparsity.masked_training import MaskedState, full_masks, masked
 from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks
 from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
 from mmcompress.sparsity.stats import find_masks, summary
@@ -25,6 +25,7 @@ __all__ = [
     "default_include",
     "dynamic_sparse",
     "find_masks",
+    "full_masks",
     "magnitude_masks",
     "masked",
     "summary",

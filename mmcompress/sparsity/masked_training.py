@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mmcompress import _checks
@@ -26,7 +27,10 @@ class MaskedState(NamedTuple):
 
   Attributes:
     inner_state: the state of the wrapped optimizer.
-    masks: bool arrays with the structure and shapes of the params (True = kept weight).
+    masks: bool arrays with the structure and shapes of the params (True = kept weight),
+      except that a leaf whose mask is all True (a bias, a head: nothing pruned) holds None.
+      A state leaf costs a little on every call of a jitted step, and most leaves of a
+      network are not pruned; `full_masks` restores the full tree.
   """
   inner_state: optax.OptState
   masks: Any
@@ -39,10 +43,32 @@ def check_inner(inner: Any) -> None:
         f"inner must be an optax.GradientTransformation (with init and update), got {inner!r}.")
 
 
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
 def mask_tree(tree: Any, masks: Any) -> Any:
-  """`where(mask, x, 0)` leaf by leaf, keeping each leaf's dtype."""
-  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros((), jnp.result_type(x))),
-                      tree, masks)
+  """`where(mask, x, 0)` leaf by leaf, keeping each leaf's dtype; a None mask keeps all."""
+  return jax.tree.map(
+      lambda m, x: x if m is None else jnp.where(m, x, jnp.zeros((), jnp.result_type(x))),
+      masks, tree, is_leaf=_is_none)
+
+
+def _drop_dense(masks: Any) -> Any:
+  """The masks with every all-True leaf replaced by None (when the masks are concrete)."""
+  def drop(m):
+    if isinstance(m, jax.core.Tracer):
+      return m
+    return None if bool(np.all(np.asarray(m))) else m
+  return jax.tree.map(drop, masks)
+
+
+def full_masks(params: Any, masks: Any | None) -> Any:
+  """`masks` with every None (or a None tree) turned into an all-True mask of its param."""
+  if masks is None:
+    return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+  return jax.tree.map(lambda m, p: jnp.ones(jnp.shape(p), bool) if m is None else m,
+                      masks, params, is_leaf=_is_none)
 
 
 def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTransformation:
@@ -78,7 +104,7 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
 
   def init_fn(params):
     _checks.same_structure(masks, params, "masks")
-    bool_masks = jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks)
+    bool_masks = _drop_dense(jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks))
     return MaskedState(inner_state=inner.init(mask_tree(params, bool_masks)), masks=bool_masks)
 
   def update_fn(updates, state, params=None):
@@ -92,8 +118,8 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
     inner_updates, inner_state = inner.update(grads, state.inner_state,
                                               mask_tree(params, masks_))
     new_updates = jax.tree.map(
-        lambda u, p, m: jnp.where(m, u, -p).astype(jnp.result_type(u)),
-        inner_updates, params, masks_)
+        lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(jnp.result_type(u)),
+        masks_, inner_updates, params, is_leaf=_is_none)
     return new_updates, MaskedState(inner_state=inner_state, masks=masks_)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -30,7 +30,8 @@ def find_masks(opt_state: Any) -> Any | None:
     opt_state: an optimizer state.
 
   Returns:
-    The `masks` field found, or None if there is no such state.
+    The `masks` field found (in a `MaskedState`, leaves that prune nothing are None: pass
+    the result through `full_masks` for a complete tree), or None if there is no such state.
   """
   is_mask_state = lambda x: isinstance(x, _MASK_STATES)
   for node in jax.tree.leaves(opt_state, is_leaf=is_mask_state):

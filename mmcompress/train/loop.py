@@ -91,9 +91,7 @@ def snapshot(state: TrainState) -> dict:
 
   A copy: the training step donates the state's buffers, the snapshot must outlive them.
   """
-  masks = sparsity.find_masks(state.opt_state)
-  if masks is None:
-    masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), state.params)
+  masks = sparsity.full_masks(state.params, sparsity.find_masks(state.opt_state))
   return jax.tree.map(jnp.copy, {"params": state.params, "model_state": state.model_state,
                                  "masks": masks})
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmcompress import export, saddle_point, sparsity
+from mmcompress import _files, export, saddle_point, sparsity
 from mmcompress.problems import Problem
 from mmcompress.train import loop, stages as stages_lib, step as step_lib
 from mmcompress.weighting import TaskWeighting
@@ -43,16 +43,6 @@ class Experiment:
   @property
   def steps_per_epoch(self) -> int:
     return self.problem.steps_per_epoch(self.config.batch_size)
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-  """Writes JSON through a temporary file and a rename: a kill leaves old or new, never half."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def init_variables(exp: Experiment, seed: int) -> tuple[Any, Any]:
@@ -189,6 +179,6 @@ def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict
       return json.load(f)
   result = compute()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  write_json_atomically(path, result)
+  _files.write_json_atomically(path, result)
   logging.info("%s: %s", run_name, result["metrics"])
   return result
