@@ -170,11 +170,14 @@ def depth_loss(pred: ArrayLike, depth: ArrayLike) -> jax.Array:
   return _masked_mean(jnp.abs(pred - depth), depth != 0)
 
 
-def _unit(vectors: jax.Array) -> jax.Array:
-  norm = jnp.sqrt(jnp.sum(jnp.square(vectors), axis=-1, keepdims=True))
-  # The where keeps the gradient of a zero vector finite (it is 0 instead of NaN).
-  safe = jnp.where(norm > 0, norm, 1.0)
-  return jnp.where(norm > 0, vectors / safe, 0.0)
+def unit_vectors(vectors: jax.Array) -> jax.Array:
+  """`vectors` / ‖vectors‖ along the last axis; a zero vector stays zero.
+
+  The norm is floored at 1e-12 *before* the square root, so the gradient is finite
+  everywhere, at a zero vector included (a `where` after the root would give 0 · ∞ = NaN).
+  """
+  squared = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
+  return vectors * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
 
 
 def normal_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
@@ -192,7 +195,7 @@ def normal_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
   """
   pred, normal = _dense_pair(pred, normal, "pred", "normal", 3)
   valid = jnp.any(normal != 0, axis=-1)
-  cosine = jnp.sum(_unit(pred) * normal, axis=-1)
+  cosine = jnp.sum(unit_vectors(pred) * normal, axis=-1)
   return 1.0 - _masked_mean(cosine, valid)
 
 
@@ -255,7 +258,7 @@ def angle_errors(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
     (B, H, W) float32 angles.
   """
   pred, normal = _dense_pair(pred, normal, "pred", "normal", 3)
-  pred, normal = _unit(pred), _unit(normal)
+  pred, normal = unit_vectors(pred), unit_vectors(normal)
   sine = jnp.sqrt(jnp.sum(jnp.square(jnp.cross(pred, normal)), axis=-1))
   cosine = jnp.sum(pred * normal, axis=-1)
   angle = jnp.degrees(jnp.arctan2(sine, cosine))

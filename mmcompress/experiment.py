@@ -21,6 +21,7 @@ from mmcompress.models import create_model
 from mmcompress.problems import DigitsProblem, Problem
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
+from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import parallel, run as run_lib, stages as stages_lib
 
 
@@ -55,8 +56,9 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
                             **kwargs)
     with open(os.path.join(subdir, "report.md")) as f:
       sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("\n\n".join(sections))
+  if parallel.is_primary():
+    _files.write_atomically(os.path.join(workdir, "report.md"),
+                            lambda f: f.write("\n\n".join(sections).encode("utf-8")))
   return reports
 
 
@@ -98,9 +100,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   stages_lib.check_stage_order(config.stages)
   _checks.sparsity(config.sparsity, "config.sparsity")
   _checks.one_of(config.scope, ("layer", "global"), "config.scope")
-  if config.structure not in ("unstructured", "filter") and ":" not in str(config.structure):
-    raise ValueError("config.structure must be 'unstructured', 'filter' or an 'n:m' pattern "
-                     f"such as '2:4', got {config.structure!r}.")
+  masks_lib.parse_structure(config.structure)  # "unstructured", "filter" or a valid "n:m"
   _checks.positive_int(config.batch_size, "config.batch_size")
   _checks.positive_int(config.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
@@ -109,8 +109,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for stage in stages_lib.TRAINING_STAGES:
     if stage in config.stages and config.epochs[stage] < 1:
       raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
-  stages_lib.make_weighting("minmax", config, 1)  # checks the min-max knobs
-  stages_lib.base_optimizer(config.optimizer, 1, 1)
+  # Building every weighting and every stage's transform checks all their knobs.
+  for method in config.methods:
+    stages_lib.make_weighting(method, config, 1)
+  for stage in config.stages:
+    if stage in stages_lib.TRAINING_STAGES:
+      stages_lib.descent_transform(stage, config, 1, masks={})
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -128,28 +132,31 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
           "or rerun with the same config to resume it.")
     return
-  _files.write_json_atomically(path, current)
+  if parallel.is_primary():
+    _files.write_json_atomically(path, current)
 
 
 class Progress:
-  """Prints a line per finished epoch of a stage; quiet when CI=true or when asked."""
+  """Per finished epoch: TensorBoard scalars (if `write`) and a line (unless `quiet`)."""
 
-  def __init__(self, quiet: bool, writer_dir: str):
+  def __init__(self, quiet: bool, writer_dir: str, task_names: tuple[str, ...], write: bool):
     self.quiet = quiet
     self.writer_dir = writer_dir
+    self.task_names = task_names
+    self.write = write
     self._writers = {}
 
   def __call__(self, run_name: str, method: str, seed: int, stage: str, epoch: int,
                record: dict) -> None:
     del method, seed
-    writer = self._writer(run_name)
-    for k, loss in enumerate(record["train_loss"]):
-      writer.add_scalar(f"{stage}/train_loss/task{k}", loss, epoch)
-    for k, metric in enumerate(record["val_metric"]):
-      writer.add_scalar(f"{stage}/val_metric/task{k}", metric, epoch)
-    for k, w in enumerate(record["task_weights"]):
-      writer.add_scalar(f"{stage}/task_weight/task{k}", w, epoch)
-    writer.flush()
+    if self.write:
+      writer = self._writer(run_name)
+      for name, values in (("train_loss", record["train_loss"]),
+                           ("val_metric", record["val_metric"]),
+                           ("task_weight", record["task_weights"])):
+        for task, value in zip(self.task_names, values):
+          writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
+      writer.flush()
     if not self.quiet:
       metrics = " ".join(f"{m:.3f}" for m in record["val_metric"])
       print(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
@@ -186,11 +193,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   started = time.time()
-  problem = problem(config)
   check_workdir(config, workdir)
+  problem = problem(config)
   model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
-  quiet = config.quiet or os.environ.get("CI", "").lower() == "true"
-  progress = Progress(quiet, os.path.join(workdir, "tensorboard"))
+  quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
+           or not parallel.is_primary())
+  progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
+                      write=parallel.is_primary())
   exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh, workdir=workdir,
                            log=progress, on_checkpoint=on_checkpoint)
   per_seed = []
@@ -221,6 +230,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       target_sparsity=config.sparsity,
       extra={"notes": notes})
   report["config"] = json.loads(config.to_json())
+  if not parallel.is_primary():  # the primary process writes the report
+    return report
   paths = report_lib.write(report, workdir)
   if print_report:
     with open(paths["markdown"]) as f:

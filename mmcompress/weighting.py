@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
@@ -44,16 +45,17 @@ class TaskWeighting(NamedTuple):
   weights: Callable[[Any, Any], jax.Array]
 
 
-def _scaled(task_losses: ArrayLike, task_scales: jax.Array | None) -> jax.Array:
+def _scaled(task_losses: ArrayLike, task_scales: np.ndarray | None) -> jax.Array:
   task_losses = jnp.asarray(task_losses)
   return task_losses if task_scales is None else task_scales * task_losses
 
 
-def _scales(task_scales: ArrayLike | None) -> jax.Array | None:
+def _scales(task_scales: ArrayLike | None) -> np.ndarray | None:
+  # NumPy, not jax: validating a config must not touch a device (multi-host start-up).
   if task_scales is None:
     return None
-  scales = jnp.asarray(task_scales, jnp.float32)
-  if scales.ndim != 1 or not bool(jnp.all(scales > 0)):
+  scales = np.asarray(task_scales, np.float32)
+  if scales.ndim != 1 or not np.all(scales > 0):
     raise ValueError(f"task_scales must be a vector of positive numbers, got {task_scales!r}.")
   return scales
 
@@ -164,17 +166,21 @@ def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None) -> Ta
 def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
            task_scales: ArrayLike | None = None, geometry: str = "euclidean",
            every: int = 1) -> TaskWeighting:
-  """Min-max task weights (Guo et al., ISCAS 2024): APGDA on `saddle_objective`.
+  """Min-max task weights (Guo et al., ISCAS 2024): projected descent/ascent on
+  `saddle_objective`.
 
   The task weights start at 1/K and ascend with `simplex_ascent`; see `saddle_objective`
-  for what γ and the task scales do.
+  for what γ and the task scales do. Both players' gradients come from one `jax.grad` at
+  the same point (simultaneous updates); the reference alternates its two steps.
 
   Args:
     learning_rate: the ascent step 1/β (reference 0.02, β = 50), or a schedule.
     gamma: γ >= 0 (reference 5).
     task_scales: optional per-task loss scales c_k.
     geometry: ``"euclidean"`` (APGDA) or ``"entropic"`` (exponentiated gradient).
-    every: ascend once per this many steps (steps per epoch reproduces the reference).
+    every: ascend once per this many steps, on their mean gradient (pass the steps per
+      epoch to ascend once per epoch as the reference does; the reference ascends from the
+      first batch's losses of the epoch instead of a mean).
   """
   gamma = _checks.non_negative(gamma, "gamma")
   scales = _scales(task_scales)

@@ -179,13 +179,13 @@ def test_parameters_of_a_task_reach_only_its_own_output(small):
   assert changed_outputs("head_1_attention_enc4") == [1]
   assert changed_outputs("head_2_attention_dec2") == [2]
   assert changed_outputs("head_0") == [0]
-  assert changed_outputs("head_shared_attention_enc1") == [0, 1, 2]
-  assert changed_outputs("head_shared_attention_dec3") == [0, 1, 2]
+  assert changed_outputs("shared_attention_enc1") == [0, 1, 2]
+  assert changed_outputs("shared_attention_dec3") == [0, 1, 2]
   assert changed_outputs("backbone") == [0, 1, 2]
   assert forward._cache_size() == 1
 
 
-def test_default_pruning_rule_selects_exactly_the_backbone_convolutions(small):
+def test_default_pruning_rule_selects_exactly_the_shared_convolutions(small):
   _, variables, _ = small
   params = variables["params"]
   selected = {path for path, keep in _keystrs(
@@ -196,11 +196,15 @@ def test_default_pruning_rule_selects_exactly_the_backbone_convolutions(small):
   expected |= {f"['backbone']['dec{j}_{i}']['conv']['kernel']"
                for j, n in enumerate(reversed(convs)) for i in range(n)}
   assert len(expected) == 26
+  # The attention feature extractors shared by the tasks belong to the shared network too.
+  expected |= {f"['shared_attention_{part}{b}']['conv']['kernel']"
+               for part in ("enc", "dec") for b in range(5)}
   assert selected == expected
-  # The rule has something to leave out: the attention and head kernels.
+  # The rule has something to leave out: the task attention masks and the head kernels.
   dense = [p for p, x in _keystrs(params).items() if x.ndim >= 2 and p not in expected]
-  assert sum("_attention_enc" in p for p in dense) == 3 * 5 * 2 + 5
-  assert sum("_attention_dec" in p for p in dense) == 3 * 5 * 2 + 5
+  assert sum("_attention_enc" in p for p in dense) == 3 * 5 * 2
+  assert sum("_attention_dec" in p for p in dense) == 3 * 5 * 2
+  assert all(p.startswith("['head_") for p in dense)
   assert sum(p.startswith("['head_0']") for p in dense) == 2
 
 

@@ -412,3 +412,15 @@ def test_shape_errors_name_the_argument():
     dense_tasks.normal_loss(np.zeros((1, 2, 2, 1)), np.zeros((1, 2, 2, 1)))
   with pytest.raises(ValueError, match="sums must be a mapping"):
     dense_tasks.finalize({"segmentaton": np.eye(13)})
+
+
+def test_normal_loss_gradient_is_finite_at_a_zero_prediction():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mmcompress import dense_tasks  # pylint: disable=import-outside-toplevel
+  normal = jnp.zeros((1, 2, 2, 3)).at[..., 2].set(1.0)
+  pred = jnp.zeros((1, 2, 2, 3)).at[0, 0, 0].set(jnp.array([0.0, 0.6, 0.8]))
+  grad = jax.grad(dense_tasks.normal_loss)(pred, normal)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  # Where the prediction is not zero the gradient is that of 1 − mean cos: nonzero.
+  assert float(jnp.abs(grad[0, 0, 0]).sum()) > 0

@@ -129,6 +129,12 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   carry, record = restored
   assert int(carry["state"].step) == steps[-2]
   assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
+  assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
+  # The stage is resumed from the older step and finishes, saving its last step again.
+  (tmp_path / "seed0" / "dense" / "result.json").unlink()
+  result = run_lib.run_dense(tiny_experiment(tmp_path), 0)[0]
+  fresh = run_lib.run_dense(tiny_experiment(tmp_path / "fresh"), 0)[0]
+  assert result == fresh
 
 
 def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
@@ -160,7 +166,13 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"methods": ("equal", "gradnorm")}, "config.methods"),
-    ({"structure": "blocks"}, "config.structure"),
+    ({"structure": "blocks"}, "structure must be"),
+    ({"structure": "4:2"}, "not a valid n:m pattern"),
+    ({"stages": ("pretrain", "prune")}, "'prune' must be followed by 'retrain'"),
+    ({"stages": ("sparse",), "dynamic.end_fraction": 0.0}, "dynamic.end_fraction"),
+    ({"stages": ("sparse",), "dynamic.grow": "magic"}, "grow"),
+    ({"task_scales": (1.0, -1.0, 1.0, 1.0)}, "task_scales"),
+    ({"reweight.penalty": -1.0}, "penalty"),
     ({"stages": ("pretrain", "finetune")}, "stage"),
     ({"stages": ("pretrain", "retrain")}, "'retrain' must follow \\['prune'\\]"),
     ({"stages": ("reweight", "prune", "retrain")}, "'reweight' must follow"),
@@ -174,6 +186,31 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
 def test_bad_configs_fail_before_any_compute(overrides, match):
   with pytest.raises(ValueError, match=match):
     experiment.validate(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("module, presets", [
+    ("cifar100", ("", "40x", "60x", "100x", "smoke")),
+    ("nyuv2", ("", "40x", "60x", "dst60x", "dst100x", "smoke")),
+    ("digits", ("", "quick", "study")),
+])
+def test_every_shipped_config_validates(module, presets):
+  import importlib  # pylint: disable=import-outside-toplevel
+  configs = importlib.import_module(f"experiments.configs.{module}")
+  for preset in presets:
+    experiment.validate(configs.get_config(preset))
+
+
+def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
+  config = tiny_config(**{"stages": ("sparse",), "methods": ("minmax",), "epochs.sparse": 3,
+                          "minmax.every": "epoch", "dynamic.update_every_epochs": 1,
+                          "dynamic.grow_fraction": 0.01, "sparsity": 0.9})
+  exp = tiny_experiment(tmp_path, config)
+  result = run_lib.run_method(exp, "minmax", 0, None)
+  assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
+  assert result["export"]["round_trip_exact"]
+  trajectory = np.asarray(result["task_weights"])  # one entry per epoch
+  assert trajectory.shape == (3, 4) and np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
+  assert not np.allclose(trajectory[-1], 0.25)  # the once-per-epoch ascent moved them
 
 
 def test_a_workdir_with_another_config_is_refused(tmp_path):

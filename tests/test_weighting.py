@@ -39,6 +39,10 @@ def test_one_jitted_step_through_saddle_point(name):
 
   p = {"params": jnp.zeros(2), "task_weights": task_params}
   opt_state = tx.init(p)
+  first, _, _ = step(p, opt_state, task_state)
+  # Σ_k w_k ∂L_k/∂W at w = 1/K (every weighting starts there): task k's loss depends on
+  # params[k] only, so one SGD step of 0.1 from 0 gives 0.1 · (1/2) · 2 · targets.
+  np.testing.assert_allclose(first["params"], 0.1 * targets, rtol=1e-5)
   for _ in range(3):
     before = p
     p, opt_state, losses = step(p, opt_state, task_state)

@@ -25,8 +25,9 @@ def get_base_config() -> ml_collections.ConfigDict:
                                           "refresh_every_epochs": 5, "refresh_at_epochs": ()})
   c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
                                          "end_fraction": 0.75, "grow": "gradient"})
+  c.task_scales = ()               # per-task loss scales, for every weighting; () = all 1
   c.minmax = ml_collections.ConfigDict({"learning_rate": 0.02, "gamma": 5.0, "every": "step",
-                                        "task_scales": (), "geometry": "euclidean"})
+                                        "geometry": "euclidean"})
   c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01})
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
   c.checkpoint_every_steps = 200

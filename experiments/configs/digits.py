@@ -28,7 +28,8 @@ default; but one validation image of the hard task is worth 0.0098 here, so thes
 differences are within about one image and the choice is weak. METHOD.md §6 measured a
 similar +0.008 for γ = 1 on the test split of its own runs.
 * ``minmax.learning_rate = 0.02``: the reference ascent step 1/β with β = 50.
-* ``minmax.task_scales = ()``: raw losses, as the reference does for classification. On the
+* ``task_scales = ()`` (for every weighting): raw losses, as the reference does for
+  classification. On the
   ``mixed`` task set the raw losses differ in scale (cross-entropy vs squared error), which
   decides what "worst" means: see METHOD.md §6 B and the study preset.
 """

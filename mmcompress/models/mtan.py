@@ -38,11 +38,12 @@ Departures from the public MTAN code, all deliberate:
 - Max unpooling keeps the position of each maximum inside its 2×2 window (0..3), not a flat
   index, and on ties picks the first position in row-major order.
 
-Parameter names. Shared, pruned by the default rule: ``backbone/{enc,dec}{b}_{i}/conv/kernel``
-(block ``b``, convolution ``i``) and their ``bn/{scale,bias}``. Kept dense because every name
-contains "head": the task attention masks ``head_{k}_attention_{enc,dec}{b}/{conv0,bn0,
-conv1,bn1}``, the attention feature extractors shared by the tasks
-``head_shared_attention_{enc,dec}{b}/{conv,bn}``, and the prediction heads
+Parameter names. Shared by the tasks, and pruned by the default rule (rank >= 2, no "head"
+in the path): ``backbone/{enc,dec}{b}_{i}/conv/kernel`` (block ``b``, convolution ``i``), with
+their ``bn/{scale,bias}``, and the attention feature extractors
+``shared_attention_{enc,dec}{b}/{conv,bn}`` (the shared network of METHOD.md §2). Task-specific
+and kept dense because every name contains "head": the task attention masks
+``head_{k}_attention_{enc,dec}{b}/{conv0,bn0,conv1,bn1}`` and the prediction heads
 ``head_{k}/{conv0,conv1}/{kernel,bias}``. Batch norm (momentum 0.9, epsilon 1e-5) keeps its
 running statistics in the ``batch_stats`` collection; a shared ``f`` is called once per task,
 so in training its statistics are updated K times per batch, as in the reference.
@@ -62,6 +63,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmcompress.dense_tasks import unit_vectors
 from mmcompress.models.mlp import check_num_outputs
 
 NUM_BLOCKS = 5
@@ -132,12 +134,6 @@ def _upsample2(x: jax.Array) -> jax.Array:
   return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
 
 
-def _unit_norm(x: jax.Array) -> jax.Array:
-  # The floor keeps the gradient finite for an all-zero prediction.
-  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
-
-
 class ConvBNReLU(nn.Module):
   """3×3 convolution without bias (``conv``), batch norm (``bn``), ReLU.
 
@@ -183,7 +179,7 @@ class DensePredictionHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(x.shape[-1], (3, 3), padding="SAME", kernel_init=_conv_init, name="conv0")(x)
     x = nn.Conv(self.num_outputs, (1, 1), kernel_init=_conv_init, name="conv1")(x)
-    return _unit_norm(x) if self.normalize else x
+    return unit_vectors(x) if self.normalize else x
 
 
 def decoder_widths(filters: Sequence[int]) -> tuple[int, ...]:
@@ -315,8 +311,8 @@ class MultiTaskAttentionNet(nn.Module):
     # One feature extractor f per block, shared by the tasks; the encoder's widens the
     # features to the next block's channels.
     encoder_f = [ConvBNReLU(filters[min(b + 1, NUM_BLOCKS - 1)],
-                            name=f"head_shared_attention_enc{b}") for b in range(NUM_BLOCKS)]
-    decoder_f = [ConvBNReLU(width, name=f"head_shared_attention_dec{j}")
+                            name=f"shared_attention_enc{b}") for b in range(NUM_BLOCKS)]
+    decoder_f = [ConvBNReLU(width, name=f"shared_attention_dec{j}")
                  for j, width in enumerate(decoder_widths(filters))]
 
     outputs = []

@@ -55,12 +55,12 @@ def mask_tree(tree: Any, masks: Any) -> Any:
 
 
 def _drop_dense(masks: Any) -> Any:
-  """The masks with every all-True leaf replaced by None (when the masks are concrete)."""
-  def drop(m):
-    if isinstance(m, jax.core.Tracer):
-      return m
-    return None if bool(np.all(np.asarray(m))) else m
-  return jax.tree.map(drop, masks)
+  """The masks with every all-True leaf replaced by None.
+
+  Decided once, from the concrete masks given to `masked`, so that the state's structure
+  is the same however `init` is later called (eagerly, under `jit` or `eval_shape`).
+  """
+  return jax.tree.map(lambda m: None if bool(np.all(np.asarray(m))) else m, masks)
 
 
 def full_masks(params: Any, masks: Any | None) -> Any:
@@ -101,11 +101,11 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
   [0.8999999761581421, 0.0, 2.9000000953674316]
   """
   check_inner(inner)
+  stored = _drop_dense(jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks))
 
   def init_fn(params):
     _checks.same_structure(masks, params, "masks")
-    bool_masks = _drop_dense(jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks))
-    return MaskedState(inner_state=inner.init(mask_tree(params, bool_masks)), masks=bool_masks)
+    return MaskedState(inner_state=inner.init(mask_tree(params, stored)), masks=stored)
 
   def update_fn(updates, state, params=None):
     if params is None:

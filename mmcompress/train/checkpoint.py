@@ -2,8 +2,10 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a kill
 during a save leaves the previous checkpoints intact and no half-written latest one. A
-checkpoint that is complete but unreadable (a truncated or damaged file) is detected when
-restoring: the manager warns and falls back to the newest readable one.
+checkpoint that is complete but unreadable (a truncated or damaged file, or one written by
+code with another state layout) is detected when restoring: it is moved aside to
+``<step>.unreadable`` (kept for inspection, out of the way of the steps that will be saved
+again), with a warning, and the newest readable one is used.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -24,9 +27,13 @@ class StageCheckpoints:
 
   def __init__(self, directory: str, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
+    self._max_to_keep = max(2, max_to_keep)
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(2, max_to_keep),
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
                                              enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True,
                                              create=True))
@@ -44,17 +51,32 @@ class StageCheckpoints:
     Args:
       like: a pytree of `jax.ShapeDtypeStruct` (with shardings) to restore into.
     """
-    abstract = like
+    unreadable, found = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
                                           record=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["record"])
+        found = restored["state"], dict(restored["record"])
+        break
       except Exception as error:  # pylint: disable=broad-except
-        logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one.",
-                        step, self.directory, type(error).__name__, error)
-    return None
+        # Orbax and tensorstore raise many types for a damaged file; any failure to read a
+        # step means the step cannot be resumed from, and it is kept, not deleted.
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); moving it aside to "
+                        "%d.unreadable and trying an older one.", step, self.directory,
+                        type(error).__name__, error, step)
+        unreadable.append(step)
+    if unreadable and jax.process_index() == 0:
+      self._manager.close()
+      for step in unreadable:
+        source = os.path.join(self.directory, str(step))
+        target = f"{source}.unreadable"
+        suffix = 1
+        while os.path.exists(target):
+          target, suffix = f"{source}.unreadable{suffix}", suffix + 1
+        os.replace(source, target)
+      self._manager = self._open()
+    return found
 
   def close(self) -> None:
     self._manager.close()

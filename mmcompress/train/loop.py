@@ -110,6 +110,18 @@ def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) 
         "lower the learning rate or check the data, then rerun the same command.")
 
 
+def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> None:
+  """A finite loss can still come with a non-finite update; never checkpoint such weights."""
+  finite = jax.tree.reduce(jnp.logical_and,
+                           jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), state.params),
+                           jnp.asarray(True))
+  if not bool(finite):
+    raise NonFiniteLossError(
+        f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
+        f"the losses were finite. The last good checkpoint in {ctx.directory} is kept; lower "
+        "the learning rate, then rerun the same command.")
+
+
 def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
   """Trains one stage from `state`, resuming from its checkpoints if it has any.
 
@@ -123,12 +135,12 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
   checkpoints = StageCheckpoints(ctx.directory)
   num_tasks = ctx.problem.num_tasks
   restored = checkpoints.restore_latest(abstract_carry(state, num_tasks, ctx.mesh))
-  carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
-  record = {"stage": ctx.name, "epochs": [], "best_epoch": None, "best_score": None,
-            "done": False}
-  if restored is not None:
+  if restored is None:
+    carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
+    record = {"stage": ctx.name, "epochs": [], "best_epoch": None, "best_score": None,
+              "done": False}
+  else:
     carry, record = restored
-    carry = parallel.replicate(carry, ctx.mesh)
     logging.info("stage %s: resuming at step %d of %d", ctx.name, int(carry["state"].step),
                  total)
   step = int(carry["state"].step)
@@ -151,6 +163,7 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
           ctx.log(ctx.name, epoch_record["epoch"], epoch_record)
       if step % ctx.checkpoint_every == 0 or step == total:
         _check_finite(pending, pending_from, ctx)
+        _check_params_finite(carry["state"], step, ctx)
         pending, pending_from = [], step
         record["done"] = step == total
         checkpoints.save(step, carry, record)

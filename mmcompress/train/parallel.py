@@ -59,28 +59,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
-def process_slice(batch: Any, axis: int = 0) -> Any:
-  """This process's share of a global host batch: its contiguous block along `axis`."""
-  count, index = jax.process_count(), jax.process_index()
-  if count == 1:
-    return batch
-
-  def take(x):
-    x = np.asarray(x)
-    per = x.shape[axis] // count
-    return np.take(x, np.arange(index * per, (index + 1) * per), axis=axis)
-  return jax.tree.map(take, batch)
+def is_primary() -> bool:
+  """Whether this process writes the files (results, exports, reports) of a multi-host run."""
+  return jax.process_index() == 0
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
   """Places a global host batch on the mesh, split along `axis`.
 
-  Every process computes the same global batch (a pure function of the step) and
-  contributes its own block of it; on one host that is the whole batch.
+  Every process computes the same global batch (a pure function of the step), so each
+  device's shard is simply cut from it, wherever the device sits in the mesh.
   """
   sharding = batch_sharded(mesh, axis)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      process_slice(batch, axis))
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda index: np.asarray(x)[index]), batch)

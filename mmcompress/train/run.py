@@ -11,6 +11,7 @@ and is not run again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import numpy as np
 
 from mmcompress import _files, export, saddle_point, sparsity
 from mmcompress.problems import Problem
-from mmcompress.train import loop, stages as stages_lib, step as step_lib
+from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
 from mmcompress.weighting import TaskWeighting
 
 
@@ -43,6 +44,11 @@ class Experiment:
   @property
   def steps_per_epoch(self) -> int:
     return self.problem.steps_per_epoch(self.config.batch_size)
+
+  @functools.cached_property
+  def eval_step(self) -> Callable[..., Any]:
+    """One jitted evaluation for every stage and run (it does not depend on the stage)."""
+    return step_lib.make_eval_step(self.problem, self.model, self.mesh)
 
 
 def init_variables(exp: Experiment, seed: int) -> tuple[Any, Any]:
@@ -73,7 +79,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
   cfg, problem = exp.config, exp.problem
   weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
-  descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks)
+  descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks, seed)
   tx = saddle_point(descent, weighting.tx)
   rng = jax.random.fold_in(jax.random.key(seed), index)
   # The step donates the state's buffers; the caller's arrays (shared by every method's
@@ -92,7 +98,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
       name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
       problem=problem, weighting=weighting,
       train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh),
-      eval_step=step_lib.make_eval_step(problem, exp.model, exp.mesh), mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
+      eval_step=exp.eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
       checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
       on_checkpoint=exp.on_checkpoint)
   like = loop.abstract_carry(state, problem.num_tasks, exp.mesh)
@@ -108,8 +114,7 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
   cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
-  evaluate = step_lib.make_eval_step(problem, exp.model, exp.mesh)
-  test, val = (loop.evaluate(problem, evaluate, best["params"], best["model_state"], split,
+  test, val = (loop.evaluate(problem, exp.eval_step, best["params"], best["model_state"], split,
                              exp.mesh, cfg.eval_batch_size) for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
   result = {
@@ -121,7 +126,7 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
       "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],
       "selected": {"stage": records[-1]["stage"], "epoch": records[-1]["best_epoch"]},
   }
-  if compressed:
+  if compressed and parallel.is_primary():  # one process writes the files of a run
     os.makedirs(os.path.join(exp.workdir, "models"), exist_ok=True)
     path = os.path.join(exp.workdir, "models", f"{run_name.replace('/', '_')}.npz")
     result["export"] = export.save(path, params, masks)
@@ -146,10 +151,9 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
   """Takes `method` through ``config.stages`` for `seed` and returns its result."""
   cfg = exp.config
   run_name = f"seed{seed}/{method}"
-  path = os.path.join(exp.workdir, run_name, "result.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  cached = _read_result(exp, run_name)
+  if cached is not None:
+    return cached
   pipeline = list(cfg.stages)
   if dense is not None and pipeline[0] == "pretrain":
     params, model_state = dense
@@ -172,13 +176,23 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
   return _cached(exp, run_name, lambda: _finish(exp, run_name, best, records, True))
 
 
-def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
+def _read_result(exp: Experiment, run_name: str) -> dict | None:
   path = os.path.join(exp.workdir, run_name, "result.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
+  """The run's saved result, or `compute()` saved as it (a finished run is not rerun)."""
+  path = os.path.join(exp.workdir, run_name, "result.json")
+  cached = _read_result(exp, run_name)
+  if cached is not None:
+    return cached
   result = compute()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  _files.write_json_atomically(path, result)
+  if parallel.is_primary():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _files.write_json_atomically(path, result)
   logging.info("%s: %s", run_name, result["metrics"])
   return result

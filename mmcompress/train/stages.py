@@ -43,6 +43,9 @@ def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
           f"stages {list(stages)} cannot run: {stage!r} must follow {allowed}, not "
           f"{previous!r}.")
     previous = stage
+  if stages[-1] == "prune":
+    raise ValueError(f"stages {list(stages)} cannot run: 'prune' must be followed by "
+                     "'retrain' (the masked retraining that the pruned model needs).")
   return stages
 
 
@@ -75,8 +78,8 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
 
 
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
-                      masks: Any = None) -> optax.GradientTransformation:
-  """The descent half of `saddle_point` for a training stage."""
+                      masks: Any = None, seed: int = 0) -> optax.GradientTransformation:
+  """The descent half of `saddle_point` for a training stage (`seed`: random regrowth)."""
   total_steps = config.epochs[stage] * steps_per_epoch
   base = base_optimizer(config.optimizer, total_steps, steps_per_epoch)
   if stage == "pretrain":
@@ -94,10 +97,14 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
     return sparsity.masked(base, masks)
   if stage == "sparse":
     dyn = config.dynamic
-    end_step = int(dyn.end_fraction * total_steps) or None
+    if not 0.0 < dyn.end_fraction <= 1.0:
+      raise ValueError("dynamic.end_fraction must be in (0, 1] (the share of the stage during "
+                       f"which the masks change; 0.75 = until epoch 150 of 200), got "
+                       f"{dyn.end_fraction}.")
+    end_step = max(1, int(dyn.end_fraction * total_steps))
     return sparsity.dynamic_sparse(
         base, sparsity=config.sparsity, update_every=dyn.update_every_epochs * steps_per_epoch,
-        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=0)
+        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=seed)
   raise ValueError(f"{stage!r} is not a training stage; training stages are "
                    f"{list(TRAINING_STAGES)}.")
 
@@ -106,14 +113,15 @@ def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch
                    ) -> weighting_lib.TaskWeighting:
   """The task weighting `name`, with its knobs from the config."""
   _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "weighting")
+  scales = tuple(config.task_scales) or None  # the same loss scales for every weighting
   if name == "minmax":
     mm = config.minmax
     every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
     return weighting_lib.minmax(
-        mm.learning_rate, gamma=mm.gamma, task_scales=tuple(mm.task_scales) or None,
-        geometry=mm.geometry, every=steps_per_epoch if every == "epoch" else 1)
+        mm.learning_rate, gamma=mm.gamma, task_scales=scales, geometry=mm.geometry,
+        every=steps_per_epoch if every == "epoch" else 1)
   if name == "uncertainty":
-    return weighting_lib.uncertainty(config.uncertainty.learning_rate)
+    return weighting_lib.uncertainty(config.uncertainty.learning_rate, task_scales=scales)
   if name == "dwa":
-    return weighting_lib.dwa(config.dwa.temperature)
-  return weighting_lib.equal()
+    return weighting_lib.dwa(config.dwa.temperature, task_scales=scales)
+  return weighting_lib.equal(task_scales=scales)
