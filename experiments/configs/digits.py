@@ -1,7 +1,7 @@
 """MultiDigits: the built-in, offline comparison of task weightings under compression.
 
 Command (the default: dense reference, then 40x with equal, uncertainty, DWA and min-max
-weighting through pretrain → reweight → prune → retrain, 3 seeds; a few minutes on 2 CPU cores):
+weighting through pretrain → reweight → prune → retrain, 3 seeds; about 35 s on 2 CPU cores):
 
   python -m experiments.digits --workdir=runs/digits
 
