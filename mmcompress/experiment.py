@@ -202,19 +202,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                       write=parallel.is_primary())
   exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh, workdir=workdir,
                            log=progress, on_checkpoint=on_checkpoint)
-  per_seed = []
+  per_seed, diverged = [], []
   try:
     for seed in config.seeds:
       dense_result, *dense_final = run_lib.run_dense(exp, seed)
-      methods = {}
+      methods, failures = {}, {}
       for method in config.methods:
         shared = tuple(dense_final) if config.share_pretraining else None
-        methods[method] = run_lib.run_method(exp, method, seed, shared)
+        outcome = run_lib.run_method_or_divergence(exp, method, seed, shared)
+        if "diverged" in outcome:
+          failures[method] = outcome["diverged"]
+          continue
+        methods[method] = outcome
         if not quiet:
           print(f"seed {seed} {method}: test {methods[method]['metrics']}", flush=True)
-      per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
+      if failures:
+        diverged.append({"seed": seed, "runs": failures})
+        if not quiet:
+          print(f"seed {seed} left out of the comparison: {failures}", flush=True)
+      else:
+        per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
   finally:
     progress.close()
+  if not per_seed:
+    raise run_lib.loop.NonFiniteLossError(
+        "every seed had a run whose loss became non-finite, so there is nothing to compare: "
+        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged))
   notes = [
       f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
@@ -224,12 +237,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
   ]
+  for d in diverged:
+    for method, message in d["runs"].items():
+      notes.append(f"**Left out: seed {d['seed']}**, whose {method} run diverged ({message}); "
+                   "the comparison is paired, so that seed is out for every method.")
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
       target_sparsity=config.sparsity,
       extra={"notes": notes})
   report["config"] = json.loads(config.to_json())
+  report["diverged"] = diverged
   if not parallel.is_primary():  # the primary process writes the report
     return report
   paths = report_lib.write(report, workdir)

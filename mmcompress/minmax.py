@@ -24,8 +24,9 @@ class SimplexAscentState(NamedTuple):
   Attributes:
     count: int32, how many updates were called (finite or not).
     num_ascents: int32, how many ascents moved the weights; indexes the learning-rate schedule.
-    grad_sum: (K,) sum of the finite gradients seen since the last ascent.
-    num_summed: int32, how many gradients `grad_sum` holds.
+    grad_sum: (K,) sum of the finite gradients seen since the last ascent (None when
+      ``every == 1``: there is no window to sum over).
+    num_summed: int32, how many gradients `grad_sum` holds (None when ``every == 1``).
     num_skipped: int32, how many gradients were dropped because they were not finite.
   """
   count: jax.Array
@@ -96,9 +97,10 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
           f"simplex_ascent acts on a (K,) vector of task weights, got shape {params.shape}.")
     # Distinct arrays, not one shared zero: a donating jit rejects aliased buffers.
     zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
+    windowed = every > 1
     return SimplexAscentState(count=zero(), num_ascents=zero(),
-                              grad_sum=jnp.zeros_like(params), num_summed=zero(),
-                              num_skipped=zero())
+                              grad_sum=jnp.zeros_like(params) if windowed else None,
+                              num_summed=zero() if windowed else None, num_skipped=zero())
 
   def update_fn(updates: jax.Array, state: SimplexAscentState,
                 params: jax.Array | None = None) -> tuple[jax.Array, SimplexAscentState]:

@@ -220,3 +220,24 @@ def test_a_workdir_with_another_config_is_refused(tmp_path):
     experiment.check_workdir(tiny_config(sparsity=0.99), str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["sparsity"] == 0.975  # never overwritten
+
+
+def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
+  config = tiny_config(seeds=(0, 1))
+  real = run_lib.run_method
+
+  def diverge_on_seed_1(exp, method, seed, dense):
+    if method == "minmax" and seed == 1:
+      raise loop.NonFiniteLossError("stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at "
+                                    "step 3. The last good checkpoint in X is kept; ...")
+    return real(exp, method, seed, dense)
+
+  monkeypatch.setattr(run_lib, "run_method", diverge_on_seed_1)
+  report = experiment.run(config, str(tmp_path), print_report=False)
+  assert report["seeds"] == [0]
+  assert report["diverged"] == [{"seed": 1, "runs": {
+      "minmax": "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"}}]
+  assert "Left out: seed 1" in (tmp_path / "report.md").read_text()
+  assert (tmp_path / "seed1" / "minmax" / "diverged.json").exists()
+  monkeypatch.setattr(run_lib, "run_method", real)  # a rerun reports the same, from disk
+  assert experiment.run(config, str(tmp_path), print_report=False) == report

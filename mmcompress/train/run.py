@@ -196,3 +196,25 @@ def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict
     _files.write_json_atomically(path, result)
   logging.info("%s: %s", run_name, result["metrics"])
   return result
+
+
+def run_method_or_divergence(exp: Experiment, method: str, seed: int,
+                             dense: tuple[Any, Any] | None) -> dict:
+  """`run_method`, or ``{"diverged": message}`` if a loss became non-finite.
+
+  The failed run keeps its last good checkpoint, and the failure is recorded in
+  ``diverged.json`` beside it, so a rerun of the same config reports it again without
+  recomputing (training is deterministic: it would diverge at the same step).
+  """
+  path = os.path.join(exp.workdir, f"seed{seed}", method, "diverged.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  try:
+    return run_method(exp, method, seed, dense)
+  except loop.NonFiniteLossError as error:
+    outcome = {"diverged": str(error).split(". The last good checkpoint")[0]}
+    if parallel.is_primary():
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      _files.write_json_atomically(path, outcome)
+    return outcome
