@@ -232,3 +232,18 @@ def test_write_without_a_trajectory_skips_the_weights_plot(tmp_path):
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(ValueError, match="is a file"):
     report_lib.write(report, tmp_path / "a_file")
+
+
+def test_a_verdict_needs_a_majority_of_all_seeds():
+  from mmcompress.report import summary_sentence  # pylint: disable=import-outside-toplevel
+  differences = [0.0, 0.006, -0.012, 0.012, 0.0, 0.0, 0.0, 0.0, 0.011, -0.006]
+  pair = {"differences": differences, "better": 3, "worse": 2, "tied": 5, "num_seeds": 10,
+          "mean": sum(differences) / 10}
+  report = {"comparison": {"best_worst_task_retention": {"method": "uncertainty",
+                                                         "value": 0.982},
+                           "minmax_minus_equal": pair}}
+  assert "no consistent difference" in summary_sentence(report)
+  pair.update(better=9, worse=0, tied=1, mean=0.014)
+  assert "min-max protected the worst task better" in summary_sentence(report)
+  pair.update(better=2, worse=7, tied=0, num_seeds=9, mean=-0.139)
+  assert "less well than equal" in summary_sentence(report)
