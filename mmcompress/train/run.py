@@ -4,8 +4,10 @@ The dense reference of a seed is the ``pretrain`` stage under equal weighting. W
 ``config.share_pretraining`` every method starts its compression stages from that same dense
 model (the reference runs every stage under the method's own weighting; sharing saves a third
 of the compute and makes the seeds exactly paired); without it each method pretrains under
-its own weighting. A stage hands its *final* state to the next; the model a run reports is
-the best-validation epoch of its last training stage. A finished run writes ``result.json``
+its own weighting. A stage hands its *final* weights to the next, with a fresh optimizer and
+a fresh task weighting (min-max weights back at 1/K, DWA's history empty), as each stage of
+the reference is a run of its own; the model a run reports is the best-validation epoch of its
+last training stage. A finished run writes ``result.json``
 and is not run again.
 """
 from __future__ import annotations
