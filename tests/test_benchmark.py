@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import benchmark
+from mmcompress import benchmark
 from mmcompress import sparsity
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS

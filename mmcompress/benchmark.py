@@ -1,0 +1,418 @@
+"""What the min-max machinery costs: the dense equal-weight step against the min-max sparse one.
+
+For each model, the training steps are built with the library's own
+`mmcompress.train.step.make_train_step` (jitted, donated, data-parallel over
+`parallel.data_mesh()`) and `mmcompress.train.run.create_train_state`, so what is timed is
+what the trainer runs:
+
+* dense:  ``saddle_point(optax.sgd(lr, momentum=0.9), weighting.equal().tx)``, the `equal`
+  objective, dense parameters;
+* minmax: ``saddle_point(sparsity.masked(optax.sgd(lr, momentum=0.9), masks),
+  weighting.minmax(...).tx)``, the min-max objective ascending every step, parameters and
+  masks from ``magnitude_masks(params, 0.975)`` (the masks live in the optimizer state);
+* zeroed (the control, on by default, ``--nocontrol`` drops it): the dense step started from
+  the pruned parameters, without masks.
+
+All see the same model, the same batch and the same mesh, and each model trains on the
+problem the trainer gives it, fed the first batch the trainer would draw: the MLP and the CNN
+on MultiDigits 'classify' (`DigitsProblem`, real images), VGG16 on CIFAR-100 as 20 tasks
+(`Cifar100Problem`: a batch per task, one vmapped pass per task through its own batch norm)
+with random images in place of the data set. Between dense and minmax lies the min-max
+machinery (the weighted objective, the simplex projection of the K task weights and its
+bookkeeping, the masking of gradient, inner params and update, which XLA may fuse into the
+optimizer's own elementwise kernels, and the extra leaves of the state that every call hands
+over) but also the parameter values: the matrix products and convolutions stay dense, yet
+some kernels run at a speed that depends on the data (on CPU, the gradient of max pooling is
+faster on inputs with many ties, which 97.5 % zeros produce). minmax / zeroed removes that
+second difference and leaves the machinery.
+
+The min-max weighting ascends every step (``every=1``), the most work it can add; the
+CIFAR-100 config ascends once per epoch.
+
+Method: each step is called once (the first call's wall time, tracing and compilation
+included, is reported as its compile time), then `--warmup` untimed steps, then `--rounds`
+interleaved rounds (dense, minmax, zeroed, dense, minmax, zeroed, ...) of `--steps` steps
+each, every round ending in `jax.block_until_ready`. Reported per model: the median over
+rounds of ms/step of each step, the ratio minmax / dense and the overhead in %, the lowest
+and highest ratio of single rounds (a wide range means a noisy machine), the overhead in
+process CPU time (on a CPU shared with other jobs it is disturbed less than wall-clock time),
+minmax / zeroed, the compile times, the XLA memory footprint of each compiled step
+(arguments + temporaries, from `memory_analysis`), and the peak memory: the device's
+``memory_stats()["peak_bytes_in_use"]`` where the backend reports it (GPU, TPU), else the
+process's peak RSS from `resource.getrusage` (CPU). Both are high-water marks since the
+process started, so with several models they include every model run before. A verdict per
+model compares minmax / dense with the target "the min-max machinery costs at most 3 % over
+the dense step".
+
+Command (the absl entry point is `experiments/benchmark.py`):
+
+  python -m experiments.benchmark --models=mlp,cnn,vgg16 [--steps=N --rounds=R --warmup=W]
+      [--batch_size=B] [--nocontrol] [--json_out=bench.json]
+
+VGG16's default batch is the paper's 32 per task (640 images a step), meant for an
+accelerator; on a CPU run it on its own with a small batch, e.g.
+``--models=vgg16 --batch_size=2``.
+
+The numbers depend on the machine, the backend, the JAX version and whatever else runs on
+the machine; none are quoted here. Steps that take well under a millisecond (the MLP on CPU)
+are dominated by fixed costs per call (handing over each leaf of the state, launching each
+small kernel), so the extra state leaves and small kernels of min-max weigh more there than
+on a large model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmcompress import saddle_point, sparsity, weighting
+from mmcompress.data import cifar100 as cifar100_data
+from mmcompress.data import digits
+from mmcompress.models import create_model
+from mmcompress.problems import DigitsProblem, Problem
+from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.train import parallel
+from mmcompress.train.run import create_train_state
+from mmcompress.train.step import TrainState, make_train_step
+
+TARGET_OVERHEAD = 0.03  # "min-max machinery costs at most 3 % over the dense step"
+SPARSITY = 0.975        # 40x, the sparsity of the papers' headline results
+LEARNING_RATE = 0.01
+MINMAX_LEARNING_RATE = 0.02  # the reference ascent step 1/β, β = 50
+MINMAX_GAMMA = 1.0           # any γ costs the same; every=1 below ascends every step
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The shape of one model's benchmark.
+
+  Attributes:
+    data: ``"digits"``: the trainer's MultiDigits 'classify' problem on its real images,
+      ``batch_size`` images a step; ``"cifar100"``: the trainer's CIFAR-100 problem (20 tasks
+      of 5 classes, task-major batches, task-conditional batch norm) on random images,
+      ``batch_size`` images *per task* a step, as in ``experiments/configs/cifar100.py``.
+    batch_size: the default batch (per task for ``"cifar100"``).
+    steps: the default timed steps per round.
+    rounds: the default rounds per step kind.
+    warmup: the default untimed steps after the first call.
+  """
+  data: str
+  batch_size: int
+  steps: int
+  rounds: int
+  warmup: int
+
+  @property
+  def description(self) -> str:
+    if self.data == "digits":
+      return "MultiDigits 'classify' (8x8x1 images, 4 tasks of 2/4/2/2 classes)"
+    return ("CIFAR-100 as 20 tasks of 5 classes (random 32x32x3 images, batch per task, "
+            "task-conditional batch norm)")
+
+
+SETUPS = {
+    "mlp": Setup("digits", batch_size=128, steps=200, rounds=9, warmup=20),
+    "cnn": Setup("digits", batch_size=64, steps=100, rounds=9, warmup=10),
+    # The paper's batch, 32 per task (640 images a step): sized for an accelerator. On a CPU
+    # pass a small --batch_size, e.g. 2 (40 images a step).
+    "vgg16": Setup("cifar100", batch_size=32, steps=2, rounds=3, warmup=1),
+}
+
+
+def synthetic_cifar100(batch_per_task: int, seed: int = 0) -> cifar100_data.ImageSplit:
+  """Random uint8 images, every fine class ``ceil(batch_per_task / 5)`` times."""
+  per_class = -(-batch_per_task // cifar100_data.CLASSES_PER_TASK)
+  fine = np.repeat(np.arange(cifar100_data.NUM_FINE, dtype=np.int32), per_class)
+  images = np.random.default_rng(seed).integers(
+      0, 256, (fine.size,) + cifar100_data.IMAGE_SHAPE, dtype=np.uint8)
+  return cifar100_data.ImageSplit(images=images, fine=fine, index=np.arange(fine.size))
+
+
+def make_problem(setup: Setup, batch_size: int, seed: int = 0) -> Problem:
+  """The trainer's problem for `setup`, whose first training batch the steps are fed."""
+  if setup.data == "digits":
+    return DigitsProblem(digits.load_multidigits("classify", seed=seed))
+  split = synthetic_cifar100(batch_size, seed)
+  return Cifar100Problem(split, split, split)
+
+
+def num_outputs(problem: Problem) -> tuple[int, ...]:
+  """Classes per task head."""
+  if isinstance(problem, DigitsProblem):
+    return tuple(problem.data.num_outputs)
+  return tuple(problem.num_outputs)
+
+
+def _descent() -> optax.GradientTransformation:
+  return optax.sgd(LEARNING_RATE, momentum=0.9)
+
+
+def build_steps(problem: Problem, model: nn.Module, params: Any, model_state: Any,
+                mesh: jax.sharding.Mesh, *, control: bool = True, seed: int = 0
+                ) -> dict[str, tuple[Callable, TrainState]]:
+  """The jitted steps and their replicated starting states.
+
+  Keys: ``"dense"`` and ``"minmax"`` (see the module docstring) and, with `control`,
+  ``"zeroed"``: the dense equal-weight step started from the pruned parameters, without
+  masks. It does what the dense step does on the values the min-max step sees, so
+  minmax / zeroed is the cost of the machinery alone, free of any speed that depends on the
+  values (on CPU, max-pool gradients run faster on inputs with many ties).
+  """
+  rng = jax.random.key(seed)
+  masks = sparsity.magnitude_masks(params, SPARSITY)
+  pruned = sparsity.apply_masks(params, masks)
+  equal = weighting.equal()
+  dense_tx = saddle_point(_descent(), equal.tx)
+  minmax = weighting.minmax(MINMAX_LEARNING_RATE, gamma=MINMAX_GAMMA, every=1)
+  minmax_tx = saddle_point(sparsity.masked(_descent(), masks), minmax.tx)
+  plan = {"dense": (equal, dense_tx, params), "minmax": (minmax, minmax_tx, pruned)}
+  if control:
+    plan["zeroed"] = (equal, dense_tx, pruned)
+  steps = {}
+  for kind, (task_weighting, tx, start) in plan.items():
+    # create_train_state copies every leaf: each state owns the buffers its step donates.
+    state = create_train_state(start, model_state, task_weighting, tx, problem.num_tasks, rng)
+    steps[kind] = (make_train_step(problem, model, task_weighting, tx, mesh),
+                   parallel.replicate(state, mesh))
+  return steps
+
+
+def _run(step: Callable, state: TrainState, batch: dict, steps: int
+         ) -> tuple[TrainState, jax.Array, float, float]:
+  """`steps` calls of `step`, waited for; returns (state, last losses, wall s, CPU s)."""
+  start, start_cpu = time.perf_counter(), time.process_time()
+  losses = None
+  for _ in range(steps):
+    state, losses = step(state, batch)
+  jax.block_until_ready((state, losses))
+  return state, losses, time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def peak_memory() -> tuple[int, str]:
+  """(bytes, source): the device's peak bytes in use where reported, else the peak RSS."""
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+  max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  # Linux reports KiB, macOS bytes.
+  return int(max_rss if sys.platform == "darwin" else max_rss * 1024), "process peak RSS"
+
+
+def _step_footprint(step: Callable, state: TrainState, batch: dict) -> int | None:
+  """Arguments + temporaries of the compiled step, in bytes (None if XLA does not say)."""
+  analysis = step.lower(state, batch).compile().memory_analysis()
+  if analysis is None:
+    return None
+  return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
+
+
+def _compiled_versions(step: Callable) -> int | None:
+  size = getattr(step, "_cache_size", None)  # private, hence guarded
+  return size() if callable(size) else None
+
+
+def benchmark_model(name: str, *, batch_size: int | None = None, steps: int | None = None,
+                    rounds: int | None = None, warmup: int | None = None,
+                    control: bool = True, setup: Setup | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+  """Times the dense and the min-max sparse step of model `name`; see the module docstring.
+
+  Args:
+    name: one of `SETUPS` (``"mlp"``, ``"cnn"``, ``"vgg16"``).
+    batch_size, steps, rounds, warmup: override the setup's defaults when not None.
+    control: also time the ``"zeroed"`` control step (see `build_steps`).
+    setup: the setup to use instead of ``SETUPS[name]``.
+    seed: for the parameters and the batch.
+
+  Returns:
+    A dict of plain Python values. Per step kind (``"dense"``, ``"minmax"`` and maybe
+    ``"zeroed"``): ``ms_per_step`` (median over rounds), ``rounds_ms`` (every round),
+    ``compile_s`` (first call), ``step_bytes`` (XLA arguments + temporaries),
+    ``losses_finite`` and ``recompiled``. Then ``ratio`` and ``overhead`` (minmax over dense,
+    of the medians), ``pair_ratios`` (minmax / dense of each round), ``cpu_ms_per_step``,
+    ``cpu_rounds_ms`` and ``cpu_overhead`` (the same in process CPU time), with the control also
+    ``control_ratio``, ``control_overhead`` and ``control_pair_ratios`` (minmax over zeroed),
+    and ``peak_memory_bytes`` with its ``peak_memory_source``.
+  """
+  setup = setup or SETUPS[name]
+  batch_size = setup.batch_size if batch_size is None else batch_size
+  steps = setup.steps if steps is None else steps
+  rounds = setup.rounds if rounds is None else rounds
+  warmup = setup.warmup if warmup is None else warmup
+  mesh = parallel.data_mesh()
+  parallel.check_batch_size(batch_size, mesh)
+  if steps < 1 or rounds < 1 or warmup < 0:
+    raise ValueError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
+                     f"rounds={rounds}, warmup={warmup}.")
+
+  problem = make_problem(setup, batch_size, seed)
+  model = create_model(name, num_outputs(problem))
+  variables = dict(model.init(jax.random.key(seed), jnp.asarray(problem.example_input()),
+                              train=False))
+  params = variables.pop("params")
+  kinds = build_steps(problem, model, params, variables, mesh, control=control, seed=seed)
+  # One batch for every step: the first the trainer would draw, split as the trainer splits it.
+  batch = parallel.shard_batch(problem.train_batch(seed, 0, 0, batch_size), mesh,
+                               problem.batch_axis)
+
+  states, compile_s, finite = {}, {}, {}
+  for kind, (step, state) in kinds.items():
+    states[kind], _, compile_s[kind], _ = _run(step, state, batch, 1)
+    states[kind], _, _, _ = _run(step, states[kind], batch, warmup)
+
+  # Interleaved, so that drift in the machine's speed (clocks, other load) hits all alike.
+  times = {kind: [] for kind in kinds}
+  cpu_times = {kind: [] for kind in kinds}
+  for _ in range(rounds):
+    for kind, (step, _) in kinds.items():
+      states[kind], losses, seconds, cpu_seconds = _run(step, states[kind], batch, steps)
+      times[kind].append(1e3 * seconds / steps)
+      cpu_times[kind].append(1e3 * cpu_seconds / steps)
+      finite[kind] = bool(np.all(np.isfinite(np.asarray(losses))))
+
+  recompiled = {kind: (n > 1 if (n := _compiled_versions(step)) is not None else None)
+                for kind, (step, _) in kinds.items()}
+  # After the calls above this lowering and compilation come from JAX's caches.
+  step_bytes = {kind: _step_footprint(step, states[kind], batch)
+                for kind, (step, _) in kinds.items()}
+  peak, source = peak_memory()
+  median = {kind: statistics.median(t) for kind, t in times.items()}
+  cpu_median = {kind: statistics.median(t) for kind, t in cpu_times.items()}
+  result = {
+      "model": name,
+      "description": setup.description,
+      "num_params": sum(int(np.size(p)) for p in jax.tree.leaves(params)),
+      "batch_size": batch_size,
+      "examples_per_step": batch_size * (problem.num_tasks if problem.batch_axis == 1 else 1),
+      "devices": mesh.devices.size,
+      "platform": jax.default_backend(),
+      "steps": steps,
+      "rounds": rounds,
+      "warmup": warmup,
+      "ms_per_step": median,
+      "rounds_ms": times,
+      "ratio": median["minmax"] / median["dense"],
+      "overhead": median["minmax"] / median["dense"] - 1.0,
+      "pair_ratios": [m / d for d, m in zip(times["dense"], times["minmax"])],
+      "cpu_ms_per_step": cpu_median,
+      "cpu_rounds_ms": cpu_times,
+      "cpu_overhead": cpu_median["minmax"] / cpu_median["dense"] - 1.0,
+      "compile_s": compile_s,
+      "step_bytes": step_bytes,
+      "peak_memory_bytes": peak,
+      "peak_memory_source": source,
+      "losses_finite": finite,
+      "recompiled": recompiled,
+  }
+  if control:
+    result["control_ratio"] = median["minmax"] / median["zeroed"]
+    result["control_overhead"] = result["control_ratio"] - 1.0
+    result["control_pair_ratios"] = [m / z for z, m in zip(times["zeroed"], times["minmax"])]
+  return result
+
+
+def _mib(value: int | None) -> str:
+  return "?" if value is None else f"{value / 2**20:.1f}"
+
+
+def _spread(ratios: Sequence[float]) -> str:
+  return f"{100 * (min(ratios) - 1):+.1f}..{100 * (max(ratios) - 1):+.1f}"
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+  """The results as a fixed-width table (control columns show "-" where it was not run)."""
+  header = ("model", "batch", "dense ms", "minmax ms", "ratio", "overhead %", "rounds %",
+            "CPU-time %", "zeroed ms", "vs zeroed %", "compile s d/m", "step MiB d/m",
+            "peak MiB")
+  rows = [header]
+  for r in results:
+    ms = r["ms_per_step"]
+    has_control = "control_ratio" in r
+    per_task = r["examples_per_step"] != r["batch_size"]
+    batch = (f"{r['examples_per_step'] // r['batch_size']}x{r['batch_size']}" if per_task
+             else str(r["batch_size"]))
+    rows.append((
+        r["model"], batch, f"{ms['dense']:.3f}", f"{ms['minmax']:.3f}",
+        f"{r['ratio']:.3f}", f"{100 * r['overhead']:+.1f}", _spread(r["pair_ratios"]),
+        f"{100 * r['cpu_overhead']:+.1f}",
+        f"{ms['zeroed']:.3f}" if has_control else "-",
+        f"{100 * r['control_overhead']:+.1f}" if has_control else "-",
+        f"{r['compile_s']['dense']:.2f} / {r['compile_s']['minmax']:.2f}",
+        f"{_mib(r['step_bytes']['dense'])} / {_mib(r['step_bytes']['minmax'])}",
+        _mib(r["peak_memory_bytes"])))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+  lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  sources = ", ".join(sorted({r["peak_memory_source"] for r in results}))
+  lines += [
+      "batch: images a step (tasks x batch per task for CIFAR-100); ms: median wall-clock "
+      "ms/step over rounds;",
+      "ratio, overhead: minmax / dense; rounds %: the lowest and highest minmax / dense of "
+      "single rounds;",
+      "CPU-time %: the overhead in process CPU time (less disturbed by other processes on a "
+      "shared CPU; meaningless for work done on an accelerator);",
+      "zeroed: the dense step from the pruned values, no masks; vs zeroed: minmax / zeroed, the "
+      "machinery alone; compile: first call (trace, compile, one step);",
+      f"step MiB: XLA arguments + temporaries of the compiled step; peak MiB: {sources}, the "
+      "process's high-water mark so far (includes every earlier model)."]
+  return "\n".join(lines)
+
+
+def verdict(result: dict[str, Any], target: float = TARGET_OVERHEAD) -> str:
+  """One line: the measured overhead against the target, whichever way it comes out."""
+  meets = result["overhead"] <= target
+  line = (f"{result['model']}: min-max + {100 * SPARSITY:g} % masks cost "
+          f"{100 * result['overhead']:+.2f} % over the dense step (median of "
+          f"{result['rounds']} rounds; single rounds {_spread(result['pair_ratios'])} %) -> "
+          f"{'meets' if meets else 'MISSES'} the target of at most {100 * target:g} %.")
+  if "control_overhead" in result:
+    line += (f" Against the dense step on the same pruned values: "
+             f"{100 * result['control_overhead']:+.2f} % "
+             f"(single rounds {_spread(result['control_pair_ratios'])} %).")
+  problems = [f"{kind} recompiled during timing" for kind, bad in result["recompiled"].items()
+              if bad]
+  problems += [f"{kind} losses not finite" for kind, ok in result["losses_finite"].items()
+               if not ok]
+  return line + (f" WARNING: {'; '.join(problems)}." if problems else "")
+
+
+def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | None = None,
+        rounds: int | None = None, warmup: int | None = None, control: bool = True,
+        json_out: str | None = None, out: Any = sys.stdout) -> list[dict[str, Any]]:
+  """Benchmarks every model of `models`, prints the table and verdicts, returns the results."""
+  unknown = [m for m in models if m not in SETUPS]
+  if not models or unknown:
+    raise ValueError(f"models must name some of {sorted(SETUPS)}, got {list(models)}.")
+  mesh = parallel.data_mesh()
+  for name in models:  # every check before the first model's compute
+    parallel.check_batch_size(SETUPS[name].batch_size if batch_size is None else batch_size,
+                              mesh)
+  if any(v is not None and v < 1 for v in (steps, rounds)) or (warmup or 0) < 0:
+    raise ValueError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
+                     f"rounds={rounds}, warmup={warmup}.")
+  results = []
+  for name in models:
+    print(f"{name}: {SETUPS[name].description} ...", file=out, flush=True)
+    results.append(benchmark_model(name, batch_size=batch_size, steps=steps, rounds=rounds,
+                                   warmup=warmup, control=control))
+  device = jax.devices()[0]
+  print(f"\n{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
+        f"jax {jax.__version__}", file=out)
+  print(format_table(results), file=out)
+  for result in results:
+    print(verdict(result), file=out)
+  if json_out:
+    with open(json_out, "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+  return results
