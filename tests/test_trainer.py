@@ -173,6 +173,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
     ({"stages": ("sparse",), "dynamic.grow": "magic"}, "grow"),
     ({"task_scales": (1.0, -1.0, 1.0, 1.0)}, "task_scales"),
     ({"reweight.penalty": -1.0}, "penalty"),
+    ({"optimizer.clip_norm": -1.0}, "optimizer.clip_norm"),
     ({"stages": ("pretrain", "finetune")}, "stage"),
     ({"stages": ("pretrain", "retrain")}, "'retrain' must follow \\['prune'\\]"),
     ({"stages": ("reweight", "prune", "retrain")}, "'reweight' must follow"),
@@ -241,3 +242,13 @@ def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
   assert (tmp_path / "seed1" / "minmax" / "diverged.json").exists()
   monkeypatch.setattr(run_lib, "run_method", real)  # a rerun reports the same, from disk
   assert experiment.run(config, str(tmp_path), print_report=False) == report
+
+
+def test_gradient_clipping_bounds_the_first_step():
+  config = tiny_config(**{"optimizer.clip_norm": 0.5, "optimizer.weight_decay": 0.0,
+                          "optimizer.momentum": 0.0, "optimizer.schedule": "constant",
+                          "optimizer.learning_rate": 1.0})
+  tx = run_lib.stages_lib.base_optimizer(config.optimizer, 10)
+  grads = {"w": np.full((4,), 10.0, np.float32)}
+  updates, _ = tx.update(grads, tx.init(grads))
+  np.testing.assert_allclose(np.linalg.norm(updates["w"]), 0.5, rtol=1e-6)

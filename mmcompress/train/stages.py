@@ -66,7 +66,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
 
 def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """The model's optimizer for one stage: SGD with momentum or Adam, decay, schedule."""
+  """The model's optimizer for one stage: optional gradient clipping by global norm
+  (``clip_norm`` > 0), weight decay, then SGD with momentum or Adam on the schedule."""
   name = _checks.one_of(config.name, ("sgd", "adam"), "optimizer.name")
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
   if name == "sgd":
@@ -74,7 +75,10 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   else:
     opt = optax.adam(schedule)
   decay = _checks.non_negative(config.weight_decay, "optimizer.weight_decay")
-  return optax.chain(optax.add_decayed_weights(decay), opt) if decay else opt
+  clip = _checks.non_negative(config.clip_norm, "optimizer.clip_norm")
+  parts = ([optax.clip_by_global_norm(clip)] if clip else []) + (
+      [optax.add_decayed_weights(decay)] if decay else []) + [opt]
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
