@@ -1,8 +1,8 @@
 """The multi-task compression comparison: a dense reference and every weighting, over seeds.
 
-`run(config, workdir, problem)` validates the config before any compute, refuses a workdir that holds
-a run with another config, then trains (resuming whatever a previous, interrupted call left),
-and writes the report, plots, TensorBoard events and compressed models into `workdir`.
+`run(config, workdir, problem)` validates the config before any compute, refuses a workdir that
+holds a run with another config, then trains (resuming whatever a previous, interrupted call
+left), and writes the report, plots, TensorBoard events and compressed models into `workdir`.
 """
 from __future__ import annotations
 
@@ -200,8 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
            or not parallel.is_primary())
   progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
                       write=parallel.is_primary())
-  exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh, workdir=workdir,
-                           log=progress, on_checkpoint=on_checkpoint)
+  exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh,
+                           workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
   per_seed, diverged = [], []
   try:
     for seed in config.seeds:

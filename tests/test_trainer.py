@@ -41,8 +41,9 @@ def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
   config = config or tiny_config()
   data = data or digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
   model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
-  return run_lib.Experiment(config=config, problem=DigitsProblem(data), model=model, mesh=parallel.data_mesh(),
-                            workdir=str(workdir), on_checkpoint=on_checkpoint)
+  return run_lib.Experiment(config=config, problem=DigitsProblem(data), model=model,
+                            mesh=parallel.data_mesh(), workdir=str(workdir),
+                            on_checkpoint=on_checkpoint)
 
 
 def probe(devices: int, batch_size: int = 64) -> subprocess.CompletedProcess:

@@ -15,7 +15,8 @@ growing 0.51 % / 0.3 % of each layer every 10 epochs until epoch 150, with β = 
 Reference settings (Guo et al.; METHOD.md §1–§4): Adam 1e-4, ×0.5 every 100 epochs, 200 epochs
 per stage, batch 2 (the MTAN code's), min-max β = 50 (step 0.02), γ = 5, ascending once per
 epoch, and the reference's loss scales (1, 1.5, 3) for (segmentation, depth, normals) in
-every weighting's objective (so that the comparison isolates the weighting); reweighted-ℓ1 λ = 1e-7, ε = 1e-6, refreshed at epochs 60 and 120. The
+every weighting's objective (so that the comparison isolates the weighting);
+reweighted-ℓ1 λ = 1e-7, ε = 1e-6, refreshed at epochs 60 and 120. The
 official val split is the test split; model selection uses 10 % of train held out.
 
 Results: not yet measured (no GPU run of this config has been made).

@@ -150,7 +150,8 @@ class VGG16Trunk(nn.Module):
         # "SAME" keeps at least one pixel for images smaller than 16×16 (the tests use 8×8).
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         continue
-      x = nn.Conv(max(1, round(layer * self.width)), (3, 3), padding="SAME", use_bias=False, kernel_init=_conv_init,
+      x = nn.Conv(max(1, round(layer * self.width)), (3, 3), padding="SAME", use_bias=False,
+                  kernel_init=_conv_init,
                   name=f"conv{conv}")(x)
       x = TaskBatchNorm(self.num_tasks, momentum=0.9, epsilon=1e-5, name=f"bn{conv}")(
           x, task_id, train=train)
