@@ -54,8 +54,9 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
     subdir = os.path.join(workdir, task_set)
     reports[task_set] = run(config, subdir, problem=lambda c, t=task_set: digits_problem(c, t),
                             **kwargs)
-    with open(os.path.join(subdir, "report.md")) as f:
-      sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
+    if parallel.is_primary():  # only the primary process wrote the report
+      with open(os.path.join(subdir, "report.md")) as f:
+        sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
   if parallel.is_primary():
     _files.write_atomically(os.path.join(workdir, "report.md"),
                             lambda f: f.write("\n\n".join(sections).encode("utf-8")))
@@ -106,6 +107,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
   if not config.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
+  if config.epochs.pretrain < 1:
+    raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
+                     f"is a pretrain run, got {config.epochs.pretrain}.")
   for stage in stages_lib.TRAINING_STAGES:
     if stage in config.stages and config.epochs[stage] < 1:
       raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
@@ -205,11 +209,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   per_seed, diverged = [], []
   try:
     for seed in config.seeds:
-      dense_result, *dense_final = run_lib.run_dense(exp, seed)
+      dense = run_lib.or_divergence(exp, f"seed{seed}/dense",
+                                    lambda s=seed: run_lib.run_dense(exp, s))
+      if isinstance(dense, dict):  # the dense reference itself diverged: nothing to compare
+        diverged.append({"seed": seed, "runs": {"dense": dense["diverged"]}})
+        continue
+      dense_result, *dense_final = dense
       methods, failures = {}, {}
       for method in config.methods:
         shared = tuple(dense_final) if config.share_pretraining else None
-        outcome = run_lib.run_method_or_divergence(exp, method, seed, shared)
+        outcome = run_lib.or_divergence(
+            exp, f"seed{seed}/{method}",
+            lambda m=method, s=seed, d=shared: run_lib.run_method(exp, m, s, d))
         if "diverged" in outcome:
           failures[method] = outcome["diverged"]
           continue

@@ -192,6 +192,22 @@ def test_learning_rate_schedule_follows_the_number_of_ascents():
   np.testing.assert_allclose(trajectory[3], [0.75, 0.25], atol=1e-6)  # lr 0 at the second
 
 
+def test_every_step_ascent_keeps_no_window_and_follows_its_schedule():
+  schedule = optax.piecewise_constant_schedule(0.5, {1: 0.0})  # 0.5 for the first ascent only
+  tx = simplex_ascent(schedule)
+  w = jnp.array([0.5, 0.5])
+  state = tx.init(w)
+  assert state.grad_sum is None and state.num_summed is None
+  u, state = tx.update(jnp.array([jnp.nan, 0.0]), state, w)  # skipped: the schedule waits
+  w = optax.apply_updates(w, u)
+  np.testing.assert_array_equal(w, [0.5, 0.5])
+  for _ in range(2):
+    u, state = tx.update(jnp.array([1.0, 0.0]), state, w)
+    w = optax.apply_updates(w, u)
+    np.testing.assert_allclose(w, [0.75, 0.25], atol=1e-6)  # lr 0.5, then 0
+  assert (int(state.count), int(state.num_ascents), int(state.num_skipped)) == (3, 2, 1)
+
+
 def test_non_finite_gradients_never_reach_the_weights():
   w = jnp.array([0.25, 0.75])
   tx = simplex_ascent(0.5)

@@ -94,7 +94,9 @@ def leaves_equal(a, b):
 
 def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
   whole = run_lib.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
-  for stop_at in (1, 4):  # inside pretrain; inside retrain, after stage changes
+  # Checkpoints every 7 steps: the 1st is pretrain step 7, the 7th reweight step 14, the
+  # 10th retrain step 14 (pretrain saves at 7, 14, 21, 28, 32; reweight at 7, 14, 16).
+  for stop_at in (1, 7, 10):
     workdir = tmp_path / f"cut{stop_at}"
     with pytest.raises(Interrupt):
       run_lib.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_after(stop_at)),
@@ -243,6 +245,35 @@ def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
   assert (tmp_path / "seed1" / "minmax" / "diverged.json").exists()
   monkeypatch.setattr(run_lib, "run_method", real)  # a rerun reports the same, from disk
   assert experiment.run(config, str(tmp_path), print_report=False) == report
+
+
+def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
+  config = tiny_config(seeds=(0, 1), methods=("equal",))
+  real = run_lib.run_dense
+
+  def diverge_on_seed_0(exp, seed):
+    if seed == 0:
+      raise loop.NonFiniteLossError("stage 'pretrain': the loss of task 'g0_0_6' is nan at "
+                                    "step 2. The last good checkpoint in X is kept; ...")
+    return real(exp, seed)
+
+  monkeypatch.setattr(run_lib, "run_dense", diverge_on_seed_0)
+  report = experiment.run(config, str(tmp_path), print_report=False)
+  assert report["seeds"] == [1]
+  assert report["diverged"] == [{"seed": 0, "runs": {
+      "dense": "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"}}]
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
+  exp = tiny_experiment(tmp_path)
+  run_lib.run_dense(exp, 0)
+  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  for f in stage_dir.rglob("manifest.ocdbt"):
+    f.write_bytes(b"\0" * 7)
+  (tmp_path / "seed0" / "dense" / "result.json").unlink()
+  with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
+    run_lib.run_dense(tiny_experiment(tmp_path), 0)
+  assert any(p.name.isdigit() for p in stage_dir.iterdir())  # nothing was moved or deleted
 
 
 def test_gradient_clipping_bounds_the_first_step():

@@ -2,10 +2,11 @@
 
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a kill
 during a save leaves the previous checkpoints intact and no half-written latest one. A
-checkpoint that is complete but unreadable (a truncated or damaged file, or one written by
-code with another state layout) is detected when restoring: it is moved aside to
+checkpoint that is complete but unreadable (a truncated or damaged file) is detected when
+restoring: if an older step restores, the unreadable ones are moved aside to
 ``<step>.unreadable`` (kept for inspection, out of the way of the steps that will be saved
-again), with a warning, and the newest readable one is used.
+again), with a warning, and the older one is used. If no step restores, that is an error, not
+a silent restart: on one host; a multi-host run asks for the move to be made by hand.
 """
 from __future__ import annotations
 
@@ -60,22 +61,35 @@ class StageCheckpoints:
         found = restored["state"], dict(restored["record"])
         break
       except Exception as error:  # pylint: disable=broad-except
-        # Orbax and tensorstore raise many types for a damaged file; any failure to read a
-        # step means the step cannot be resumed from, and it is kept, not deleted.
-        logging.warning("checkpoint %d in %s is unreadable (%s: %s); moving it aside to "
-                        "%d.unreadable and trying an older one.", step, self.directory,
-                        type(error).__name__, error, step)
+        # Orbax and tensorstore raise many types for a damaged file; which step is readable
+        # is decided below, from whether an older one restores.
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one.",
+                        step, self.directory, type(error).__name__, error)
         unreadable.append(step)
-    if unreadable and jax.process_index() == 0:
-      self._manager.close()
-      for step in unreadable:
-        source = os.path.join(self.directory, str(step))
-        target = f"{source}.unreadable"
-        suffix = 1
-        while os.path.exists(target):
-          target, suffix = f"{source}.unreadable{suffix}", suffix + 1
-        os.replace(source, target)
-      self._manager = self._open()
+    if not unreadable:
+      return found
+    if found is None:
+      # Nothing restores: more likely a changed state layout (other code) or a filesystem
+      # problem than damage to every step. Never restart silently over someone's work.
+      raise ValueError(
+          f"no checkpoint in {self.directory} can be read (steps {sorted(unreadable)}; the "
+          "warnings above say why). If they were written by another version of the code, use "
+          "a new --workdir; if they are damaged, move them out of the way and rerun.")
+    if jax.process_count() > 1:
+      raise ValueError(
+          f"checkpoints {sorted(unreadable)} in {self.directory} are unreadable and an older "
+          "one is readable; on a multi-host run, move the unreadable steps out of the way by "
+          "hand (e.g. rename 96 to 96.unreadable), then rerun.")
+    self._manager.close()
+    for step in unreadable:
+      source = os.path.join(self.directory, str(step))
+      target, suffix = f"{source}.unreadable", 1
+      while os.path.exists(target):
+        target, suffix = f"{source}.unreadable{suffix}", suffix + 1
+      os.replace(source, target)
+      logging.warning("moved unreadable checkpoint %d of %s aside to %s.", step,
+                      self.directory, os.path.basename(target))
+    self._manager = self._open()
     return found
 
   def close(self) -> None:

@@ -107,7 +107,7 @@ def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) 
         f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
         f"{losses[row, task]} "
         f"at step {first_step + row + 1}. The last good checkpoint in {ctx.directory} is kept; "
-        "lower the learning rate or check the data, then rerun the same command.")
+        "to retry (a lower learning rate, --config.optimizer.clip_norm), use a new --workdir.")
 
 
 def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> None:
@@ -118,8 +118,8 @@ def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> Non
   if not bool(finite):
     raise NonFiniteLossError(
         f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
-        f"the losses were finite. The last good checkpoint in {ctx.directory} is kept; lower "
-        "the learning rate, then rerun the same command.")
+        f"the losses were finite. The last good checkpoint in {ctx.directory} is kept; to "
+        "retry (a lower learning rate, --config.optimizer.clip_norm), use a new --workdir.")
 
 
 def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
@@ -192,7 +192,7 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
                   "val_metric": [val["metrics"][t] for t in ctx.problem.task_names],
                   "task_weights": [float(v) for v in np.asarray(weights)], "score": score}
   best = carry["best"]
-  if record["best_score"] is None or score < record["best_score"]:
+  if np.isfinite(score) and (record["best_score"] is None or score < record["best_score"]):
     record["best_score"], record["best_epoch"] = score, epoch
     best = snapshot(state)
   return {"state": state, "best": best,

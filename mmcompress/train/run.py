@@ -200,20 +200,19 @@ def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict
   return result
 
 
-def run_method_or_divergence(exp: Experiment, method: str, seed: int,
-                             dense: tuple[Any, Any] | None) -> dict:
-  """`run_method`, or ``{"diverged": message}`` if a loss became non-finite.
+def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any:
+  """``run()``, or ``{"diverged": message}`` if a loss became non-finite.
 
   The failed run keeps its last good checkpoint, and the failure is recorded in
-  ``diverged.json`` beside it, so a rerun of the same config reports it again without
-  recomputing (training is deterministic: it would diverge at the same step).
+  ``<run_name>/diverged.json``, so a rerun of the same config reports it again without
+  recomputing it (to retry with other settings, use a new workdir).
   """
-  path = os.path.join(exp.workdir, f"seed{seed}", method, "diverged.json")
+  path = os.path.join(exp.workdir, run_name, "diverged.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   try:
-    return run_method(exp, method, seed, dense)
+    return run()
   except loop.NonFiniteLossError as error:
     outcome = {"diverged": str(error).split(". The last good checkpoint")[0]}
     if parallel.is_primary():
