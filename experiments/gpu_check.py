@@ -59,8 +59,7 @@ def check_model(name, problem, model, batch_size, steps):
   """Runs `steps` timed min-max masked steps; returns the measurements and check results."""
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
-  exp = run.Experiment(config=None, problem=problem, model=model, mesh=mesh, workdir="")
-  params, model_state = run.init_variables(exp, 0)
+  params, model_state = run.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, _SPARSITY)
   minmax = weighting.minmax(0.02, gamma=5.0)
   tx = saddle_point(sparsity.masked(optax.sgd(0.01, momentum=0.9), masks), minmax.tx)

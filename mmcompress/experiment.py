@@ -150,9 +150,7 @@ class Progress:
     self.write = write
     self._writers = {}
 
-  def __call__(self, run_name: str, method: str, seed: int, stage: str, epoch: int,
-               record: dict) -> None:
-    del method, seed
+  def __call__(self, run_name: str, stage: str, epoch: int, record: dict) -> None:
     if self.write:
       writer = self._writer(run_name)
       for name, values in (("train_loss", record["train_loss"]),
@@ -237,8 +235,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     progress.close()
   if not per_seed:
     raise run_lib.loop.NonFiniteLossError(
-        "every seed had a run whose loss became non-finite, so there is nothing to compare: "
-        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged))
+        "every seed had a run whose loss became non-finite, so there is nothing to compare ("
+        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged) + ")", workdir)
   notes = [
       f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",

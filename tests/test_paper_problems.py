@@ -25,8 +25,7 @@ def synthetic_cifar_split(per_class: int, seed: int) -> cifar100.ImageSplit:
 
 def minmax_masked_step(problem, model, sparsity_level=0.9):
   mesh = parallel.data_mesh()
-  params, model_state = run.init_variables(
-      run.Experiment(config=None, problem=problem, model=model, mesh=mesh, workdir=""), 0)
+  params, model_state = run.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, sparsity_level)
   minmax = weighting.minmax(0.02, gamma=5.0)
   tx = saddle_point(sparsity.masked(optax.sgd(0.05, momentum=0.9), masks), minmax.tx)

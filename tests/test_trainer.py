@@ -117,7 +117,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   for f in (stage_dir / str(steps[-1]) / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
       f.write_bytes(b"\0" * 7)
-  params, _ = run_lib.init_variables(exp, 0)
+  params, _ = run_lib.init_variables(exp.model, exp.problem, 0)
   weighting = run_lib.stages_lib.make_weighting("equal", exp.config, exp.steps_per_epoch)
   tx = run_lib.saddle_point(
       run_lib.stages_lib.descent_transform("pretrain", exp.config, exp.steps_per_epoch),
@@ -232,8 +232,8 @@ def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
 
   def diverge_on_seed_1(exp, method, seed, dense):
     if method == "minmax" and seed == 1:
-      raise loop.NonFiniteLossError("stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at "
-                                    "step 3. The last good checkpoint in X is kept; ...")
+      raise loop.NonFiniteLossError(
+          "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3", "X")
     return real(exp, method, seed, dense)
 
   monkeypatch.setattr(run_lib, "run_method", diverge_on_seed_1)
@@ -253,8 +253,8 @@ def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
 
   def diverge_on_seed_0(exp, seed):
     if seed == 0:
-      raise loop.NonFiniteLossError("stage 'pretrain': the loss of task 'g0_0_6' is nan at "
-                                    "step 2. The last good checkpoint in X is kept; ...")
+      raise loop.NonFiniteLossError(
+          "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2", "X")
     return real(exp, seed)
 
   monkeypatch.setattr(run_lib, "run_dense", diverge_on_seed_0)

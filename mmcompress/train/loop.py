@@ -26,7 +26,17 @@ from mmcompress.weighting import TaskWeighting
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A task loss became NaN or infinite; the last good checkpoint is kept."""
+  """A task loss (or the weights) became NaN or infinite; the last good checkpoint is kept.
+
+  Attributes:
+    summary: what happened, where and when, without the path (for reports).
+  """
+
+  def __init__(self, summary: str, directory: str):
+    super().__init__(
+        f"{summary}. The last good checkpoint in {directory} is kept; to retry (a lower "
+        "learning rate, --config.optimizer.clip_norm), use a new --workdir.")
+    self.summary = summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +115,7 @@ def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) 
     row, task = np.argwhere(bad)[0]
     raise NonFiniteLossError(
         f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
-        f"{losses[row, task]} "
-        f"at step {first_step + row + 1}. The last good checkpoint in {ctx.directory} is kept; "
-        "to retry (a lower learning rate, --config.optimizer.clip_norm), use a new --workdir.")
+        f"{losses[row, task]} at step {first_step + row + 1}", ctx.directory)
 
 
 def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> None:
@@ -118,17 +126,16 @@ def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> Non
   if not bool(finite):
     raise NonFiniteLossError(
         f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
-        f"the losses were finite. The last good checkpoint in {ctx.directory} is kept; to "
-        "retry (a lower learning rate, --config.optimizer.clip_norm), use a new --workdir.")
+        "the losses were finite", ctx.directory)
 
 
-def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
+def train_stage(ctx: StageContext, state: TrainState) -> tuple[TrainState, dict, dict]:
   """Trains one stage from `state`, resuming from its checkpoints if it has any.
 
   Returns:
-    ``(best, record)``: the snapshot of the epoch with the best validation score, and the
-    stage's record (per-epoch history, the selected epoch). The stage's final state is the
-    last checkpoint in ``ctx.directory`` (read it with `final_state`).
+    ``(final state, best, record)``: the state after the last step (what the last
+    checkpoint holds), the snapshot of the epoch with the best validation score, and the
+    stage's record (per-epoch history, the selected epoch).
   """
   per_epoch = ctx.steps_per_epoch
   total = ctx.epochs * per_epoch
@@ -174,7 +181,7 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[dict, dict]:
       checkpoints.save(0, carry, record)
   finally:
     checkpoints.close()
-  return carry["best"], record
+  return carry["state"], carry["best"], record
 
 
 def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
@@ -211,21 +218,3 @@ def abstract_carry(state: TrainState, num_tasks: int, mesh: jax.sharding.Mesh) -
   sharding = parallel.replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       shapes)
-
-
-def final_state(directory: str, like: Any) -> tuple[TrainState, dict, dict] | None:
-  """The last checkpoint of a finished stage as ``(state, best, record)``, or None.
-
-  Args:
-    directory: the stage's checkpoint folder.
-    like: `abstract_carry` of the stage's starting state.
-  """
-  checkpoints = StageCheckpoints(directory)
-  try:
-    restored = checkpoints.restore_latest(like)
-  finally:
-    checkpoints.close()
-  if restored is None or not restored[1].get("done"):
-    return None
-  carry, record = restored
-  return carry["state"], carry["best"], record

@@ -40,7 +40,7 @@ class Experiment:
   model: nn.Module
   mesh: jax.sharding.Mesh
   workdir: str
-  log: Callable[[str, str, int, str, int, dict], None] | None = None
+  log: Callable[[str, str, int, dict], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
 
   @property
@@ -53,10 +53,10 @@ class Experiment:
     return step_lib.make_eval_step(self.problem, self.model, self.mesh)
 
 
-def init_variables(exp: Experiment, seed: int) -> tuple[Any, Any]:
+def init_variables(model: nn.Module, problem: Problem, seed: int) -> tuple[Any, Any]:
   """The model's freshly initialised (params, other collections) for `seed`."""
-  variables = exp.model.init(jax.random.key(seed), jnp.asarray(exp.problem.example_input()),
-                             train=False)
+  variables = model.init(jax.random.key(seed), jnp.asarray(problem.example_input()),
+                         train=False)
   variables = dict(variables)
   params = variables.pop("params")
   return params, variables
@@ -84,9 +84,8 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks, seed)
   tx = saddle_point(descent, weighting.tx)
   rng = jax.random.fold_in(jax.random.key(seed), index)
-  # The step donates the state's buffers; the caller's arrays (shared by every method's
-  # stages when pretraining is shared) must survive it.
-  params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+  # create_train_state copies every leaf, so the step may donate them: the caller's arrays
+  # (shared by every method's stages when pretraining is shared) survive.
   state = create_train_state(params, model_state, weighting, tx, problem.num_tasks, rng)
   if stage == "sparse":  # dynamic sparse training starts from its initial masks
     state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
@@ -94,7 +93,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
 
   def log(stage_name, epoch, record):
     if exp.log:
-      exp.log(run_name, method, seed, stage_name, epoch, record)
+      exp.log(run_name, stage_name, epoch, record)
 
   ctx = loop.StageContext(
       name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
@@ -103,11 +102,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
       eval_step=exp.eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
       checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
       on_checkpoint=exp.on_checkpoint)
-  like = loop.abstract_carry(state, problem.num_tasks, exp.mesh)
-  loop.train_stage(ctx, state)
-  final = loop.final_state(directory, like)
-  assert final is not None, f"stage {stage} of {run_name} finished without a final checkpoint"
-  return final
+  return loop.train_stage(ctx, state)
 
 
 def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
@@ -143,7 +138,7 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
 def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
   """The dense reference of `seed`; returns (result, final params, final model state)."""
   run_name = f"seed{seed}/dense"
-  params, model_state = init_variables(exp, seed)
+  params, model_state = init_variables(exp.model, exp.problem, seed)
   state, best, record = _train(exp, run_name, "equal", "pretrain", 0, seed, params, model_state)
   result = _cached(exp, run_name, lambda: _finish(exp, run_name, best, [record], False))
   return result, state.params, state.model_state
@@ -161,7 +156,7 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
     params, model_state = dense
     pipeline = pipeline[1:]
   else:
-    params, model_state = init_variables(exp, seed)
+    params, model_state = init_variables(exp.model, exp.problem, seed)
   masks, best, records = None, None, []
   for index, stage in enumerate(cfg.stages):
     if stage not in pipeline:
@@ -214,7 +209,7 @@ def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any
   try:
     return run()
   except loop.NonFiniteLossError as error:
-    outcome = {"diverged": str(error).split(". The last good checkpoint")[0]}
+    outcome = {"diverged": error.summary}
     if parallel.is_primary():
       os.makedirs(os.path.dirname(path), exist_ok=True)
       _files.write_json_atomically(path, outcome)
