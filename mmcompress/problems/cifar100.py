@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmcompress import metrics
 from mmcompress.data import cifar100
 from mmcompress.problems import base
 
@@ -110,10 +111,10 @@ class Cifar100Problem(base.Problem):
     logits = _head_of(outputs, task)
     valid = batch["valid"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    correct, count = metrics.classification_accuracy(logits, batch["label"], batch["valid"])
     one_hot = jax.nn.one_hot(task, self.num_tasks)
-    return {"loss": one_hot * jnp.sum(loss * valid), "count": one_hot * jnp.sum(valid),
-            "correct": one_hot * jnp.sum(correct * valid)}
+    return {"loss": one_hot * jnp.sum(loss * valid), "count": one_hot * count,
+            "correct": one_hot * correct}
 
   def finalize(self, sums):
     return base.per_task_means(self.task_names, sums, "correct")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmcompress import metrics
 from mmcompress.data import digits
 from mmcompress.problems import base
 
@@ -92,13 +93,14 @@ class DigitsProblem(base.Problem):
     losses = per_example_losses(outputs, batch["targets"], self.kinds)
     score = []  # right answers for a classification, absolute errors for a regression
     for k, (out, kind) in enumerate(zip(outputs, self.kinds)):
+      target, keep = batch["targets"][:, k], batch["task_mask"][:, k]
       if kind == digits.CLASSIFICATION:
-        score.append(jnp.argmax(out, -1) == batch["targets"][:, k].astype(jnp.int32))
+        correct, _ = metrics.classification_accuracy(out, target.astype(jnp.int32), keep)
+        score.append(correct.astype(jnp.float32))
       else:
-        score.append(jnp.abs(out[:, 0] - batch["targets"][:, k]))
-    score = jnp.stack(score, 1).astype(jnp.float32)
+        score.append(metrics.regression_errors(out[:, 0], target, keep)[0])
     return {"loss": jnp.sum(losses * mask, 0), "count": jnp.sum(mask, 0),
-            "score": jnp.sum(score * mask, 0)}
+            "score": jnp.stack(score).astype(jnp.float32)}
 
   def finalize(self, sums):
     return base.per_task_means(self.task_names, sums, "score")
