@@ -1,6 +1,8 @@
 """Tests of the SegNet-MTAN model: max unpooling, shapes, batch norm, pruning rule, gradients."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.models.mtan import max_pool_with_argmax
 from mmcompress.models.mtan import max_unpool
 from mmcompress.sparsity import default_include
+from mmcompress.sparsity import planned_summary
 
 SMALL_FILTERS = (8, 16, 16, 32, 32)
 NUM_OUTPUTS = (13, 1, 3)
@@ -175,9 +178,9 @@ def test_parameters_of_a_task_reach_only_its_own_output(small):
     return [k for k, (a, b) in enumerate(zip(base, outputs))
             if not np.allclose(a, b, rtol=1e-4, atol=1e-4)]
 
-  assert changed_outputs("head_1_attention_enc0") == [1]
-  assert changed_outputs("head_1_attention_enc4") == [1]
-  assert changed_outputs("head_2_attention_dec2") == [2]
+  assert changed_outputs("task1_attention_enc0") == [1]
+  assert changed_outputs("task1_attention_enc4") == [1]
+  assert changed_outputs("task2_attention_dec2") == [2]
   assert changed_outputs("head_0") == [0]
   assert changed_outputs("shared_attention_enc1") == [0, 1, 2]
   assert changed_outputs("shared_attention_dec3") == [0, 1, 2]
@@ -185,27 +188,74 @@ def test_parameters_of_a_task_reach_only_its_own_output(small):
   assert forward._cache_size() == 1
 
 
-def test_default_pruning_rule_selects_exactly_the_shared_convolutions(small):
-  _, variables, _ = small
-  params = variables["params"]
-  selected = {path for path, keep in _keystrs(
-      jax.tree_util.tree_map_with_path(default_include, params)).items() if keep}
+def _reference_prunable(params):
+  """The reference's prunable set, written out: every conv kernel but the prediction layers."""
   convs = (2, 2, 3, 3, 3)
   expected = {f"['backbone']['enc{b}_{i}']['conv']['kernel']"
               for b, n in enumerate(convs) for i in range(n)}
   expected |= {f"['backbone']['dec{j}_{i}']['conv']['kernel']"
                for j, n in enumerate(reversed(convs)) for i in range(n)}
   assert len(expected) == 26
-  # The attention feature extractors shared by the tasks belong to the shared network too.
+  # The attention feature extractors shared by the tasks.
   expected |= {f"['shared_attention_{part}{b}']['conv']['kernel']"
                for part in ("enc", "dec") for b in range(5)}
-  assert selected == expected
-  # The rule has something to leave out: the task attention masks and the head kernels.
-  dense = [p for p, x in _keystrs(params).items() if x.ndim >= 2 and p not in expected]
-  assert sum("_attention_enc" in p for p in dense) == 3 * 5 * 2
-  assert sum("_attention_dec" in p for p in dense) == 3 * 5 * 2
-  assert all(p.startswith("['head_") for p in dense)
-  assert sum(p.startswith("['head_0']") for p in dense) == 2
+  # The task attention masks: two 1x1 convolutions per block, task and encoder/decoder.
+  expected |= {f"['task{k}_attention_{part}{b}']['conv{i}']['kernel']"
+               for k in range(3) for part in ("enc", "dec") for b in range(5) for i in (0, 1)}
+  assert len(expected) == 26 + 10 + 60
+  kernels = {p for p, x in _keystrs(params).items() if p.endswith("['kernel']")}
+  # Everything else with a kernel is one of the three prediction layers (two convs each).
+  assert kernels - expected == {f"['head_{k}']['conv{i}']['kernel']"
+                                for k in range(3) for i in (0, 1)}
+  return expected
+
+
+def _selected(params):
+  return {path for path, keep in _keystrs(
+      jax.tree_util.tree_map_with_path(default_include, params)).items() if keep}
+
+
+def test_default_pruning_rule_selects_every_convolution_but_the_prediction_layers(small):
+  _, variables, _ = small
+  params = variables["params"]
+  assert _selected(params) == _reference_prunable(params)
+  # What stays dense: the prediction layers, and every bias and batch-norm parameter.
+  dense = [p for p, x in _keystrs(params).items() if p not in _selected(params)]
+  assert all(p.startswith("['head_") or _keystrs(params)[p].ndim == 1 for p in dense)
+
+
+def test_full_size_prunable_set_and_both_ratios_at_97_5_percent():
+  """Full-size MTAN on 288x384 NYUv2 images, shapes only: the reference's prunable set."""
+  model = MultiTaskAttentionNet(NUM_OUTPUTS)
+  images = jax.ShapeDtypeStruct((2, 288, 384, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+  prunable = _reference_prunable(params)
+  assert _selected(params) == prunable
+
+  stats = planned_summary(params, 0.975)
+  # The same counts by hand: magnitude_masks keeps n - floor(0.975 n + 0.5) of each leaf.
+  sizes = {p: int(np.prod(x.shape)) for p, x in _keystrs(params).items()}
+  prunable_size = sum(sizes[p] for p in prunable)
+  kept = sum(n - math.floor(0.975 * n + 0.5) for p, n in sizes.items() if p in prunable)
+  total = sum(sizes.values())
+  dense_part = total - prunable_size
+  assert (stats["total_size"], stats["prunable_size"]) == (total, prunable_size)
+  assert stats["prunable_nonzero"] == kept
+  assert stats["total_nonzero"] == kept + dense_part
+  assert stats["prunable_compression_ratio"] == pytest.approx(prunable_size / kept)
+  assert stats["whole_model_compression_ratio"] == pytest.approx(total / (kept + dense_part))
+  assert stats["whole_model_cap"] == pytest.approx(total / dense_part)
+  # The attention convolutions are a fifth of the model: pruned, as in the reference.
+  attention = sum(n for p, n in sizes.items() if p.startswith("['task"))
+  assert attention > 8_000_000
+  assert 43_000_000 < total < 45_000_000
+  print(f"\nMTAN (NYUv2, 288x384), 97.5 % of the prunable weights removed: "
+        f"{stats['prunable_compression_ratio']:.2f}x prunable-part compression "
+        f"({prunable_size:,} prunable of {total:,} parameters), "
+        f"{stats['whole_model_compression_ratio']:.2f}x whole-model compression; "
+        f"the {dense_part:,} dense parameters cap it at {stats['whole_model_cap']:.1f}x.")
+  assert stats["prunable_compression_ratio"] == pytest.approx(40.0, rel=1e-3)
+  assert 30.0 < stats["whole_model_compression_ratio"] < 40.0
 
 
 def test_full_size_shapes_and_backbone_size_match_segnet():

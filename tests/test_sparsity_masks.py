@@ -289,6 +289,71 @@ def test_summary_counts_masked_params():
   assert zero["compression_ratio"] == float("inf")
 
 
+def test_summary_gives_both_ratios_by_hand_on_a_tiny_tree():
+  # A 2x3 trunk kernel with 2 zeros, its bias with one zero, a 3x1 head kernel and its bias.
+  params = {"trunk": {"kernel": jnp.asarray([[1.0, 0.0, 2.0], [0.0, 3.0, 4.0]]),
+                      "bias": jnp.asarray([0.0, 5.0, 6.0])},
+            "head_0": {"kernel": jnp.asarray([[1.0], [2.0], [3.0]]), "bias": jnp.asarray([7.0])}}
+  stats = sp.summary(params)
+  # Prunable: the trunk kernel alone, 6 entries, 4 nonzero. Whole: 6 + 3 + 3 + 1 = 13 entries,
+  # 4 + 2 + 3 + 1 = 10 nonzero. Not prunable: 3 + 3 + 1 = 7 entries.
+  assert (stats["prunable_size"], stats["prunable_nonzero"]) == (6, 4)
+  assert (stats["total_size"], stats["total_nonzero"]) == (13, 10)
+  assert stats["non_prunable_size"] == 7
+  assert stats["prunable_compression_ratio"] == stats["compression_ratio"] == 6 / 4
+  assert stats["whole_model_compression_ratio"] == 13 / 10
+  assert stats["sparsity"] == pytest.approx(2 / 6)
+  assert stats["whole_model_sparsity"] == pytest.approx(3 / 13)
+  assert stats["whole_model_cap"] == 13 / 7
+  assert stats["non_prunable_groups"] == [
+      {"group": "head_*", "names": ["bias", "kernel"], "leaves": 2, "size": 4},
+      {"group": "trunk", "names": ["bias"], "leaves": 1, "size": 3}]
+  # Masks zero the 1 and the 2 of the trunk kernel: 2 of its 6 entries stay nonzero.
+  masks = jax.tree.map(lambda x: jnp.ones(x.shape, bool), params)
+  masks["trunk"]["kernel"] = jnp.asarray([[False, True, False], [True, True, True]])
+  stats = sp.summary(params, masks)
+  assert stats["prunable_compression_ratio"] == 6 / 2
+  assert stats["whole_model_compression_ratio"] == 13 / 8
+  # Nothing prunable: ratio 1 for the empty part, and the dense part caps nothing.
+  nothing = sp.summary(params, include=lambda path, leaf: False)
+  assert nothing["prunable_compression_ratio"] == 1.0 and nothing["whole_model_cap"] == 1.0
+  assert nothing["whole_model_compression_ratio"] == 13 / 10
+  everything = sp.summary(params, include=lambda path, leaf: True)
+  assert everything["whole_model_cap"] == float("inf")
+  assert everything["whole_model_compression_ratio"] == everything["compression_ratio"]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"sparsity": 0.975}, {"sparsity": 0.9, "scope": "global"},
+    {"sparsity": 0.5, "structure": "filter"}, {"sparsity": None, "structure": "2:7"},
+])
+def test_planned_summary_matches_summary_of_real_masks(kwargs):
+  params = _model_params()
+  structure = kwargs.get("structure", "unstructured")
+  include = None
+  if structure == "2:7":  # n:m needs axis -2 divisible by m: prune Conv_0 (7 inputs) only.
+    include = lambda path, leaf: sp.default_include(path, leaf) and leaf.shape[-2] % 7 == 0
+  masks = sp.magnitude_masks(params, kwargs["sparsity"], structure=structure,
+                             scope=kwargs.get("scope", "layer"), include=include)
+  measured = sp.summary(params, masks, include=include)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  planned = sp.planned_summary(shapes, kwargs["sparsity"], structure=structure,
+                               scope=kwargs.get("scope", "layer"), include=include)
+  assert 0 < measured["prunable_nonzero"] < measured["prunable_size"]
+  for key in ("prunable_size", "prunable_nonzero", "total_size", "total_nonzero",
+              "compression_ratio", "prunable_compression_ratio",
+              "whole_model_compression_ratio", "whole_model_cap", "non_prunable_groups"):
+    assert planned[key] == measured[key], key
+  if kwargs.get("scope") != "global":
+    assert ({k: v["nonzero"] for k, v in planned["leaves"].items()}
+            == {k: v["nonzero"] for k, v in measured["leaves"].items()})
+
+
+def test_planned_summary_refuses_global_filter_pruning():
+  with pytest.raises(ValueError, match="scope='layer'"):
+    sp.planned_summary(_model_params(), 0.5, structure="filter", scope="global")
+
+
 def test_find_masks_walks_optimizer_states():
   params = {"Dense_0": {"kernel": jnp.ones((4, 4))}}
   masks = sp.magnitude_masks(params, 0.5)

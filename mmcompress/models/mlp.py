@@ -8,9 +8,11 @@ returns a tuple of K arrays, one (B, num_outputs[k]) array per task head, every 
 every example (the trainer selects each task's examples with the task mask). The shared trunk
 is the submodule ``trunk``; the heads are Dense submodules ``head_0`` … ``head_{K-1}``, so the
 default pruning rule "prune the rank >= 2 kernels, skip modules whose name contains 'head'"
-prunes the trunk and leaves the heads dense. `task_id` only matters for a model with
-task-conditional batch norm (`MultiHeadVGG16`); the others accept and ignore it, so that one
-trainer can drive them all.
+prunes the trunk and leaves the heads dense. The task prediction layers are the only modules
+of any model here whose names contain "head" (MTAN's task attention is ``task{k}_attention_*``
+and is pruned), so that rule keeps exactly the prediction layers, biases and norms dense.
+`task_id` only matters for a model with task-conditional batch norm (`MultiHeadVGG16`); the
+others accept and ignore it, so that one trainer can drive them all.
 """
 from __future__ import annotations
 

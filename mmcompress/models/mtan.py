@@ -38,15 +38,18 @@ Departures from the public MTAN code, all deliberate:
 - Max unpooling keeps the position of each maximum inside its 2×2 window (0..3), not a flat
   index, and on ties picks the first position in row-major order.
 
-Parameter names. Shared by the tasks, and pruned by the default rule (rank >= 2, no "head"
-in the path): ``backbone/{enc,dec}{b}_{i}/conv/kernel`` (block ``b``, convolution ``i``), with
-their ``bn/{scale,bias}``, and the attention feature extractors
-``shared_attention_{enc,dec}{b}/{conv,bn}`` (the shared network of METHOD.md §2). Task-specific
-and kept dense because every name contains "head": the task attention masks
-``head_{k}_attention_{enc,dec}{b}/{conv0,bn0,conv1,bn1}`` and the prediction heads
-``head_{k}/{conv0,conv1}/{kernel,bias}``. Batch norm (momentum 0.9, epsilon 1e-5) keeps its
-running statistics in the ``batch_stats`` collection; a shared ``f`` is called once per task,
-so in training its statistics are updated K times per batch, as in the reference.
+Parameter names. Shared by the tasks: ``backbone/{enc,dec}{b}_{i}/conv/kernel`` (block ``b``,
+convolution ``i``), with their ``bn/{scale,bias}``, and the attention feature extractors
+``shared_attention_{enc,dec}{b}/{conv,bn}``. Task-specific: the task attention masks
+``task{k}_attention_{enc,dec}{b}/{conv0,bn0,conv1,bn1}`` and the task prediction layers
+``head_{k}/{conv0,conv1}/{kernel,bias}``. Only the prediction layers carry "head" in their
+names, so the default pruning rule (`mmcompress.sparsity.default_include`: rank >= 2, no
+"head" in the path) prunes every convolution but the prediction layers, the attention
+convolutions included, as the reference does (docs/method.md, "2 Pruning"); the batch-norm
+scales and biases and the prediction layers stay dense. Batch norm (momentum 0.9, epsilon
+1e-5) keeps its running statistics in the ``batch_stats`` collection; a shared ``f`` is called
+once per task, so in training its statistics are updated K times per batch, as in the
+reference.
 
 Calling convention, that of `mmcompress.models.mlp`::
 
@@ -320,13 +323,13 @@ class MultiTaskAttentionNet(nn.Module):
       attended = None
       for b, (first, last) in enumerate(encoder):
         inputs = first if attended is None else jnp.concatenate([first, attended], axis=-1)
-        mask = AttentionMask(last.shape[-1], name=f"head_{k}_attention_enc{b}")(
+        mask = AttentionMask(last.shape[-1], name=f"task{k}_attention_enc{b}")(
             inputs, train=train)
         attended = encoder_f[b](mask * last, train=train)
         attended = nn.max_pool(attended, (2, 2), strides=(2, 2))
       for j, (first, last) in enumerate(decoder):
         previous = decoder_f[j](_upsample2(attended), train=train)
-        mask = AttentionMask(last.shape[-1], name=f"head_{k}_attention_dec{j}")(
+        mask = AttentionMask(last.shape[-1], name=f"task{k}_attention_dec{j}")(
             jnp.concatenate([first, previous], axis=-1), train=train)
         attended = mask * last
       outputs.append(DensePredictionHead(size, unit, name=f"head_{k}")(attended))

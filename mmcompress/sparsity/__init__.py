@@ -14,7 +14,7 @@ from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
 from mmcompress.sparsity.masked_training import MaskedState, full_masks, masked
 from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks
 from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
-from mmcompress.sparsity.stats import find_masks, summary
+from mmcompress.sparsity.stats import find_masks, non_prunable_groups, planned_summary, summary
 
 __all__ = [
     "DynamicSparseState",
@@ -28,5 +28,7 @@ __all__ = [
     "full_masks",
     "magnitude_masks",
     "masked",
+    "non_prunable_groups",
+    "planned_summary",
     "summary",
 ]

@@ -51,11 +51,16 @@ def _rank(leaf: Any) -> int:
 def default_include(path: tuple[Any, ...], leaf: Any) -> bool:
   """Whether a parameter leaf is prunable by default.
 
-  Kernels (rank >= 2) of the shared network are prunable; biases and normalisation scales
-  (rank < 2) are not, nor is anything inside a module whose key-path name contains "head"
-  (case-insensitive), because the task-specific prediction heads stay dense (METHOD.md §2).
-  Every entry of the path, the leaf's own name included, is checked, so a trunk module named
-  e.g. "MultiHeadAttention_0" is excluded too; pass your own `include` when that matters.
+  Every kernel (rank >= 2: convolution and Dense weights) is prunable except those of the
+  task prediction layers, the final per-task output layers, which stay dense as in the
+  reference (docs/method.md, "2 Pruning"); biases and normalisation scales (rank < 2) are
+  never pruned. The task prediction layers are recognised by name: a leaf is excluded when
+  any entry of its key path contains "head" (case-insensitive). The models of
+  `mmcompress.models` give that name to their prediction layers only (``head_{k}``); their
+  other task-specific parts, such as MTAN's task attention (``task{k}_attention_*``), are
+  pruned like the shared network. Every entry of the path, the leaf's own name included, is
+  checked, so a module of your own named e.g. "MultiHeadAttention_0" is excluded too; pass your
+  own `include` when that matters.
 
   Args:
     path: the leaf's jax key path (a tuple of `DictKey`, `GetAttrKey`, `SequenceKey`, ...),
