@@ -2,11 +2,17 @@
 
 Input: one dict per seed, each with the dense model's metrics and, per method (a task
 weighting such as "equal" or "minmax"), the compressed model's metrics, its measured sparsity
-and compression ratio, its export sizes and, optionally, its task-weight trajectory::
+and compression ratios (that of the prunable part, also under the older name
+"compression_ratio", and that of the whole model), its export sizes and, optionally, its
+task-weight trajectory; the model's parameter counts ("parameters", from
+`mmcompress.sparsity.summary`) may come with the dense model or any method::
 
     {"seed": 0,
-     "dense": {"metrics": {"taskA": 0.95, "taskB": 0.9}},
+     "dense": {"metrics": {"taskA": 0.95, "taskB": 0.9},
+               "parameters": {"total_size": ..., "prunable_size": ..., ...}},
      "methods": {"equal": {"metrics": {...}, "sparsity": 0.975, "compression_ratio": 40.0,
+                           "prunable_compression_ratio": 40.0,
+                           "whole_model_compression_ratio": 16.6,
                            "export": {"file_bytes": ..., "prunable_ratio": ...},
                            "task_weights": [[0.5, 0.5], ...]},
                  "minmax": {...}}}
@@ -36,6 +42,9 @@ MINMAX = "minmax"
 EQUAL = "equal"
 # Paired differences smaller than this are float noise, counted as ties.
 _TIE = 1e-9
+# The compression ratios of a result: the prunable part's (under its older name and its own)
+# and the whole model's (docs/method.md, "5 Words").
+_RATIOS = ("compression_ratio", "prunable_compression_ratio", "whole_model_compression_ratio")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -112,7 +121,7 @@ def _method_seed(result: Mapping, seed: Any, name: str, dense: dict[str, float],
       "worst_task_retention": kept[worst],
       "delta_m": metrics_lib.delta_m(values, dense, {t: higher_is_better[t] for t in tasks}),
   }
-  for key in ("sparsity", "compression_ratio"):
+  for key in ("sparsity",) + _RATIOS:
     if result.get(key) is not None:
       row[key] = _number(result[key], f"{where}: {key}", finite=False)
   if result.get("export") is not None:
@@ -144,6 +153,8 @@ def _summarise(name: str, rows: list[dict[str, Any]], tasks: Sequence[str]) -> d
           "on every seed or on none.")
   for key in ("sparsity", "compression_ratio"):
     summary[key] = _mean([r[key] for r in rows]) if key in rows[0] else None
+  for key in _RATIOS[1:]:  # newer fields: None unless every seed has them (older results)
+    summary[key] = _mean([r[key] for r in rows]) if all(key in r for r in rows) else None
   if "export" in rows[0]:
     numeric = [k for k, v in rows[0]["export"].items()
                if all(isinstance(r["export"].get(k), (int, float, np.number))
@@ -178,6 +189,60 @@ def _paired(minmax: dict[str, Any], equal: dict[str, Any]) -> dict[str, Any]:
   }
 
 
+def _model_parameters(per_seed: Sequence[Mapping[str, Any]],
+                      seeds: Sequence[Any]) -> dict[str, Any] | None:
+  """The first "parameters" record, of a dense model or a method, checked; None if none."""
+  for seed, result in zip(seeds, per_seed):
+    for name, run in [("dense", result.get("dense"))] + list(result["methods"].items()):
+      if not isinstance(run, Mapping) or run.get("parameters") is None:
+        continue
+      where = f"seed {seed!r}, {name}: parameters"
+      parameters = _mapping(run["parameters"], where)
+      for key in ("total_size", "prunable_size", "non_prunable_size"):
+        value = _number(parameters.get(key), f"{where}[{key!r}]")
+        if value < 0 or value != int(value):
+          raise ValueError(f"{where}[{key!r}] must be a count >= 0, got {value}.")
+      groups = parameters.get("non_prunable_groups", [])
+      if not isinstance(groups, Sequence) or not all(isinstance(g, Mapping) for g in groups):
+        raise ValueError(f"{where}['non_prunable_groups'] must be a list of dicts.")
+      return dict(parameters)
+  return None
+
+
+def _whole_model(parameters: Mapping[str, Any] | None, methods: Mapping[str, Any],
+                 target: float) -> dict[str, Any] | None:
+  """The whole-model view of the target: what the dense part caps, what the methods reached.
+
+  Returns None without parameter counts. Otherwise ``total_size``, ``prunable_size``,
+  ``non_prunable_size``, ``cap`` (total / non-prunable, the whole-model compression with every
+  prunable weight removed), ``target_ratio`` (the prunable-part target, 1 / (1 - target)),
+  ``reachable`` (whether the whole model can reach that ratio at all: cap > target_ratio),
+  ``sparsity_for_target`` (the prunable sparsity at which it would, None if it cannot) and
+  ``measured`` (the methods' mean whole-model ratios, name -> value, those that report one).
+  """
+  if parameters is None:
+    return None
+  total, prunable = int(parameters["total_size"]), int(parameters["prunable_size"])
+  dense = int(parameters["non_prunable_size"])
+  target_ratio = 1.0 / (1.0 - target)
+  cap = total / dense if dense else math.inf
+  reachable = cap > target_ratio and prunable > 0
+  return {
+      "total_size": total,
+      "prunable_size": prunable,
+      "non_prunable_size": dense,
+      "non_prunable_groups": list(parameters.get("non_prunable_groups", [])),
+      "cap": cap,
+      "target_ratio": target_ratio,
+      "reachable": reachable,
+      # total / T = dense + (1 - s) * prunable, solved for s.
+      "sparsity_for_target": (1.0 - (total / target_ratio - dense) / prunable
+                              if reachable else None),
+      "measured": {name: info["whole_model_compression_ratio"] for name, info in methods.items()
+                   if info.get("whole_model_compression_ratio") is not None},
+  }
+
+
 def build_report(per_seed: Sequence[Mapping[str, Any]],
                  *,
                  tasks: Sequence[str],
@@ -207,16 +272,21 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     A dict of plain JSON types with ``tasks``, ``metric_names``, ``higher_is_better``,
     ``target_sparsity``, ``target_compression_ratio``, ``seeds``, ``extra``, ``dense``
     (``metrics``: task -> mean, ``per_seed``), ``methods`` (name -> ``sparsity``,
-    ``compression_ratio``, ``metrics``, ``retention``, ``worst_task_retention``, ``delta_m``,
-    ``export`` (means; None when not reported), ``task_weights`` and ``task_weights_seed``
+    ``compression_ratio`` (the prunable part's), ``metrics``, ``retention``,
+    ``worst_task_retention``, ``delta_m``, ``prunable_compression_ratio``,
+    ``whole_model_compression_ratio`` (None unless every seed
+    reports it), ``export`` (means; None when not reported), ``task_weights`` and
+    ``task_weights_seed``
     (the trajectory of the first seed that has one, for methods that log one), and
     ``per_seed``, each seed's own values of these fields (all but the trajectory) plus its
     ``worst_task``) and
     ``comparison`` (``best_worst_task_retention``: the method with the highest mean
     worst-task retention, its value and the methods ``tied_with`` it; ``ranking``;
     ``minmax_minus_equal``: the paired differences, their mean, min, max and the better /
-    worse / tied counts, or None unless both "minmax" and "equal" are present). Infinite
-    values become None.
+    worse / tied counts, or None unless both "minmax" and "equal" are present) and
+    ``whole_model`` (the parameter counts, what stays dense, the whole-model cap of the dense
+    part and whether the target is reachable on the whole model; see `_whole_model`; None when
+    no result carries "parameters"). Infinite values become None.
 
   Raises:
     ValueError: naming the seed, method and task of anything missing or malformed.
@@ -298,6 +368,7 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
                 "per_seed": dense_rows},
       "methods": methods,
       "comparison": comparison,
+      "whole_model": _whole_model(_model_parameters(per_seed, seeds), methods, target),
   }
   return _jsonable(report)
 
@@ -407,12 +478,52 @@ def summary_sentence(report: Mapping[str, Any]) -> str:
           f"({counts}, mean {_signed(pair['mean'], d)}): {verdict}.")
 
 
+def _ratio_range(values: Sequence[float]) -> str | None:
+  """"16.6x", or "16.5x\u201316.7x" when the values differ at one decimal; None if none."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return None
+  low, high = f"{min(values):.1f}x", f"{max(values):.1f}x"
+  return low if low == high else f"{low}\u2013{high}"
+
+
+def _whole_model_lines(whole: Mapping[str, Any] | None, target: float,
+                       measured: str | None) -> list[str]:
+  """Header lines: the model's size, what stays dense, and whether the target is reachable."""
+  if not whole:
+    return []
+  total, dense = whole["total_size"], whole["non_prunable_size"]
+  lines = [f"- **Whole model**: {total:,} parameters, {whole['prunable_size']:,} of them "
+           "prunable; every compression called \"whole model\" counts all of them (batch-norm "
+           "running statistics are not parameters and are not counted)."]
+  groups = ", ".join(f"`{g['group'] or '(root)'}` ({', '.join(g['names'])}; {g['leaves']} "
+                     f"leaves, {g['size']:,})" for g in whole["non_prunable_groups"])
+  lines.append(f"- **Stays dense** ({dense:,} parameters, {100 * dense / total:.1f} % of the "
+               f"model; never pruned): {groups or 'nothing'}.")
+  goal = whole["target_ratio"]
+  cap = whole["cap"]
+  cap_text = "no cap" if cap is None else f"{cap:.1f}x"
+  at = f"{100 * target:.1f} % prunable sparsity"
+  reached = (f"whole-model compression is {measured} at {at}" if measured
+             else f"at {at}")
+  if not whole["reachable"]:
+    lines.append(f"- **Note: the whole model cannot reach {goal:.0f}x**: {reached}; the "
+                 f"{dense:,} dense parameters alone cap it at {cap_text}.")
+  elif measured and min(filter(None, whole["measured"].values())) < goal * (1 - 1e-3):
+    lines.append(f"- **Note: the whole model is compressed less than {goal:.0f}x**: {reached}; "
+                 f"it would reach {goal:.0f}x at "
+                 f"{100 * whole['sparsity_for_target']:.2f} % prunable sparsity (the dense "
+                 f"part caps it at {cap_text}).")
+  return lines
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
   """Renders a report (from `build_report`, or read back from report.json) as Markdown.
 
   A header (target, seeds, the `extra` notes), one table with a row per method (dense first):
   each task's metric as mean [min–max] over seeds, the worst-task retention, Δm, the measured
-  sparsity and compression ratio, the export ratio of the prunable weights and the file size;
+  sparsity and both compression ratios (of the prunable part and of the whole model), the
+  export ratio of the prunable weights and the file size;
   then one sentence on which method kept the worst task best and the min-max − equal paired
   differences seed by seed; then the retention of each task. With one seed, no brackets.
 
@@ -425,10 +536,14 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   tasks, seeds = report["tasks"], report["seeds"]
   dense, methods = report["dense"], report["methods"]
   target = report["target_sparsity"]
-  lines = [f"# Compression report: {100 * target:.1f} % sparsity "
-           f"({report['target_compression_ratio']:.0f}x)", ""]
+  whole = report.get("whole_model")
+  measured = _ratio_range(list((whole or {}).get("measured", {}).values()))
+  lines = [f"# Compression report: {100 * target:.1f} % prunable sparsity "
+           f"({report['target_compression_ratio']:.0f}x prunable part"
+           + (f", {measured} whole model)" if measured else ")"), ""]
   lines.append(f"- **Target**: {100 * target:.1f} % of the prunable weights removed "
-               f"({report['target_compression_ratio']:.1f}x compression).")
+               f"({report['target_compression_ratio']:.1f}x compression of the prunable part).")
+  lines += _whole_model_lines(whole, target, measured)
   spread = ("cells show the mean [min\u2013max] over seeds" if len(seeds) > 1
             else "one seed, so no spread is shown")
   lines.append(f"- **Seeds**: {', '.join(map(str, seeds))} ({len(seeds)}, paired: each method "
@@ -438,7 +553,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
   arrows = {t: "\u2191" if report["higher_is_better"][t] else "\u2193" for t in tasks}
   header = (["method"] + [f"{t} ({report['metric_names'][t]} {arrows[t]})" for t in tasks]
-            + ["worst-task retention", "\u0394m (%)", "sparsity", "compression",
+            + ["worst-task retention", "\u0394m (%)", "sparsity (prunable)",
+               "compression (prunable)", "compression (whole model)",
                "export ratio (prunable)", "file size"])
   rows_by_task = {t: [[r["metrics"][t] for r in dense["per_seed"]]] for t in tasks}
   for info in methods.values():
@@ -452,7 +568,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
   dense_bytes = next((info["export"].get("dense_bytes") for info in methods.values()
                       if info.get("export")), None)
-  rows = [["dense"] + task_cells(dense) + ["1.000", "0.00", "\u2014", "1x", "\u2014",
+  rows = [["dense"] + task_cells(dense) + ["1.000", "0.00", "\u2014", "1x", "1x", "\u2014",
                                            _bytes(dense_bytes) + (" (float32)" if dense_bytes
                                                                   else "")]]
   for name, info in methods.items():
@@ -466,6 +582,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
            "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
            "\u2014" if info.get("compression_ratio") is None
            else f"{info['compression_ratio']:.1f}x",
+           "\u2014" if info.get("whole_model_compression_ratio") is None
+           else f"{info['whole_model_compression_ratio']:.1f}x",
            "\u2014" if export.get("prunable_ratio") is None
            else f"{export['prunable_ratio']:.1f}x",
            _bytes(export.get("file_bytes"))])
@@ -599,7 +717,8 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
     ax.set_visible(False)
   n = len(report["seeds"])
   spread = f"bars: mean, whiskers: min\u2013max over {n} seeds" if n > 1 else "one seed"
-  figure.suptitle(f"Per-task metrics at {100 * report['target_sparsity']:.1f} % sparsity "
+  figure.suptitle(f"Per-task metrics at {100 * report['target_sparsity']:.1f} % prunable "
+                  "sparsity "
                   f"({spread}; dotted: dense)", fontsize=10)
   return _save_figure(figure, path)
 

@@ -44,6 +44,11 @@ def test_quick_preset_writes_the_report(quick_run):
   for name, method in report["methods"].items():
     assert method["sparsity"] == pytest.approx(0.975, abs=2e-5), name
     assert method["compression_ratio"] == pytest.approx(40.0, rel=1e-3), name
+    assert method["prunable_compression_ratio"] == method["compression_ratio"], name
+    # The whole MLP (85,002 parameters, 3,082 of them dense: heads and biases) at 97.5 %
+    # keeps 2,048 + 3,082 nonzero at most: 16.57x, more only for dense entries that are
+    # exactly 0 (biases of units that never fired keep their zero initialisation).
+    assert 85_002 / 5_130 - 1e-9 <= method["whole_model_compression_ratio"] < 17.0, name
     for field in ("metrics", "retention"):
       assert set(method[field]) == set(tasks), (name, field)
     retentions = [method["retention"][t] for t in tasks]
@@ -53,8 +58,14 @@ def test_quick_preset_writes_the_report(quick_run):
   trajectory = report["methods"]["minmax"]["task_weights"]
   assert len(trajectory) > 3 and all(len(w) == 4 for w in trajectory)
   assert all(abs(sum(w) - 1) < 1e-5 for w in trajectory)
+  whole = report["whole_model"]
+  assert (whole["total_size"], whole["non_prunable_size"]) == (85_002, 3_082)
+  assert not whole["reachable"] and whole["cap"] == pytest.approx(85_002 / 3_082)
   markdown = (workdir / "report.md").read_text()
   assert "| minmax |" in markdown and "min-max minus equal" in markdown
+  assert "prunable part, 16.6x whole model)" in markdown.splitlines()[0]
+  assert "**Stays dense** (3,082 parameters" in markdown
+  assert "**Note: the whole model cannot reach 40x**" in markdown
   assert "| minmax |" in done.stdout  # the table is printed at the end, too
   for png in ("task_metrics.png", "task_weights.png"):
     assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,8 @@
 """Tests of the multi-head models: shapes, parameter names, VGG16 sizes, task-conditional BN."""
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,8 @@ import pytest
 from mmcompress.models import MultiHeadVGG16
 from mmcompress.models import TaskBatchNorm
 from mmcompress.models import create_model
+from mmcompress.sparsity import default_include
+from mmcompress.sparsity import planned_summary
 
 NUM_OUTPUTS = (3, 1, 5)
 VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
@@ -88,6 +92,54 @@ def test_vgg16_conv_parameters_match_the_closed_form():
   assert bn == 20 * 2 * sum(VGG16_CHANNELS)
   # One head per task on the 512 pooled features.
   assert all(shapes["params"][f"head_{k}"]["kernel"].shape == (512, 5) for k in range(20))
+
+
+def _kept(n, sparsity=0.975):
+  """What magnitude_masks keeps of a leaf of n entries."""
+  return n - math.floor(sparsity * n + 0.5)
+
+
+# (model, kwargs, num_outputs, image shape, prunable kernel sizes, dense parameters), by hand:
+# the digits models (8x8 grey images, the "classify" task set's 2/4/2/2 outputs) and VGG16 on
+# CIFAR-100 as 20 tasks of 5 classes with task-conditional batch norm.
+_WHOLE_MODEL_CASES = {
+    "mlp": ("mlp", {"hidden": (256, 256)}, (2, 4, 2, 2), (1, 8, 8, 1),
+            [64 * 256, 256 * 256],
+            2 * 256 + 256 * 10 + 10),                     # trunk biases; heads
+    "cnn": ("cnn", {}, (2, 4, 2, 2), (1, 8, 8, 1),
+            [3 * 3 * 1 * 32, 3 * 3 * 32 * 64],
+            32 + 64 + 64 * 10 + 10),
+    "vgg16": ("vgg16", {}, (5,) * 20, (1, 32, 32, 3),
+              [9 * a * b for a, b in zip((3,) + VGG16_CHANNELS[:-1], VGG16_CHANNELS)],
+              20 * 2 * sum(VGG16_CHANNELS) + 20 * (512 * 5 + 5)),  # per-task BN; heads
+}
+
+
+@pytest.mark.parametrize("case", sorted(_WHOLE_MODEL_CASES))
+def test_prunable_kernels_and_whole_model_ratio_at_97_5_percent(case):
+  name, kwargs, num_outputs, shape, kernels, dense_part = _WHOLE_MODEL_CASES[case]
+  model = create_model(name, num_outputs, **kwargs)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
+  stats = planned_summary(params, 0.975)
+  # The prunable leaves are the trunk's kernels, exactly; heads, biases and norms stay dense.
+  selected = _paths(jax.tree_util.tree_map_with_path(default_include, params))
+  assert {p for p, keep in selected.items() if keep} == set(_prunable(params))
+  assert sorted(stats["leaves"][n]["size"] for n, r in stats["leaves"].items()
+                if r["prunable"]) == sorted(kernels)
+  assert all(n.startswith("trunk/") and n.endswith("kernel")
+             for n, r in stats["leaves"].items() if r["prunable"])
+  assert stats["non_prunable_size"] == dense_part
+  total = sum(kernels) + dense_part
+  kept = sum(_kept(n) for n in kernels)
+  assert stats["total_size"] == total
+  assert stats["prunable_compression_ratio"] == pytest.approx(sum(kernels) / kept)
+  assert stats["whole_model_compression_ratio"] == pytest.approx(total / (kept + dense_part))
+  assert stats["whole_model_cap"] == pytest.approx(total / dense_part)
+  assert {g["group"] for g in stats["non_prunable_groups"]} >= {"head_*"}
+  print(f"\n{case}: {total:,} parameters, {sum(kernels):,} prunable; at 97.5 %: "
+        f"{stats['prunable_compression_ratio']:.2f}x prunable part, "
+        f"{stats['whole_model_compression_ratio']:.2f}x whole model (dense part caps it at "
+        f"{stats['whole_model_cap']:.1f}x)")
 
 
 @pytest.mark.parametrize("train", [True, False])

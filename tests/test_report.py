@@ -15,9 +15,9 @@ NAMES = {"cls": "accuracy", "depth": "MAE"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _method(cls, depth, sparsity=0.975, ratio=40.0, weights=None):
+def _method(cls, depth, sparsity=0.975, ratio=40.0, weights=None, whole=15.5):
   out = {"metrics": {"cls": cls, "depth": depth}, "sparsity": sparsity,
-         "compression_ratio": ratio,
+         "compression_ratio": ratio, "whole_model_compression_ratio": whole,
          "export": {"file_bytes": 1000.0, "dense_bytes": 40000.0, "prunable_ratio": 20.0}}
   if weights is not None:
     out["task_weights"] = weights
@@ -110,7 +110,7 @@ def test_markdown_table_and_sentence():
   assert "| cls (accuracy ↑) | depth (MAE ↓) |" in text
   assert "| dense | 0.767 [0.500–1.000] | 0.500 [0.400–0.600] |" in text
   assert ("| equal | 0.690 [0.450–0.900] | 0.625 [0.500–0.750] | 0.800 [0.800–0.800] "
-          "| −17.50 [−17.50–−17.50] | 97.5 % | 40.0x | 20.0x | 1000 B |") in text
+          "| −17.50 [−17.50–−17.50] | 97.5 % | 40.0x | 15.5x | 20.0x | 1000 B |") in text
   assert "| minmax | 0.677 [0.400–0.950] |" in text
   assert "| 0.810 [0.780–0.850] | −13.45 [−16.60–−10.00] |" in text
   sentences = [line for line in text.splitlines() if "seed by seed" in line]
@@ -247,3 +247,62 @@ def test_a_verdict_needs_a_majority_of_all_seeds():
   assert "min-max protected the worst task better" in summary_sentence(report)
   pair.update(better=2, worse=7, tied=0, num_seeds=9, mean=-0.139)
   assert "less well than equal" in summary_sentence(report)
+
+
+def _with_parameters(dense_part, whole):
+  """_per_seed() on a model of 10,000 parameters of which `dense_part` are never pruned."""
+  per_seed = _per_seed()
+  per_seed[0]["dense"]["parameters"] = {
+      "total_size": 10_000, "prunable_size": 10_000 - dense_part,
+      "non_prunable_size": dense_part,
+      "non_prunable_groups": [
+          {"group": "head_*", "names": ["bias", "kernel"], "leaves": 4, "size": dense_part - 64},
+          {"group": "trunk/Dense_*", "names": ["bias"], "leaves": 2, "size": 64}]}
+  for seed in per_seed:
+    for info in seed["methods"].values():
+      info["whole_model_compression_ratio"] = whole
+  return per_seed
+
+
+def test_report_gives_both_ratios_what_stays_dense_and_an_unreachable_target():
+  # 400 dense parameters cap the whole model at 10,000 / 400 = 25x < 40x. At 97.5 %, the
+  # 9,600 prunable weights keep 240: 10,000 / 640 = 15.6x.
+  report = _build(_with_parameters(400, 10_000 / 640))
+  whole = report["whole_model"]
+  assert whole["cap"] == pytest.approx(25.0) and whole["target_ratio"] == pytest.approx(40.0)
+  assert not whole["reachable"] and whole["sparsity_for_target"] is None
+  assert whole["measured"] == pytest.approx({"equal": 15.625, "minmax": 15.625})
+  text = report_lib.to_markdown(report)
+  assert text.startswith(
+      "# Compression report: 97.5 % prunable sparsity (40x prunable part, 15.6x whole model)")
+  assert "40.0x compression of the prunable part" in text
+  assert "- **Whole model**: 10,000 parameters, 9,600 of them prunable;" in text
+  assert ("- **Stays dense** (400 parameters, 4.0 % of the model; never pruned): `head_*` "
+          "(bias, kernel; 4 leaves, 336), `trunk/Dense_*` (bias; 2 leaves, 64).") in text
+  assert ("- **Note: the whole model cannot reach 40x**: whole-model compression is 15.6x at "
+          "97.5 % prunable sparsity; the 400 dense parameters alone cap it at 25.0x.") in text
+  assert "| compression (prunable) | compression (whole model) |" in text
+  assert "| 97.5 % | 40.0x | 15.6x | 20.0x | 1000 B |" in text
+
+
+def test_report_says_what_prunable_sparsity_would_reach_the_target_on_the_whole_model():
+  # 100 dense parameters: cap 100x. 40x needs 10,000 / 40 = 250 nonzero, so 150 of the 9,900
+  # prunable weights: sparsity 1 - 150 / 9,900 = 98.48 %.
+  report = _build(_with_parameters(100, 10_000 / 347.5))
+  whole = report["whole_model"]
+  assert whole["reachable"] and whole["sparsity_for_target"] == pytest.approx(1 - 150 / 9900)
+  text = report_lib.to_markdown(report)
+  assert ("- **Note: the whole model is compressed less than 40x**: whole-model compression "
+          "is 28.8x at 97.5 % prunable sparsity; it would reach 40x at 98.48 % prunable "
+          "sparsity (the dense part caps it at 100.0x).") in text
+  # Results without parameter counts or whole-model ratios (older runs): no such lines.
+  per_seed = _per_seed()
+  for seed in per_seed:
+    for info in seed["methods"].values():
+      del info["whole_model_compression_ratio"]
+  report = _build(per_seed)
+  assert report["whole_model"] is None
+  assert report["methods"]["equal"]["whole_model_compression_ratio"] is None
+  text = report_lib.to_markdown(report)
+  assert text.startswith("# Compression report: 97.5 % prunable sparsity (40x prunable part)\n")
+  assert "Stays dense" not in text and "| 97.5 % | 40.0x | — | 20.0x |" in text

@@ -119,7 +119,13 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
       "all_metrics": test["all_metrics"],
       "val_metrics": val["metrics"],
       "sparsity": stats["sparsity"],
-      "compression_ratio": stats["compression_ratio"],
+      # The prunable part's ratio (kept under its old name) and the whole model's.
+      "compression_ratio": stats["prunable_compression_ratio"],
+      "prunable_compression_ratio": stats["prunable_compression_ratio"],
+      "whole_model_compression_ratio": stats["whole_model_compression_ratio"],
+      "parameters": {key: stats[key] for key in (
+          "total_size", "total_nonzero", "prunable_size", "prunable_nonzero",
+          "non_prunable_size", "whole_model_cap", "non_prunable_groups")},
       "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],
       "selected": {"stage": records[-1]["stage"], "epoch": records[-1]["best_epoch"]},
   }
@@ -181,6 +187,15 @@ def _read_result(exp: Experiment, run_name: str) -> dict | None:
     return json.load(f)
 
 
+def _ratios_text(result: dict) -> str:
+  """"; compression 34.9x whole model, 40.0x prunable part" for a result that has both."""
+  whole, prunable = (result.get(key) for key in ("whole_model_compression_ratio",
+                                                 "prunable_compression_ratio"))
+  if whole is None or prunable is None:
+    return ""
+  return f"; compression {whole:.1f}x whole model, {prunable:.1f}x prunable part"
+
+
 def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
   """The run's saved result, or `compute()` saved as it (a finished run is not rerun)."""
   path = os.path.join(exp.workdir, run_name, "result.json")
@@ -191,7 +206,7 @@ def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict
   if parallel.is_primary():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _files.write_json_atomically(path, result)
-  logging.info("%s: %s", run_name, result["metrics"])
+  logging.info("%s: %s%s", run_name, result["metrics"], _ratios_text(result))
   return result
 
 
