@@ -274,12 +274,11 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     (``metrics``: task -> mean, ``per_seed``), ``methods`` (name -> ``sparsity``,
     ``compression_ratio`` (the prunable part's), ``metrics``, ``retention``,
     ``worst_task_retention``, ``delta_m``, ``prunable_compression_ratio``,
-    ``whole_model_compression_ratio`` (None unless every seed
-    reports it), ``export`` (means; None when not reported), ``task_weights`` and
-    ``task_weights_seed``
-    (the trajectory of the first seed that has one, for methods that log one), and
-    ``per_seed``, each seed's own values of these fields (all but the trajectory) plus its
-    ``worst_task``) and
+    ``whole_model_compression_ratio`` (None unless every seed reports it), ``export``
+    (means; None when not reported), ``task_weights`` and ``task_weights_seed`` (the
+    trajectory of the first seed that has one, for methods that log one), and ``per_seed``,
+    each seed's own values of these fields (all but the trajectory) plus its ``worst_task``)
+    and
     ``comparison`` (``best_worst_task_retention``: the method with the highest mean
     worst-task retention, its value and the methods ``tied_with`` it; ``ranking``;
     ``minmax_minus_equal``: the paired differences, their mean, min, max and the better /
