@@ -642,6 +642,20 @@ def summary_sentence(report: Mapping[str, Any]) -> str:
           f"{verdict}.{tail}")
 
 
+def _rule_line(threshold: Mapping[str, Any]) -> str:
+  """The header line that says when the report names a winner."""
+  if threshold.get("task") is None:
+    size = "any difference above float noise"
+  else:
+    n = threshold["test_counts"][threshold["task"]]
+    size = (f"one test example's worth of worst-task retention, "
+            f"{threshold['value']:.4f} (task {threshold['task']}, {n} test examples)")
+  return ("- **Verdict**: a method is named better only when the exact two-sided sign test "
+          "over the paired seeds gives p < 0.05 (a seed within the threshold is a tie) and the "
+          f"mean difference exceeds the threshold: {size}; a diverged run counts as worst-task "
+          "retention 0.")
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
   """Renders a report (from `build_report`, or read back from report.json) as Markdown.
 
@@ -668,6 +682,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             else "one seed, so no spread is shown")
   lines.append(f"- **Seeds**: {', '.join(map(str, seeds))} ({len(seeds)}, paired: each method "
                f"is compared with the dense model of its own seed; {spread}).")
+  threshold = (report.get("comparison") or {}).get("effect_threshold")
+  if threshold is not None:
+    lines.append(_rule_line(threshold))
   lines += _extra_lines(report.get("extra") or {})
   lines.append("")
 

@@ -268,6 +268,8 @@ def test_ten_clear_seeds_name_the_winner():
                              "p ≤ 0.002, by more than one test example);")
   assert sentence.endswith("(better on 10 of 10 seeds; mean +0.020; sign test p = 0.002): "
                            "min-max protected the worst task better than equal weighting.")
+  assert ("threshold: one test example's worth of worst-task retention, 0.0050 (task cls, "
+          "250 test examples)") in report_lib.to_markdown(report)
 
 
 def test_agreeing_signs_with_a_mean_within_one_example_show_nothing():
