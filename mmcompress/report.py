@@ -216,17 +216,13 @@ def one_example_retention(dense: Mapping[str, float], test_counts: Mapping[str, 
   return out
 
 
-def _effect_threshold(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                      orientation: Mapping[str, bool],
-                      test_counts: Mapping[str, int] | None) -> dict[str, Any]:
-  """The smallest worst-task retention difference that counts: one example of the coarsest task.
-
-  Each task's one-example retention is averaged over the seeds' dense models; the worst task
-  can be any task, so the largest of these is the threshold. Without test counts the
-  threshold is 0 and only float noise is a tie.
-  """
+def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
+                          orientation: Mapping[str, bool],
+                          test_counts: Mapping[str, int] | None
+                          ) -> tuple[list[dict[str, float]] | None, dict[str, Any]]:
+  """Each seed's one-example retention per task (None without test counts), and a summary."""
   if test_counts is None:
-    return {"value": 0.0, "task": None, "per_task": None, "test_counts": None}
+    return None, {"per_task": None, "test_counts": None}
   counts = {}
   for t in tasks:
     n = _mapping(test_counts, "test_counts").get(t)
@@ -240,9 +236,27 @@ def _effect_threshold(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[s
       raise ValueError(f"seed {row['seed']!r}: a dense metric of 0 has no retention; check "
                        "the dense reference of that seed.")
     per_seed.append(one_example_retention(row["metrics"], counts, orientation))
-  per_task = {t: _mean([p[t] for p in per_seed]) for t in tasks}
-  task = max(tasks, key=lambda t: per_task[t])
-  return {"value": per_task[task], "task": task, "per_task": per_task, "test_counts": counts}
+  summary = {"per_task": {t: _mean([p[t] for p in per_seed]) for t in tasks},
+             "test_counts": counts}
+  return per_seed, summary
+
+
+def _seed_thresholds(one_example: Sequence[Mapping[str, float]] | None,
+                     worst_first: Sequence[str | None], worst_second: Sequence[str | None]
+                     ) -> list[float]:
+  """Per seed, one test example of the two methods' worst tasks, as worst-task retention.
+
+  Their worst-task retentions differ through those tasks, so the larger of the two tasks'
+  one-example retentions is the smallest difference that counts; a diverged run has no
+  worst task (when both diverged, every task is a candidate). 0 without test counts.
+  """
+  if one_example is None:
+    return [0.0] * len(worst_first)
+  out = []
+  for one, a, b in zip(one_example, worst_first, worst_second):
+    candidates = [t for t in (a, b) if t is not None] or list(one)
+    out.append(max(one[t] for t in candidates))
+  return out
 
 
 def _direction(better: int, worse: int, mean: float, threshold: float) -> int:
@@ -261,18 +275,18 @@ def _direction(better: int, worse: int, mean: float, threshold: float) -> int:
 
 
 def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any],
-            threshold: float) -> dict[str, Any]:
+            thresholds: Sequence[float]) -> dict[str, Any]:
   """`first` minus `second`, worst-task retention, seed by seed, with the paired verdict.
 
-  A seed is a tie when its difference is at most `threshold` (one test example's worth);
-  the untied seeds go into the sign test (`sign_test`), and ``direction`` is +1 / -1 when
-  the difference is shown (`_direction`), else 0.
+  A seed is a tie when its difference is at most its threshold (one test example's worth,
+  `_seed_thresholds`); the untied seeds go into the sign test (`sign_test`), and
+  ``direction`` is +1 / -1 when the difference is shown (`_direction`: the mean difference
+  must also exceed the mean threshold), else 0.
   """
   diffs = [float(a) - float(b) for a, b in zip(first, second)]
-  tie = threshold + _TIE
-  better = sum(d > tie for d in diffs)
-  worse = sum(d < -tie for d in diffs)
-  mean = _mean(diffs)
+  better = sum(d > t + _TIE for d, t in zip(diffs, thresholds))
+  worse = sum(d < -t - _TIE for d, t in zip(diffs, thresholds))
+  mean, threshold = _mean(diffs), _mean(thresholds)
   return {
       "metric": "worst_task_retention",
       "seeds": list(seeds),
@@ -285,6 +299,7 @@ def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any
       "tied": len(diffs) - better - worse,
       "num_seeds": len(diffs),
       "threshold": threshold,
+      "thresholds": [float(t) for t in thresholds],
       "p_value": sign_test(better, worse),
       "direction": _direction(better, worse, mean, threshold),
   }
@@ -325,9 +340,10 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   worst-task retention on that seed is 0, a loss.
 
   A winner is named only when it is shown: the exact two-sided sign test over the untied
-  seeds gives p < 0.05 and the mean paired difference exceeds one test example's worth of
-  the worst-task retention (`one_example_retention`, the largest over the tasks; ties are
-  differences no larger than that).
+  seeds gives p < 0.05 and the mean paired difference exceeds the mean of the seeds'
+  thresholds. A seed's threshold is one test example's worth of worst-task retention
+  (`one_example_retention`) on the worst tasks of the two methods compared, the larger of
+  the two; a seed whose difference is no larger is a tie.
 
   Args:
     per_seed: one result dict per seed (see the module docstring); every seed must have the
@@ -354,16 +370,17 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     ``per_seed``, each seed's own values of these fields (all but the trajectory) plus its
     ``worst_task``) and
     ``diverged``: a list of ``{"seed", "message"}``, empty when it never diverged) and
-    ``comparison`` (``effect_threshold``: one test example's worth of retention, ``value``
-    (the largest over the tasks), its ``task``, ``per_task`` and ``test_counts``;
+    ``comparison`` (``effect_threshold``: ``per_task``, one test example's worth of each
+    task's retention (mean over seeds), and the ``test_counts``, both None without counts;
     ``best_worst_task_retention``: the method with the highest mean worst-task retention
     (diverged seeds counted as 0), its value, the methods ``tied_with`` it (within the
     threshold), whether it is ``shown`` ahead of every other method, and ``versus``: its
     paired comparison with each; ``ranking``; ``minmax_minus_equal``: the paired
-    differences, their mean, min, max, the better / worse / tied counts, the
-    ``threshold``, the sign test's ``p_value``, the ``direction`` shown (+1, -1 or 0), the
-    ``winner`` (a method name or None) and the seeds each of the two ``diverged`` on, or
-    None unless both "minmax" and "equal" are present) and ``dropped_seeds``. Infinite
+    differences, their mean, min, max, the better / worse / tied counts, the per-seed
+    ``thresholds`` and their mean ``threshold``, the sign test's ``p_value``, the
+    ``direction`` shown (+1, -1 or 0), the ``winner`` (a method name or None) and the seeds
+    each of the two ``diverged`` on, or None unless both "minmax" and "equal" are present)
+    and ``dropped_seeds``. Infinite
     values become None.
 
   Raises:
@@ -413,39 +430,45 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     dense = _mapping(result.get("dense"), f"seed {seed!r}: dense")
     dense_rows.append({"seed": seed, "metrics": _task_metrics(dense.get("metrics"), tasks,
                                                               f"seed {seed!r}: dense metrics")})
-  methods, paired_values = {}, {}
+  methods, paired_values, worst = {}, {}, {}
   for name in method_names:
-    rows, failed, values = [], [], []
+    rows, failed, values, worst[name] = [], [], [], []
     for seed, result, dense_row in zip(seeds, per_seed, dense_rows):
       outcome = result["methods"][name]
       if _diverged(outcome):
         failed.append({"seed": seed, "message": str(outcome["diverged"])})
         values.append(0.0)  # a divergence is a loss in every paired comparison
+        worst[name].append(None)
         continue
       rows.append(_method_seed(outcome, seed, name, dense_row["metrics"], tasks, orientation))
       values.append(rows[-1]["worst_task_retention"])
+      worst[name].append(rows[-1]["worst_task"])
     methods[name] = _summarise(name, rows, tasks) if rows else _all_diverged(tasks)
     methods[name]["diverged"] = failed
     paired_values[name] = values
 
-  threshold = _effect_threshold(dense_rows, tasks, orientation, test_counts)
+  one_example, threshold = _one_example_per_seed(dense_rows, tasks, orientation, test_counts)
+
+  def paired(a: str, b: str) -> dict[str, Any]:
+    return _paired(paired_values[a], paired_values[b], seeds,
+                   _seed_thresholds(one_example, worst[a], worst[b]))
+
   means = {m: _mean(paired_values[m]) for m in method_names}
   ranking = sorted(method_names, key=lambda m: -means[m])
   best = None
   if ranking:
     top = ranking[0]
-    versus = {m: _paired(paired_values[top], paired_values[m], seeds, threshold["value"])
-              for m in ranking[1:]}
+    versus = {m: paired(top, m) for m in ranking[1:]}
     best = {"method": top, "value": means[top],
             "tied_with": [m for m in ranking[1:]
-                          if means[top] - means[m] <= threshold["value"] + _TIE],
+                          if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
             "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
-            "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "p_value",
-                                             "direction")}
+            "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
+                                             "p_value", "direction")}
                        for m, v in versus.items()}}
   pair = None
   if MINMAX in methods and EQUAL in methods:
-    pair = _paired(paired_values[MINMAX], paired_values[EQUAL], seeds, threshold["value"])
+    pair = paired(MINMAX, EQUAL)
     pair["winner"] = {1: MINMAX, -1: EQUAL}.get(pair["direction"])
     pair["diverged"] = {m: [d["seed"] for d in methods[m]["diverged"]] for m in (MINMAX, EQUAL)}
   comparison: dict[str, Any] = {
@@ -644,16 +667,18 @@ def summary_sentence(report: Mapping[str, Any]) -> str:
 
 def _rule_line(threshold: Mapping[str, Any]) -> str:
   """The header line that says when the report names a winner."""
-  if threshold.get("task") is None:
-    size = "any difference above float noise"
+  if threshold.get("per_task") is None:
+    size = "any difference above float noise (no test counts were given)"
   else:
-    n = threshold["test_counts"][threshold["task"]]
-    size = (f"one test example's worth of worst-task retention, "
-            f"{threshold['value']:.4f} (task {threshold['task']}, {n} test examples)")
+    each = ", ".join(f"{t} {v:.4f} ({threshold['test_counts'][t]} test examples)"
+                     for t, v in threshold["per_task"].items())
+    size = ("one test example's worth of the worst task's retention, 1/(n \u00b7 dense) for a "
+            "higher-is-better fraction and 1/n for a mean error, on the worst tasks of the "
+            f"two methods compared (per task, mean over seeds: {each})")
   return ("- **Verdict**: a method is named better only when the exact two-sided sign test "
-          "over the paired seeds gives p < 0.05 (a seed within the threshold is a tie) and the "
-          f"mean difference exceeds the threshold: {size}; a diverged run counts as worst-task "
-          "retention 0.")
+          "over the paired seeds gives p < 0.05 (a seed within its threshold is a tie) and the "
+          f"mean difference exceeds the mean threshold; threshold: {size}. A diverged run "
+          "counts as worst-task retention 0.")
 
 
 def to_markdown(report: Mapping[str, Any]) -> str:

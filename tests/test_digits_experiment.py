@@ -53,14 +53,16 @@ def test_quick_preset_writes_the_report(quick_run):
   trajectory = report["methods"]["minmax"]["task_weights"]
   assert len(trajectory) > 3 and all(len(w) == 4 for w in trajectory)
   assert all(abs(sum(w) - 1) < 1e-5 for w in trajectory)
-  # The verdict's threshold is one test example of the coarsest task: 1 / (n * dense accuracy).
+  # The verdict's threshold is one test example of the worst tasks: 1 / (n * dense accuracy).
   threshold = report["comparison"]["effect_threshold"]
   assert threshold["test_counts"] == {"g0_0_6": 89, "g1_1_5_8_9": 181, "g2_2_3": 90,
                                       "g3_4_7": 90}
   by_hand = {t: 1 / (n * report["dense"]["metrics"][t])
              for t, n in threshold["test_counts"].items()}
   assert threshold["per_task"] == pytest.approx(by_hand)
-  assert threshold["value"] == pytest.approx(max(by_hand.values()))
+  worst = [report["methods"][m]["per_seed"][0]["worst_task"] for m in ("minmax", "equal")]
+  assert report["comparison"]["minmax_minus_equal"]["thresholds"] == pytest.approx(
+      [max(by_hand[t] for t in worst)])
   markdown = (workdir / "report.md").read_text()
   assert "| minmax |" in markdown and "min-max minus equal" in markdown
   assert "no difference shown over 1 seed." in markdown  # one seed never shows a winner

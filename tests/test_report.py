@@ -104,7 +104,7 @@ def test_paired_comparison_by_hand():
   assert pair["differences"][2] != 0.0
   assert (pair["better"], pair["worse"], pair["tied"]) == (1, 1, 1)
   # No test counts: no one-example threshold, and one win against one loss is p = 1.
-  assert pair["threshold"] == 0.0 and comparison["effect_threshold"]["task"] is None
+  assert pair["threshold"] == 0.0 and comparison["effect_threshold"]["per_task"] is None
   assert pair["p_value"] == 1.0 and pair["direction"] == 0 and pair["winner"] is None
   assert pair["diverged"] == {"minmax": [], "equal": []}
 
@@ -225,10 +225,16 @@ def test_one_example_retention_by_hand():
   # Accuracy: one of 250 right answers is 1/250 of accuracy, 1/(250 * 0.8) of retention; an
   # error averaged over 400 examples moves by 1/400 of itself.
   assert one == pytest.approx({"cls": 0.005, "depth": 0.0025})
-  report = _build(_worst_task_seeds([0.0, 0.0]), test_counts={"cls": 250, "depth": 400})
+  report = _build(test_counts={"cls": 250, "depth": 400})
   threshold = report["comparison"]["effect_threshold"]
-  assert threshold["value"] == pytest.approx(0.005) and threshold["task"] == "cls"
+  assert threshold["per_task"] == pytest.approx(
+      {"cls": (1 / 0.8 + 1 / 1.0 + 1 / 0.5) / 3 / 250, "depth": 1 / 400})
   assert threshold["test_counts"] == {"cls": 250, "depth": 400}
+  # Per seed, the larger one-example retention of the two methods' worst tasks: seed 0:
+  # depth (equal) and cls (min-max); seed 1: depth for both; seed 2: depth and cls.
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["thresholds"] == pytest.approx([1 / 200, 1 / 400, 1 / 125])
+  assert pair["threshold"] == pytest.approx((1 / 200 + 1 / 400 + 1 / 125) / 3)
   with pytest.raises(ValueError, match=r"test_counts\['depth'\]"):
     _build(test_counts={"cls": 250})
 
@@ -268,8 +274,8 @@ def test_ten_clear_seeds_name_the_winner():
                              "p ≤ 0.002, by more than one test example);")
   assert sentence.endswith("(better on 10 of 10 seeds; mean +0.020; sign test p = 0.002): "
                            "min-max protected the worst task better than equal weighting.")
-  assert ("threshold: one test example's worth of worst-task retention, 0.0050 (task cls, "
-          "250 test examples)") in report_lib.to_markdown(report)
+  assert ("(per task, mean over seeds: cls 0.0050 (250 test examples), depth 0.0025 (400 "
+          "test examples))") in report_lib.to_markdown(report)
 
 
 def test_agreeing_signs_with_a_mean_within_one_example_show_nothing():
