@@ -32,9 +32,16 @@ def _result(workdir: str, seed: int, run: str) -> dict:
 
 
 def val_worst_retention(report: dict, workdir: str, method: str) -> list[float]:
-  """Per seed: min over tasks of (method's val metric / dense val metric), oriented."""
+  """Per seed: min over tasks of (method's val metric / dense val metric), oriented.
+
+  A seed on which the method diverged counts as 0, as in the report's paired comparison.
+  """
+  failed = {d["seed"] for d in report["methods"][method].get("diverged", [])}
   values = []
   for seed in report["seeds"]:
+    if seed in failed:
+      values.append(0.0)
+      continue
     dense, result = _result(workdir, seed, "dense"), _result(workdir, seed, method)
     values.append(min(
         metrics.retention(result["val_metrics"][t], dense["val_metrics"][t],

@@ -204,57 +204,66 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                       write=parallel.is_primary())
   exp = run_lib.Experiment(config=config, problem=problem, model=model, mesh=mesh,
                            workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
-  per_seed, diverged = [], []
+  per_seed, diverged, dropped = [], [], []
   try:
     for seed in config.seeds:
       dense = run_lib.or_divergence(exp, f"seed{seed}/dense",
                                     lambda s=seed: run_lib.run_dense(exp, s))
       if isinstance(dense, dict):  # the dense reference itself diverged: nothing to compare
         diverged.append({"seed": seed, "runs": {"dense": dense["diverged"]}})
+        dropped.append({"seed": seed,
+                        "reason": f"its dense reference diverged ({dense['diverged']})"})
         continue
-      dense_result, *dense_final = dense
+      dense_result, *dense_start = dense
       methods, failures = {}, {}
       for method in config.methods:
-        shared = tuple(dense_final) if config.share_pretraining else None
+        shared = tuple(dense_start) if config.share_pretraining else None
         outcome = run_lib.or_divergence(
             exp, f"seed{seed}/{method}",
             lambda m=method, s=seed, d=shared: run_lib.run_method(exp, m, s, d))
+        # A diverged run stays in the report as {"diverged": message}: a loss for its method.
+        methods[method] = outcome
         if "diverged" in outcome:
           failures[method] = outcome["diverged"]
-          continue
-        methods[method] = outcome
-        if not quiet:
+        elif not quiet:
           print(f"seed {seed} {method}: test {methods[method]['metrics']}", flush=True)
       if failures:
         diverged.append({"seed": seed, "runs": failures})
         if not quiet:
-          print(f"seed {seed} left out of the comparison: {failures}", flush=True)
-      else:
-        per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
+          print(f"seed {seed}: diverged, counted as a loss for {sorted(failures)}: {failures}",
+                flush=True)
+      per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
   finally:
     progress.close()
   if not per_seed:
     raise run_lib.loop.NonFiniteLossError(
-        "every seed had a run whose loss became non-finite, so there is nothing to compare ("
+        "the dense reference diverged on every seed, so there is nothing to compare ("
         + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged) + ")", workdir)
   notes = [
       f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
       ("Methods share the dense pretraining of each seed (equal weighting), which is also "
-       "the dense reference." if config.share_pretraining else
-       "Each method pretrains under its own weighting; the dense reference is equal-weighted."),
+       "the dense reference: its best-validation epoch, the model compression starts from."
+       if config.share_pretraining else
+       "Each method pretrains under its own weighting and compresses its best-validation "
+       "epoch; the dense reference is equal-weighted."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
   ]
   for d in diverged:
     for method, message in d["runs"].items():
-      notes.append(f"**Left out: seed {d['seed']}**, whose {method} run diverged ({message}); "
-                   "the comparison is paired, so that seed is out for every method.")
+      if method == "dense":
+        notes.append(f"**Left out: seed {d['seed']}**, whose dense reference diverged "
+                     f"({message}); no method has a reference on that seed.")
+      else:
+        notes.append(f"**Diverged: seed {d['seed']}, {method}** ({message}); counted as a "
+                     "loss (worst-task retention 0) in the paired comparisons, left out of "
+                     f"{method}'s means.")
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
       target_sparsity=config.sparsity,
-      extra={"notes": notes})
+      extra={"notes": notes}, test_counts=problem.test_counts(), dropped=dropped)
   report["config"] = json.loads(config.to_json())
   report["diverged"] = diverged
   if not parallel.is_primary():  # the primary process writes the report

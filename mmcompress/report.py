@@ -17,6 +17,10 @@ task-weight trajectory; the model's parameter counts ("parameters", from
                            "task_weights": [[0.5, 0.5], ...]},
                  "minmax": {...}}}
 
+A method whose loss became non-finite on a seed gives ``{"diverged": message}`` there instead:
+the seed is kept, and the divergence counts as a loss (worst-task retention 0) in the paired
+comparisons.
+
 Every method is compared with the dense model *of its own seed* (the methods share the dense
 pretraining of a seed), so the per-seed numbers are paired, and min-max is compared with
 equal weighting seed by seed rather than through means alone: the effect is about a point and
@@ -45,6 +49,8 @@ _TIE = 1e-9
 # The compression ratios of a result: the prunable part's (under its older name and its own)
 # and the whole model's (docs/method.md, "5 Words").
 _RATIOS = ("compression_ratio", "prunable_compression_ratio", "whole_model_compression_ratio")
+# A verdict needs the two-sided sign test over seeds below this p-value (95 %).
+ALPHA = 0.05
 
 
 # ----------------------------------------------------------------------------- validation
@@ -170,22 +176,143 @@ def _summarise(name: str, rows: list[dict[str, Any]], tasks: Sequence[str]) -> d
   return summary
 
 
-def _paired(minmax: dict[str, Any], equal: dict[str, Any]) -> dict[str, Any]:
-  """Min-max minus equal, worst-task retention, seed by seed."""
-  seeds = [r["seed"] for r in minmax["per_seed"]]
-  diffs = [a["worst_task_retention"] - b["worst_task_retention"]
-           for a, b in zip(minmax["per_seed"], equal["per_seed"])]
+# ----------------------------------------------------------------------------- the verdict
+
+
+def sign_test(better: int, worse: int) -> float:
+  """The exact two-sided sign test over paired seeds, ties left out beforehand.
+
+  Args:
+    better: how many seeds the first method won.
+    worse: how many seeds it lost.
+
+  Returns:
+    The chance that fair coin flips split ``n = better + worse`` seeds at least this
+    unevenly: ``P(min(X, n - X) <= min(better, worse))`` for X ~ Binomial(n, 1/2), which is
+    twice the smaller tail, at most 1; 1.0 when every seed is a tie.
+
+  Raises:
+    ValueError: if a count is not a non-negative int.
+  """
+  for name, value in (("better", better), ("worse", worse)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+      raise ValueError(f"{name} must be a count (an int >= 0), got {value!r}.")
+  n = int(better) + int(worse)
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(min(int(better), int(worse)) + 1))
+  return min(1.0, 2 * tail / 2**n)
+
+
+def one_example_retention(dense: Mapping[str, float], test_counts: Mapping[str, int],
+                          higher_is_better: Mapping[str, bool]) -> dict[str, float]:
+  """One test example's worth of each task's retention (compressed / dense).
+
+  A higher-is-better metric of this package is a fraction in [0, 1] (accuracy, IoU, a share
+  of pixels within an angle), which one of n test examples moves by at most 1/n: that is
+  1/(n * dense) of retention. A lower-is-better metric is a mean error over n examples, which
+  one example of average error moves by 1/n of itself: 1/n of retention.
+
+  Args:
+    dense: task -> the dense model's metric.
+    test_counts: task -> how many test examples the metric averages over.
+    higher_is_better: task -> orientation.
+
+  Returns:
+    task -> one example's worth of retention.
+  """
+  out = {}
+  for t, n in test_counts.items():
+    out[t] = 1.0 / (n * abs(dense[t])) if higher_is_better[t] else 1.0 / n
+  return out
+
+
+def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
+                          orientation: Mapping[str, bool],
+                          test_counts: Mapping[str, int] | None
+                          ) -> tuple[list[dict[str, float]] | None, dict[str, Any]]:
+  """Each seed's one-example retention per task (None without test counts), and a summary."""
+  if test_counts is None:
+    return None, {"per_task": None, "test_counts": None}
+  counts = {}
+  for t in tasks:
+    n = _mapping(test_counts, "test_counts").get(t)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+      raise ValueError(f"test_counts[{t!r}] must be the number of test examples of that task "
+                       f"(an int >= 1), got {n!r}.")
+    counts[t] = int(n)
+  per_seed = []
+  for row in dense_rows:
+    if any(orientation[t] and row["metrics"][t] == 0.0 for t in tasks):
+      raise ValueError(f"seed {row['seed']!r}: a dense metric of 0 has no retention; check "
+                       "the dense reference of that seed.")
+    per_seed.append(one_example_retention(row["metrics"], counts, orientation))
+  summary = {"per_task": {t: _mean([p[t] for p in per_seed]) for t in tasks},
+             "test_counts": counts}
+  return per_seed, summary
+
+
+def _seed_thresholds(one_example: Sequence[Mapping[str, float]] | None,
+                     worst_first: Sequence[str | None], worst_second: Sequence[str | None]
+                     ) -> list[float]:
+  """Per seed, one test example of the two methods' worst tasks, as worst-task retention.
+
+  Their worst-task retentions differ through those tasks, so the larger of the two tasks'
+  one-example retentions is the smallest difference that counts; a diverged run has no
+  worst task (when both diverged, every task is a candidate). 0 without test counts.
+  """
+  if one_example is None:
+    return [0.0] * len(worst_first)
+  out = []
+  for one, a, b in zip(one_example, worst_first, worst_second):
+    candidates = [t for t in (a, b) if t is not None] or list(one)
+    out.append(max(one[t] for t in candidates))
+  return out
+
+
+def _direction(better: int, worse: int, mean: float, threshold: float) -> int:
+  """+1 or -1 when the paired seeds show a difference, 0 when they do not.
+
+  Shown means both: the sign test over the untied seeds gives p < `ALPHA`, and the mean
+  difference exceeds `threshold` (one test example's worth) in the same direction.
+  """
+  if sign_test(better, worse) >= ALPHA or abs(mean) <= threshold + _TIE:
+    return 0
+  if mean > 0 and better > worse:
+    return 1
+  if mean < 0 and worse > better:
+    return -1
+  return 0
+
+
+def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any],
+            thresholds: Sequence[float]) -> dict[str, Any]:
+  """`first` minus `second`, worst-task retention, seed by seed, with the paired verdict.
+
+  A seed is a tie when its difference is at most its threshold (one test example's worth,
+  `_seed_thresholds`); the untied seeds go into the sign test (`sign_test`), and
+  ``direction`` is +1 / -1 when the difference is shown (`_direction`: the mean difference
+  must also exceed the mean threshold), else 0.
+  """
+  diffs = [float(a) - float(b) for a, b in zip(first, second)]
+  better = sum(d > t + _TIE for d, t in zip(diffs, thresholds))
+  worse = sum(d < -t - _TIE for d, t in zip(diffs, thresholds))
+  mean, threshold = _mean(diffs), _mean(thresholds)
   return {
       "metric": "worst_task_retention",
-      "seeds": seeds,
+      "seeds": list(seeds),
       "differences": diffs,
-      "mean": _mean(diffs),
+      "mean": mean,
       "min": min(diffs),
       "max": max(diffs),
-      "better": sum(d > _TIE for d in diffs),
-      "worse": sum(d < -_TIE for d in diffs),
-      "tied": sum(abs(d) <= _TIE for d in diffs),
+      "better": better,
+      "worse": worse,
+      "tied": len(diffs) - better - worse,
       "num_seeds": len(diffs),
+      "threshold": threshold,
+      "thresholds": [float(t) for t in thresholds],
+      "p_value": sign_test(better, worse),
+      "direction": _direction(better, worse, mean, threshold),
   }
 
 
@@ -241,6 +368,16 @@ def _whole_model(parameters: Mapping[str, Any] | None, methods: Mapping[str, Any
       "measured": {name: info["whole_model_compression_ratio"] for name, info in methods.items()
                    if info.get("whole_model_compression_ratio") is not None},
   }
+def _diverged(result: Any) -> bool:
+  return isinstance(result, Mapping) and result.get("diverged") is not None
+
+
+def _all_diverged(tasks: Sequence[str]) -> dict[str, Any]:
+  """The summary of a method that diverged on every seed: no number to show."""
+  nothing = {t: None for t in tasks}
+  return {"metrics": dict(nothing), "retention": dict(nothing), "worst_task_retention": None,
+          "delta_m": None, "sparsity": None, **{k: None for k in _RATIOS}, "export": None,
+          "per_seed": []}
 
 
 def build_report(per_seed: Sequence[Mapping[str, Any]],
@@ -249,7 +386,9 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
                  higher_is_better: Mapping[str, bool],
                  metric_names: Mapping[str, str],
                  target_sparsity: float,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 extra: Mapping[str, Any] | None = None,
+                 test_counts: Mapping[str, int] | None = None,
+                 dropped: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
   """Aggregates per-seed results into one JSON-serialisable report.
 
   Retention is compressed / dense per task and seed, oriented so that below 1 is worse
@@ -257,6 +396,17 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   tasks; Δm is `mmcompress.metrics.delta_m` in percent. Every mean is over seeds of per-seed
   values, so the mean worst-task retention is the mean of each seed's minimum (not the minimum
   of the mean retentions).
+
+  A method's result on a seed may be ``{"diverged": message}`` (its loss became
+  non-finite): that seed stays in the report, the method's per-task means leave it out, and
+  in every paired comparison (the ranking, the best method, min-max minus equal) its
+  worst-task retention on that seed is 0, a loss.
+
+  A winner is named only when it is shown: the exact two-sided sign test over the untied
+  seeds gives p < 0.05 and the mean paired difference exceeds the mean of the seeds'
+  thresholds. A seed's threshold is one test example's worth of worst-task retention
+  (`one_example_retention`) on the worst tasks of the two methods compared, the larger of
+  the two; a seed whose difference is no larger is a tie.
 
   Args:
     per_seed: one result dict per seed (see the module docstring); every seed must have the
@@ -267,6 +417,11 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     target_sparsity: the target fraction of prunable weights removed, in [0, 1).
     extra: anything else to carry along and show in the header (config, wall time, notes);
       made JSON-serialisable (numpy values become numbers, unknown objects strings).
+    test_counts: task -> the number of test examples its metric averages over
+      (`Problem.test_counts`); without it a difference is any difference above float noise.
+    dropped: seeds left out for every method, as ``{"seed": ..., "reason": ...}`` (a seed
+      whose dense reference diverged has nothing to be compared with); the sentence names
+      them.
 
   Returns:
     A dict of plain JSON types with ``tasks``, ``metric_names``, ``higher_is_better``,
@@ -275,17 +430,25 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     ``compression_ratio`` (the prunable part's), ``metrics``, ``retention``,
     ``worst_task_retention``, ``delta_m``, ``prunable_compression_ratio``,
     ``whole_model_compression_ratio`` (None unless every seed reports it), ``export``
-    (means; None when not reported), ``task_weights`` and ``task_weights_seed`` (the
-    trajectory of the first seed that has one, for methods that log one), and ``per_seed``,
-    each seed's own values of these fields (all but the trajectory) plus its ``worst_task``)
-    and
-    ``comparison`` (``best_worst_task_retention``: the method with the highest mean
-    worst-task retention, its value and the methods ``tied_with`` it; ``ranking``;
-    ``minmax_minus_equal``: the paired differences, their mean, min, max and the better /
-    worse / tied counts, or None unless both "minmax" and "equal" are present) and
-    ``whole_model`` (the parameter counts, what stays dense, the whole-model cap of the dense
-    part and whether the target is reachable on the whole model; see `_whole_model`; None when
-    no result carries "parameters"). Infinite values become None.
+    (means; None when not reported), ``task_weights`` and ``task_weights_seed``
+    (the trajectory of the first seed that has one, for methods that log one), and
+    ``per_seed``, each seed's own values of these fields (all but the trajectory) plus its
+    ``worst_task``) and
+    ``diverged``: a list of ``{"seed", "message"}``, empty when it never diverged) and
+    ``comparison`` (``effect_threshold``: ``per_task``, one test example's worth of each
+    task's retention (mean over seeds), and the ``test_counts``, both None without counts;
+    ``best_worst_task_retention``: the method with the highest mean worst-task retention
+    (diverged seeds counted as 0), its value, the methods ``tied_with`` it (within the
+    threshold), whether it is ``shown`` ahead of every other method, and ``versus``: its
+    paired comparison with each; ``ranking``; ``minmax_minus_equal``: the paired
+    differences, their mean, min, max, the better / worse / tied counts, the per-seed
+    ``thresholds`` and their mean ``threshold``, the sign test's ``p_value``, the
+    ``direction`` shown (+1, -1 or 0), the ``winner`` (a method name or None) and the seeds
+    each of the two ``diverged`` on, or None unless both "minmax" and "equal" are present)
+    and ``dropped_seeds``, and ``whole_model`` (the parameter counts, what stays dense, the
+    whole-model cap of the dense part and whether the target is reachable on the whole model;
+    see `_whole_model`; None when no result carries "parameters"). Infinite values become
+    None.
 
   Raises:
     ValueError: naming the seed, method and task of anything missing or malformed.
@@ -334,27 +497,59 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     dense = _mapping(result.get("dense"), f"seed {seed!r}: dense")
     dense_rows.append({"seed": seed, "metrics": _task_metrics(dense.get("metrics"), tasks,
                                                               f"seed {seed!r}: dense metrics")})
-  methods = {}
+  methods, paired_values, worst = {}, {}, {}
   for name in method_names:
-    rows = [_method_seed(result["methods"][name], seed, name, dense_row["metrics"], tasks,
-                         orientation)
-            for seed, result, dense_row in zip(seeds, per_seed, dense_rows)]
-    methods[name] = _summarise(name, rows, tasks)
+    rows, failed, values, worst[name] = [], [], [], []
+    for seed, result, dense_row in zip(seeds, per_seed, dense_rows):
+      outcome = result["methods"][name]
+      if _diverged(outcome):
+        failed.append({"seed": seed, "message": str(outcome["diverged"])})
+        values.append(0.0)  # a divergence is a loss in every paired comparison
+        worst[name].append(None)
+        continue
+      rows.append(_method_seed(outcome, seed, name, dense_row["metrics"], tasks, orientation))
+      values.append(rows[-1]["worst_task_retention"])
+      worst[name].append(rows[-1]["worst_task"])
+    methods[name] = _summarise(name, rows, tasks) if rows else _all_diverged(tasks)
+    methods[name]["diverged"] = failed
+    paired_values[name] = values
 
-  ranking = sorted(method_names, key=lambda m: -methods[m]["worst_task_retention"])
+  one_example, threshold = _one_example_per_seed(dense_rows, tasks, orientation, test_counts)
+
+  def paired(a: str, b: str) -> dict[str, Any]:
+    return _paired(paired_values[a], paired_values[b], seeds,
+                   _seed_thresholds(one_example, worst[a], worst[b]))
+
+  means = {m: _mean(paired_values[m]) for m in method_names}
+  ranking = sorted(method_names, key=lambda m: -means[m])
   best = None
   if ranking:
-    top = methods[ranking[0]]["worst_task_retention"]
-    best = {"method": ranking[0], "value": top,
+    top = ranking[0]
+    versus = {m: paired(top, m) for m in ranking[1:]}
+    best = {"method": top, "value": means[top],
             "tied_with": [m for m in ranking[1:]
-                          if top - methods[m]["worst_task_retention"] <= _TIE]}
+                          if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
+            "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
+            "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
+                                             "p_value", "direction")}
+                       for m, v in versus.items()}}
+  pair = None
+  if MINMAX in methods and EQUAL in methods:
+    pair = paired(MINMAX, EQUAL)
+    pair["winner"] = {1: MINMAX, -1: EQUAL}.get(pair["direction"])
+    pair["diverged"] = {m: [d["seed"] for d in methods[m]["diverged"]] for m in (MINMAX, EQUAL)}
   comparison: dict[str, Any] = {
+      "effect_threshold": threshold,
       "best_worst_task_retention": best,
-      "ranking": [{"method": m, "worst_task_retention": methods[m]["worst_task_retention"]}
-                  for m in ranking],
-      "minmax_minus_equal": (_paired(methods[MINMAX], methods[EQUAL])
-                             if MINMAX in methods and EQUAL in methods else None),
+      "ranking": [{"method": m, "worst_task_retention": means[m]} for m in ranking],
+      "minmax_minus_equal": pair,
   }
+  left_out = []
+  for i, d in enumerate(dropped):
+    d = _mapping(d, f"dropped[{i}]")
+    if "seed" not in d:
+      raise ValueError(f"dropped[{i}] has no 'seed'; give each as {{'seed': ..., 'reason': ...}}.")
+    left_out.append({"seed": d["seed"], "reason": str(d.get("reason", ""))})
   report = {
       "tasks": tasks,
       "metric_names": {t: str(metric_names[t]) for t in tasks},
@@ -368,6 +563,7 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
       "methods": methods,
       "comparison": comparison,
       "whole_model": _whole_model(_model_parameters(per_seed, seeds), methods, target),
+      "dropped_seeds": left_out,
   }
   return _jsonable(report)
 
@@ -439,42 +635,118 @@ def _extra_lines(extra: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def summary_sentence(report: Mapping[str, Any]) -> str:
-  """The one plain sentence: which method kept the worst task best, and min-max vs equal."""
+def _seeds_text(seeds: Sequence[Any]) -> str:
+  return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def _plural(n: int, word: str) -> str:
+  return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _pair_direction(pair: Mapping[str, Any]) -> int:
+  """The pair's shown direction (recomputed for reports written before it was stored)."""
+  if "direction" in pair:
+    return int(pair["direction"])
+  return _direction(pair["better"], pair["worse"], pair["mean"], pair.get("threshold", 0.0))
+
+
+def _best_clause(report: Mapping[str, Any]) -> str | None:
   best = report["comparison"]["best_worst_task_retention"]
   if best is None:
-    return "Only the dense model was evaluated; there is no compressed model to compare."
+    return None
+  n = len(report.get("seeds") or [])
+  value = f"mean worst-task retention {best['value']:.3f}"
+  versus = best.get("versus")
+  if versus is not None and not versus:
+    return f"{best['method']} is the only compressed method ({value})"
+  if best.get("shown"):
+    p = max(v["p_value"] for v in versus.values())
+    return (f"{best['method']} kept the worst task best ({value}; ahead of every other "
+            f"method seed by seed, sign test p \u2264 {p:.3f}, by more than one test example)")
   if best.get("tied_with"):
     names = ", ".join([best["method"]] + best["tied_with"][:-1])
-    head = (f"{names} and {best['tied_with'][-1]} tied for keeping the worst task best "
-            f"(mean worst-task retention {best['value']:.3f})")
-  else:
-    head = (f"{best['method']} kept the worst task best (mean worst-task retention "
-            f"{best['value']:.3f})")
+    return (f"{names} and {best['tied_with'][-1]} tied for keeping the worst task best "
+            f"({value}, within one test example)")
+  if versus is None:  # a report written before the paired test: the old wording
+    return f"{best['method']} kept the worst task best ({value})"
+  return (f"No method is shown to keep the worst task best over {_plural(n, 'seed')} "
+          f"(highest mean worst-task retention: {best['method']}, {best['value']:.3f})")
+
+
+def _divergence_clauses(report: Mapping[str, Any]) -> list[str]:
+  clauses = []
+  for name, info in report["methods"].items():
+    seeds = [d["seed"] for d in info.get("diverged") or []]
+    if seeds:
+      clauses.append(f"{name} diverged on {_seeds_text(seeds)}, counted as worst-task "
+                     "retention 0 in the paired comparisons and left out of its means")
+  dropped = report.get("dropped_seeds") or []
+  if dropped:
+    reasons = "; ".join(f"seed {d['seed']}: {d['reason']}" if d.get("reason")
+                        else f"seed {d['seed']}" for d in dropped)
+    clauses.append(f"{_seeds_text([d['seed'] for d in dropped]).capitalize()} left out for "
+                   "every method "
+                   f"({reasons})")
+  return clauses
+
+
+def summary_sentence(report: Mapping[str, Any]) -> str:
+  """The plain verdict: which method kept the worst task best, and min-max against equal.
+
+  A winner is named only when it is shown over the paired seeds (a two-sided sign test at
+  p < 0.05 over the seeds that differ by more than one test example, and a mean difference
+  above one test example's worth); otherwise the sentence says that no difference is shown.
+  Diverged runs and seeds left out are named after it.
+  """
+  head = _best_clause(report)
+  if head is None:
+    return "Only the dense model was evaluated; there is no compressed model to compare."
+  tail = "".join(f" {c}." for c in _divergence_clauses(report))
   pair = report["comparison"]["minmax_minus_equal"]
   if pair is None:
-    return head + "; there is no min-max and equal pair to compare seed by seed."
+    return head + "; there is no min-max and equal pair to compare seed by seed." + tail
   d = _decimals(pair["differences"])
   diffs = ", ".join(_signed(v, d) for v in pair["differences"])
-  counts = f"better on {pair['better']} of {pair['num_seeds']} seed"
-  counts += "s" if pair["num_seeds"] != 1 else ""
+  n = pair["num_seeds"]
+  counts = f"better on {pair['better']} of {_plural(n, 'seed')}"
   if pair["worse"]:
     counts += f", worse on {pair['worse']}"
+  threshold = pair.get("threshold") or 0.0
   if pair["tied"]:
     counts += f", tied on {pair['tied']}"
-  # A verdict needs the mean and a majority of *all* seeds (ties included) to agree: a
-  # +0.001 mean from 3 better, 2 worse and 5 tied seeds is no consistent difference.
-  majority = pair["num_seeds"] / 2
-  if pair["mean"] > _TIE and pair["better"] > majority:
+    if threshold > 0:
+      counts += f" (within one test example, {_plain(threshold, d)})"
+  p = pair.get("p_value", sign_test(pair["better"], pair["worse"]))
+  direction = _pair_direction(pair)
+  if direction > 0:
     verdict = "min-max protected the worst task better than equal weighting"
-  elif pair["mean"] < -_TIE and pair["worse"] > majority:
+  elif direction < 0:
     verdict = "min-max protected the worst task less well than equal weighting"
   else:
-    verdict = "no consistent difference between min-max and equal weighting"
-  if pair["num_seeds"] == 1:
-    verdict += ", on a single seed"
+    verdict = f"no difference shown over {_plural(n, 'seed')}"
+    if p < ALPHA and abs(pair["mean"]) <= threshold + _TIE:
+      verdict += " (the seeds agree in sign, but the mean is within one test example)"
+    elif p < ALPHA:
+      verdict += " (most seeds go one way, the mean the other)"
   return (f"{head}; min-max minus equal, worst-task retention, seed by seed: {diffs} "
-          f"({counts}, mean {_signed(pair['mean'], d)}): {verdict}.")
+          f"({counts}; mean {_signed(pair['mean'], d)}; sign test p = {p:.3f}): "
+          f"{verdict}.{tail}")
+
+
+def _rule_line(threshold: Mapping[str, Any]) -> str:
+  """The header line that says when the report names a winner."""
+  if threshold.get("per_task") is None:
+    size = "any difference above float noise (no test counts were given)"
+  else:
+    each = ", ".join(f"{t} {v:.4f} ({threshold['test_counts'][t]} test examples)"
+                     for t, v in threshold["per_task"].items())
+    size = ("one test example's worth of the worst task's retention, 1/(n \u00b7 dense) for a "
+            "higher-is-better fraction and 1/n for a mean error, on the worst tasks of the "
+            f"two methods compared (per task, mean over seeds: {each})")
+  return ("- **Verdict**: a method is named better only when the exact two-sided sign test "
+          "over the paired seeds gives p < 0.05 (a seed within its threshold is a tie) and the "
+          f"mean difference exceeds the mean threshold; threshold: {size}. A diverged run "
+          "counts as worst-task retention 0.")
 
 
 def _ratio_range(values: Sequence[float]) -> str | None:
@@ -547,6 +819,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             else "one seed, so no spread is shown")
   lines.append(f"- **Seeds**: {', '.join(map(str, seeds))} ({len(seeds)}, paired: each method "
                f"is compared with the dense model of its own seed; {spread}).")
+  threshold = (report.get("comparison") or {}).get("effect_threshold")
+  if threshold is not None:
+    lines.append(_rule_line(threshold))
   lines += _extra_lines(report.get("extra") or {})
   lines.append("")
 
@@ -574,8 +849,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     per = info["per_seed"]
     export = info.get("export") or {}
     sparsity = info.get("sparsity")
+    failed = len(info.get("diverged") or [])
     rows.append(
-        [name] + task_cells(info)
+        [name + (f" (diverged on {failed} of {len(seeds)})" if failed else "")]
+        + task_cells(info)
         + [_cell(info["worst_task_retention"], [r["worst_task_retention"] for r in per], 3),
            _cell(info["delta_m"], [r["delta_m"] for r in per], 2, _signed),
            "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
@@ -682,8 +959,10 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
     `path`.
   """
   tasks = report["tasks"]
-  names = ["dense"] + list(report["methods"])
-  entries = [report["dense"]] + list(report["methods"].values())
+  # A method that diverged on every seed has no bar to draw.
+  shown = {m: info for m, info in report["methods"].items() if info["per_seed"]}
+  names = ["dense"] + list(shown)
+  entries = [report["dense"]] + list(shown.values())
   colors = ["0.6"] + _colors(len(names) - 1)
   columns = min(len(tasks), 4)
   rows = math.ceil(len(tasks) / columns)

@@ -66,6 +66,17 @@ def test_quick_preset_writes_the_report(quick_run):
   assert "prunable part, 16.6x whole model)" in markdown.splitlines()[0]
   assert "**Stays dense** (3,082 parameters" in markdown
   assert "**Note: the whole model cannot reach 40x**" in markdown
+  # The verdict's threshold is one test example of the worst tasks: 1 / (n * dense accuracy).
+  threshold = report["comparison"]["effect_threshold"]
+  assert threshold["test_counts"] == {"g0_0_6": 89, "g1_1_5_8_9": 181, "g2_2_3": 90,
+                                      "g3_4_7": 90}
+  by_hand = {t: 1 / (n * report["dense"]["metrics"][t])
+             for t, n in threshold["test_counts"].items()}
+  assert threshold["per_task"] == pytest.approx(by_hand)
+  worst = [report["methods"][m]["per_seed"][0]["worst_task"] for m in ("minmax", "equal")]
+  assert report["comparison"]["minmax_minus_equal"]["thresholds"] == pytest.approx(
+      [max(by_hand[t] for t in worst)])
+  assert "no difference shown over 1 seed." in markdown  # one seed never shows a winner
   assert "| minmax |" in done.stdout  # the table is printed at the end, too
   for png in ("task_metrics.png", "task_weights.png"):
     assert (workdir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,6 +93,7 @@ def test_paired_comparison_by_hand():
   comparison = _build()["comparison"]
   assert comparison["best_worst_task_retention"]["method"] == "minmax"
   assert comparison["best_worst_task_retention"]["value"] == pytest.approx(0.81)
+  assert not comparison["best_worst_task_retention"]["shown"]
   assert [r["method"] for r in comparison["ranking"]] == ["minmax", "equal"]
   pair = comparison["minmax_minus_equal"]
   assert pair["seeds"] == [0, 1, 2]
@@ -102,6 +103,10 @@ def test_paired_comparison_by_hand():
   # Seed 2 differs only by float rounding (0.4 / 0.5 against 0.6 / 0.75): a tie.
   assert pair["differences"][2] != 0.0
   assert (pair["better"], pair["worse"], pair["tied"]) == (1, 1, 1)
+  # No test counts: no one-example threshold, and one win against one loss is p = 1.
+  assert pair["threshold"] == 0.0 and comparison["effect_threshold"]["per_task"] is None
+  assert pair["p_value"] == 1.0 and pair["direction"] == 0 and pair["winner"] is None
+  assert pair["diverged"] == {"minmax": [], "equal": []}
 
 
 def test_markdown_table_and_sentence():
@@ -115,13 +120,23 @@ def test_markdown_table_and_sentence():
   assert "| 0.810 [0.780–0.850] | −13.45 [−16.60–−10.00] |" in text
   sentences = [line for line in text.splitlines() if "seed by seed" in line]
   assert sentences == [
-      "minmax kept the worst task best (mean worst-task retention 0.810); min-max minus "
-      "equal, worst-task retention, seed by seed: +0.050, −0.020, 0.000 (better on 1 of 3 "
-      "seeds, worse on 1, tied on 1, mean +0.010): no consistent difference between min-max "
-      "and equal weighting."]
+      "No method is shown to keep the worst task best over 3 seeds (highest mean worst-task "
+      "retention: minmax, 0.810); min-max minus equal, worst-task retention, seed by seed: "
+      "+0.050, −0.020, 0.000 (better on 1 of 3 seeds, worse on 1, tied on 1; mean +0.010; "
+      "sign test p = 1.000): no difference shown over 3 seeds."]
 
 
-def test_markdown_says_plainly_when_minmax_is_worse():
+def _scaled(per_seed, copies):
+  """`per_seed` repeated `copies` times under new seed numbers."""
+  out = []
+  for c in range(copies):
+    for result in copy.deepcopy(per_seed):
+      result["seed"] = result["seed"] + c * len(per_seed)
+      out.append(result)
+  return out
+
+
+def test_markdown_says_plainly_when_minmax_is_worse_and_shown():
   per_seed = _per_seed()
   for seed in per_seed:   # min-max loses 0.05 of cls retention on every seed
     seed["methods"]["minmax"]["metrics"] = {
@@ -131,26 +146,29 @@ def test_markdown_says_plainly_when_minmax_is_worse():
   pair = report["comparison"]["minmax_minus_equal"]
   assert (pair["better"], pair["worse"], pair["tied"]) == (0, 3, 0)
   assert pair["differences"] == pytest.approx([-0.05] * 3)
+  # Three losses out of three happen to fair coins 2 / 8 of the time: nothing is shown.
+  assert pair["p_value"] == pytest.approx(0.25) and pair["winner"] is None
   text = report_lib.to_markdown(report)
-  assert ("equal kept the worst task best (mean worst-task retention 0.800); min-max minus "
-          "equal, worst-task retention, seed by seed: −0.050, −0.050, −0.050 (better on 0 of "
-          "3 seeds, worse on 3, mean −0.050): min-max protected the worst task less well than "
-          "equal weighting.") in text
+  assert ("No method is shown to keep the worst task best over 3 seeds (highest mean "
+          "worst-task retention: equal, 0.800); min-max minus equal, worst-task retention, "
+          "seed by seed: −0.050, −0.050, −0.050 (better on 0 of 3 seeds, worse on 3; mean "
+          "−0.050; sign test p = 0.250): no difference shown over 3 seeds.") in text
+  # Nine losses out of nine: p = 2 / 512, and 0.05 is far above one test example.
+  report = _build(_scaled(per_seed, 3), test_counts={"cls": 100, "depth": 100})
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["p_value"] == pytest.approx(2 / 512) and pair["winner"] == "equal"
+  text = report_lib.to_markdown(report)
+  assert "sign test p = 0.004): min-max protected the worst task less well than equal" in text
+  assert text.count("equal kept the worst task best (mean worst-task retention 0.800; ahead "
+                    "of every other method seed by seed, sign test p ≤ 0.004") == 1
 
 
-def test_markdown_better_on_most_seeds_and_single_seed():
-  per_seed = _per_seed()
-  per_seed[1]["methods"]["minmax"]["metrics"]["depth"] = 0.4 / 0.83   # 0.83 > 0.8: better
-  text = report_lib.to_markdown(_build(per_seed))
-  assert ("+0.050, +0.030, 0.000 (better on 2 of 3 seeds, tied on 1, mean +0.027): min-max "
-          "protected the worst task better than equal weighting.") in text
-
-  single = _build(_per_seed()[:1])
-  text = report_lib.to_markdown(single)
+def test_markdown_single_seed_shows_nothing():
+  text = report_lib.to_markdown(_build(_per_seed()[:1]))
   assert "[" not in text and "one seed, so no spread is shown" in text
   assert "| equal | 0.720 | 0.625 | 0.800 | −17.50 |" in text
-  assert "seed by seed: +0.050 (better on 1 of 1 seed, mean +0.050)" in text
-  assert "on a single seed." in text
+  assert ("seed by seed: +0.050 (better on 1 of 1 seed; mean +0.050; sign test p = 1.000): "
+          "no difference shown over 1 seed.") in text
 
 
 def test_no_pair_and_tied_best():
@@ -162,8 +180,166 @@ def test_no_pair_and_tied_best():
   assert report["comparison"]["minmax_minus_equal"] is None
   assert report["comparison"]["best_worst_task_retention"]["tied_with"] == ["dwa"]
   assert ("equal and dwa tied for keeping the worst task best (mean worst-task retention "
-          "0.800); there is no min-max and equal pair to compare") in report_lib.to_markdown(
-              report)
+          "0.800, within one test example); there is no min-max and equal pair to "
+          "compare") in report_lib.to_markdown(report)
+  one = _build([{**s, "methods": {"equal": s["methods"]["equal"]}} for s in per_seed])
+  assert report_lib.summary_sentence(one).startswith(
+      "equal is the only compressed method (mean worst-task retention 0.800); there is no")
+
+
+# ----------------------------------------------------------------------------- the verdict
+
+
+def _worst_task_seeds(differences):
+  """One seed per difference: min-max's worst-task retention is equal's (0.9) + difference.
+
+  The dense cls accuracy is 0.8 on every seed; cls is the worst task of both methods (depth
+  keeps 0.95).
+  """
+  per_seed = []
+  for seed, d in enumerate(differences):
+    per_seed.append({"seed": seed, "dense": {"metrics": {"cls": 0.8, "depth": 0.5}},
+                     "methods": {"equal": _method(0.8 * 0.9, 0.5 / 0.95),
+                                 "minmax": _method(0.8 * (0.9 + d), 0.5 / 0.95)}})
+  return per_seed
+
+
+def test_sign_test_against_a_brute_force_enumeration():
+  for n in range(13):
+    for better in range(n + 1):
+      worse = n - better
+      # Every equally likely sign pattern; count those at least as far from n / 2.
+      extreme = sum(abs(bin(pattern).count("1") - n / 2) >= abs(better - n / 2)
+                    for pattern in range(2**n))
+      assert report_lib.sign_test(better, worse) == pytest.approx(extreme / 2**n), (n, better)
+  assert report_lib.sign_test(0, 0) == 1.0
+  assert report_lib.sign_test(10, 0) == pytest.approx(2 / 1024)
+  assert report_lib.sign_test(5, 0) == pytest.approx(1 / 16)   # five seeds can never show it
+  with pytest.raises(ValueError, match="better"):
+    report_lib.sign_test(-1, 3)
+
+
+def test_one_example_retention_by_hand():
+  one = report_lib.one_example_retention({"cls": 0.8, "depth": 0.5}, {"cls": 250, "depth": 400},
+                                         HIGHER)
+  # Accuracy: one of 250 right answers is 1/250 of accuracy, 1/(250 * 0.8) of retention; an
+  # error averaged over 400 examples moves by 1/400 of itself.
+  assert one == pytest.approx({"cls": 0.005, "depth": 0.0025})
+  report = _build(test_counts={"cls": 250, "depth": 400})
+  threshold = report["comparison"]["effect_threshold"]
+  assert threshold["per_task"] == pytest.approx(
+      {"cls": (1 / 0.8 + 1 / 1.0 + 1 / 0.5) / 3 / 250, "depth": 1 / 400})
+  assert threshold["test_counts"] == {"cls": 250, "depth": 400}
+  # Per seed, the larger one-example retention of the two methods' worst tasks: seed 0:
+  # depth (equal) and cls (min-max); seed 1: depth for both; seed 2: depth and cls.
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["thresholds"] == pytest.approx([1 / 200, 1 / 400, 1 / 125])
+  assert pair["threshold"] == pytest.approx((1 / 200 + 1 / 400 + 1 / 125) / 3)
+  with pytest.raises(ValueError, match=r"test_counts\['depth'\]"):
+    _build(test_counts={"cls": 250})
+
+
+def test_three_small_seeds_show_no_difference():
+  per_seed = _worst_task_seeds([0.001, 0.001, -0.0015])
+  report = _build(per_seed, test_counts={"cls": 500, "depth": 500})   # one example: 0.0025
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["threshold"] == pytest.approx(1 / (500 * 0.8))
+  assert (pair["better"], pair["worse"], pair["tied"]) == (0, 0, 3)
+  assert pair["winner"] is None and pair["p_value"] == 1.0
+  sentence = report_lib.summary_sentence(report)
+  assert sentence.endswith(
+      "seed by seed: +0.0010, +0.0010, −0.0015 (better on 0 of 3 seeds, tied on 3 (within one "
+      "test example, 0.0025); mean +0.0002; sign test p = 1.000): no difference shown over 3 "
+      "seeds.")
+  assert sentence.startswith("minmax and equal tied for keeping the worst task best")
+  # Without the one-example threshold the seeds split 2 : 1, which is no evidence either.
+  report = _build(per_seed)
+  assert report["comparison"]["minmax_minus_equal"]["p_value"] == 1.0
+  assert "no difference shown over 3 seeds." in report_lib.summary_sentence(report)
+
+
+def test_ten_clear_seeds_name_the_winner():
+  report = _build(_worst_task_seeds([0.02] * 10), test_counts={"cls": 250, "depth": 400})
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["threshold"] == pytest.approx(0.005)
+  assert (pair["better"], pair["worse"], pair["tied"]) == (10, 0, 0)
+  assert pair["p_value"] == pytest.approx(2 / 1024)
+  assert pair["direction"] == 1 and pair["winner"] == "minmax"
+  best = report["comparison"]["best_worst_task_retention"]
+  assert best["method"] == "minmax" and best["shown"] and best["tied_with"] == []
+  assert best["versus"]["equal"]["p_value"] == pytest.approx(2 / 1024)
+  sentence = report_lib.summary_sentence(report)
+  assert sentence.startswith("minmax kept the worst task best (mean worst-task retention "
+                             "0.920; ahead of every other method seed by seed, sign test "
+                             "p ≤ 0.002, by more than one test example);")
+  assert sentence.endswith("(better on 10 of 10 seeds; mean +0.020; sign test p = 0.002): "
+                           "min-max protected the worst task better than equal weighting.")
+  assert ("(per task, mean over seeds: cls 0.0050 (250 test examples), depth 0.0025 (400 "
+          "test examples))") in report_lib.to_markdown(report)
+
+
+def test_agreeing_signs_with_a_mean_within_one_example_show_nothing():
+  # Six seeds gain 0.006 (> 0.005, one example), four tie: p = 2 / 64 < 0.05, but the mean,
+  # 0.0036, is less than one test example.
+  report = _build(_worst_task_seeds([0.006] * 6 + [0.0] * 4),
+                  test_counts={"cls": 250, "depth": 400})
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert (pair["better"], pair["tied"]) == (6, 4)
+  assert pair["p_value"] == pytest.approx(2 / 64) and pair["mean"] == pytest.approx(0.0036)
+  assert pair["winner"] is None
+  assert ("no difference shown over 10 seeds (the seeds agree in sign, but the mean is "
+          "within one test example).") in report_lib.summary_sentence(report)
+  # The same gains on all ten seeds are shown.
+  report = _build(_worst_task_seeds([0.006] * 10), test_counts={"cls": 250, "depth": 400})
+  assert report["comparison"]["minmax_minus_equal"]["winner"] == "minmax"
+
+
+def test_a_diverged_method_counts_as_a_loss():
+  per_seed = _worst_task_seeds([0.02] * 10)
+  per_seed[3]["methods"]["minmax"] = {"diverged": "the loss of task 'cls' is nan at step 3"}
+  report = _build(per_seed, test_counts={"cls": 250, "depth": 400},
+                  dropped=[{"seed": 10, "reason": "its dense reference diverged"}])
+  minmax = report["methods"]["minmax"]
+  assert minmax["diverged"] == [{"seed": 3,
+                                 "message": "the loss of task 'cls' is nan at step 3"}]
+  assert report["methods"]["equal"]["diverged"] == []
+  # Its means leave seed 3 out ...
+  assert [r["seed"] for r in minmax["per_seed"]] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+  assert minmax["worst_task_retention"] == pytest.approx(0.92)
+  assert minmax["metrics"]["cls"] == pytest.approx(0.8 * 0.92)
+  # ... and the paired comparison counts it as worst-task retention 0, a loss.
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["seeds"] == list(range(10))
+  assert pair["differences"][3] == pytest.approx(-0.9)
+  assert (pair["better"], pair["worse"]) == (9, 1) and pair["diverged"]["minmax"] == [3]
+  assert pair["p_value"] == pytest.approx(2 * 11 / 1024)
+  # Nine small wins against one divergence: the seeds favour min-max, the mean equal, so
+  # neither is shown (dropping seed 3 would have shown min-max on nine seeds of nine).
+  assert pair["mean"] == pytest.approx((9 * 0.02 - 0.9) / 10) and pair["winner"] is None
+  ranking = {r["method"]: r["worst_task_retention"] for r in report["comparison"]["ranking"]}
+  assert ranking == pytest.approx({"equal": 0.9, "minmax": 0.92 * 0.9})
+  text = report_lib.to_markdown(report)
+  assert "| minmax (diverged on 1 of 10) | 0.736 [0.736–0.736] |" in text
+  assert ("no difference shown over 10 seeds (most seeds go one way, the mean the other). "
+          "minmax diverged "
+          "on seed 3, counted as worst-task retention 0 in the paired comparisons and left out "
+          "of its means. Seed 10 left out for every method (seed 10: its dense reference "
+          "diverged).") in text
+  assert report["dropped_seeds"] == [{"seed": 10, "reason": "its dense reference diverged"}]
+
+
+def test_a_method_that_diverged_on_every_seed_still_reports():
+  per_seed = _per_seed()
+  for seed in per_seed:
+    seed["methods"]["minmax"] = {"diverged": "nan"}
+  report = _build(per_seed)
+  minmax = report["methods"]["minmax"]
+  assert minmax["per_seed"] == [] and minmax["worst_task_retention"] is None
+  assert report["comparison"]["minmax_minus_equal"]["differences"] == pytest.approx([-0.8] * 3)
+  assert report["comparison"]["best_worst_task_retention"]["method"] == "equal"
+  text = report_lib.to_markdown(report)
+  assert "| minmax (diverged on 3 of 3) | — | — | — | — |" in text
+  assert "minmax diverged on seeds 0, 1, 2" in text
 
 
 def test_bad_input_is_named():
@@ -232,21 +408,6 @@ def test_write_without_a_trajectory_skips_the_weights_plot(tmp_path):
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(ValueError, match="is a file"):
     report_lib.write(report, tmp_path / "a_file")
-
-
-def test_a_verdict_needs_a_majority_of_all_seeds():
-  from mmcompress.report import summary_sentence  # pylint: disable=import-outside-toplevel
-  differences = [0.0, 0.006, -0.012, 0.012, 0.0, 0.0, 0.0, 0.0, 0.011, -0.006]
-  pair = {"differences": differences, "better": 3, "worse": 2, "tied": 5, "num_seeds": 10,
-          "mean": sum(differences) / 10}
-  report = {"comparison": {"best_worst_task_retention": {"method": "uncertainty",
-                                                         "value": 0.982},
-                           "minmax_minus_equal": pair}}
-  assert "no consistent difference" in summary_sentence(report)
-  pair.update(better=9, worse=0, tied=1, mean=0.014)
-  assert "min-max protected the worst task better" in summary_sentence(report)
-  pair.update(better=2, worse=7, tied=0, num_seeds=9, mean=-0.139)
-  assert "less well than equal" in summary_sentence(report)
 
 
 def _with_parameters(dense_part, whole):

@@ -226,7 +226,7 @@ def test_a_workdir_with_another_config_is_refused(tmp_path):
   assert saved["sparsity"] == 0.975  # never overwritten
 
 
-def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
+def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch):
   config = tiny_config(seeds=(0, 1))
   real = run_lib.run_method
 
@@ -238,10 +238,21 @@ def test_a_diverged_run_leaves_its_seed_out_and_says_so(tmp_path, monkeypatch):
 
   monkeypatch.setattr(run_lib, "run_method", diverge_on_seed_1)
   report = experiment.run(config, str(tmp_path), print_report=False)
-  assert report["seeds"] == [0]
-  assert report["diverged"] == [{"seed": 1, "runs": {
-      "minmax": "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"}}]
-  assert "Left out: seed 1" in (tmp_path / "report.md").read_text()
+  message = "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"
+  assert report["seeds"] == [0, 1] and report["dropped_seeds"] == []
+  assert report["diverged"] == [{"seed": 1, "runs": {"minmax": message}}]
+  minmax, equal = report["methods"]["minmax"], report["methods"]["equal"]
+  assert minmax["diverged"] == [{"seed": 1, "message": message}]
+  assert [r["seed"] for r in minmax["per_seed"]] == [0]
+  assert [r["seed"] for r in equal["per_seed"]] == [0, 1]
+  pair = report["comparison"]["minmax_minus_equal"]
+  assert pair["differences"][1] == pytest.approx(
+      -equal["per_seed"][1]["worst_task_retention"])
+  assert pair["worse"] >= 1 and pair["diverged"] == {"minmax": [1], "equal": []}
+  markdown = (tmp_path / "report.md").read_text()
+  assert "**Diverged: seed 1, minmax**" in markdown
+  assert "| minmax (diverged on 1 of 2) |" in markdown
+  assert "minmax diverged on seed 1, counted as worst-task retention 0" in markdown
   assert (tmp_path / "seed1" / "minmax" / "diverged.json").exists()
   monkeypatch.setattr(run_lib, "run_method", real)  # a rerun reports the same, from disk
   assert experiment.run(config, str(tmp_path), print_report=False) == report
@@ -260,8 +271,39 @@ def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
   monkeypatch.setattr(run_lib, "run_dense", diverge_on_seed_0)
   report = experiment.run(config, str(tmp_path), print_report=False)
   assert report["seeds"] == [1]
-  assert report["diverged"] == [{"seed": 0, "runs": {
-      "dense": "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"}}]
+  message = "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"
+  assert report["diverged"] == [{"seed": 0, "runs": {"dense": message}}]
+  assert report["dropped_seeds"] == [
+      {"seed": 0, "reason": f"its dense reference diverged ({message})"}]
+  assert "Seed 0 left out for every method" in (tmp_path / "report.md").read_text()
+
+
+def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkeypatch):
+  # Every stage selects its first epoch, so that the selected pretrain weights are not the
+  # final ones and handing on the final weights would fail this test.
+  scores = iter(range(1000))
+  monkeypatch.setattr(loop, "selection_score", lambda val: float(next(scores)))
+  real_train = run_lib._train  # pylint: disable=protected-access
+  seen = {}
+
+  def recording_train(exp, run_name, method, stage, index, seed, params, model_state,
+                      masks=None):
+    out = real_train(exp, run_name, method, stage, index, seed, params, model_state, masks)
+    seen.setdefault((run_name, stage), (params, model_state, out[0]))
+    return out
+
+  monkeypatch.setattr(run_lib, "_train", recording_train)
+  exp = tiny_experiment(tmp_path)
+  dense, params, model_state = run_lib.run_dense(exp, 0)
+  run_lib.run_method(exp, "minmax", 0, (params, model_state))   # shared pretraining
+  run_lib.run_method(exp, "equal", 0, None)                    # its own pretraining
+  final = seen[("seed0/dense", "pretrain")][2]
+  assert not leaves_equal(final.params, params)  # the selected epoch is not the last
+  for run_name in ("seed0/minmax", "seed0/equal"):
+    start, start_state, _ = seen[(run_name, exp.config.stages[1])]
+    fresh = loop.evaluate(exp.problem, exp.eval_step, start, start_state, "test", exp.mesh,
+                          exp.config.eval_batch_size)
+    assert fresh["metrics"] == dense["metrics"], run_name
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):

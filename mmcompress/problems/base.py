@@ -64,6 +64,14 @@ class Problem(abc.ABC):
     """One line for the report: the data and its size."""
     return type(self).__name__
 
+  def test_counts(self) -> dict[str, int] | None:
+    """Task → how many test examples its metric averages over; None when not known.
+
+    The report turns this into one test example's worth of each task's metric, the smallest
+    difference it calls a difference (`mmcompress.report.one_example_retention`).
+    """
+    return None
+
 
 def pad_rows(batch: dict, rows: int) -> dict:
   """Pads every array of `batch` with zero rows up to `rows` along axis 0."""

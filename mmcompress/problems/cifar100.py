@@ -71,6 +71,10 @@ class Cifar100Problem(base.Problem):
     return (f"CIFAR-100 as 20 tasks ({sizes['train']} train / {sizes['val']} val / "
             f"{sizes['test']} test images)")
 
+  def test_counts(self) -> dict[str, int]:
+    counts = np.bincount(self._eval["test"]["task"], minlength=self.num_tasks)
+    return {t: int(n) for t, n in zip(self.task_names, counts)}
+
   def example_input(self) -> np.ndarray:
     return np.zeros((1,) + cifar100.IMAGE_SHAPE, np.float32)
 

@@ -56,6 +56,10 @@ class DigitsProblem(base.Problem):
     return (f"MultiDigits '{d.task_set}' ({d.train.num_examples} train / "
             f"{d.val.num_examples} val / {d.test.num_examples} test images)")
 
+  def test_counts(self) -> dict[str, int]:
+    counts = self.data.test.task_mask.sum(axis=0)
+    return {t: int(n) for t, n in zip(self.task_names, counts)}
+
   def example_input(self) -> np.ndarray:
     return np.zeros((1,) + self.data.train.images.shape[1:], np.float32)
 

@@ -64,6 +64,10 @@ class NYUv2Problem(base.Problem):
     return (f"NYUv2 {self.shape[0]}×{self.shape[1]} ({n['train']} train / {n['val']} val "
             f"held out of train / {n['test']} test = the official val split)")
 
+  def test_counts(self) -> dict[str, int]:
+    """Every task is measured on every test image."""
+    return {t: len(self.rows["test"]) for t in self.task_names}
+
   def example_input(self) -> np.ndarray:
     return np.zeros((1,) + self.shape + (3,), np.float32)
 

@@ -4,7 +4,11 @@ The dense reference of a seed is the ``pretrain`` stage under equal weighting. W
 ``config.share_pretraining`` every method starts its compression stages from that same dense
 model (the reference runs every stage under the method's own weighting; sharing saves a third
 of the compute and makes the seeds exactly paired); without it each method pretrains under
-its own weighting. A stage hands its *final* weights to the next, with a fresh optimizer and
+its own weighting. Pretraining hands its *best-validation* epoch to the next stage: that is
+the dense model (the dense reference reports exactly those weights), and compression starts
+from it, as a user would compress the dense model they selected. Every later stage hands its
+*final* weights to the next (the reweighted weights that pruning cuts, the pruned weights
+that retraining restores), with a fresh optimizer and
 a fresh task weighting (min-max weights back at 1/K, DWA's history empty), as each stage of
 the reference is a run of its own; the model a run reports is the best-validation epoch of its
 last training stage. A finished run writes ``result.json``
@@ -141,13 +145,25 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
   return result
 
 
+def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
+  """The (params, model state) a stage hands to the next: pretraining's best, else final."""
+  if stage == "pretrain":
+    return best["params"], best["model_state"]
+  return state.params, state.model_state
+
+
 def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
-  """The dense reference of `seed`; returns (result, final params, final model state)."""
+  """The dense reference of `seed`.
+
+  Returns:
+    ``(result, params, model state)``: the weights are the best-validation epoch, the very
+    model whose metrics `result` reports and that shared compression starts from.
+  """
   run_name = f"seed{seed}/dense"
   params, model_state = init_variables(exp.model, exp.problem, seed)
   state, best, record = _train(exp, run_name, "equal", "pretrain", 0, seed, params, model_state)
   result = _cached(exp, run_name, lambda: _finish(exp, run_name, best, [record], False))
-  return result, state.params, state.model_state
+  return (result, *_handed_on("pretrain", state, best))
 
 
 def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] | None) -> dict:
@@ -174,7 +190,7 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
       continue
     state, best, record = _train(exp, run_name, method, stage, index, seed, params,
                                  model_state, masks)
-    params, model_state = state.params, state.model_state
+    params, model_state = _handed_on(stage, state, best)
     records.append(record)
   return _cached(exp, run_name, lambda: _finish(exp, run_name, best, records, True))
 
