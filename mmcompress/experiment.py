@@ -240,9 +240,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   notes = [
       f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
-      ("Methods share the dense pretraining of each seed (equal weighting), which is also "
+      ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
+       "pretrain of the same seed." if config.stages[0] != "pretrain" else
+       "Methods share the dense pretraining of each seed (equal weighting), which is also "
        "the dense reference." if config.share_pretraining else
        "Each method pretrains under its own weighting; the dense reference is equal-weighted."),
+      ("Losses: every weighting's objective starts at the mean task loss "
+       "(loss_reduction=mean)." if config.loss_reduction == "mean" else
+       "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
+       "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
+       "weights summing to one."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
   ]
