@@ -88,7 +88,8 @@ def nyuv2_problem(config: ml_collections.ConfigDict) -> NYUv2Problem:
   data_dir = _data_dir(config, "train/ and val/ of the preprocessed NYUv2")
   return NYUv2Problem(data_dir, height=config.height, width=config.width,
                       augment=config.augment, val_fraction=config.val_fraction,
-                      split_seed=config.split_seed, check_values=config.check_values)
+                      split_seed=config.split_seed, check_values=config.check_values,
+                      normal_loss=config.normal_loss)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

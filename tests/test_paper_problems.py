@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import cifar100 as cifar_config
 from experiments.configs import nyuv2 as nyu_config
-from mmcompress import experiment, saddle_point, sparsity, weighting
+from mmcompress import dense_tasks, experiment, saddle_point, sparsity, weighting
 from mmcompress.data import cifar100, nyuv2
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
@@ -188,3 +188,17 @@ def test_reference_dst_budget_ends_near_45x_and_77x(module, model_kwargs, proble
   ratio = total / active
   print(f"{preset}: prunable part {ratio:.1f}x after the last update")
   assert low < ratio < high
+
+
+def test_normal_l1_loss_against_a_hand_computation(nyu_root):
+  # Two pixels with a target, one without; the first prediction has length 2.
+  pred = jnp.array([[[[0.0, 0.0, 2.0], [0.6, 0.8, 0.0], [5.0, 5.0, 5.0]]]])
+  target = jnp.array([[[[0.0, 0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]])
+  # |(0, 0, 1) − (0, 0.6, 0.8)| = 0.6 + 0.2; |(0.6, 0.8, 0) − (1, 0, 0)| = 0.4 + 0.8.
+  np.testing.assert_allclose(dense_tasks.normal_l1_loss(pred, target), (0.8 + 1.2) / 2,
+                             rtol=1e-6)
+  problem = NYUv2Problem(str(nyu_root), height=32, width=64, val_fraction=0.2,
+                         normal_loss="l1")
+  assert problem.losses["normal"] is dense_tasks.normal_l1_loss
+  with pytest.raises(ValueError, match="normal_loss"):
+    NYUv2Problem(str(nyu_root), height=32, width=64, normal_loss="l2")

@@ -13,9 +13,9 @@ retrain, with the settings of the reference's pruning code (ISCAS 2024); ``dst60
 ceil(0.51 % / 0.3 %) of each layer every 10 epochs until epoch 150 with the reference's
 budget (prune back to the target, then grow, so the density ends at (1 − p) + g: about
 45x / 77x), β = 10, and the journal code's training: SGD lr 0.1, momentum 0.9, cosine,
-weight decay 5e-4, batch 4, raw (unscaled) losses, on MTAN-SegNet rather than the
-journal's MTAN-DeepLabv3 (docs/deviations.md); ``smoke``: a few epochs at reduced size, for
-checking an installation on real data.
+weight decay 5e-4, batch 4, raw (unscaled) losses, an L1 normal loss, on MTAN-SegNet rather
+than the journal's MTAN-DeepLabv3 (docs/deviations.md); ``smoke``: a few epochs at reduced
+size, for checking an installation on real data.
 
 Reference settings of the pruning presets (Guo et al.; docs/method.md, sections 1 to 4):
 Adam 1e-4, ×0.5 every 100 epochs, 200 epochs per stage, batch 2 (the MTAN code's), min-max
@@ -49,6 +49,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.split_seed = 0
   c.augment = True
   c.check_values = True            # check every file's values once before training
+  c.normal_loss = "cosine"         # 1 − cosine (MTAN, the pruning code); "l1" (the DST code)
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (64, 128, 256, 512, 512)})
   c.seeds = (0,)
@@ -79,6 +80,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.optimizer.update({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9,
                         "weight_decay": 5e-4, "schedule": "cosine"})
     c.task_scales = ()             # the journal code adds the raw task losses
+    c.normal_loss = "l1"
     c.uncertainty.update({"init_log_var": -0.7, "learning_rate": 0.01})
   if preset == "smoke":
     c.height, c.width = 96, 128
