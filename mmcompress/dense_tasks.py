@@ -199,6 +199,24 @@ def normal_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
   return 1.0 - _masked_mean(cosine, valid)
 
 
+def normal_l1_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
+  """The L1 distance between unit normals, summed over xyz, mean over pixels with a target.
+
+  The normal loss of the reference's dynamic sparse training code; the prediction is
+  L2-normalised per pixel first, as in `normal_loss`.
+
+  Args:
+    pred: (B, H, W, 3) predicted normals, any length.
+    normal: (B, H, W, 3) target unit normals; an all-zero vector marks an invalid pixel.
+
+  Returns:
+    A float32 scalar: Σ_valid Σ_xyz |pred / ‖pred‖ − normal| / #valid (0 if none is valid).
+  """
+  pred, normal = _dense_pair(pred, normal, "pred", "normal", 3)
+  valid = jnp.any(normal != 0, axis=-1)
+  return _masked_mean(jnp.sum(jnp.abs(unit_vectors(pred) - normal), axis=-1), valid)
+
+
 def segmentation_sums(logits: ArrayLike, label: ArrayLike, ignore: int = -1,
                       example_mask: ArrayLike | None = None) -> jax.Array:
   """The confusion matrix of a batch: counts of (true class, argmax class) over labelled pixels.

@@ -88,7 +88,8 @@ def nyuv2_problem(config: ml_collections.ConfigDict) -> NYUv2Problem:
   data_dir = _data_dir(config, "train/ and val/ of the preprocessed NYUv2")
   return NYUv2Problem(data_dir, height=config.height, width=config.width,
                       augment=config.augment, val_fraction=config.val_fraction,
-                      split_seed=config.split_seed, check_values=config.check_values)
+                      split_seed=config.split_seed, check_values=config.check_values,
+                      normal_loss=config.normal_loss)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -242,11 +243,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   notes = [
       f"Data: {problem.describe()}, model {config.model}.",
       f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
-      ("Methods share the dense pretraining of each seed (equal weighting), which is also "
+      ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
+       "pretrain of the same seed." if config.stages[0] != "pretrain" else
+       "Methods share the dense pretraining of each seed (equal weighting), which is also "
        "the dense reference: its best-validation epoch, the model compression starts from."
        if config.share_pretraining else
        "Each method pretrains under its own weighting and compresses its best-validation "
        "epoch; the dense reference is equal-weighted."),
+      ("Losses: every weighting's objective starts at the mean task loss "
+       "(loss_reduction=mean)." if config.loss_reduction == "mean" else
+       "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
+       "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
+       "weights summing to one."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
   ]

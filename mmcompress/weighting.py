@@ -16,11 +16,22 @@ A `TaskWeighting` bundles what a training loop needs from a way of weighting K t
 * ``weights(task_params, task_state) -> (K,)``: the effective task weights, summing to one,
   for logging and plots.
 
-Every objective here is normalised so that, at its starting point, it equals the mean of the
-task losses; the same descent learning rate then means the same thing for every weighting.
+The ``reduction`` of `equal`, `uncertainty` and `dwa` says how the task losses are added up:
+
+* ``"mean"`` (the default): every objective is normalised so that, at its starting point, it
+  equals the mean of the task losses; the same descent learning rate then means the same
+  thing for every weighting, min-max included.
+* ``"reference"``: the reference implementation's sums, so that its baselines can be
+  reproduced: equal sums the task losses, DWA weights them by K·softmax, uncertainty sums
+  ½e^{−s_k} L_k + s_k / 2. Each is K times (uncertainty: K/2 times) its ``"mean"`` objective,
+  so with SGD it takes that many times larger steps. Min-max has no reduction: its weights stay
+  on the simplex (sum one), as in the reference.
+
+`weights` sums to one under either reduction. See docs/deviations.md.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -60,14 +71,37 @@ def _scales(task_scales: ArrayLike | None) -> np.ndarray | None:
   return scales
 
 
+REDUCTIONS = ("mean", "reference")
+
+
+def _reduction(reduction: str) -> str:
+  return _checks.one_of(reduction, REDUCTIONS, "loss_reduction")
+
+
+def _finite(value: Any, name: str) -> float:
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a finite number, got {value!r}.") from None
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value}.")
+  return value
+
+
 def _no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
   del epoch_mean_losses
   return task_state
 
 
-def equal(*, task_scales: ArrayLike | None = None) -> TaskWeighting:
-  """Equal weights: the objective is the mean of the (scaled) task losses."""
+def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> TaskWeighting:
+  """Equal weights: the objective is the mean (``"reference"``: the sum) of the task losses.
+
+  Args:
+    task_scales: optional fixed per-task loss scales.
+    reduction: ``"mean"`` or ``"reference"`` (see the module docstring).
+  """
   scales = _scales(task_scales)
+  reduce = jnp.sum if _reduction(reduction) == "reference" else jnp.mean
 
   def init(num_tasks: int) -> tuple[Any, Any]:
     _checks.positive_int(num_tasks, "num_tasks")
@@ -75,7 +109,7 @@ def equal(*, task_scales: ArrayLike | None = None) -> TaskWeighting:
 
   def objective(task_losses, task_params, task_state):
     del task_params, task_state
-    return jnp.mean(_scaled(task_losses, scales))
+    return reduce(_scaled(task_losses, scales))
 
   def weights(task_params, task_state):
     del task_params
@@ -86,30 +120,38 @@ def equal(*, task_scales: ArrayLike | None = None) -> TaskWeighting:
 
 def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
                 optimizer: optax.GradientTransformation | None = None,
-                task_scales: ArrayLike | None = None) -> TaskWeighting:
+                task_scales: ArrayLike | None = None, reduction: str = "mean",
+                init_log_var: float = 0.0) -> TaskWeighting:
   """Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
   Learns one log-variance s_k per task and minimises (1/K) Σ_k (exp(−s_k) L_k + s_k), the
   σ² parameterisation used by LibMTL scaled by 2/K; at s = 0 it is the mean loss, and its
-  minimiser over s_k is log L_k. The log-variances descend with `optimizer` (default
-  ``optax.adam(learning_rate)``).
+  minimiser over s_k is log L_k. With ``reduction="reference"`` it minimises the reference's
+  Σ_k (½ exp(−s_k) L_k + s_k / 2) instead (the same minimiser). The log-variances start at
+  `init_log_var` (the reference: −0.5 in its pruning code, −0.7 in its dynamic sparse
+  training code) and descend with `optimizer` (default ``optax.adam(learning_rate)``).
 
   Args:
     learning_rate: the log-variances' Adam step, used when `optimizer` is None.
     optimizer: any optax transform for the log-variances instead.
     task_scales: optional fixed per-task loss scales.
+    reduction: ``"mean"`` or ``"reference"`` (see the module docstring).
+    init_log_var: the starting value of every s_k.
   """
   scales = _scales(task_scales)
+  factor = 0.5 if _reduction(reduction) == "reference" else None
+  init_log_var = _finite(init_log_var, "init_log_var")
   if optimizer is None:
     optimizer = optax.adam(_checks.learning_rate(learning_rate))
 
   def init(num_tasks: int) -> tuple[Any, Any]:
     _checks.positive_int(num_tasks, "num_tasks")
-    return jnp.zeros((num_tasks,), jnp.float32), ()
+    return jnp.full((num_tasks,), init_log_var, jnp.float32), ()
 
   def objective(task_losses, log_vars, task_state):
     del task_state
-    return jnp.mean(jnp.exp(-log_vars) * _scaled(task_losses, scales) + log_vars)
+    terms = jnp.exp(-log_vars) * _scaled(task_losses, scales) + log_vars
+    return jnp.mean(terms) if factor is None else factor * jnp.sum(terms)
 
   def weights(log_vars, task_state):
     del task_state
@@ -124,20 +166,23 @@ class DWAState(NamedTuple):
   num_epochs: jax.Array
 
 
-def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None) -> TaskWeighting:
+def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None,
+        reduction: str = "mean") -> TaskWeighting:
   """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019).
 
   w_k = softmax_k(r_k / T) with r_k = L̄_k(e−1) / L̄_k(e−2), the ratio of task k's mean
   training loss over the last two epochs; equal weights until two epochs have been seen.
-  The paper's λ_k = K·w_k; here the weights sum to one (see the module docstring).
+  The objective is Σ_k w_k L_k (``reduction="reference"``: the paper's Σ_k K·w_k L_k).
   The weights are constants for the gradient.
 
   Args:
     temperature: T > 0 (the paper uses 2).
     task_scales: optional fixed per-task loss scales.
+    reduction: ``"mean"`` or ``"reference"`` (see the module docstring).
   """
   temperature = _checks.positive(temperature, "temperature")
   scales = _scales(task_scales)
+  by_count = _reduction(reduction) == "reference"
 
   def init(num_tasks: int) -> tuple[Any, Any]:
     _checks.positive_int(num_tasks, "num_tasks")
@@ -153,6 +198,8 @@ def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None) -> Ta
 
   def objective(task_losses, task_params, state: DWAState):
     w = jax.lax.stop_gradient(weights(task_params, state))
+    if by_count:
+      w = w.shape[0] * w
     return jnp.dot(w, _scaled(task_losses, scales))
 
   def end_epoch(state: DWAState, epoch_mean_losses: jax.Array) -> DWAState:

@@ -1,4 +1,6 @@
 """The paper's two benchmarks at reduced size on CPU: one jitted step each, data checks."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,12 +10,13 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import cifar100 as cifar_config
 from experiments.configs import nyuv2 as nyu_config
-from mmcompress import experiment, saddle_point, sparsity, weighting
+from mmcompress import dense_tasks, experiment, saddle_point, sparsity, weighting
 from mmcompress.data import cifar100, nyuv2
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
-from mmcompress.train import loop, parallel, run, step
+from mmcompress.sparsity import masks as masks_lib
+from mmcompress.train import loop, parallel, run, stages, step
 
 
 def synthetic_cifar_split(per_class: int, seed: int) -> cifar100.ImageSplit:
@@ -133,3 +136,69 @@ def test_cifar100_from_tfds_mock_data_yields_twenty_five_way_tasks(tmp_path):
 def test_cifar100_missing_data_dir_is_refused():
   with pytest.raises(ValueError, match="config.data_dir is empty"):
     experiment.cifar100_problem(cifar_config.get_config())
+
+
+@pytest.mark.parametrize("module, preset", [
+    *((cifar_config, p) for p in cifar_config.PRESETS),
+    *((nyu_config, p) for p in nyu_config.PRESETS)])
+def test_every_paper_preset_is_a_config_that_can_run(module, preset):
+  config = module.get_config(preset)
+  experiment.validate(config)  # every stage's transform and every weighting builds
+  # The reference pretrains each method under its own weighting, with its sums.
+  assert not config.share_pretraining and config.loss_reduction == "reference"
+
+
+def test_cifar100_reweight_stage_runs_at_its_own_rate_and_refresh_epochs():
+  config = cifar_config.get_config()
+  assert tuple(config.reweight.refresh_at_epochs) == (45, 90, 135)
+  steps = 100
+  reweight = stages.learning_rate_schedule(
+      stages.stage_optimizer_config("reweight", config), steps, 1)
+  pretrain = stages.learning_rate_schedule(
+      stages.stage_optimizer_config("pretrain", config), steps, 1)
+  np.testing.assert_allclose([reweight(0), reweight(steps - 1)], [1e-7, 1e-7], rtol=1e-6)
+  np.testing.assert_allclose(pretrain(0), 0.1, rtol=1e-6)  # cosine from the base rate
+  assert float(pretrain(steps // 2)) < 0.06
+
+
+@pytest.mark.parametrize("module, model_kwargs, problem_outputs", [
+    (cifar_config, {"task_conditional_bn": True}, (5,) * 20),
+    (nyu_config, {"filters": (64, 128, 256, 512, 512)}, (13, 1, 3))],
+    ids=["cifar100_vgg16", "nyuv2_mtan"])
+@pytest.mark.parametrize("preset, low, high", [("dst60x", 40.0, 50.0),
+                                              ("dst100x", 70.0, 85.0)])
+def test_reference_dst_budget_ends_near_45x_and_77x(module, model_kwargs, problem_outputs,
+                                                     preset, low, high):
+  """The density after the last update is (1 − p) + ceil(g·n)/n per prunable layer."""
+  config = module.get_config(preset)
+  assert config.dynamic.budget == "reference" and config.stages == ("sparse",)
+  model = create_model(config.model, problem_outputs, **model_kwargs)
+  image = (1, 32, 32, 3) if module is cifar_config else (1, config.height, config.width, 3)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(image),
+                                             train=False))["params"]
+  flags = masks_lib.prunable_flags(shapes, masks_lib.default_include)
+  total = active = 0
+  for leaf, prunable in zip(jax.tree.leaves(shapes), jax.tree.leaves(flags)):
+    if prunable:
+      n = math.prod(leaf.shape)
+      total += n
+      active += n - masks_lib.prune_count(config.sparsity, n)
+      active += min(math.ceil(n * config.dynamic.grow_fraction),
+                    masks_lib.prune_count(config.sparsity, n))
+  ratio = total / active
+  print(f"{preset}: prunable part {ratio:.1f}x after the last update")
+  assert low < ratio < high
+
+
+def test_normal_l1_loss_against_a_hand_computation(nyu_root):
+  # Two pixels with a target, one without; the first prediction has length 2.
+  pred = jnp.array([[[[0.0, 0.0, 2.0], [0.6, 0.8, 0.0], [5.0, 5.0, 5.0]]]])
+  target = jnp.array([[[[0.0, 0.6, 0.8], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]])
+  # |(0, 0, 1) − (0, 0.6, 0.8)| = 0.6 + 0.2; |(0.6, 0.8, 0) − (1, 0, 0)| = 0.4 + 0.8.
+  np.testing.assert_allclose(dense_tasks.normal_l1_loss(pred, target), (0.8 + 1.2) / 2,
+                             rtol=1e-6)
+  problem = NYUv2Problem(str(nyu_root), height=32, width=64, val_fraction=0.2,
+                         normal_loss="l1")
+  assert problem.losses["normal"] is dense_tasks.normal_l1_loss
+  with pytest.raises(ValueError, match="normal_loss"):
+    NYUv2Problem(str(nyu_root), height=32, width=64, normal_loss="l2")

@@ -216,6 +216,14 @@ def _target_problem(seed=0):
   return params, loss
 
 
+def _adam_state(inner_state):
+  """The `optax.ScaleByAdamState` inside an inner state, or None."""
+  found = [s for s in jax.tree.leaves(
+      inner_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+           if isinstance(s, optax.ScaleByAdamState)]
+  return found[0] if found else None
+
+
 def _reference_regrow(mask, new_weight, grad, k):
   """NumPy reference of one drop-and-grow of a leaf (ties: lower flattened index)."""
   mask, w, g = mask.reshape(-1).copy(), np.abs(new_weight).reshape(-1), np.abs(grad).reshape(-1)
@@ -278,10 +286,25 @@ def test_dynamic_sparse_rigl_invariants(inner):
       assert int(grown.sum()) == int((old & ~new).sum()) <= k
       moved_total += int(grown.sum())
       assert (p[grown] == 0.0).all()
-    # Inner statistics are zero at every entry whose mask changed in this step.
     changed = jax.tree.map(lambda a, b: np.asarray(a) != np.asarray(b), state.masks, old_masks)
-    for s, c in _state_leaves_with(inner, state.inner_state, changed):
-      assert (s[c] == 0.0).all()
+    adam = _adam_state(state.inner_state)
+    if adam is None:
+      # Inner statistics are zero at every entry whose mask changed in this step.
+      for s, c in _state_leaves_with(inner, state.inner_state, changed):
+        assert (s[c] == 0.0).all()
+      continue
+    # Adam (deliberately changed with the regrowth fix): the first moment is zero at every
+    # changed entry, the second is zero where dropped and max(g², mean of the kept entries')
+    # where grown.
+    for name in active:
+      old = np.asarray(old_masks[name]["kernel"])
+      new = np.asarray(state.masks[name]["kernel"])
+      mu, nu = np.asarray(adam.mu[name]["kernel"]), np.asarray(adam.nu[name]["kernel"])
+      assert (mu[old != new] == 0.0).all() and (nu[old & ~new] == 0.0).all()
+      grown = new & ~old
+      if grown.any():
+        g2 = np.asarray(grads[name]["kernel"])[grown] ** 2
+        np.testing.assert_allclose(nu[grown], np.maximum(g2, nu[old & new].mean()), rtol=1e-5)
   assert moved_total > 0
   assert not np.array_equal(np.asarray(first_masks["Dense_0"]["kernel"]),
                             np.asarray(state.masks["Dense_0"]["kernel"]))
@@ -385,3 +408,120 @@ def test_masked_state_keeps_no_mask_for_leaves_that_prune_nothing():
   np.testing.assert_allclose(new["head_0"]["kernel"], 0.9)
   kernel, keep = np.asarray(new["trunk"]["kernel"]), np.asarray(masks["trunk"]["kernel"])
   assert np.all(kernel[~keep] == 0.0) and np.allclose(kernel[keep], np.arange(7.0, 13.0) - 0.1)
+
+
+def _reference_prune_back_and_grow(mask, new_weight, grad, keep, k):
+  """NumPy reference of the reference code's update: keep `keep` largest, grow k more."""
+  mask, w, g = mask.reshape(-1).copy(), np.abs(new_weight).reshape(-1), np.abs(grad).reshape(-1)
+  active = np.flatnonzero(mask)
+  drop = active[np.argsort(w[active], kind="stable")[:len(active) - keep]]
+  mask[drop] = False
+  inactive = np.flatnonzero(~mask)
+  mask[inactive[np.argsort(-g[inactive], kind="stable")[:k]]] = True
+  return mask.reshape(new_weight.shape)
+
+
+@pytest.mark.parametrize("budget", ["exact", "reference"])
+def test_dynamic_sparse_active_counts_after_each_update(budget):
+  """exact: a active weights forever; reference: a + ceil(g·n) after every update."""
+  params, loss = _target_problem(seed=5)
+  sparsity, update_every, grow_fraction = 0.8, 2, 0.07
+  inner = optax.sgd(0.05, momentum=0.9)
+  opt = sp.dynamic_sparse(inner, sparsity=sparsity, update_every=update_every,
+                          grow_fraction=grow_fraction, budget=budget)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    updates, new_state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), new_state, grads
+
+  for t in range(8):
+    old_masks, old_inner, old_params = state.masks, state.inner_state, params
+    params, state, grads = step(params, state)
+    u, _ = inner.update(sp.apply_masks(grads, old_masks), old_inner,
+                        sp.apply_masks(old_params, old_masks))
+    for name in ("Dense_0", "Dense_1"):
+      old = np.asarray(old_masks[name]["kernel"])
+      new = np.asarray(state.masks[name]["kernel"])
+      n = new.size
+      a = n - math.floor(sparsity * n + 0.5)
+      if budget == "exact":
+        k = math.floor(grow_fraction * n + 0.5)
+        after_update = a
+      else:
+        k = math.ceil(n * grow_fraction)
+        after_update = a + k
+      if (t + 1) % update_every:
+        np.testing.assert_array_equal(new, old)
+        expected_count = a if t + 1 < update_every else after_update
+        assert int(new.sum()) == expected_count
+        continue
+      assert int(new.sum()) == after_update
+      w = np.asarray(old_params[name]["kernel"]) + np.where(old, np.asarray(u[name]["kernel"]), 0)
+      g = np.asarray(grads[name]["kernel"])
+      if budget == "exact":
+        expected = _reference_regrow(old, w, g, k)
+      else:
+        expected = _reference_prune_back_and_grow(old, w, g, a, k)
+      np.testing.assert_array_equal(new, expected)
+      assert (np.asarray(params[name]["kernel"])[new & ~old] == 0.0).all()
+  if budget == "reference":  # Dense_0: 200 entries, 40 kept + ceil(14.000000000000002) = 15
+    assert int(state.masks["Dense_0"]["kernel"].sum()) == 40 + 15
+
+
+def test_dynamic_sparse_budget_is_validated():
+  with pytest.raises(ValueError, match="budget"):
+    sp.dynamic_sparse(optax.sgd(0.1), sparsity=0.9, update_every=10, grow_fraction=0.01,
+                      budget="constant")
+
+
+def _adam_steps_from_zero_moments(grads, learning_rate, count, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam's updates written out in NumPy, both moments starting at 0 at step `count`."""
+  m = v = np.zeros_like(grads[0])
+  steps = []
+  for j, g in enumerate(grads, start=1):
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    t = count + j
+    steps.append(-learning_rate * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps))
+  return np.array(steps)
+
+
+def test_regrown_weights_under_adam_take_steps_no_larger_than_a_fresh_adams():
+  """The first 50 steps of weights grown at a global Adam count of 5000 stay <= 1.5 lr."""
+  rng = np.random.default_rng(0)
+  shape = (16, 16)
+  scale = jnp.asarray(rng.uniform(0.5, 2.0, shape), jnp.float32)
+  target = jnp.asarray(rng.normal(size=shape) * 5.0, jnp.float32)
+
+  def loss(p):  # a steady gradient scale(p - target): the worst case for zeroed moments
+    return 0.5 * jnp.sum(scale * (p["w"] - target) ** 2)
+
+  learning_rate, regrow_at, after = 1e-3, 5000, 50
+  opt = sp.dynamic_sparse(optax.adam(learning_rate), sparsity=0.75, update_every=regrow_at,
+                          grow_fraction=0.05, end_step=regrow_at,
+                          include=lambda path, leaf: True)
+  params = {"w": jnp.asarray(rng.normal(size=shape) * 0.1, jnp.float32)}
+  state = opt.init(params)
+
+  def body(carry, _):
+    params, state = carry
+    grads = jax.grad(loss)(params)
+    updates, state = opt.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), (updates["w"], grads["w"])
+
+  run = jax.jit(lambda carry, n: jax.lax.scan(body, carry, None, length=n), static_argnums=1)
+  before = state.masks["w"]
+  (params, state), _ = run((params, state), regrow_at)
+  assert int(_adam_state(state.inner_state).count) == regrow_at
+  grown = np.asarray(state.masks["w"] & ~before)
+  assert grown.sum() == 13  # floor(0.05 · 256 + 0.5) moved by the exact budget
+  (params, state), (updates, grads) = run((params, state), after)
+  largest = float(np.abs(np.asarray(updates)[:, grown]).max())
+  assert largest <= 1.5 * learning_rate, largest
+  # The old behaviour (both moments zeroed, the global count kept), written out
+  # independently on the same gradients, breaks the bound several times over.
+  old = _adam_steps_from_zero_moments(np.asarray(grads)[:, grown], learning_rate, regrow_at)
+  assert np.abs(old).max() > 4 * learning_rate

@@ -1,11 +1,15 @@
 """Every task weighting behind the one interface, against its paper's formula."""
+import math
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from mmcompress import saddle_point, weighting
+from mmcompress.train import stages
 
 LOSSES = jnp.array([0.5, 2.0, 1.0])
 
@@ -97,6 +101,73 @@ def test_minmax_weighting_ascends_toward_the_largest_scaled_loss():
   assert int(jnp.argmax(new_w)) == 2  # 4 × 1.0 beats 2.0: scales decide what "worst" means
 
 
+def _dwa_after(epochs, reduction):
+  w = weighting.dwa(temperature=2.0, reduction=reduction)
+  task_params, state = w.init(3)
+  for losses in epochs:
+    state = w.end_epoch(state, jnp.asarray(losses))
+  return w, task_params, state
+
+
+def test_reference_reduction_is_the_reference_codes_sums():
+  losses = np.array([0.5, 2.0, 1.0])
+  # Equal: the plain sum; "mean" is that sum over K.
+  equal_ref, equal_mean = weighting.equal(reduction="reference"), weighting.equal()
+  for w, expected in ((equal_ref, 3.5), (equal_mean, 3.5 / 3)):
+    task_params, state = w.init(3)
+    np.testing.assert_allclose(w.objective(LOSSES, task_params, state), expected, rtol=1e-6)
+  # DWA: Σ_k K·softmax(r / T)_k L_k, written out by hand for r = (0.5, 1, 2), T = 2.
+  epochs = [np.array([2.0, 1.0, 1.0]), np.array([1.0, 1.0, 2.0])]
+  e = np.exp(np.array([0.25, 0.5, 1.0]))
+  by_hand = float(np.sum(3 * e / e.sum() * losses))
+  w, task_params, state = _dwa_after(epochs, "reference")
+  np.testing.assert_allclose(w.objective(LOSSES, task_params, state), by_hand, rtol=1e-6)
+  np.testing.assert_allclose(w.weights(task_params, state), e / e.sum(), rtol=1e-6)
+  w, task_params, state = _dwa_after(epochs, "mean")
+  np.testing.assert_allclose(w.objective(LOSSES, task_params, state), by_hand / 3, rtol=1e-6)
+  # Uncertainty: Σ_k ½ e^{-s_k} L_k + s_k / 2, from the reference's start s = -0.5 and at
+  # another point.
+  w = weighting.uncertainty(reduction="reference", init_log_var=-0.5)
+  log_vars, state = w.init(3)
+  np.testing.assert_allclose(log_vars, [-0.5, -0.5, -0.5])
+  for s in (np.full(3, -0.5), np.array([0.3, -1.0, 2.0])):
+    by_hand = sum(0.5 * math.exp(-s_k) * l_k + s_k / 2 for s_k, l_k in zip(s, losses))
+    np.testing.assert_allclose(w.objective(LOSSES, jnp.asarray(s, jnp.float32), state),
+                               by_hand, rtol=1e-6)
+    mean = weighting.uncertainty()
+    np.testing.assert_allclose(mean.objective(LOSSES, jnp.asarray(s, jnp.float32), state),
+                               by_hand * 2 / 3, rtol=1e-6)
+
+
+def _config(**fields):
+  c = ml_collections.ConfigDict({
+      "task_scales": (), "loss_reduction": "mean",
+      "minmax": {"learning_rate": 0.02, "gamma": 5.0, "every": "step",
+                 "geometry": "euclidean"},
+      "uncertainty": {"learning_rate": 0.01, "init_log_var": 0.0},
+      "dwa": {"temperature": 2.0}})
+  c.update(fields)
+  return c
+
+
+@pytest.mark.parametrize("name, factor", [("equal", 3.0), ("dwa", 3.0), ("uncertainty", 1.5),
+                                          ("minmax", 1.0)])
+def test_config_loss_reduction_reaches_every_weighting_but_minmax(name, factor):
+  """At the start, "reference" is K (uncertainty: K/2) times "mean"; min-max is unchanged."""
+  values = {}
+  for reduction in weighting.REDUCTIONS:
+    w = stages.make_weighting(name, _config(loss_reduction=reduction), 1)
+    task_params, state = w.init(3)
+    values[reduction] = float(w.objective(LOSSES, task_params, state))
+  np.testing.assert_allclose(values["mean"], float(LOSSES.mean()), rtol=1e-6)
+  np.testing.assert_allclose(values["reference"], factor * values["mean"], rtol=1e-6)
+
+
+def test_config_loss_reduction_is_checked():
+  with pytest.raises(ValueError, match="loss_reduction"):
+    stages.make_weighting("minmax", _config(loss_reduction="sum"), 1)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: weighting.create("gradnorm"), "weighting"),
     (lambda: weighting.dwa(temperature=0.0), "temperature"),
@@ -104,6 +175,8 @@ def test_minmax_weighting_ascends_toward_the_largest_scaled_loss():
     (lambda: weighting.minmax(learning_rate=0.0), "learning_rate"),
     (lambda: weighting.minmax(task_scales=[1.0, -1.0]), "task_scales"),
     (lambda: weighting.equal().init(0), "num_tasks"),
+    (lambda: weighting.dwa(reduction="sum"), "loss_reduction"),
+    (lambda: weighting.uncertainty(init_log_var=float("nan")), "init_log_var"),
 ])
 def test_bad_inputs(call, match):
   with pytest.raises(ValueError, match=match):

@@ -11,6 +11,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.methods = ("equal", "uncertainty", "dwa", "minmax")
   c.stages = ("pretrain", "reweight", "prune", "retrain")
   c.share_pretraining = True
+  # "mean": every weighting's objective starts at the mean task loss (ours); "reference": the
+  # reference code's sums (equal), K·softmax (DWA) and ½e^{-s}L + s/2 (uncertainty).
+  c.loss_reduction = "mean"
   c.sparsity = 0.975               # 40x; 0.983 is 60x, 0.99 is 100x
   c.structure = "unstructured"     # or "filter", or an "n:m" pattern such as "2:4"
   c.scope = "layer"                # or "global"
@@ -23,13 +26,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.epochs = ml_collections.ConfigDict({"pretrain": 30, "reweight": 15, "retrain": 30,
                                         "sparse": 60})
   c.reweight = ml_collections.ConfigDict({"penalty": 1e-4, "eps": 1e-6,
-                                          "refresh_every_epochs": 5, "refresh_at_epochs": ()})
+                                          "refresh_every_epochs": 5, "refresh_at_epochs": (),
+                                          # the stage's own lr / schedule; 0 / "" = optimizer's
+                                          "learning_rate": 0.0, "schedule": ""})
+  # budget "exact": a constant number of active weights; "reference": prune back to the
+  # target, then grow ceil(grow_fraction · n) more at every update (density 1 - p + g).
   c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
-                                         "end_fraction": 0.75, "grow": "gradient"})
+                                         "end_fraction": 0.75, "grow": "gradient",
+                                         "budget": "exact"})
   c.task_scales = ()               # per-task loss scales, for every weighting; () = all 1
   c.minmax = ml_collections.ConfigDict({"learning_rate": 0.02, "gamma": 5.0, "every": "step",
                                         "geometry": "euclidean"})
-  c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01})
+  c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01, "init_log_var": 0.0})
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
   c.checkpoint_every_steps = 200
   c.distributed = False            # True on a multi-host Cloud TPU slice

@@ -26,6 +26,8 @@ _TARGETS = {dense_tasks.SEGMENTATION: "label", dense_tasks.DEPTH: "depth",
 _LOSSES = {dense_tasks.SEGMENTATION: dense_tasks.segmentation_loss,
            dense_tasks.DEPTH: dense_tasks.depth_loss,
            dense_tasks.NORMAL: dense_tasks.normal_loss}
+# "cosine": 1 − cosine similarity (MTAN's); "l1": the reference's DST code's L1 distance.
+_NORMAL_LOSSES = {"cosine": dense_tasks.normal_loss, "l1": dense_tasks.normal_l1_loss}
 
 
 class NYUv2Problem(base.Problem):
@@ -38,10 +40,17 @@ class NYUv2Problem(base.Problem):
     val_fraction: the share of train held out for model selection.
     split_seed: fixes which training images are held out.
     check_values: check every file's values before training (`nyuv2.check_layout`).
+    normal_loss: ``"cosine"`` (1 − cosine similarity, MTAN's) or ``"l1"`` (the reference's
+      dynamic sparse training code's L1 distance, `dense_tasks.normal_l1_loss`).
   """
 
   def __init__(self, root: str, *, height: int = 288, width: int = 384, augment: bool = True,
-               val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True):
+               val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
+               normal_loss: str = "cosine"):
+    if normal_loss not in _NORMAL_LOSSES:
+      raise ValueError(f"normal_loss must be one of {sorted(_NORMAL_LOSSES)}, got "
+                       f"{normal_loss!r}.")
+    self.losses = {**_LOSSES, dense_tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
     nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
     self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
     self.test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
@@ -102,7 +111,7 @@ class NYUv2Problem(base.Problem):
   def task_losses(self, model, params, model_state, batch, rng):
     predictions, model_state = self._predict(model, params, model_state, batch["image"],
                                              train=True, rng=rng)
-    losses = [_LOSSES[t](predictions[t], batch[_TARGETS[t]]) for t in self.task_names]
+    losses = [self.losses[t](predictions[t], batch[_TARGETS[t]]) for t in self.task_names]
     return jnp.stack(losses), model_state
 
   def eval_sums(self, model, params, model_state, batch):
@@ -111,7 +120,7 @@ class NYUv2Problem(base.Problem):
     sums = dense_tasks.dense_sums(predictions, batch, example_mask=valid)
     # Per-image losses (each the mean over that image's valid pixels), summed over images.
     per_image = jnp.stack([
-        jax.vmap(lambda p, y, f=_LOSSES[t]: f(p[None], y[None]))(predictions[t],
+        jax.vmap(lambda p, y, f=self.losses[t]: f(p[None], y[None]))(predictions[t],
                                                                  batch[_TARGETS[t]])
         for t in self.task_names])
     weight = valid.astype(jnp.float32)

@@ -1,9 +1,14 @@
-"""Dynamic sparse training: a constant number of active weights whose positions move.
+"""Dynamic sparse training: active weights whose positions move during training.
 
 Every `update_every` steps each prunable leaf drops its smallest-magnitude active weights and
-grows the same number of new ones, where the gradient is largest (RigL) or at random (SET).
+grows new ones where the gradient is largest (RigL) or at random (SET). With the ``"exact"``
+budget it grows as many as it drops, so the number of active weights never changes; with the
+``"reference"`` budget it prunes back to the target and then grows ceil(g·n) more, as the
+reference code does, so the density after an update is (1 − p) + g (docs/deviations.md).
 Grown weights start at exactly zero and their optimizer state is reset, so nothing pruned
-comes back through momentum or weight decay (as jaxpruner's `sparse_trainers.py`).
+comes back through momentum or weight decay (as jaxpruner's `sparse_trainers.py`); an
+Adam-style second moment is restarted at a value that keeps the first steps of a grown
+weight no larger than a fresh Adam's (see `dynamic_sparse`).
 
 References:
   Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All Tickets Winners",
@@ -11,10 +16,11 @@ References:
   Mocanu et al., "Scalable training of artificial neural networks with adaptive sparse
   connectivity inspired by network science", Nature Communications 9, 2018 (SET, random
   growth).
-  The journal extension of Guo et al., Neurocomputing 650, 2025 (METHOD.md §3).
+  The journal extension of Guo et al., Neurocomputing 650, 2025 (docs/method.md, section 3).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -76,6 +82,57 @@ def _regrow_leaf(mask: jax.Array, new_weight: jax.Array, grow_score: jax.Array,
   return after_drop.at[grow_order[:k]].set(True).reshape(shape)
 
 
+def _prune_back_and_grow(mask: jax.Array, new_weight: jax.Array, grow_score: jax.Array,
+                         keep: int, k: int) -> jax.Array:
+  """Keeps the `keep` active entries of largest |new_weight|, then grows the k best-scored.
+
+  The number of active entries is traced (it is `keep`, or `keep + k` after an earlier
+  update), so the drop is a rank test on the same ordering as `_regrow_leaf`'s: the
+  ``active - keep`` smallest active entries go (ties: lower index first).
+  """
+  shape = mask.shape
+  mask = mask.reshape(-1)
+  drop_order = _order(~mask, jnp.abs(new_weight).reshape(-1))
+  num_drop = jnp.sum(mask, dtype=jnp.int32) - keep
+  rank = jnp.arange(mask.size, dtype=jnp.int32)
+  dropped = jnp.zeros_like(mask).at[drop_order].set(rank < num_drop)
+  after_drop = mask & ~dropped
+  grow_order = _order(after_drop, -grow_score.reshape(-1))
+  return after_drop.at[grow_order[:k]].set(True).reshape(shape)
+
+
+def _second_moment_fill(nu: jax.Array, grown: jax.Array, kept: jax.Array,
+                        grad: jax.Array) -> jax.Array:
+  """`nu` with each grown entry set to max(grad², mean of nu over the kept entries)."""
+  kept_count = jnp.maximum(jnp.sum(kept, dtype=jnp.int32), 1).astype(nu.dtype)
+  layer_mean = jnp.sum(jnp.where(kept, nu, 0), dtype=nu.dtype) / kept_count
+  fill = jnp.maximum(jnp.square(grad).astype(nu.dtype), layer_mean)
+  return jnp.where(grown, fill, nu)
+
+
+def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> Any:
+  """Applies `_second_moment_fill` to every ``nu`` field in `state` shaped like the params.
+
+  Walks tuples, lists, dicts and NamedTuples (optax's chain, inject_hyperparams, adam, ...);
+  a ``nu`` whose tree differs from the params' (e.g. inside ``optax.masked``) is left as it is.
+  """
+  structure = jax.tree.structure(grown)
+  if isinstance(state, tuple) and hasattr(state, "_fields"):
+    fields = {}
+    for name in state._fields:
+      value = getattr(state, name)
+      if name == "nu" and jax.tree.structure(value) == structure:
+        fields[name] = jax.tree.map(_second_moment_fill, value, grown, kept, grads)
+      else:
+        fields[name] = _restart_second_moments(value, grown, kept, grads)
+    return state._replace(**fields)
+  if isinstance(state, (tuple, list)):
+    return type(state)(_restart_second_moments(v, grown, kept, grads) for v in state)
+  if isinstance(state, dict):
+    return {k: _restart_second_moments(v, grown, kept, grads) for k, v in state.items()}
+  return state
+
+
 def dynamic_sparse(inner: optax.GradientTransformation,
                    *,
                    sparsity: float,
@@ -84,29 +141,56 @@ def dynamic_sparse(inner: optax.GradientTransformation,
                    grow: str = "gradient",
                    end_step: int | None = None,
                    include: masks_lib.IncludeFn | None = None,
-                   seed: int = 0) -> optax.GradientTransformation:
+                   seed: int = 0,
+                   budget: str = "exact") -> optax.GradientTransformation:
   """Sparse training with drop-and-grow mask updates (RigL / SET).
 
   `init(params)` sets the masks to `magnitude_masks(params, sparsity, include=include)`
-  (unstructured, per layer), so each prunable leaf of n entries has
-  `a = n - floor(sparsity * n + 0.5)` active weights, forever.
+  (unstructured, per layer), so each prunable leaf of n entries starts with
+  `a = n - floor(sparsity * n + 0.5)` active weights (with ``budget="exact"``: forever).
 
   `update(grads, state, params)`, with t the count before the update:
 
   1. the gradient is masked, the inner optimizer runs on it (seeing the masked params) and
      its update `u` is masked: `u_m = where(mask, u, 0)`;
   2. if `(t + 1) % update_every == 0` and (`end_step` is None or `t < end_step`), each
-     prunable leaf moves `k = min(floor(grow_fraction * n + 0.5), a, n - a)` weights: the k
-     active entries with the smallest `|p + u_m|` are dropped (ties: lower index first), then
-     the k entries inactive after the drop with the largest `|grad|` of the dense incoming
-     gradient ("gradient") or the largest uniform random score ("random", key folded with t)
-     are grown (ties: lower index first). An entry dropped and grown back in the same update
-     keeps its weight and state; a newly active entry ("grown") starts at exactly zero; the
-     inner optimizer state is set to zero at every entry whose mask changed;
-  3. the returned update is `where(new_mask, u_m, -p)` with `-p` also at grown entries, so
+     prunable leaf updates its mask. With ``budget="exact"`` it moves
+     `k = min(floor(grow_fraction * n + 0.5), a, n - a)` weights: the k active entries with
+     the smallest `|p + u_m|` are dropped, then k entries inactive after the drop are grown,
+     so every leaf keeps exactly `a` active weights. With ``budget="reference"`` (the
+     reference code's rule) it drops the smallest active entries until `a` remain (pruning
+     back to the target), then grows `k = min(ceil(grow_fraction * n), n - a)`, so a leaf has
+     `a + k` active weights after every update, density (1 − sparsity) + grow_fraction. Grown
+     are the entries inactive after the drop with the largest `|grad|` of the dense incoming
+     gradient ("gradient") or the largest uniform random score ("random", key folded with t);
+     all ties go to the lower flattened index. An entry dropped and grown back in the same
+     update keeps its weight and state; a newly active entry ("grown") starts at exactly
+     zero;
+  3. the inner optimizer state is set to zero at every entry whose mask changed, except any
+     second moment (a field named ``nu`` shaped like the params, as in `optax.adam`'s
+     state), which restarts at grown entries at `max(grad², mean of the leaf's nu over the
+     entries that stay active)` (see "Adam after regrowth" below);
+  4. the returned update is `where(new_mask, u_m, -p)` with `-p` also at grown entries, so
      after the step the params are exactly zero off the mask and at grown entries.
 
   The decision in 2 is a `jax.lax.cond` on the traced count, so the step jit-compiles once.
+
+  Adam after regrowth: optax's Adam keeps one step count for bias correction. Zeroing a
+  grown entry's moments at a count of thousands leaves the correction at about 1, so its
+  second moment ramps up from 0 over ~1/(1 − b2) steps while the first moment ramps up over
+  ~1/(1 − b1): the steps of a grown weight are then 4–6 times the learning rate for tens of
+  steps (for a steady gradient, up to (1 − b1^j) / sqrt(1 − b2^j) ≈ 6.5 at j ≈ 12). A
+  per-entry step count would fix the correction exactly, but optax's Adam has no place for
+  one, and rescaling its output would need its b1, b2 and would also rescale any weight
+  decay chained with it. Restarting the second moment instead works for any optimizer
+  that names its second moment ``nu``: with the first moment at 0 and the second at
+  V >= grad², step j of a grown weight is at most (1 − b1^j) max|g| / sqrt(b2^j V) times the
+  learning rate, i.e. at most about the learning rate while the gradient stays near the one
+  it was grown for, which is what a fresh Adam's steps are. The gradient at regrowth is the
+  value a fresh Adam's bias-corrected second moment would hold after its first step; the
+  layer's mean second moment is a floor for entries grown at random with a near-zero
+  gradient. Early in training, when the global bias correction 1 − b2^t is far below 1,
+  this errs towards smaller steps.
 
   Args:
     inner: the optimizer of the active weights, e.g. `optax.sgd(0.1, momentum=0.9)`.
@@ -118,6 +202,8 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     end_step: None, or stop updating the masks once the count reaches this (int >= 1).
     include: `(path, leaf) -> bool` selecting the prunable leaves; `default_include` if None.
     seed: integer seed of the random growth.
+    budget: ``"exact"`` (a constant number of active weights) or ``"reference"`` (prune back
+      to the target, then grow ceil(grow_fraction · n) more; see 2).
 
   Returns:
     An `optax.GradientTransformation` with state `DynamicSparseState`; `update` requires
@@ -133,6 +219,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
   include = masks_lib.resolve_include(include)
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise ValueError(f"seed must be an integer, got {seed!r}.")
+  budget = _checks.one_of(budget, ("exact", "reference"), "budget")
 
   def init_fn(params):
     masks = masks_lib.magnitude_masks(params, sparsity, include=include)
@@ -153,7 +240,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
         zip(leaves, weights, grad_leaves, flag_leaves)):
       n = mask.size
       active = n - masks_lib.prune_count(sparsity, n)
-      k = min(masks_lib.prune_count(grow_fraction, n), active, n - active)
+      if budget == "exact":
+        k = min(masks_lib.prune_count(grow_fraction, n), active, n - active)
+      else:  # the reference's ceil, on the same float product as its code
+        k = min(math.ceil(n * grow_fraction), n - active)
       if not prunable or k == 0:
         out.append(mask)
         continue
@@ -161,7 +251,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
         score = jnp.abs(grad)
       else:
         score = jax.random.uniform(jax.random.fold_in(key, index), mask.shape)
-      out.append(_regrow_leaf(mask, weight, score, k))
+      if budget == "exact":
+        out.append(_regrow_leaf(mask, weight, score, k))
+      else:
+        out.append(_prune_back_and_grow(mask, weight, score, active, k))
     return jax.tree.unflatten(treedef, out)
 
   def update_fn(updates, state, params=None):
@@ -191,6 +284,9 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       return jnp.where(changed_leaf, jnp.zeros((), jnp.result_type(value)), value)
 
     inner_state = optax.tree_utils.tree_map_params(inner, reset, inner_state, changed)
+    grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
+    kept = jax.tree.map(jnp.logical_and, new_masks, masks)
+    inner_state = _restart_second_moments(inner_state, grown, kept, updates)
     new_updates = jax.tree.map(
         lambda u, p, new, old: jnp.where(new & old, u, -p).astype(jnp.result_type(u)),
         masked_updates, params, new_masks, masks)

@@ -81,11 +81,28 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
+def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
+                           ) -> ml_collections.ConfigDict:
+  """``config.optimizer``, with the reweight stage's own learning rate and schedule when
+  ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100 code trains that stage
+  with its own rate) and ``config.reweight.schedule`` is set."""
+  rw = config.reweight
+  if stage != "reweight" or not (rw.learning_rate or rw.schedule):
+    return config.optimizer
+  optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
+  if rw.learning_rate:
+    optimizer.learning_rate = _checks.positive(rw.learning_rate, "reweight.learning_rate")
+  if rw.schedule:
+    optimizer.schedule = _checks.one_of(rw.schedule, ("constant", "cosine", "step"),
+                                        "reweight.schedule")
+  return optimizer
+
+
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                       masks: Any = None, seed: int = 0) -> optax.GradientTransformation:
   """The descent half of `saddle_point` for a training stage (`seed`: random regrowth)."""
   total_steps = config.epochs[stage] * steps_per_epoch
-  base = base_optimizer(config.optimizer, total_steps, steps_per_epoch)
+  base = base_optimizer(stage_optimizer_config(stage, config), total_steps, steps_per_epoch)
   if stage == "pretrain":
     return base
   if stage == "reweight":
@@ -108,7 +125,8 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
     end_step = max(1, int(dyn.end_fraction * total_steps))
     return sparsity.dynamic_sparse(
         base, sparsity=config.sparsity, update_every=dyn.update_every_epochs * steps_per_epoch,
-        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=seed)
+        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=seed,
+        budget=dyn.budget)
   raise ValueError(f"{stage!r} is not a training stage; training stages are "
                    f"{list(TRAINING_STAGES)}.")
 
@@ -118,6 +136,9 @@ def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch
   """The task weighting `name`, with its knobs from the config."""
   _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "weighting")
   scales = tuple(config.task_scales) or None  # the same loss scales for every weighting
+  # "mean" (ours) or "reference" (its sums and K·softmax); min-max has none (simplex weights).
+  reduction = _checks.one_of(config.loss_reduction, weighting_lib.REDUCTIONS,
+                             "config.loss_reduction")
   if name == "minmax":
     mm = config.minmax
     every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
@@ -125,7 +146,9 @@ def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch
         mm.learning_rate, gamma=mm.gamma, task_scales=scales, geometry=mm.geometry,
         every=steps_per_epoch if every == "epoch" else 1)
   if name == "uncertainty":
-    return weighting_lib.uncertainty(config.uncertainty.learning_rate, task_scales=scales)
+    return weighting_lib.uncertainty(config.uncertainty.learning_rate, task_scales=scales,
+                                     reduction=reduction,
+                                     init_log_var=config.uncertainty.init_log_var)
   if name == "dwa":
-    return weighting_lib.dwa(config.dwa.temperature, task_scales=scales)
-  return weighting_lib.equal(task_scales=scales)
+    return weighting_lib.dwa(config.dwa.temperature, task_scales=scales, reduction=reduction)
+  return weighting_lib.equal(task_scales=scales, reduction=reduction)
