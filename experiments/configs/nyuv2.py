@@ -39,6 +39,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.split_seed = 0
   c.augment = True
   c.check_values = True            # check every file's values once before training
+  # Depth and normal errors: "split" (every valid pixel of the split weighs the same) or
+  # "mtan" (per batch of 2 images, then the mean over batches, as MTAN and the reference).
+  c.metric_averaging = "split"
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (64, 128, 256, 512, 512)})
   c.seeds = (0,)
