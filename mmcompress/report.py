@@ -664,7 +664,7 @@ def _all_metrics_lines(report: Mapping[str, Any]) -> list[str]:
                  _cell(info["delta_m_one_metric"], [r["delta_m_one_metric"] for r in per], 2,
                        _signed)])
   lines += _table(header, rows)
-  lines.append("")
+  lines += ["", "Retention per task on its one metric, and the worst task's seed counts:", ""]
   lines += _retention_table(methods, tasks, "retention_one_metric", "worst_task_one_metric")
   lines.append("")
   return lines
