@@ -217,10 +217,10 @@ def _conventions(declared: Mapping[str, Mapping[str, bool]],
   ratio = ("the oriented ratio compressed / dense (dense / compressed where lower is better; "
            "below 1 is worse)")
   if count == len(declared):
-    return (f"Δm per LibMTL over the {count} task metrics, in percent: positive is better than "
-            f"dense, negative is worse (tables that print Δm% ↓ use the opposite sign); "
-            f"worst-task retention: the lowest over tasks of {ratio}. One metric per task, so "
-            "the one-metric figures are the same.")
+    return (f"Δm per LibMTL over the {count} metrics (one per task), in percent: positive is "
+            "better than dense, negative is worse (tables that print Δm% ↓ use the opposite "
+            f"sign); worst-task retention: the lowest over tasks of {ratio}. One metric per "
+            "task, so the one-metric figures are the same.")
   primary = ", ".join(f"{t}: {metric_names[t]}" for t in declared)
   return (f"Δm per LibMTL over all {count} metrics (each oriented, averaged within its task, "
           f"then over the {len(declared)} tasks), in percent: positive is better than dense, "
@@ -538,8 +538,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   A header (target, seeds, the `extra` notes), one table with a row per method (dense first):
   each task's metric as mean [min–max] over seeds, the worst-task retention, Δm, the measured
   sparsity and compression ratio, the export ratio of the prunable weights and the file size;
-  then one sentence on which method kept the worst task best and the min-max − equal paired
-  differences seed by seed; then the retention of each task. With one seed, no brackets.
+  a line on how Δm and the retention were computed and which sign of Δm is better; then one
+  sentence on which method kept the worst task best and the min-max − equal paired
+  differences seed by seed; then the retention of each task. When a task has several
+  metrics, every metric of every task and the one-metric figures follow. With one seed, no
+  brackets.
 
   Args:
     report: the dict returned by `build_report`.
