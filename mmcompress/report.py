@@ -96,7 +96,7 @@ def _declared_metrics(all_higher_is_better: Mapping[str, Mapping[str, bool]] | N
         raise ValueError(f"{where}[{name!r}] must be True or False, got {higher!r}.")
       declared[t][str(name)] = bool(higher)
     primary = str(metric_names[t])
-    if declared[t].get(primary, orientation[t]) != orientation[t] or primary not in declared[t]:
+    if declared[t].get(primary) != orientation[t]:  # missing (None) or the other orientation
       raise ValueError(f"{where} must hold the task's metric {primary!r} with "
                        f"higher_is_better={orientation[t]}, got {declared[t]}.")
   return declared
@@ -112,8 +112,9 @@ def _all_task_metrics(result: Mapping, primary: Mapping[str, float],
     given = _mapping(given, f"{where} task_metrics")
   values = {}
   for t, names in declared.items():
-    entry = None if given is None or t not in given else _mapping(given[t],
-                                                                  f"{where} task_metrics[{t!r}]")
+    entry = None
+    if given is not None and t in given:
+      entry = _mapping(given[t], f"{where} task_metrics[{t!r}]")
     values[t] = {}
     for name in names:
       if entry is not None and name in entry:
@@ -322,7 +323,8 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   Returns:
     A dict of plain JSON types with ``tasks``, ``metric_names``, ``higher_is_better``,
     ``target_sparsity``, ``target_compression_ratio``, ``seeds``, ``extra``, ``dense``
-    (``metrics``: task -> mean, ``per_seed``), ``methods`` (name -> ``sparsity``,
+    (``metrics``: task -> mean, ``task_metrics``: task -> metric -> mean, ``per_seed``),
+    ``methods`` (name -> ``sparsity``,
     ``compression_ratio``, ``metrics``, ``task_metrics``, ``retention``,
     ``worst_task_retention``, ``delta_m``, ``retention_one_metric``,
     ``worst_task_retention_one_metric``, ``delta_m_one_metric``, ``export`` (means; None when
