@@ -32,7 +32,15 @@ mIoU is the mean IoU over the classes whose union (true or predicted pixels) is 
 the split; a class that neither occurs nor is predicted is excluded rather than counted as 0
 or 1. Pixel accuracy and the within-t° numbers are fractions in [0, 1], not percent. Depth
 and normal errors are averaged over all valid pixels of the split (pixel-weighted), not per
-image.
+image: the ``split`` averaging.
+
+The ``mtan`` averaging computes the depth and normal metrics as MTAN's code and the paper's
+reference code do: each metric over the valid pixels of one evaluation batch (their batch is 2
+images; the median is the exact median of the batch's angles), then the plain mean over the
+batches. `batch_means` gives the sums of these per-batch values for the groups of a larger
+evaluation batch and `finalize_batch_means` divides them by the number of batches. The two
+modes differ when batches hold different numbers of valid pixels; the segmentation metrics
+come from the split's confusion matrix in both.
 
 Within a batch the sums are int32 counts and float32 error sums; `add_sums` accumulates them
 on the host as int64 and float64.
@@ -57,6 +65,13 @@ DENSE_TASKS = (SEGMENTATION, DEPTH, NORMAL)
 ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 BINS_PER_DEGREE = 100
 NUM_ANGLE_BINS = 180 * BINS_PER_DEGREE
+
+# The metrics of each task, in the order `finalize` returns them.
+TASK_METRICS = types.MappingProxyType({
+    SEGMENTATION: ("miou", "pixel_acc"),
+    DEPTH: ("depth_abs_err", "depth_rel_err"),
+    NORMAL: ("normal_mean", "normal_median", "normal_11.25", "normal_22.5", "normal_30"),
+})
 
 HIGHER_IS_BETTER = types.MappingProxyType({
     "miou": True,
@@ -98,6 +113,35 @@ class NormalSums(NamedTuple):
   count: Any
   within: Any
   histogram: Any
+
+
+class DepthBatchMeans(NamedTuple):
+  """Depth metrics of evaluation batches, each the mean over its valid pixels, summed.
+
+  Attributes:
+    abs_err: Σ over batches of (Σ |p − d| / count) of the batch, a float scalar.
+    rel_err: Σ over batches of (Σ |p − d| / d / count) of the batch, a float scalar.
+    batches: the number of batches with at least one valid pixel, an integer scalar.
+  """
+  abs_err: Any
+  rel_err: Any
+  batches: Any
+
+
+class NormalBatchMeans(NamedTuple):
+  """Angle metrics of evaluation batches, each over its valid pixels, summed over batches.
+
+  Attributes:
+    mean: Σ over batches of the batch's mean angle, in degrees.
+    median: Σ over batches of the batch's median angle (the exact median, the mean of the
+      two middle angles for an even count), in degrees.
+    within: (3,) Σ over batches of the batch's fraction of angles < 11.25°, 22.5°, 30°.
+    batches: the number of batches with at least one valid pixel, an integer scalar.
+  """
+  mean: Any
+  median: Any
+  within: Any
+  batches: Any
 
 
 def _dense_pair(pred: ArrayLike, target: ArrayLike, pred_name: str, target_name: str,
@@ -307,6 +351,141 @@ def normal_sums(pred: ArrayLike, normal: ArrayLike,
       count=jnp.sum(weights),
       within=within,
       histogram=histogram.astype(jnp.int32))
+
+
+def masked_median(values: ArrayLike, valid: ArrayLike) -> jax.Array:
+  """The exact median of the entries of `values` where `valid` holds; jittable.
+
+  As `numpy.median`: the middle value of the sorted entries, or the mean of the two middle
+  ones for an even count. 0 when no entry is valid.
+
+  Args:
+    values: any shape.
+    valid: booleans of the shape of `values`.
+
+  Returns:
+    A float32 (or wider) scalar.
+
+  >>> float(masked_median(jnp.array([4.0, 1.0, 9.0, 2.0]), jnp.array([True, True, False, True])))
+  2.0
+  """
+  values = jnp.ravel(jnp.asarray(values))
+  valid = jnp.ravel(jnp.asarray(valid, bool))
+  values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
+  count = jnp.sum(valid, dtype=jnp.int32)
+  ordered = jnp.sort(jnp.where(valid, values, jnp.inf))  # invalid entries sort last
+  low = ordered[jnp.maximum(count - 1, 0) // 2]
+  high = ordered[count // 2]
+  return jnp.where(count > 0, 0.5 * (low + high), 0.0)
+
+
+def _depth_batch_means(pred: jax.Array, depth: jax.Array, keep: jax.Array) -> DepthBatchMeans:
+  """One batch's mean errors over its valid pixels; zeros (and 0 batches) if none is valid."""
+  valid = _with_example_mask(depth[..., 0] != 0, keep)[..., None]
+  count = jnp.sum(valid)
+  error = jnp.abs(pred - depth)
+  relative = error / jnp.where(valid, depth, 1.0)
+  return DepthBatchMeans(abs_err=_masked_mean(error, valid),
+                         rel_err=_masked_mean(relative, valid),
+                         batches=(count > 0).astype(jnp.int32))
+
+
+def _normal_batch_means(pred: jax.Array, normal: jax.Array, keep: jax.Array) -> NormalBatchMeans:
+  """One batch's angle metrics over its valid pixels; zeros (and 0 batches) if none is valid."""
+  angle = angle_errors(pred, normal)
+  valid = _with_example_mask(jnp.any(normal != 0, axis=-1), keep)
+  within = jnp.stack([_masked_mean((angle < t).astype(jnp.float32), valid)
+                      for t in ANGLE_THRESHOLDS])
+  return NormalBatchMeans(mean=_masked_mean(angle, valid), median=masked_median(angle, valid),
+                          within=within, batches=jnp.any(valid).astype(jnp.int32))
+
+
+def batch_means(predictions: Mapping[str, ArrayLike], batch: Mapping[str, ArrayLike],
+                example_mask: ArrayLike | None = None, *,
+                batch_size: int) -> dict[str, Any]:
+  """The ``mtan`` averaging: depth and normal metrics per batch of `batch_size`, summed.
+
+  The rows of the evaluation batch are cut into consecutive groups of `batch_size` (the
+  batches of MTAN's and the reference's evaluation); each group's metrics are computed over
+  its own valid pixels, and the groups' values are summed, with the number of groups that had
+  a valid pixel. Accumulate them over a split with `add_sums`, and `finalize_batch_means`
+  turns the total into the mean over batches. Segmentation is not part of it (its metrics
+  come from the confusion matrix of `dense_sums` in both averagings).
+
+  Args:
+    predictions: holds ``depth`` and/or ``normal`` predictions, (B, H, W, 1) and (B, H, W, 3);
+      other keys are ignored.
+    batch: holds the targets ``depth`` and ``normal`` of the predicted tasks.
+    example_mask: optional (B,) booleans; rows marked False (padding) count for nothing, and a
+      group of padding only is no batch.
+    batch_size: the evaluation batch of the averaging; B must be a multiple of it.
+
+  Returns:
+    ``{"depth": DepthBatchMeans, "normal": NormalBatchMeans}`` for the predicted tasks.
+
+  Raises:
+    ValueError: for a batch that is not a multiple of `batch_size`, or missing inputs.
+  """
+  tasks = [t for t in (DEPTH, NORMAL) if t in predictions]
+  if not tasks:
+    raise ValueError(f"predictions must hold {DEPTH!r} or {NORMAL!r} for the per-batch "
+                     f"averaging, got {list(predictions)}.")
+  targets = {t: jnp.asarray(batch[t]) for t in tasks if t in batch}
+  if len(targets) != len(tasks):
+    raise ValueError(f"batch must hold the targets {tasks}, got keys {list(batch)}.")
+  pairs = {DEPTH: ("pred", "depth", 1), NORMAL: ("pred", "normal", 3)}
+  arrays = {t: _dense_pair(predictions[t], targets[t], *pairs[t]) for t in tasks}
+  rows = arrays[tasks[0]][0].shape[0]
+  if not isinstance(batch_size, int) or batch_size < 1 or rows % batch_size:
+    raise ValueError(f"the evaluation batch of {rows} rows must be a multiple of the averaging "
+                     f"batch_size, got batch_size={batch_size!r}.")
+  keep = jnp.ones(rows, bool) if example_mask is None else jnp.asarray(example_mask, bool)
+  if keep.shape != (rows,):
+    raise ValueError(f"example_mask must have shape (B,) = ({rows},), got {keep.shape}.")
+  group = lambda x: x.reshape((rows // batch_size, batch_size) + x.shape[1:])
+  per_batch = {DEPTH: _depth_batch_means, NORMAL: _normal_batch_means}
+  out = {}
+  for task in tasks:
+    pred, target = arrays[task]
+    values = jax.vmap(per_batch[task])(group(pred), group(target), group(keep))
+    out[task] = jax.tree.map(lambda x: jnp.sum(x, axis=0), values)
+  return out
+
+
+def finalize_batch_means(sums: Mapping[str, Any]) -> dict[str, float]:
+  """The ``mtan`` averaging's metrics from the accumulated `batch_means` of a split.
+
+  Args:
+    sums: ``{"depth": DepthBatchMeans, "normal": NormalBatchMeans}`` (either or both),
+      accumulated over the split with `add_sums`.
+
+  Returns:
+    Python floats, the mean over batches, under the names of `finalize`: ``depth_abs_err``,
+    ``depth_rel_err``; ``normal_mean``, ``normal_median``, ``normal_11.25``, ``normal_22.5``,
+    ``normal_30``.
+
+  Raises:
+    ValueError: for unknown tasks or sums without any batch.
+  """
+  if not isinstance(sums, Mapping) or not sums or set(sums) - {DEPTH, NORMAL}:
+    raise ValueError(f"sums must be a mapping with keys among {(DEPTH, NORMAL)}, got "
+                     f"{list(sums) if isinstance(sums, Mapping) else type(sums).__name__}.")
+  metrics = {}
+  if DEPTH in sums:
+    depth = DepthBatchMeans(*(_wide(x) for x in sums[DEPTH]))
+    if depth.batches <= 0:
+      raise ValueError("depth batch means hold no batch: no valid depth was evaluated.")
+    metrics["depth_abs_err"] = float(depth.abs_err / depth.batches)
+    metrics["depth_rel_err"] = float(depth.rel_err / depth.batches)
+  if NORMAL in sums:
+    normal = NormalBatchMeans(*(_wide(x) for x in sums[NORMAL]))
+    if normal.batches <= 0:
+      raise ValueError("normal batch means hold no batch: no valid normal was evaluated.")
+    metrics["normal_mean"] = float(normal.mean / normal.batches)
+    metrics["normal_median"] = float(normal.median / normal.batches)
+    for threshold, within in zip(ANGLE_THRESHOLDS, normal.within):
+      metrics[f"normal_{threshold:g}"] = float(within / normal.batches)
+  return metrics
 
 
 def dense_sums(predictions: Mapping[str, ArrayLike], batch: Mapping[str, ArrayLike],

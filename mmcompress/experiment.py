@@ -86,10 +86,13 @@ def cifar100_problem(config: ml_collections.ConfigDict) -> Cifar100Problem:
 def nyuv2_problem(config: ml_collections.ConfigDict) -> NYUv2Problem:
   """NYUv2 from the npy layout in the config's `data_dir`, checked before any training."""
   data_dir = _data_dir(config, "train/ and val/ of the preprocessed NYUv2")
-  return NYUv2Problem(data_dir, height=config.height, width=config.width,
-                      augment=config.augment, val_fraction=config.val_fraction,
-                      split_seed=config.split_seed, check_values=config.check_values,
-                      normal_loss=config.normal_loss)
+  problem = NYUv2Problem(data_dir, height=config.height, width=config.width,
+                         augment=config.augment, val_fraction=config.val_fraction,
+                         split_seed=config.split_seed, check_values=config.check_values,
+                         normal_loss=config.normal_loss,
+                         metric_averaging=config.metric_averaging)
+  problem.check_eval_batch_size(config.eval_batch_size)
+  return problem
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -258,6 +261,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
   ]
+  notes += problem.metric_notes()
   for d in diverged:
     for method, message in d["runs"].items():
       if method == "dense":
@@ -270,6 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
+      all_higher_is_better=problem.all_higher_is_better,
       target_sparsity=config.sparsity,
       extra={"notes": notes}, test_counts=problem.test_counts(), dropped=dropped)
   report["config"] = json.loads(config.to_json())

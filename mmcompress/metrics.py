@@ -10,7 +10,11 @@ batch (with padding masked out) accumulates to exactly the metric of the whole s
 >>> accuracy = correct / count                                    # doctest: +SKIP
 
 The comparison functions turn a compressed model's metrics into numbers relative to the dense
-model's: `retention` per task (METHOD.md §5) and `delta_m` over all tasks.
+model's: `retention` per metric (docs/method.md, "5 Words"), `task_retention` per task (the
+mean retention of its metrics) and `delta_m_all` over all metrics of all tasks (LibMTL's Δp);
+`delta_m` is its one-metric-per-task special case. Both Δm functions are oriented as
+LibMTL's: a positive Δm means the compressed model is better than the dense one, a negative
+Δm that it is worse.
 """
 from __future__ import annotations
 
@@ -77,16 +81,119 @@ def retention(metric: float, dense_metric: float, higher_is_better: bool) -> flo
   return dense_metric / metric
 
 
+def _same_keys(value: Any, reference: Mapping, name: str, what: str) -> Mapping:
+  if not isinstance(value, Mapping) or set(value) != set(reference):
+    keys = sorted(value) if isinstance(value, Mapping) else value
+    raise ValueError(f"{name} must have exactly the {what} {sorted(reference)}, got {keys!r}.")
+  return value
+
+
+def task_retention(metrics: Mapping[str, float], dense: Mapping[str, float],
+                   higher_is_better: Mapping[str, bool]) -> float:
+  """The retention of one task measured by several metrics: the mean of their retentions.
+
+  Each metric's `retention` is oriented (compressed / dense when higher is better, dense /
+  compressed when lower is better), so every term is 1.0 without loss and below 1.0 when the
+  compressed model is worse; the task's retention averages them with equal weight, as LibMTL
+  averages the metrics of a task before it averages the tasks. With one metric it is that
+  metric's `retention`.
+
+  Args:
+    metrics: metric name -> the compressed model's value, for one task.
+    dense: metric name -> the dense model's value; its keys are the task's metrics.
+    higher_is_better: metric name -> orientation, for every metric.
+
+  Returns:
+    The mean oriented ratio, a Python float.
+
+  Raises:
+    ValueError: if the metric names differ between the dicts or a ratio is undefined.
+
+  >>> round(task_retention({"miou": 0.36, "pixel_acc": 0.5}, {"miou": 0.4, "pixel_acc": 0.5},
+  ...                      {"miou": True, "pixel_acc": True}), 6)
+  0.95
+  """
+  if not isinstance(dense, Mapping) or not dense:
+    raise ValueError(f"dense must be a non-empty dict metric -> value, got {dense!r}.")
+  _same_keys(metrics, dense, "metrics", "metrics of dense")
+  _same_keys(higher_is_better, dense, "higher_is_better", "metrics of dense")
+  kept = []
+  for name in dense:
+    try:
+      kept.append(retention(metrics[name], dense[name], higher_is_better[name]))
+    except ValueError as e:
+      raise ValueError(f"metric {name!r}: {e}") from None
+  return sum(kept) / len(kept)
+
+
+def delta_m_all(metrics: Mapping[str, Mapping[str, float]],
+                dense: Mapping[str, Mapping[str, float]],
+                higher_is_better: Mapping[str, Mapping[str, bool]]) -> float:
+  """Δm over all metrics of all tasks, in percent, as LibMTL computes it (its Δp).
+
+      Δm = (100 / K) Σ_k (1 / N_k) Σ_j (−1)^{l_kj} (M_kj − B_kj) / B_kj,
+
+  with B the dense model's metrics, M the compressed model's, N_k the number of metrics of
+  task k and l_kj = 1 when lower is better for that metric, 0 when higher is better. The
+  metrics of a task are averaged first, so a task weighs the same whether it has one metric
+  or five. Every term is positive when the compressed model is better on that metric, so a
+  **positive Δm is better** and a compressed model worse than the dense one has a negative
+  Δm: this is the sign of LibMTL's `count_improvement` (its best epoch is the one with the
+  largest value). Tables that print "Δm% ↓" use the opposite sign.
+
+  Args:
+    metrics: task -> metric name -> the compressed model's value.
+    dense: task -> metric name -> the dense model's value (nonzero); its keys are the tasks
+      and their metrics.
+    higher_is_better: task -> metric name -> orientation, for every metric.
+
+  Returns:
+    Δm in percent, a Python float.
+
+  Raises:
+    ValueError: if the tasks or metric names differ between the dicts, or a dense value is
+      zero.
+
+  >>> round(delta_m_all({"seg": {"miou": 0.36, "pixel_acc": 0.5}, "depth": {"abs": 0.55}},
+  ...                   {"seg": {"miou": 0.4, "pixel_acc": 0.5}, "depth": {"abs": 0.5}},
+  ...                   {"seg": {"miou": True, "pixel_acc": True}, "depth": {"abs": False}}), 6)
+  -7.5
+  """
+  if not isinstance(dense, Mapping) or not dense:
+    raise ValueError(f"dense must be a non-empty dict task -> metric -> value, got {dense!r}.")
+  _same_keys(metrics, dense, "metrics", "tasks of dense")
+  _same_keys(higher_is_better, dense, "higher_is_better", "tasks of dense")
+  total = 0.0
+  for task, reference in dense.items():
+    if not isinstance(reference, Mapping) or not reference:
+      raise ValueError(f"dense[{task!r}] must be a non-empty dict metric -> value, got "
+                       f"{reference!r}.")
+    values = _same_keys(metrics[task], reference, f"metrics[{task!r}]", "metrics of dense")
+    higher = _same_keys(higher_is_better[task], reference, f"higher_is_better[{task!r}]",
+                        "metrics of dense")
+    changes = []
+    for name in reference:
+      where = f"[{task!r}][{name!r}]"
+      base = _finite(reference[name], f"dense{where}")
+      if base == 0:
+        raise ValueError(f"dense{where} is 0; Δm divides by the dense metric.")
+      change = (_finite(values[name], f"metrics{where}") - base) / base
+      changes.append(change if _flag(higher[name], f"higher_is_better{where}") else -change)
+    total += sum(changes) / len(changes)
+  return 100.0 * total / len(dense)
+
+
 def delta_m(metrics: Mapping[str, float], dense: Mapping[str, float],
             higher_is_better: Mapping[str, bool]) -> float:
-  """The mean relative change over tasks, in percent (Maninis et al. 2019; LibMTL).
+  """The mean relative change over tasks of one metric each, in percent (`delta_m_all`).
 
       Δm = (100 / K) Σ_k (−1)^{l_k} (M_k − M_dense,k) / M_dense,k,
 
   with l_k = 1 when lower is better for task k and 0 otherwise, so that every term is
   positive when the compressed model is better on that task and negative when it is worse:
-  a worse model has a negative Δm. It averages the tasks, so unlike the worst-task retention
-  a large loss on one task can hide behind gains on the others.
+  a worse model has a negative Δm (LibMTL's sign). It is `delta_m_all` with one metric per
+  task. It averages the tasks, so unlike the worst-task retention a large loss on one task
+  can hide behind gains on the others.
 
   Args:
     metrics: task name -> the compressed model's metric.

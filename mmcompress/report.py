@@ -9,9 +9,10 @@ task-weight trajectory; the model's parameter counts ("parameters", from
 
     {"seed": 0,
      "dense": {"metrics": {"taskA": 0.95, "taskB": 0.9},
+               "task_metrics": {"taskA": {"acc": 0.95}, "taskB": {"mae": 0.9, "rmse": 1.2}},
                "parameters": {"total_size": ..., "prunable_size": ..., ...}},
-     "methods": {"equal": {"metrics": {...}, "sparsity": 0.975, "compression_ratio": 40.0,
-                           "prunable_compression_ratio": 40.0,
+     "methods": {"equal": {"metrics": {...}, "task_metrics": {...}, "sparsity": 0.975,
+                           "compression_ratio": 40.0, "prunable_compression_ratio": 40.0,
                            "whole_model_compression_ratio": 16.6,
                            "export": {"file_bytes": ..., "prunable_ratio": ...},
                            "task_weights": [[0.5, 0.5], ...]},
@@ -20,6 +21,11 @@ task-weight trajectory; the model's parameter counts ("parameters", from
 A method whose loss became non-finite on a seed gives ``{"diverged": message}`` there instead:
 the seed is kept, and the divergence counts as a loss (worst-task retention 0) in the paired
 comparisons.
+``metrics`` holds the one metric that stands for each task; ``task_metrics`` every metric of
+each task (needed only when a task has more than one, see `build_report`'s
+``all_higher_is_better``). Δm and the worst-task retention average all metrics of a task
+before the tasks, as LibMTL does; the same figures over the one metric per task are kept
+beside them (``..._one_metric``), and the two coincide when every task has one metric.
 
 Every method is compared with the dense model *of its own seed* (the methods share the dense
 pretraining of a seed), so the per-seed numbers are paired, and min-max is compared with
@@ -80,6 +86,60 @@ def _task_metrics(value: Any, tasks: Sequence[str], where: str) -> dict[str, flo
   return {t: _number(value[t], f"{where}[{t!r}]") for t in tasks}
 
 
+def _declared_metrics(all_higher_is_better: Mapping[str, Mapping[str, bool]] | None,
+                      tasks: Sequence[str], metric_names: Mapping[str, str],
+                      orientation: Mapping[str, bool]) -> dict[str, dict[str, bool]]:
+  """Every metric of every task with its orientation; one metric per task when None."""
+  if all_higher_is_better is None:
+    return {t: {str(metric_names[t]): orientation[t]} for t in tasks}
+  _mapping(all_higher_is_better, "all_higher_is_better")
+  declared = {}
+  for t in tasks:
+    where = f"all_higher_is_better[{t!r}]"
+    if t not in all_higher_is_better:
+      raise ValueError(f"all_higher_is_better has no entry for the task {t!r}; declare every "
+                       "metric of every task.")
+    entry = _mapping(all_higher_is_better[t], where)
+    if not entry:
+      raise ValueError(f"{where} is empty; declare at least the task's metric "
+                       f"{metric_names[t]!r}.")
+    declared[t] = {}
+    for name, higher in entry.items():
+      if not isinstance(higher, (bool, np.bool_)):
+        raise ValueError(f"{where}[{name!r}] must be True or False, got {higher!r}.")
+      declared[t][str(name)] = bool(higher)
+    primary = str(metric_names[t])
+    if declared[t].get(primary) != orientation[t]:  # missing (None) or the other orientation
+      raise ValueError(f"{where} must hold the task's metric {primary!r} with "
+                       f"higher_is_better={orientation[t]}, got {declared[t]}.")
+  return declared
+
+
+def _all_task_metrics(result: Mapping, primary: Mapping[str, float],
+                      declared: Mapping[str, Mapping[str, bool]],
+                      metric_names: Mapping[str, str], where: str) -> dict[str, dict[str, float]]:
+  """Every declared metric of every task, from ``task_metrics`` (the primary from ``metrics``
+  when a task has no other: results written before ``task_metrics`` existed still read)."""
+  given = result.get("task_metrics")
+  if given is not None:
+    given = _mapping(given, f"{where} task_metrics")
+  values = {}
+  for t, names in declared.items():
+    entry = None
+    if given is not None and t in given:
+      entry = _mapping(given[t], f"{where} task_metrics[{t!r}]")
+    values[t] = {}
+    for name in names:
+      if entry is not None and name in entry:
+        values[t][name] = _number(entry[name], f"{where} task_metrics[{t!r}][{name!r}]")
+      elif name == metric_names[t]:
+        values[t][name] = primary[t]
+      else:
+        raise ValueError(f"{where} has no {name!r} for the task {t!r} in task_metrics; "
+                         "it needs every declared metric of every task.")
+  return values
+
+
 def _jsonable(value: Any) -> Any:
   """Plain JSON types: numpy/jax scalars and arrays become numbers and lists; inf/nan None."""
   if isinstance(value, Mapping):
@@ -106,26 +166,42 @@ def _mean(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- the report
 
 
-def _method_seed(result: Mapping, seed: Any, name: str, dense: dict[str, float],
-                 tasks: Sequence[str], higher_is_better: Mapping[str, bool]) -> dict[str, Any]:
-  """One method's numbers on one seed, relative to that seed's dense model."""
+def _method_seed(result: Mapping, seed: Any, name: str, dense: Mapping[str, Any],
+                 tasks: Sequence[str], higher_is_better: Mapping[str, bool],
+                 declared: Mapping[str, Mapping[str, bool]],
+                 metric_names: Mapping[str, str]) -> dict[str, Any]:
+  """One method's numbers on one seed, relative to that seed's dense model.
+
+  `dense` is that seed's dense row (``metrics`` and ``task_metrics``). The retention of a task
+  is the mean retention of its declared metrics and Δm is LibMTL's over all of them; the
+  ``_one_metric`` fields are the same figures over the task's one metric of ``metrics``.
+  """
   where = f"seed {seed!r}, method {name!r}"
   result = _mapping(result, where)
   values = _task_metrics(result.get("metrics"), tasks, f"{where}: metrics")
-  kept = {}
+  every = _all_task_metrics(result, values, declared, metric_names, f"{where}:")
+  kept, kept_one = {}, {}
   for t in tasks:
     try:
-      kept[t] = metrics_lib.retention(values[t], dense[t], higher_is_better[t])
+      kept[t] = metrics_lib.task_retention(every[t], dense["task_metrics"][t], declared[t])
+      kept_one[t] = metrics_lib.retention(values[t], dense["metrics"][t], higher_is_better[t])
     except ValueError as e:
       raise ValueError(f"{where}, task {t!r}: {e}") from None
   worst = min(tasks, key=lambda t: kept[t])
+  worst_one = min(tasks, key=lambda t: kept_one[t])
   row: dict[str, Any] = {
       "seed": seed,
       "metrics": values,
+      "task_metrics": every,
       "retention": kept,
       "worst_task": worst,
       "worst_task_retention": kept[worst],
-      "delta_m": metrics_lib.delta_m(values, dense, {t: higher_is_better[t] for t in tasks}),
+      "delta_m": metrics_lib.delta_m_all(every, dense["task_metrics"], declared),
+      "retention_one_metric": kept_one,
+      "worst_task_one_metric": worst_one,
+      "worst_task_retention_one_metric": kept_one[worst_one],
+      "delta_m_one_metric": metrics_lib.delta_m(values, dense["metrics"],
+                                                {t: higher_is_better[t] for t in tasks}),
   }
   for key in ("sparsity",) + _RATIOS:
     if result.get(key) is not None:
@@ -142,13 +218,44 @@ def _method_seed(result: Mapping, seed: Any, name: str, dense: dict[str, float],
   return row
 
 
+def _mean_task_metrics(rows: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
+  """Task -> metric -> the mean over seeds of the rows' ``task_metrics``."""
+  return {t: {m: _mean([r["task_metrics"][t][m] for r in rows])
+              for m in rows[0]["task_metrics"][t]} for t in tasks}
+
+
+def _conventions(declared: Mapping[str, Mapping[str, bool]],
+                 metric_names: Mapping[str, str]) -> str:
+  """One sentence: how Δm and the worst-task retention were computed, and which sign is better."""
+  count = sum(len(m) for m in declared.values())
+  ratio = ("the oriented ratio compressed / dense (dense / compressed where lower is better; "
+           "below 1 is worse)")
+  if count == len(declared):
+    return (f"Δm per LibMTL over the {count} metrics (one per task), in percent: positive is "
+            "better than dense, negative is worse (tables that print Δm% ↓ use the opposite "
+            f"sign); worst-task retention: the lowest over tasks of {ratio}. One metric per "
+            "task, so the one-metric figures are the same.")
+  primary = ", ".join(f"{t}: {metric_names[t]}" for t in declared)
+  return (f"Δm per LibMTL over all {count} metrics (each oriented, averaged within its task, "
+          f"then over the {len(declared)} tasks), in percent: positive is better than dense, "
+          f"negative is worse (tables that print Δm% ↓ use the opposite sign); worst-task "
+          f"retention: the lowest over tasks of the mean over the task's metrics of {ratio}. "
+          f"One-metric Δm and worst-task retention ({primary}): the last tables.")
+
+
 def _summarise(name: str, rows: list[dict[str, Any]], tasks: Sequence[str]) -> dict[str, Any]:
   """Means over seeds of one method's per-seed rows."""
   summary: dict[str, Any] = {
       "metrics": {t: _mean([r["metrics"][t] for r in rows]) for t in tasks},
+      "task_metrics": _mean_task_metrics(rows, tasks),
       "retention": {t: _mean([r["retention"][t] for r in rows]) for t in tasks},
       "worst_task_retention": _mean([r["worst_task_retention"] for r in rows]),
       "delta_m": _mean([r["delta_m"] for r in rows]),
+      "retention_one_metric": {t: _mean([r["retention_one_metric"][t] for r in rows])
+                               for t in tasks},
+      "worst_task_retention_one_metric": _mean([r["worst_task_retention_one_metric"]
+                                                for r in rows]),
+      "delta_m_one_metric": _mean([r["delta_m_one_metric"] for r in rows]),
   }
   for key in ("sparsity", "compression_ratio", "export"):
     present = [key in r for r in rows]
@@ -375,9 +482,11 @@ def _diverged(result: Any) -> bool:
 def _all_diverged(tasks: Sequence[str]) -> dict[str, Any]:
   """The summary of a method that diverged on every seed: no number to show."""
   nothing = {t: None for t in tasks}
-  return {"metrics": dict(nothing), "retention": dict(nothing), "worst_task_retention": None,
-          "delta_m": None, "sparsity": None, **{k: None for k in _RATIOS}, "export": None,
-          "per_seed": []}
+  return {"metrics": dict(nothing), "task_metrics": dict(nothing), "retention": dict(nothing),
+          "worst_task_retention": None, "delta_m": None,
+          "retention_one_metric": dict(nothing), "worst_task_retention_one_metric": None,
+          "delta_m_one_metric": None, "sparsity": None, **{k: None for k in _RATIOS},
+          "export": None, "per_seed": []}
 
 
 def build_report(per_seed: Sequence[Mapping[str, Any]],
@@ -386,16 +495,20 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
                  higher_is_better: Mapping[str, bool],
                  metric_names: Mapping[str, str],
                  target_sparsity: float,
+                 all_higher_is_better: Mapping[str, Mapping[str, bool]] | None = None,
                  extra: Mapping[str, Any] | None = None,
                  test_counts: Mapping[str, int] | None = None,
                  dropped: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
   """Aggregates per-seed results into one JSON-serialisable report.
 
-  Retention is compressed / dense per task and seed, oriented so that below 1 is worse
-  (`mmcompress.metrics.retention`); the worst-task retention of a seed is its minimum over
-  tasks; Δm is `mmcompress.metrics.delta_m` in percent. Every mean is over seeds of per-seed
-  values, so the mean worst-task retention is the mean of each seed's minimum (not the minimum
-  of the mean retentions).
+  Retention is compressed / dense per metric and seed, oriented so that below 1 is worse
+  (`mmcompress.metrics.retention`), and a task's retention is the mean over its metrics
+  (`mmcompress.metrics.task_retention`); the worst-task retention of a seed is its minimum
+  over tasks; Δm is `mmcompress.metrics.delta_m_all` in percent, LibMTL's Δp over all metrics
+  (positive: better than dense). The ``_one_metric`` fields are the same figures over the one
+  metric per task of `metric_names`. Every mean is over seeds of per-seed values, so the mean
+  worst-task retention is the mean of each seed's minimum (not the minimum of the mean
+  retentions).
 
   A method's result on a seed may be ``{"diverged": message}`` (its loss became
   non-finite): that seed stays in the report, the method's per-task means leave it out, and
@@ -415,6 +528,10 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     higher_is_better: task -> whether a higher metric is better.
     metric_names: task -> the metric's name, e.g. "accuracy" or "MAE".
     target_sparsity: the target fraction of prunable weights removed, in [0, 1).
+    all_higher_is_better: task -> {metric: higher is better} for every metric of each task,
+      the one of `metric_names` included (with the same orientation); every result then
+      needs ``task_metrics`` with them (a task's metric of `metric_names` may come from
+      ``metrics`` instead). None: one metric per task, the one of `metric_names`.
     extra: anything else to carry along and show in the header (config, wall time, notes);
       made JSON-serialisable (numpy values become numbers, unknown objects strings).
     test_counts: task -> the number of test examples its metric averages over
@@ -426,15 +543,17 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   Returns:
     A dict of plain JSON types with ``tasks``, ``metric_names``, ``higher_is_better``,
     ``target_sparsity``, ``target_compression_ratio``, ``seeds``, ``extra``, ``dense``
-    (``metrics``: task -> mean, ``per_seed``), ``methods`` (name -> ``sparsity``,
-    ``compression_ratio`` (the prunable part's), ``metrics``, ``retention``,
-    ``worst_task_retention``, ``delta_m``, ``prunable_compression_ratio``,
-    ``whole_model_compression_ratio`` (None unless every seed reports it), ``export``
-    (means; None when not reported), ``task_weights`` and ``task_weights_seed``
-    (the trajectory of the first seed that has one, for methods that log one), and
-    ``per_seed``, each seed's own values of these fields (all but the trajectory) plus its
-    ``worst_task``) and
-    ``diverged``: a list of ``{"seed", "message"}``, empty when it never diverged) and
+    (``metrics``: task -> mean, ``task_metrics``: task -> metric -> mean, ``per_seed``),
+    ``methods`` (name -> ``sparsity``, ``compression_ratio`` (the prunable part's),
+    ``metrics``, ``task_metrics``, ``retention``, ``worst_task_retention``, ``delta_m``,
+    ``retention_one_metric``, ``worst_task_retention_one_metric``, ``delta_m_one_metric``,
+    ``prunable_compression_ratio``, ``whole_model_compression_ratio`` (None unless every seed
+    reports it), ``export`` (means; None when not reported), ``task_weights`` and
+    ``task_weights_seed`` (the trajectory of the first seed that has one, for methods that
+    log one), and ``per_seed``, each seed's own values of these fields (all but the
+    trajectory) plus its ``worst_task`` and ``worst_task_one_metric``, and ``diverged``: a
+    list of ``{"seed", "message"}``, empty when it never diverged), ``all_higher_is_better``,
+    ``conventions`` (how Δm and the retention were computed, in words),
     ``comparison`` (``effect_threshold``: ``per_task``, one test example's worth of each
     task's retention (mean over seeds), and the ``test_counts``, both None without counts;
     ``best_worst_task_retention``: the method with the highest mean worst-task retention
@@ -444,8 +563,8 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
     differences, their mean, min, max, the better / worse / tied counts, the per-seed
     ``thresholds`` and their mean ``threshold``, the sign test's ``p_value``, the
     ``direction`` shown (+1, -1 or 0), the ``winner`` (a method name or None) and the seeds
-    each of the two ``diverged`` on, or None unless both "minmax" and "equal" are present)
-    and ``dropped_seeds``, and ``whole_model`` (the parameter counts, what stays dense, the
+    each of the two ``diverged`` on, or None unless both "minmax" and "equal" are present),
+    ``dropped_seeds``, and ``whole_model`` (the parameter counts, what stays dense, the
     whole-model cap of the dense part and whether the target is reachable on the whole model;
     see `_whole_model`; None when no result carries "parameters"). Infinite values become
     None.
@@ -466,6 +585,7 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
       raise ValueError(
           f"higher_is_better[{t!r}] must be True or False, got {higher_is_better[t]!r}.")
     orientation[t] = bool(higher_is_better[t])
+  declared = _declared_metrics(all_higher_is_better, tasks, metric_names, orientation)
   target = _number(target_sparsity, "target_sparsity")
   if not 0.0 <= target < 1.0:
     raise ValueError(
@@ -495,8 +615,10 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   dense_rows = []
   for seed, result in zip(seeds, per_seed):
     dense = _mapping(result.get("dense"), f"seed {seed!r}: dense")
-    dense_rows.append({"seed": seed, "metrics": _task_metrics(dense.get("metrics"), tasks,
-                                                              f"seed {seed!r}: dense metrics")})
+    primary = _task_metrics(dense.get("metrics"), tasks, f"seed {seed!r}: dense metrics")
+    dense_rows.append({"seed": seed, "metrics": primary,
+                       "task_metrics": _all_task_metrics(dense, primary, declared, metric_names,
+                                                         f"seed {seed!r}: dense")})
   methods, paired_values, worst = {}, {}, {}
   for name in method_names:
     rows, failed, values, worst[name] = [], [], [], []
@@ -507,7 +629,8 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
         values.append(0.0)  # a divergence is a loss in every paired comparison
         worst[name].append(None)
         continue
-      rows.append(_method_seed(outcome, seed, name, dense_row["metrics"], tasks, orientation))
+      rows.append(_method_seed(outcome, seed, name, dense_row, tasks, orientation, declared,
+                               metric_names))
       values.append(rows[-1]["worst_task_retention"])
       worst[name].append(rows[-1]["worst_task"])
     methods[name] = _summarise(name, rows, tasks) if rows else _all_diverged(tasks)
@@ -554,11 +677,14 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
       "tasks": tasks,
       "metric_names": {t: str(metric_names[t]) for t in tasks},
       "higher_is_better": orientation,
+      "all_higher_is_better": declared,
+      "conventions": _conventions(declared, metric_names),
       "target_sparsity": target,
       "target_compression_ratio": 1.0 / (1.0 - target),
       "seeds": seeds,
       "extra": dict(_mapping(extra, "extra")) if extra is not None else {},
       "dense": {"metrics": {t: _mean([r["metrics"][t] for r in dense_rows]) for t in tasks},
+                "task_metrics": _mean_task_metrics(dense_rows, tasks),
                 "per_seed": dense_rows},
       "methods": methods,
       "comparison": comparison,
@@ -794,9 +920,11 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   A header (target, seeds, the `extra` notes), one table with a row per method (dense first):
   each task's metric as mean [min–max] over seeds, the worst-task retention, Δm, the measured
   sparsity and both compression ratios (of the prunable part and of the whole model), the
-  export ratio of the prunable weights and the file size;
-  then one sentence on which method kept the worst task best and the min-max − equal paired
-  differences seed by seed; then the retention of each task. With one seed, no brackets.
+  export ratio of the prunable weights and the file size; a line on how Δm and the retention
+  were computed and which sign of Δm is better; then one sentence on which method kept the
+  worst task best and the min-max − equal paired differences seed by seed; then the
+  retention of each task. When a task has several metrics, every metric of every task and
+  the one-metric figures follow. With one seed, no brackets.
 
   Args:
     report: the dict returned by `build_report`.
@@ -864,25 +992,79 @@ def to_markdown(report: Mapping[str, Any]) -> str:
            else f"{export['prunable_ratio']:.1f}x",
            _bytes(export.get("file_bytes"))])
   lines += _table(header, rows)
+  if report.get("conventions"):
+    lines += ["", report["conventions"]]
   lines += ["", summary_sentence(report), ""]
 
+  declared = report.get("all_higher_is_better") or {}
+  several = any(len(m) > 1 for m in declared.values())
   if methods:
-    lines.append("Retention per task (compressed / dense of the same seed, oriented so that "
+    what = ("the mean over the task's metrics of compressed / dense" if several
+            else "compressed / dense")
+    lines.append(f"Retention per task ({what} of the same seed, oriented so that "
                  "below 1 is worse), and which task was the worst on how many seeds:")
     lines.append("")
-    header = ["method"] + list(tasks) + ["worst task (seeds)"]
-    rows = []
-    for name, info in methods.items():
-      per = info["per_seed"]
-      counts: dict[str, int] = {}
-      for r in per:
-        counts[r["worst_task"]] = counts.get(r["worst_task"], 0) + 1
-      worst = ", ".join(f"{t} ({n})" for t, n in sorted(counts.items(), key=lambda x: -x[1]))
-      rows.append([name] + [_cell(info["retention"][t], [r["retention"][t] for r in per], 3)
-                            for t in tasks] + [worst])
-    lines += _table(header, rows)
+    lines += _retention_table(methods, tasks, "retention", "worst_task")
     lines.append("")
+  if several:
+    lines += _all_metrics_lines(report)
   return "\n".join(lines)
+
+
+def _retention_table(methods: Mapping[str, Any], tasks: Sequence[str], retention: str,
+                     worst_task: str) -> list[str]:
+  """A row per method: each task's retention [min–max] and the worst task's seed counts."""
+  header = ["method"] + list(tasks) + ["worst task (seeds)"]
+  rows = []
+  for name, info in methods.items():
+    per = info["per_seed"]
+    counts: dict[str, int] = {}
+    for r in per:
+      counts[r[worst_task]] = counts.get(r[worst_task], 0) + 1
+    worst = ", ".join(f"{t} ({n})" for t, n in sorted(counts.items(), key=lambda x: -x[1]))
+    rows.append([name] + [_cell(info[retention][t], [r[retention][t] for r in per], 3)
+                          for t in tasks] + [worst])
+  return _table(header, rows)
+
+
+def _all_metrics_lines(report: Mapping[str, Any]) -> list[str]:
+  """Every metric of every task (means over seeds), then the one-metric figures."""
+  tasks, methods, dense = report["tasks"], report["methods"], report["dense"]
+  declared = report["all_higher_is_better"]
+  columns = [(t, m) for t in tasks for m in declared[t]]
+  entries = [("dense", dense)] + list(methods.items())
+  arrow = {True: "\u2191", False: "\u2193"}
+  header = ["method"] + [f"{t} {m} {arrow[declared[t][m]]}" for t, m in columns]
+  rows = []
+  for name, info in entries:
+    cells = []
+    for t, m in columns:
+      values = [r["task_metrics"][t][m] for r in info["per_seed"]]
+      d = _decimals([e["task_metrics"][t][m] for _, e in entries])
+      cells.append(_cell(info["task_metrics"][t][m], values, d))
+    rows.append([name] + cells)
+  lines = ["Every metric of every task (mean [min\u2013max] over seeds; Δm and retention "
+           "above average them within each task):", ""]
+  lines += _table(header, rows)
+  lines.append("")
+  if not methods:
+    return lines
+  names = ", ".join(f"{t}: {report['metric_names'][t]}" for t in tasks)
+  lines += [f"One-metric figures (one metric per task, {names}):", ""]
+  header = ["method", "worst-task retention (one metric)", "\u0394m one metric (%)"]
+  rows = []
+  for name, info in methods.items():
+    per = info["per_seed"]
+    rows.append([name,
+                 _cell(info["worst_task_retention_one_metric"],
+                       [r["worst_task_retention_one_metric"] for r in per], 3),
+                 _cell(info["delta_m_one_metric"], [r["delta_m_one_metric"] for r in per], 2,
+                       _signed)])
+  lines += _table(header, rows)
+  lines += ["", "Retention per task on its one metric, and the worst task's seed counts:", ""]
+  lines += _retention_table(methods, tasks, "retention_one_metric", "worst_task_one_metric")
+  lines.append("")
+  return lines
 
 
 # ----------------------------------------------------------------------------- plots

@@ -55,6 +55,98 @@ def test_delta_m_rejects_mismatched_tasks():
     metrics.delta_m({"a": 1.0}, {"a": 0.0}, {"a": True})
 
 
+# NYUv2-shaped metrics: 3 tasks with 2 / 2 / 5 metrics. The relative change of every metric
+# (oriented: + is better) is written next to it.
+NYU_HIGHER = {
+    "segmentation": {"miou": True, "pixel_acc": True},
+    "depth": {"abs_err": False, "rel_err": False},
+    "normal": {"mean": False, "median": False, "11.25": True, "22.5": True, "30": True},
+}
+NYU_DENSE = {
+    "segmentation": {"miou": 0.40, "pixel_acc": 0.60},
+    "depth": {"abs_err": 0.50, "rel_err": 0.20},
+    "normal": {"mean": 25.0, "median": 20.0, "11.25": 0.20, "22.5": 0.50, "30": 0.60},
+}
+NYU_COMPRESSED = {
+    "segmentation": {"miou": 0.36,          # -10 %
+                     "pixel_acc": 0.63},    # +5 %   -> task mean -2.5 %
+    "depth": {"abs_err": 0.55,              # error +10 %: -10 %
+              "rel_err": 0.19},             # error -5 %: +5 %   -> task mean -2.5 %
+    "normal": {"mean": 27.5,                # error +10 %: -10 %
+               "median": 20.0,              # 0
+               "11.25": 0.18,               # -10 %
+               "22.5": 0.45,                # -10 %
+               "30": 0.66},                 # +10 %  -> task mean -20 % / 5 = -4 %
+}
+
+
+def test_delta_m_all_by_hand_on_nyuv2_metrics():
+  # LibMTL: the mean over tasks of the mean over each task's metrics, in percent, + is better.
+  assert metrics.delta_m_all(NYU_COMPRESSED, NYU_DENSE, NYU_HIGHER) == pytest.approx(
+      100 * (-0.025 - 0.025 - 0.04) / 3)
+  assert metrics.delta_m_all(NYU_COMPRESSED, NYU_DENSE, NYU_HIGHER) == pytest.approx(-3.0)
+  # Not the flat mean over the nine metrics (-30 % / 9 = -3.33 %): tasks weigh the same.
+  flat = [-0.10, 0.05, -0.10, 0.05, -0.10, 0.0, -0.10, -0.10, 0.10]
+  assert 100 * sum(flat) / 9 == pytest.approx(-10 / 3)
+  # The one-metric variant over mIoU, abs err and mean angle: -10 % on each.
+  primary = {"segmentation": "miou", "depth": "abs_err", "normal": "mean"}
+  assert metrics.delta_m({t: NYU_COMPRESSED[t][m] for t, m in primary.items()},
+                         {t: NYU_DENSE[t][m] for t, m in primary.items()},
+                         {t: NYU_HIGHER[t][m] for t, m in primary.items()}) == pytest.approx(-10)
+  # Better than dense on every metric (scores x1.1, errors /1.1): positive; dense itself: 0.
+  better = {t: {m: v * (1.1 if NYU_HIGHER[t][m] else 1 / 1.1) for m, v in d.items()}
+            for t, d in NYU_DENSE.items()}
+  error_gain = 1 - 1 / 1.1  # an error divided by 1.1 is 9.09 % lower
+  assert metrics.delta_m_all(better, NYU_DENSE, NYU_HIGHER) == pytest.approx(
+      100 * (0.1 + error_gain + (2 * error_gain + 3 * 0.1) / 5) / 3)
+  assert metrics.delta_m_all(better, NYU_DENSE, NYU_HIGHER) > 0
+  assert metrics.delta_m_all(NYU_DENSE, NYU_DENSE, NYU_HIGHER) == 0.0
+
+
+def test_task_retention_by_hand_on_nyuv2_metrics():
+  kept = {t: metrics.task_retention(NYU_COMPRESSED[t], NYU_DENSE[t], NYU_HIGHER[t])
+          for t in NYU_DENSE}
+  # Oriented ratios: compressed / dense when higher is better, dense / compressed otherwise.
+  assert kept["segmentation"] == pytest.approx((0.36 / 0.40 + 0.63 / 0.60) / 2)   # 0.975
+  assert kept["depth"] == pytest.approx((0.50 / 0.55 + 0.20 / 0.19) / 2)          # 0.9809
+  assert kept["normal"] == pytest.approx(
+      (25 / 27.5 + 1.0 + 0.18 / 0.20 + 0.45 / 0.50 + 0.66 / 0.60) / 5)            # 0.9618
+  assert kept["segmentation"] == pytest.approx(0.975)
+  assert min(kept, key=kept.get) == "normal"
+  # One metric: the metric's own retention.
+  assert metrics.task_retention({"mae": 0.5}, {"mae": 0.4}, {"mae": False}) == pytest.approx(0.8)
+
+
+def test_delta_m_all_with_one_metric_per_task_is_delta_m():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    tasks = [f"t{k}" for k in range(int(rng.integers(1, 6)))]
+    dense = {t: float(rng.uniform(0.1, 2)) for t in tasks}
+    value = {t: float(rng.uniform(0.1, 2)) for t in tasks}
+    higher = {t: bool(rng.integers(2)) for t in tasks}
+    nest = lambda d: {t: {"m": v} for t, v in d.items()}
+    assert metrics.delta_m_all(nest(value), nest(dense), nest(higher)) == pytest.approx(
+        metrics.delta_m(value, dense, higher), rel=1e-12, abs=1e-12)
+    for t in tasks:
+      assert metrics.task_retention({"m": value[t]}, {"m": dense[t]}, {"m": higher[t]}) == (
+          metrics.retention(value[t], dense[t], higher[t]))
+
+
+def test_delta_m_all_and_task_retention_reject_mismatches():
+  with pytest.raises(ValueError, match="tasks of dense"):
+    metrics.delta_m_all({"segmentation": NYU_DENSE["segmentation"]}, NYU_DENSE, NYU_HIGHER)
+  wrong = {**NYU_COMPRESSED, "depth": {"abs_err": 0.5}}
+  with pytest.raises(ValueError, match=r"metrics\['depth'\].*rel_err"):
+    metrics.delta_m_all(wrong, NYU_DENSE, NYU_HIGHER)
+  zero = {**NYU_DENSE, "normal": {**NYU_DENSE["normal"], "median": 0.0}}
+  with pytest.raises(ValueError, match=r"dense\['normal'\]\['median'\] is 0"):
+    metrics.delta_m_all(NYU_COMPRESSED, zero, NYU_HIGHER)
+  with pytest.raises(ValueError, match="higher_is_better"):
+    metrics.task_retention({"a": 1.0}, {"a": 1.0}, {"b": True})
+  with pytest.raises(ValueError, match="metric 'a'"):
+    metrics.task_retention({"a": 0.0}, {"a": 1.0}, {"a": False})
+
+
 def test_classification_accuracy_hand_values():
   logits = jnp.array([[2.0, 1.0, 0.0],    # predicts 0
                       [0.0, 3.0, 3.0],    # tie: predicts the lower class, 1

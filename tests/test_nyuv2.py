@@ -424,3 +424,158 @@ def test_normal_loss_gradient_is_finite_at_a_zero_prediction():
   assert bool(jnp.all(jnp.isfinite(grad)))
   # Where the prediction is not zero the gradient is that of 1 − mean cos: nonzero.
   assert float(jnp.abs(grad[0, 0, 0]).sum()) > 0
+
+
+# ----------------------------------------------------------------------------- mtan averaging
+
+
+def two_batches_and_padding():
+  """Six rows of 1×3 maps: two batches of 2 real rows, then 2 padding rows (huge errors).
+
+  Depth (target 2 where valid, 0 where not), absolute errors per row:
+    batch 1: row 0 [1, 2, -], row 1 [3, -, -]  -> mean 2 over 3 pixels;
+    batch 2: row 2 [6, -, -], row 3 [-, -, -]  -> mean 6 over 1 pixel.
+  Normal angles (target (0, 0, 1) where valid, zero where not), in degrees:
+    batch 1: row 0 [10, 20, 40], row 1 [-, -, -] -> mean 70/3, median 20;
+    batch 2: row 2 [5, -, -],    row 3 [25, -, -] -> mean 15, median 15.
+  """
+  valid_depth = np.array([[1, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1], [1, 1, 1]], bool)
+  error = np.array([[1, 2, 0], [3, 0, 0], [6, 0, 0], [0, 0, 0], [100] * 3, [100] * 3], float)
+  depth = np.where(valid_depth, 2.0, 0.0)
+  pred_depth = np.where(valid_depth, depth + error, 50.0)  # invalid pixels: any prediction
+  angle = np.array([[10, 20, 40], [0, 0, 0], [5, 0, 0], [25, 0, 0], [170] * 3, [170] * 3],
+                   float)
+  valid_normal = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]],
+                          bool)
+  radians = np.radians(angle)
+  pred_normal = np.stack([np.sin(radians), np.zeros_like(radians), np.cos(radians)], -1)
+  normal = np.where(valid_normal[..., None], np.array([0.0, 0.0, 1.0]), 0.0)
+  as_maps = lambda x: np.asarray(x, np.float32).reshape((6, 1, 3, -1))
+  predictions = {"depth": as_maps(pred_depth), "normal": as_maps(pred_normal)}
+  batch = {"depth": as_maps(depth), "normal": as_maps(normal)}
+  return predictions, batch, np.array([True] * 4 + [False] * 2)
+
+
+def test_mtan_averaging_by_hand_with_two_batches():
+  predictions, batch, real = two_batches_and_padding()
+  means = jax.jit(lambda p, b, m: dense_tasks.batch_means(p, b, m, batch_size=2))(
+      predictions, batch, real)
+  mtan = dense_tasks.finalize_batch_means(dense_tasks.add_sums(None, means))
+  assert int(means["depth"].batches) == 2 and int(means["normal"].batches) == 2
+  # Per batch, then the mean over the two batches.
+  assert mtan["depth_abs_err"] == pytest.approx((2 + 6) / 2, rel=1e-6)          # 4
+  assert mtan["depth_rel_err"] == pytest.approx((1 + 3) / 2, rel=1e-6)          # 2 (depth 2)
+  assert mtan["normal_mean"] == pytest.approx((70 / 3 + 15) / 2, abs=1e-3)      # 19.1667
+  assert mtan["normal_median"] == pytest.approx((20 + 15) / 2, abs=1e-3)        # 17.5
+  assert mtan["normal_11.25"] == pytest.approx((1 / 3 + 1 / 2) / 2, rel=1e-6)   # 5/12
+  assert mtan["normal_22.5"] == pytest.approx((2 / 3 + 1 / 2) / 2, rel=1e-6)    # 7/12
+  assert mtan["normal_30"] == pytest.approx((2 / 3 + 1) / 2, rel=1e-6)          # 5/6
+  # The split averaging of the same pixels: every valid pixel weighs the same.
+  split = dense_tasks.finalize(dense_tasks.dense_sums(predictions, batch, real))
+  assert split["depth_abs_err"] == pytest.approx((1 + 2 + 3 + 6) / 4, rel=1e-6)  # 3
+  assert split["depth_rel_err"] == pytest.approx(12 / 2 / 4, rel=1e-6)           # 1.5
+  assert split["normal_mean"] == pytest.approx(100 / 5, abs=1e-3)                # 20
+  assert split["normal_median"] == pytest.approx(20, abs=0.0051)                 # of 5,10,20,25,40
+  assert [split[f"normal_{t}"] for t in ("11.25", "22.5", "30")] == pytest.approx(
+      [2 / 5, 3 / 5, 4 / 5])
+  # Batch by batch, accumulated on the host: the same as all at once.
+  total = None
+  for rows in (slice(0, 2), slice(2, 4), slice(4, 6)):
+    part = dense_tasks.batch_means(jax.tree.map(lambda x: x[rows], predictions),
+                                   jax.tree.map(lambda x: x[rows], batch), real[rows],
+                                   batch_size=2)
+    total = dense_tasks.add_sums(total, part)
+  assert dense_tasks.finalize_batch_means(total) == pytest.approx(mtan, rel=1e-6)
+
+
+def test_masked_median_is_numpy_median():
+  rng = np.random.default_rng(0)
+  for size in (1, 2, 5, 10):
+    values = rng.normal(size=size + 3).astype(np.float32)
+    valid = np.zeros(size + 3, bool)
+    valid[rng.choice(size + 3, size, replace=False)] = True
+    assert float(dense_tasks.masked_median(values, valid)) == pytest.approx(
+        float(np.median(values[valid])), rel=1e-6)
+  assert float(dense_tasks.masked_median(np.ones(4), np.zeros(4, bool))) == 0.0
+
+
+def test_batch_means_checks_its_input():
+  predictions, batch, real = two_batches_and_padding()
+  with pytest.raises(ValueError, match="multiple of the averaging batch_size"):
+    dense_tasks.batch_means(predictions, batch, real, batch_size=4)
+  with pytest.raises(ValueError, match="targets"):
+    dense_tasks.batch_means(predictions, {"depth": batch["depth"]}, real, batch_size=2)
+  with pytest.raises(ValueError, match="no batch"):
+    dense_tasks.finalize_batch_means(dense_tasks.add_sums(None, dense_tasks.batch_means(
+        predictions, batch, np.zeros(6, bool), batch_size=2)))
+
+
+def test_nyuv2_problem_mtan_mode_averages_per_pair_of_test_images(tmp_path):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from mmcompress.problems.nyuv2 import NYUv2Problem  # pylint: disable=import-outside-toplevel
+  from mmcompress.train import loop, parallel, step  # pylint: disable=import-outside-toplevel
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, task_id=None, train=False):
+      return nn.Conv(13, (1, 1))(x), nn.Conv(1, (1, 1))(x), nn.Conv(3, (1, 1))(x)
+
+  root = nyuv2.write_synthetic(tmp_path / "nyuv2", 3, 4, height=H, width=W, seed=2)
+  with pytest.raises(ValueError, match="metric_averaging"):
+    NYUv2Problem(str(root), height=H, width=W, metric_averaging="batch")
+  problems = {mode: NYUv2Problem(str(root), height=H, width=W, metric_averaging=mode)
+              for mode in ("split", "mtan")}
+  model, mesh = Tiny(), parallel.data_mesh()
+  params = model.init(jax.random.key(0), problems["split"].example_input())["params"]
+
+  def evaluate(mode, batch_size):
+    problem = problems[mode]
+    return loop.evaluate(problem, step.make_eval_step(problem, model, mesh), params, {},
+                         "test", mesh, batch_size)
+
+  mtan, mtan_4, split = evaluate("mtan", 2), evaluate("mtan", 4), evaluate("split", 4)
+  # mtan averages per pair of images whatever the evaluation batch; split is pixel-weighted.
+  assert mtan["all_metrics"] == pytest.approx(mtan_4["all_metrics"], rel=1e-5)
+  images = nyuv2.load_batch(problems["mtan"].test_source, np.arange(4))
+  _, depth, normal = model.apply({"params": params}, images["image"])
+  angles = np.asarray(dense_tasks.angle_errors(normal, images["normal"]))
+  valid_normal = np.any(images["normal"] != 0, axis=-1)
+  valid_depth = images["depth"][..., 0] != 0
+  errors = np.abs(np.asarray(depth) - images["depth"])[..., 0]
+  pairs = (slice(0, 2), slice(2, 4))
+  assert mtan["all_metrics"]["depth_abs_err"] == pytest.approx(
+      np.mean([errors[p][valid_depth[p]].mean() for p in pairs]), rel=1e-5)
+  assert mtan["all_metrics"]["normal_median"] == pytest.approx(
+      np.mean([np.median(angles[p][valid_normal[p]]) for p in pairs]), rel=1e-5)
+  assert split["all_metrics"]["depth_abs_err"] == pytest.approx(
+      errors[valid_depth].mean(), rel=1e-5)
+  for name in ("miou", "pixel_acc"):  # the confusion matrix in both modes
+    assert mtan["all_metrics"][name] == split["all_metrics"][name]
+  # Every metric of every task, 2 + 2 + 5, the primary one among them.
+  assert {t: list(m) for t, m in mtan["task_metrics"].items()} == {
+      t: list(dense_tasks.TASK_METRICS[t]) for t in dense_tasks.DENSE_TASKS}
+  assert mtan["metrics"]["depth"] == mtan["task_metrics"]["depth"]["depth_abs_err"]
+  assert problems["mtan"].all_higher_is_better["normal"]["normal_11.25"] is True
+  assert "mtan" in problems["mtan"].metric_notes()[0]
+  assert "split" in problems["split"].metric_notes()[0]
+  with pytest.raises(ValueError, match="eval_batch_size=3 must be a multiple of 2"):
+    evaluate("mtan", 3)
+
+
+def test_config_chooses_the_averaging_and_an_unusable_eval_batch_fails_early(root):
+  from experiments.configs import nyuv2 as nyu_config  # pylint: disable=import-outside-toplevel
+  from mmcompress import experiment  # pylint: disable=import-outside-toplevel
+  config = nyu_config.get_config()
+  assert config.metric_averaging == "split"
+  with config.unlocked():
+    config.data_dir, config.height, config.width = str(root), H, W
+    config.metric_averaging = "mtan"
+  assert experiment.nyuv2_problem(config).metric_averaging == "mtan"
+  with config.unlocked():
+    config.eval_batch_size = 3
+  with pytest.raises(ValueError, match="config.eval_batch_size=3 must be a multiple of 2"):
+    experiment.nyuv2_problem(config)
+  with config.unlocked():
+    config.metric_averaging = "pixel"
+  with pytest.raises(ValueError, match="metric_averaging must be one of"):
+    experiment.nyuv2_problem(config)

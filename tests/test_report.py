@@ -467,3 +467,102 @@ def test_report_says_what_prunable_sparsity_would_reach_the_target_on_the_whole_
   text = report_lib.to_markdown(report)
   assert text.startswith("# Compression report: 97.5 % prunable sparsity (40x prunable part)\n")
   assert "Stays dense" not in text and "| 97.5 % | 40.0x | — | 20.0x |" in text
+
+
+# ----------------------------------------------------------------------------- all metrics
+
+NYU_TASKS = ["segmentation", "depth", "normal"]
+NYU_NAMES = {"segmentation": "miou", "depth": "abs_err", "normal": "mean"}
+NYU_HIGHER = {"segmentation": {"miou": True, "pixel_acc": True},
+              "depth": {"abs_err": False, "rel_err": False},
+              "normal": {"mean": False, "median": False, "11.25": True, "22.5": True,
+                         "30": True}}
+NYU_DENSE = {"segmentation": {"miou": 0.40, "pixel_acc": 0.60},
+             "depth": {"abs_err": 0.50, "rel_err": 0.20},
+             "normal": {"mean": 25.0, "median": 20.0, "11.25": 0.20, "22.5": 0.50, "30": 0.60}}
+# Oriented relative changes: seg -10 %, +5 %; depth -10 %, +5 %; normal -10 %, 0, -10 %,
+# -10 %, +10 %.
+NYU_EQUAL = {"segmentation": {"miou": 0.36, "pixel_acc": 0.63},
+             "depth": {"abs_err": 0.55, "rel_err": 0.19},
+             "normal": {"mean": 27.5, "median": 20.0, "11.25": 0.18, "22.5": 0.45, "30": 0.66}}
+
+
+def _nyu_result(task_metrics):
+  return {"metrics": {t: task_metrics[t][NYU_NAMES[t]] for t in NYU_TASKS},
+          "task_metrics": copy.deepcopy(task_metrics)}
+
+
+def _nyu_build(per_seed):
+  return report_lib.build_report(
+      per_seed, tasks=NYU_TASKS, higher_is_better={t: NYU_HIGHER[t][NYU_NAMES[t]]
+                                                   for t in NYU_TASKS},
+      metric_names=NYU_NAMES, all_higher_is_better=NYU_HIGHER, target_sparsity=0.975)
+
+
+def test_nyuv2_delta_m_and_retention_average_every_metric_by_hand():
+  report = _nyu_build([{"seed": 0, "dense": _nyu_result(NYU_DENSE),
+                        "methods": {"equal": _nyu_result(NYU_EQUAL)}}])
+  equal = report["methods"]["equal"]
+  # LibMTL: task means -2.5 %, -2.5 %, -4 % -> -3 %; one metric: -10 % on each task.
+  assert equal["delta_m"] == pytest.approx(-3.0)
+  assert equal["delta_m_one_metric"] == pytest.approx(-10.0)
+  seg, depth = (0.36 / 0.40 + 0.63 / 0.60) / 2, (0.50 / 0.55 + 0.20 / 0.19) / 2
+  normal = (25 / 27.5 + 1.0 + 0.18 / 0.20 + 0.45 / 0.50 + 0.66 / 0.60) / 5
+  assert equal["retention"] == pytest.approx(
+      {"segmentation": seg, "depth": depth, "normal": normal})
+  assert equal["worst_task_retention"] == pytest.approx(normal)  # 0.9618
+  assert equal["per_seed"][0]["worst_task"] == "normal"
+  # One metric per task: mIoU 0.9, abs err 0.909, mean angle 0.909 -> segmentation, 0.9.
+  assert equal["retention_one_metric"] == pytest.approx(
+      {"segmentation": 0.9, "depth": 0.5 / 0.55, "normal": 25 / 27.5})
+  assert equal["worst_task_retention_one_metric"] == pytest.approx(0.9)
+  assert equal["per_seed"][0]["worst_task_one_metric"] == "segmentation"
+  assert equal["task_metrics"] == NYU_EQUAL  # the mean over one seed is the seed's value
+  assert report["dense"]["task_metrics"] == NYU_DENSE
+  assert report["all_higher_is_better"] == NYU_HIGHER
+  text = report_lib.to_markdown(report)
+  assert "Δm per LibMTL over all 9 metrics" in text and "positive is better" in text
+  assert "segmentation: miou, depth: abs_err, normal: mean" in text
+  assert "| depth abs_err ↓ | depth rel_err ↓ |" in text and "| normal 11.25 ↑ |" in text
+  assert "| equal | 0.900 | \u221210.00 |" in text  # the one-metric row
+  assert "| equal | 0.963 | \u22123.00 |" not in text  # Δm is in the main table, not here
+  assert f"{normal:.3f} | \u22123.00 |" in text
+
+
+def test_one_metric_per_task_the_two_conventions_coincide():
+  report = _build()
+  for info in report["methods"].values():
+    assert info["delta_m"] == info["delta_m_one_metric"]
+    assert info["worst_task_retention"] == info["worst_task_retention_one_metric"]
+    assert info["retention"] == info["retention_one_metric"]
+    for row in info["per_seed"]:
+      assert row["worst_task"] == row["worst_task_one_metric"]
+      assert row["task_metrics"] == {t: {NAMES[t]: row["metrics"][t]} for t in TASKS}
+  # Declaring the one metric explicitly, with task_metrics in every result, changes nothing.
+  per_seed = _per_seed()
+  for seed in per_seed:
+    for result in [seed["dense"]] + list(seed["methods"].values()):
+      result["task_metrics"] = {t: {NAMES[t]: result["metrics"][t]} for t in TASKS}
+  declared = _build(per_seed, all_higher_is_better={t: {NAMES[t]: HIGHER[t]} for t in TASKS})
+  assert declared["methods"] == report["methods"]
+  text = report_lib.to_markdown(report)
+  assert "One metric per task, so the one-metric figures are the same." in text
+  assert "One-metric figures" not in text
+
+
+def test_all_metrics_input_errors_are_named():
+  good = {"seed": 0, "dense": _nyu_result(NYU_DENSE), "methods": {"equal": _nyu_result(NYU_EQUAL)}}
+  missing = copy.deepcopy(good)
+  del missing["methods"]["equal"]["task_metrics"]["normal"]["median"]
+  with pytest.raises(ValueError, match=r"seed 0, method 'equal'.*'median'.*'normal'"):
+    _nyu_build([missing])
+  missing = copy.deepcopy(good)
+  del missing["dense"]["task_metrics"]
+  with pytest.raises(ValueError, match=r"seed 0: dense.*'pixel_acc'"):
+    _nyu_build([missing])
+  with pytest.raises(ValueError, match="'miou' with higher_is_better=True"):
+    report_lib.build_report([good], tasks=NYU_TASKS,
+                            higher_is_better={t: NYU_HIGHER[t][NYU_NAMES[t]] for t in NYU_TASKS},
+                            metric_names=NYU_NAMES, target_sparsity=0.975,
+                            all_higher_is_better={**NYU_HIGHER,
+                                                  "segmentation": {"pixel_acc": True}})

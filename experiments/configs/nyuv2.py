@@ -50,6 +50,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.augment = True
   c.check_values = True            # check every file's values once before training
   c.normal_loss = "cosine"         # 1 − cosine (MTAN, the pruning code); "l1" (the DST code)
+  # Depth and normal errors: "split" (every valid pixel of the split weighs the same) or
+  # "mtan" (per batch of 2 images, then the mean over batches, as MTAN and the reference).
+  c.metric_averaging = "split"
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (64, 128, 256, 512, 512)})
   c.seeds = (0,)

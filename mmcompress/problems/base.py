@@ -16,8 +16,11 @@ class Problem(abc.ABC):
   Attributes:
     task_names: the K task names.
     num_outputs: the K output sizes of the model's heads.
-    metric_names: task → the name of the metric that stands for it in reports.
+    metric_names: task → the name of the metric that stands for it in reports (its primary
+      metric, the one of the one-metric Δm and retention).
     higher_is_better: task → orientation of that metric.
+    all_higher_is_better: task → {metric name: orientation} for *every* metric of the task,
+      the primary one included; the report's Δm and retention average over them (LibMTL).
     batch_axis: the axis of a training batch's arrays that splits over the ``data`` mesh
       (0 for ``(B, ...)`` batches, 1 for task-major ``(K, B, ...)`` batches).
   """
@@ -25,6 +28,7 @@ class Problem(abc.ABC):
   num_outputs: tuple[int, ...]
   metric_names: dict[str, str]
   higher_is_better: dict[str, bool]
+  all_higher_is_better: dict[str, dict[str, bool]]
   batch_axis: int = 0
 
   @property
@@ -58,7 +62,9 @@ class Problem(abc.ABC):
 
   @abc.abstractmethod
   def finalize(self, sums: Any) -> dict:
-    """Host: ``{"loss": [K mean losses], "metrics": {task: metric}, "all_metrics": {...}}``."""
+    """Host: ``{"loss": [K mean losses], "metrics": {task: primary metric},
+    "task_metrics": {task: {metric: value}} (every metric of `all_higher_is_better`),
+    "all_metrics": {...}}``."""
 
   def describe(self) -> str:
     """One line for the report: the data and its size."""
@@ -71,6 +77,9 @@ class Problem(abc.ABC):
     difference it calls a difference (`mmcompress.report.one_example_retention`).
     """
     return None
+  def metric_notes(self) -> list[str]:
+    """Lines for the report on how the metrics were computed (none by default)."""
+    return []
 
 
 def pad_rows(batch: dict, rows: int) -> dict:
@@ -100,10 +109,19 @@ def apply_model(model: nn.Module, params: Any, model_state: Any, images: jax.Arr
   return model.apply(variables, images, task_id=task_id, train=train, rngs=rngs), model_state
 
 
-def per_task_means(task_names: tuple[str, ...], sums: Any, metric_key: str) -> dict:
-  """`Problem.finalize` for problems whose metric is a per-task sum divided by a count."""
+def one_metric_per_task(metric_names: dict[str, str],
+                        higher_is_better: dict[str, bool]) -> dict[str, dict[str, bool]]:
+  """`Problem.all_higher_is_better` of a problem with one metric per task."""
+  return {t: {name: higher_is_better[t]} for t, name in metric_names.items()}
+
+
+def per_task_means(task_names: tuple[str, ...], sums: Any, metric_key: str,
+                   metric_names: dict[str, str]) -> dict:
+  """`Problem.finalize` for problems whose one metric per task is a sum divided by a count."""
   count = np.maximum(np.asarray(sums["count"], np.float64), 1.0)
   values = np.asarray(sums[metric_key], np.float64) / count
   metrics = {t: float(v) for t, v in zip(task_names, values)}
   return {"loss": [float(v) for v in np.asarray(sums["loss"], np.float64) / count],
-          "metrics": metrics, "all_metrics": dict(metrics)}
+          "metrics": metrics,
+          "task_metrics": {t: {metric_names[t]: v} for t, v in metrics.items()},
+          "all_metrics": dict(metrics)}

@@ -63,6 +63,8 @@ class Cifar100Problem(base.Problem):
     self.num_outputs = (cifar100.CLASSES_PER_TASK,) * cifar100.NUM_TASKS
     self.metric_names = {t: "accuracy" for t in self.task_names}
     self.higher_is_better = {t: True for t in self.task_names}
+    self.all_higher_is_better = base.one_metric_per_task(self.metric_names,
+                                                         self.higher_is_better)
     self._eval = {split: cifar100.eval_arrays(s.images, s.fine)
                   for split, s in self.splits.items() if split != "train"}
 
@@ -121,4 +123,4 @@ class Cifar100Problem(base.Problem):
             "correct": one_hot * correct}
 
   def finalize(self, sums):
-    return base.per_task_means(self.task_names, sums, "correct")
+    return base.per_task_means(self.task_names, sums, "correct", self.metric_names)

@@ -50,6 +50,8 @@ class DigitsProblem(base.Problem):
     self.metric_names = {t: METRIC_NAMES[k] for t, k in zip(data.task_names, data.task_kinds)}
     self.higher_is_better = {t: k == digits.CLASSIFICATION
                              for t, k in zip(data.task_names, data.task_kinds)}
+    self.all_higher_is_better = base.one_metric_per_task(self.metric_names,
+                                                         self.higher_is_better)
 
   def describe(self) -> str:
     d = self.data
@@ -107,4 +109,4 @@ class DigitsProblem(base.Problem):
             "score": jnp.stack(score).astype(jnp.float32)}
 
   def finalize(self, sums):
-    return base.per_task_means(self.task_names, sums, "score")
+    return base.per_task_means(self.task_names, sums, "score", self.metric_names)

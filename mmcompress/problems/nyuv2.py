@@ -4,8 +4,14 @@ The preprocessed layout has a train split (795) and a val split (654) that the l
 reports as its test set; here the official val split is the **test** split, and a validation
 split for model selection is carved out of train (`val_fraction`, fixed by `split_seed`), so
 that no choice is ever made on the reported numbers. Metrics are accumulated over a whole
-split (`mmcompress.dense_tasks`); each task is represented in the report by one metric
-(mIoU, depth absolute error, mean normal angle error) and `all_metrics` holds all nine.
+split (`mmcompress.dense_tasks`): all nine, 2 + 2 + 5 per task, in ``task_metrics`` (the
+report's Δm and retention average them per task, as LibMTL does); mIoU, depth absolute error
+and mean normal angle error stand for their tasks in ``metrics`` (the one-metric figures).
+
+``metric_averaging`` chooses how the depth and normal errors are averaged: ``"split"`` (every
+valid pixel of the split weighs the same) or ``"mtan"`` (per evaluation batch of
+`MTAN_EVAL_BATCH` images, then the mean over batches, as MTAN's code and the reference
+compute them). mIoU and pixel accuracy come from the split's confusion matrix in both.
 """
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ PRIMARY = {dense_tasks.SEGMENTATION: "miou", dense_tasks.DEPTH: "depth_abs_err",
            dense_tasks.NORMAL: "normal_mean"}
 _TARGETS = {dense_tasks.SEGMENTATION: "label", dense_tasks.DEPTH: "depth",
             dense_tasks.NORMAL: "normal"}
+AVERAGING_MODES = ("split", "mtan")
+# The evaluation batch of MTAN's code and of the reference, over which "mtan" averages.
+MTAN_EVAL_BATCH = 2
 _LOSSES = {dense_tasks.SEGMENTATION: dense_tasks.segmentation_loss,
            dense_tasks.DEPTH: dense_tasks.depth_loss,
            dense_tasks.NORMAL: dense_tasks.normal_loss}
@@ -42,15 +51,21 @@ class NYUv2Problem(base.Problem):
     check_values: check every file's values before training (`nyuv2.check_layout`).
     normal_loss: ``"cosine"`` (1 − cosine similarity, MTAN's) or ``"l1"`` (the reference's
       dynamic sparse training code's L1 distance, `dense_tasks.normal_l1_loss`).
+    metric_averaging: ``"split"`` or ``"mtan"``, how depth and normal errors are averaged
+      (see the module docstring).
   """
 
   def __init__(self, root: str, *, height: int = 288, width: int = 384, augment: bool = True,
                val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
-               normal_loss: str = "cosine"):
+               normal_loss: str = "cosine", metric_averaging: str = "split"):
     if normal_loss not in _NORMAL_LOSSES:
       raise ValueError(f"normal_loss must be one of {sorted(_NORMAL_LOSSES)}, got "
                        f"{normal_loss!r}.")
     self.losses = {**_LOSSES, dense_tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
+    if metric_averaging not in AVERAGING_MODES:
+      raise ValueError(f"metric_averaging must be one of {list(AVERAGING_MODES)}, got "
+                       f"{metric_averaging!r}.")
+    self.metric_averaging = metric_averaging
     nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
     self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
     self.test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
@@ -67,6 +82,9 @@ class NYUv2Problem(base.Problem):
     self.metric_names = {t: PRIMARY[t] for t in self.task_names}
     self.higher_is_better = {t: dense_tasks.HIGHER_IS_BETTER[PRIMARY[t]]
                              for t in self.task_names}
+    self.all_higher_is_better = {
+        t: {m: dense_tasks.HIGHER_IS_BETTER[m] for m in dense_tasks.TASK_METRICS[t]}
+        for t in self.task_names}
 
   def describe(self) -> str:
     n = {k: len(v) for k, v in self.rows.items()}
@@ -76,6 +94,22 @@ class NYUv2Problem(base.Problem):
   def test_counts(self) -> dict[str, int]:
     """Every task is measured on every test image."""
     return {t: len(self.rows["test"]) for t in self.task_names}
+  def metric_notes(self) -> list[str]:
+    if self.metric_averaging == "mtan":
+      how = (f"per evaluation batch of {MTAN_EVAL_BATCH} images, then the mean over batches "
+             "(the median is the mean of the batches' medians), as MTAN and the reference "
+             "compute them")
+    else:
+      how = "over every valid pixel of the split, each pixel weighing the same"
+    return [f"Metric averaging: {self.metric_averaging}; depth and normal errors {how}; "
+            "mIoU and pixel accuracy from the split's confusion matrix."]
+
+  def check_eval_batch_size(self, batch_size: int) -> None:
+    """Raises a ValueError if ``mtan`` averaging cannot cut `batch_size` into its batches."""
+    if self.metric_averaging == "mtan" and batch_size % MTAN_EVAL_BATCH:
+      raise ValueError(f"config.eval_batch_size={batch_size} must be a multiple of "
+                       f"{MTAN_EVAL_BATCH} with metric_averaging='mtan', which averages per "
+                       f"batch of {MTAN_EVAL_BATCH} images.")
 
   def example_input(self) -> np.ndarray:
     return np.zeros((1,) + self.shape + (3,), np.float32)
@@ -95,6 +129,7 @@ class NYUv2Problem(base.Problem):
     return nyuv2.load_batch(self.train_source, chosen, rng)
 
   def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
+    self.check_eval_batch_size(batch_size)
     source = self.test_source if split == "test" else self.train_source
     rows = self.rows[split]
     for start in range(0, len(rows), batch_size):
@@ -124,12 +159,20 @@ class NYUv2Problem(base.Problem):
                                                                  batch[_TARGETS[t]])
         for t in self.task_names])
     weight = valid.astype(jnp.float32)
-    return {"tasks": sums, "loss": per_image @ weight,
-            "count": jnp.full((self.num_tasks,), jnp.sum(weight))}
+    out = {"tasks": sums, "loss": per_image @ weight,
+           "count": jnp.full((self.num_tasks,), jnp.sum(weight))}
+    if self.metric_averaging == "mtan":
+      out["batch_means"] = dense_tasks.batch_means(predictions, batch, example_mask=valid,
+                                                   batch_size=MTAN_EVAL_BATCH)
+    return out
 
   def finalize(self, sums):
     all_metrics = dense_tasks.finalize(sums["tasks"])
+    if self.metric_averaging == "mtan":
+      all_metrics.update(dense_tasks.finalize_batch_means(sums["batch_means"]))
     count = max(float(np.asarray(sums["count"])[0]), 1.0)
     return {"loss": [float(v) / count for v in np.asarray(sums["loss"], np.float64)],
             "metrics": {t: all_metrics[PRIMARY[t]] for t in self.task_names},
+            "task_metrics": {t: {m: all_metrics[m] for m in dense_tasks.TASK_METRICS[t]}
+                             for t in self.task_names},
             "all_metrics": all_metrics}

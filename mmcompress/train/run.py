@@ -120,6 +120,7 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
   stats = sparsity.summary(params, masks)
   result = {
       "metrics": test["metrics"],
+      "task_metrics": test["task_metrics"],
       "all_metrics": test["all_metrics"],
       "val_metrics": val["metrics"],
       "sparsity": stats["sparsity"],
