@@ -10,7 +10,7 @@ batch (with padding masked out) accumulates to exactly the metric of the whole s
 >>> accuracy = correct / count                                    # doctest: +SKIP
 
 The comparison functions turn a compressed model's metrics into numbers relative to the dense
-model's: `retention` per task (METHOD.md §5) and `delta_m` over all tasks.
+model's: `retention` per task (docs/method.md §5) and `delta_m` over all tasks.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def retention(metric: float, dense_metric: float, higher_is_better: bool) -> flo
 
   compressed / dense when higher is better (accuracy, mIoU), dense / compressed when lower is
   better (MAE, angle error): either way 1.0 means no loss and a value below 1.0 means the
-  compressed model is worse (METHOD.md §5; the worst-task retention is its minimum over tasks).
+  compressed model is worse (docs/method.md §5; the worst-task retention is its minimum over
+  tasks).
 
   Args:
     metric: the compressed model's metric.

@@ -14,7 +14,7 @@ and compression ratio, its export sizes and, optionally, its task-weight traject
 Every method is compared with the dense model *of its own seed* (the methods share the dense
 pretraining of a seed), so the per-seed numbers are paired, and min-max is compared with
 equal weighting seed by seed rather than through means alone: the effect is about a point and
-the seed-to-seed spread is of the same size (METHOD.md §6).
+the seed-to-seed spread is of the same size (the README's ten-seed table).
 
 `build_report` computes a JSON-serialisable dict, `to_markdown` renders it as a table and one
 sentence, `plot_task_weights` and `plot_task_metrics` draw PNGs, and `write` puts all four in

@@ -106,3 +106,19 @@ def test_ci_runs_the_readmes_test_command_verbatim():
   ci = (REPO / ".ci" / "run").read_text()
   assert commands[0].strip() in ci
   assert "pip install -e" not in ci and "pip install -e" not in commands[0]
+
+
+def test_every_method_citation_names_a_section_of_docs_method_md():
+  sections = set(re.findall(r"^## (\d) ", (REPO / "docs" / "method.md").read_text(), re.M))
+  assert sections == {"1", "2", "3", "4", "5", "6"}
+  outside = "METHOD" + ".md"  # a document outside the repository: never cited
+  cited = 0
+  for top in ("mmcompress", "experiments", "tests", "docs", "README.md"):
+    paths = [REPO / top] if top.endswith(".md") else sorted((REPO / top).rglob("*.[pm][yd]"))
+    for path in paths:
+      text = path.read_text()
+      assert outside not in text, path
+      for first, last in re.findall(r"docs/method\.md §(\d)(?:–§(\d))?", text):
+        cited += 1
+        assert {first, last or first} <= sections, (path, first, last)
+  assert cited >= 10

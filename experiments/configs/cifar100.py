@@ -10,7 +10,7 @@ Command (meant for one modern GPU or a Cloud TPU VM; data prepared as in the REA
 Presets: ``40x`` (the default, 97.5 %), ``60x`` (98.3 %), ``100x`` (99 %), and ``smoke``
 (two epochs per stage, for checking an installation on real data).
 
-Reference settings (Guo et al., ISCAS 2024; METHOD.md §1, §4): batch 32 per task per step
+Reference settings (Guo et al., ISCAS 2024; docs/method.md §6): batch 32 per task per step
 (`batch_size` is per task here), SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine schedule
 over 200 epochs per stage; min-max ascent step 1/β = 0.02 (β = 50), γ = 5, ascending once
 per epoch as the reference code does. The reweighted-ℓ1 λ and refresh epochs are the NYUv2

@@ -12,7 +12,7 @@ retrain; ``dst60x`` and ``dst100x``: dynamic sparse training from scratch at 98.
 growing 0.51 % / 0.3 % of each layer every 10 epochs until epoch 150, with β = 10;
 ``smoke``: a few epochs at reduced size, for checking an installation on real data.
 
-Reference settings (Guo et al.; METHOD.md §1–§4): Adam 1e-4, ×0.5 every 100 epochs, 200 epochs
+Reference settings (Guo et al.; docs/method.md §6): Adam 1e-4, ×0.5 every 100 epochs, 200 epochs
 per stage, batch 2 (the MTAN code's), min-max β = 50 (step 0.02), γ = 5, ascending once per
 epoch, and the reference's loss scales (1, 1.5, 3) for (segmentation, depth, normals) in
 every weighting's objective (so that the comparison isolates the weighting);

@@ -1,6 +1,6 @@
 """CIFAR-100 as 20 tasks: one per coarse superclass, a 5-way classification of its fine classes.
 
-The benchmark of the papers (METHOD.md §4): the 100 fine classes of CIFAR-100 are grouped by
+The benchmark of the papers (docs/method.md §4): the 100 fine classes of CIFAR-100 are grouped by
 the data set's own 20 coarse superclasses, and task k is the coarse class k. Its five fine
 classes get the task labels 0–4 in increasing order of fine label id: coarse 10
 ``large_natural_outdoor_scenes`` holds the fine classes 23 cloud, 33 forest, 49 mountain,

@@ -1,7 +1,7 @@
 """NYUv2 in its common preprocessed layout: checks, random access, augmentation, a synthetic copy.
 
 The three-task NYUv2 of the multi-task literature (MTAN, Liu et al. 2019, and the min-max
-compression papers of METHOD.md §4) is distributed as one ``.npy`` file per map::
+compression papers of docs/method.md §4) is distributed as one ``.npy`` file per map::
 
     ROOT/{train,val}/{image,label,depth,normal}/{i}.npy      i = 0 .. N-1
 

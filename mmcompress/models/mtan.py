@@ -41,7 +41,7 @@ Departures from the public MTAN code, all deliberate:
 Parameter names. Shared by the tasks, and pruned by the default rule (rank >= 2, no "head"
 in the path): ``backbone/{enc,dec}{b}_{i}/conv/kernel`` (block ``b``, convolution ``i``), with
 their ``bn/{scale,bias}``, and the attention feature extractors
-``shared_attention_{enc,dec}{b}/{conv,bn}`` (the shared network of METHOD.md §2). Task-specific
+``shared_attention_{enc,dec}{b}/{conv,bn}`` (the shared network, docs/method.md §2). Task-specific
 and kept dense because every name contains "head": the task attention masks
 ``head_{k}_attention_{enc,dec}{b}/{conv0,bn0,conv1,bn1}`` and the prediction heads
 ``head_{k}/{conv0,conv1}/{kernel,bias}``. Batch norm (momentum 0.9, epsilon 1e-5) keeps its

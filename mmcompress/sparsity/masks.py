@@ -53,7 +53,7 @@ def default_include(path: tuple[Any, ...], leaf: Any) -> bool:
 
   Kernels (rank >= 2) of the shared network are prunable; biases and normalisation scales
   (rank < 2) are not, nor is anything inside a module whose key-path name contains "head"
-  (case-insensitive), because the task-specific prediction heads stay dense (METHOD.md §2).
+  (case-insensitive), because the task-specific prediction heads stay dense (docs/method.md §2).
   Every entry of the path, the leaf's own name included, is checked, so a trunk module named
   e.g. "MultiHeadAttention_0" is excluded too; pass your own `include` when that matters.
 

@@ -1,7 +1,7 @@
 """Reading sparsity back: the masks inside an optimizer state, and zero counts per leaf.
 
 Sparsity is the fraction of prunable weights that are exactly zero; the compression ratio is
-prunable weights / nonzero prunable weights (97.5 % sparsity = 40x; METHOD.md §5).
+prunable weights / nonzero prunable weights (97.5 % sparsity = 40x; docs/method.md §5).
 """
 from __future__ import annotations
 
