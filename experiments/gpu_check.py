@@ -19,9 +19,10 @@ import time
 import jax
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 
-from mmcompress import saddle_point, sparsity, weighting
+from experiments import launch
+from mmcompress import _checks, saddle_point, sparsity, weighting
 from mmcompress.data import cifar100, nyuv2
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
@@ -92,6 +93,7 @@ def check_model(name, problem, model, batch_size, steps):
 
 def main(argv):
   del argv
+  _checks.positive_int(_STEPS.value, "--steps")
   failed = False
   with tempfile.TemporaryDirectory() as workdir:
     for name, build in (("vgg16/cifar100", _cifar), ("mtan/nyuv2", _nyuv2)):
@@ -109,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_main(main)

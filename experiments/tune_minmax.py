@@ -13,15 +13,13 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from mmcompress import experiment, metrics
+from experiments import launch
+from mmcompress import _checks, experiment, metrics
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "digits.py"),
-    "The base config (its seeds, sparsity and stages are used).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.", required=True)
+# The base config (its seeds, sparsity and stages are used) and where the runs go.
+_CONFIG, _WORKDIR = launch.define_flags("digits")
 _GAMMAS = flags.DEFINE_list("gammas", ["0.5", "1", "2", "5"], "γ values to try.")
 _EVERY = flags.DEFINE_list("every", ["step", "epoch"], "Ascent frequencies to try.")
 
@@ -53,9 +51,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
     logging.set_verbosity(logging.WARNING)
   del argv
+  gammas = [_checks.non_negative(g, "--gammas entry") for g in _GAMMAS.value]
   rows = []
   for every in _EVERY.value:
-    for gamma in (float(g) for g in _GAMMAS.value):
+    for gamma in gammas:
       config = _CONFIG.value.copy_and_resolve_references()
       with config.unlocked():
         config.methods = ("equal", "minmax")
@@ -75,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_main(main)

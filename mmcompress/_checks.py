@@ -1,25 +1,57 @@
-"""Argument checks shared by the public functions: each raises a ValueError naming the argument.
+"""Argument checks shared by the public functions: each raises a `UserError` naming the argument.
 
 Every public entry point validates its arguments with these before any compute starts, so
 that a mistake is reported as what to change rather than as a shape error deep inside jit.
+
+`UserError` marks a mistake of the caller's (an argument, a config field, a data folder, a
+workdir), as opposed to a fault of the program: the command-line entry points print its
+message as one line and exit with status 2, and let every other exception keep its traceback.
+It is a ValueError, so code that catches ValueError keeps working.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 
 
+class UserError(ValueError):
+  """A mistake in what the caller passed; the message says what to change."""
+
+
+class MissingDataError(UserError, FileNotFoundError):
+  """A data set that is not where the caller said it is; also a FileNotFoundError."""
+
+
+@contextlib.contextmanager
+def as_user_error() -> Iterator[None]:
+  """Re-raises a ValueError from inside as a `UserError` with the same message.
+
+  For a block whose every ValueError is about the caller's input (the validation of a
+  config), never around compute; usable as a decorator too.
+
+  Yields:
+    None.
+  """
+  try:
+    yield
+  except UserError:
+    raise
+  except ValueError as error:
+    raise UserError(str(error)) from error
+
+
 def sparsity(value: Any, name: str = "sparsity") -> float:
-  """Returns `value` as a float in [0, 1), or raises."""
+  """Returns `value` as a float in [0, 1), or raises `UserError`."""
   try:
     value = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
+    raise UserError(f"{name} must be a number in [0, 1), got {value!r}.") from None
   if not 0.0 <= value < 1.0:
-    raise ValueError(
+    raise UserError(
         f"{name} must be in [0, 1) (0.975 prunes 97.5 % = 40x), got {value}.")
   return value
 
@@ -29,9 +61,9 @@ def non_negative(value: Any, name: str) -> float:
   try:
     value = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number >= 0, got {value!r}.") from None
+    raise UserError(f"{name} must be a number >= 0, got {value!r}.") from None
   if not (math.isfinite(value) and value >= 0.0):
-    raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+    raise UserError(f"{name} must be a finite number >= 0, got {value}.")
   return value
 
 
@@ -40,16 +72,16 @@ def positive(value: Any, name: str) -> float:
   try:
     value = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number > 0, got {value!r}.") from None
+    raise UserError(f"{name} must be a number > 0, got {value!r}.") from None
   if not (math.isfinite(value) and value > 0.0):
-    raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+    raise UserError(f"{name} must be a finite number > 0, got {value}.")
   return value
 
 
 def positive_int(value: Any, name: str) -> int:
   """Returns `value` as an int >= 1, or raises."""
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
   return value
 
 
@@ -63,7 +95,7 @@ def learning_rate(value: Any, name: str = "learning_rate") -> Any:
 def one_of(value: Any, allowed: Sequence[str], name: str) -> str:
   """Returns `value` if it is one of `allowed`, or raises listing them."""
   if value not in allowed:
-    raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+    raise UserError(f"{name} must be one of {list(allowed)}, got {value!r}.")
   return value
 
 
@@ -73,12 +105,12 @@ def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "
   struct, ref_struct = (jax.tree.structure(tree, is_leaf=is_leaf),
                         jax.tree.structure(reference, is_leaf=is_leaf))
   if struct != ref_struct:
-    raise ValueError(
+    raise UserError(
         f"{name} must have the tree structure of {reference_name}; got\n  {struct}\n"
         f"for {reference_name}\n  {ref_struct}.")
   for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf),
                                jax.tree.leaves(reference, is_leaf=is_leaf)):
     if getattr(leaf, "shape", None) != getattr(ref, "shape", None):
-      raise ValueError(
+      raise UserError(
           f"{name} at {jax.tree_util.keystr(path)} has shape {getattr(leaf, 'shape', None)}, "
           f"but {reference_name} there has shape {getattr(ref, 'shape', None)}.")

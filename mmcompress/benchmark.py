@@ -32,7 +32,8 @@ CIFAR-100 config ascends once per epoch.
 Method: each step is called once (the first call's wall time, tracing and compilation
 included, is reported as its compile time), then `--warmup` untimed steps, then `--rounds`
 interleaved rounds (dense, minmax, zeroed, dense, minmax, zeroed, ...) of `--steps` steps
-each, every round ending in `jax.block_until_ready`. Reported per model: the median over
+each, every round ending in `jax.block_until_ready`. The control calls the dense step's own
+jitted function (the same computation), so its first call finds it compiled. Reported per model: the median over
 rounds of ms/step of each step, the ratio minmax / dense and the overhead in %, the lowest
 and highest ratio of single rounds (a wide range means a noisy machine), the overhead in
 process CPU time (on a CPU shared with other jobs it is disturbed less than wall-clock time),
@@ -46,12 +47,15 @@ the dense step".
 
 Command (the absl entry point is `experiments/benchmark.py`):
 
-  python -m experiments.benchmark --models=mlp,cnn,vgg16 [--steps=N --rounds=R --warmup=W]
-      [--batch_size=B] [--nocontrol] [--json_out=bench.json]
+  python -m experiments.benchmark [--models=mlp,cnn,vgg16] [--full] [--steps=N --rounds=R
+      --warmup=W] [--batch_size=B] [--nocontrol] [--json_out=bench.json]
 
-VGG16's default batch is the paper's 32 per task (640 images a step), meant for an
-accelerator; on a CPU run it on its own with a small batch, e.g.
-``--models=vgg16 --batch_size=2``.
+Sizes: on a GPU or TPU the defaults are `SETUPS` (VGG16 at the paper's 32 images per task,
+640 a step). On a CPU they are `CPU_SETUPS`, small enough that the whole run without flags
+ends in under two minutes on 2 cores (VGG16 at one image per task, one step per round):
+numbers to check that every step runs and to compare the steps roughly, not to quote;
+``--full`` takes `SETUPS` on any platform, and ``--batch_size``, ``--steps``, ``--rounds``,
+``--warmup`` override either. The run's first line says which sizes it took.
 
 The numbers depend on the machine, the backend, the JAX version and whatever else runs on
 the machine; none are quoted here. Steps that take well under a millisecond (the MLP on CPU)
@@ -76,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmcompress import saddle_point, sparsity, weighting
+from mmcompress import _checks, saddle_point, sparsity, weighting
 from mmcompress.data import cifar100 as cifar100_data
 from mmcompress.data import digits
 from mmcompress.models import create_model
@@ -129,6 +133,35 @@ SETUPS = {
     "vgg16": Setup("cifar100", batch_size=32, steps=2, rounds=3, warmup=1),
 }
 
+# The defaults on a CPU: the whole run of the three models in under two minutes on 2 cores.
+# VGG16's three compilations take most of it; one image per task and one step a round time
+# a 20-image step, once, in each of two rounds.
+CPU_SETUPS = {
+    "mlp": Setup("digits", batch_size=128, steps=100, rounds=5, warmup=10),
+    "cnn": Setup("digits", batch_size=64, steps=40, rounds=5, warmup=5),
+    "vgg16": Setup("cifar100", batch_size=1, steps=1, rounds=2, warmup=0),
+}
+
+
+def platform_setups(platform: str, full: bool = False) -> tuple[dict[str, Setup], str]:
+  """The default sizes for `platform` (``jax.default_backend()``), and a line that says so.
+
+  Args:
+    platform: ``"cpu"``, ``"gpu"``, ``"tpu"``, ...
+    full: the full sizes (`SETUPS`) whatever the platform.
+
+  Returns:
+    ``(setups, line)``: `CPU_SETUPS` on a CPU unless `full`, else `SETUPS`.
+  """
+  sizes = ", ".join(f"{name} batch {s.batch_size}{' per task' if s.data == 'cifar100' else ''}"
+                    f" x {s.steps} steps x {s.rounds} rounds" for name, s in
+                    (CPU_SETUPS if platform == "cpu" and not full else SETUPS).items())
+  if platform == "cpu" and not full:
+    return CPU_SETUPS, (f"Sizes: small, for a CPU ({sizes}); a rough comparison that ends in "
+                        "under two minutes on 2 cores. --full for the full sizes.")
+  why = "--full" if full and platform == "cpu" else f"on {platform}"
+  return SETUPS, f"Sizes: full ({why}; {sizes})."
+
 
 def synthetic_cifar100(batch_per_task: int, seed: int = 0) -> cifar100_data.ImageSplit:
   """Random uint8 images, every fine class ``ceil(batch_per_task / 5)`` times."""
@@ -179,12 +212,15 @@ def build_steps(problem: Problem, model: nn.Module, params: Any, model_state: An
   plan = {"dense": (equal, dense_tx, params), "minmax": (minmax, minmax_tx, pruned)}
   if control:
     plan["zeroed"] = (equal, dense_tx, pruned)
-  steps = {}
+  steps, jitted = {}, {}
   for kind, (task_weighting, tx, start) in plan.items():
     # create_train_state copies every leaf: each state owns the buffers its step donates.
     state = create_train_state(start, model_state, task_weighting, tx, problem.num_tasks, rng)
-    steps[kind] = (make_train_step(problem, model, task_weighting, tx, mesh),
-                   parallel.replicate(state, mesh))
+    # The control runs the dense step's own jitted function: one compilation for both.
+    key = (id(task_weighting), id(tx))
+    if key not in jitted:
+      jitted[key] = make_train_step(problem, model, task_weighting, tx, mesh)
+    steps[kind] = (jitted[key], parallel.replicate(state, mesh))
   return steps
 
 
@@ -251,9 +287,10 @@ def benchmark_model(name: str, *, batch_size: int | None = None, steps: int | No
   rounds = setup.rounds if rounds is None else rounds
   warmup = setup.warmup if warmup is None else warmup
   mesh = parallel.data_mesh()
-  parallel.check_batch_size(batch_size, mesh)
+  with _checks.as_user_error():
+    parallel.check_batch_size(batch_size, mesh)
   if steps < 1 or rounds < 1 or warmup < 0:
-    raise ValueError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
+    raise _checks.UserError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
                      f"rounds={rounds}, warmup={warmup}.")
 
   problem = make_problem(setup, batch_size, seed)
@@ -389,23 +426,30 @@ def verdict(result: dict[str, Any], target: float = TARGET_OVERHEAD) -> str:
 
 def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | None = None,
         rounds: int | None = None, warmup: int | None = None, control: bool = True,
-        json_out: str | None = None, out: Any = sys.stdout) -> list[dict[str, Any]]:
-  """Benchmarks every model of `models`, prints the table and verdicts, returns the results."""
-  unknown = [m for m in models if m not in SETUPS]
+        json_out: str | None = None, out: Any = sys.stdout,
+        setups: dict[str, Setup] | None = None) -> list[dict[str, Any]]:
+  """Benchmarks every model of `models`, prints the table and verdicts, returns the results.
+
+  `setups` gives each model's default sizes (`SETUPS` if None; see `platform_setups`); the
+  other size arguments override them when not None.
+  """
+  setups = SETUPS if setups is None else setups
+  unknown = [m for m in models if m not in setups]
   if not models or unknown:
-    raise ValueError(f"models must name some of {sorted(SETUPS)}, got {list(models)}.")
+    raise _checks.UserError(f"models must name some of {sorted(setups)}, got {list(models)}.")
   mesh = parallel.data_mesh()
   for name in models:  # every check before the first model's compute
-    parallel.check_batch_size(SETUPS[name].batch_size if batch_size is None else batch_size,
-                              mesh)
+    with _checks.as_user_error():
+      parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
+                                mesh)
   if any(v is not None and v < 1 for v in (steps, rounds)) or (warmup or 0) < 0:
-    raise ValueError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
+    raise _checks.UserError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
                      f"rounds={rounds}, warmup={warmup}.")
   results = []
   for name in models:
-    print(f"{name}: {SETUPS[name].description} ...", file=out, flush=True)
+    print(f"{name}: {setups[name].description} ...", file=out, flush=True)
     results.append(benchmark_model(name, batch_size=batch_size, steps=steps, rounds=rounds,
-                                   warmup=warmup, control=control))
+                                   warmup=warmup, control=control, setup=setups[name]))
   device = jax.devices()[0]
   print(f"\n{jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}", file=out)

@@ -1,6 +1,6 @@
 """Losses and exact split metrics of the three dense tasks of NYUv2: segmentation, depth, normals.
 
-The losses (METHOD.md §4) are means over the valid pixels of a batch, jittable:
+The losses (docs/method.md §4) are means over the valid pixels of a batch, jittable:
 
 * `segmentation_loss`: cross-entropy over the pixels whose label is a class (not ignored);
 * `depth_loss`: |pred − depth| over the pixels whose depth is not 0;

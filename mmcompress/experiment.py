@@ -44,7 +44,7 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
   """
   task_sets = tuple(config.task_sets)
   if not task_sets:
-    raise ValueError(f"config.task_sets is empty: name some of {list(digits.TASK_SETS)}.")
+    raise _checks.UserError(f"config.task_sets is empty: name some of {list(digits.TASK_SETS)}.")
   for task_set in task_sets:
     _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
   if len(task_sets) == 1:
@@ -65,7 +65,7 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
 
 def _data_dir(config: ml_collections.ConfigDict, what: str) -> str:
   if not config.data_dir:
-    raise ValueError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
+    raise _checks.UserError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
                      f"that holds {what} (see the README's 'Reproducing the paper').")
   return config.data_dir
 
@@ -95,8 +95,9 @@ def nyuv2_problem(config: ml_collections.ConfigDict) -> NYUv2Problem:
   return problem
 
 
+@_checks.as_user_error()
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a ValueError naming the field for any config that cannot run."""
+  """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
   for method in config.methods:
     _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
   if not config.methods:
@@ -136,7 +137,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
-      raise ValueError(
+      raise _checks.UserError(
           f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
           "or rerun with the same config to resume it.")
     return
@@ -196,8 +197,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   validate(config)
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.data_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  with _checks.as_user_error():  # batch sizes the devices cannot split
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   started = time.time()
   check_workdir(config, workdir)
   problem = problem(config)

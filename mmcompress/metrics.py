@@ -49,7 +49,8 @@ def retention(metric: float, dense_metric: float, higher_is_better: bool) -> flo
 
   compressed / dense when higher is better (accuracy, mIoU), dense / compressed when lower is
   better (MAE, angle error): either way 1.0 means no loss and a value below 1.0 means the
-  compressed model is worse (METHOD.md §5; the worst-task retention is its minimum over tasks).
+  compressed model is worse (docs/method.md §5; the worst-task retention is its minimum over
+  tasks).
 
   Args:
     metric: the compressed model's metric.

@@ -36,7 +36,7 @@ def saddle_objective(task_losses: ArrayLike,
   * the reference NYUv2 code uses c = (1, 1.5, 3) for (segmentation, depth, normals);
   * c_k = 1 / L_k(dense model) makes "worst" mean "lost most relative to the dense model"
     (measured on the digits tasks, this tracks accuracy ratios poorly when dense losses are
-    near zero; see METHOD.md §6).
+    near zero; see docs/method.md §1).
 
   γ = 0 is the pure worst case (the maximising w is a vertex); γ → ∞ pins w at 1/K, which is
   equal weighting. The reference uses γ = 5.

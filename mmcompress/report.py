@@ -30,7 +30,7 @@ beside them (``..._one_metric``), and the two coincide when every task has one m
 Every method is compared with the dense model *of its own seed* (the methods share the dense
 pretraining of a seed), so the per-seed numbers are paired, and min-max is compared with
 equal weighting seed by seed rather than through means alone: the effect is about a point and
-the seed-to-seed spread is of the same size (METHOD.md §6).
+the seed-to-seed spread is of the same size (the README's ten-seed table).
 
 `build_report` computes a JSON-serialisable dict, `to_markdown` renders it as a table and one
 sentence, `plot_task_weights` and `plot_task_metrics` draw PNGs, and `write` puts all four in

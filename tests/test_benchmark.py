@@ -8,8 +8,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from mmcompress import benchmark
+from mmcompress import _checks, benchmark
 from mmcompress import sparsity
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
@@ -94,3 +95,37 @@ def test_run_prints_a_table_and_a_verdict(monkeypatch, tmp_path):
   assert [line for line in text.splitlines() if line.startswith("mlp: min-max")]
   assert "control_ratio" not in results[0]
   assert json.loads(path.read_text())[0]["model"] == "mlp"
+
+
+def test_the_default_sizes_follow_the_platform():
+  small, line = benchmark.platform_setups("cpu")
+  assert small is benchmark.CPU_SETUPS and "small" in line and "--full" in line
+  for platform, full in (("gpu", False), ("tpu", False), ("cpu", True)):
+    setups, line = benchmark.platform_setups(platform, full=full)
+    assert setups is benchmark.SETUPS and line.startswith("Sizes: full")
+  assert set(benchmark.CPU_SETUPS) == set(benchmark.SETUPS)
+  for name, setup in benchmark.CPU_SETUPS.items():
+    full = benchmark.SETUPS[name]
+    assert setup.data == full.data
+    work, full_work = (s.batch_size * s.steps * s.rounds for s in (setup, full))
+    assert work <= full_work, name
+  assert benchmark.CPU_SETUPS["vgg16"].batch_size < benchmark.SETUPS["vgg16"].batch_size
+
+
+def test_the_control_runs_the_dense_steps_own_compilation():
+  mesh = parallel.data_mesh()
+  problem = benchmark.make_problem(benchmark.SETUPS["mlp"], 8)
+  model = create_model("mlp", benchmark.num_outputs(problem))
+  variables = dict(model.init(jax.random.key(0), jnp.asarray(problem.example_input())))
+  params = variables.pop("params")
+  steps = benchmark.build_steps(problem, model, params, variables, mesh)
+  assert steps["zeroed"][0] is steps["dense"][0]
+  assert steps["minmax"][0] is not steps["dense"][0]
+  assert steps["zeroed"][1] is not steps["dense"][1]  # each its own (donated) state
+
+
+def test_run_refuses_bad_arguments_as_user_errors():
+  with pytest.raises(_checks.UserError, match="models must name"):
+    benchmark.run(["resnet"], out=io.StringIO())
+  with pytest.raises(_checks.UserError, match="steps >= 1"):
+    benchmark.run(["mlp"], steps=0, out=io.StringIO())

@@ -1,7 +1,6 @@
 """The main job end to end: the quick preset through the command line, killed and resumed."""
 import json
 import os
-import pathlib
 import random
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import pytest
 
 from mmcompress import export
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICK = ["--config=experiments/configs/digits.py:quick"]
 
 
@@ -22,14 +20,16 @@ def command(workdir):
 
 
 def environment():
+  # Run outside the source tree (cwd=workdir.parent): `python -m` would import the copy in
+  # the current folder. tests/conftest.py points PYTHONPATH at the copy under test.
   return dict(os.environ, CI="true", JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("quick")
-  done = subprocess.run(command(workdir), cwd=ROOT, env=environment(), capture_output=True,
-                        text=True, timeout=600)
+  done = subprocess.run(command(workdir), cwd=workdir.parent, env=environment(),
+                        capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir, done
 
@@ -101,7 +101,7 @@ def test_quick_preset_exports_models_at_the_target_sparsity(quick_run):
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, tmp_path):
   reference, _ = quick_run
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(command(workdir), cwd=ROOT, env=environment(),
+  process = subprocess.Popen(command(workdir), cwd=workdir.parent, env=environment(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = workdir / "seed0" / "dense" / "pretrain"
   deadline = time.time() + 300
@@ -114,8 +114,8 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, 
   process.wait()
   assert killed, "the run finished before it could be killed; kill it sooner"
   assert not (workdir / "report.json").exists()
-  done = subprocess.run(command(workdir), cwd=ROOT, env=environment(), capture_output=True,
-                        text=True, timeout=600)
+  done = subprocess.run(command(workdir), cwd=workdir.parent, env=environment(),
+                        capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert (json.loads((workdir / "report.json").read_text())
           == json.loads((reference / "report.json").read_text()))
@@ -123,14 +123,14 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, 
 
 def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
   workdir, _ = quick_run
-  done = subprocess.run(command(workdir) + ["--config.sparsity=0.99"], cwd=ROOT,
+  done = subprocess.run(command(workdir) + ["--config.sparsity=0.99"], cwd=workdir.parent,
                         env=environment(), capture_output=True, text=True, timeout=300)
   assert done.returncode != 0
   assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
 
 
 def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path):
-  from tests.test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
+  from test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
   from mmcompress import experiment  # pylint: disable=import-outside-toplevel
   config = tiny_config(task_sets=("classify", "mixed"))
   reports = experiment.run_digits(config, str(tmp_path), print_report=False)

@@ -26,13 +26,12 @@ the validation worst-task retention (min over tasks of compressed / dense):
 (A 3-seed run of the same tool with the ascent once per epoch put γ = 0.5, 1, 2, 5 all within
 ±0.0033 of equal.) The highest mean is γ = 0.5 with an ascent every step, so that is the
 default; but one validation image of the hard task is worth 0.0098 here, so these
-differences are within about one image and the choice is weak. METHOD.md §6 measured a
-similar +0.008 for γ = 1 on the test split of its own runs.
+differences are within about one image and the choice is weak.
 * ``minmax.learning_rate = 0.02``: the reference ascent step 1/β with β = 50.
 * ``task_scales = ()`` (for every weighting): raw losses, as the reference does for
   classification. On the
   ``mixed`` task set the raw losses differ in scale (cross-entropy vs squared error), which
-  decides what "worst" means: see METHOD.md §6 B and the study preset.
+  decides what "worst" means: see docs/method.md §1 and the study preset.
 """
 import ml_collections
 
@@ -58,8 +57,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.task_sets = ("classify", "mixed")
     # γ = 0.5 (chosen on classify's validation split) is unstable on "mixed": measured, the
     # weights jumped between single tasks and seed 1's regression loss became inf at step 98
-    # of the reweight stage (METHOD.md §6 B saw γ = 1 collapse the regression). The study
-    # therefore uses the paper's γ = 5 on both task sets.
+    # of the reweight stage. The study therefore uses the paper's γ = 5 on both task sets.
     c.minmax.gamma = 5.0
   elif preset:
     raise ValueError(f"unknown preset {preset!r}: use '', 'quick' or 'study'.")

@@ -1,6 +1,6 @@
 """CIFAR-100 as 20 tasks: one per coarse superclass, a 5-way classification of its fine classes.
 
-The benchmark of the papers (METHOD.md §4): the 100 fine classes of CIFAR-100 are grouped by
+The benchmark of the papers (docs/method.md §4): the 100 fine classes of CIFAR-100 are grouped by
 the data set's own 20 coarse superclasses, and task k is the coarse class k. Its five fine
 classes get the task labels 0–4 in increasing order of fine label id: coarse 10
 ``large_natural_outdoor_scenes`` holds the fine classes 23 cloud, 33 forest, 49 mountain,
@@ -108,12 +108,12 @@ def _fine_labels(fine: npt.ArrayLike, name: str = "fine") -> np.ndarray:
   """Returns `fine` as an int64 vector of labels in [0, 100), or raises."""
   array = np.asarray(fine)
   if array.ndim != 1 or not (array.dtype.kind in "iu" or array.size == 0):
-    raise ValueError(
+    raise _checks.UserError(
         f"{name} must be a 1-D integer array of fine labels, got shape {array.shape} and "
         f"dtype {array.dtype}.")
   array = array.astype(np.int64)
   if array.size and (array.min() < 0 or array.max() >= NUM_FINE):
-    raise ValueError(
+    raise _checks.UserError(
         f"{name} must hold fine labels in [0, {NUM_FINE}), got values in "
         f"[{array.min()}, {array.max()}].")
   return array
@@ -123,18 +123,18 @@ def _images(images: npt.ArrayLike, num: int | None = None) -> np.ndarray:
   """Returns `images` as a uint8 (N, 32, 32, 3) array, or raises."""
   array = np.asarray(images)
   if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE:
-    raise ValueError(
+    raise _checks.UserError(
         f"images must be uint8 of shape (N, 32, 32, 3) (raw pixels, not yet normalised), got "
         f"shape {array.shape} and dtype {array.dtype}.")
   if num is not None and array.shape[0] != num:
-    raise ValueError(
+    raise _checks.UserError(
         f"images and fine labels must have the same length, got {array.shape[0]} and {num}.")
   return array
 
 
 def _seed(value: Any, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-    raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    raise _checks.UserError(f"{name} must be an integer >= 0, got {value!r}.")
   return int(value)
 
 
@@ -233,7 +233,7 @@ def check_coarse_labels(source: Sequence[dict[str, Any]], num_examples: int | No
     coarse[start:stop] = [example["coarse_label"] for example in examples]
   problem = _coarse_mismatch(_fine_labels(fine, "label"), coarse)
   if problem:
-    raise ValueError(f"CIFAR-100 coarse labels disagree with FINE_TO_COARSE: {problem}")
+    raise _checks.UserError(f"CIFAR-100 coarse labels disagree with FINE_TO_COARSE: {problem}")
   return total
 
 
@@ -263,13 +263,14 @@ def open_source(split: str, data_dir: str | os.PathLike[str] | None = None) -> S
 
   Raises:
     ValueError: for a split other than train or test.
-    FileNotFoundError: when the data set is not prepared there; the message says how to.
+    MissingDataError (a FileNotFoundError and a ValueError): when the data set is not
+      prepared there; the message says how to.
   """
   # TFDS takes about a second to import and only loading needs it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if not isinstance(split, str) or split.split("[", 1)[0].strip() not in _SPLITS:
-    raise ValueError(f"split must be 'train' or 'test' (optionally sliced), got {split!r}.")
+    raise _checks.UserError(f"split must be 'train' or 'test' (optionally sliced), got {split!r}.")
   directory = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
   try:
     # download=False: a missing data set must fail here, not start a download.
@@ -282,7 +283,7 @@ def open_source(split: str, data_dir: str | os.PathLike[str] | None = None) -> S
         getattr(f, "value", f) for f in builder.info.available_file_formats()}:
       raise
     where = builder.data_dir
-    raise FileNotFoundError(
+    raise _checks.MissingDataError(
         f"CIFAR-100 (TFDS 'cifar100', array_record) is not prepared in {where}. "
         f"{_prepare_hint(directory)} TFDS said: {error}") from error
 
@@ -329,7 +330,7 @@ def load_split(split: str, data_dir: str | os.PathLike[str] | None = None, *,
   if check_coarse:
     problem = _coarse_mismatch(fine, coarse)
     if problem:
-      raise ValueError(
+      raise _checks.UserError(
           f"CIFAR-100 {split!r}: coarse labels disagree with FINE_TO_COARSE: {problem}")
   return images, fine.astype(np.int32)
 
@@ -373,7 +374,8 @@ def make_splits(train_images: npt.ArrayLike, train_fine: npt.ArrayLike,
   images = _images(train_images, fine.size)
   if (isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
       or not 0.0 < val_fraction < 1.0):
-    raise ValueError(f"val_fraction must be a number in (0, 1) (e.g. 0.1), got {val_fraction!r}.")
+    raise _checks.UserError(
+        f"val_fraction must be a number in (0, 1) (e.g. 0.1), got {val_fraction!r}.")
   rng = np.random.default_rng(_seed(seed, "seed"))
   train_rows, val_rows = [], []
   for label in range(NUM_FINE):
@@ -402,7 +404,7 @@ def normalize(images: npt.ArrayLike) -> np.ndarray:
   """
   array = np.asarray(images)
   if array.dtype != np.uint8 or array.ndim < 1 or array.shape[-1] != 3:
-    raise ValueError(
+    raise _checks.UserError(
         f"normalize expects uint8 pixels with 3 channels last, got shape {array.shape} and "
         f"dtype {array.dtype}.")
   mean = np.asarray(MEAN, np.float32)
@@ -426,7 +428,7 @@ def random_crop(images: npt.ArrayLike, offsets: npt.ArrayLike) -> np.ndarray:
   n, size = array.shape[0], IMAGE_SHAPE[0]
   if (offsets.shape != (n, 2) or offsets.dtype.kind not in "iu"
       or (n and (offsets.min() < 0 or offsets.max() > 2 * PAD))):
-    raise ValueError(
+    raise _checks.UserError(
         f"offsets must be integers of shape ({n}, 2) in [0, {2 * PAD}], got shape "
         f"{offsets.shape} and dtype {offsets.dtype}.")
   padded = np.pad(array, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
@@ -448,7 +450,7 @@ def horizontal_flip(images: npt.ArrayLike, flip: npt.ArrayLike) -> np.ndarray:
   array = np.asarray(images)
   flip = np.asarray(flip, bool)
   if array.ndim != 4 or flip.shape != (array.shape[0],):
-    raise ValueError(
+    raise _checks.UserError(
         f"flip must be a bool vector of length N for images (N, H, W, C), got {flip.shape} "
         f"and {array.shape}.")
   return np.where(flip[:, None, None, None], array[:, :, ::-1], array)
@@ -477,7 +479,7 @@ def augment(images: npt.ArrayLike, rng: np.random.Generator) -> np.ndarray:
     uint8 (N, 32, 32, 3).
   """
   if not isinstance(rng, np.random.Generator):
-    raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
+    raise _checks.UserError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
   return _augment(_images(images), rng)
 
 
@@ -508,7 +510,7 @@ class TaskIndex:
     members = tuple(np.flatnonzero(task == k).astype(np.int64) for k in range(NUM_TASKS))
     for k, rows in enumerate(members):
       if not rows.size:
-        raise ValueError(f"task {k} ({TASK_NAMES[k]}) has no examples in these labels.")
+        raise _checks.UserError(f"task {k} ({TASK_NAMES[k]}) has no examples in these labels.")
     return cls(members=members)
 
   @property
@@ -525,7 +527,7 @@ class TaskIndex:
     batch = _seed(batch_per_task, "batch_per_task")
     smallest = min(self.sizes)
     if not 1 <= batch <= smallest:
-      raise ValueError(
+      raise _checks.UserError(
           f"batch_per_task must be in [1, {smallest}] (the smallest task's size), got {batch}.")
     return smallest // batch
 
@@ -563,7 +565,7 @@ def task_batch(images: npt.ArrayLike, fine: npt.ArrayLike, task_index: TaskIndex
   fine_array = _fine_labels(fine)
   pixels = _images(images, fine_array.size)
   if len(task_index.members) != NUM_TASKS or sum(task_index.sizes) != fine_array.size:
-    raise ValueError(
+    raise _checks.UserError(
         f"task_index covers {sum(task_index.sizes)} examples, the labels {fine_array.size}: "
         "build it with TaskIndex.from_fine(fine).")
   seed, stage_index, step = (_seed(v, name) for v, name in

@@ -1,7 +1,7 @@
 """NYUv2 in its common preprocessed layout: checks, random access, augmentation, a synthetic copy.
 
 The three-task NYUv2 of the multi-task literature (MTAN, Liu et al. 2019, and the min-max
-compression papers of METHOD.md §4) is distributed as one ``.npy`` file per map::
+compression papers of docs/method.md §4) is distributed as one ``.npy`` file per map::
 
     ROOT/{train,val}/{image,label,depth,normal}/{i}.npy      i = 0 .. N-1
 
@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from mmcompress._checks import UserError
+
 TASKS = ("segmentation", "depth", "normal")
 NUM_CLASSES = 13
 IGNORE_LABEL = -1
@@ -78,7 +80,7 @@ def _expected_shapes(height: int, width: int) -> dict[str, tuple[int, ...]]:
 
 def _positive_int(value: Any, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
   return int(value)
 
 
@@ -86,10 +88,10 @@ def _sample_indices(sample: Any, count: int) -> np.ndarray:
   """Which files of a split to value-check: all of them, or `sample` spread evenly over it."""
   if isinstance(sample, str):
     if sample != "all":
-      raise ValueError(f"sample must be 'all' or an integer >= 0, got {sample!r}.")
+      raise UserError(f"sample must be 'all' or an integer >= 0, got {sample!r}.")
     return np.arange(count)
   if isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or sample < 0:
-    raise ValueError(f"sample must be 'all' or an integer >= 0, got {sample!r}.")
+    raise UserError(f"sample must be 'all' or an integer >= 0, got {sample!r}.")
   if sample >= count:
     return np.arange(count)
   return np.unique(np.round(np.linspace(0, count - 1, int(sample))).astype(np.int64))
@@ -103,7 +105,7 @@ def _list_numbered(folder: pathlib.Path) -> set[int]:
       continue
     match = _FILE_NAME.match(entry.name)
     if match is None:
-      raise ValueError(
+      raise UserError(
           f"{entry}: unexpected file name; expected the files of {folder} to be named "
           "0.npy, 1.npy, ..., N-1.npy.")
     indices.add(int(match.group(1)))
@@ -114,9 +116,9 @@ def _open(path: pathlib.Path) -> np.ndarray:
   try:
     array = np.load(path, mmap_mode="r", allow_pickle=False)
   except (OSError, ValueError, EOFError) as error:
-    raise ValueError(f"{path}: not a readable .npy array file ({error}).") from None
+    raise UserError(f"{path}: not a readable .npy array file ({error}).") from None
   if not isinstance(array, np.ndarray):
-    raise ValueError(f"{path}: expected a single .npy array, got a {type(array).__name__}.")
+    raise UserError(f"{path}: expected a single .npy array, got a {type(array).__name__}.")
   return array
 
 
@@ -126,22 +128,22 @@ def _check_header(path: pathlib.Path, kind: str, array: np.ndarray,
     hint = ""
     if kind == "image" and array.shape == (shape[2], shape[0], shape[1]):
       hint = " (this looks channels-first; only the channel-last (H, W, 3) layout is accepted)"
-    raise ValueError(f"{path}: {kind} of shape {array.shape}; expected {shape}{hint}.")
+    raise UserError(f"{path}: {kind} of shape {array.shape}; expected {shape}{hint}.")
   if kind == "label":
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-      raise ValueError(f"{path}: label of dtype {array.dtype}; expected a float or integer dtype.")
+      raise UserError(f"{path}: label of dtype {array.dtype}; expected a float or integer dtype.")
   elif not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f"{path}: {kind} of dtype {array.dtype}; expected a float dtype.")
+    raise UserError(f"{path}: {kind} of dtype {array.dtype}; expected a float dtype.")
 
 
 def _check_values(path: pathlib.Path, kind: str, array: np.ndarray) -> None:
   array = np.asarray(array)
   if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-    raise ValueError(f"{path}: {kind} holds NaN or infinite values; expected finite values.")
+    raise UserError(f"{path}: {kind} holds NaN or infinite values; expected finite values.")
   if kind == "image":
     low, high = float(array.min()), float(array.max())
     if low < -IMAGE_TOLERANCE or high > 1.0 + IMAGE_TOLERANCE:
-      raise ValueError(
+      raise UserError(
           f"{path}: image values span [{low:g}, {high:g}]; expected [0, 1] "
           "(divide 8-bit images by 255).")
   elif kind == "label":
@@ -150,20 +152,20 @@ def _check_values(path: pathlib.Path, kind: str, array: np.ndarray) -> None:
     bad = values[~np.isin(values, allowed)]
     if bad.size:
       shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
-      raise ValueError(
+      raise UserError(
           f"{path}: label holds the value(s) {shown}; expected integers in 0..{NUM_CLASSES - 1} "
           f"or {IGNORE_LABEL} (ignore).")
   elif kind == "depth":
     low = float(array.min())
     if low < 0.0:
-      raise ValueError(f"{path}: depth holds the value {low:g}; expected depth >= 0 (0 = invalid).")
+      raise UserError(f"{path}: depth holds the value {low:g}; expected depth >= 0 (0 = invalid).")
   else:
     norm = np.sqrt(np.sum(np.square(array, dtype=np.float64), axis=-1))
     zero = np.all(array == 0, axis=-1)
     bad = ~(zero | (np.abs(norm - 1.0) <= NORMAL_TOLERANCE))
     if np.any(bad):
       row, col = (int(i) for i in np.argwhere(bad)[0])
-      raise ValueError(
+      raise UserError(
           f"{path}: {int(bad.sum())} normal(s) are neither unit-norm (within "
           f"{NORMAL_TOLERANCE:g}) nor all-zero, e.g. pixel ({row}, {col}) of norm "
           f"{norm[row, col]:.6g}.")
@@ -199,35 +201,35 @@ def check_layout(root: PathLike, splits: Sequence[str] = SPLITS, *, height: int 
   height = _positive_int(height, "height")
   width = _positive_int(width, "width")
   if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits:
-    raise ValueError(f"splits must be a non-empty sequence of split names, got {splits!r}.")
+    raise UserError(f"splits must be a non-empty sequence of split names, got {splits!r}.")
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise ValueError(f"NYUv2 directory {root} does not exist or is not a directory; "
+    raise UserError(f"NYUv2 directory {root} does not exist or is not a directory; "
                      f"{_HOW_TO_PASS}.")
   shapes = _expected_shapes(height, width)
   counts = {}
   for split in splits:
     if not isinstance(split, str) or not split:
-      raise ValueError(f"splits must hold split names such as 'train', got {split!r}.")
+      raise UserError(f"splits must hold split names such as 'train', got {split!r}.")
     split_dir = root / split
     if not split_dir.is_dir():
-      raise ValueError(f"{split_dir}: missing split directory; expected {root} to hold "
+      raise UserError(f"{split_dir}: missing split directory; expected {root} to hold "
                        f"{'/, '.join(splits)}/ ({_HOW_TO_PASS}).")
     indices = {}
     for kind in MAPS:
       folder = split_dir / kind
       if not folder.is_dir():
-        raise ValueError(f"{folder}: missing directory; expected {split_dir} to hold "
+        raise UserError(f"{folder}: missing directory; expected {split_dir} to hold "
                          f"{'/, '.join(MAPS)}/.")
       indices[kind] = _list_numbered(folder)
     count = max(max(found, default=-1) for found in indices.values()) + 1
     if count == 0:
-      raise ValueError(f"{split_dir}: no .npy files in {'/, '.join(MAPS)}/; expected "
+      raise UserError(f"{split_dir}: no .npy files in {'/, '.join(MAPS)}/; expected "
                        "0.npy .. N-1.npy in each.")
     for i in range(count):
       for kind in MAPS:
         if i not in indices[kind]:
-          raise ValueError(
+          raise UserError(
               f"{split_dir / kind / f'{i}.npy'}: missing file; expected 0.npy .. "
               f"{count - 1}.npy in each of {'/, '.join(MAPS)}/ of {split_dir}.")
     for i in range(count):
@@ -267,7 +269,7 @@ class NYUv2Source:
       ValueError: as `check_layout`.
     """
     if not isinstance(split, str) or not split:
-      raise ValueError(f"split must be a split name such as 'train', got {split!r}.")
+      raise UserError(f"split must be a split name such as 'train', got {split!r}.")
     self._count = check_layout(root, (split,), height=height, width=width, sample=0)[split]
     self._dir = pathlib.Path(root) / split
     self.split = split
@@ -318,15 +320,15 @@ class NYUv2Source:
 
 def _check_example(example: Mapping[str, Any], name: str = "example") -> tuple[int, int]:
   if not isinstance(example, Mapping) or any(kind not in example for kind in MAPS):
-    raise ValueError(f"{name} must be a mapping with the keys {MAPS}, got "
+    raise UserError(f"{name} must be a mapping with the keys {MAPS}, got "
                      f"{list(example) if isinstance(example, Mapping) else type(example)}.")
   shape = np.shape(example["label"])
   if len(shape) != 2:
-    raise ValueError(f"{name}['label'] must have shape (H, W), got {shape}.")
+    raise UserError(f"{name}['label'] must have shape (H, W), got {shape}.")
   expected = _expected_shapes(*shape)
   for kind in MAPS:
     if np.shape(example[kind]) != expected[kind]:
-      raise ValueError(f"{name}[{kind!r}] must have shape {expected[kind]}, got "
+      raise UserError(f"{name}[{kind!r}] must have shape {expected[kind]}, got "
                        f"{np.shape(example[kind])}.")
   return shape
 
@@ -390,17 +392,17 @@ def rescale_crop_flip(example: Mapping[str, Any], *, scale: float, top: int, lef
   try:
     scale = float(scale)
   except (TypeError, ValueError):
-    raise ValueError(f"scale must be a number >= 1, got {scale!r}.") from None
+    raise UserError(f"scale must be a number >= 1, got {scale!r}.") from None
   if not np.isfinite(scale) or scale < 1.0:
-    raise ValueError(f"scale must be a finite number >= 1, got {scale}.")
+    raise UserError(f"scale must be a finite number >= 1, got {scale}.")
   crop_h, crop_w = crop_size(height, width, scale)
   for value, name, limit in ((top, "top", height - crop_h), (left, "left", width - crop_w)):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (
         0 <= value <= limit):
-      raise ValueError(f"{name} must be an integer in [0, {limit}] for scale {scale} on a "
+      raise UserError(f"{name} must be an integer in [0, {limit}] for scale {scale} on a "
                        f"{height}x{width} image, got {value!r}.")
   if not isinstance(flip, (bool, np.bool_)):
-    raise ValueError(f"flip must be True or False, got {flip!r}.")
+    raise UserError(f"flip must be True or False, got {flip!r}.")
 
   window = (slice(top, top + crop_h), slice(left, left + crop_w))
   image = _resize_bilinear(np.asarray(example["image"])[window], height, width)
@@ -436,7 +438,7 @@ def augment(example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, n
     ValueError: for a malformed example or an `rng` that is not a `numpy.random.Generator`.
   """
   if not isinstance(rng, np.random.Generator):
-    raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
+    raise UserError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
   height, width = _check_example(example)
   scale = SCALES[int(rng.integers(len(SCALES)))]
   crop_h, crop_w = crop_size(height, width, scale)
@@ -467,13 +469,13 @@ def load_batch(source: Any, indices: Sequence[int] | np.ndarray,
   array = np.asarray(indices)
   if array.ndim != 1 or array.size == 0 or not (
       np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.bool_)):
-    raise ValueError(f"indices must be a non-empty 1-D sequence of integers, got {indices!r}.")
+    raise UserError(f"indices must be a non-empty 1-D sequence of integers, got {indices!r}.")
   count = len(source)
   if array.min() < 0 or array.max() >= count:
-    raise ValueError(f"indices must lie in [0, {count}) for a source of {count} examples, got "
+    raise UserError(f"indices must lie in [0, {count}) for a source of {count} examples, got "
                      f"values in [{array.min()}, {array.max()}].")
   if rng is not None and not isinstance(rng, np.random.Generator):
-    raise ValueError(f"rng must be None or a numpy.random.Generator, got {type(rng).__name__}.")
+    raise UserError(f"rng must be None or a numpy.random.Generator, got {type(rng).__name__}.")
   examples = []
   for i in array.tolist():
     example = source[i]
@@ -543,11 +545,11 @@ def write_synthetic(root: PathLike, num_train: int, num_val: int, *, height: int
   height = _positive_int(height, "height")
   width = _positive_int(width, "width")
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-    raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+    raise UserError(f"seed must be an integer >= 0, got {seed!r}.")
   root = pathlib.Path(root)
   for split in SPLITS:
     if (root / split).exists():
-      raise ValueError(f"{root / split} already exists; write_synthetic needs a fresh root.")
+      raise UserError(f"{root / split} already exists; write_synthetic needs a fresh root.")
   rng = np.random.default_rng(int(seed))
   palette = rng.uniform(0.1, 0.9, (NUM_CLASSES, 3))
   class_depth = rng.uniform(1.0, 8.0, NUM_CLASSES)

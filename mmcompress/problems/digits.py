@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmcompress import metrics
+from mmcompress import _checks, metrics
 from mmcompress.data import digits
 from mmcompress.problems import base
 
@@ -68,7 +68,7 @@ class DigitsProblem(base.Problem):
   def steps_per_epoch(self, batch_size: int) -> int:
     n = self.data.train.num_examples
     if n < batch_size:
-      raise ValueError(f"batch_size={batch_size} is larger than the {n} training examples: "
+      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training examples: "
                        "use a smaller batch_size.")
     return n // batch_size
 

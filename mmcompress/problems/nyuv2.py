@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmcompress import dense_tasks
+from mmcompress import _checks, dense_tasks
 from mmcompress.data import nyuv2
 from mmcompress.problems import base
 
@@ -70,7 +70,7 @@ class NYUv2Problem(base.Problem):
     self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
     self.test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
     if not 0.0 < val_fraction < 0.5:
-      raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}.")
+      raise _checks.UserError(f"val_fraction must be in (0, 0.5), got {val_fraction}.")
     order = np.random.default_rng(split_seed).permutation(len(self.train_source))
     held_out = max(1, int(round(val_fraction * len(order))))
     self.rows = {"train": np.sort(order[held_out:]), "val": np.sort(order[:held_out]),
@@ -117,7 +117,7 @@ class NYUv2Problem(base.Problem):
   def steps_per_epoch(self, batch_size: int) -> int:
     n = len(self.rows["train"])
     if n < batch_size:
-      raise ValueError(f"batch_size={batch_size} is larger than the {n} training images.")
+      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training images.")
     return n // batch_size
 
   def train_batch(self, seed: int, stage_index: int, step: int, batch_size: int) -> dict:

@@ -7,7 +7,7 @@ inner optimizer does (momentum, Adam moments, decoupled weight decay), `p + upda
 zero at every pruned entry.
 
 Reference: the retrain stage of Guo et al., "A Min-Max Optimization Framework for Multi-task
-Deep Neural Network Compression", ISCAS 2024 (METHOD.md §2, stage 3); masked retraining as in
+Deep Neural Network Compression", ISCAS 2024 (docs/method.md §2, stage 3); masked retraining as in
 Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS 2015.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ penalty and are driven towards zero, so that pruning them afterwards costs littl
 
 Reference: Candès, Wakin & Boyd, "Enhancing Sparsity by Reweighted ℓ1 Minimization",
 J. Fourier Anal. Appl. 14, 2008; used for pruning as stage 2 of Guo et al., ISCAS 2024
-(METHOD.md §2).
+(docs/method.md §2).
 """
 from __future__ import annotations
 

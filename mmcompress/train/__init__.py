@@ -1,0 +1,1 @@
+"""The trainer: the jitted step, the stages, the loop, checkpoints and data parallelism."""

@@ -1,0 +1,107 @@
+"""The command line: a user's mistake is one line on stderr and exit status 2, before any
+compute; any other error keeps its traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import launch
+from mmcompress import _checks
+
+
+def run_module(module, *args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CI="true")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_user_error(done, *fragments):
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("experiments."), done.stderr
+  for fragment in fragments:
+    assert fragment in lines[0]
+
+
+def test_a_missing_nyuv2_folder_is_one_line(tmp_path):
+  missing = tmp_path / "nonexistent"
+  done = run_module("experiments.nyuv2", f"--config.data_dir={missing}",
+                    f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+  assert_one_line_user_error(done, str(missing))
+
+
+def test_a_malformed_nyuv2_folder_is_one_line(tmp_path):
+  data = tmp_path / "nyuv2"
+  (data / "train" / "image").mkdir(parents=True)
+  (data / "train" / "image" / "0.npy").write_bytes(b"junk")
+  done = run_module("experiments.nyuv2", f"--config.data_dir={data}",
+                    f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+  assert_one_line_user_error(done, str(data))
+
+
+def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path):
+  done = run_module("experiments.digits", "--config=digits:quick", "--config.sparsity=1.5",
+                    f"--workdir={tmp_path / 'a'}", cwd=tmp_path)
+  assert_one_line_user_error(done, "config.sparsity", "1.5")
+  assert not (tmp_path / "a").exists()  # refused before anything was written
+  other = tmp_path / "b"
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps({"sparsity": 0.5}))
+  done = run_module("experiments.digits", "--config=digits:quick", f"--workdir={other}",
+                    cwd=tmp_path)
+  assert_one_line_user_error(done, str(other), "different config")
+  assert json.loads((other / "config.json").read_text()) == {"sparsity": 0.5}
+
+
+def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path):
+  script = ("import sys\nfrom experiments import launch\nfrom mmcompress import _checks\n"
+            "def main(argv):\n"
+            "  if sys.argv[0] == 'user':\n"
+            "    raise _checks.UserError('change\\nthis')\n"
+            "  raise ValueError('a bug')\n"
+            "launch.run_main(main)\n")
+  for kind, status, wanted in (("user", 2, "error: change this"), ("bug", 1, "Traceback")):
+    done = subprocess.run([sys.executable, "-c", script.replace("sys.argv[0]", repr(kind))],
+                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr
+    assert wanted in done.stderr
+
+
+def test_config_values_resolve_to_the_shipped_files(tmp_path, monkeypatch):
+  digits = os.path.join(launch.CONFIGS, "digits.py")
+  assert os.path.isfile(digits)
+  assert {"digits", "cifar100", "nyuv2"} <= set(launch.shipped_configs())
+  monkeypatch.chdir(tmp_path)  # outside the source tree
+  assert launch.resolve_config("digits") == digits
+  assert launch.resolve_config("digits:quick") == digits + ":quick"
+  assert launch.resolve_config("experiments/configs/digits.py:quick") == digits + ":quick"
+  own = tmp_path / "mine.py"
+  own.write_text("")
+  assert launch.resolve_config(f"{own}:x") == f"{own}:x"
+  for bad in ("nosuch", "nosuch.py", "other/digits.py", "base", ""):
+    with pytest.raises(_checks.UserError, match="no config file"):
+      launch.resolve_config(bad)
+
+
+def test_one_line_keeps_the_last_line_of_a_wrapped_config_error():
+  wrapped = ValueError("flag --config=x.py:bogus: Error whilst parsing config file:\n\n"
+                       "Traceback (most recent call last):\n  File ...\n"
+                       "ValueError: unknown preset 'bogus': use 'quick'.")
+  assert (launch.one_line(wrapped)
+          == "flag --config=x.py:bogus: unknown preset 'bogus': use 'quick'.")
+  assert launch.one_line(_checks.UserError("a\n  b")) == "a b"
+
+
+def test_as_user_error_marks_value_errors_only():
+  with pytest.raises(_checks.UserError, match="^bad$"):
+    with _checks.as_user_error():
+      raise ValueError("bad")
+  with pytest.raises(KeyError):
+    with _checks.as_user_error():
+      raise KeyError("not a ValueError")
+  assert issubclass(_checks.MissingDataError, FileNotFoundError)
+  assert issubclass(_checks.MissingDataError, ValueError)

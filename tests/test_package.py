@@ -1,0 +1,124 @@
+"""The package installs as a package: every folder is in it, the core stands on its own
+dependencies, and the README's test command tests the installed copy."""
+import ast
+import configparser
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import experiments
+import mmcompress
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CORE = ["mmcompress/__init__.py", "mmcompress/_checks.py", "mmcompress/minmax.py",
+        "mmcompress/objective.py", "mmcompress/weighting.py", "mmcompress/sparsity"]
+MACHINERY = ("flax", "sklearn", "matplotlib", "tensorflow", "tensorflow_datasets",
+             "ml_collections", "orbax", "tensorboardX")  # (optax itself imports absl)
+
+
+def setup_cfg() -> configparser.ConfigParser:
+  config = configparser.ConfigParser(interpolation=None)
+  config.read(REPO / "setup.cfg")
+  return config
+
+
+def requirement_names(text: str) -> set[str]:
+  names = set()
+  for line in text.splitlines():
+    line = line.split("#", 1)[0].strip()
+    if line:
+      names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+  return names
+
+
+def test_the_tests_import_the_installed_copy_when_asked():
+  if os.environ.get("MMCOMPRESS_EXPECT_INSTALLED") != "1":
+    pytest.skip("set MMCOMPRESS_EXPECT_INSTALLED=1 to check that the installed copy is tested")
+  for package in (mmcompress, experiments):
+    path = pathlib.Path(package.__file__).resolve()
+    assert REPO not in path.parents, f"{package.__name__} imported from the source tree: {path}"
+    assert "site-packages" in path.parts, path
+
+
+def test_every_folder_of_python_files_is_a_package():
+  for top in ("mmcompress", "experiments"):
+    for folder, _, files in os.walk(REPO / top):
+      if "__pycache__" not in folder and any(f.endswith(".py") for f in files):
+        assert "__init__.py" in files, f"{folder} has no __init__.py"
+
+
+def test_the_core_imports_only_its_own_dependencies():
+  allowed = requirement_names(setup_cfg()["options"]["install_requires"]) | {"mmcompress"}
+  assert allowed == {"jax", "optax", "numpy", "mmcompress"}
+  files = []
+  for entry in CORE:
+    path = REPO / entry
+    files += sorted(path.glob("*.py")) if path.is_dir() else [path]
+  core_modules = {str(f.relative_to(REPO).with_suffix("")).replace(os.sep, ".")
+                  .removesuffix(".__init__") for f in files}
+  for path in files:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+      else:
+        continue
+      for name in names:
+        top = name.split(".")[0]
+        assert top in allowed or top in sys.stdlib_module_names, f"{path}: imports {name}"
+        if top == "mmcompress" and name != "mmcompress":
+          assert (name in core_modules or name.rsplit(".", 1)[0] in core_modules), (
+              f"{path}: the core imports {name}, which is not part of the core")
+
+
+def test_importing_the_core_loads_no_experiment_machinery():
+  code = ("import json, sys\nimport mmcompress\nfrom mmcompress import sparsity, weighting, "
+          "minmax, objective\n"
+          f"print(json.dumps(sorted(m for m in sys.modules if m in {MACHINERY!r} "
+          f"or m.split('.')[0] in {MACHINERY!r})))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
+                        cwd=pathlib.Path(mmcompress.__file__).parents[1])
+  assert done.returncode == 0, done.stderr
+  assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_requirements_txt_lists_every_dependency_of_a_full_install():
+  options = setup_cfg()
+  declared = requirement_names(options["options"]["install_requires"])
+  for extra in ("experiments", "test"):
+    declared |= requirement_names(options["options.extras_require"][extra])
+  assert requirement_names(options["options.extras_require"]["experiments"]) <= (
+      requirement_names(options["options.extras_require"]["test"]))
+  assert requirement_names((REPO / "requirements.txt").read_text()) == declared
+
+
+def test_ci_runs_the_readmes_test_command_verbatim():
+  readme = (REPO / "README.md").read_text()
+  commands = re.findall(r"Install and run the tests.*?```bash\n(.*?)\n```", readme, re.S)
+  assert len(commands) == 1, "the README's 'Install and run the tests' block"
+  ci = (REPO / ".ci" / "run").read_text()
+  assert commands[0].strip() in ci
+  assert "pip install -e" not in ci and "pip install -e" not in commands[0]
+
+
+def test_every_method_citation_names_a_section_of_docs_method_md():
+  sections = set(re.findall(r"^## (\d) ", (REPO / "docs" / "method.md").read_text(), re.M))
+  assert sections == {"1", "2", "3", "4", "5", "6"}
+  outside = "METHOD" + ".md"  # a document outside the repository: never cited
+  cited = 0
+  for top in ("mmcompress", "experiments", "tests", "docs", "README.md"):
+    paths = [REPO / top] if top.endswith(".md") else sorted((REPO / top).rglob("*.[pm][yd]"))
+    for path in paths:
+      text = path.read_text()
+      assert outside not in text, path
+      for first, last in re.findall(r"docs/method\.md §(\d)(?:–§(\d))?", text):
+        cited += 1
+        assert {first, last or first} <= sections, (path, first, last)
+  assert cited >= 10
