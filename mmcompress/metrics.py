@@ -10,7 +10,7 @@ batch (with padding masked out) accumulates to exactly the metric of the whole s
 >>> accuracy = correct / count                                    # doctest: +SKIP
 
 The comparison functions turn a compressed model's metrics into numbers relative to the dense
-model's: `retention` per metric (docs/method.md, "5 Words"), `task_retention` per task (the
+model's: `retention` per metric (docs/method.md §5), `task_retention` per task (the
 mean retention of its metrics) and `delta_m_all` over all metrics of all tasks (LibMTL's Δp);
 `delta_m` is its one-metric-per-task special case. Both Δm functions are oriented as
 LibMTL's: a positive Δm means the compressed model is better than the dense one, a negative

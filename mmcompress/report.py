@@ -53,7 +53,7 @@ EQUAL = "equal"
 # Paired differences smaller than this are float noise, counted as ties.
 _TIE = 1e-9
 # The compression ratios of a result: the prunable part's (under its older name and its own)
-# and the whole model's (docs/method.md, "5 Words").
+# and the whole model's (docs/method.md §5).
 _RATIOS = ("compression_ratio", "prunable_compression_ratio", "whole_model_compression_ratio")
 # A verdict needs the two-sided sign test over seeds below this p-value (95 %).
 ALPHA = 0.05

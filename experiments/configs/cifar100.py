@@ -16,7 +16,7 @@ trainer hard-codes β = 50); and ``smoke`` (two epochs per stage, for checking a
 installation on real data).
 
 Reference settings (Guo et al., ISCAS 2024 and Neurocomputing 2025, and the reference code's
-CIFAR-100 trainer; see docs/method.md, sections 1 and 4, and docs/deviations.md): batch 32
+CIFAR-100 trainer; see docs/method.md §1 and §4, and docs/deviations.md): batch 32
 per task per step (`batch_size` is per task here), SGD lr 0.1, momentum 0.9, weight decay
 5e-4, cosine schedule over 200 epochs per stage; min-max ascent step 1/β = 0.02 (β = 50),
 γ = 5, ascending once per epoch as the reference code does. The reweight stage uses the

@@ -17,7 +17,7 @@ weight decay 5e-4, batch 4, raw (unscaled) losses, an L1 normal loss, on MTAN-Se
 than the journal's MTAN-DeepLabv3 (docs/deviations.md); ``smoke``: a few epochs at reduced
 size, for checking an installation on real data.
 
-Reference settings of the pruning presets (Guo et al.; docs/method.md, sections 1 to 4):
+Reference settings of the pruning presets (Guo et al.; docs/method.md §1–§4):
 Adam 1e-4, ×0.5 every 100 epochs, 200 epochs per stage, batch 2 (the MTAN code's), min-max
 β = 50 (step 0.02), γ = 5, ascending once per epoch, and the reference's loss scales
 (1, 1.5, 3) for (segmentation, depth, normals) in every weighting's objective (so that the

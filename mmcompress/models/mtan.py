@@ -45,7 +45,7 @@ convolution ``i``), with their ``bn/{scale,bias}``, and the attention feature ex
 ``head_{k}/{conv0,conv1}/{kernel,bias}``. Only the prediction layers carry "head" in their
 names, so the default pruning rule (`mmcompress.sparsity.default_include`: rank >= 2, no
 "head" in the path) prunes every convolution but the prediction layers, the attention
-convolutions included, as the reference does (docs/method.md, "2 Pruning"); the batch-norm
+convolutions included, as the reference does (docs/method.md §2); the batch-norm
 scales and biases and the prediction layers stay dense. Batch norm (momentum 0.9, epsilon
 1e-5) keeps its running statistics in the ``batch_stats`` collection; a shared ``f`` is called
 once per task, so in training its statistics are updated K times per batch, as in the

@@ -16,7 +16,7 @@ References:
   Mocanu et al., "Scalable training of artificial neural networks with adaptive sparse
   connectivity inspired by network science", Nature Communications 9, 2018 (SET, random
   growth).
-  The journal extension of Guo et al., Neurocomputing 650, 2025 (docs/method.md, section 3).
+  The journal extension of Guo et al., Neurocomputing 650, 2025 (docs/method.md §3).
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def default_include(path: tuple[Any, ...], leaf: Any) -> bool:
 
   Every kernel (rank >= 2: convolution and Dense weights) is prunable except those of the
   task prediction layers, the final per-task output layers, which stay dense as in the
-  reference (docs/method.md, "2 Pruning"); biases and normalisation scales (rank < 2) are
+  reference (docs/method.md §2); biases and normalisation scales (rank < 2) are
   never pruned. The task prediction layers are recognised by name: a leaf is excluded when
   any entry of its key path contains "head" (case-insensitive). The models of
   `mmcompress.models` give that name to their prediction layers only (``head_{k}``); their

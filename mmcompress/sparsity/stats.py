@@ -1,7 +1,7 @@
 """Reading sparsity back: the masks inside an optimizer state, zero counts, both ratios.
 
 Sparsity is the fraction of prunable weights that are exactly zero. Two compression ratios
-are reported, always side by side (docs/method.md, "5 Words"):
+are reported, always side by side (docs/method.md §5):
 
 * the prunable-part compression, prunable weights / nonzero prunable weights (97.5 %
   sparsity = 40x, per layer or over the prunable layers);
