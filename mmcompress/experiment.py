@@ -20,6 +20,7 @@ from mmcompress.data import cifar100, digits
 from mmcompress.models import create_model
 from mmcompress.problems import DigitsProblem, Problem
 from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.problems import nyuv2 as nyuv2_problems
 from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import parallel, run as run_lib, stages as stages_lib
@@ -100,6 +101,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
   for method in config.methods:
     _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
+  if "metric_averaging" in config:  # a NYUv2 config: its own fields, before any file is read
+    nyuv2_problems.check_config(config.normal_loss, config.metric_averaging,
+                                config.eval_batch_size)
   if not config.methods:
     raise ValueError("config.methods is empty: name at least one of "
                      f"{list(weighting.WEIGHTINGS)}.")
@@ -255,8 +259,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
        if config.share_pretraining else
        "Each method pretrains under its own weighting and compresses its best-validation "
        "epoch; the dense reference is equal-weighted."),
-      ("Losses: every weighting's objective starts at the mean task loss "
-       "(loss_reduction=mean)." if config.loss_reduction == "mean" else
+      ("Losses: every weighting's objective is normalised to the mean task loss "
+       "(loss_reduction=mean; uncertainty's exactly so where its log-variances are 0)." if config.loss_reduction == "mean" else
        "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
        "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
        "weights summing to one."),

@@ -42,6 +42,18 @@ def test_a_malformed_nyuv2_folder_is_one_line(tmp_path):
   assert_one_line_user_error(done, str(data))
 
 
+def test_bad_nyuv2_settings_are_one_line_before_any_file_is_read(tmp_path):
+  missing = tmp_path / "nonexistent"  # the settings are refused before the data is looked at
+  for flag, fragments in (("--config.normal_loss=l2", ("config.normal_loss", "l2")),
+                          ("--config.metric_averaging=batch", ("config.metric_averaging",)),
+                          ("--config.metric_averaging=mtan --config.eval_batch_size=3",
+                           ("eval_batch_size=3", "multiple of 2"))):
+    done = run_module("experiments.nyuv2", f"--config.data_dir={missing}", *flag.split(),
+                      f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    assert_one_line_user_error(done, *fragments)
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path):
   done = run_module("experiments.digits", "--config=digits:quick", "--config.sparsity=1.5",
                     f"--workdir={tmp_path / 'a'}", cwd=tmp_path)

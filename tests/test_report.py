@@ -180,8 +180,8 @@ def test_no_pair_and_tied_best():
   assert report["comparison"]["minmax_minus_equal"] is None
   assert report["comparison"]["best_worst_task_retention"]["tied_with"] == ["dwa"]
   assert ("equal and dwa tied for keeping the worst task best (mean worst-task retention "
-          "0.800, within one test example); there is no min-max and equal pair to "
-          "compare") in report_lib.to_markdown(report)
+          "0.800, within one test example); no method is shown to keep it best over 3 "
+          "seeds; there is no min-max and equal pair to compare") in report_lib.to_markdown(report)
   one = _build([{**s, "methods": {"equal": s["methods"]["equal"]}} for s in per_seed])
   assert report_lib.summary_sentence(one).startswith(
       "equal is the only compressed method (mean worst-task retention 0.800); there is no")
@@ -340,6 +340,40 @@ def test_a_method_that_diverged_on_every_seed_still_reports():
   text = report_lib.to_markdown(report)
   assert "| minmax (diverged on 3 of 3) | — | — | — | — |" in text
   assert "minmax diverged on seeds 0, 1, 2" in text
+
+
+def test_a_method_diverged_on_every_seed_with_several_metrics_a_task_writes_its_report(
+    tmp_path):
+  ok = {"seed": 0, "dense": _nyu_result(NYU_DENSE), "methods": {"equal": _nyu_result(NYU_EQUAL),
+                                                                "minmax": {"diverged": "nan"}}}
+  report = _nyu_build([ok, {**copy.deepcopy(ok), "seed": 1}])
+  minmax = report["methods"]["minmax"]
+  assert minmax["task_metrics"]["normal"] == {m: None for m in NYU_HIGHER["normal"]}
+  text = open(report_lib.write(report, tmp_path)["markdown"], encoding="utf-8").read()
+  assert "| minmax (diverged on 2 of 2) |" in text and "normal 11.25" in text
+  # equal's mean worst-task retention is the plain mean; the sentence names the divergence.
+  assert "equal" in report_lib.summary_sentence(report)
+  assert "minmax diverged on seeds 0, 1" in text
+
+
+def test_the_sentence_says_so_when_every_method_diverged_or_diverged_seeds_count_as_0():
+  per_seed = _per_seed()
+  for seed in per_seed:
+    seed["methods"] = {m: {"diverged": "inf"} for m in seed["methods"]}
+  sentence = report_lib.summary_sentence(_build(per_seed))
+  assert sentence.startswith("Every compressed method diverged on every seed")
+  assert "tied" not in sentence
+  per_seed = _per_seed()  # both diverge on seed 0: equal's mean (0 + 0.8 + 0.8) / 3 is best
+  per_seed[0]["methods"] = {m: {"diverged": "nan"} for m in per_seed[0]["methods"]}
+  report = _build(per_seed)
+  best = report["comparison"]["best_worst_task_retention"]
+  assert best["method"] == "equal" and best["value"] == pytest.approx(1.6 / 3)
+  assert report["methods"]["equal"]["worst_task_retention"] == pytest.approx(0.8)
+  assert "equal, 0.533, diverged seeds counted as 0" in (
+      report_lib.summary_sentence(report))
+  per_seed = _per_seed()
+  per_seed[0]["methods"]["minmax"] = {"diverged": "nan"}  # only the method that is not best
+  assert "counted as 0;" not in report_lib.summary_sentence(_build(per_seed)).split(";")[0] + ";"
 
 
 def test_bad_input_is_named():

@@ -11,8 +11,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.methods = ("equal", "uncertainty", "dwa", "minmax")
   c.stages = ("pretrain", "reweight", "prune", "retrain")
   c.share_pretraining = True
-  # "mean": every weighting's objective starts at the mean task loss (ours); "reference": the
-  # reference code's sums (equal), K·softmax (DWA) and ½e^{-s}L + s/2 (uncertainty).
+  # "mean": every weighting's objective is normalised to the mean task loss (ours);
+  # "reference": the reference code's sums (equal), K·softmax (DWA), ½e^{-s}L + s/2 (uncertainty).
   c.loss_reduction = "mean"
   c.sparsity = 0.975               # 40x; 0.983 is 60x, 0.99 is 100x
   c.structure = "unstructured"     # or "filter", or an "n:m" pattern such as "2:4"

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress._checks import UserError
+from mmcompress._checks import MissingDataError, UserError
 
 TASKS = ("segmentation", "depth", "normal")
 NUM_CLASSES = 13
@@ -204,7 +204,7 @@ def check_layout(root: PathLike, splits: Sequence[str] = SPLITS, *, height: int 
     raise UserError(f"splits must be a non-empty sequence of split names, got {splits!r}.")
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise UserError(f"NYUv2 directory {root} does not exist or is not a directory; "
+    raise MissingDataError(f"NYUv2 directory {root} does not exist or is not a directory; "
                      f"{_HOW_TO_PASS}.")
   shapes = _expected_shapes(height, width)
   counts = {}

@@ -39,6 +39,16 @@ _LOSSES = {dense_tasks.SEGMENTATION: dense_tasks.segmentation_loss,
 _NORMAL_LOSSES = {"cosine": dense_tasks.normal_loss, "l1": dense_tasks.normal_l1_loss}
 
 
+def check_config(normal_loss: str, metric_averaging: str, eval_batch_size: int) -> None:
+  """Raises a `UserError` for a NYUv2 setting that cannot run, before any data is read."""
+  _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "config.normal_loss")
+  _checks.one_of(metric_averaging, AVERAGING_MODES, "config.metric_averaging")
+  if metric_averaging == "mtan" and eval_batch_size % MTAN_EVAL_BATCH:
+    raise _checks.UserError(
+        f"config.eval_batch_size={eval_batch_size} must be a multiple of {MTAN_EVAL_BATCH} "
+        f"with metric_averaging='mtan', which averages per batch of {MTAN_EVAL_BATCH} images.")
+
+
 class NYUv2Problem(base.Problem):
   """NYUv2 (`mmcompress.data.nyuv2` layout) as a three-task dense-prediction problem.
 
@@ -59,11 +69,11 @@ class NYUv2Problem(base.Problem):
                val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
                normal_loss: str = "cosine", metric_averaging: str = "split"):
     if normal_loss not in _NORMAL_LOSSES:
-      raise ValueError(f"normal_loss must be one of {sorted(_NORMAL_LOSSES)}, got "
+      raise _checks.UserError(f"normal_loss must be one of {sorted(_NORMAL_LOSSES)}, got "
                        f"{normal_loss!r}.")
     self.losses = {**_LOSSES, dense_tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
     if metric_averaging not in AVERAGING_MODES:
-      raise ValueError(f"metric_averaging must be one of {list(AVERAGING_MODES)}, got "
+      raise _checks.UserError(f"metric_averaging must be one of {list(AVERAGING_MODES)}, got "
                        f"{metric_averaging!r}.")
     self.metric_averaging = metric_averaging
     nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
@@ -105,9 +115,9 @@ class NYUv2Problem(base.Problem):
             "mIoU and pixel accuracy from the split's confusion matrix."]
 
   def check_eval_batch_size(self, batch_size: int) -> None:
-    """Raises a ValueError if ``mtan`` averaging cannot cut `batch_size` into its batches."""
+    """Raises a UserError if ``mtan`` averaging cannot cut `batch_size` into its batches."""
     if self.metric_averaging == "mtan" and batch_size % MTAN_EVAL_BATCH:
-      raise ValueError(f"config.eval_batch_size={batch_size} must be a multiple of "
+      raise _checks.UserError(f"config.eval_batch_size={batch_size} must be a multiple of "
                        f"{MTAN_EVAL_BATCH} with metric_averaging='mtan', which averages per "
                        f"batch of {MTAN_EVAL_BATCH} images.")
 
