@@ -28,13 +28,19 @@ def test_synthetic_cifar100_gives_every_task_a_full_batch():
   assert benchmark.num_outputs(problem) == (5,) * 20
 
 
-def test_the_steps_are_the_dense_and_the_masked_minmax_step():
+def _mlp_steps():
+  """The benchmark's steps of the digits MLP at batch 8, on a data mesh of every device."""
   mesh = parallel.data_mesh()
   problem = benchmark.make_problem(benchmark.SETUPS["mlp"], 8)
   model = create_model("mlp", benchmark.num_outputs(problem))
   variables = dict(model.init(jax.random.key(0), jnp.asarray(problem.example_input())))
   params = variables.pop("params")
   steps = benchmark.build_steps(problem, model, params, variables, mesh)
+  return mesh, problem, params, steps
+
+
+def test_the_steps_are_the_dense_and_the_masked_minmax_step():
+  mesh, problem, params, steps = _mlp_steps()
   assert set(steps) == KINDS
   batch = parallel.shard_batch(problem.train_batch(0, 0, 0, 8), mesh)
   out = {}
@@ -113,12 +119,7 @@ def test_the_default_sizes_follow_the_platform():
 
 
 def test_the_control_runs_the_dense_steps_own_compilation():
-  mesh = parallel.data_mesh()
-  problem = benchmark.make_problem(benchmark.SETUPS["mlp"], 8)
-  model = create_model("mlp", benchmark.num_outputs(problem))
-  variables = dict(model.init(jax.random.key(0), jnp.asarray(problem.example_input())))
-  params = variables.pop("params")
-  steps = benchmark.build_steps(problem, model, params, variables, mesh)
+  *_, steps = _mlp_steps()
   assert steps["zeroed"][0] is steps["dense"][0]
   assert steps["minmax"][0] is not steps["dense"][0]
   assert steps["zeroed"][1] is not steps["dense"][1]  # each its own (donated) state
