@@ -452,6 +452,13 @@ def batch_means(predictions: Mapping[str, ArrayLike], batch: Mapping[str, ArrayL
   return out
 
 
+def _check_task_keys(sums: Any, allowed: tuple[str, ...]) -> None:
+  """Raises unless `sums` is a non-empty mapping whose keys are among `allowed` tasks."""
+  if not isinstance(sums, Mapping) or not sums or set(sums) - set(allowed):
+    raise ValueError(f"sums must be a mapping with keys among {allowed}, got "
+                     f"{list(sums) if isinstance(sums, Mapping) else type(sums).__name__}.")
+
+
 def finalize_batch_means(sums: Mapping[str, Any]) -> dict[str, float]:
   """The ``mtan`` averaging's metrics from the accumulated `batch_means` of a split.
 
@@ -467,9 +474,7 @@ def finalize_batch_means(sums: Mapping[str, Any]) -> dict[str, float]:
   Raises:
     ValueError: for unknown tasks or sums without any batch.
   """
-  if not isinstance(sums, Mapping) or not sums or set(sums) - {DEPTH, NORMAL}:
-    raise ValueError(f"sums must be a mapping with keys among {(DEPTH, NORMAL)}, got "
-                     f"{list(sums) if isinstance(sums, Mapping) else type(sums).__name__}.")
+  _check_task_keys(sums, (DEPTH, NORMAL))
   metrics = {}
   if DEPTH in sums:
     depth = DepthBatchMeans(*(_wide(x) for x in sums[DEPTH]))
@@ -630,9 +635,7 @@ def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
   Raises:
     ValueError: for unknown tasks or sums that hold no valid pixel.
   """
-  if not isinstance(sums, Mapping) or not sums or set(sums) - set(DENSE_TASKS):
-    raise ValueError(f"sums must be a mapping with keys among {DENSE_TASKS}, got "
-                     f"{list(sums) if isinstance(sums, Mapping) else type(sums).__name__}.")
+  _check_task_keys(sums, DENSE_TASKS)
   metrics = {}
   if SEGMENTATION in sums:
     metrics["miou"] = miou(sums[SEGMENTATION])
