@@ -100,9 +100,6 @@ _PLACEHOLDER = ("library defect: init cannot take optax's params placeholder ({}
                 "optax.tree_map_params raises")
 _SIMPLEX = _PLACEHOLDER.format("simplex_ascent's init calls jnp.asarray(params)"), TypeError
 _MASKED = _PLACEHOLDER.format("masked's init checks and masks params against the masks"), ValueError
-_DONATE = ("library defect: masked's init returns the very mask arrays it keeps (and the "
-           "caller's), so a step donating the state deletes them and the next init fails "
-           "with 'Buffer has been deleted or donated'"), ValueError
 XFAILS = {
     **{("tree_map_params", n): _SIMPLEX for n, _ in CASES if n.startswith("simplex")},
     ("tree_map_params", "weighting_minmax"): _SIMPLEX,
@@ -110,8 +107,6 @@ XFAILS = {
         "saddle_point's init requires the {'params', 'task_weights'} dict"), ValueError),
     ("tree_map_params", "masked_sgd"): _MASKED,
     ("tree_map_params", "masked_adam"): _MASKED,
-    ("donation", "masked_sgd"): _DONATE,
-    ("donation", "masked_adam"): _DONATE,
 }
 
 

@@ -105,7 +105,9 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
 
   def init_fn(params):
     _checks.same_structure(masks, params, "masks")
-    return MaskedState(inner_state=inner.init(mask_tree(params, stored)), masks=stored)
+    # A copy, so that a step donating the state never deletes the caller's own mask arrays.
+    return MaskedState(inner_state=inner.init(mask_tree(params, stored)),
+                       masks=jax.tree.map(jnp.array, stored))
 
   def update_fn(updates, state, params=None):
     if params is None:
