@@ -286,7 +286,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     inner_state = optax.tree_utils.tree_map_params(inner, reset, inner_state, changed)
     grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
     kept = jax.tree.map(jnp.logical_and, new_masks, masks)
-    inner_state = _restart_second_moments(inner_state, grown, kept, updates)
+    # Between mask updates nothing is grown: skip the per-leaf reductions on those steps.
+    inner_state = jax.lax.cond(
+        due, lambda s: _restart_second_moments(s, grown, kept, updates), lambda s: s,
+        inner_state)
     new_updates = jax.tree.map(
         lambda u, p, new, old: jnp.where(new & old, u, -p).astype(jnp.result_type(u)),
         masked_updates, params, new_masks, masks)
