@@ -43,9 +43,14 @@ def check_config(normal_loss: str, metric_averaging: str, eval_batch_size: int) 
   """Raises a `UserError` for a NYUv2 setting that cannot run, before any data is read."""
   _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "config.normal_loss")
   _checks.one_of(metric_averaging, AVERAGING_MODES, "config.metric_averaging")
-  if metric_averaging == "mtan" and eval_batch_size % MTAN_EVAL_BATCH:
+  _check_averaging_batch(metric_averaging, eval_batch_size)
+
+
+def _check_averaging_batch(metric_averaging: str, batch_size: int) -> None:
+  """Raises a `UserError` if ``mtan`` averaging cannot cut `batch_size` into its batches."""
+  if metric_averaging == "mtan" and batch_size % MTAN_EVAL_BATCH:
     raise _checks.UserError(
-        f"config.eval_batch_size={eval_batch_size} must be a multiple of {MTAN_EVAL_BATCH} "
+        f"config.eval_batch_size={batch_size} must be a multiple of {MTAN_EVAL_BATCH} "
         f"with metric_averaging='mtan', which averages per batch of {MTAN_EVAL_BATCH} images.")
 
 
@@ -68,14 +73,9 @@ class NYUv2Problem(base.Problem):
   def __init__(self, root: str, *, height: int = 288, width: int = 384, augment: bool = True,
                val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
                normal_loss: str = "cosine", metric_averaging: str = "split"):
-    if normal_loss not in _NORMAL_LOSSES:
-      raise _checks.UserError(f"normal_loss must be one of {sorted(_NORMAL_LOSSES)}, got "
-                       f"{normal_loss!r}.")
+    _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "normal_loss")
     self.losses = {**_LOSSES, dense_tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
-    if metric_averaging not in AVERAGING_MODES:
-      raise _checks.UserError(f"metric_averaging must be one of {list(AVERAGING_MODES)}, got "
-                       f"{metric_averaging!r}.")
-    self.metric_averaging = metric_averaging
+    self.metric_averaging = _checks.one_of(metric_averaging, AVERAGING_MODES, "metric_averaging")
     nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
     self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
     self.test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
@@ -116,10 +116,7 @@ class NYUv2Problem(base.Problem):
 
   def check_eval_batch_size(self, batch_size: int) -> None:
     """Raises a UserError if ``mtan`` averaging cannot cut `batch_size` into its batches."""
-    if self.metric_averaging == "mtan" and batch_size % MTAN_EVAL_BATCH:
-      raise _checks.UserError(f"config.eval_batch_size={batch_size} must be a multiple of "
-                       f"{MTAN_EVAL_BATCH} with metric_averaging='mtan', which averages per "
-                       f"batch of {MTAN_EVAL_BATCH} images.")
+    _check_averaging_batch(self.metric_averaging, batch_size)
 
   def example_input(self) -> np.ndarray:
     return np.zeros((1,) + self.shape + (3,), np.float32)
