@@ -56,6 +56,21 @@ def sparsity(value: Any, name: str = "sparsity") -> float:
   return value
 
 
+def finite(value: Any, name: str) -> float:
+  """Returns `value` as a finite float, or raises a plain ValueError.
+
+  Not a `UserError`: the values checked here are mostly computed ones (metrics), whose
+  traceback matters; config validation turns it into a user error (`as_user_error`).
+  """
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number, got {value!r}.") from None
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}.")
+  return value
+
+
 def non_negative(value: Any, name: str) -> float:
   """Returns `value` as a finite float >= 0, or raises."""
   try:

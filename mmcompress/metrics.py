@@ -18,7 +18,6 @@ LibMTL's: a positive Δm means the compressed model is better than the dense one
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,15 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-
-def _finite(value: Any, name: str) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number, got {value!r}.") from None
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value}.")
-  return value
+from mmcompress import _checks
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -67,8 +58,8 @@ def retention(metric: float, dense_metric: float, higher_is_better: bool) -> flo
   >>> retention(0.9, 1.0, True), retention(2.0, 1.0, False)
   (0.9, 0.5)
   """
-  metric = _finite(metric, "metric")
-  dense_metric = _finite(dense_metric, "dense_metric")
+  metric = _checks.finite(metric, "metric")
+  dense_metric = _checks.finite(dense_metric, "dense_metric")
   if _flag(higher_is_better, "higher_is_better"):
     if dense_metric <= 0:
       raise ValueError(
@@ -175,10 +166,10 @@ def delta_m_all(metrics: Mapping[str, Mapping[str, float]],
     changes = []
     for name in reference:
       where = f"[{task!r}][{name!r}]"
-      base = _finite(reference[name], f"dense{where}")
+      base = _checks.finite(reference[name], f"dense{where}")
       if base == 0:
         raise ValueError(f"dense{where} is 0; Δm divides by the dense metric.")
-      change = (_finite(values[name], f"metrics{where}") - base) / base
+      change = (_checks.finite(values[name], f"metrics{where}") - base) / base
       changes.append(change if _flag(higher[name], f"higher_is_better{where}") else -change)
     total += sum(changes) / len(changes)
   return 100.0 * total / len(dense)
@@ -219,10 +210,10 @@ def delta_m(metrics: Mapping[str, float], dense: Mapping[str, float],
           f"{name} must have exactly the tasks of dense {sorted(dense)}, got {keys!r}.")
   total = 0.0
   for task in dense:
-    reference = _finite(dense[task], f"dense[{task!r}]")
+    reference = _checks.finite(dense[task], f"dense[{task!r}]")
     if reference == 0:
       raise ValueError(f"dense[{task!r}] is 0; Δm divides by the dense metric.")
-    change = (_finite(metrics[task], f"metrics[{task!r}]") - reference) / reference
+    change = (_checks.finite(metrics[task], f"metrics[{task!r}]") - reference) / reference
     sign = 1.0 if _flag(higher_is_better[task], f"higher_is_better[{task!r}]") else -1.0
     total += sign * change
   return 100.0 * total / len(dense)

@@ -31,7 +31,6 @@ The ``reduction`` of `equal`, `uncertainty` and `dwa` says how the task losses a
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -76,16 +75,6 @@ REDUCTIONS = ("mean", "reference")
 
 def _reduction(reduction: str) -> str:
   return _checks.one_of(reduction, REDUCTIONS, "loss_reduction")
-
-
-def _finite(value: Any, name: str) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a finite number, got {value!r}.") from None
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be a finite number, got {value}.")
-  return value
 
 
 def _no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
@@ -140,7 +129,7 @@ def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
   """
   scales = _scales(task_scales)
   factor = 0.5 if _reduction(reduction) == "reference" else None
-  init_log_var = _finite(init_log_var, "init_log_var")
+  init_log_var = _checks.finite(init_log_var, "init_log_var")
   if optimizer is None:
     optimizer = optax.adam(_checks.learning_rate(learning_rate))
 
