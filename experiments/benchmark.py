@@ -1,4 +1,4 @@
-"""Times the dense and the min-max masked training step: see `mmcompress.benchmark`.
+"""Times the dense and the min-max masked training step: see `experiments.step_benchmark`.
 
   python -m experiments.benchmark [--models=mlp,cnn,vgg16] [--full] [--steps=N --rounds=R
       --warmup=W] [--batch_size=B] [--nocontrol] [--json_out=bench.json]
@@ -12,7 +12,7 @@ import jax
 from absl import flags
 
 from experiments import launch
-from mmcompress import benchmark
+from experiments import step_benchmark as benchmark
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "cnn", "vgg16"],
                             f"Models to benchmark, from {list(benchmark.SETUPS)}.")

@@ -2,13 +2,10 @@
 
   python -m experiments.cifar100 --workdir=runs/cifar100 --config.data_dir=/data/tfds
 """
-import functools
-
 from experiments import launch
-from mmcompress import experiment
+from mmcompress import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("cifar100")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR,
-             functools.partial(experiment.run, problem=experiment.cifar100_problem))
+  launch.run(_CONFIG, _WORKDIR, comparison.run)

@@ -3,9 +3,9 @@
   python -m experiments.digits --workdir=runs/digits [--config=...:quick] [--config.X=...]
 """
 from experiments import launch
-from mmcompress import experiment
+from mmcompress import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("digits")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR, experiment.run_digits)
+  launch.run(_CONFIG, _WORKDIR, comparison.run_digits)

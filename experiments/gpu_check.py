@@ -23,11 +23,12 @@ from absl import flags
 
 from experiments import launch
 from mmcompress import _checks, saddle_point, sparsity, weighting
-from mmcompress.data import cifar100, nyuv2
+from mmcompress.problems.cifar100 import data as cifar100
+from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
-from mmcompress.train import parallel, run, step
+from mmcompress.train import parallel, step
 
 _SMALL = flags.DEFINE_bool("small", False, "Reduced widths and resolution (CPU smoke test).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model.")
@@ -60,12 +61,12 @@ def check_model(name, problem, model, batch_size, steps):
   """Runs `steps` timed min-max masked steps; returns the measurements and check results."""
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
-  params, model_state = run.init_variables(model, problem, 0)
+  params, model_state = step.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, _SPARSITY)
   minmax = weighting.minmax(0.02, gamma=5.0)
   tx = saddle_point(sparsity.masked(optax.sgd(0.01, momentum=0.9), masks), minmax.tx)
   state = parallel.replicate(
-      run.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
+      step.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
                              problem.num_tasks, jax.random.key(0)), mesh)
   train_step = step.make_train_step(problem, model, minmax, tx, mesh)
   batches = [parallel.shard_batch(problem.train_batch(0, 0, i, batch_size), mesh,

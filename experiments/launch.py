@@ -155,8 +155,8 @@ def run_main(main: Callable[[list[str]], None]) -> None:
 
 
 def run(config_flag, workdir_flag, job: Callable) -> None:
-  """Runs ``job(config, workdir)`` on the flags' values: `experiment.run` with a problem, or
-  `experiment.run_digits`."""
+  """Runs ``job(config, workdir)`` on the flags' values: `comparison.run` with a problem, or
+  `comparison.run_digits`."""
   def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO

@@ -2,13 +2,10 @@
 
   python -m experiments.nyuv2 --workdir=runs/nyuv2 --config.data_dir=/data/nyuv2
 """
-import functools
-
 from experiments import launch
-from mmcompress import experiment
+from mmcompress import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("nyuv2")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR,
-             functools.partial(experiment.run, problem=experiment.nyuv2_problem))
+  launch.run(_CONFIG, _WORKDIR, comparison.run)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import launch
-from mmcompress import _checks, experiment, metrics
+from mmcompress import _checks, comparison, metrics
 
 # The base config (its seeds, sparsity and stages are used) and where the runs go.
 _CONFIG, _WORKDIR = launch.define_flags("digits")
@@ -62,7 +62,7 @@ def main(argv):
         config.minmax.every = every
         config.quiet = True
       workdir = os.path.join(_WORKDIR.value, f"gamma{gamma:g}_{every}")
-      report = experiment.run(config, workdir, print_report=False)
+      report = comparison.run(config, workdir, print_report=False)
       equal = val_worst_retention(report, workdir, "equal")
       minmax = val_worst_retention(report, workdir, "minmax")
       diff = np.subtract(minmax, equal)

@@ -129,3 +129,11 @@ def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "
       raise UserError(
           f"{name} at {jax.tree_util.keystr(path)} has shape {getattr(leaf, 'shape', None)}, "
           f"but {reference_name} there has shape {getattr(ref, 'shape', None)}.")
+
+
+def config_data_dir(data_dir: str, what: str) -> str:
+  """`data_dir` if a config names one, else a `UserError` saying what the folder must hold."""
+  if not data_dir:
+    raise UserError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
+                    f"that holds {what} (see the README's 'Reproducing the paper').")
+  return data_dir

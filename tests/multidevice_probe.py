@@ -13,10 +13,10 @@ import numpy as np
 import optax
 
 from mmcompress import saddle_point, sparsity, weighting
-from mmcompress.data import digits
+from mmcompress.problems.digits import data as digits
 from mmcompress.models import create_model
-from mmcompress.problems import DigitsProblem
-from mmcompress.train import parallel, run, step
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.train import parallel, step
 
 
 def main(batch_size: int) -> dict:
@@ -31,7 +31,7 @@ def main(batch_size: int) -> dict:
   params = sparsity.apply_masks(params, masks)
   minmax = weighting.minmax(0.5, gamma=0.5)
   tx = saddle_point(sparsity.masked(optax.sgd(0.1, momentum=0.9), masks), minmax.tx)
-  state = run.create_train_state(params, {}, minmax, tx, data.num_tasks, jax.random.key(1))
+  state = step.create_train_state(params, {}, minmax, tx, data.num_tasks, jax.random.key(1))
   state = parallel.replicate(state, mesh)
   train_step = step.make_train_step(problem, model, minmax, tx, mesh)
   losses = []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mmcompress.data import cifar100
+from mmcompress.problems.cifar100 import data as cifar100
 
 K = cifar100.NUM_TASKS
 NUM_MOCK = 300

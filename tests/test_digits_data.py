@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
-from mmcompress.data import CLASSIFY_GROUPS
-from mmcompress.data import describe
-from mmcompress.data import load_multidigits
+from mmcompress.problems.digits import CLASSIFY_GROUPS
+from mmcompress.problems.digits import describe
+from mmcompress.problems.digits import load_multidigits
 
 NUM_IMAGES = 1797
 

@@ -131,9 +131,9 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
 
 def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path):
   from test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
-  from mmcompress import experiment  # pylint: disable=import-outside-toplevel
+  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
   config = tiny_config(task_sets=("classify", "mixed"))
-  reports = experiment.run_digits(config, str(tmp_path), print_report=False)
+  reports = comparison.run_digits(config, str(tmp_path), print_report=False)
   assert set(reports) == {"classify", "mixed"}
   mixed = reports["mixed"]
   assert mixed["tasks"] == ["digit", "parity", "ink"]

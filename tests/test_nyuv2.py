@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from mmcompress import dense_tasks
-from mmcompress.data import nyuv2
+from mmcompress import problems
+from mmcompress.problems.nyuv2 import tasks as dense_tasks
+from mmcompress.problems.nyuv2 import data as nyuv2
 
 H, W = 16, 24
 
@@ -417,7 +418,7 @@ def test_shape_errors_name_the_argument():
 def test_normal_loss_gradient_is_finite_at_a_zero_prediction():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mmcompress import dense_tasks  # pylint: disable=import-outside-toplevel
+  from mmcompress.problems.nyuv2 import tasks as dense_tasks  # pylint: disable=import-outside-toplevel
   normal = jnp.zeros((1, 2, 2, 3)).at[..., 2].set(1.0)
   pred = jnp.zeros((1, 2, 2, 3)).at[0, 0, 0].set(jnp.array([0.0, 0.6, 0.8]))
   grad = jax.grad(dense_tasks.normal_loss)(pred, normal)
@@ -564,18 +565,17 @@ def test_nyuv2_problem_mtan_mode_averages_per_pair_of_test_images(tmp_path):
 
 def test_config_chooses_the_averaging_and_an_unusable_eval_batch_fails_early(root):
   from experiments.configs import nyuv2 as nyu_config  # pylint: disable=import-outside-toplevel
-  from mmcompress import experiment  # pylint: disable=import-outside-toplevel
   config = nyu_config.get_config()
   assert config.metric_averaging == "split"
   with config.unlocked():
     config.data_dir, config.height, config.width = str(root), H, W
     config.metric_averaging = "mtan"
-  assert experiment.nyuv2_problem(config).metric_averaging == "mtan"
+  assert problems.get("nyuv2").from_config(config).metric_averaging == "mtan"
   with config.unlocked():
     config.eval_batch_size = 3
   with pytest.raises(ValueError, match="config.eval_batch_size=3 must be a multiple of 2"):
-    experiment.nyuv2_problem(config)
+    problems.get("nyuv2").from_config(config)
   with config.unlocked():
     config.metric_averaging = "pixel"
   with pytest.raises(ValueError, match="metric_averaging must be one of"):
-    experiment.nyuv2_problem(config)
+    problems.get("nyuv2").from_config(config)

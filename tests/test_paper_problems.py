@@ -10,13 +10,15 @@ import tensorflow_datasets as tfds
 
 from experiments.configs import cifar100 as cifar_config
 from experiments.configs import nyuv2 as nyu_config
-from mmcompress import dense_tasks, experiment, saddle_point, sparsity, weighting
-from mmcompress.data import cifar100, nyuv2
+from mmcompress import comparison, problems, saddle_point, sparsity, weighting
+from mmcompress.problems.cifar100 import data as cifar100
+from mmcompress.problems.nyuv2 import data as nyuv2
+from mmcompress.problems.nyuv2 import tasks as dense_tasks
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import loop, parallel, run, stages, step
+from mmcompress.train import loop, parallel, stages, step
 
 
 def synthetic_cifar_split(per_class: int, seed: int) -> cifar100.ImageSplit:
@@ -28,11 +30,11 @@ def synthetic_cifar_split(per_class: int, seed: int) -> cifar100.ImageSplit:
 
 def minmax_masked_step(problem, model, sparsity_level=0.9):
   mesh = parallel.data_mesh()
-  params, model_state = run.init_variables(model, problem, 0)
+  params, model_state = step.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, sparsity_level)
   minmax = weighting.minmax(0.02, gamma=5.0)
   tx = saddle_point(sparsity.masked(optax.sgd(0.05, momentum=0.9), masks), minmax.tx)
-  state = run.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
+  state = step.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
                                  problem.num_tasks, jax.random.key(0))
   train_step = step.make_train_step(problem, model, minmax, tx, mesh)
   return state, train_step, masks, mesh
@@ -104,15 +106,15 @@ def test_nyuv2_mtan_step_is_finite_respects_masks_and_evaluates_all_metrics(nyu_
 def test_nyuv2_bad_data_directory_fails_before_training(tmp_path, nyu_root):
   config = nyu_config.get_config("smoke")
   with pytest.raises(ValueError, match="config.data_dir is empty"):
-    experiment.nyuv2_problem(config)
+    problems.get("nyuv2").from_config(config)
   with config.unlocked():
     config.data_dir = str(tmp_path / "nowhere")
   with pytest.raises(ValueError, match="nowhere"):
-    experiment.nyuv2_problem(config)
+    problems.get("nyuv2").from_config(config)
   with config.unlocked():
     config.data_dir, config.height, config.width = str(nyu_root), 64, 64
   with pytest.raises(ValueError, match=r"0\.npy"):  # the shapes are 32×64, not 64×64
-    experiment.nyuv2_problem(config)
+    problems.get("nyuv2").from_config(config)
 
 
 def test_cifar100_from_tfds_mock_data_yields_twenty_five_way_tasks(tmp_path):
@@ -121,7 +123,7 @@ def test_cifar100_from_tfds_mock_data_yields_twenty_five_way_tasks(tmp_path):
     config.data_dir = str(tmp_path)
     config.check_coarse_labels = False  # mock data draws fine and coarse labels independently
   with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
-    problem = experiment.cifar100_problem(config)
+    problem = problems.get("cifar100").from_config(config)
   assert problem.num_tasks == 20 and problem.num_outputs == (5,) * 20
   batch = problem.train_batch(0, 0, 0, 2)
   assert batch["images"].shape == (20, 2, 32, 32, 3)
@@ -130,12 +132,12 @@ def test_cifar100_from_tfds_mock_data_yields_twenty_five_way_tasks(tmp_path):
     config.check_coarse_labels = True
   with tfds.testing.mock_data(num_examples=1500, policy=tfds.testing.MockPolicy.USE_CODE):
     with pytest.raises(ValueError, match="coarse_label"):
-      experiment.cifar100_problem(config)
+      problems.get("cifar100").from_config(config)
 
 
 def test_cifar100_missing_data_dir_is_refused():
   with pytest.raises(ValueError, match="config.data_dir is empty"):
-    experiment.cifar100_problem(cifar_config.get_config())
+    problems.get("cifar100").from_config(cifar_config.get_config())
 
 
 @pytest.mark.parametrize("module, preset", [
@@ -143,7 +145,7 @@ def test_cifar100_missing_data_dir_is_refused():
     *((nyu_config, p) for p in nyu_config.PRESETS)])
 def test_every_paper_preset_is_a_config_that_can_run(module, preset):
   config = module.get_config(preset)
-  experiment.validate(config)  # every stage's transform and every weighting builds
+  comparison.validate(config)  # every stage's transform and every weighting builds
   # The reference pretrains each method under its own weighting, with its sums.
   assert not config.share_pretraining and config.loss_reduction == "reference"
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import digits as digits_config
-from mmcompress import experiment
-from mmcompress.data import digits
+from mmcompress import comparison
+from mmcompress.problems.digits import data as digits
 from mmcompress.models import create_model
-from mmcompress.problems import DigitsProblem
-from mmcompress.train import checkpoint, loop, parallel, run as run_lib
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.train import checkpoint, loop, parallel, step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
   config = config or tiny_config()
   data = data or digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
   model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
-  return run_lib.Experiment(config=config, problem=DigitsProblem(data), model=model,
+  return comparison.Experiment(config=config, problem=DigitsProblem(data), model=model,
                             mesh=parallel.data_mesh(), workdir=str(workdir),
                             on_checkpoint=on_checkpoint)
 
@@ -93,16 +93,16 @@ def leaves_equal(a, b):
 
 
 def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
-  whole = run_lib.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
+  whole = comparison.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
   # Checkpoints every 7 steps: the 1st is pretrain step 7, the 7th reweight step 14, the
   # 10th retrain step 14 (pretrain saves at 7, 14, 21, 28, 32; reweight at 7, 14, 16).
   for stop_at in (1, 7, 10):
     workdir = tmp_path / f"cut{stop_at}"
     with pytest.raises(Interrupt):
-      run_lib.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_after(stop_at)),
+      comparison.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_after(stop_at)),
                          "minmax", 0, None)
     assert not (workdir / "seed0" / "minmax" / "result.json").exists()
-    resumed = run_lib.run_method(tiny_experiment(workdir), "minmax", 0, None)
+    resumed = comparison.run_method(tiny_experiment(workdir), "minmax", 0, None)
     assert resumed == whole
   assert whole["sparsity"] == pytest.approx(0.975, abs=1e-3)
   assert whole["export"]["round_trip_exact"]
@@ -110,19 +110,19 @@ def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   exp = tiny_experiment(tmp_path)
-  run_lib.run_dense(exp, 0)
+  comparison.run_dense(exp, 0)
   stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
   steps = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
   assert len(steps) >= 2
   for f in (stage_dir / str(steps[-1]) / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
       f.write_bytes(b"\0" * 7)
-  params, _ = run_lib.init_variables(exp.model, exp.problem, 0)
-  weighting = run_lib.stages_lib.make_weighting("equal", exp.config, exp.steps_per_epoch)
-  tx = run_lib.saddle_point(
-      run_lib.stages_lib.descent_transform("pretrain", exp.config, exp.steps_per_epoch),
+  params, _ = step_lib.init_variables(exp.model, exp.problem, 0)
+  weighting = comparison.stages_lib.make_weighting("equal", exp.config, exp.steps_per_epoch)
+  tx = comparison.saddle_point(
+      comparison.stages_lib.descent_transform("pretrain", exp.config, exp.steps_per_epoch),
       weighting.tx)
-  state = run_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
+  state = step_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
   like = loop.abstract_carry(state, 4, exp.mesh)
   ckpts = checkpoint.StageCheckpoints(str(stage_dir))
   with caplog.at_level(logging.WARNING):
@@ -135,8 +135,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
   # The stage is resumed from the older step and finishes, saving its last step again.
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
-  result = run_lib.run_dense(tiny_experiment(tmp_path), 0)[0]
-  fresh = run_lib.run_dense(tiny_experiment(tmp_path / "fresh"), 0)[0]
+  result = comparison.run_dense(tiny_experiment(tmp_path), 0)[0]
+  fresh = comparison.run_dense(tiny_experiment(tmp_path / "fresh"), 0)[0]
   assert result == fresh
 
 
@@ -161,7 +161,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
                               bad, data.val, data.test)
   task = data.task_names[int(np.argmax(bad.task_mask[poisoned]))]
   with pytest.raises(loop.NonFiniteLossError, match=f"task '{task}'.*at step {first + 1}"):
-    run_lib.run_dense(tiny_experiment(tmp_path, config, data), 0)
+    comparison.run_dense(tiny_experiment(tmp_path, config, data), 0)
   stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
   saved = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
   assert saved and saved[-1] == first  # the last good step is kept, nothing after it
@@ -189,7 +189,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
 ])
 def test_bad_configs_fail_before_any_compute(overrides, match):
   with pytest.raises(ValueError, match=match):
-    experiment.validate(tiny_config(**overrides))
+    comparison.validate(tiny_config(**overrides))
 
 
 @pytest.mark.parametrize("module, presets", [
@@ -201,7 +201,7 @@ def test_every_shipped_config_validates(module, presets):
   import importlib  # pylint: disable=import-outside-toplevel
   configs = importlib.import_module(f"experiments.configs.{module}")
   for preset in presets:
-    experiment.validate(configs.get_config(preset))
+    comparison.validate(configs.get_config(preset))
 
 
 def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
@@ -209,7 +209,7 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
                           "minmax.every": "epoch", "dynamic.update_every_epochs": 1,
                           "dynamic.grow_fraction": 0.01, "sparsity": 0.9})
   exp = tiny_experiment(tmp_path, config)
-  result = run_lib.run_method(exp, "minmax", 0, None)
+  result = comparison.run_method(exp, "minmax", 0, None)
   assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
   assert result["export"]["round_trip_exact"]
   trajectory = np.asarray(result["task_weights"])  # one entry per epoch
@@ -218,17 +218,17 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
 
 
 def test_a_workdir_with_another_config_is_refused(tmp_path):
-  experiment.check_workdir(tiny_config(), str(tmp_path))
-  experiment.check_workdir(tiny_config(), str(tmp_path))  # the same config resumes
+  comparison.check_workdir(tiny_config(), str(tmp_path))
+  comparison.check_workdir(tiny_config(), str(tmp_path))  # the same config resumes
   with pytest.raises(ValueError, match=r"different config \(sparsity: 0.975 there, 0.99 now"):
-    experiment.check_workdir(tiny_config(sparsity=0.99), str(tmp_path))
+    comparison.check_workdir(tiny_config(sparsity=0.99), str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["sparsity"] == 0.975  # never overwritten
 
 
 def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch):
   config = tiny_config(seeds=(0, 1))
-  real = run_lib.run_method
+  real = comparison.run_method
 
   def diverge_on_seed_1(exp, method, seed, dense):
     if method == "minmax" and seed == 1:
@@ -236,8 +236,8 @@ def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatc
           "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3", "X")
     return real(exp, method, seed, dense)
 
-  monkeypatch.setattr(run_lib, "run_method", diverge_on_seed_1)
-  report = experiment.run(config, str(tmp_path), print_report=False)
+  monkeypatch.setattr(comparison, "run_method", diverge_on_seed_1)
+  report = comparison.run(config, str(tmp_path), print_report=False)
   message = "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"
   assert report["seeds"] == [0, 1] and report["dropped_seeds"] == []
   assert report["diverged"] == [{"seed": 1, "runs": {"minmax": message}}]
@@ -254,13 +254,13 @@ def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatc
   assert "| minmax (diverged on 1 of 2) |" in markdown
   assert "minmax diverged on seed 1, counted as worst-task retention 0" in markdown
   assert (tmp_path / "seed1" / "minmax" / "diverged.json").exists()
-  monkeypatch.setattr(run_lib, "run_method", real)  # a rerun reports the same, from disk
-  assert experiment.run(config, str(tmp_path), print_report=False) == report
+  monkeypatch.setattr(comparison, "run_method", real)  # a rerun reports the same, from disk
+  assert comparison.run(config, str(tmp_path), print_report=False) == report
 
 
 def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
   config = tiny_config(seeds=(0, 1), methods=("equal",))
-  real = run_lib.run_dense
+  real = comparison.run_dense
 
   def diverge_on_seed_0(exp, seed):
     if seed == 0:
@@ -268,8 +268,8 @@ def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
           "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2", "X")
     return real(exp, seed)
 
-  monkeypatch.setattr(run_lib, "run_dense", diverge_on_seed_0)
-  report = experiment.run(config, str(tmp_path), print_report=False)
+  monkeypatch.setattr(comparison, "run_dense", diverge_on_seed_0)
+  report = comparison.run(config, str(tmp_path), print_report=False)
   assert report["seeds"] == [1]
   message = "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"
   assert report["diverged"] == [{"seed": 0, "runs": {"dense": message}}]
@@ -283,7 +283,7 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
   # final ones and handing on the final weights would fail this test.
   scores = iter(range(1000))
   monkeypatch.setattr(loop, "selection_score", lambda val: float(next(scores)))
-  real_train = run_lib._train  # pylint: disable=protected-access
+  real_train = comparison._train  # pylint: disable=protected-access
   seen = {}
 
   def recording_train(exp, run_name, method, stage, index, seed, params, model_state,
@@ -292,11 +292,11 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
     seen.setdefault((run_name, stage), (params, model_state, out[0]))
     return out
 
-  monkeypatch.setattr(run_lib, "_train", recording_train)
+  monkeypatch.setattr(comparison, "_train", recording_train)
   exp = tiny_experiment(tmp_path)
-  dense, params, model_state = run_lib.run_dense(exp, 0)
-  run_lib.run_method(exp, "minmax", 0, (params, model_state))   # shared pretraining
-  run_lib.run_method(exp, "equal", 0, None)                    # its own pretraining
+  dense, params, model_state = comparison.run_dense(exp, 0)
+  comparison.run_method(exp, "minmax", 0, (params, model_state))   # shared pretraining
+  comparison.run_method(exp, "equal", 0, None)                    # its own pretraining
   final = seen[("seed0/dense", "pretrain")][2]
   assert not leaves_equal(final.params, params)  # the selected epoch is not the last
   for run_name in ("seed0/minmax", "seed0/equal"):
@@ -308,13 +308,13 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
 
 def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
   exp = tiny_experiment(tmp_path)
-  run_lib.run_dense(exp, 0)
+  comparison.run_dense(exp, 0)
   stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
   for f in stage_dir.rglob("manifest.ocdbt"):
     f.write_bytes(b"\0" * 7)
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
   with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
-    run_lib.run_dense(tiny_experiment(tmp_path), 0)
+    comparison.run_dense(tiny_experiment(tmp_path), 0)
   assert any(p.name.isdigit() for p in stage_dir.iterdir())  # nothing was moved or deleted
 
 
@@ -322,7 +322,7 @@ def test_gradient_clipping_bounds_the_first_step():
   config = tiny_config(**{"optimizer.clip_norm": 0.5, "optimizer.weight_decay": 0.0,
                           "optimizer.momentum": 0.0, "optimizer.schedule": "constant",
                           "optimizer.learning_rate": 1.0})
-  tx = run_lib.stages_lib.base_optimizer(config.optimizer, 10)
+  tx = comparison.stages_lib.base_optimizer(config.optimizer, 10)
   grads = {"w": np.full((4,), 10.0, np.float32)}
   updates, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_allclose(np.linalg.norm(updates["w"]), 0.5, rtol=1e-6)

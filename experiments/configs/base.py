@@ -5,6 +5,7 @@ import ml_collections
 def get_base_config() -> ml_collections.ConfigDict:
   """Fields of the staged pipeline, the weightings and the trainer (unlocked)."""
   c = ml_collections.ConfigDict()
+  c.problem = "digits"           # a name in mmcompress.problems.PROBLEMS
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
   c.seeds = (0,)

@@ -50,6 +50,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.split_seed = 0
   c.augment = True
   c.check_coarse_labels = True     # verify the fine→coarse table on the real data
+  c.problem = "cifar100"
   c.model = "vgg16"
   c.model_kwargs = ml_collections.ConfigDict({"task_conditional_bn": True})
   c.seeds = (0,)

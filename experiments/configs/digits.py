@@ -43,6 +43,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c = base.get_base_config()
   c.task_sets = ("classify",)      # or ("mixed",): two classifications and a regression per image
   c.data_seed = 0                  # the train/val/test split (fixed across model seeds)
+  c.problem = "digits"
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.seeds = (0, 1, 2)

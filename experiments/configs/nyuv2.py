@@ -53,6 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # Depth and normal errors: "split" (every valid pixel of the split weighs the same) or
   # "mtan" (per batch of 2 images, then the mean over batches, as MTAN and the reference).
   c.metric_averaging = "split"
+  c.problem = "nyuv2"
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (64, 128, 256, 512, 512)})
   c.seeds = (0,)

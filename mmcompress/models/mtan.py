@@ -66,7 +66,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmcompress.dense_tasks import unit_vectors
 from mmcompress.models.mlp import check_num_outputs
 
 NUM_BLOCKS = 5
@@ -135,6 +134,16 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
 def _upsample2(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear")
+
+
+def unit_vectors(vectors: jax.Array) -> jax.Array:
+  """`vectors` / ‖vectors‖ along the last axis; a zero vector stays zero.
+
+  The norm is floored at 1e-12 *before* the square root, so the gradient is finite
+  everywhere, at a zero vector included (a `where` after the root would give 0 · ∞ = NaN).
+  """
+  squared = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
+  return vectors * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
 
 
 class ConvBNReLU(nn.Module):

@@ -13,6 +13,7 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from mmcompress.problems import Problem
@@ -80,3 +81,26 @@ def make_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh
   replicated = parallel.replicated(mesh)
   return jax.jit(eval_step, in_shardings=(replicated, replicated, parallel.batch_sharded(mesh)),
                  out_shardings=replicated)
+
+
+def init_variables(model: nn.Module, problem: Problem, seed: int) -> tuple[Any, Any]:
+  """The model's freshly initialised (params, other collections) for `seed`."""
+  variables = model.init(jax.random.key(seed), jnp.asarray(problem.example_input()),
+                         train=False)
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def create_train_state(params: Any, model_state: Any, weighting: TaskWeighting,
+                       tx: Any, num_tasks: int, rng: jax.Array) -> TrainState:
+  """A stage's starting state: fresh optimizer and task weighting around given weights."""
+  task_params, task_state = weighting.init(num_tasks)
+  opt_state = tx.init({"params": params, "task_weights": task_params})
+  state = TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                              model_state=model_state, task_params=task_params,
+                              task_state=task_state, opt_state=opt_state,
+                              rng=jax.random.key_data(rng))
+  # Transforms may alias one array in several leaves of their state (a shared zero); the
+  # donating step needs every leaf in a buffer of its own.
+  return jax.tree.map(jnp.copy, state)

@@ -56,7 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-# Keys of `dense_sums` and `finalize`; the same names as `mmcompress.data.nyuv2.TASKS`.
+from mmcompress.models.mtan import unit_vectors
+
+# Keys of `dense_sums` and `finalize`; the same names as `mmcompress.problems.nyuv2.data.TASKS`.
 SEGMENTATION = "segmentation"
 DEPTH = "depth"
 NORMAL = "normal"
@@ -213,15 +215,6 @@ def depth_loss(pred: ArrayLike, depth: ArrayLike) -> jax.Array:
   pred, depth = _dense_pair(pred, depth, "pred", "depth", 1)
   return _masked_mean(jnp.abs(pred - depth), depth != 0)
 
-
-def unit_vectors(vectors: jax.Array) -> jax.Array:
-  """`vectors` / ‖vectors‖ along the last axis; a zero vector stays zero.
-
-  The norm is floored at 1e-12 *before* the square root, so the gradient is finite
-  everywhere, at a zero vector included (a `where` after the root would give 0 · ∞ = NaN).
-  """
-  squared = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
-  return vectors * jax.lax.rsqrt(jnp.maximum(squared, 1e-24))
 
 
 def normal_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:

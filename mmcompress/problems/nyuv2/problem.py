@@ -4,7 +4,7 @@ The preprocessed layout has a train split (795) and a val split (654) that the l
 reports as its test set; here the official val split is the **test** split, and a validation
 split for model selection is carved out of train (`val_fraction`, fixed by `split_seed`), so
 that no choice is ever made on the reported numbers. Metrics are accumulated over a whole
-split (`mmcompress.dense_tasks`): all nine, 2 + 2 + 5 per task, in ``task_metrics`` (the
+split (`mmcompress.problems.nyuv2.tasks`): all nine, 2 + 2 + 5 per task, in ``task_metrics`` (the
 report's Δm and retention average them per task, as LibMTL does); mIoU, depth absolute error
 and mean normal angle error stand for their tasks in ``metrics`` (the one-metric figures).
 
@@ -16,27 +16,29 @@ compute them). mIoU and pixel accuracy come from the split's confusion matrix in
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmcompress import _checks, dense_tasks
-from mmcompress.data import nyuv2
+from mmcompress import _checks
+from mmcompress.problems.nyuv2 import data as nyuv2
+from mmcompress.problems.nyuv2 import tasks
 from mmcompress.problems import base
 
-PRIMARY = {dense_tasks.SEGMENTATION: "miou", dense_tasks.DEPTH: "depth_abs_err",
-           dense_tasks.NORMAL: "normal_mean"}
-_TARGETS = {dense_tasks.SEGMENTATION: "label", dense_tasks.DEPTH: "depth",
-            dense_tasks.NORMAL: "normal"}
+PRIMARY = {tasks.SEGMENTATION: "miou", tasks.DEPTH: "depth_abs_err",
+           tasks.NORMAL: "normal_mean"}
+_TARGETS = {tasks.SEGMENTATION: "label", tasks.DEPTH: "depth",
+            tasks.NORMAL: "normal"}
 AVERAGING_MODES = ("split", "mtan")
 # The evaluation batch of MTAN's code and of the reference, over which "mtan" averages.
 MTAN_EVAL_BATCH = 2
-_LOSSES = {dense_tasks.SEGMENTATION: dense_tasks.segmentation_loss,
-           dense_tasks.DEPTH: dense_tasks.depth_loss,
-           dense_tasks.NORMAL: dense_tasks.normal_loss}
+_LOSSES = {tasks.SEGMENTATION: tasks.segmentation_loss,
+           tasks.DEPTH: tasks.depth_loss,
+           tasks.NORMAL: tasks.normal_loss}
 # "cosine": 1 − cosine similarity (MTAN's); "l1": the reference's DST code's L1 distance.
-_NORMAL_LOSSES = {"cosine": dense_tasks.normal_loss, "l1": dense_tasks.normal_l1_loss}
+_NORMAL_LOSSES = {"cosine": tasks.normal_loss, "l1": tasks.normal_l1_loss}
 
 
 def check_config(normal_loss: str, metric_averaging: str, eval_batch_size: int) -> None:
@@ -44,6 +46,11 @@ def check_config(normal_loss: str, metric_averaging: str, eval_batch_size: int) 
   _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "config.normal_loss")
   _checks.one_of(metric_averaging, AVERAGING_MODES, "config.metric_averaging")
   _check_averaging_batch(metric_averaging, eval_batch_size)
+
+
+def validate_config(config: Any) -> None:
+  """`check_config` on a NYUv2 experiment config's fields."""
+  check_config(config.normal_loss, config.metric_averaging, config.eval_batch_size)
 
 
 def _check_averaging_batch(metric_averaging: str, batch_size: int) -> None:
@@ -55,7 +62,7 @@ def _check_averaging_batch(metric_averaging: str, batch_size: int) -> None:
 
 
 class NYUv2Problem(base.Problem):
-  """NYUv2 (`mmcompress.data.nyuv2` layout) as a three-task dense-prediction problem.
+  """NYUv2 (`mmcompress.problems.nyuv2.data` layout) as a three-task dense-prediction problem.
 
   Args:
     root: the data directory holding ``train/`` and ``val/``.
@@ -65,7 +72,7 @@ class NYUv2Problem(base.Problem):
     split_seed: fixes which training images are held out.
     check_values: check every file's values before training (`nyuv2.check_layout`).
     normal_loss: ``"cosine"`` (1 − cosine similarity, MTAN's) or ``"l1"`` (the reference's
-      dynamic sparse training code's L1 distance, `dense_tasks.normal_l1_loss`).
+      dynamic sparse training code's L1 distance, `tasks.normal_l1_loss`).
     metric_averaging: ``"split"`` or ``"mtan"``, how depth and normal errors are averaged
       (see the module docstring).
   """
@@ -74,7 +81,7 @@ class NYUv2Problem(base.Problem):
                val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
                normal_loss: str = "cosine", metric_averaging: str = "split"):
     _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "normal_loss")
-    self.losses = {**_LOSSES, dense_tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
+    self.losses = {**_LOSSES, tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
     self.metric_averaging = _checks.one_of(metric_averaging, AVERAGING_MODES, "metric_averaging")
     nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
     self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
@@ -87,13 +94,13 @@ class NYUv2Problem(base.Problem):
                  "test": np.arange(len(self.test_source))}
     self.shape = (height, width)
     self.augment = augment
-    self.task_names = tuple(dense_tasks.DENSE_TASKS)
+    self.task_names = tuple(tasks.DENSE_TASKS)
     self.num_outputs = (nyuv2.NUM_CLASSES, 1, 3)
     self.metric_names = {t: PRIMARY[t] for t in self.task_names}
-    self.higher_is_better = {t: dense_tasks.HIGHER_IS_BETTER[PRIMARY[t]]
+    self.higher_is_better = {t: tasks.HIGHER_IS_BETTER[PRIMARY[t]]
                              for t in self.task_names}
     self.all_higher_is_better = {
-        t: {m: dense_tasks.HIGHER_IS_BETTER[m] for m in dense_tasks.TASK_METRICS[t]}
+        t: {m: tasks.HIGHER_IS_BETTER[m] for m in tasks.TASK_METRICS[t]}
         for t in self.task_names}
 
   def describe(self) -> str:
@@ -159,7 +166,7 @@ class NYUv2Problem(base.Problem):
   def eval_sums(self, model, params, model_state, batch):
     predictions, _ = self._predict(model, params, model_state, batch["image"], train=False)
     valid = batch["valid"]
-    sums = dense_tasks.dense_sums(predictions, batch, example_mask=valid)
+    sums = tasks.dense_sums(predictions, batch, example_mask=valid)
     # Per-image losses (each the mean over that image's valid pixels), summed over images.
     per_image = jnp.stack([
         jax.vmap(lambda p, y, f=self.losses[t]: f(p[None], y[None]))(predictions[t],
@@ -169,17 +176,30 @@ class NYUv2Problem(base.Problem):
     out = {"tasks": sums, "loss": per_image @ weight,
            "count": jnp.full((self.num_tasks,), jnp.sum(weight))}
     if self.metric_averaging == "mtan":
-      out["batch_means"] = dense_tasks.batch_means(predictions, batch, example_mask=valid,
+      out["batch_means"] = tasks.batch_means(predictions, batch, example_mask=valid,
                                                    batch_size=MTAN_EVAL_BATCH)
     return out
 
   def finalize(self, sums):
-    all_metrics = dense_tasks.finalize(sums["tasks"])
+    all_metrics = tasks.finalize(sums["tasks"])
     if self.metric_averaging == "mtan":
-      all_metrics.update(dense_tasks.finalize_batch_means(sums["batch_means"]))
+      all_metrics.update(tasks.finalize_batch_means(sums["batch_means"]))
     count = max(float(np.asarray(sums["count"])[0]), 1.0)
     return {"loss": [float(v) / count for v in np.asarray(sums["loss"], np.float64)],
             "metrics": {t: all_metrics[PRIMARY[t]] for t in self.task_names},
-            "task_metrics": {t: {m: all_metrics[m] for m in dense_tasks.TASK_METRICS[t]}
+            "task_metrics": {t: {m: all_metrics[m] for m in tasks.TASK_METRICS[t]}
                              for t in self.task_names},
             "all_metrics": all_metrics}
+
+
+def from_config(config: Any) -> NYUv2Problem:
+  """NYUv2 from the npy layout in the config's `data_dir`, checked before any training."""
+  data_dir = _checks.config_data_dir(config.data_dir,
+                                     "train/ and val/ of the preprocessed NYUv2")
+  problem = NYUv2Problem(data_dir, height=config.height, width=config.width,
+                         augment=config.augment, val_fraction=config.val_fraction,
+                         split_seed=config.split_seed, check_values=config.check_values,
+                         normal_loss=config.normal_loss,
+                         metric_averaging=config.metric_averaging)
+  problem.check_eval_batch_size(config.eval_batch_size)
+  return problem

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmcompress import metrics
-from mmcompress.data import cifar100
+from mmcompress import _checks, metrics
+from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems import base
 
 _TASK_SUFFIX = re.compile(r"_task(\d+)$")
@@ -124,3 +124,22 @@ class Cifar100Problem(base.Problem):
 
   def finalize(self, sums):
     return base.per_task_means(self.task_names, sums, "correct", self.metric_names)
+
+
+def validate_config(config: Any) -> None:
+  """Nothing to check before the data is read: `from_config` checks the data itself."""
+  del config
+
+
+def from_config(config: Any) -> Cifar100Problem:
+  """CIFAR-100 as 20 tasks from the tfds `data_dir` of the config (no TensorFlow needed)."""
+  data_dir = _checks.config_data_dir(config.data_dir,
+                                     "the tfds cifar100 data set, prepared as array_record")
+  train_images, train_fine = cifar100.load_split("train", data_dir,
+                                                 check_coarse=config.check_coarse_labels)
+  test_images, test_fine = cifar100.load_split("test", data_dir,
+                                               check_coarse=config.check_coarse_labels)
+  train, val = cifar100.make_splits(train_images, train_fine, config.val_fraction,
+                                    config.split_seed)
+  test = cifar100.ImageSplit(test_images, test_fine, np.arange(len(test_fine)))
+  return Cifar100Problem(train, val, test, augment=config.augment)

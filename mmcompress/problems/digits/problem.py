@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import optax
 
 from mmcompress import _checks, metrics
-from mmcompress.data import digits
+from mmcompress.problems.digits import data as digits
 from mmcompress.problems import base
 
 METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
@@ -35,7 +36,7 @@ def per_example_losses(outputs: Sequence[jax.Array], targets: jax.Array,
 
 
 class DigitsProblem(base.Problem):
-  """MultiDigits (`mmcompress.data.digits`): every batch mixes the tasks' images.
+  """MultiDigits (`mmcompress.problems.digits.data`): every batch mixes the tasks' images.
 
   A task's loss is the mean over the images of the batch that belong to it (its task mask),
   so a task with no image in a batch contributes nothing to that step. Metrics: accuracy
@@ -110,3 +111,19 @@ class DigitsProblem(base.Problem):
 
   def finalize(self, sums):
     return base.per_task_means(self.task_names, sums, "score", self.metric_names)
+
+
+def validate_config(config: Any) -> None:
+  """Raises a `UserError` unless every entry of ``config.task_sets`` names a task set."""
+  if not config.task_sets:
+    raise _checks.UserError(
+        f"config.task_sets is empty: name some of {list(digits.TASK_SETS)}.")
+  for task_set in config.task_sets:
+    _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+
+
+def from_config(config: Any, task_set: str | None = None) -> DigitsProblem:
+  """The MultiDigits problem of a digits config (its first task set unless one is named)."""
+  task_set = config.task_sets[0] if task_set is None else task_set
+  _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+  return DigitsProblem(digits.load_multidigits(task_set, seed=config.data_seed))

@@ -2,7 +2,7 @@
 
 For each model, the training steps are built with the library's own
 `mmcompress.train.step.make_train_step` (jitted, donated, data-parallel over
-`parallel.data_mesh()`) and `mmcompress.train.run.create_train_state`, so what is timed is
+`parallel.data_mesh()`) and `mmcompress.train.step.create_train_state`, so what is timed is
 what the trainer runs:
 
 * dense:  ``saddle_point(optax.sgd(lr, momentum=0.9), weighting.equal().tx)``, the `equal`
@@ -81,13 +81,14 @@ import numpy as np
 import optax
 
 from mmcompress import _checks, saddle_point, sparsity, weighting
-from mmcompress.data import cifar100 as cifar100_data
-from mmcompress.data import digits
+from mmcompress.problems.cifar100 import data as cifar100_data
+from mmcompress.problems.digits import data as digits
 from mmcompress.models import create_model
-from mmcompress.problems import DigitsProblem, Problem
+from mmcompress.problems import Problem
+from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.train import parallel
-from mmcompress.train.run import create_train_state
+from mmcompress.train.step import create_train_state
 from mmcompress.train.step import TrainState, make_train_step
 
 TARGET_OVERHEAD = 0.03  # "min-max machinery costs at most 3 % over the dense step"

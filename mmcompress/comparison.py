@@ -1,0 +1,462 @@
+"""The multi-task compression comparison: a dense reference and every weighting, over seeds.
+
+`run(config, workdir)` validates the config before any compute, refuses a workdir that holds a
+run with another config, then trains (resuming whatever a previous, interrupted call left), and
+writes the report, plots, TensorBoard events and compressed models into `workdir`. The problem
+is the one ``config.problem`` names in `mmcompress.problems.PROBLEMS`.
+
+One run takes a task weighting through the stages of the pipeline, for one seed. The dense
+reference of a seed is the ``pretrain`` stage under equal weighting. With
+``config.share_pretraining`` every method starts its compression stages from that same dense
+model (the reference runs every stage under the method's own weighting; sharing saves a third
+of the compute and makes the seeds exactly paired); without it each method pretrains under
+its own weighting. Pretraining hands its *best-validation* epoch to the next stage: that is
+the dense model (the dense reference reports exactly those weights), and compression starts
+from it, as a user would compress the dense model they selected. Every later stage hands its
+*final* weights to the next (the reweighted weights that pruning cuts, the pruned weights
+that retraining restores), with a fresh optimizer and a fresh task weighting (min-max weights
+back at 1/K, DWA's history empty), as each stage of the reference is a run of its own; the
+model a run reports is the best-validation epoch of its last training stage. A finished run
+writes ``result.json`` and is not run again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from mmcompress import _checks, _files, export, problems, report as report_lib, saddle_point
+from mmcompress import sparsity, weighting
+from mmcompress.models import create_model
+from mmcompress.problems import Problem
+from mmcompress.sparsity import masks as masks_lib
+from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What every run of an experiment shares (static, not checkpointed)."""
+  config: ml_collections.ConfigDict
+  problem: Problem
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  workdir: str
+  log: Callable[[str, str, int, dict], None] | None = None
+  on_checkpoint: Callable[[str, int], None] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.problem.steps_per_epoch(self.config.batch_size)
+
+  @functools.cached_property
+  def eval_step(self) -> Callable[..., Any]:
+    """One jitted evaluation for every stage and run (it does not depend on the stage)."""
+    return step_lib.make_eval_step(self.problem, self.model, self.mesh)
+
+
+def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
+           params: Any, model_state: Any, masks: Any = None) -> tuple[Any, dict, dict]:
+  """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
+  cfg, problem = exp.config, exp.problem
+  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
+  descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks, seed)
+  tx = saddle_point(descent, weighting.tx)
+  rng = jax.random.fold_in(jax.random.key(seed), index)
+  # create_train_state copies every leaf, so the step may donate them: the caller's arrays
+  # (shared by every method's stages when pretraining is shared) survive.
+  state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks, rng)
+  if stage == "sparse":  # dynamic sparse training starts from its initial masks
+    state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+  directory = os.path.join(exp.workdir, run_name, stage)
+
+  def log(stage_name, epoch, record):
+    if exp.log:
+      exp.log(run_name, stage_name, epoch, record)
+
+  ctx = loop.StageContext(
+      name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
+      problem=problem, weighting=weighting,
+      train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh),
+      eval_step=exp.eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
+      checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
+      on_checkpoint=exp.on_checkpoint)
+  return loop.train_stage(ctx, state)
+
+
+def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
+            compressed: bool) -> dict:
+  """Test metrics, measured sparsity and the compressed export of a run's selected model."""
+  cfg, problem = exp.config, exp.problem
+  params = jax.device_get(best["params"])
+  masks = jax.device_get(best["masks"])
+  test, val = (loop.evaluate(problem, exp.eval_step, best["params"], best["model_state"], split,
+                             exp.mesh, cfg.eval_batch_size) for split in ("test", "val"))
+  stats = sparsity.summary(params, masks)
+  result = {
+      "metrics": test["metrics"],
+      "task_metrics": test["task_metrics"],
+      "all_metrics": test["all_metrics"],
+      "val_metrics": val["metrics"],
+      "sparsity": stats["sparsity"],
+      # The prunable part's ratio (kept under its old name) and the whole model's.
+      "compression_ratio": stats["prunable_compression_ratio"],
+      "prunable_compression_ratio": stats["prunable_compression_ratio"],
+      "whole_model_compression_ratio": stats["whole_model_compression_ratio"],
+      "parameters": {key: stats[key] for key in (
+          "total_size", "total_nonzero", "prunable_size", "prunable_nonzero",
+          "non_prunable_size", "whole_model_cap", "non_prunable_groups")},
+      "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],
+      "selected": {"stage": records[-1]["stage"], "epoch": records[-1]["best_epoch"]},
+  }
+  if compressed and parallel.is_primary():  # one process writes the files of a run
+    os.makedirs(os.path.join(exp.workdir, "models"), exist_ok=True)
+    path = os.path.join(exp.workdir, "models", f"{run_name.replace('/', '_')}.npz")
+    result["export"] = export.save(path, params, masks)
+    result["export"]["path"] = os.path.relpath(path, exp.workdir)
+    restored = export.load(path)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                        restored, jax.tree.map(np.asarray, sparsity.apply_masks(params, masks)))
+    result["export"]["round_trip_exact"] = all(jax.tree.leaves(same))
+  return result
+
+
+def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
+  """The (params, model state) a stage hands to the next: pretraining's best, else final."""
+  if stage == "pretrain":
+    return best["params"], best["model_state"]
+  return state.params, state.model_state
+
+
+def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
+  """The dense reference of `seed`.
+
+  Returns:
+    ``(result, params, model state)``: the weights are the best-validation epoch, the very
+    model whose metrics `result` reports and that shared compression starts from.
+  """
+  run_name = f"seed{seed}/dense"
+  params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
+  state, best, record = _train(exp, run_name, "equal", "pretrain", 0, seed, params, model_state)
+  result = _cached(exp, run_name, lambda: _finish(exp, run_name, best, [record], False))
+  return (result, *_handed_on("pretrain", state, best))
+
+
+def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] | None) -> dict:
+  """Takes `method` through ``config.stages`` for `seed` and returns its result."""
+  cfg = exp.config
+  run_name = f"seed{seed}/{method}"
+  cached = _read_result(exp, run_name)
+  if cached is not None:
+    return cached
+  pipeline = list(cfg.stages)
+  if dense is not None and pipeline[0] == "pretrain":
+    params, model_state = dense
+    pipeline = pipeline[1:]
+  else:
+    params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
+  masks, best, records = None, None, []
+  for index, stage in enumerate(cfg.stages):
+    if stage not in pipeline:
+      continue
+    if stage == "prune":
+      masks = sparsity.magnitude_masks(params, cfg.sparsity, structure=cfg.structure,
+                                       scope=cfg.scope)
+      params = sparsity.apply_masks(params, masks)
+      continue
+    state, best, record = _train(exp, run_name, method, stage, index, seed, params,
+                                 model_state, masks)
+    params, model_state = _handed_on(stage, state, best)
+    records.append(record)
+  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, records, True))
+
+
+def _read_result(exp: Experiment, run_name: str) -> dict | None:
+  path = os.path.join(exp.workdir, run_name, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _ratios_text(result: dict) -> str:
+  """"; compression 34.9x whole model, 40.0x prunable part" for a result that has both."""
+  whole, prunable = (result.get(key) for key in ("whole_model_compression_ratio",
+                                                 "prunable_compression_ratio"))
+  if whole is None or prunable is None:
+    return ""
+  return f"; compression {whole:.1f}x whole model, {prunable:.1f}x prunable part"
+
+
+def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
+  """The run's saved result, or `compute()` saved as it (a finished run is not rerun)."""
+  path = os.path.join(exp.workdir, run_name, "result.json")
+  cached = _read_result(exp, run_name)
+  if cached is not None:
+    return cached
+  result = compute()
+  if parallel.is_primary():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _files.write_json_atomically(path, result)
+  logging.info("%s: %s%s", run_name, result["metrics"], _ratios_text(result))
+  return result
+
+
+def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any:
+  """``run()``, or ``{"diverged": message}`` if a loss became non-finite.
+
+  The failed run keeps its last good checkpoint, and the failure is recorded in
+  ``<run_name>/diverged.json``, so a rerun of the same config reports it again without
+  recomputing it (to retry with other settings, use a new workdir).
+  """
+  path = os.path.join(exp.workdir, run_name, "diverged.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  try:
+    return run()
+  except loop.NonFiniteLossError as error:
+    outcome = {"diverged": error.summary}
+    if parallel.is_primary():
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      _files.write_json_atomically(path, outcome)
+    return outcome
+
+
+def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
+  """The MultiDigits comparison for every task set of ``config.task_sets``.
+
+  One task set writes into `workdir`; several write one full run each into
+  ``workdir/<task_set>`` and an index ``workdir/report.md`` that holds their reports.
+
+  Returns:
+    ``{task_set: report}``.
+  """
+  digits = problems.get("digits")
+  digits.validate_config(config)
+  task_sets = tuple(config.task_sets)
+  if len(task_sets) == 1:
+    return {task_sets[0]: run(config, workdir, **kwargs)}
+  reports, sections = {}, []
+  for task_set in task_sets:
+    subdir = os.path.join(workdir, task_set)
+    reports[task_set] = run(config, subdir,
+                            problem=lambda c, t=task_set: digits.from_config(c, t), **kwargs)
+    if parallel.is_primary():  # only the primary process wrote the report
+      with open(os.path.join(subdir, "report.md")) as f:
+        sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
+  if parallel.is_primary():
+    _files.write_atomically(os.path.join(workdir, "report.md"),
+                            lambda f: f.write("\n\n".join(sections).encode("utf-8")))
+  return reports
+
+
+@_checks.as_user_error()
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
+  for method in config.methods:
+    _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
+  # The problem's own fields, before any file is read.
+  problems.get(config.problem).validate_config(config)
+  if not config.methods:
+    raise ValueError("config.methods is empty: name at least one of "
+                     f"{list(weighting.WEIGHTINGS)}.")
+  stages_lib.check_stage_order(config.stages)
+  _checks.sparsity(config.sparsity, "config.sparsity")
+  _checks.one_of(config.scope, ("layer", "global"), "config.scope")
+  masks_lib.parse_structure(config.structure)  # "unstructured", "filter" or a valid "n:m"
+  _checks.positive_int(config.batch_size, "config.batch_size")
+  _checks.positive_int(config.eval_batch_size, "config.eval_batch_size")
+  _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
+  if not config.seeds:
+    raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
+  if config.epochs.pretrain < 1:
+    raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
+                     f"is a pretrain run, got {config.epochs.pretrain}.")
+  for stage in stages_lib.TRAINING_STAGES:
+    if stage in config.stages and config.epochs[stage] < 1:
+      raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
+  # Building every weighting and every stage's transform checks all their knobs.
+  for method in config.methods:
+    stages_lib.make_weighting(method, config, 1)
+  for stage in config.stages:
+    if stage in stages_lib.TRAINING_STAGES:
+      stages_lib.descent_transform(stage, config, 1, masks={})
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the config in `workdir`, or raises if it holds a run with a different one."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != current:
+      keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+      details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
+      raise _checks.UserError(
+          f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
+          "or rerun with the same config to resume it.")
+    return
+  if parallel.is_primary():
+    _files.write_json_atomically(path, current)
+
+
+class Progress:
+  """Per finished epoch: TensorBoard scalars (if `write`) and a line (unless `quiet`)."""
+
+  def __init__(self, quiet: bool, writer_dir: str, task_names: tuple[str, ...], write: bool):
+    self.quiet = quiet
+    self.writer_dir = writer_dir
+    self.task_names = task_names
+    self.write = write
+    self._writers = {}
+
+  def __call__(self, run_name: str, stage: str, epoch: int, record: dict) -> None:
+    if self.write:
+      writer = self._writer(run_name)
+      for name, values in (("train_loss", record["train_loss"]),
+                           ("val_metric", record["val_metric"]),
+                           ("task_weight", record["task_weights"])):
+        for task, value in zip(self.task_names, values):
+          writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
+      writer.flush()
+    if not self.quiet:
+      metrics = " ".join(f"{m:.3f}" for m in record["val_metric"])
+      print(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
+            f"w {' '.join(f'{w:.2f}' for w in record['task_weights'])}", flush=True)
+
+  def _writer(self, run_name: str):
+    if run_name not in self._writers:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writers[run_name] = SummaryWriter(os.path.join(self.writer_dir, run_name))
+    return self._writers[run_name]
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        problem: Callable[[ml_collections.ConfigDict], Problem] | None = None,
+        on_checkpoint: Callable[[str, int], None] | None = None,
+        print_report: bool = True) -> dict:
+  """Runs the whole comparison described by `config` in `workdir` and returns the report.
+
+  Args:
+    config: see ``experiments/configs/digits.py`` for the fields.
+    workdir: where checkpoints, results, the report and the models go; rerunning the same
+      config on the same workdir resumes.
+    problem: builds the data set and its tasks from the config (and checks the data first);
+      by default the ``from_config`` of the problem that ``config.problem`` names.
+    on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
+    print_report: print the Markdown report at the end.
+  """
+  validate(config)
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.data_mesh()
+  with _checks.as_user_error():  # batch sizes the devices cannot split
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  started = time.time()
+  check_workdir(config, workdir)
+  problem = (problem or problems.get(config.problem).from_config)(config)
+  model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
+  quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
+           or not parallel.is_primary())
+  progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
+                      write=parallel.is_primary())
+  exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
+                           workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
+  per_seed, diverged, dropped = [], [], []
+  try:
+    for seed in config.seeds:
+      dense = or_divergence(exp, f"seed{seed}/dense",
+                                    lambda s=seed: run_dense(exp, s))
+      if isinstance(dense, dict):  # the dense reference itself diverged: nothing to compare
+        diverged.append({"seed": seed, "runs": {"dense": dense["diverged"]}})
+        dropped.append({"seed": seed,
+                        "reason": f"its dense reference diverged ({dense['diverged']})"})
+        continue
+      dense_result, *dense_start = dense
+      methods, failures = {}, {}
+      for method in config.methods:
+        shared = tuple(dense_start) if config.share_pretraining else None
+        outcome = or_divergence(
+            exp, f"seed{seed}/{method}",
+            lambda m=method, s=seed, d=shared: run_method(exp, m, s, d))
+        # A diverged run stays in the report as {"diverged": message}: a loss for its method.
+        methods[method] = outcome
+        if "diverged" in outcome:
+          failures[method] = outcome["diverged"]
+        elif not quiet:
+          print(f"seed {seed} {method}: test {methods[method]['metrics']}", flush=True)
+      if failures:
+        diverged.append({"seed": seed, "runs": failures})
+        if not quiet:
+          print(f"seed {seed}: diverged, counted as a loss for {sorted(failures)}: {failures}",
+                flush=True)
+      per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
+  finally:
+    progress.close()
+  if not per_seed:
+    raise loop.NonFiniteLossError(
+        "the dense reference diverged on every seed, so there is nothing to compare ("
+        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged) + ")", workdir)
+  notes = [
+      f"Data: {problem.describe()}, model {config.model}.",
+      f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
+      ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
+       "pretrain of the same seed." if config.stages[0] != "pretrain" else
+       "Methods share the dense pretraining of each seed (equal weighting), which is also "
+       "the dense reference: its best-validation epoch, the model compression starts from."
+       if config.share_pretraining else
+       "Each method pretrains under its own weighting and compresses its best-validation "
+       "epoch; the dense reference is equal-weighted."),
+      ("Losses: every weighting's objective is normalised to the mean task loss "
+       "(loss_reduction=mean; uncertainty's exactly so where its log-variances are 0)." if config.loss_reduction == "mean" else
+       "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
+       "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
+       "weights summing to one."),
+      "Model selection: best mean validation loss over the epochs of the last stage; "
+      "test metrics are of that model.",
+  ]
+  notes += problem.metric_notes()
+  for d in diverged:
+    for method, message in d["runs"].items():
+      if method == "dense":
+        notes.append(f"**Left out: seed {d['seed']}**, whose dense reference diverged "
+                     f"({message}); no method has a reference on that seed.")
+      else:
+        notes.append(f"**Diverged: seed {d['seed']}, {method}** ({message}); counted as a "
+                     "loss (worst-task retention 0) in the paired comparisons, left out of "
+                     f"{method}'s means.")
+  report = report_lib.build_report(
+      per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
+      metric_names=problem.metric_names,
+      all_higher_is_better=problem.all_higher_is_better,
+      target_sparsity=config.sparsity,
+      extra={"notes": notes}, test_counts=problem.test_counts(), dropped=dropped)
+  report["config"] = json.loads(config.to_json())
+  report["diverged"] = diverged
+  if not parallel.is_primary():  # the primary process writes the report
+    return report
+  paths = report_lib.write(report, workdir)
+  if print_report:
+    with open(paths["markdown"]) as f:
+      print(f.read(), flush=True)
+    print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
+          "checkpoints is shorter than a full run)", file=sys.stderr)
+  return report
+
