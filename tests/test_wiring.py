@@ -1,0 +1,262 @@
+"""How the pipeline is wired: which split selects, which losses feed the weighting, which epoch
+becomes which step, which seed a paired difference belongs to.
+
+Every check here compares the pipeline with an independent computation (NumPy by hand, a
+fresh evaluation, a config read by hand), never a run with another run of itself: a wiring
+bug (the test split used for selection, the task losses averaged before the weighting sees
+them, a period read in steps instead of epochs) changes both sides of a self-comparison alike.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import digits as digits_config
+from mmcompress import sparsity
+from mmcompress.models import create_model
+from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.problems.cifar100 import data as cifar100
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.problems.digits import data as digits
+from mmcompress.train import loop, parallel, stages, step as step_lib
+
+SPE = 7  # steps per epoch in the schedule tests: no period is a multiple of it by accident
+EVAL_BATCH = 8  # divisible by the device counts the suite runs with (1, 2, 4, 8)
+
+
+def config_with(**fields):
+  """The quick digits config with ``{"a.b": value}`` overrides."""
+  config = digits_config.get_config("quick")
+  with config.unlocked():
+    for key, value in fields.items():
+      target = config
+      *parents, leaf = key.split(".")
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = value
+  return config
+
+
+# --- 3. Each problem's losses and metrics, by hand -------------------------------------------
+
+
+def log_softmax(logits):
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy(logits, labels):
+  return -log_softmax(np.asarray(logits, np.float64))[np.arange(len(labels)), labels]
+
+
+@pytest.fixture(scope="module")
+def mixed():
+  """MultiDigits 'mixed' (digit, parity: classifications; ink: a regression), a small MLP."""
+  problem = DigitsProblem(digits.load_multidigits("mixed", seed=0))
+  model = create_model("mlp", problem.num_outputs, hidden=(16,))
+  params, _ = step_lib.init_variables(model, problem, 0)
+  return problem, model, params
+
+
+def digits_reference(model, params, images, targets, mask, kinds):
+  """Per task, by hand over its own examples: (mean loss, accuracy or MAE)."""
+  outputs = model.apply({"params": params}, jnp.asarray(images), train=False)
+  losses, scores = [], []
+  for k, (out, kind) in enumerate(zip(outputs, kinds)):
+    out, rows = np.asarray(out, np.float64), mask[:, k]
+    if kind == digits.CLASSIFICATION:
+      labels = targets[:, k].astype(int)
+      per_example = cross_entropy(out, labels)
+      score = (out.argmax(-1) == labels)[rows].mean()
+    else:
+      per_example = (out[:, 0] - targets[:, k]) ** 2
+      score = np.abs(out[:, 0] - targets[:, k])[rows].mean()
+    losses.append(per_example[rows].mean())
+    scores.append(score)
+  return np.array(losses), np.array(scores)
+
+
+def test_digits_task_losses_average_each_task_over_its_own_examples(mixed):
+  problem, model, params = mixed
+  rows = np.arange(6)
+  mask = np.zeros((6, 3), bool)
+  mask[4, 0] = True                # the digit task holds 1 example of the batch of 6
+  mask[[0, 2, 5], 1] = True        # parity holds 3
+  mask[[1, 2], 2] = True           # ink holds 2
+  train = problem.data.train
+  batch = {"images": train.images[rows], "targets": train.targets[rows] * mask,
+           "task_mask": mask}
+  losses, _ = problem.task_losses(model, params, {}, batch, jax.random.key(0))
+  expected, _ = digits_reference(model, params, batch["images"], batch["targets"], mask,
+                                 problem.kinds)
+  np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
+  # A mean over the whole batch would be 1/6, 3/6 and 2/6 of these: far outside rtol.
+  assert not np.allclose(np.asarray(losses), expected * mask.sum(0) / len(rows), rtol=1e-2)
+
+
+def test_digits_split_metrics_over_a_padded_split_match_brute_force(mixed):
+  problem, model, params = mixed
+  n = 11  # with batches of 8: one full batch and one padded with 5 empty rows
+  val = problem.data.val
+  mask = np.ones((n, 3), bool)
+  mask[::2, 0] = False             # the tasks hold 5, 7 and 11 of the 11 images
+  mask[[0, 3, 6, 9], 1] = False
+  small = digits.Split(val.images[:n], val.targets[:n] * mask, mask, val.index[:n])
+  problem = DigitsProblem(dataclasses.replace(problem.data, val=small))
+  mesh = parallel.data_mesh()
+  result = loop.evaluate(problem, step_lib.make_eval_step(problem, model, mesh), params, {},
+                         "val", mesh, EVAL_BATCH)
+  losses, scores = digits_reference(model, params, small.images, small.targets, mask,
+                                    problem.kinds)
+  np.testing.assert_allclose(result["loss"], losses, rtol=1e-5)
+  np.testing.assert_allclose([result["metrics"][t] for t in problem.task_names], scores,
+                             rtol=1e-5)
+  assert result["metrics"]["ink"] == pytest.approx(scores[2], rel=1e-5)  # MAE of the regression
+
+
+@pytest.fixture(scope="module")
+def cifar():
+  """CIFAR-100 as 20 tasks on random images: 2 train examples per fine class, uneven tests."""
+  rng = np.random.default_rng(0)
+  def split(fine):
+    fine = np.asarray(fine)
+    images = rng.integers(0, 256, (len(fine), 32, 32, 3), dtype=np.uint8)
+    return cifar100.ImageSplit(images, fine, np.arange(len(fine)))
+  train = split(np.repeat(np.arange(100), 2))
+  val = split(np.arange(100))
+  # Fine class f has 1 + f % 3 test examples: the tasks (five classes each) hold different
+  # numbers of them, each in one or two evaluation batches, the last one padded.
+  test_fine = [f for f in range(100) for _ in range(1 + f % 3)]
+  problem = Cifar100Problem(train, val, split(test_fine), augment=False)
+  model = create_model("mlp", problem.num_outputs, hidden=(8,))
+  params, _ = step_lib.init_variables(model, problem, 0)
+  return problem, model, params
+
+
+def test_cifar100_task_losses_are_each_tasks_mean_over_its_own_batch(cifar):
+  problem, model, params = cifar
+  batch = problem.train_batch(0, 0, 0, 2)
+  losses, _ = problem.task_losses(model, params, {}, batch, jax.random.key(0))
+  expected = []
+  for k in range(problem.num_tasks):
+    logits = model.apply({"params": params}, jnp.asarray(batch["images"][k]), task_id=k,
+                         train=False)[k]
+    expected.append(cross_entropy(logits, batch["labels"][k]).mean())
+  np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
+
+
+def test_cifar100_split_metrics_over_padded_per_task_batches_match_brute_force(cifar):
+  problem, model, params = cifar
+  mesh = parallel.data_mesh()
+  result = loop.evaluate(problem, step_lib.make_eval_step(problem, model, mesh), params, {},
+                         "test", mesh, EVAL_BATCH)
+  arrays = cifar100.eval_arrays(problem.splits["test"].images, problem.splits["test"].fine)
+  outputs = model.apply({"params": params}, jnp.asarray(arrays["images"]), train=False)
+  losses, accuracies, counts = [], [], []
+  for k in range(problem.num_tasks):
+    rows = arrays["task"] == k
+    logits = np.asarray(outputs[k])[rows]
+    labels = arrays["label"][rows]
+    losses.append(cross_entropy(logits, labels).mean())
+    accuracies.append((logits.argmax(-1) == labels).mean())
+    counts.append(rows.sum())
+  assert len(set(counts)) > 1  # the tasks' test sizes differ: a per-batch mean would show
+  np.testing.assert_allclose(result["loss"], losses, rtol=1e-5)
+  np.testing.assert_allclose([result["metrics"][t] for t in problem.task_names], accuracies,
+                             rtol=1e-6)
+  assert problem.test_counts() == dict(zip(problem.task_names, map(int, counts)))
+
+
+# --- 4. Epochs into steps ---------------------------------------------------------------------
+
+
+def changed_at(values):
+  """The 1-based step numbers after which a sequence of arrays changed."""
+  return [i for i in range(1, len(values))
+          if not np.array_equal(np.asarray(values[i]), np.asarray(values[i - 1]))]
+
+
+def drive(tx, params, steps, grad_fn=None):
+  """Applies `tx` for `steps` updates; returns the params and the opt states, initial first."""
+  state, update = tx.init(params), jax.jit(tx.update)
+  all_params, states = [params], [state]
+  for t in range(steps):
+    grads = jax.tree.map(jnp.ones_like, params) if grad_fn is None else grad_fn(params, t)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    all_params.append(params)
+    states.append(state)
+  return all_params, states
+
+
+def toy_params():
+  rng = np.random.default_rng(0)
+  return {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(10, 10)), jnp.float32),
+                      "bias": jnp.zeros((10,), jnp.float32)}}
+
+
+def test_reweighted_l1_refreshes_at_the_steps_its_epochs_mean():
+  config = config_with(**{"epochs.reweight": 6, "reweight.refresh_every_epochs": 2,
+                          "reweight.refresh_at_epochs": (5,)})
+  tx = stages.descent_transform("reweight", config, SPE)
+  _, states = drive(tx, toy_params(), 6 * SPE)
+  anchors = [optax.tree_utils.tree_get(s, "anchors")["Dense_0"]["kernel"] for s in states]
+  # The anchors refresh at the start of update t: every 2 epochs (t = 14, 28) and at the
+  # start of epoch 5 (t = 35). States are recorded after update t, i.e. at index t + 1.
+  assert changed_at(anchors) == [2 * SPE + 1, 4 * SPE + 1, 5 * SPE + 1]
+
+
+def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction():
+  config = config_with(**{"epochs.sparse": 6, "dynamic.update_every_epochs": 2,
+                          "dynamic.end_fraction": 0.75, "dynamic.grow": "random",
+                          "dynamic.grow_fraction": 0.2, "sparsity": 0.5})
+  tx = stages.descent_transform("sparse", config, SPE, seed=0)
+  _, states = drive(tx, toy_params(), 6 * SPE)
+  masks = [sparsity.find_masks(s)["Dense_0"]["kernel"] for s in states]
+  # Updates every 14 steps while the step is before int(0.75 · 42) = 31: steps 14 and 28,
+  # not 42.
+  assert changed_at(masks) == [2 * SPE, 4 * SPE]
+
+
+def test_minmax_every_epoch_ascends_once_per_epoch():
+  config = config_with(**{"minmax.every": "epoch", "minmax.learning_rate": 0.1})
+  weighting = stages.make_weighting("minmax", config, SPE)
+  task_params, _ = weighting.init(3)
+  # A constant gradient that favours task 0: each ascent moves the weights.
+  grad = jnp.asarray([1.0, 0.0, -1.0])
+  weights, _ = drive(weighting.tx, task_params, 3 * SPE, lambda p, t: grad)
+  assert changed_at(weights) == [SPE, 2 * SPE, 3 * SPE]
+
+
+def learning_rates(tx, steps):
+  """The learning rate of each step of a plain SGD `tx`, read off a unit gradient."""
+  params = jnp.zeros(())
+  state, rates, update = tx.init(params), [], jax.jit(tx.update)
+  for _ in range(steps):
+    updates, state = update(jnp.ones(()), state, params)
+    rates.append(-float(updates))
+  return np.array(rates)
+
+
+def test_step_schedule_decays_at_the_epoch_boundaries():
+  config = config_with(**{"optimizer.schedule": "step", "optimizer.decay_every_epochs": 2,
+                          "optimizer.decay_factor": 0.5, "optimizer.momentum": 0.0,
+                          "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
+                          "epochs.pretrain": 6})
+  rates = learning_rates(stages.descent_transform("pretrain", config, SPE), 6 * SPE)
+  expected = 0.1 * 0.5 ** (np.arange(6 * SPE) // (2 * SPE))
+  np.testing.assert_allclose(rates, expected, rtol=1e-6)
+
+
+def test_cosine_schedule_spans_the_stages_steps():
+  config = config_with(**{"optimizer.schedule": "cosine", "optimizer.momentum": 0.0,
+                          "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
+                          "epochs.retrain": 3})
+  tx = stages.descent_transform("retrain", config, SPE, masks=jnp.ones((), bool))
+  rates = learning_rates(tx, 3 * SPE)
+  t = np.arange(3 * SPE)
+  np.testing.assert_allclose(rates, 0.05 * (1 + np.cos(np.pi * t / (3 * SPE))), rtol=1e-5,
+                             atol=1e-7)
