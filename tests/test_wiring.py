@@ -15,7 +15,8 @@ import optax
 import pytest
 
 from experiments.configs import digits as digits_config
-from mmcompress import sparsity
+from mmcompress import comparison, saddle_point, sparsity
+from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.cifar100 import data as cifar100
@@ -260,3 +261,86 @@ def test_cosine_schedule_spans_the_stages_steps():
   t = np.arange(3 * SPE)
   np.testing.assert_allclose(rates, 0.05 * (1 + np.cos(np.pi * t / (3 * SPE))), rtol=1e-5,
                              atol=1e-7)
+
+
+# --- 1. Splits: validation selects, test reports ---------------------------------------------
+
+
+def tiny_experiment(workdir, log):
+  config = config_with(**{"model_kwargs.hidden": (32,), "epochs.pretrain": 4,
+                          "optimizer.learning_rate": 0.3, "quiet": True,
+                          "checkpoint_every_steps": 1000})
+  problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
+  model = create_model("mlp", problem.num_outputs, hidden=(32,))
+  return comparison.Experiment(config=config, problem=problem, model=model,
+                               mesh=parallel.data_mesh(), workdir=str(workdir), log=log)
+
+
+def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_path):
+  logged = []
+  exp = tiny_experiment(tmp_path, lambda run, stage, epoch, record: logged.append(record))
+  result, params, model_state = comparison.run_dense(exp, 0)
+  scores = [r["score"] for r in logged]
+  assert len(scores) == 4
+  assert result["selected"]["epoch"] == int(np.argmin(scores))
+  fresh = {split: loop.evaluate(exp.problem, exp.eval_step, params, model_state, split,
+                                exp.mesh, exp.config.eval_batch_size)
+           for split in ("val", "test")}
+  # The selected weights score on a fresh validation pass what the loop logged for them.
+  assert loop.selection_score(fresh["val"]) == pytest.approx(min(scores), rel=1e-6)
+  assert result["metrics"] == pytest.approx(fresh["test"]["metrics"], rel=1e-6)
+  assert result["val_metrics"] == pytest.approx(fresh["val"]["metrics"], rel=1e-6)
+  # The two splits tell apart: reporting one for the other cannot pass the two lines above.
+  assert fresh["val"]["metrics"] != pytest.approx(fresh["test"]["metrics"], rel=1e-3)
+  assert loop.selection_score(fresh["test"]) != pytest.approx(min(scores), rel=1e-3)
+
+
+# --- 2. The task losses reach the weighting, per task ----------------------------------------
+
+
+def stub_losses(step, spe):
+  """The fixed (K=4) losses a stub step reports: different per task, per epoch, per step."""
+  epoch, position = divmod(step, spe)
+  return np.array([1.0, 2.0, 3.0, 5.0], np.float32) * (1 + epoch) + 0.25 * position
+
+
+@pytest.mark.parametrize("method", sorted(weighting_lib.WEIGHTINGS))
+def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path, method):
+  problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
+  model = create_model("mlp", problem.num_outputs, hidden=(8,))
+  config = config_with(**{"minmax.every": "epoch"})
+  batch_size, epochs = 256, 3
+  spe = problem.steps_per_epoch(batch_size)
+  weighting = stages.make_weighting(method, config, spe)
+  params, model_state = step_lib.init_variables(model, problem, 0)
+  tx = saddle_point(optax.sgd(0.0), weighting.tx)
+  state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
+                                      jax.random.key(0))
+
+  def stub_step(state, batch):
+    del batch
+    losses = stub_losses(int(state.step), spe)
+    return state.replace(step=state.step + 1), jnp.asarray(losses)
+
+  mesh = parallel.data_mesh()
+  ctx = loop.StageContext(
+      name="pretrain", index=0, seed=0, epochs=epochs, batch_size=batch_size, problem=problem,
+      weighting=weighting, train_step=stub_step,
+      eval_step=step_lib.make_eval_step(problem, model, mesh), mesh=mesh,
+      eval_batch_size=EVAL_BATCH * 16, checkpoint_every=10**6, directory=str(tmp_path))
+  final, _, record = loop.train_stage(ctx, state)
+  expected = [np.mean([stub_losses(e * spe + j, spe) for j in range(spe)], axis=0)
+              for e in range(epochs)]
+  np.testing.assert_allclose([r["train_loss"] for r in record["epochs"]], expected, rtol=1e-6)
+  # The weighting's memory is what its own end_epoch makes of exactly these losses.
+  _, memory = weighting.init(problem.num_tasks)
+  for losses in expected:
+    memory = weighting.end_epoch(memory, jnp.asarray(losses))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
+                                                       rtol=1e-6),
+               jax.device_get(final.task_state), jax.device_get(memory))
+  if method == "dwa":  # its history: the last two epochs' per-task losses, oldest first
+    np.testing.assert_allclose(np.asarray(final.task_state.history), expected[-2:], rtol=1e-6)
+    ratio = expected[-1] / expected[-2]
+    np.testing.assert_allclose(record["epochs"][-1]["task_weights"],
+                               np.exp(ratio / 2) / np.exp(ratio / 2).sum(), rtol=1e-5)
