@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from experiments.configs import digits as digits_config
-from mmcompress import comparison, saddle_point, sparsity
+from mmcompress import comparison, report as report_lib, saddle_point, sparsity
 from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
@@ -344,3 +344,79 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
     ratio = expected[-1] / expected[-2]
     np.testing.assert_allclose(record["epochs"][-1]["task_weights"],
                                np.exp(ratio / 2) / np.exp(ratio / 2).sum(), rtol=1e-5)
+
+
+# --- 5. Paired comparisons stay attached to their seeds --------------------------------------
+
+PAIRED_TASKS = ("cls", "mae")
+PAIRED_HIGHER = {"cls": True, "mae": False}
+
+
+def paired_fixture(seeds=(3, 5, 8, 13, 21)):
+  """Per seed, a dense model and three methods whose worst-task retentions all differ."""
+  rng = np.random.default_rng(7)
+  per_seed = []
+  for seed in seeds:
+    dense = {"cls": rng.uniform(0.7, 0.9), "mae": rng.uniform(0.3, 0.5)}
+    methods = {m: {"metrics": {"cls": dense["cls"] * rng.uniform(0.6, 1.0),
+                               "mae": dense["mae"] / rng.uniform(0.6, 1.0)},
+                   "sparsity": 0.975, "compression_ratio": 40.0}
+               for m in ("equal", "minmax", "dwa")}
+    per_seed.append({"seed": seed, "dense": {"metrics": dense}, "methods": methods})
+  return per_seed
+
+
+def worst_by_hand(per_seed):
+  """{method: {seed: worst-task retention}}, oriented by hand."""
+  out = {}
+  for record in per_seed:
+    dense = record["dense"]["metrics"]
+    for name, result in record["methods"].items():
+      m = result["metrics"]
+      worst = min(m["cls"] / dense["cls"], dense["mae"] / m["mae"])
+      out.setdefault(name, {})[record["seed"]] = worst
+  return out
+
+
+def build(per_seed):
+  return report_lib.build_report(per_seed, tasks=list(PAIRED_TASKS),
+                                 higher_is_better=PAIRED_HIGHER,
+                                 metric_names={"cls": "accuracy", "mae": "MAE"},
+                                 target_sparsity=0.975)
+
+
+def minmax_minus_equal(report):
+  """{seed: min-max − equal worst-task retention} as the report pairs them."""
+  pair = report["comparison"]["minmax_minus_equal"]
+  return dict(zip(pair["seeds"], pair["differences"]))
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+  per_seed = paired_fixture()
+  worst = worst_by_hand(per_seed)
+  for name in worst:  # the fixture is what it claims: no two seeds alike, no two methods
+    assert len(set(np.round(list(worst[name].values()), 9))) == len(per_seed)
+  report = build(per_seed)
+  for name, by_seed in worst.items():
+    rows = report["methods"][name]["per_seed"]
+    assert {r["seed"]: r["worst_task_retention"] for r in rows} == pytest.approx(by_seed)
+  expected = {s: worst["minmax"][s] - worst["equal"][s] for s in worst["equal"]}
+  assert minmax_minus_equal(report) == pytest.approx(expected)
+  means = {m: np.mean(list(v.values())) for m, v in worst.items()}
+  best = report["comparison"]["best_worst_task_retention"]
+  assert best["method"] == max(means, key=means.get)
+  for other, versus in best["versus"].items():
+    assert versus["mean"] == pytest.approx(means[best["method"]] - means[other])
+
+
+@pytest.mark.parametrize("order", [(4, 3, 2, 1, 0), (2, 0, 4, 1, 3)])
+def test_permuting_the_seeds_leaves_every_difference_with_its_seed(order):
+  per_seed = paired_fixture()
+  report = build(per_seed)
+  permuted = build([per_seed[i] for i in order])
+  assert permuted["seeds"] == [per_seed[i]["seed"] for i in order]
+  assert minmax_minus_equal(permuted) == pytest.approx(
+      minmax_minus_equal(report))
+  for name in ("equal", "minmax", "dwa"):
+    assert permuted["methods"][name]["worst_task_retention"] == pytest.approx(
+        report["methods"][name]["worst_task_retention"])
