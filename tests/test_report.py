@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmcompress import report as report_lib
+from mmcompress import plots, report as report_lib
 
 TASKS = ["cls", "depth"]
 HIGHER = {"cls": True, "depth": False}
@@ -434,7 +434,7 @@ def test_write_without_a_trajectory_skips_the_weights_plot(tmp_path):
   for seed in per_seed:
     seed["methods"]["minmax"].pop("task_weights", None)
   report = _build(per_seed)
-  assert report_lib.plot_task_weights(report, tmp_path / "w.png") is None
+  assert plots.plot_task_weights(report, tmp_path / "w.png") is None
   assert not (tmp_path / "w.png").exists()
   paths = report_lib.write(report, tmp_path)
   assert "task_weights" not in paths
