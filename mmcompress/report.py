@@ -46,117 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress import _files, metrics as metrics_lib, plots
+from mmcompress import _files, metrics as metrics_lib, plots, records
 
 MINMAX = "minmax"
 EQUAL = "equal"
 # Paired differences smaller than this are float noise, counted as ties.
 _TIE = 1e-9
-# The compression ratios of a result: the prunable part's (under its older name and its own)
-# and the whole model's (docs/method.md §5).
-_RATIOS = ("compression_ratio", "prunable_compression_ratio", "whole_model_compression_ratio")
+_RATIOS = records.RATIOS
 # A verdict needs the two-sided sign test over seeds below this p-value (95 %).
 ALPHA = 0.05
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _number(value: Any, where: str, finite: bool = True) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{where} must be a number, got {value!r}.") from None
-  if math.isnan(value) or (finite and math.isinf(value)):
-    raise ValueError(f"{where} must be a finite number, got {value}.")
-  return value
-
-
-def _mapping(value: Any, where: str) -> Mapping:
-  if not isinstance(value, Mapping):
-    raise ValueError(f"{where} must be a dict, got {type(value).__name__}.")
-  return value
-
-
-def _task_metrics(value: Any, tasks: Sequence[str], where: str) -> dict[str, float]:
-  value = _mapping(value, where)
-  missing = [t for t in tasks if t not in value]
-  if missing:
-    raise ValueError(f"{where} has no metric for the tasks {missing}; it has {sorted(value)}.")
-  return {t: _number(value[t], f"{where}[{t!r}]") for t in tasks}
-
-
-def _declared_metrics(all_higher_is_better: Mapping[str, Mapping[str, bool]] | None,
-                      tasks: Sequence[str], metric_names: Mapping[str, str],
-                      orientation: Mapping[str, bool]) -> dict[str, dict[str, bool]]:
-  """Every metric of every task with its orientation; one metric per task when None."""
-  if all_higher_is_better is None:
-    return {t: {str(metric_names[t]): orientation[t]} for t in tasks}
-  _mapping(all_higher_is_better, "all_higher_is_better")
-  declared = {}
-  for t in tasks:
-    where = f"all_higher_is_better[{t!r}]"
-    if t not in all_higher_is_better:
-      raise ValueError(f"all_higher_is_better has no entry for the task {t!r}; declare every "
-                       "metric of every task.")
-    entry = _mapping(all_higher_is_better[t], where)
-    if not entry:
-      raise ValueError(f"{where} is empty; declare at least the task's metric "
-                       f"{metric_names[t]!r}.")
-    declared[t] = {}
-    for name, higher in entry.items():
-      if not isinstance(higher, (bool, np.bool_)):
-        raise ValueError(f"{where}[{name!r}] must be True or False, got {higher!r}.")
-      declared[t][str(name)] = bool(higher)
-    primary = str(metric_names[t])
-    if declared[t].get(primary) != orientation[t]:  # missing (None) or the other orientation
-      raise ValueError(f"{where} must hold the task's metric {primary!r} with "
-                       f"higher_is_better={orientation[t]}, got {declared[t]}.")
-  return declared
-
-
-def _all_task_metrics(result: Mapping, primary: Mapping[str, float],
-                      declared: Mapping[str, Mapping[str, bool]],
-                      metric_names: Mapping[str, str], where: str) -> dict[str, dict[str, float]]:
-  """Every declared metric of every task, from ``task_metrics`` (the primary from ``metrics``
-  when a task has no other: results written before ``task_metrics`` existed still read)."""
-  given = result.get("task_metrics")
-  if given is not None:
-    given = _mapping(given, f"{where} task_metrics")
-  values = {}
-  for t, names in declared.items():
-    entry = None
-    if given is not None and t in given:
-      entry = _mapping(given[t], f"{where} task_metrics[{t!r}]")
-    values[t] = {}
-    for name in names:
-      if entry is not None and name in entry:
-        values[t][name] = _number(entry[name], f"{where} task_metrics[{t!r}][{name!r}]")
-      elif name == metric_names[t]:
-        values[t][name] = primary[t]
-      else:
-        raise ValueError(f"{where} has no {name!r} for the task {t!r} in task_metrics; "
-                         "it needs every declared metric of every task.")
-  return values
-
-
-def _jsonable(value: Any) -> Any:
-  """Plain JSON types: numpy/jax scalars and arrays become numbers and lists; inf/nan None."""
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (str, bool)) or value is None:
-    return value
-  if isinstance(value, int) and not isinstance(value, bool):
-    return value
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if hasattr(value, "__array__"):
-    return _jsonable(np.asarray(value).tolist())
-  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict and friends
-    return _jsonable(value.to_dict())
-  return str(value)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -166,25 +64,23 @@ def _mean(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- the report
 
 
-def _method_seed(result: Mapping, seed: Any, name: str, dense: Mapping[str, Any],
-                 tasks: Sequence[str], higher_is_better: Mapping[str, bool],
-                 declared: Mapping[str, Mapping[str, bool]],
-                 metric_names: Mapping[str, str]) -> dict[str, Any]:
+def _method_seed(result: records.RunResult, seed: Any, name: str, dense: Mapping[str, Any],
+                 inputs: records.ReportInputs) -> dict[str, Any]:
   """One method's numbers on one seed, relative to that seed's dense model.
 
   `dense` is that seed's dense row (``metrics`` and ``task_metrics``). The retention of a task
   is the mean retention of its declared metrics and Δm is LibMTL's over all of them; the
   ``_one_metric`` fields are the same figures over the task's one metric of ``metrics``.
   """
+  tasks, declared, higher = inputs.tasks, inputs.all_higher_is_better, inputs.higher_is_better
   where = f"seed {seed!r}, method {name!r}"
-  result = _mapping(result, where)
-  values = _task_metrics(result.get("metrics"), tasks, f"{where}: metrics")
-  every = _all_task_metrics(result, values, declared, metric_names, f"{where}:")
+  values = result.primary_metrics(tasks, where)
+  every = result.every_metric(values, declared, inputs.metric_names, f"{where}:")
   kept, kept_one = {}, {}
   for t in tasks:
     try:
       kept[t] = metrics_lib.task_retention(every[t], dense["task_metrics"][t], declared[t])
-      kept_one[t] = metrics_lib.retention(values[t], dense["metrics"][t], higher_is_better[t])
+      kept_one[t] = metrics_lib.retention(values[t], dense["metrics"][t], higher[t])
     except ValueError as e:
       raise ValueError(f"{where}, task {t!r}: {e}") from None
   worst = min(tasks, key=lambda t: kept[t])
@@ -201,20 +97,16 @@ def _method_seed(result: Mapping, seed: Any, name: str, dense: Mapping[str, Any]
       "worst_task_one_metric": worst_one,
       "worst_task_retention_one_metric": kept_one[worst_one],
       "delta_m_one_metric": metrics_lib.delta_m(values, dense["metrics"],
-                                                {t: higher_is_better[t] for t in tasks}),
+                                                {t: higher[t] for t in tasks}),
   }
   for key in ("sparsity",) + _RATIOS:
-    if result.get(key) is not None:
-      row[key] = _number(result[key], f"{where}: {key}", finite=False)
-  if result.get("export") is not None:
-    row["export"] = dict(_mapping(result["export"], f"{where}: export"))
-  if result.get("task_weights") is not None:
-    weights = np.asarray(result["task_weights"], np.float64)
-    if weights.ndim != 2 or weights.shape[1] != len(tasks) or not weights.size:
-      raise ValueError(
-          f"{where}: task_weights must be a non-empty list of {len(tasks)}-vectors (one "
-          f"weight per task, per logged step), got shape {weights.shape}.")
-    row["task_weights"] = weights.tolist()
+    if getattr(result, key) is not None:
+      row[key] = float(getattr(result, key))
+  if result.export is not None:
+    row["export"] = dict(result.export)
+  weights = result.weight_rows(len(tasks), where)
+  if weights is not None:
+    row["task_weights"] = weights
   return row
 
 
@@ -339,20 +231,13 @@ def one_example_retention(dense: Mapping[str, float], test_counts: Mapping[str, 
   return out
 
 
-def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                          orientation: Mapping[str, bool],
-                          test_counts: Mapping[str, int] | None
+def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]],
+                          inputs: records.ReportInputs
                           ) -> tuple[list[dict[str, float]] | None, dict[str, Any]]:
   """Each seed's one-example retention per task (None without test counts), and a summary."""
-  if test_counts is None:
+  tasks, orientation, counts = inputs.tasks, inputs.higher_is_better, inputs.test_counts
+  if counts is None:
     return None, {"per_task": None, "test_counts": None}
-  counts = {}
-  for t in tasks:
-    n = _mapping(test_counts, "test_counts").get(t)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-      raise ValueError(f"test_counts[{t!r}] must be the number of test examples of that task "
-                       f"(an int >= 1), got {n!r}.")
-    counts[t] = int(n)
   per_seed = []
   for row in dense_rows:
     if any(orientation[t] and row["metrics"][t] == 0.0 for t in tasks):
@@ -360,7 +245,7 @@ def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequen
                        "the dense reference of that seed.")
     per_seed.append(one_example_retention(row["metrics"], counts, orientation))
   summary = {"per_task": {t: _mean([p[t] for p in per_seed]) for t in tasks},
-             "test_counts": counts}
+             "test_counts": dict(counts)}
   return per_seed, summary
 
 
@@ -428,23 +313,12 @@ def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any
   }
 
 
-def _model_parameters(per_seed: Sequence[Mapping[str, Any]],
-                      seeds: Sequence[Any]) -> dict[str, Any] | None:
-  """The first "parameters" record, of a dense model or a method, checked; None if none."""
-  for seed, result in zip(seeds, per_seed):
-    for name, run in [("dense", result.get("dense"))] + list(result["methods"].items()):
-      if not isinstance(run, Mapping) or run.get("parameters") is None:
-        continue
-      where = f"seed {seed!r}, {name}: parameters"
-      parameters = _mapping(run["parameters"], where)
-      for key in ("total_size", "prunable_size", "non_prunable_size"):
-        value = _number(parameters.get(key), f"{where}[{key!r}]")
-        if value < 0 or value != int(value):
-          raise ValueError(f"{where}[{key!r}] must be a count >= 0, got {value}.")
-      groups = parameters.get("non_prunable_groups", [])
-      if not isinstance(groups, Sequence) or not all(isinstance(g, Mapping) for g in groups):
-        raise ValueError(f"{where}['non_prunable_groups'] must be a list of dicts.")
-      return dict(parameters)
+def _model_parameters(per_seed: Sequence[records.SeedRecord]) -> dict[str, Any] | None:
+  """The first parameter counts, of a dense model or a method; None if no result has any."""
+  for record in per_seed:
+    for run in [record.dense] + list(record.methods.values()):
+      if isinstance(run, records.RunResult) and run.parameters is not None:
+        return dict(run.parameters)
   return None
 
 
@@ -480,8 +354,6 @@ def _whole_model(parameters: Mapping[str, Any] | None, methods: Mapping[str, Any
       "measured": {name: info["whole_model_compression_ratio"] for name, info in methods.items()
                    if info.get("whole_model_compression_ratio") is not None},
   }
-def _diverged(result: Any) -> bool:
-  return isinstance(result, Mapping) and result.get("diverged") is not None
 
 
 def _all_diverged(tasks: Sequence[str],
@@ -497,7 +369,7 @@ def _all_diverged(tasks: Sequence[str],
           "export": None, "per_seed": []}
 
 
-def build_report(per_seed: Sequence[Mapping[str, Any]],
+def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
                  *,
                  tasks: Sequence[str],
                  higher_is_better: Mapping[str, bool],
@@ -580,126 +452,137 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   Raises:
     ValueError: naming the seed, method and task of anything missing or malformed.
   """
-  tasks = list(tasks)
-  if not tasks or not all(isinstance(t, str) for t in tasks) or len(set(tasks)) != len(tasks):
-    raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks!r}.")
-  for name, value in (("higher_is_better", higher_is_better), ("metric_names", metric_names)):
-    missing = [t for t in tasks if t not in _mapping(value, name)]
-    if missing:
-      raise ValueError(f"{name} has no entry for the tasks {missing}.")
-  orientation = {}
-  for t in tasks:
-    if not isinstance(higher_is_better[t], (bool, np.bool_)):
-      raise ValueError(
-          f"higher_is_better[{t!r}] must be True or False, got {higher_is_better[t]!r}.")
-    orientation[t] = bool(higher_is_better[t])
-  declared = _declared_metrics(all_higher_is_better, tasks, metric_names, orientation)
-  target = _number(target_sparsity, "target_sparsity")
-  if not 0.0 <= target < 1.0:
-    raise ValueError(
-        f"target_sparsity must be in [0, 1) (0.975 = 40x), got {target_sparsity!r}.")
+  inputs = records.ReportInputs.from_json({
+      "tasks": tasks, "higher_is_better": higher_is_better, "metric_names": metric_names,
+      "target_sparsity": target_sparsity, "all_higher_is_better": all_higher_is_better,
+      "extra": extra, "test_counts": test_counts, "dropped": dropped})
   if isinstance(per_seed, Mapping) or not isinstance(per_seed, Sequence) or not per_seed:
     raise ValueError("per_seed must be a non-empty list with one result dict per seed.")
+  read = [r if isinstance(r, records.SeedRecord) else records.SeedRecord.from_json(r, i)
+          for i, r in enumerate(per_seed)]
+  return from_records(read, inputs)
 
-  seeds = []
-  for i, result in enumerate(per_seed):
-    result = _mapping(result, f"per_seed[{i}]")
-    if "seed" not in result:
-      raise ValueError(f"per_seed[{i}] has no 'seed'.")
-    seeds.append(_jsonable(result["seed"]))
+
+def _method_names(per_seed: Sequence[records.SeedRecord]) -> list[str]:
+  """The methods every seed ran (in the first seed's order), after checking the seeds pair."""
+  seeds = [r.seed for r in per_seed]
   if len(set(map(json.dumps, seeds))) != len(seeds):
     raise ValueError(f"per_seed has repeated seeds {seeds}; give each seed once.")
-  method_names = list(_mapping(per_seed[0].get("methods"), f"seed {seeds[0]!r}: methods"))
+  method_names = list(per_seed[0].methods)
   if "dense" in method_names:
     raise ValueError("a method may not be called 'dense', the name of the uncompressed row; "
                      "rename it.")
-  for seed, result in zip(seeds, per_seed):
-    names = list(_mapping(result.get("methods"), f"seed {seed!r}: methods"))
-    if set(names) != set(method_names):
+  for record in per_seed:
+    if set(record.methods) != set(method_names):
       raise ValueError(
-          f"seed {seed!r} has the methods {sorted(names)}, seed {seeds[0]!r} has "
-          f"{sorted(method_names)}; every seed must run the same methods (paired seeds).")
+          f"seed {record.seed!r} has the methods {sorted(record.methods)}, seed {seeds[0]!r} "
+          f"has {sorted(method_names)}; every seed must run the same methods (paired seeds).")
+  return method_names
 
-  dense_rows = []
-  for seed, result in zip(seeds, per_seed):
-    dense = _mapping(result.get("dense"), f"seed {seed!r}: dense")
-    primary = _task_metrics(dense.get("metrics"), tasks, f"seed {seed!r}: dense metrics")
-    dense_rows.append({"seed": seed, "metrics": primary,
-                       "task_metrics": _all_task_metrics(dense, primary, declared, metric_names,
-                                                         f"seed {seed!r}: dense")})
-  methods, paired_values, worst = {}, {}, {}
-  for name in method_names:
-    rows, failed, values, worst[name] = [], [], [], []
-    for seed, result, dense_row in zip(seeds, per_seed, dense_rows):
-      outcome = result["methods"][name]
-      if _diverged(outcome):
-        failed.append({"seed": seed, "message": str(outcome["diverged"])})
-        values.append(0.0)  # a divergence is a loss in every paired comparison
-        worst[name].append(None)
-        continue
-      rows.append(_method_seed(outcome, seed, name, dense_row, tasks, orientation, declared,
-                               metric_names))
-      values.append(rows[-1]["worst_task_retention"])
-      worst[name].append(rows[-1]["worst_task"])
-    methods[name] = _summarise(name, rows, tasks) if rows else _all_diverged(tasks, declared)
-    methods[name]["diverged"] = failed
-    paired_values[name] = values
 
-  one_example, threshold = _one_example_per_seed(dense_rows, tasks, orientation, test_counts)
+def _dense_row(record: records.SeedRecord, inputs: records.ReportInputs) -> dict[str, Any]:
+  """A seed's dense model: its one metric and every metric of each task."""
+  where = f"seed {record.seed!r}: dense"
+  primary = record.dense.primary_metrics(inputs.tasks, where)
+  return {"seed": record.seed, "metrics": primary,
+          "task_metrics": record.dense.every_metric(primary, inputs.all_higher_is_better,
+                                                    inputs.metric_names, where)}
+
+
+def _method_summary(name: str, per_seed: Sequence[records.SeedRecord],
+                    dense_rows: Sequence[Mapping[str, Any]], inputs: records.ReportInputs
+                    ) -> tuple[dict[str, Any], list[float], list[str | None]]:
+  """One method over the seeds: its summary, and per seed its worst-task retention for the
+  paired comparisons (0 where it diverged) and its worst task (None where it diverged)."""
+  rows, failed, values, worst = [], [], [], []
+  for record, dense_row in zip(per_seed, dense_rows):
+    outcome = record.methods[name]
+    if isinstance(outcome, records.Diverged):
+      failed.append({"seed": record.seed, "message": outcome.message})
+      values.append(0.0)  # a divergence is a loss in every paired comparison
+      worst.append(None)
+      continue
+    rows.append(_method_seed(outcome, record.seed, name, dense_row, inputs))
+    values.append(rows[-1]["worst_task_retention"])
+    worst.append(rows[-1]["worst_task"])
+  summary = (_summarise(name, rows, inputs.tasks) if rows
+             else _all_diverged(inputs.tasks, inputs.all_higher_is_better))
+  summary["diverged"] = failed
+  return summary, values, worst
+
+
+def _best(ranking: Sequence[str], means: Mapping[str, float],
+          paired: Callable[[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+  """The method of the highest mean worst-task retention, and how it compares with the rest."""
+  if not ranking:
+    return None
+  top = ranking[0]
+  versus = {m: paired(top, m) for m in ranking[1:]}
+  return {"method": top, "value": means[top],
+          "tied_with": [m for m in ranking[1:]
+                        if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
+          "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
+          "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
+                                           "p_value", "direction")}
+                     for m, v in versus.items()}}
+
+
+def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[float]],
+                worst: Mapping[str, list[str | None]], seeds: Sequence[Any],
+                one_example: list[dict[str, float]] | None,
+                threshold: dict[str, Any]) -> dict[str, Any]:
+  """The paired comparisons: the best method, the ranking, and min-max minus equal."""
 
   def paired(a: str, b: str) -> dict[str, Any]:
     return _paired(paired_values[a], paired_values[b], seeds,
                    _seed_thresholds(one_example, worst[a], worst[b]))
 
-  means = {m: _mean(paired_values[m]) for m in method_names}
-  ranking = sorted(method_names, key=lambda m: -means[m])
-  best = None
-  if ranking:
-    top = ranking[0]
-    versus = {m: paired(top, m) for m in ranking[1:]}
-    best = {"method": top, "value": means[top],
-            "tied_with": [m for m in ranking[1:]
-                          if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
-            "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
-            "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
-                                             "p_value", "direction")}
-                       for m, v in versus.items()}}
+  means = {m: _mean(values) for m, values in paired_values.items()}
+  ranking = sorted(paired_values, key=lambda m: -means[m])
   pair = None
   if MINMAX in methods and EQUAL in methods:
     pair = paired(MINMAX, EQUAL)
     pair["winner"] = {1: MINMAX, -1: EQUAL}.get(pair["direction"])
     pair["diverged"] = {m: [d["seed"] for d in methods[m]["diverged"]] for m in (MINMAX, EQUAL)}
-  comparison: dict[str, Any] = {
+  return {
       "effect_threshold": threshold,
-      "best_worst_task_retention": best,
+      "best_worst_task_retention": _best(ranking, means, paired),
       "ranking": [{"method": m, "worst_task_retention": means[m]} for m in ranking],
       "minmax_minus_equal": pair,
   }
-  left_out = []
-  for i, d in enumerate(dropped):
-    d = _mapping(d, f"dropped[{i}]")
-    if "seed" not in d:
-      raise ValueError(f"dropped[{i}] has no 'seed'; give each as {{'seed': ..., 'reason': ...}}.")
-    left_out.append({"seed": d["seed"], "reason": str(d.get("reason", ""))})
+
+
+def from_records(per_seed: Sequence[records.SeedRecord],
+                 inputs: records.ReportInputs) -> dict[str, Any]:
+  """`build_report` of records already read (`mmcompress.records`)."""
+  tasks, target = list(inputs.tasks), inputs.target_sparsity
+  seeds = [r.seed for r in per_seed]
+  method_names = _method_names(per_seed)
+  dense_rows = [_dense_row(r, inputs) for r in per_seed]
+  methods, paired_values, worst = {}, {}, {}
+  for name in method_names:
+    methods[name], paired_values[name], worst[name] = _method_summary(name, per_seed,
+                                                                      dense_rows, inputs)
+  one_example, threshold = _one_example_per_seed(dense_rows, inputs)
   report = {
       "tasks": tasks,
-      "metric_names": {t: str(metric_names[t]) for t in tasks},
-      "higher_is_better": orientation,
-      "all_higher_is_better": declared,
-      "conventions": _conventions(declared, metric_names),
+      "metric_names": dict(inputs.metric_names),
+      "higher_is_better": dict(inputs.higher_is_better),
+      "all_higher_is_better": inputs.all_higher_is_better,
+      "conventions": _conventions(inputs.all_higher_is_better, inputs.metric_names),
       "target_sparsity": target,
       "target_compression_ratio": 1.0 / (1.0 - target),
       "seeds": seeds,
-      "extra": dict(_mapping(extra, "extra")) if extra is not None else {},
+      "extra": dict(inputs.extra),
       "dense": {"metrics": {t: _mean([r["metrics"][t] for r in dense_rows]) for t in tasks},
                 "task_metrics": _mean_task_metrics(dense_rows, tasks),
                 "per_seed": dense_rows},
       "methods": methods,
-      "comparison": comparison,
-      "whole_model": _whole_model(_model_parameters(per_seed, seeds), methods, target),
-      "dropped_seeds": left_out,
+      "comparison": _comparison(methods, paired_values, worst, seeds, one_example, threshold),
+      "whole_model": _whole_model(_model_parameters(per_seed), methods, target),
+      "dropped_seeds": [d.to_json() for d in inputs.dropped],
   }
-  return _jsonable(report)
+  return records.jsonable(report)
 
 
 # ----------------------------------------------------------------------------- Markdown
