@@ -825,9 +825,29 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   Returns:
     The Markdown text.
   """
-  tasks, seeds = report["tasks"], report["seeds"]
-  dense, methods = report["dense"], report["methods"]
-  target = report["target_sparsity"]
+  methods = report["methods"]
+  lines = _header_lines(report) + [""] + _main_table(report)
+  if report.get("conventions"):
+    lines += ["", report["conventions"]]
+  lines += ["", summary_sentence(report), ""]
+  declared = report.get("all_higher_is_better") or {}
+  several = any(len(m) > 1 for m in declared.values())
+  if methods:
+    what = ("the mean over the task's metrics of compressed / dense" if several
+            else "compressed / dense")
+    lines.append(f"Retention per task ({what} of the same seed, oriented so that "
+                 "below 1 is worse), and which task was the worst on how many seeds:")
+    lines.append("")
+    lines += _retention_table(methods, report["tasks"], "retention", "worst_task")
+    lines.append("")
+  if several:
+    lines += _all_metrics_lines(report)
+  return "\n".join(lines)
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+  """The title and the bullet list: target, whole model, seeds, the verdict's rule, notes."""
+  seeds, target = report["seeds"], report["target_sparsity"]
   whole = report.get("whole_model")
   measured = _ratio_range(list((whole or {}).get("measured", {}).values()))
   lines = [f"# Compression report: {100 * target:.1f} % prunable sparsity "
@@ -843,9 +863,35 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   threshold = (report.get("comparison") or {}).get("effect_threshold")
   if threshold is not None:
     lines.append(_rule_line(threshold))
-  lines += _extra_lines(report.get("extra") or {})
-  lines.append("")
+  return lines + _extra_lines(report.get("extra") or {})
 
+
+def _ratio_cell(value: float | None) -> str:
+  return "\u2014" if value is None else f"{value:.1f}x"
+
+
+def _method_row(name: str, info: Mapping[str, Any], num_seeds: int,
+                task_cells: list[str]) -> list[str]:
+  """A method's row of the main table, after its task cells."""
+  per = info["per_seed"]
+  export = info.get("export") or {}
+  sparsity = info.get("sparsity")
+  failed = len(info.get("diverged") or [])
+  return ([name + (f" (diverged on {failed} of {num_seeds})" if failed else "")]
+          + task_cells
+          + [_cell(info["worst_task_retention"], [r["worst_task_retention"] for r in per], 3),
+             _cell(info["delta_m"], [r["delta_m"] for r in per], 2, _signed),
+             "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
+             _ratio_cell(info.get("compression_ratio")),
+             _ratio_cell(info.get("whole_model_compression_ratio")),
+             _ratio_cell(export.get("prunable_ratio")),
+             _bytes(export.get("file_bytes"))])
+
+
+def _main_table(report: Mapping[str, Any]) -> list[str]:
+  """A row per method (dense first): each task's metric, worst-task retention, Δm, sparsity,
+  the compression ratios, the export ratio and the file size."""
+  tasks, dense, methods = report["tasks"], report["dense"], report["methods"]
   arrows = {t: "\u2191" if report["higher_is_better"][t] else "\u2193" for t in tasks}
   header = (["method"] + [f"{t} ({report['metric_names'][t]} {arrows[t]})" for t in tasks]
             + ["worst-task retention", "\u0394m (%)", "sparsity (prunable)",
@@ -866,42 +912,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   rows = [["dense"] + task_cells(dense) + ["1.000", "0.00", "\u2014", "1x", "1x", "\u2014",
                                            _bytes(dense_bytes) + (" (float32)" if dense_bytes
                                                                   else "")]]
-  for name, info in methods.items():
-    per = info["per_seed"]
-    export = info.get("export") or {}
-    sparsity = info.get("sparsity")
-    failed = len(info.get("diverged") or [])
-    rows.append(
-        [name + (f" (diverged on {failed} of {len(seeds)})" if failed else "")]
-        + task_cells(info)
-        + [_cell(info["worst_task_retention"], [r["worst_task_retention"] for r in per], 3),
-           _cell(info["delta_m"], [r["delta_m"] for r in per], 2, _signed),
-           "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
-           "\u2014" if info.get("compression_ratio") is None
-           else f"{info['compression_ratio']:.1f}x",
-           "\u2014" if info.get("whole_model_compression_ratio") is None
-           else f"{info['whole_model_compression_ratio']:.1f}x",
-           "\u2014" if export.get("prunable_ratio") is None
-           else f"{export['prunable_ratio']:.1f}x",
-           _bytes(export.get("file_bytes"))])
-  lines += _table(header, rows)
-  if report.get("conventions"):
-    lines += ["", report["conventions"]]
-  lines += ["", summary_sentence(report), ""]
-
-  declared = report.get("all_higher_is_better") or {}
-  several = any(len(m) > 1 for m in declared.values())
-  if methods:
-    what = ("the mean over the task's metrics of compressed / dense" if several
-            else "compressed / dense")
-    lines.append(f"Retention per task ({what} of the same seed, oriented so that "
-                 "below 1 is worse), and which task was the worst on how many seeds:")
-    lines.append("")
-    lines += _retention_table(methods, tasks, "retention", "worst_task")
-    lines.append("")
-  if several:
-    lines += _all_metrics_lines(report)
-  return "\n".join(lines)
+  rows += [_method_row(name, info, len(report["seeds"]), task_cells(info))
+           for name, info in methods.items()]
+  return _table(header, rows)
 
 
 def _retention_table(methods: Mapping[str, Any], tasks: Sequence[str], retention: str,
