@@ -1,6 +1,7 @@
 """The report of a compression experiment: paired seeds, per-task retention, and plain words.
 
-Input: one dict per seed, each with the dense model's metrics and, per method (a task
+Input: one `mmcompress.records.SeedRecord` per seed, or its JSON form, a dict (read and
+checked by `SeedRecord.from_json`), each with the dense model's metrics and, per method (a task
 weighting such as "equal" or "minmax"), the compressed model's metrics, its measured sparsity
 and compression ratios (that of the prunable part, also under the older name
 "compression_ratio", and that of the whole model), its export sizes and, optionally, its
@@ -402,8 +403,9 @@ def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
   the two; a seed whose difference is no larger is a tie.
 
   Args:
-    per_seed: one result dict per seed (see the module docstring); every seed must have the
-      same methods, and each metrics dict every task (extra metric keys are ignored).
+    per_seed: one `mmcompress.records.SeedRecord` or result dict per seed (see the module
+      docstring); every seed must have the same methods, and each metrics dict every task
+      (extra metric keys are ignored).
     tasks: the task names, in the order to report them.
     higher_is_better: task -> whether a higher metric is better.
     metric_names: task -> the metric's name, e.g. "accuracy" or "MAE".

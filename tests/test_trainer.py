@@ -131,6 +131,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   assert restored is not None
   carry, record = restored
   assert int(carry["state"].step) == steps[-2]
+  assert loop.StageRecord.from_json(record).to_json() == record  # the checkpoint's JSON
   assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
   assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
   # The stage is resumed from the older step and finishes, saving its last step again.
