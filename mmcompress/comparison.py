@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from mmcompress import _checks, _files, export, problems, report as report_lib, saddle_point
-from mmcompress import sparsity, weighting
+from mmcompress import records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
@@ -52,7 +52,7 @@ class Experiment:
   model: nn.Module
   mesh: jax.sharding.Mesh
   workdir: str
-  log: Callable[[str, str, int, dict], None] | None = None
+  log: Callable[[str, str, int, loop.EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
 
   @property
@@ -66,7 +66,8 @@ class Experiment:
 
 
 def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
-           params: Any, model_state: Any, masks: Any = None) -> tuple[Any, dict, dict]:
+           params: Any, model_state: Any, masks: Any = None
+           ) -> tuple[Any, dict, loop.StageRecord]:
   """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
   cfg, problem = exp.config, exp.problem
   weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
@@ -94,8 +95,21 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   return loop.train_stage(ctx, state)
 
 
-def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
-            compressed: bool) -> dict:
+def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str, Any]:
+  """Writes the run's compressed model; its sizes, path and whether it reads back exactly."""
+  os.makedirs(os.path.join(exp.workdir, "models"), exist_ok=True)
+  path = os.path.join(exp.workdir, "models", f"{run_name.replace('/', '_')}.npz")
+  sizes = export.save(path, params, masks)
+  sizes["path"] = os.path.relpath(path, exp.workdir)
+  restored = export.load(path)
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
+                      restored, jax.tree.map(np.asarray, sparsity.apply_masks(params, masks)))
+  sizes["round_trip_exact"] = all(jax.tree.leaves(same))
+  return sizes
+
+
+def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageRecord],
+            compressed: bool) -> records.RunResult:
   """Test metrics, measured sparsity and the compressed export of a run's selected model."""
   cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
@@ -103,32 +117,24 @@ def _finish(exp: Experiment, run_name: str, best: dict, records: list[dict],
   test, val = (loop.evaluate(problem, exp.eval_step, best["params"], best["model_state"], split,
                              exp.mesh, cfg.eval_batch_size) for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
-  result = {
-      "metrics": test["metrics"],
-      "task_metrics": test["task_metrics"],
-      "all_metrics": test["all_metrics"],
-      "val_metrics": val["metrics"],
-      "sparsity": stats["sparsity"],
+  return records.RunResult(
+      metrics=test["metrics"],
+      task_metrics=test["task_metrics"],
+      all_metrics=test["all_metrics"],
+      val_metrics=val["metrics"],
+      sparsity=stats["sparsity"],
       # The prunable part's ratio (kept under its old name) and the whole model's.
-      "compression_ratio": stats["prunable_compression_ratio"],
-      "prunable_compression_ratio": stats["prunable_compression_ratio"],
-      "whole_model_compression_ratio": stats["whole_model_compression_ratio"],
-      "parameters": {key: stats[key] for key in (
+      compression_ratio=stats["prunable_compression_ratio"],
+      prunable_compression_ratio=stats["prunable_compression_ratio"],
+      whole_model_compression_ratio=stats["whole_model_compression_ratio"],
+      parameters={key: stats[key] for key in (
           "total_size", "total_nonzero", "prunable_size", "prunable_nonzero",
           "non_prunable_size", "whole_model_cap", "non_prunable_groups")},
-      "task_weights": [e["task_weights"] for r in records for e in r["epochs"]],
-      "selected": {"stage": records[-1]["stage"], "epoch": records[-1]["best_epoch"]},
-  }
-  if compressed and parallel.is_primary():  # one process writes the files of a run
-    os.makedirs(os.path.join(exp.workdir, "models"), exist_ok=True)
-    path = os.path.join(exp.workdir, "models", f"{run_name.replace('/', '_')}.npz")
-    result["export"] = export.save(path, params, masks)
-    result["export"]["path"] = os.path.relpath(path, exp.workdir)
-    restored = export.load(path)
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                        restored, jax.tree.map(np.asarray, sparsity.apply_masks(params, masks)))
-    result["export"]["round_trip_exact"] = all(jax.tree.leaves(same))
-  return result
+      task_weights=[e.task_weights for r in stages for e in r.epochs],
+      selected={"stage": stages[-1].stage, "epoch": stages[-1].best_epoch},
+      # One process writes the files of a run.
+      export=(_export(exp, run_name, params, masks) if compressed and parallel.is_primary()
+              else None))
 
 
 def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
@@ -138,7 +144,7 @@ def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any,
   return state.params, state.model_state
 
 
-def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
+def run_dense(exp: Experiment, seed: int) -> tuple[records.RunResult, Any, Any]:
   """The dense reference of `seed`.
 
   Returns:
@@ -152,7 +158,8 @@ def run_dense(exp: Experiment, seed: int) -> tuple[dict, Any, Any]:
   return (result, *_handed_on("pretrain", state, best))
 
 
-def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] | None) -> dict:
+def run_method(exp: Experiment, method: str, seed: int,
+               dense: tuple[Any, Any] | None) -> records.RunResult:
   """Takes `method` through ``config.stages`` for `seed` and returns its result."""
   cfg = exp.config
   run_name = f"seed{seed}/{method}"
@@ -165,7 +172,7 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
     pipeline = pipeline[1:]
   else:
     params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
-  masks, best, records = None, None, []
+  masks, best, stages = None, None, []
   for index, stage in enumerate(cfg.stages):
     if stage not in pipeline:
       continue
@@ -177,28 +184,29 @@ def run_method(exp: Experiment, method: str, seed: int, dense: tuple[Any, Any] |
     state, best, record = _train(exp, run_name, method, stage, index, seed, params,
                                  model_state, masks)
     params, model_state = _handed_on(stage, state, best)
-    records.append(record)
-  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, records, True))
+    stages.append(record)
+  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, stages, True))
 
 
-def _read_result(exp: Experiment, run_name: str) -> dict | None:
+def _read_result(exp: Experiment, run_name: str) -> records.RunResult | None:
+  """The run's saved ``result.json``, or None if it has not finished."""
   path = os.path.join(exp.workdir, run_name, "result.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    return records.RunResult.from_json(json.load(f), path)
 
 
-def _ratios_text(result: dict) -> str:
+def _ratios_text(result: records.RunResult) -> str:
   """"; compression 34.9x whole model, 40.0x prunable part" for a result that has both."""
-  whole, prunable = (result.get(key) for key in ("whole_model_compression_ratio",
-                                                 "prunable_compression_ratio"))
+  whole, prunable = result.whole_model_compression_ratio, result.prunable_compression_ratio
   if whole is None or prunable is None:
     return ""
   return f"; compression {whole:.1f}x whole model, {prunable:.1f}x prunable part"
 
 
-def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict:
+def _cached(exp: Experiment, run_name: str,
+            compute: Callable[[], records.RunResult]) -> records.RunResult:
   """The run's saved result, or `compute()` saved as it (a finished run is not rerun)."""
   path = os.path.join(exp.workdir, run_name, "result.json")
   cached = _read_result(exp, run_name)
@@ -207,13 +215,13 @@ def _cached(exp: Experiment, run_name: str, compute: Callable[[], dict]) -> dict
   result = compute()
   if parallel.is_primary():
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _files.write_json_atomically(path, result)
-  logging.info("%s: %s%s", run_name, result["metrics"], _ratios_text(result))
+    _files.write_json_atomically(path, result.to_json())
+  logging.info("%s: %s%s", run_name, result.metrics, _ratios_text(result))
   return result
 
 
 def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any:
-  """``run()``, or ``{"diverged": message}`` if a loss became non-finite.
+  """``run()``, or a `records.Diverged` if a loss became non-finite.
 
   The failed run keeps its last good checkpoint, and the failure is recorded in
   ``<run_name>/diverged.json``, so a rerun of the same config reports it again without
@@ -222,14 +230,14 @@ def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any
   path = os.path.join(exp.workdir, run_name, "diverged.json")
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      return records.Diverged.from_json(json.load(f), path)
   try:
     return run()
   except loop.NonFiniteLossError as error:
-    outcome = {"diverged": error.summary}
+    outcome = records.Diverged(error.summary)
     if parallel.is_primary():
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      _files.write_json_atomically(path, outcome)
+      _files.write_json_atomically(path, outcome.to_json())
     return outcome
 
 
@@ -323,19 +331,19 @@ class Progress:
     self.write = write
     self._writers = {}
 
-  def __call__(self, run_name: str, stage: str, epoch: int, record: dict) -> None:
+  def __call__(self, run_name: str, stage: str, epoch: int, record: loop.EpochRecord) -> None:
     if self.write:
       writer = self._writer(run_name)
-      for name, values in (("train_loss", record["train_loss"]),
-                           ("val_metric", record["val_metric"]),
-                           ("task_weight", record["task_weights"])):
+      for name, values in (("train_loss", record.train_loss),
+                           ("val_metric", record.val_metric),
+                           ("task_weight", record.task_weights)):
         for task, value in zip(self.task_names, values):
           writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
       writer.flush()
     if not self.quiet:
-      metrics = " ".join(f"{m:.3f}" for m in record["val_metric"])
+      metrics = " ".join(f"{m:.3f}" for m in record.val_metric)
       print(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
-            f"w {' '.join(f'{w:.2f}' for w in record['task_weights'])}", flush=True)
+            f"w {' '.join(f'{w:.2f}' for w in record.task_weights)}", flush=True)
 
   def _writer(self, run_name: str):
     if run_name not in self._writers:
@@ -346,6 +354,117 @@ class Progress:
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()
+
+
+def _run_seed(exp: Experiment, seed: int, quiet: bool
+              ) -> tuple[records.SeedRecord | None, dict[str, str]]:
+  """One seed: its dense reference, then every method of the config.
+
+  Returns:
+    ``(record, failures)``: the seed's record (None when its dense reference diverged: there
+    is nothing to compare with) and the runs that diverged, name -> message ("dense" for the
+    reference). A method that diverged stays in the record, a loss for that method.
+  """
+  cfg = exp.config
+  dense = or_divergence(exp, f"seed{seed}/dense", lambda: run_dense(exp, seed))
+  if isinstance(dense, records.Diverged):
+    return None, {"dense": dense.message}
+  dense_result, *dense_start = dense
+  shared = tuple(dense_start) if cfg.share_pretraining else None
+  methods, failures = {}, {}
+  for method in cfg.methods:
+    outcome = or_divergence(exp, f"seed{seed}/{method}",
+                            lambda m=method: run_method(exp, m, seed, shared))
+    methods[method] = outcome
+    if isinstance(outcome, records.Diverged):
+      failures[method] = outcome.message
+    elif not quiet:
+      print(f"seed {seed} {method}: test {outcome.metrics}", flush=True)
+  if failures and not quiet:
+    print(f"seed {seed}: diverged, counted as a loss for {sorted(failures)}: {failures}",
+          flush=True)
+  return records.SeedRecord(seed=seed, dense=dense_result, methods=methods), failures
+
+
+def _run_seeds(exp: Experiment, quiet: bool
+               ) -> tuple[list[records.SeedRecord], list[dict], list[records.DroppedSeed]]:
+  """Every seed of the config: the records of those with a dense reference, every
+  divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
+  per_seed, diverged, dropped = [], [], []
+  for seed in exp.config.seeds:
+    record, failures = _run_seed(exp, seed, quiet)
+    if failures:
+      diverged.append({"seed": seed, "runs": failures})
+    if record is None:
+      dropped.append(records.DroppedSeed(
+          seed, f"its dense reference diverged ({failures['dense']})"))
+    else:
+      per_seed.append(record)
+  if not per_seed:
+    raise loop.NonFiniteLossError(
+        "the dense reference diverged on every seed, so there is nothing to compare ("
+        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged) + ")", exp.workdir)
+  return per_seed, diverged, dropped
+
+
+def _setup_notes(config: ml_collections.ConfigDict, problem: Problem) -> list[str]:
+  """The report's lines on the data, the stages, the losses and model selection."""
+  return [
+      f"Data: {problem.describe()}, model {config.model}.",
+      f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
+      ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
+       "pretrain of the same seed." if config.stages[0] != "pretrain" else
+       "Methods share the dense pretraining of each seed (equal weighting), which is also "
+       "the dense reference: its best-validation epoch, the model compression starts from."
+       if config.share_pretraining else
+       "Each method pretrains under its own weighting and compresses its best-validation "
+       "epoch; the dense reference is equal-weighted."),
+      ("Losses: every weighting's objective is normalised to the mean task loss "
+       "(loss_reduction=mean; uncertainty's exactly so where its log-variances are 0)."
+       if config.loss_reduction == "mean" else
+       "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
+       "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
+       "weights summing to one."),
+      "Model selection: best mean validation loss over the epochs of the last stage; "
+      "test metrics are of that model.",
+  ] + problem.metric_notes()
+
+
+def _divergence_notes(diverged: list[dict]) -> list[str]:
+  """A report line per diverged run: a dense reference leaves its seed out, a method loses."""
+  notes = []
+  for d in diverged:
+    for method, message in d["runs"].items():
+      if method == "dense":
+        notes.append(f"**Left out: seed {d['seed']}**, whose dense reference diverged "
+                     f"({message}); no method has a reference on that seed.")
+      else:
+        notes.append(f"**Diverged: seed {d['seed']}, {method}** ({message}); counted as a "
+                     "loss (worst-task retention 0) in the paired comparisons, left out of "
+                     f"{method}'s means.")
+  return notes
+
+
+def _experiment(config: ml_collections.ConfigDict, workdir: str,
+                problem: Callable[[ml_collections.ConfigDict], Problem] | None,
+                on_checkpoint: Callable[[str, int], None] | None
+                ) -> tuple[Experiment, Progress]:
+  """The experiment of a checked config on this host's devices, and its progress log."""
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.data_mesh()
+  with _checks.as_user_error():  # batch sizes the devices cannot split
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  check_workdir(config, workdir)
+  problem = (problem or problems.get(config.problem).from_config)(config)
+  model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
+  quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
+           or not parallel.is_primary())
+  progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
+                      write=parallel.is_primary())
+  exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
+                   workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
+  return exp, progress
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
@@ -364,90 +483,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     print_report: print the Markdown report at the end.
   """
   validate(config)
-  parallel.maybe_initialize_distributed(config.distributed)
-  mesh = parallel.data_mesh()
-  with _checks.as_user_error():  # batch sizes the devices cannot split
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   started = time.time()
-  check_workdir(config, workdir)
-  problem = (problem or problems.get(config.problem).from_config)(config)
-  model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
-  quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
-           or not parallel.is_primary())
-  progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
-                      write=parallel.is_primary())
-  exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
-                           workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
-  per_seed, diverged, dropped = [], [], []
+  exp, progress = _experiment(config, workdir, problem, on_checkpoint)
   try:
-    for seed in config.seeds:
-      dense = or_divergence(exp, f"seed{seed}/dense",
-                                    lambda s=seed: run_dense(exp, s))
-      if isinstance(dense, dict):  # the dense reference itself diverged: nothing to compare
-        diverged.append({"seed": seed, "runs": {"dense": dense["diverged"]}})
-        dropped.append({"seed": seed,
-                        "reason": f"its dense reference diverged ({dense['diverged']})"})
-        continue
-      dense_result, *dense_start = dense
-      methods, failures = {}, {}
-      for method in config.methods:
-        shared = tuple(dense_start) if config.share_pretraining else None
-        outcome = or_divergence(
-            exp, f"seed{seed}/{method}",
-            lambda m=method, s=seed, d=shared: run_method(exp, m, s, d))
-        # A diverged run stays in the report as {"diverged": message}: a loss for its method.
-        methods[method] = outcome
-        if "diverged" in outcome:
-          failures[method] = outcome["diverged"]
-        elif not quiet:
-          print(f"seed {seed} {method}: test {methods[method]['metrics']}", flush=True)
-      if failures:
-        diverged.append({"seed": seed, "runs": failures})
-        if not quiet:
-          print(f"seed {seed}: diverged, counted as a loss for {sorted(failures)}: {failures}",
-                flush=True)
-      per_seed.append({"seed": seed, "dense": dense_result, "methods": methods})
+    per_seed, diverged, dropped = _run_seeds(exp, progress.quiet)
   finally:
     progress.close()
-  if not per_seed:
-    raise loop.NonFiniteLossError(
-        "the dense reference diverged on every seed, so there is nothing to compare ("
-        + "; ".join(f"seed {d['seed']}: {d['runs']}" for d in diverged) + ")", workdir)
-  notes = [
-      f"Data: {problem.describe()}, model {config.model}.",
-      f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
-      ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
-       "pretrain of the same seed." if config.stages[0] != "pretrain" else
-       "Methods share the dense pretraining of each seed (equal weighting), which is also "
-       "the dense reference: its best-validation epoch, the model compression starts from."
-       if config.share_pretraining else
-       "Each method pretrains under its own weighting and compresses its best-validation "
-       "epoch; the dense reference is equal-weighted."),
-      ("Losses: every weighting's objective is normalised to the mean task loss "
-       "(loss_reduction=mean; uncertainty's exactly so where its log-variances are 0)." if config.loss_reduction == "mean" else
-       "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
-       "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
-       "weights summing to one."),
-      "Model selection: best mean validation loss over the epochs of the last stage; "
-      "test metrics are of that model.",
-  ]
-  notes += problem.metric_notes()
-  for d in diverged:
-    for method, message in d["runs"].items():
-      if method == "dense":
-        notes.append(f"**Left out: seed {d['seed']}**, whose dense reference diverged "
-                     f"({message}); no method has a reference on that seed.")
-      else:
-        notes.append(f"**Diverged: seed {d['seed']}, {method}** ({message}); counted as a "
-                     "loss (worst-task retention 0) in the paired comparisons, left out of "
-                     f"{method}'s means.")
+  problem = exp.problem
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
       all_higher_is_better=problem.all_higher_is_better,
       target_sparsity=config.sparsity,
-      extra={"notes": notes}, test_counts=problem.test_counts(), dropped=dropped)
+      extra={"notes": _setup_notes(config, problem) + _divergence_notes(diverged)},
+      test_counts=problem.test_counts(), dropped=dropped)
   report["config"] = json.loads(config.to_json())
   report["diverged"] = diverged
   if not parallel.is_primary():  # the primary process writes the report
@@ -459,4 +508,3 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
           "checkpoints is shorter than a full run)", file=sys.stderr)
   return report
-

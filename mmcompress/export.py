@@ -222,47 +222,56 @@ def save(path: str | os.PathLike,
       sparse = pruned
     else:
       sparse = bool(include(tuple(jax.tree_util.DictKey(k) for k in keys), leaf))
-    kept = np.array(leaf, copy=True)
-    if pruned:
-      kept[~mask] = 0
-    bits = _bits_dtype(kept.dtype)
-    stored = kept.view(bits) if bits is not None else kept
-    entry = {"path": _name(keys), "shape": list(kept.shape), "dtype": kept.dtype.name}
-    if bits is not None:
-      entry["stored_as"] = bits.name
-    dense_bytes += 4 * kept.size
-    if sparse:
-      flat = stored.reshape(-1)
-      indices = np.flatnonzero(_nonzero_bits(flat)).astype(_index_dtype(kept.size))
-      values = flat[indices]
-      arrays[f"{i}.indices"] = indices
-      arrays[f"{i}.values"] = values
-      entry.update(storage="sparse", nnz=int(indices.size), index_dtype=indices.dtype.name)
-      prunable_dense_bytes += 4 * kept.size
-      prunable_file_bytes += indices.nbytes + values.nbytes
-    else:
-      arrays[f"{i}.dense"] = stored
-      entry["storage"] = "dense"
+    entry, members = _encode_leaf(i, keys, leaf, mask if pruned else None, sparse)
     entries.append(entry)
+    arrays.update(members)
+    dense_bytes += 4 * leaf.size
+    if sparse:
+      prunable_dense_bytes += 4 * leaf.size
+      prunable_file_bytes += sum(a.nbytes for a in members.values())
 
   manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "leaves": entries}
   arrays[MANIFEST_KEY] = np.frombuffer(json.dumps(manifest, indent=1).encode("utf-8"),
                                        dtype=np.uint8)
   _files.write_atomically(path, lambda f: np.savez(f, **arrays))
 
-  if prunable_dense_bytes == 0:
-    ratio = 1.0
-  elif prunable_file_bytes == 0:
-    ratio = float("inf")
-  else:
-    ratio = prunable_dense_bytes / prunable_file_bytes
   return {
       "file_bytes": float(os.path.getsize(path)),
       "dense_bytes": float(dense_bytes),
       "prunable_dense_bytes": float(prunable_dense_bytes),
       "prunable_file_bytes": float(prunable_file_bytes),
-      "prunable_ratio": float(ratio),
+      "prunable_ratio": _ratio(prunable_dense_bytes, prunable_file_bytes),
   }
+
+
+def _ratio(dense_bytes: int, file_bytes: int) -> float:
+  """dense / file bytes of the sparse leaves: 1.0 with none, inf if they keep nothing."""
+  if dense_bytes == 0:
+    return 1.0
+  if file_bytes == 0:
+    return float("inf")
+  return float(dense_bytes / file_bytes)
+
+
+def _encode_leaf(i: int, keys: _Keys, leaf: np.ndarray, mask: np.ndarray | None,
+                 sparse: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Leaf `i`'s manifest entry and its arrays (``<i>.indices`` and ``<i>.values``, or
+  ``<i>.dense``), with the entries `mask` removes set to zero (None: keep every entry)."""
+  kept = np.array(leaf, copy=True)
+  if mask is not None:
+    kept[~mask] = 0
+  bits = _bits_dtype(kept.dtype)
+  stored = kept.view(bits) if bits is not None else kept
+  entry = {"path": _name(keys), "shape": list(kept.shape), "dtype": kept.dtype.name}
+  if bits is not None:
+    entry["stored_as"] = bits.name
+  if not sparse:
+    entry["storage"] = "dense"
+    return entry, {f"{i}.dense": stored}
+  flat = stored.reshape(-1)
+  indices = np.flatnonzero(_nonzero_bits(flat)).astype(_index_dtype(kept.size))
+  entry.update(storage="sparse", nnz=int(indices.size), index_dtype=indices.dtype.name)
+  return entry, {f"{i}.indices": indices, f"{i}.values": flat[indices]}
 
 
 def _corrupt(path: str, why: str) -> ValueError:

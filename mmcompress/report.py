@@ -1,6 +1,7 @@
 """The report of a compression experiment: paired seeds, per-task retention, and plain words.
 
-Input: one dict per seed, each with the dense model's metrics and, per method (a task
+Input: one `mmcompress.records.SeedRecord` per seed, or its JSON form, a dict (read and
+checked by `SeedRecord.from_json`), each with the dense model's metrics and, per method (a task
 weighting such as "equal" or "minmax"), the compressed model's metrics, its measured sparsity
 and compression ratios (that of the prunable part, also under the older name
 "compression_ratio", and that of the whole model), its export sizes and, optionally, its
@@ -33,7 +34,7 @@ equal weighting seed by seed rather than through means alone: the effect is abou
 the seed-to-seed spread is of the same size (the README's ten-seed table).
 
 `build_report` computes a JSON-serialisable dict, `to_markdown` renders it as a table and one
-sentence, `plot_task_weights` and `plot_task_metrics` draw PNGs, and `write` puts all four in
+sentence, `mmcompress.plots` draws the PNGs, and `write` puts all four in
 a directory.
 """
 from __future__ import annotations
@@ -46,117 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress import _files, metrics as metrics_lib
+from mmcompress import _files, metrics as metrics_lib, plots, records
 
 MINMAX = "minmax"
 EQUAL = "equal"
 # Paired differences smaller than this are float noise, counted as ties.
 _TIE = 1e-9
-# The compression ratios of a result: the prunable part's (under its older name and its own)
-# and the whole model's (docs/method.md §5).
-_RATIOS = ("compression_ratio", "prunable_compression_ratio", "whole_model_compression_ratio")
+_RATIOS = records.RATIOS
 # A verdict needs the two-sided sign test over seeds below this p-value (95 %).
 ALPHA = 0.05
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _number(value: Any, where: str, finite: bool = True) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{where} must be a number, got {value!r}.") from None
-  if math.isnan(value) or (finite and math.isinf(value)):
-    raise ValueError(f"{where} must be a finite number, got {value}.")
-  return value
-
-
-def _mapping(value: Any, where: str) -> Mapping:
-  if not isinstance(value, Mapping):
-    raise ValueError(f"{where} must be a dict, got {type(value).__name__}.")
-  return value
-
-
-def _task_metrics(value: Any, tasks: Sequence[str], where: str) -> dict[str, float]:
-  value = _mapping(value, where)
-  missing = [t for t in tasks if t not in value]
-  if missing:
-    raise ValueError(f"{where} has no metric for the tasks {missing}; it has {sorted(value)}.")
-  return {t: _number(value[t], f"{where}[{t!r}]") for t in tasks}
-
-
-def _declared_metrics(all_higher_is_better: Mapping[str, Mapping[str, bool]] | None,
-                      tasks: Sequence[str], metric_names: Mapping[str, str],
-                      orientation: Mapping[str, bool]) -> dict[str, dict[str, bool]]:
-  """Every metric of every task with its orientation; one metric per task when None."""
-  if all_higher_is_better is None:
-    return {t: {str(metric_names[t]): orientation[t]} for t in tasks}
-  _mapping(all_higher_is_better, "all_higher_is_better")
-  declared = {}
-  for t in tasks:
-    where = f"all_higher_is_better[{t!r}]"
-    if t not in all_higher_is_better:
-      raise ValueError(f"all_higher_is_better has no entry for the task {t!r}; declare every "
-                       "metric of every task.")
-    entry = _mapping(all_higher_is_better[t], where)
-    if not entry:
-      raise ValueError(f"{where} is empty; declare at least the task's metric "
-                       f"{metric_names[t]!r}.")
-    declared[t] = {}
-    for name, higher in entry.items():
-      if not isinstance(higher, (bool, np.bool_)):
-        raise ValueError(f"{where}[{name!r}] must be True or False, got {higher!r}.")
-      declared[t][str(name)] = bool(higher)
-    primary = str(metric_names[t])
-    if declared[t].get(primary) != orientation[t]:  # missing (None) or the other orientation
-      raise ValueError(f"{where} must hold the task's metric {primary!r} with "
-                       f"higher_is_better={orientation[t]}, got {declared[t]}.")
-  return declared
-
-
-def _all_task_metrics(result: Mapping, primary: Mapping[str, float],
-                      declared: Mapping[str, Mapping[str, bool]],
-                      metric_names: Mapping[str, str], where: str) -> dict[str, dict[str, float]]:
-  """Every declared metric of every task, from ``task_metrics`` (the primary from ``metrics``
-  when a task has no other: results written before ``task_metrics`` existed still read)."""
-  given = result.get("task_metrics")
-  if given is not None:
-    given = _mapping(given, f"{where} task_metrics")
-  values = {}
-  for t, names in declared.items():
-    entry = None
-    if given is not None and t in given:
-      entry = _mapping(given[t], f"{where} task_metrics[{t!r}]")
-    values[t] = {}
-    for name in names:
-      if entry is not None and name in entry:
-        values[t][name] = _number(entry[name], f"{where} task_metrics[{t!r}][{name!r}]")
-      elif name == metric_names[t]:
-        values[t][name] = primary[t]
-      else:
-        raise ValueError(f"{where} has no {name!r} for the task {t!r} in task_metrics; "
-                         "it needs every declared metric of every task.")
-  return values
-
-
-def _jsonable(value: Any) -> Any:
-  """Plain JSON types: numpy/jax scalars and arrays become numbers and lists; inf/nan None."""
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (str, bool)) or value is None:
-    return value
-  if isinstance(value, int) and not isinstance(value, bool):
-    return value
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if hasattr(value, "__array__"):
-    return _jsonable(np.asarray(value).tolist())
-  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict and friends
-    return _jsonable(value.to_dict())
-  return str(value)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -166,25 +65,23 @@ def _mean(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- the report
 
 
-def _method_seed(result: Mapping, seed: Any, name: str, dense: Mapping[str, Any],
-                 tasks: Sequence[str], higher_is_better: Mapping[str, bool],
-                 declared: Mapping[str, Mapping[str, bool]],
-                 metric_names: Mapping[str, str]) -> dict[str, Any]:
+def _method_seed(result: records.RunResult, seed: Any, name: str, dense: Mapping[str, Any],
+                 inputs: records.ReportInputs) -> dict[str, Any]:
   """One method's numbers on one seed, relative to that seed's dense model.
 
   `dense` is that seed's dense row (``metrics`` and ``task_metrics``). The retention of a task
   is the mean retention of its declared metrics and Δm is LibMTL's over all of them; the
   ``_one_metric`` fields are the same figures over the task's one metric of ``metrics``.
   """
+  tasks, declared, higher = inputs.tasks, inputs.all_higher_is_better, inputs.higher_is_better
   where = f"seed {seed!r}, method {name!r}"
-  result = _mapping(result, where)
-  values = _task_metrics(result.get("metrics"), tasks, f"{where}: metrics")
-  every = _all_task_metrics(result, values, declared, metric_names, f"{where}:")
+  values = result.primary_metrics(tasks, where)
+  every = result.every_metric(values, declared, inputs.metric_names, f"{where}:")
   kept, kept_one = {}, {}
   for t in tasks:
     try:
       kept[t] = metrics_lib.task_retention(every[t], dense["task_metrics"][t], declared[t])
-      kept_one[t] = metrics_lib.retention(values[t], dense["metrics"][t], higher_is_better[t])
+      kept_one[t] = metrics_lib.retention(values[t], dense["metrics"][t], higher[t])
     except ValueError as e:
       raise ValueError(f"{where}, task {t!r}: {e}") from None
   worst = min(tasks, key=lambda t: kept[t])
@@ -201,20 +98,16 @@ def _method_seed(result: Mapping, seed: Any, name: str, dense: Mapping[str, Any]
       "worst_task_one_metric": worst_one,
       "worst_task_retention_one_metric": kept_one[worst_one],
       "delta_m_one_metric": metrics_lib.delta_m(values, dense["metrics"],
-                                                {t: higher_is_better[t] for t in tasks}),
+                                                {t: higher[t] for t in tasks}),
   }
   for key in ("sparsity",) + _RATIOS:
-    if result.get(key) is not None:
-      row[key] = _number(result[key], f"{where}: {key}", finite=False)
-  if result.get("export") is not None:
-    row["export"] = dict(_mapping(result["export"], f"{where}: export"))
-  if result.get("task_weights") is not None:
-    weights = np.asarray(result["task_weights"], np.float64)
-    if weights.ndim != 2 or weights.shape[1] != len(tasks) or not weights.size:
-      raise ValueError(
-          f"{where}: task_weights must be a non-empty list of {len(tasks)}-vectors (one "
-          f"weight per task, per logged step), got shape {weights.shape}.")
-    row["task_weights"] = weights.tolist()
+    if getattr(result, key) is not None:
+      row[key] = float(getattr(result, key))
+  if result.export is not None:
+    row["export"] = dict(result.export)
+  weights = result.weight_rows(len(tasks), where)
+  if weights is not None:
+    row["task_weights"] = weights
   return row
 
 
@@ -339,20 +232,13 @@ def one_example_retention(dense: Mapping[str, float], test_counts: Mapping[str, 
   return out
 
 
-def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequence[str],
-                          orientation: Mapping[str, bool],
-                          test_counts: Mapping[str, int] | None
+def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]],
+                          inputs: records.ReportInputs
                           ) -> tuple[list[dict[str, float]] | None, dict[str, Any]]:
   """Each seed's one-example retention per task (None without test counts), and a summary."""
-  if test_counts is None:
+  tasks, orientation, counts = inputs.tasks, inputs.higher_is_better, inputs.test_counts
+  if counts is None:
     return None, {"per_task": None, "test_counts": None}
-  counts = {}
-  for t in tasks:
-    n = _mapping(test_counts, "test_counts").get(t)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-      raise ValueError(f"test_counts[{t!r}] must be the number of test examples of that task "
-                       f"(an int >= 1), got {n!r}.")
-    counts[t] = int(n)
   per_seed = []
   for row in dense_rows:
     if any(orientation[t] and row["metrics"][t] == 0.0 for t in tasks):
@@ -360,7 +246,7 @@ def _one_example_per_seed(dense_rows: Sequence[Mapping[str, Any]], tasks: Sequen
                        "the dense reference of that seed.")
     per_seed.append(one_example_retention(row["metrics"], counts, orientation))
   summary = {"per_task": {t: _mean([p[t] for p in per_seed]) for t in tasks},
-             "test_counts": counts}
+             "test_counts": dict(counts)}
   return per_seed, summary
 
 
@@ -428,23 +314,12 @@ def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any
   }
 
 
-def _model_parameters(per_seed: Sequence[Mapping[str, Any]],
-                      seeds: Sequence[Any]) -> dict[str, Any] | None:
-  """The first "parameters" record, of a dense model or a method, checked; None if none."""
-  for seed, result in zip(seeds, per_seed):
-    for name, run in [("dense", result.get("dense"))] + list(result["methods"].items()):
-      if not isinstance(run, Mapping) or run.get("parameters") is None:
-        continue
-      where = f"seed {seed!r}, {name}: parameters"
-      parameters = _mapping(run["parameters"], where)
-      for key in ("total_size", "prunable_size", "non_prunable_size"):
-        value = _number(parameters.get(key), f"{where}[{key!r}]")
-        if value < 0 or value != int(value):
-          raise ValueError(f"{where}[{key!r}] must be a count >= 0, got {value}.")
-      groups = parameters.get("non_prunable_groups", [])
-      if not isinstance(groups, Sequence) or not all(isinstance(g, Mapping) for g in groups):
-        raise ValueError(f"{where}['non_prunable_groups'] must be a list of dicts.")
-      return dict(parameters)
+def _model_parameters(per_seed: Sequence[records.SeedRecord]) -> dict[str, Any] | None:
+  """The first parameter counts, of a dense model or a method; None if no result has any."""
+  for record in per_seed:
+    for run in [record.dense] + list(record.methods.values()):
+      if isinstance(run, records.RunResult) and run.parameters is not None:
+        return dict(run.parameters)
   return None
 
 
@@ -480,8 +355,6 @@ def _whole_model(parameters: Mapping[str, Any] | None, methods: Mapping[str, Any
       "measured": {name: info["whole_model_compression_ratio"] for name, info in methods.items()
                    if info.get("whole_model_compression_ratio") is not None},
   }
-def _diverged(result: Any) -> bool:
-  return isinstance(result, Mapping) and result.get("diverged") is not None
 
 
 def _all_diverged(tasks: Sequence[str],
@@ -497,7 +370,7 @@ def _all_diverged(tasks: Sequence[str],
           "export": None, "per_seed": []}
 
 
-def build_report(per_seed: Sequence[Mapping[str, Any]],
+def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
                  *,
                  tasks: Sequence[str],
                  higher_is_better: Mapping[str, bool],
@@ -530,8 +403,9 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   the two; a seed whose difference is no larger is a tie.
 
   Args:
-    per_seed: one result dict per seed (see the module docstring); every seed must have the
-      same methods, and each metrics dict every task (extra metric keys are ignored).
+    per_seed: one `mmcompress.records.SeedRecord` or result dict per seed (see the module
+      docstring); every seed must have the same methods, and each metrics dict every task
+      (extra metric keys are ignored).
     tasks: the task names, in the order to report them.
     higher_is_better: task -> whether a higher metric is better.
     metric_names: task -> the metric's name, e.g. "accuracy" or "MAE".
@@ -580,138 +454,140 @@ def build_report(per_seed: Sequence[Mapping[str, Any]],
   Raises:
     ValueError: naming the seed, method and task of anything missing or malformed.
   """
-  tasks = list(tasks)
-  if not tasks or not all(isinstance(t, str) for t in tasks) or len(set(tasks)) != len(tasks):
-    raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks!r}.")
-  for name, value in (("higher_is_better", higher_is_better), ("metric_names", metric_names)):
-    missing = [t for t in tasks if t not in _mapping(value, name)]
-    if missing:
-      raise ValueError(f"{name} has no entry for the tasks {missing}.")
-  orientation = {}
-  for t in tasks:
-    if not isinstance(higher_is_better[t], (bool, np.bool_)):
-      raise ValueError(
-          f"higher_is_better[{t!r}] must be True or False, got {higher_is_better[t]!r}.")
-    orientation[t] = bool(higher_is_better[t])
-  declared = _declared_metrics(all_higher_is_better, tasks, metric_names, orientation)
-  target = _number(target_sparsity, "target_sparsity")
-  if not 0.0 <= target < 1.0:
-    raise ValueError(
-        f"target_sparsity must be in [0, 1) (0.975 = 40x), got {target_sparsity!r}.")
+  inputs = records.ReportInputs.from_json({
+      "tasks": tasks, "higher_is_better": higher_is_better, "metric_names": metric_names,
+      "target_sparsity": target_sparsity, "all_higher_is_better": all_higher_is_better,
+      "extra": extra, "test_counts": test_counts, "dropped": dropped})
   if isinstance(per_seed, Mapping) or not isinstance(per_seed, Sequence) or not per_seed:
     raise ValueError("per_seed must be a non-empty list with one result dict per seed.")
+  read = [r if isinstance(r, records.SeedRecord) else records.SeedRecord.from_json(r, i)
+          for i, r in enumerate(per_seed)]
+  return from_records(read, inputs)
 
-  seeds = []
-  for i, result in enumerate(per_seed):
-    result = _mapping(result, f"per_seed[{i}]")
-    if "seed" not in result:
-      raise ValueError(f"per_seed[{i}] has no 'seed'.")
-    seeds.append(_jsonable(result["seed"]))
+
+def _method_names(per_seed: Sequence[records.SeedRecord]) -> list[str]:
+  """The methods every seed ran (in the first seed's order), after checking the seeds pair."""
+  seeds = [r.seed for r in per_seed]
   if len(set(map(json.dumps, seeds))) != len(seeds):
     raise ValueError(f"per_seed has repeated seeds {seeds}; give each seed once.")
-  method_names = list(_mapping(per_seed[0].get("methods"), f"seed {seeds[0]!r}: methods"))
+  method_names = list(per_seed[0].methods)
   if "dense" in method_names:
     raise ValueError("a method may not be called 'dense', the name of the uncompressed row; "
                      "rename it.")
-  for seed, result in zip(seeds, per_seed):
-    names = list(_mapping(result.get("methods"), f"seed {seed!r}: methods"))
-    if set(names) != set(method_names):
+  for record in per_seed:
+    if set(record.methods) != set(method_names):
       raise ValueError(
-          f"seed {seed!r} has the methods {sorted(names)}, seed {seeds[0]!r} has "
-          f"{sorted(method_names)}; every seed must run the same methods (paired seeds).")
+          f"seed {record.seed!r} has the methods {sorted(record.methods)}, seed {seeds[0]!r} "
+          f"has {sorted(method_names)}; every seed must run the same methods (paired seeds).")
+  return method_names
 
-  dense_rows = []
-  for seed, result in zip(seeds, per_seed):
-    dense = _mapping(result.get("dense"), f"seed {seed!r}: dense")
-    primary = _task_metrics(dense.get("metrics"), tasks, f"seed {seed!r}: dense metrics")
-    dense_rows.append({"seed": seed, "metrics": primary,
-                       "task_metrics": _all_task_metrics(dense, primary, declared, metric_names,
-                                                         f"seed {seed!r}: dense")})
-  methods, paired_values, worst = {}, {}, {}
-  for name in method_names:
-    rows, failed, values, worst[name] = [], [], [], []
-    for seed, result, dense_row in zip(seeds, per_seed, dense_rows):
-      outcome = result["methods"][name]
-      if _diverged(outcome):
-        failed.append({"seed": seed, "message": str(outcome["diverged"])})
-        values.append(0.0)  # a divergence is a loss in every paired comparison
-        worst[name].append(None)
-        continue
-      rows.append(_method_seed(outcome, seed, name, dense_row, tasks, orientation, declared,
-                               metric_names))
-      values.append(rows[-1]["worst_task_retention"])
-      worst[name].append(rows[-1]["worst_task"])
-    methods[name] = _summarise(name, rows, tasks) if rows else _all_diverged(tasks, declared)
-    methods[name]["diverged"] = failed
-    paired_values[name] = values
 
-  one_example, threshold = _one_example_per_seed(dense_rows, tasks, orientation, test_counts)
+def _dense_row(record: records.SeedRecord, inputs: records.ReportInputs) -> dict[str, Any]:
+  """A seed's dense model: its one metric and every metric of each task."""
+  where = f"seed {record.seed!r}: dense"
+  primary = record.dense.primary_metrics(inputs.tasks, where)
+  return {"seed": record.seed, "metrics": primary,
+          "task_metrics": record.dense.every_metric(primary, inputs.all_higher_is_better,
+                                                    inputs.metric_names, where)}
+
+
+def _method_summary(name: str, per_seed: Sequence[records.SeedRecord],
+                    dense_rows: Sequence[Mapping[str, Any]], inputs: records.ReportInputs
+                    ) -> tuple[dict[str, Any], list[float], list[str | None]]:
+  """One method over the seeds: its summary, and per seed its worst-task retention for the
+  paired comparisons (0 where it diverged) and its worst task (None where it diverged)."""
+  rows, failed, values, worst = [], [], [], []
+  for record, dense_row in zip(per_seed, dense_rows):
+    outcome = record.methods[name]
+    if isinstance(outcome, records.Diverged):
+      failed.append({"seed": record.seed, "message": outcome.message})
+      values.append(0.0)  # a divergence is a loss in every paired comparison
+      worst.append(None)
+      continue
+    rows.append(_method_seed(outcome, record.seed, name, dense_row, inputs))
+    values.append(rows[-1]["worst_task_retention"])
+    worst.append(rows[-1]["worst_task"])
+  summary = (_summarise(name, rows, inputs.tasks) if rows
+             else _all_diverged(inputs.tasks, inputs.all_higher_is_better))
+  summary["diverged"] = failed
+  return summary, values, worst
+
+
+def _best(ranking: Sequence[str], means: Mapping[str, float],
+          paired: Callable[[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+  """The method of the highest mean worst-task retention, and how it compares with the rest."""
+  if not ranking:
+    return None
+  top = ranking[0]
+  versus = {m: paired(top, m) for m in ranking[1:]}
+  return {"method": top, "value": means[top],
+          "tied_with": [m for m in ranking[1:]
+                        if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
+          "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
+          "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
+                                           "p_value", "direction")}
+                     for m, v in versus.items()}}
+
+
+def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[float]],
+                worst: Mapping[str, list[str | None]], seeds: Sequence[Any],
+                one_example: list[dict[str, float]] | None,
+                threshold: dict[str, Any]) -> dict[str, Any]:
+  """The paired comparisons: the best method, the ranking, and min-max minus equal."""
 
   def paired(a: str, b: str) -> dict[str, Any]:
     return _paired(paired_values[a], paired_values[b], seeds,
                    _seed_thresholds(one_example, worst[a], worst[b]))
 
-  means = {m: _mean(paired_values[m]) for m in method_names}
-  ranking = sorted(method_names, key=lambda m: -means[m])
-  best = None
-  if ranking:
-    top = ranking[0]
-    versus = {m: paired(top, m) for m in ranking[1:]}
-    best = {"method": top, "value": means[top],
-            "tied_with": [m for m in ranking[1:]
-                          if means[top] - means[m] <= versus[m]["threshold"] + _TIE],
-            "shown": bool(versus) and all(v["direction"] == 1 for v in versus.values()),
-            "versus": {m: {k: v[k] for k in ("mean", "better", "worse", "tied", "threshold",
-                                             "p_value", "direction")}
-                       for m, v in versus.items()}}
+  means = {m: _mean(values) for m, values in paired_values.items()}
+  ranking = sorted(paired_values, key=lambda m: -means[m])
   pair = None
   if MINMAX in methods and EQUAL in methods:
     pair = paired(MINMAX, EQUAL)
     pair["winner"] = {1: MINMAX, -1: EQUAL}.get(pair["direction"])
     pair["diverged"] = {m: [d["seed"] for d in methods[m]["diverged"]] for m in (MINMAX, EQUAL)}
-  comparison: dict[str, Any] = {
+  return {
       "effect_threshold": threshold,
-      "best_worst_task_retention": best,
+      "best_worst_task_retention": _best(ranking, means, paired),
       "ranking": [{"method": m, "worst_task_retention": means[m]} for m in ranking],
       "minmax_minus_equal": pair,
   }
-  left_out = []
-  for i, d in enumerate(dropped):
-    d = _mapping(d, f"dropped[{i}]")
-    if "seed" not in d:
-      raise ValueError(f"dropped[{i}] has no 'seed'; give each as {{'seed': ..., 'reason': ...}}.")
-    left_out.append({"seed": d["seed"], "reason": str(d.get("reason", ""))})
+
+
+def from_records(per_seed: Sequence[records.SeedRecord],
+                 inputs: records.ReportInputs) -> dict[str, Any]:
+  """`build_report` of records already read (`mmcompress.records`)."""
+  tasks, target = list(inputs.tasks), inputs.target_sparsity
+  seeds = [r.seed for r in per_seed]
+  method_names = _method_names(per_seed)
+  dense_rows = [_dense_row(r, inputs) for r in per_seed]
+  methods, paired_values, worst = {}, {}, {}
+  for name in method_names:
+    methods[name], paired_values[name], worst[name] = _method_summary(name, per_seed,
+                                                                      dense_rows, inputs)
+  one_example, threshold = _one_example_per_seed(dense_rows, inputs)
   report = {
       "tasks": tasks,
-      "metric_names": {t: str(metric_names[t]) for t in tasks},
-      "higher_is_better": orientation,
-      "all_higher_is_better": declared,
-      "conventions": _conventions(declared, metric_names),
+      "metric_names": dict(inputs.metric_names),
+      "higher_is_better": dict(inputs.higher_is_better),
+      "all_higher_is_better": inputs.all_higher_is_better,
+      "conventions": _conventions(inputs.all_higher_is_better, inputs.metric_names),
       "target_sparsity": target,
       "target_compression_ratio": 1.0 / (1.0 - target),
       "seeds": seeds,
-      "extra": dict(_mapping(extra, "extra")) if extra is not None else {},
+      "extra": dict(inputs.extra),
       "dense": {"metrics": {t: _mean([r["metrics"][t] for r in dense_rows]) for t in tasks},
                 "task_metrics": _mean_task_metrics(dense_rows, tasks),
                 "per_seed": dense_rows},
       "methods": methods,
-      "comparison": comparison,
-      "whole_model": _whole_model(_model_parameters(per_seed, seeds), methods, target),
-      "dropped_seeds": left_out,
+      "comparison": _comparison(methods, paired_values, worst, seeds, one_example, threshold),
+      "whole_model": _whole_model(_model_parameters(per_seed), methods, target),
+      "dropped_seeds": [d.to_json() for d in inputs.dropped],
   }
-  return _jsonable(report)
+  return records.jsonable(report)
 
 
 # ----------------------------------------------------------------------------- Markdown
-
-
-def _decimals(values: Sequence[float], at_least: int = 3) -> int:
-  """`at_least` decimals, more when the largest magnitude in `values` is below 0.01."""
-  finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
-  largest = max(finite, default=0.0)
-  if largest == 0.0 or largest >= 0.01:
-    return 1 if largest >= 1000 else at_least
-  return min(8, max(at_least, 1 - math.floor(math.log10(largest))))
 
 
 def _signed(value: float, decimals: int) -> str:
@@ -850,7 +726,7 @@ def summary_sentence(report: Mapping[str, Any]) -> str:
     return head + "." + tail
   if pair is None:
     return head + "; there is no min-max and equal pair to compare seed by seed." + tail
-  d = _decimals(pair["differences"])
+  d = plots.decimals(pair["differences"])
   diffs = ", ".join(_signed(v, d) for v in pair["differences"])
   n = pair["num_seeds"]
   counts = f"better on {pair['better']} of {_plural(n, 'seed')}"
@@ -951,9 +827,29 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   Returns:
     The Markdown text.
   """
-  tasks, seeds = report["tasks"], report["seeds"]
-  dense, methods = report["dense"], report["methods"]
-  target = report["target_sparsity"]
+  methods = report["methods"]
+  lines = _header_lines(report) + [""] + _main_table(report)
+  if report.get("conventions"):
+    lines += ["", report["conventions"]]
+  lines += ["", summary_sentence(report), ""]
+  declared = report.get("all_higher_is_better") or {}
+  several = any(len(m) > 1 for m in declared.values())
+  if methods:
+    what = ("the mean over the task's metrics of compressed / dense" if several
+            else "compressed / dense")
+    lines.append(f"Retention per task ({what} of the same seed, oriented so that "
+                 "below 1 is worse), and which task was the worst on how many seeds:")
+    lines.append("")
+    lines += _retention_table(methods, report["tasks"], "retention", "worst_task")
+    lines.append("")
+  if several:
+    lines += _all_metrics_lines(report)
+  return "\n".join(lines)
+
+
+def _header_lines(report: Mapping[str, Any]) -> list[str]:
+  """The title and the bullet list: target, whole model, seeds, the verdict's rule, notes."""
+  seeds, target = report["seeds"], report["target_sparsity"]
   whole = report.get("whole_model")
   measured = _ratio_range(list((whole or {}).get("measured", {}).values()))
   lines = [f"# Compression report: {100 * target:.1f} % prunable sparsity "
@@ -969,9 +865,35 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   threshold = (report.get("comparison") or {}).get("effect_threshold")
   if threshold is not None:
     lines.append(_rule_line(threshold))
-  lines += _extra_lines(report.get("extra") or {})
-  lines.append("")
+  return lines + _extra_lines(report.get("extra") or {})
 
+
+def _ratio_cell(value: float | None) -> str:
+  return "\u2014" if value is None else f"{value:.1f}x"
+
+
+def _method_row(name: str, info: Mapping[str, Any], num_seeds: int,
+                task_cells: list[str]) -> list[str]:
+  """A method's row of the main table, after its task cells."""
+  per = info["per_seed"]
+  export = info.get("export") or {}
+  sparsity = info.get("sparsity")
+  failed = len(info.get("diverged") or [])
+  return ([name + (f" (diverged on {failed} of {num_seeds})" if failed else "")]
+          + task_cells
+          + [_cell(info["worst_task_retention"], [r["worst_task_retention"] for r in per], 3),
+             _cell(info["delta_m"], [r["delta_m"] for r in per], 2, _signed),
+             "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
+             _ratio_cell(info.get("compression_ratio")),
+             _ratio_cell(info.get("whole_model_compression_ratio")),
+             _ratio_cell(export.get("prunable_ratio")),
+             _bytes(export.get("file_bytes"))])
+
+
+def _main_table(report: Mapping[str, Any]) -> list[str]:
+  """A row per method (dense first): each task's metric, worst-task retention, Δm, sparsity,
+  the compression ratios, the export ratio and the file size."""
+  tasks, dense, methods = report["tasks"], report["dense"], report["methods"]
   arrows = {t: "\u2191" if report["higher_is_better"][t] else "\u2193" for t in tasks}
   header = (["method"] + [f"{t} ({report['metric_names'][t]} {arrows[t]})" for t in tasks]
             + ["worst-task retention", "\u0394m (%)", "sparsity (prunable)",
@@ -981,7 +903,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   for info in methods.values():
     for t in tasks:
       rows_by_task[t].append([r["metrics"][t] for r in info["per_seed"]])
-  decimals = {t: _decimals([v for vs in rows_by_task[t] for v in vs]) for t in tasks}
+  decimals = {t: plots.decimals([v for vs in rows_by_task[t] for v in vs]) for t in tasks}
 
   def task_cells(info: Mapping[str, Any]) -> list[str]:
     return [_cell(info["metrics"][t], [r["metrics"][t] for r in info["per_seed"]],
@@ -992,42 +914,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   rows = [["dense"] + task_cells(dense) + ["1.000", "0.00", "\u2014", "1x", "1x", "\u2014",
                                            _bytes(dense_bytes) + (" (float32)" if dense_bytes
                                                                   else "")]]
-  for name, info in methods.items():
-    per = info["per_seed"]
-    export = info.get("export") or {}
-    sparsity = info.get("sparsity")
-    failed = len(info.get("diverged") or [])
-    rows.append(
-        [name + (f" (diverged on {failed} of {len(seeds)})" if failed else "")]
-        + task_cells(info)
-        + [_cell(info["worst_task_retention"], [r["worst_task_retention"] for r in per], 3),
-           _cell(info["delta_m"], [r["delta_m"] for r in per], 2, _signed),
-           "\u2014" if sparsity is None else f"{100 * sparsity:.1f} %",
-           "\u2014" if info.get("compression_ratio") is None
-           else f"{info['compression_ratio']:.1f}x",
-           "\u2014" if info.get("whole_model_compression_ratio") is None
-           else f"{info['whole_model_compression_ratio']:.1f}x",
-           "\u2014" if export.get("prunable_ratio") is None
-           else f"{export['prunable_ratio']:.1f}x",
-           _bytes(export.get("file_bytes"))])
-  lines += _table(header, rows)
-  if report.get("conventions"):
-    lines += ["", report["conventions"]]
-  lines += ["", summary_sentence(report), ""]
-
-  declared = report.get("all_higher_is_better") or {}
-  several = any(len(m) > 1 for m in declared.values())
-  if methods:
-    what = ("the mean over the task's metrics of compressed / dense" if several
-            else "compressed / dense")
-    lines.append(f"Retention per task ({what} of the same seed, oriented so that "
-                 "below 1 is worse), and which task was the worst on how many seeds:")
-    lines.append("")
-    lines += _retention_table(methods, tasks, "retention", "worst_task")
-    lines.append("")
-  if several:
-    lines += _all_metrics_lines(report)
-  return "\n".join(lines)
+  rows += [_method_row(name, info, len(report["seeds"]), task_cells(info))
+           for name, info in methods.items()]
+  return _table(header, rows)
 
 
 def _retention_table(methods: Mapping[str, Any], tasks: Sequence[str], retention: str,
@@ -1059,7 +948,7 @@ def _all_metrics_lines(report: Mapping[str, Any]) -> list[str]:
     cells = []
     for t, m in columns:
       values = [r["task_metrics"][t][m] for r in info["per_seed"]]
-      d = _decimals([e["task_metrics"][t][m] for _, e in entries])
+      d = plots.decimals([e["task_metrics"][t][m] for _, e in entries])
       cells.append(_cell(info["task_metrics"][t][m], values, d))
     rows.append([name] + cells)
   lines = ["Every metric of every task (mean [min\u2013max] over seeds; Δm and retention "
@@ -1084,122 +973,6 @@ def _all_metrics_lines(report: Mapping[str, Any]) -> list[str]:
   lines += _retention_table(methods, tasks, "retention_one_metric", "worst_task_one_metric")
   lines.append("")
   return lines
-
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _figure(figsize: tuple[float, float]) -> Any:
-  """A matplotlib Figure on its own Agg canvas: no pyplot, no global backend switch."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  figure = Figure(figsize=figsize, dpi=120, layout="constrained")
-  FigureCanvasAgg(figure)
-  return figure
-
-
-def _save_figure(figure: Any, path: str | os.PathLike) -> str:
-  path = os.fspath(path)
-  _files.write_atomically(path, lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
-  return path
-
-
-def _colors(n: int) -> list[Any]:
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  cmap = colormaps["tab10" if n <= 10 else "tab20"]
-  return [cmap(i % cmap.N) for i in range(n)]
-
-
-def plot_task_weights(report: Mapping[str, Any], path: str | os.PathLike, *,
-                      method: str = MINMAX) -> str | None:
-  """Draws a method's task weights over training, one line per task, as a PNG.
-
-  Args:
-    report: the dict returned by `build_report`.
-    path: the PNG file to write.
-    method: whose trajectory to draw ("minmax" by default).
-
-  Returns:
-    `path`, or None (and nothing written) when the method has no task-weight trajectory.
-  """
-  info = report["methods"].get(method)
-  if not info or not info.get("task_weights"):
-    return None
-  tasks = report["tasks"]
-  weights = np.asarray(info["task_weights"], np.float64)
-  figure = _figure((7.0, 4.0))
-  ax = figure.subplots()
-  steps = np.arange(weights.shape[0])
-  marker = "o" if weights.shape[0] < 30 else None
-  for k, (task, color) in enumerate(zip(tasks, _colors(len(tasks)))):
-    ax.plot(steps, weights[:, k], color=color, marker=marker, markersize=3, label=task)
-  ax.axhline(1.0 / len(tasks), color="0.5", linestyle="--", linewidth=1,
-             label=f"equal (1/{len(tasks)})")
-  ax.set_xlabel("epoch (the training stages after pretraining, in order)")
-  ax.set_ylabel("task weight")
-  ax.set_ylim(0.0, max(1.0 / len(tasks), float(weights.max())) * 1.1)
-  ax.set_title(f"{method} task weights over training (seed {info.get('task_weights_seed')})")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, ncol=1 if len(tasks) <= 8 else 2, loc="center left",
-            bbox_to_anchor=(1.01, 0.5), frameon=False)
-  return _save_figure(figure, path)
-
-
-def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str:
-  """Draws, per task, the dense model and every method as bars, error bars min–max over seeds.
-
-  One panel per task, so that metrics of different scales (accuracy, MAE) each get their own
-  axis; the axis is zoomed to the values so that differences of a point stay visible, and each
-  bar is labelled with its mean.
-
-  Args:
-    report: the dict returned by `build_report`.
-    path: the PNG file to write.
-
-  Returns:
-    `path`.
-  """
-  tasks = report["tasks"]
-  # A method that diverged on every seed has no bar to draw.
-  shown = {m: info for m, info in report["methods"].items() if info["per_seed"]}
-  names = ["dense"] + list(shown)
-  entries = [report["dense"]] + list(shown.values())
-  colors = ["0.6"] + _colors(len(names) - 1)
-  columns = min(len(tasks), 4)
-  rows = math.ceil(len(tasks) / columns)
-  figure = _figure((max(3.2 * columns, 0.6 * len(names) * columns), 3.2 * rows + 0.6))
-  axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
-  x = np.arange(len(names))
-  for ax, task in zip(axes, tasks):
-    means = np.array([e["metrics"][task] for e in entries])
-    lows = np.array([min(r["metrics"][task] for r in e["per_seed"]) for e in entries])
-    highs = np.array([max(r["metrics"][task] for r in e["per_seed"]) for e in entries])
-    ax.bar(x, means, color=colors, width=0.7,
-           yerr=np.stack([means - lows, highs - means]) if len(report["seeds"]) > 1 else None,
-           capsize=3, ecolor="0.2")
-    span = float(highs.max() - lows.min()) or abs(float(means.mean())) * 0.05 or 1.0
-    bottom = float(lows.min()) - 0.8 * span
-    if lows.min() >= 0 > bottom:
-      bottom = 0.0
-    ax.set_ylim(bottom, float(highs.max()) + 0.5 * span)
-    ax.axhline(means[0], color="0.4", linestyle=":", linewidth=1)
-    d = _decimals(list(means))
-    for xi, mean, high in zip(x, means, highs):
-      ax.text(xi, high + 0.05 * span, f"{mean:.{d}f}", ha="center", va="bottom", fontsize=7)
-    arrow = "\u2191" if report["higher_is_better"][task] else "\u2193"
-    ax.set_title(f"{task}: {report['metric_names'][task]} {arrow}", fontsize=10)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30 if len(names) > 3 else 0, ha="right"
-                       if len(names) > 3 else "center", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-  for ax in axes[len(tasks):]:
-    ax.set_visible(False)
-  n = len(report["seeds"])
-  spread = f"bars: mean, whiskers: min\u2013max over {n} seeds" if n > 1 else "one seed"
-  figure.suptitle(f"Per-task metrics at {100 * report['target_sparsity']:.1f} % prunable "
-                  "sparsity "
-                  f"({spread}; dotted: dense)", fontsize=10)
-  return _save_figure(figure, path)
 
 
 # ----------------------------------------------------------------------------- files
@@ -1232,8 +1005,8 @@ def write(report: Mapping[str, Any], workdir: str | os.PathLike) -> dict[str, st
            "markdown": os.path.join(workdir, "report.md")}
   text = json.dumps(report, indent=2, allow_nan=False) + "\n"
   _files.write_atomically(paths["json"], lambda f: f.write(text.encode("utf-8")))
-  paths["task_metrics"] = plot_task_metrics(report, os.path.join(workdir, "task_metrics.png"))
-  weights = plot_task_weights(report, os.path.join(workdir, "task_weights.png"))
+  paths["task_metrics"] = plots.plot_task_metrics(report, os.path.join(workdir, "task_metrics.png"))
+  weights = plots.plot_task_weights(report, os.path.join(workdir, "task_weights.png"))
   if weights is not None:
     paths["task_weights"] = weights
   figures = ["## Figures", "", "![Per-task metrics](task_metrics.png)"]

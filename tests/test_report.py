@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmcompress import report as report_lib
+from mmcompress import plots, records, report as report_lib
 
 TASKS = ["cls", "depth"]
 HIGHER = {"cls": True, "depth": False}
@@ -434,7 +434,7 @@ def test_write_without_a_trajectory_skips_the_weights_plot(tmp_path):
   for seed in per_seed:
     seed["methods"]["minmax"].pop("task_weights", None)
   report = _build(per_seed)
-  assert report_lib.plot_task_weights(report, tmp_path / "w.png") is None
+  assert plots.plot_task_weights(report, tmp_path / "w.png") is None
   assert not (tmp_path / "w.png").exists()
   paths = report_lib.write(report, tmp_path)
   assert "task_weights" not in paths
@@ -600,3 +600,32 @@ def test_all_metrics_input_errors_are_named():
                             metric_names=NYU_NAMES, target_sparsity=0.975,
                             all_higher_is_better={**NYU_HIGHER,
                                                   "segmentation": {"pixel_acc": True}})
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def test_records_read_and_write_the_same_json():
+  result = {**_method(0.7, 0.6, weights=[[0.5, 0.5], [0.4, 0.6]]),
+            "task_metrics": {"cls": {"accuracy": 0.7}, "depth": {"MAE": 0.6}},
+            "val_metrics": {"cls": 0.71, "depth": 0.59}, "all_metrics": {"cls": 0.7},
+            "selected": {"stage": "retrain", "epoch": 2}, "prunable_compression_ratio": 40.0,
+            "parameters": {"total_size": 10, "prunable_size": 8, "non_prunable_size": 2,
+                           "non_prunable_groups": []}}
+  assert records.RunResult.from_json(result, "r").to_json() == result
+  old = {"metrics": {"cls": 0.7, "depth": 0.6}, "sparsity": 0.975, "compression_ratio": 40.0}
+  read = records.RunResult.from_json(old, "r")  # written before the newer fields existed
+  assert read.task_metrics is None and read.to_json() == old
+  seed = {"seed": np.int64(3), "dense": {"metrics": {"cls": 0.8, "depth": 0.5}},
+          "methods": {"equal": old, "minmax": {"diverged": "nan at step 3"}}}
+  record = records.SeedRecord.from_json(seed, 0)
+  assert record.seed == 3 and isinstance(record.methods["minmax"], records.Diverged)
+  assert record.to_json() == {**seed, "seed": 3}
+  # A report of records is the report of their JSON.
+  per_seed = _per_seed()
+  typed = [records.SeedRecord.from_json(s, i) for i, s in enumerate(per_seed)]
+  assert _build(typed) == _build(per_seed)
+  with pytest.raises(ValueError, match=r"r: compression_ratio must be a number"):
+    records.RunResult.from_json({**old, "compression_ratio": "big"}, "r")
+  with pytest.raises(ValueError, match="per_seed\\[0\\] has no 'seed'"):
+    records.SeedRecord.from_json({"dense": {}, "methods": {}}, 0)

@@ -104,8 +104,8 @@ def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
     assert not (workdir / "seed0" / "minmax" / "result.json").exists()
     resumed = comparison.run_method(tiny_experiment(workdir), "minmax", 0, None)
     assert resumed == whole
-  assert whole["sparsity"] == pytest.approx(0.975, abs=1e-3)
-  assert whole["export"]["round_trip_exact"]
+  assert whole.sparsity == pytest.approx(0.975, abs=1e-3)
+  assert whole.export["round_trip_exact"]
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -131,6 +131,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   assert restored is not None
   carry, record = restored
   assert int(carry["state"].step) == steps[-2]
+  assert loop.StageRecord.from_json(record).to_json() == record  # the checkpoint's JSON
   assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
   assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
   # The stage is resumed from the older step and finishes, saving its last step again.
@@ -210,9 +211,9 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
                           "dynamic.grow_fraction": 0.01, "sparsity": 0.9})
   exp = tiny_experiment(tmp_path, config)
   result = comparison.run_method(exp, "minmax", 0, None)
-  assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
-  assert result["export"]["round_trip_exact"]
-  trajectory = np.asarray(result["task_weights"])  # one entry per epoch
+  assert result.sparsity == pytest.approx(0.9, abs=1e-3)
+  assert result.export["round_trip_exact"]
+  trajectory = np.asarray(result.task_weights)  # one entry per epoch
   assert trajectory.shape == (3, 4) and np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
   assert not np.allclose(trajectory[-1], 0.25)  # the once-per-epoch ascent moved them
 
@@ -303,7 +304,7 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
     start, start_state, _ = seen[(run_name, exp.config.stages[1])]
     fresh = loop.evaluate(exp.problem, exp.eval_step, start, start_state, "test", exp.mesh,
                           exp.config.eval_batch_size)
-    assert fresh["metrics"] == dense["metrics"], run_name
+    assert fresh["metrics"] == dense.metrics, run_name
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,70 @@ class NonFiniteLossError(FloatingPointError):
     self.summary = summary
 
 
+class EpochRecord(NamedTuple):
+  """One finished epoch of a stage, as its checkpoint records it.
+
+  Attributes:
+    epoch: the epoch's index within the stage, from 0.
+    train_loss: each task's mean training loss over the epoch.
+    val_loss: each task's validation loss at the end of the epoch.
+    val_metric: each task's validation metric, in the problem's task order.
+    task_weights: the task weights at the end of the epoch.
+    score: the model-selection score (`selection_score`, lower is better).
+  """
+  epoch: int
+  train_loss: list[float]
+  val_loss: list[float]
+  val_metric: list[float]
+  task_weights: list[float]
+  score: float
+
+  @classmethod
+  def from_json(cls, value: dict) -> EpochRecord:
+    return cls(**{field: value[field] for field in cls._fields})
+
+  def to_json(self) -> dict:
+    return self._asdict()
+
+
+class StageRecord(NamedTuple):
+  """A stage's host-side history, saved as JSON beside each checkpoint.
+
+  Attributes:
+    stage: the stage's name.
+    epochs: every finished epoch, in order.
+    best_epoch: the epoch of the best validation score so far (None before a finite one).
+    best_score: that score.
+    done: whether the stage has trained all its steps.
+  """
+  stage: str
+  epochs: tuple[EpochRecord, ...] = ()
+  best_epoch: int | None = None
+  best_score: float | None = None
+  done: bool = False
+
+  @classmethod
+  def from_json(cls, value: dict) -> StageRecord:
+    return cls(stage=value["stage"], epochs=tuple(map(EpochRecord.from_json, value["epochs"])),
+               best_epoch=value["best_epoch"], best_score=value["best_score"],
+               done=value["done"])
+
+  def to_json(self) -> dict:
+    return {"stage": self.stage, "epochs": [e.to_json() for e in self.epochs],
+            "best_epoch": self.best_epoch, "best_score": self.best_score, "done": self.done}
+
+  def with_epoch(self, epoch: EpochRecord) -> StageRecord:
+    """This record with `epoch` appended, and selected if its score is the best so far."""
+    record = self._replace(epochs=self.epochs + (epoch,))
+    if self.improved_by(epoch.score):
+      record = record._replace(best_epoch=epoch.epoch, best_score=epoch.score)
+    return record
+
+  def improved_by(self, score: float) -> bool:
+    """Whether `score` is finite and better than every earlier epoch's."""
+    return bool(np.isfinite(score)) and (self.best_score is None or score < self.best_score)
+
+
 @dataclasses.dataclass(frozen=True)
 class StageContext:
   """What a stage needs besides its state (all static, none of it checkpointed).
@@ -56,7 +120,7 @@ class StageContext:
     eval_batch_size: rows per evaluation call.
     checkpoint_every: save every this many steps (and at the end of the stage).
     directory: where the stage keeps its checkpoints.
-    log: called with (stage, epoch, record of that epoch) at the end of each epoch.
+    log: called with (stage, epoch, its `EpochRecord`) at the end of each epoch.
     on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
   """
   name: str
@@ -72,7 +136,7 @@ class StageContext:
   eval_batch_size: int
   checkpoint_every: int
   directory: str
-  log: Callable[[str, int, dict], None] | None = None
+  log: Callable[[str, int, EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
 
   @property
@@ -129,7 +193,8 @@ def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> Non
         "the losses were finite", ctx.directory)
 
 
-def train_stage(ctx: StageContext, state: TrainState) -> tuple[TrainState, dict, dict]:
+def train_stage(ctx: StageContext, state: TrainState
+                ) -> tuple[TrainState, dict, StageRecord]:
   """Trains one stage from `state`, resuming from its checkpoints if it has any.
 
   Returns:
@@ -144,10 +209,9 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[TrainState, dict,
   restored = checkpoints.restore_latest(abstract_carry(state, num_tasks, ctx.mesh))
   if restored is None:
     carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
-    record = {"stage": ctx.name, "epochs": [], "best_epoch": None, "best_score": None,
-              "done": False}
+    record = StageRecord(ctx.name)
   else:
-    carry, record = restored
+    carry, record = restored[0], StageRecord.from_json(restored[1])
     logging.info("stage %s: resuming at step %d of %d", ctx.name, int(carry["state"].step),
                  total)
   step = int(carry["state"].step)
@@ -165,27 +229,28 @@ def train_stage(ctx: StageContext, state: TrainState) -> tuple[TrainState, dict,
         _check_finite(pending, pending_from, ctx)
         pending, pending_from = [], step
         carry, epoch_record = _end_epoch(ctx, carry, step // per_epoch - 1, record)
-        record["epochs"].append(epoch_record)
+        record = record.with_epoch(epoch_record)
         if ctx.log:
-          ctx.log(ctx.name, epoch_record["epoch"], epoch_record)
+          ctx.log(ctx.name, epoch_record.epoch, epoch_record)
       if step % ctx.checkpoint_every == 0 or step == total:
         _check_finite(pending, pending_from, ctx)
         _check_params_finite(carry["state"], step, ctx)
         pending, pending_from = [], step
-        record["done"] = step == total
-        checkpoints.save(step, carry, record)
+        record = record._replace(done=step == total)
+        checkpoints.save(step, carry, record.to_json())
         if ctx.on_checkpoint:
           ctx.on_checkpoint(ctx.name, step)
-    if total == 0 and not record["done"]:
-      record["done"] = True
-      checkpoints.save(0, carry, record)
+    if total == 0 and not record.done:
+      record = record._replace(done=True)
+      checkpoints.save(0, carry, record.to_json())
   finally:
     checkpoints.close()
   return carry["state"], carry["best"], record
 
 
-def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
-               ) -> tuple[dict, dict]:
+def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
+               ) -> tuple[dict, EpochRecord]:
+  """The carry after epoch `epoch` (weighting's end of epoch, best snapshot), and its record."""
   state = carry["state"]
   train_loss = carry["loss_sum"] / ctx.steps_per_epoch
   task_state = ctx.weighting.end_epoch(state.task_state, train_loss)
@@ -194,14 +259,11 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: dict
                  ctx.mesh, ctx.eval_batch_size)
   weights = ctx.weighting.weights(state.task_params, state.task_state)
   score = selection_score(val)
-  epoch_record = {"epoch": epoch, "train_loss": [float(v) for v in np.asarray(train_loss)],
-                  "val_loss": val["loss"],
-                  "val_metric": [val["metrics"][t] for t in ctx.problem.task_names],
-                  "task_weights": [float(v) for v in np.asarray(weights)], "score": score}
-  best = carry["best"]
-  if np.isfinite(score) and (record["best_score"] is None or score < record["best_score"]):
-    record["best_score"], record["best_epoch"] = score, epoch
-    best = snapshot(state)
+  epoch_record = EpochRecord(
+      epoch=epoch, train_loss=[float(v) for v in np.asarray(train_loss)],
+      val_loss=val["loss"], val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
+      task_weights=[float(v) for v in np.asarray(weights)], score=score)
+  best = snapshot(state) if record.improved_by(score) else carry["best"]
   return {"state": state, "best": best,
           "loss_sum": jnp.zeros_like(carry["loss_sum"])}, epoch_record
 

@@ -1,0 +1,141 @@
+"""The report's figures: per-task metrics as bars, and a method's task weights over training.
+
+Both draw from a report (`mmcompress.report.build_report`, or report.json read back) onto a
+matplotlib Figure of their own (no pyplot, no global backend), written atomically as PNG. This
+is the only module that imports matplotlib, and only when a figure is drawn.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mmcompress import _files
+
+
+def decimals(values: Sequence[float], at_least: int = 3) -> int:
+  """`at_least` decimals, more when the largest magnitude in `values` is below 0.01.
+
+  The report's tables print with it too, so a figure's labels match its numbers.
+  """
+  finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+  largest = max(finite, default=0.0)
+  if largest == 0.0 or largest >= 0.01:
+    return 1 if largest >= 1000 else at_least
+  return min(8, max(at_least, 1 - math.floor(math.log10(largest))))
+
+
+def _figure(figsize: tuple[float, float]) -> Any:
+  """A matplotlib Figure on its own Agg canvas: no pyplot, no global backend switch."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  figure = Figure(figsize=figsize, dpi=120, layout="constrained")
+  FigureCanvasAgg(figure)
+  return figure
+
+
+def _save_figure(figure: Any, path: str | os.PathLike) -> str:
+  path = os.fspath(path)
+  _files.write_atomically(path, lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
+  return path
+
+
+def _colors(n: int) -> list[Any]:
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  cmap = colormaps["tab10" if n <= 10 else "tab20"]
+  return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_task_weights(report: Mapping[str, Any], path: str | os.PathLike, *,
+                      method: str = "minmax") -> str | None:
+  """Draws a method's task weights over training, one line per task, as a PNG.
+
+  Args:
+    report: the dict returned by `build_report`.
+    path: the PNG file to write.
+    method: whose trajectory to draw ("minmax" by default).
+
+  Returns:
+    `path`, or None (and nothing written) when the method has no task-weight trajectory.
+  """
+  info = report["methods"].get(method)
+  if not info or not info.get("task_weights"):
+    return None
+  tasks = report["tasks"]
+  weights = np.asarray(info["task_weights"], np.float64)
+  figure = _figure((7.0, 4.0))
+  ax = figure.subplots()
+  steps = np.arange(weights.shape[0])
+  marker = "o" if weights.shape[0] < 30 else None
+  for k, (task, color) in enumerate(zip(tasks, _colors(len(tasks)))):
+    ax.plot(steps, weights[:, k], color=color, marker=marker, markersize=3, label=task)
+  ax.axhline(1.0 / len(tasks), color="0.5", linestyle="--", linewidth=1,
+             label=f"equal (1/{len(tasks)})")
+  ax.set_xlabel("epoch (the training stages after pretraining, in order)")
+  ax.set_ylabel("task weight")
+  ax.set_ylim(0.0, max(1.0 / len(tasks), float(weights.max())) * 1.1)
+  ax.set_title(f"{method} task weights over training (seed {info.get('task_weights_seed')})")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, ncol=1 if len(tasks) <= 8 else 2, loc="center left",
+            bbox_to_anchor=(1.01, 0.5), frameon=False)
+  return _save_figure(figure, path)
+
+
+def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str:
+  """Draws, per task, the dense model and every method as bars, error bars min–max over seeds.
+
+  One panel per task, so that metrics of different scales (accuracy, MAE) each get their own
+  axis; the axis is zoomed to the values so that differences of a point stay visible, and each
+  bar is labelled with its mean.
+
+  Args:
+    report: the dict returned by `build_report`.
+    path: the PNG file to write.
+
+  Returns:
+    `path`.
+  """
+  tasks = report["tasks"]
+  # A method that diverged on every seed has no bar to draw.
+  shown = {m: info for m, info in report["methods"].items() if info["per_seed"]}
+  names = ["dense"] + list(shown)
+  entries = [report["dense"]] + list(shown.values())
+  colors = ["0.6"] + _colors(len(names) - 1)
+  columns = min(len(tasks), 4)
+  rows = math.ceil(len(tasks) / columns)
+  figure = _figure((max(3.2 * columns, 0.6 * len(names) * columns), 3.2 * rows + 0.6))
+  axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+  x = np.arange(len(names))
+  for ax, task in zip(axes, tasks):
+    means = np.array([e["metrics"][task] for e in entries])
+    lows = np.array([min(r["metrics"][task] for r in e["per_seed"]) for e in entries])
+    highs = np.array([max(r["metrics"][task] for r in e["per_seed"]) for e in entries])
+    ax.bar(x, means, color=colors, width=0.7,
+           yerr=np.stack([means - lows, highs - means]) if len(report["seeds"]) > 1 else None,
+           capsize=3, ecolor="0.2")
+    span = float(highs.max() - lows.min()) or abs(float(means.mean())) * 0.05 or 1.0
+    bottom = float(lows.min()) - 0.8 * span
+    if lows.min() >= 0 > bottom:
+      bottom = 0.0
+    ax.set_ylim(bottom, float(highs.max()) + 0.5 * span)
+    ax.axhline(means[0], color="0.4", linestyle=":", linewidth=1)
+    d = decimals(list(means))
+    for xi, mean, high in zip(x, means, highs):
+      ax.text(xi, high + 0.05 * span, f"{mean:.{d}f}", ha="center", va="bottom", fontsize=7)
+    arrow = "\u2191" if report["higher_is_better"][task] else "\u2193"
+    ax.set_title(f"{task}: {report['metric_names'][task]} {arrow}", fontsize=10)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30 if len(names) > 3 else 0, ha="right"
+                       if len(names) > 3 else "center", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+  for ax in axes[len(tasks):]:
+    ax.set_visible(False)
+  n = len(report["seeds"])
+  spread = f"bars: mean, whiskers: min\u2013max over {n} seeds" if n > 1 else "one seed"
+  figure.suptitle(f"Per-task metrics at {100 * report['target_sparsity']:.1f} % prunable "
+                  "sparsity "
+                  f"({spread}; dotted: dense)", fontsize=10)
+  return _save_figure(figure, path)
