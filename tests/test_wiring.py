@@ -280,16 +280,16 @@ def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_pat
   logged = []
   exp = tiny_experiment(tmp_path, lambda run, stage, epoch, record: logged.append(record))
   result, params, model_state = comparison.run_dense(exp, 0)
-  scores = [r["score"] for r in logged]
+  scores = [r.score for r in logged]
   assert len(scores) == 4
-  assert result["selected"]["epoch"] == int(np.argmin(scores))
+  assert result.selected["epoch"] == int(np.argmin(scores))
   fresh = {split: loop.evaluate(exp.problem, exp.eval_step, params, model_state, split,
                                 exp.mesh, exp.config.eval_batch_size)
            for split in ("val", "test")}
   # The selected weights score on a fresh validation pass what the loop logged for them.
   assert loop.selection_score(fresh["val"]) == pytest.approx(min(scores), rel=1e-6)
-  assert result["metrics"] == pytest.approx(fresh["test"]["metrics"], rel=1e-6)
-  assert result["val_metrics"] == pytest.approx(fresh["val"]["metrics"], rel=1e-6)
+  assert result.metrics == pytest.approx(fresh["test"]["metrics"], rel=1e-6)
+  assert result.val_metrics == pytest.approx(fresh["val"]["metrics"], rel=1e-6)
   # The two splits tell apart: reporting one for the other cannot pass the two lines above.
   assert fresh["val"]["metrics"] != pytest.approx(fresh["test"]["metrics"], rel=1e-3)
   assert loop.selection_score(fresh["test"]) != pytest.approx(min(scores), rel=1e-3)
@@ -331,7 +331,7 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
   final, _, record = loop.train_stage(ctx, state)
   expected = [np.mean([stub_losses(e * spe + j, spe) for j in range(spe)], axis=0)
               for e in range(epochs)]
-  np.testing.assert_allclose([r["train_loss"] for r in record["epochs"]], expected, rtol=1e-6)
+  np.testing.assert_allclose([r.train_loss for r in record.epochs], expected, rtol=1e-6)
   # The weighting's memory is what its own end_epoch makes of exactly these losses.
   _, memory = weighting.init(problem.num_tasks)
   for losses in expected:
@@ -342,7 +342,7 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
   if method == "dwa":  # its history: the last two epochs' per-task losses, oldest first
     np.testing.assert_allclose(np.asarray(final.task_state.history), expected[-2:], rtol=1e-6)
     ratio = expected[-1] / expected[-2]
-    np.testing.assert_allclose(record["epochs"][-1]["task_weights"],
+    np.testing.assert_allclose(record.epochs[-1].task_weights,
                                np.exp(ratio / 2) / np.exp(ratio / 2).sum(), rtol=1e-5)
 
 
