@@ -29,7 +29,6 @@ import optax
 
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.sparsity.masked_training import check_inner, mask_tree
 
 
 class DynamicSparseState(NamedTuple):
@@ -209,7 +208,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     An `optax.GradientTransformation` with state `DynamicSparseState`; `update` requires
     params.
   """
-  check_inner(inner)
+  masks_lib.check_inner(inner)
   sparsity = _checks.sparsity(sparsity)
   update_every = _checks.positive_int(update_every, "update_every")
   grow_fraction = _fraction(grow_fraction, "grow_fraction")
@@ -226,7 +225,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     return DynamicSparseState(
         count=jnp.zeros((), jnp.int32),
         masks=masks,
-        inner_state=inner.init(mask_tree(params, masks)),
+        inner_state=inner.init(masks_lib.mask_tree(params, masks)),
         rng_key=jax.random.key_data(jax.random.key(seed)))
 
   def regrow(masks, new_params, grads, key):
@@ -263,9 +262,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
           "params must be passed to dynamic_sparse(...).update(updates, state, params).")
     _checks.same_structure(updates, params, "updates")
     t, masks = state.count, state.masks
-    inner_updates, inner_state = inner.update(mask_tree(updates, masks), state.inner_state,
-                                              mask_tree(params, masks))
-    masked_updates = mask_tree(inner_updates, masks)
+    inner_updates, inner_state = inner.update(masks_lib.mask_tree(updates, masks),
+                                              state.inner_state,
+                                              masks_lib.mask_tree(params, masks))
+    masked_updates = masks_lib.mask_tree(inner_updates, masks)
 
     due = (t + 1) % update_every == 0
     if end_step is not None:

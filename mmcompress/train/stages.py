@@ -115,7 +115,7 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
   if stage == "retrain":
     if masks is None:
       raise ValueError("the retrain stage needs masks from a prune stage before it.")
-    return sparsity.masked(base, masks)
+    return sparsity.static_sparse(base, masks)
   if stage == "sparse":
     dyn = config.dynamic
     if not 0.0 < dyn.end_fraction <= 1.0:
