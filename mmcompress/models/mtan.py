@@ -51,7 +51,7 @@ scales and biases and the prediction layers stay dense. Batch norm (momentum 0.9
 once per task, so in training its statistics are updated K times per batch, as in the
 reference.
 
-Calling convention, that of `mmcompress.models.mlp`::
+Calling convention, that of `mmcompress.models.heads`::
 
     seg, depth, normal = model.apply(variables, images, task_id=None, train=False)
 
@@ -66,7 +66,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmcompress.models.mlp import check_num_outputs
+from mmcompress.models.heads import check_num_outputs
 
 NUM_BLOCKS = 5
 # Images must be divisible by this: one 2×2 pooling per encoder block.
