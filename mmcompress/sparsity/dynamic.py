@@ -47,17 +47,6 @@ class DynamicSparseState(NamedTuple):
   rng_key: jax.Array
 
 
-def _fraction(value: Any, name: str) -> float:
-  """Returns `value` as a float in [0, 1), or raises naming the argument."""
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name} must be in [0, 1), got {value}.")
-  return value
-
-
 def _order(group: jax.Array, score: jax.Array) -> jax.Array:
   """Indices sorted by (group, score, index) ascending: ties go to the lower index."""
   index = jnp.arange(score.size, dtype=jnp.int32)
@@ -211,7 +200,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
   masks_lib.check_inner(inner)
   sparsity = _checks.sparsity(sparsity)
   update_every = _checks.positive_int(update_every, "update_every")
-  grow_fraction = _fraction(grow_fraction, "grow_fraction")
+  grow_fraction = _checks.fraction(grow_fraction, "grow_fraction")
   grow = _checks.one_of(grow, ("gradient", "random"), "grow")
   if end_step is not None:
     end_step = _checks.positive_int(end_step, "end_step")
