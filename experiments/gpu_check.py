@@ -64,7 +64,7 @@ def check_model(name, problem, model, batch_size, steps):
   params, model_state = step.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, _SPARSITY)
   minmax = weighting.minmax(0.02, gamma=5.0)
-  tx = saddle_point(sparsity.masked(optax.sgd(0.01, momentum=0.9), masks), minmax.tx)
+  tx = saddle_point(sparsity.static_sparse(optax.sgd(0.01, momentum=0.9), masks), minmax.tx)
   state = parallel.replicate(
       step.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
                              problem.num_tasks, jax.random.key(0)), mesh)

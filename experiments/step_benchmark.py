@@ -7,7 +7,7 @@ what the trainer runs:
 
 * dense:  ``saddle_point(optax.sgd(lr, momentum=0.9), weighting.equal().tx)``, the `equal`
   objective, dense parameters;
-* minmax: ``saddle_point(sparsity.masked(optax.sgd(lr, momentum=0.9), masks),
+* minmax: ``saddle_point(sparsity.static_sparse(optax.sgd(lr, momentum=0.9), masks),
   weighting.minmax(...).tx)``, the min-max objective ascending every step, parameters and
   masks from ``magnitude_masks(params, 0.975)`` (the masks live in the optimizer state);
 * zeroed (the control, on by default, ``--nocontrol`` drops it): the dense step started from
@@ -209,7 +209,7 @@ def build_steps(problem: Problem, model: nn.Module, params: Any, model_state: An
   equal = weighting.equal()
   dense_tx = saddle_point(_descent(), equal.tx)
   minmax = weighting.minmax(MINMAX_LEARNING_RATE, gamma=MINMAX_GAMMA, every=1)
-  minmax_tx = saddle_point(sparsity.masked(_descent(), masks), minmax.tx)
+  minmax_tx = saddle_point(sparsity.static_sparse(_descent(), masks), minmax.tx)
   plan = {"dense": (equal, dense_tx, params), "minmax": (minmax, minmax_tx, pruned)}
   if control:
     plan["zeroed"] = (equal, dense_tx, pruned)

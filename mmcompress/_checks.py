@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -44,15 +45,29 @@ def as_user_error() -> Iterator[None]:
     raise UserError(str(error)) from error
 
 
-def sparsity(value: Any, name: str = "sparsity") -> float:
-  """Returns `value` as a float in [0, 1), or raises `UserError`."""
+def fraction(value: Any, name: str, hint: str = "") -> float:
+  """Returns `value` as a float in [0, 1), or raises `UserError` (`hint` follows the range)."""
   try:
     value = float(value)
   except (TypeError, ValueError):
     raise UserError(f"{name} must be a number in [0, 1), got {value!r}.") from None
   if not 0.0 <= value < 1.0:
-    raise UserError(
-        f"{name} must be in [0, 1) (0.975 prunes 97.5 % = 40x), got {value}.")
+    raise UserError(f"{name} must be in [0, 1){hint}, got {value}.")
+  return value
+
+
+def sparsity(value: Any, name: str = "sparsity") -> float:
+  """Returns `value` as a float in [0, 1), or raises `UserError`."""
+  return fraction(value, name, " (0.975 prunes 97.5 % = 40x)")
+
+
+def split_fraction(value: Any, name: str) -> float:
+  """Returns `value`, a real number (not a bool or a string), as a float in (0, 0.5)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise UserError(f"{name} must be a number in (0, 0.5), got {value!r}.")
+  value = float(value)
+  if not 0.0 < value < 0.5:
+    raise UserError(f"{name} must be in (0, 0.5) (e.g. 0.15), got {value}.")
   return value
 
 
@@ -93,11 +108,32 @@ def positive(value: Any, name: str) -> float:
   return value
 
 
+def _is_integer(value: Any) -> bool:
+  """A Python or NumPy integer, not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def positive_int(value: Any, name: str) -> int:
-  """Returns `value` as an int >= 1, or raises."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  """Returns `value` (a Python or NumPy integer) as an int >= 1, or raises."""
+  if not _is_integer(value) or value < 1:
     raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
-  return value
+  return int(value)
+
+
+def non_negative_int(value: Any, name: str) -> int:
+  """Returns `value` (a Python or NumPy integer) as an int >= 0, or raises."""
+  if not _is_integer(value) or value < 0:
+    raise UserError(f"{name} must be an integer >= 0, got {value!r}.")
+  return int(value)
+
+
+def positive_ints(values: Sequence[Any], count: int, name: str, each: str) -> tuple[int, ...]:
+  """Returns `values` as a tuple of `count` ints >= 1, or raises saying what `each` is for."""
+  values = tuple(values)
+  if len(values) != count or any(
+      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+    raise UserError(f"{name} must be {count} integers >= 1, {each}, got {values!r}.")
+  return values
 
 
 def learning_rate(value: Any, name: str = "learning_rate") -> Any:

@@ -158,7 +158,7 @@ def saddle_point(descent: optax.GradientTransformation,
 
   Acts on ``{"params": model_params, "task_weights": w}``. The gradient of the objective
   with respect to both (one `jax.grad`) goes in; the ``"params"`` part is handed to
-  `descent` (any optax optimizer, possibly wrapped in `mmcompress.sparsity.masked`), the
+  `descent` (any optax optimizer, possibly wrapped in `mmcompress.sparsity.static_sparse`), the
   ``"task_weights"`` part to `ascent` (`simplex_ascent` for min-max; any transform for the
   other task weightings, see `mmcompress.weighting`). Each inner transform sees only its own
   subtree, so masks and schedules are written against the model parameters alone. This is the

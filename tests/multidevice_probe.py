@@ -30,7 +30,7 @@ def main(batch_size: int) -> dict:
   masks = sparsity.magnitude_masks(params, 0.9)
   params = sparsity.apply_masks(params, masks)
   minmax = weighting.minmax(0.5, gamma=0.5)
-  tx = saddle_point(sparsity.masked(optax.sgd(0.1, momentum=0.9), masks), minmax.tx)
+  tx = saddle_point(sparsity.static_sparse(optax.sgd(0.1, momentum=0.9), masks), minmax.tx)
   state = step.create_train_state(params, {}, minmax, tx, data.num_tasks, jax.random.key(1))
   state = parallel.replicate(state, mesh)
   train_step = step.make_train_step(problem, model, minmax, tx, mesh)

@@ -64,8 +64,8 @@ def _weighting_case(name, **kwargs):
   return w.tx, task_params, jax.grad(lambda tp: w.objective(losses, tp, task_state))
 
 
-def _masked_case(inner):
-  return _model_case(sp.masked(inner, sp.magnitude_masks(_model_params(), 0.5)))
+def _static_sparse_case(inner):
+  return _model_case(sp.static_sparse(inner, sp.magnitude_masks(_model_params(), 0.5)))
 
 
 def _dynamic_case(inner):
@@ -82,8 +82,8 @@ CASES = [
         optax.adam(1e-2), mmcompress.simplex_ascent(0.1),
         functools.partial(mmcompress.saddle_objective, gamma=1.0),
         mmcompress.equal_task_weights(2))),
-    ("masked_sgd", lambda: _masked_case(optax.sgd(0.1, momentum=0.9))),
-    ("masked_adam", lambda: _masked_case(optax.adam(1e-2))),
+    ("static_sparse_sgd", lambda: _static_sparse_case(optax.sgd(0.1, momentum=0.9))),
+    ("static_sparse_adam", lambda: _static_sparse_case(optax.adam(1e-2))),
     ("add_reweighted_l1", lambda: _model_case(optax.chain(
         sp.add_reweighted_l1(1e-3, refresh_every=2), optax.sgd(0.1)))),
     ("dynamic_sparse_sgd", lambda: _dynamic_case(optax.sgd(0.1, momentum=0.9))),
@@ -99,14 +99,15 @@ FACTORIES = dict(CASES)
 _PLACEHOLDER = ("library defect: init cannot take optax's params placeholder ({}), so "
                 "optax.tree_map_params raises")
 _SIMPLEX = _PLACEHOLDER.format("simplex_ascent's init calls jnp.asarray(params)"), TypeError
-_MASKED = _PLACEHOLDER.format("masked's init checks and masks params against the masks"), ValueError
+_STATIC_SPARSE = (_PLACEHOLDER.format("static_sparse's init checks and masks params against the "
+                                      "masks"), ValueError)
 XFAILS = {
     **{("tree_map_params", n): _SIMPLEX for n, _ in CASES if n.startswith("simplex")},
     ("tree_map_params", "weighting_minmax"): _SIMPLEX,
     ("tree_map_params", "saddle_point"): (_PLACEHOLDER.format(
         "saddle_point's init requires the {'params', 'task_weights'} dict"), ValueError),
-    ("tree_map_params", "masked_sgd"): _MASKED,
-    ("tree_map_params", "masked_adam"): _MASKED,
+    ("tree_map_params", "static_sparse_sgd"): _STATIC_SPARSE,
+    ("tree_map_params", "static_sparse_adam"): _STATIC_SPARSE,
 }
 
 

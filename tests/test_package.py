@@ -16,7 +16,7 @@ import mmcompress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORE = ["mmcompress/__init__.py", "mmcompress/_checks.py", "mmcompress/minmax.py",
-        "mmcompress/objective.py", "mmcompress/weighting.py", "mmcompress/sparsity"]
+        "mmcompress/objective.py", "mmcompress/weighting", "mmcompress/sparsity"]
 MACHINERY = ("flax", "sklearn", "matplotlib", "tensorflow", "tensorflow_datasets",
              "ml_collections", "orbax", "tensorboardX")  # (optax itself imports absl)
 

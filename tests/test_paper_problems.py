@@ -33,7 +33,7 @@ def minmax_masked_step(problem, model, sparsity_level=0.9):
   params, model_state = step.init_variables(model, problem, 0)
   masks = sparsity.magnitude_masks(params, sparsity_level)
   minmax = weighting.minmax(0.02, gamma=5.0)
-  tx = saddle_point(sparsity.masked(optax.sgd(0.05, momentum=0.9), masks), minmax.tx)
+  tx = saddle_point(sparsity.static_sparse(optax.sgd(0.05, momentum=0.9), masks), minmax.tx)
   state = step.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
                                  problem.num_tasks, jax.random.key(0))
   train_step = step.make_train_step(problem, model, minmax, tx, mesh)

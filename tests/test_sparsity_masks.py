@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -357,7 +358,7 @@ def test_planned_summary_refuses_global_filter_pruning():
 def test_find_masks_walks_optimizer_states():
   params = {"Dense_0": {"kernel": jnp.ones((4, 4))}}
   masks = sp.magnitude_masks(params, 0.5)
-  opt = optax.chain(optax.clip_by_global_norm(1.0), sp.masked(optax.adam(1e-3), masks))
+  opt = optax.chain(optax.clip_by_global_norm(1.0), sp.static_sparse(optax.adam(1e-3), masks))
   found = sp.find_masks(opt.init(params))
   np.testing.assert_array_equal(np.asarray(found["Dense_0"]["kernel"]),
                                 np.asarray(masks["Dense_0"]["kernel"]))
@@ -367,6 +368,22 @@ def test_find_masks_walks_optimizer_states():
   found = sp.find_masks(named.init(params))
   assert int(found["Dense_0"]["kernel"].sum()) == 12
   assert sp.find_masks(optax.adam(1e-3).init(params)) is None
+
+
+class _OwnSparseState(NamedTuple):
+  """The state of a sparse wrapper the library has never heard of."""
+  count: Any
+  masks: Any
+
+
+def test_find_masks_finds_any_state_with_a_masks_field():
+  params = {"Dense_0": {"kernel": jnp.ones((4, 4))}}
+  masks = sp.magnitude_masks(params, 0.75)
+  own = optax.GradientTransformation(lambda p: _OwnSparseState(jnp.zeros([], jnp.int32), masks),
+                                     lambda u, s, p=None: (u, s))
+  state = optax.chain(optax.adam(1e-3), own).init(params)
+  found = sp.find_masks({"outer": [optax.EmptyState(), state]})
+  assert found is masks
 
 
 # ----------------------------------------------------------------------------- validation

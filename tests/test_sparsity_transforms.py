@@ -60,7 +60,7 @@ def test_masked_keeps_pruned_weights_exactly_zero(inner):
   params, loss = _least_squares()
   # Masks prune both kernels (include everything of rank 2) while params start dense there.
   masks = sp.magnitude_masks(params, 0.75, include=lambda path, leaf: leaf.ndim == 2)
-  opt = sp.masked(inner, masks)
+  opt = sp.static_sparse(inner, masks)
   state = opt.init(params)
   traces = []
   step = _make_step(opt, loss, traces)
@@ -82,25 +82,25 @@ def test_masked_passes_inner_update_on_kept_entries():
   params = {"w": jnp.array([[1.0, -2.0], [3.0, 0.5]])}
   masks = {"w": jnp.array([[True, False], [True, True]])}
   grads = {"w": jnp.array([[0.3, 0.7], [-0.2, 0.1]])}
-  opt = sp.masked(optax.sgd(0.5), masks)
+  opt = sp.static_sparse(optax.sgd(0.5), masks)
   updates, state = opt.update(grads, opt.init(params), params)
   # Kept entries: exactly the inner update -0.5 * g; the pruned entry: -p.
   expected = np.where(np.asarray(masks["w"]), -0.5 * np.asarray(grads["w"]),
                       -np.asarray(params["w"]))
   np.testing.assert_array_equal(np.asarray(updates["w"]), expected)
-  assert isinstance(state, sp.MaskedState)
+  assert isinstance(state, sp.StaticSparseState)
 
 
 def test_masked_validation():
   params = {"a": jnp.ones((2, 2)), "b": jnp.ones((2,))}
   with pytest.raises(ValueError, match="masks"):
-    sp.masked(optax.sgd(0.1), {"a": jnp.ones((2, 2), bool)}).init(params)
+    sp.static_sparse(optax.sgd(0.1), {"a": jnp.ones((2, 2), bool)}).init(params)
   with pytest.raises(ValueError, match="masks"):
-    sp.masked(optax.sgd(0.1), {"a": jnp.ones((2, 3), bool),
+    sp.static_sparse(optax.sgd(0.1), {"a": jnp.ones((2, 3), bool),
                                "b": jnp.ones((2,), bool)}).init(params)
   with pytest.raises(ValueError, match="inner"):
-    sp.masked(lambda g: g, {"a": True})
-  opt = sp.masked(optax.sgd(0.1), sp.magnitude_masks(params, 0.5))
+    sp.static_sparse(lambda g: g, {"a": True})
+  opt = sp.static_sparse(optax.sgd(0.1), sp.magnitude_masks(params, 0.5))
   with pytest.raises(ValueError, match="params"):
     opt.update(params, opt.init(params))
 
@@ -393,7 +393,7 @@ def test_masked_state_keeps_no_mask_for_leaves_that_prune_nothing():
   params = {"trunk": {"kernel": jnp.arange(1.0, 13.0).reshape(3, 4), "bias": jnp.ones(4)},
             "head_0": {"kernel": jnp.ones((4, 2))}}
   masks = sp.magnitude_masks(params, 0.5)
-  opt = sp.masked(optax.sgd(0.1, momentum=0.9), masks)
+  opt = sp.static_sparse(optax.sgd(0.1, momentum=0.9), masks)
   state = opt.init(params)
   stored = state.masks
   assert stored["trunk"]["bias"] is None and stored["head_0"]["kernel"] is None

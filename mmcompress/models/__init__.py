@@ -1,7 +1,7 @@
 """Multi-head Flax models: a shared trunk, one Dense head ``head_{k}`` per task.
 
 All models return a tuple of K head outputs from
-``model.apply(variables, images, task_id=None, train=False)``; see `mmcompress.models.mlp`
+``model.apply(variables, images, task_id=None, train=False)``; see `mmcompress.models.heads`
 for the convention and `mmcompress.models.vgg` for the task-conditional batch norm.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import flax.linen as nn
 
 from mmcompress import _checks
 from mmcompress.models.cnn import MultiHeadCNN
+from mmcompress.models.heads import check_num_outputs
 from mmcompress.models.mlp import MultiHeadMLP
-from mmcompress.models.mlp import check_num_outputs
 from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.models.vgg import MultiHeadVGG16
 from mmcompress.models.vgg import TaskBatchNorm

@@ -7,8 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmcompress.models.mlp import check_num_outputs
-from mmcompress.models.mlp import task_heads
+from mmcompress.models.heads import check_num_outputs, task_heads
 
 
 class CNNTrunk(nn.Module):
@@ -35,7 +34,7 @@ class MultiHeadCNN(nn.Module):
   """A shared CNN trunk with one Dense head per task.
 
   Parameters: ``trunk/Conv_i/{kernel,bias}`` and ``head_k/{kernel,bias}``. The calling
-  convention is that of `mmcompress.models.mlp`.
+  convention is that of `mmcompress.models.heads`.
 
   Attributes:
     num_outputs: one output size per task (classes, or 1 for a regression).

@@ -51,7 +51,7 @@ scales and biases and the prediction layers stay dense. Batch norm (momentum 0.9
 once per task, so in training its statistics are updated K times per batch, as in the
 reference.
 
-Calling convention, that of `mmcompress.models.mlp`::
+Calling convention, that of `mmcompress.models.heads`::
 
     seg, depth, normal = model.apply(variables, images, task_id=None, train=False)
 
@@ -66,7 +66,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmcompress.models.mlp import check_num_outputs
+from mmcompress import _checks
+from mmcompress.models.heads import check_num_outputs
 
 NUM_BLOCKS = 5
 # Images must be divisible by this: one 2×2 pooling per encoder block.
@@ -249,15 +250,6 @@ class SegNetBackbone(nn.Module):
     return encoder, decoder
 
 
-def _check_positive_ints(values: Sequence[int], what: str) -> tuple[int, ...]:
-  values = tuple(values)
-  if len(values) != NUM_BLOCKS or any(
-      isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-    raise ValueError(f"{what} must be {NUM_BLOCKS} integers >= 1, one per SegNet block, got "
-                     f"{values!r}.")
-  return values
-
-
 class MultiTaskAttentionNet(nn.Module):
   """SegNet shared by K dense-prediction tasks, each with its own attention; see the module.
 
@@ -282,8 +274,9 @@ class MultiTaskAttentionNet(nn.Module):
   def _checked_config(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...],
                                      tuple[int, ...]]:
     sizes = check_num_outputs(self.num_outputs)
-    filters = _check_positive_ints(self.filters, "filters")
-    convs = _check_positive_ints(self.convs_per_block, "convs_per_block")
+    filters = _checks.positive_ints(self.filters, NUM_BLOCKS, "filters", "one per SegNet block")
+    convs = _checks.positive_ints(self.convs_per_block, NUM_BLOCKS, "convs_per_block",
+                                  "one per SegNet block")
     normalize = tuple(self.normalize)
     if len(normalize) != len(sizes) or not all(isinstance(n, bool) for n in normalize):
       raise ValueError(

@@ -34,8 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmcompress.models.mlp import check_num_outputs
-from mmcompress.models.mlp import task_heads
+from mmcompress.models.heads import check_num_outputs, task_heads
 
 # Output channels of the 3×3 convolutions; "M" is a 2×2 max pooling. No fifth pooling.
 VGG16_LAYERS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

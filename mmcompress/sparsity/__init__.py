@@ -1,9 +1,9 @@
-"""Sparsity for JAX models: magnitude masks, masked training, reweighted ℓ1, dynamic sparsity.
+"""Sparsity for JAX models: magnitude masks, static and dynamic sparse training, reweighted ℓ1.
 
 Everything here composes into a user's own optax loop:
 
 >>> masks = magnitude_masks(params, 0.975)                         # doctest: +SKIP
->>> opt = masked(optax.sgd(0.1, momentum=0.9), masks)              # doctest: +SKIP
+>>> opt = static_sparse(optax.sgd(0.1, momentum=0.9), masks)       # doctest: +SKIP
 >>> opt = optax.chain(add_reweighted_l1(1e-4), optax.sgd(0.1))     # doctest: +SKIP
 >>> opt = dynamic_sparse(optax.sgd(0.1), sparsity=0.99,            # doctest: +SKIP
 ...                      update_every=100, grow_fraction=0.003)
@@ -11,15 +11,15 @@ Everything here composes into a user's own optax loop:
 from __future__ import annotations
 
 from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
-from mmcompress.sparsity.masked_training import MaskedState, full_masks, masked
 from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks
 from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
+from mmcompress.sparsity.static import StaticSparseState, full_masks, static_sparse
 from mmcompress.sparsity.stats import find_masks, non_prunable_groups, planned_summary, summary
 
 __all__ = [
     "DynamicSparseState",
-    "MaskedState",
     "ReweightedL1State",
+    "StaticSparseState",
     "add_reweighted_l1",
     "apply_masks",
     "default_include",
@@ -27,8 +27,8 @@ __all__ = [
     "find_masks",
     "full_masks",
     "magnitude_masks",
-    "masked",
     "non_prunable_groups",
     "planned_summary",
+    "static_sparse",
     "summary",
 ]

@@ -29,7 +29,6 @@ import optax
 
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.sparsity.masked_training import check_inner, mask_tree
 
 
 class DynamicSparseState(NamedTuple):
@@ -46,17 +45,6 @@ class DynamicSparseState(NamedTuple):
   masks: Any
   inner_state: optax.OptState
   rng_key: jax.Array
-
-
-def _fraction(value: Any, name: str) -> float:
-  """Returns `value` as a float in [0, 1), or raises naming the argument."""
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.") from None
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name} must be in [0, 1), got {value}.")
-  return value
 
 
 def _order(group: jax.Array, score: jax.Array) -> jax.Array:
@@ -209,10 +197,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     An `optax.GradientTransformation` with state `DynamicSparseState`; `update` requires
     params.
   """
-  check_inner(inner)
+  masks_lib.check_inner(inner)
   sparsity = _checks.sparsity(sparsity)
   update_every = _checks.positive_int(update_every, "update_every")
-  grow_fraction = _fraction(grow_fraction, "grow_fraction")
+  grow_fraction = _checks.fraction(grow_fraction, "grow_fraction")
   grow = _checks.one_of(grow, ("gradient", "random"), "grow")
   if end_step is not None:
     end_step = _checks.positive_int(end_step, "end_step")
@@ -226,7 +214,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     return DynamicSparseState(
         count=jnp.zeros((), jnp.int32),
         masks=masks,
-        inner_state=inner.init(mask_tree(params, masks)),
+        inner_state=inner.init(masks_lib.mask_tree(params, masks)),
         rng_key=jax.random.key_data(jax.random.key(seed)))
 
   def regrow(masks, new_params, grads, key):
@@ -263,9 +251,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
           "params must be passed to dynamic_sparse(...).update(updates, state, params).")
     _checks.same_structure(updates, params, "updates")
     t, masks = state.count, state.masks
-    inner_updates, inner_state = inner.update(mask_tree(updates, masks), state.inner_state,
-                                              mask_tree(params, masks))
-    masked_updates = mask_tree(inner_updates, masks)
+    inner_updates, inner_state = inner.update(masks_lib.mask_tree(updates, masks),
+                                              state.inner_state,
+                                              masks_lib.mask_tree(params, masks))
+    masked_updates = masks_lib.mask_tree(inner_updates, masks)
 
     due = (t + 1) % update_every == 0
     if end_step is not None:

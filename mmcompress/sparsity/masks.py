@@ -31,17 +31,14 @@ _STRUCTURES_HELP = ("'unstructured', 'filter' or an 'n:m' pattern such as '2:4' 
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
-def _key_name(key: Any) -> str:
-  """The human name of one entry of a jax key path."""
-  for attribute in ("key", "name", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
 def path_name(path: tuple[Any, ...]) -> str:
-  """A '/'-joined name for a jax key path, e.g. "trunk/Dense_0/kernel" ("" for the root)."""
-  return "/".join(_key_name(key) for key in path)
+  """A '/'-joined name for a jax key path, e.g. "trunk/Dense_0/kernel" ("" for the root).
+
+  Each entry is named as `jax.tree_util.keystr` names it with ``simple=True``: a dict key or
+  an attribute by its name, a sequence entry by its index. The one rule for naming a leaf,
+  shared by the sparsity summaries, the mask errors and the export.
+  """
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _rank(leaf: Any) -> int:
@@ -72,7 +69,27 @@ def default_include(path: tuple[Any, ...], leaf: Any) -> bool:
   """
   if _rank(leaf) < 2:
     return False
-  return not any("head" in _key_name(key).lower() for key in path)
+  # No entry's name holds a "/", so "head" is in the joined name iff it is in an entry's.
+  return "head" not in path_name(path).lower()
+
+
+def check_inner(inner: Any) -> None:
+  """Raises unless `inner` looks like an `optax.GradientTransformation`."""
+  if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
+    raise ValueError(
+        f"inner must be an optax.GradientTransformation (with init and update), got {inner!r}.")
+
+
+def is_none(x: Any) -> bool:
+  """`is_leaf` for mask trees whose None leaves stand for "keep everything"."""
+  return x is None
+
+
+def mask_tree(tree: Any, masks: Any) -> Any:
+  """`where(mask, x, 0)` leaf by leaf, keeping each leaf's dtype; a None mask keeps all."""
+  return jax.tree.map(
+      lambda m, x: x if m is None else jnp.where(m, x, jnp.zeros((), jnp.result_type(x))),
+      masks, tree, is_leaf=is_none)
 
 
 def resolve_include(include: IncludeFn | None) -> IncludeFn:

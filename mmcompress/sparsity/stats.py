@@ -23,30 +23,33 @@ import numpy as np
 
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.sparsity.dynamic import DynamicSparseState
-from mmcompress.sparsity.masked_training import MaskedState
 
-_MASK_STATES = (MaskedState, DynamicSparseState)
+
+def _holds_masks(node: Any) -> bool:
+  """Whether `node` is a NamedTuple (an optax-style state) with a field named ``masks``."""
+  return isinstance(node, tuple) and "masks" in getattr(node, "_fields", ())
 
 
 def find_masks(opt_state: Any) -> Any | None:
-  """The masks of the first `MaskedState` or `DynamicSparseState` inside an optimizer state.
+  """The masks of the first state inside an optimizer state that has a ``masks`` field.
 
-  The state is walked in `jax.tree` flattening order (depth first, fields in order), through
-  tuples, NamedTuples (e.g. `optax.chain`), lists, dicts (e.g. `optax.named_chain`) and any
-  other registered pytree node, so a trainer can export or summarise the masks without
-  knowing where the wrapper sits.
+  Any NamedTuple state with a field named ``masks`` counts (`StaticSparseState`,
+  `DynamicSparseState`, or a sparse wrapper of your own), so a new wrapper needs no
+  registration here. The state is walked in `jax.tree` flattening order (depth first, fields
+  in order), through tuples, NamedTuples (e.g. `optax.chain`), lists, dicts (e.g.
+  `optax.named_chain`) and any other registered pytree node, so a trainer can export or
+  summarise the masks without knowing where the wrapper sits.
 
   Args:
     opt_state: an optimizer state.
 
   Returns:
-    The `masks` field found (in a `MaskedState`, leaves that prune nothing are None: pass
-    the result through `full_masks` for a complete tree), or None if there is no such state.
+    The `masks` field found (in a `StaticSparseState`, leaves that prune nothing are None:
+    pass the result through `full_masks` for a complete tree), or None if there is no such
+    state.
   """
-  is_mask_state = lambda x: isinstance(x, _MASK_STATES)
-  for node in jax.tree.leaves(opt_state, is_leaf=is_mask_state):
-    if is_mask_state(node):
+  for node in jax.tree.leaves(opt_state, is_leaf=_holds_masks):
+    if _holds_masks(node):
       return node.masks
   return None
 

@@ -115,7 +115,7 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
   if stage == "retrain":
     if masks is None:
       raise ValueError("the retrain stage needs masks from a prune stage before it.")
-    return sparsity.masked(base, masks)
+    return sparsity.static_sparse(base, masks)
   if stage == "sparse":
     dyn = config.dynamic
     if not 0.0 < dyn.end_fraction <= 1.0:
@@ -133,22 +133,11 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
 
 def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch: int
                    ) -> weighting_lib.TaskWeighting:
-  """The task weighting `name`, with its knobs from the config."""
+  """The task weighting `name`, with its knobs from the config (`weighting.from_config`)."""
   _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "weighting")
   scales = tuple(config.task_scales) or None  # the same loss scales for every weighting
   # "mean" (ours) or "reference" (its sums and K·softmax); min-max has none (simplex weights).
   reduction = _checks.one_of(config.loss_reduction, weighting_lib.REDUCTIONS,
                              "config.loss_reduction")
-  if name == "minmax":
-    mm = config.minmax
-    every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
-    return weighting_lib.minmax(
-        mm.learning_rate, gamma=mm.gamma, task_scales=scales, geometry=mm.geometry,
-        every=steps_per_epoch if every == "epoch" else 1)
-  if name == "uncertainty":
-    return weighting_lib.uncertainty(config.uncertainty.learning_rate, task_scales=scales,
-                                     reduction=reduction,
-                                     init_log_var=config.uncertainty.init_log_var)
-  if name == "dwa":
-    return weighting_lib.dwa(config.dwa.temperature, task_scales=scales, reduction=reduction)
-  return weighting_lib.equal(task_scales=scales, reduction=reduction)
+  return weighting_lib.from_config(name, config, steps_per_epoch=steps_per_epoch,
+                                   task_scales=scales, reduction=reduction)

@@ -132,12 +132,6 @@ def _images(images: npt.ArrayLike, num: int | None = None) -> np.ndarray:
   return array
 
 
-def _seed(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-    raise _checks.UserError(f"{name} must be an integer >= 0, got {value!r}.")
-  return int(value)
-
-
 def fine_to_task_label(fine: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   """Maps fine labels to (task, task label) through `FINE_TO_COARSE`.
 
@@ -224,7 +218,7 @@ def check_coarse_labels(source: Sequence[dict[str, Any]], num_examples: int | No
   """
   total = len(source)
   if num_examples is not None:
-    total = min(total, _seed(num_examples, "num_examples"))
+    total = min(total, _checks.non_negative_int(num_examples, "num_examples"))
   fine = np.empty(total, np.int64)
   coarse = np.empty(total, np.int64)
   for start, examples in _chunks(source, total, chunk_size):
@@ -376,7 +370,7 @@ def make_splits(train_images: npt.ArrayLike, train_fine: npt.ArrayLike,
       or not 0.0 < val_fraction < 1.0):
     raise _checks.UserError(
         f"val_fraction must be a number in (0, 1) (e.g. 0.1), got {val_fraction!r}.")
-  rng = np.random.default_rng(_seed(seed, "seed"))
+  rng = np.random.default_rng(_checks.non_negative_int(seed, "seed"))
   train_rows, val_rows = [], []
   for label in range(NUM_FINE):
     rows = rng.permutation(np.flatnonzero(fine == label))
@@ -524,7 +518,7 @@ class TaskIndex:
     Raises:
       ValueError: when the smallest task has fewer than `batch_per_task` examples.
     """
-    batch = _seed(batch_per_task, "batch_per_task")
+    batch = _checks.non_negative_int(batch_per_task, "batch_per_task")
     smallest = min(self.sizes)
     if not 1 <= batch <= smallest:
       raise _checks.UserError(
@@ -568,7 +562,7 @@ def task_batch(images: npt.ArrayLike, fine: npt.ArrayLike, task_index: TaskIndex
     raise _checks.UserError(
         f"task_index covers {sum(task_index.sizes)} examples, the labels {fine_array.size}: "
         "build it with TaskIndex.from_fine(fine).")
-  seed, stage_index, step = (_seed(v, name) for v, name in
+  seed, stage_index, step = (_checks.non_negative_int(v, name) for v, name in
                              ((seed, "seed"), (stage_index, "stage_index"), (step, "step")))
   steps = task_index.steps_per_epoch(batch_per_task)
   epoch, position = divmod(step, steps)

@@ -50,7 +50,6 @@ index (the trainer shuffles).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -114,15 +113,6 @@ class MultiTaskData:
     return len(self.task_names)
 
 
-def _fraction(value: object, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{name} must be a number in (0, 0.5), got {value!r}.")
-  value = float(value)
-  if not 0.0 < value < 0.5:
-    raise ValueError(f"{name} must be in (0, 0.5) (e.g. 0.15), got {value}.")
-  return value
-
-
 def _split_indices(digits: np.ndarray, seed: int, val_fraction: float,
                    test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Returns sorted (train, val, test) source indices, stratified by digit."""
@@ -173,10 +163,9 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   ('g0_0_6', 'g1_1_5_8_9', 'g2_2_3', 'g3_4_7')
   """
   _checks.one_of(task_set, TASK_SETS, "task_set")
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-    raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
-  val_fraction = _fraction(val_fraction, "val_fraction")
-  test_fraction = _fraction(test_fraction, "test_fraction")
+  seed = _checks.non_negative_int(seed, "seed")
+  val_fraction = _checks.split_fraction(val_fraction, "val_fraction")
+  test_fraction = _checks.split_fraction(test_fraction, "test_fraction")
 
   raw = datasets.load_digits()
   images = (raw.images / 16.0).astype(np.float32)[..., None]

@@ -16,12 +16,6 @@ from mmcompress.problems import base
 METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
 
 
-def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values` over the entries where `mask` holds (0 where none does)."""
-  mask = mask.astype(values.dtype)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def per_example_losses(outputs: Sequence[jax.Array], targets: jax.Array,
                        kinds: Sequence[str]) -> jax.Array:
   """(B, K) losses: cross-entropy for classification heads, squared error for regression."""
@@ -92,7 +86,7 @@ class DigitsProblem(base.Problem):
     outputs, model_state = base.apply_model(model, params, model_state, batch["images"],
                                        train=True, rng=rng)
     per_example = per_example_losses(outputs, batch["targets"], self.kinds)
-    return jax.vmap(masked_mean, in_axes=(1, 1))(per_example, batch["task_mask"]), model_state
+    return jax.vmap(base.masked_mean, in_axes=(1, 1))(per_example, batch["task_mask"]), model_state
 
   def eval_sums(self, model, params, model_state, batch):
     outputs, _ = base.apply_model(model, params, model_state, batch["images"], train=False)

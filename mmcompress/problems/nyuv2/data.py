@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from mmcompress import _checks
 from mmcompress._checks import MissingDataError, UserError
 
 TASKS = ("segmentation", "depth", "normal")
@@ -76,12 +77,6 @@ PathLike = str | os.PathLike
 def _expected_shapes(height: int, width: int) -> dict[str, tuple[int, ...]]:
   return {"image": (height, width, 3), "label": (height, width),
           "depth": (height, width, 1), "normal": (height, width, 3)}
-
-
-def _positive_int(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise UserError(f"{name} must be an integer >= 1, got {value!r}.")
-  return int(value)
 
 
 def _sample_indices(sample: Any, count: int) -> np.ndarray:
@@ -198,8 +193,8 @@ def check_layout(root: PathLike, splits: Sequence[str] = SPLITS, *, height: int 
   Raises:
     ValueError: for every problem, naming the directory or file and what was expected.
   """
-  height = _positive_int(height, "height")
-  width = _positive_int(width, "width")
+  height = _checks.positive_int(height, "height")
+  width = _checks.positive_int(width, "width")
   if isinstance(splits, str) or not isinstance(splits, Sequence) or not splits:
     raise UserError(f"splits must be a non-empty sequence of split names, got {splits!r}.")
   root = pathlib.Path(root)
@@ -540,12 +535,11 @@ def write_synthetic(root: PathLike, num_train: int, num_val: int, *, height: int
   Raises:
     ValueError: for non-positive sizes, a bad seed or an existing train/ or val/ under `root`.
   """
-  counts = {"train": _positive_int(num_train, "num_train"),
-            "val": _positive_int(num_val, "num_val")}
-  height = _positive_int(height, "height")
-  width = _positive_int(width, "width")
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-    raise UserError(f"seed must be an integer >= 0, got {seed!r}.")
+  counts = {"train": _checks.positive_int(num_train, "num_train"),
+            "val": _checks.positive_int(num_val, "num_val")}
+  height = _checks.positive_int(height, "height")
+  width = _checks.positive_int(width, "width")
+  seed = _checks.non_negative_int(seed, "seed")
   root = pathlib.Path(root)
   for split in SPLITS:
     if (root / split).exists():

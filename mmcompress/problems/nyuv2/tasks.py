@@ -57,6 +57,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from mmcompress.models.mtan import unit_vectors
+from mmcompress.problems import base
 
 # Keys of `dense_sums` and `finalize`; the same names as `mmcompress.problems.nyuv2.data.TASKS`.
 SEGMENTATION = "segmentation"
@@ -180,11 +181,6 @@ def _with_example_mask(valid: jax.Array, example_mask: ArrayLike | None) -> jax.
   return valid & example_mask.astype(bool).reshape((-1,) + (1,) * (valid.ndim - 1))
 
 
-def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
-  # An all-invalid batch gives 0 (and zero gradients) instead of 0/0.
-  return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-
-
 def segmentation_loss(logits: ArrayLike, label: ArrayLike, ignore: int = -1) -> jax.Array:
   """Mean cross-entropy over the labelled pixels of a batch.
 
@@ -199,7 +195,7 @@ def segmentation_loss(logits: ArrayLike, label: ArrayLike, ignore: int = -1) -> 
   logits, label, valid = _segmentation_inputs(logits, label, ignore)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(log_probs, jnp.where(valid, label, 0)[..., None], axis=-1)
-  return _masked_mean(-picked[..., 0], valid)
+  return base.masked_mean(-picked[..., 0], valid)
 
 
 def depth_loss(pred: ArrayLike, depth: ArrayLike) -> jax.Array:
@@ -213,7 +209,7 @@ def depth_loss(pred: ArrayLike, depth: ArrayLike) -> jax.Array:
     A float32 scalar: Σ_valid |pred − depth| / #valid (0 if none is valid).
   """
   pred, depth = _dense_pair(pred, depth, "pred", "depth", 1)
-  return _masked_mean(jnp.abs(pred - depth), depth != 0)
+  return base.masked_mean(jnp.abs(pred - depth), depth != 0)
 
 
 
@@ -233,7 +229,7 @@ def normal_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
   pred, normal = _dense_pair(pred, normal, "pred", "normal", 3)
   valid = jnp.any(normal != 0, axis=-1)
   cosine = jnp.sum(unit_vectors(pred) * normal, axis=-1)
-  return 1.0 - _masked_mean(cosine, valid)
+  return 1.0 - base.masked_mean(cosine, valid)
 
 
 def normal_l1_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
@@ -251,7 +247,7 @@ def normal_l1_loss(pred: ArrayLike, normal: ArrayLike) -> jax.Array:
   """
   pred, normal = _dense_pair(pred, normal, "pred", "normal", 3)
   valid = jnp.any(normal != 0, axis=-1)
-  return _masked_mean(jnp.sum(jnp.abs(unit_vectors(pred) - normal), axis=-1), valid)
+  return base.masked_mean(jnp.sum(jnp.abs(unit_vectors(pred) - normal), axis=-1), valid)
 
 
 def segmentation_sums(logits: ArrayLike, label: ArrayLike, ignore: int = -1,
@@ -378,8 +374,8 @@ def _depth_batch_means(pred: jax.Array, depth: jax.Array, keep: jax.Array) -> De
   count = jnp.sum(valid)
   error = jnp.abs(pred - depth)
   relative = error / jnp.where(valid, depth, 1.0)
-  return DepthBatchMeans(abs_err=_masked_mean(error, valid),
-                         rel_err=_masked_mean(relative, valid),
+  return DepthBatchMeans(abs_err=base.masked_mean(error, valid),
+                         rel_err=base.masked_mean(relative, valid),
                          batches=(count > 0).astype(jnp.int32))
 
 
@@ -387,9 +383,9 @@ def _normal_batch_means(pred: jax.Array, normal: jax.Array, keep: jax.Array) -> 
   """One batch's angle metrics over its valid pixels; zeros (and 0 batches) if none is valid."""
   angle = angle_errors(pred, normal)
   valid = _with_example_mask(jnp.any(normal != 0, axis=-1), keep)
-  within = jnp.stack([_masked_mean((angle < t).astype(jnp.float32), valid)
+  within = jnp.stack([base.masked_mean((angle < t).astype(jnp.float32), valid)
                       for t in ANGLE_THRESHOLDS])
-  return NormalBatchMeans(mean=_masked_mean(angle, valid), median=masked_median(angle, valid),
+  return NormalBatchMeans(mean=base.masked_mean(angle, valid), median=masked_median(angle, valid),
                           within=within, batches=jnp.any(valid).astype(jnp.int32))
 
 

@@ -1,4 +1,4 @@
-"""Masked training: any optax optimizer, with pruned weights held at exactly zero.
+"""Static sparse training: any optax optimizer, with pruned weights held at exactly zero.
 
 The masks live in the optimizer state, so they are replicated, sharded and checkpointed with
 the rest of it and the training step stays a pure function (as jaxpruner's `SparseState`).
@@ -20,10 +20,11 @@ import numpy as np
 import optax
 
 from mmcompress import _checks
+from mmcompress.sparsity.masks import check_inner, is_none, mask_tree
 
 
-class MaskedState(NamedTuple):
-  """State of `masked`.
+class StaticSparseState(NamedTuple):
+  """State of `static_sparse`.
 
   Attributes:
     inner_state: the state of the wrapped optimizer.
@@ -36,28 +37,10 @@ class MaskedState(NamedTuple):
   masks: Any
 
 
-def check_inner(inner: Any) -> None:
-  """Raises unless `inner` looks like an `optax.GradientTransformation`."""
-  if not (callable(getattr(inner, "init", None)) and callable(getattr(inner, "update", None))):
-    raise ValueError(
-        f"inner must be an optax.GradientTransformation (with init and update), got {inner!r}.")
-
-
-def _is_none(x: Any) -> bool:
-  return x is None
-
-
-def mask_tree(tree: Any, masks: Any) -> Any:
-  """`where(mask, x, 0)` leaf by leaf, keeping each leaf's dtype; a None mask keeps all."""
-  return jax.tree.map(
-      lambda m, x: x if m is None else jnp.where(m, x, jnp.zeros((), jnp.result_type(x))),
-      masks, tree, is_leaf=_is_none)
-
-
 def _drop_dense(masks: Any) -> Any:
   """The masks with every all-True leaf replaced by None.
 
-  Decided once, from the concrete masks given to `masked`, so that the state's structure
+  Decided once, from the concrete masks given to `static_sparse`, so that the state's structure
   is the same however `init` is later called (eagerly, under `jit` or `eval_shape`).
   """
   return jax.tree.map(lambda m: None if bool(np.all(np.asarray(m))) else m, masks)
@@ -68,10 +51,10 @@ def full_masks(params: Any, masks: Any | None) -> Any:
   if masks is None:
     return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
   return jax.tree.map(lambda m, p: jnp.ones(jnp.shape(p), bool) if m is None else m,
-                      masks, params, is_leaf=_is_none)
+                      masks, params, is_leaf=is_none)
 
 
-def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTransformation:
+def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTransformation:
   """Wraps `inner` so that the masked-out weights stay exactly zero.
 
   `update(updates, state, params)`:
@@ -90,11 +73,11 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
       and then live in the state.
 
   Returns:
-    An `optax.GradientTransformation` whose state is a `MaskedState`; `update` requires
+    An `optax.GradientTransformation` whose state is a `StaticSparseState`; `update` requires
     `params`.
 
   >>> params = {"w": jnp.array([1.0, -2.0, 3.0])}
-  >>> opt = masked(optax.sgd(0.1), {"w": jnp.array([True, False, True])})
+  >>> opt = static_sparse(optax.sgd(0.1), {"w": jnp.array([True, False, True])})
   >>> state = opt.init(params)
   >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
   >>> optax.apply_updates(params, updates)["w"].tolist()
@@ -106,13 +89,13 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
   def init_fn(params):
     _checks.same_structure(masks, params, "masks")
     # A copy, so that a step donating the state never deletes the caller's own mask arrays.
-    return MaskedState(inner_state=inner.init(mask_tree(params, stored)),
+    return StaticSparseState(inner_state=inner.init(mask_tree(params, stored)),
                        masks=jax.tree.map(jnp.array, stored))
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError(
-          "params must be passed to masked(...).update(updates, state, params): the update "
+          "params must be passed to static_sparse(...).update(updates, state, params): the update "
           "that keeps pruned weights at zero is -params there.")
     _checks.same_structure(updates, params, "updates")
     masks_ = state.masks
@@ -121,7 +104,7 @@ def masked(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTra
                                               mask_tree(params, masks_))
     new_updates = jax.tree.map(
         lambda m, u, p: u if m is None else jnp.where(m, u, -p).astype(jnp.result_type(u)),
-        masks_, inner_updates, params, is_leaf=_is_none)
-    return new_updates, MaskedState(inner_state=inner_state, masks=masks_)
+        masks_, inner_updates, params, is_leaf=is_none)
+    return new_updates, StaticSparseState(inner_state=inner_state, masks=masks_)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,57 @@
+"""What every task weighting shares: the `TaskWeighting` interface and its small helpers.
+
+See `mmcompress.weighting` for the interface's contract and the loss reductions.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+from mmcompress import _checks
+
+
+class TaskWeighting(NamedTuple):
+  """A way of weighting task losses; see `mmcompress.weighting` for each field's contract."""
+  name: str
+  init: Callable[[int], tuple[Any, Any]]
+  objective: Callable[[jax.Array, Any, Any], jax.Array]
+  tx: optax.GradientTransformation
+  end_epoch: Callable[[Any, jax.Array], Any]
+  weights: Callable[[Any, Any], jax.Array]
+
+
+def scaled(task_losses: ArrayLike, task_scales: np.ndarray | None) -> jax.Array:
+  """The task losses times their fixed scales (unchanged when there are none)."""
+  task_losses = jnp.asarray(task_losses)
+  return task_losses if task_scales is None else task_scales * task_losses
+
+
+def check_task_scales(task_scales: ArrayLike | None) -> np.ndarray | None:
+  """`task_scales` as a float32 NumPy vector of positive numbers (None stays None), or raises."""
+  # NumPy, not jax: validating a config must not touch a device (multi-host start-up).
+  if task_scales is None:
+    return None
+  scales = np.asarray(task_scales, np.float32)
+  if scales.ndim != 1 or not np.all(scales > 0):
+    raise ValueError(f"task_scales must be a vector of positive numbers, got {task_scales!r}.")
+  return scales
+
+
+REDUCTIONS = ("mean", "reference")
+
+
+def check_reduction(reduction: str) -> str:
+  """`reduction` if it is one of `REDUCTIONS`, or raises naming ``loss_reduction``."""
+  return _checks.one_of(reduction, REDUCTIONS, "loss_reduction")
+
+
+def no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
+  """The `end_epoch` of a weighting that remembers nothing between epochs."""
+  del epoch_mean_losses
+  return task_state

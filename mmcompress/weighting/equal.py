@@ -1,0 +1,51 @@
+"""Equal task weights: the mean (or the reference's sum) of the task losses."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from mmcompress import _checks
+from mmcompress.weighting import base
+
+
+def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> base.TaskWeighting:
+  """Equal weights: the objective is the mean (``"reference"``: the sum) of the task losses.
+
+  Args:
+    task_scales: optional fixed per-task loss scales.
+    reduction: ``"mean"`` or ``"reference"`` (see `mmcompress.weighting`).
+  """
+  scales = base.check_task_scales(task_scales)
+  reduce = jnp.sum if base.check_reduction(reduction) == "reference" else jnp.mean
+
+  def init(num_tasks: int) -> tuple[Any, Any]:
+    _checks.positive_int(num_tasks, "num_tasks")
+    return {}, jnp.zeros((num_tasks,), jnp.float32)
+
+  def objective(task_losses, task_params, task_state):
+    del task_params, task_state
+    return reduce(base.scaled(task_losses, scales))
+
+  def weights(task_params, task_state):
+    del task_params
+    return jnp.full(task_state.shape, 1.0 / task_state.shape[0])
+
+  return base.TaskWeighting("equal", init, objective, optax.set_to_zero(), base.no_epoch_memory,
+                           weights)
+
+
+def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
+                reduction: str) -> base.TaskWeighting:
+  """`equal` with its knobs from the config (it has none of its own).
+
+  Args:
+    config: the experiment config (`experiments/configs/base.py`).
+    steps_per_epoch: training steps per epoch.
+    task_scales: the per-task loss scales (validated by the weighting), or None.
+    reduction: the validated ``config.loss_reduction``.
+  """
+  del config, steps_per_epoch
+  return equal(task_scales=task_scales, reduction=reduction)
