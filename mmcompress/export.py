@@ -48,6 +48,7 @@ import ml_dtypes
 import numpy as np
 
 from mmcompress import _files
+from mmcompress.sparsity import masks as masks_lib
 
 FORMAT_NAME = "mmcompress.export"
 FORMAT_VERSION = 1
@@ -417,16 +418,9 @@ def load(path: str | os.PathLike, *, like: Any = None) -> Any:
   return _like(arrays, like, path)
 
 
-def _key_name(key: Any) -> str:
-  for attribute in ("key", "name", "idx"):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
 def _like(arrays: dict[str, np.ndarray], like: Any, path: str) -> Any:
   leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-  names = ["/".join(_key_name(key) for key in keys) for keys, _ in leaves]
+  names = [masks_lib.path_name(keys) for keys, _ in leaves]
   missing = sorted(set(names) - set(arrays))
   extra = sorted(set(arrays) - set(names))
   if missing or extra:

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from mmcompress import _checks, metrics
+from mmcompress.sparsity import masks as masks_lib
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems import base
 
@@ -32,7 +33,7 @@ def merge_task_statistics(stacked: Any) -> Any:
   leaf, which every pass updated from its own batch, becomes the mean of the K updates.
   """
   def merge(path, leaf):
-    name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+    name = masks_lib.path_name(path[-1:])
     match = _TASK_SUFFIX.search(name)
     return leaf[int(match.group(1))] if match else jnp.mean(leaf, axis=0)
   return jax.tree_util.tree_map_with_path(merge, stacked)
