@@ -86,26 +86,25 @@ def finite(value: Any, name: str) -> float:
   return value
 
 
-def non_negative(value: Any, name: str) -> float:
-  """Returns `value` as a finite float >= 0, or raises."""
+def _bounded(value: Any, name: str, bound: str, holds: Callable[[float], bool]) -> float:
+  """`value` as a finite float for which `holds` is true (`bound` says it in words)."""
   try:
     value = float(value)
   except (TypeError, ValueError):
-    raise UserError(f"{name} must be a number >= 0, got {value!r}.") from None
-  if not (math.isfinite(value) and value >= 0.0):
-    raise UserError(f"{name} must be a finite number >= 0, got {value}.")
+    raise UserError(f"{name} must be a number {bound}, got {value!r}.") from None
+  if not (math.isfinite(value) and holds(value)):
+    raise UserError(f"{name} must be a finite number {bound}, got {value}.")
   return value
+
+
+def non_negative(value: Any, name: str) -> float:
+  """Returns `value` as a finite float >= 0, or raises."""
+  return _bounded(value, name, ">= 0", lambda v: v >= 0.0)
 
 
 def positive(value: Any, name: str) -> float:
   """Returns `value` as a finite float > 0, or raises."""
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise UserError(f"{name} must be a number > 0, got {value!r}.") from None
-  if not (math.isfinite(value) and value > 0.0):
-    raise UserError(f"{name} must be a finite number > 0, got {value}.")
-  return value
+  return _bounded(value, name, "> 0", lambda v: v > 0.0)
 
 
 def _is_integer(value: Any) -> bool:

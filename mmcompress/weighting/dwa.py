@@ -66,11 +66,7 @@ def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | N
                 reduction: str) -> base.TaskWeighting:
   """`dwa` with ``config.dwa.temperature``.
 
-  Args:
-    config: the experiment config (`experiments/configs/base.py`).
-    steps_per_epoch: training steps per epoch.
-    task_scales: the per-task loss scales (validated by the weighting), or None.
-    reduction: the validated ``config.loss_reduction``.
+  The arguments are those of `mmcompress.weighting.from_config`.
   """
   del steps_per_epoch
   return dwa(config.dwa.temperature, task_scales=task_scales, reduction=reduction)

@@ -41,11 +41,7 @@ def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | N
                 reduction: str) -> base.TaskWeighting:
   """`equal` with its knobs from the config (it has none of its own).
 
-  Args:
-    config: the experiment config (`experiments/configs/base.py`).
-    steps_per_epoch: training steps per epoch.
-    task_scales: the per-task loss scales (validated by the weighting), or None.
-    reduction: the validated ``config.loss_reduction``.
+  The arguments are those of `mmcompress.weighting.from_config`.
   """
   del config, steps_per_epoch
   return equal(task_scales=task_scales, reduction=reduction)

@@ -56,11 +56,7 @@ def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | N
   ``every`` is ``"step"`` or ``"epoch"`` (ascend once per `steps_per_epoch` steps). Min-max
   has no loss reduction: its weights stay on the simplex, so `reduction` is not used.
 
-  Args:
-    config: the experiment config (`experiments/configs/base.py`).
-    steps_per_epoch: training steps per epoch.
-    task_scales: the per-task loss scales (validated by the weighting), or None.
-    reduction: the validated ``config.loss_reduction``.
+  The arguments are those of `mmcompress.weighting.from_config`.
   """
   del reduction
   mm = config.minmax

@@ -464,22 +464,38 @@ def finalize_batch_means(sums: Mapping[str, Any]) -> dict[str, float]:
     ValueError: for unknown tasks or sums without any batch.
   """
   _check_task_keys(sums, (DEPTH, NORMAL))
+  return _depth_and_normal(
+      sums, DepthBatchMeans, NormalBatchMeans,
+      lambda n: (n.mean, n.within, n.batches, lambda: float(n.median / n.batches)),
+      "batch means hold no batch")
+
+
+def _depth_and_normal(sums: Mapping[str, Any], depth_type: type, normal_type: type,
+                      normal_parts: Any, what: str) -> dict[str, float]:
+  """The depth and normal metrics of `finalize` and `finalize_batch_means`: each total over
+  its count (of pixels or of batches), after checking that the count is positive.
+
+  `normal_parts` maps the normal record to ``(angle total, within totals, count, median)``,
+  the median a function, called only once the count is known to be positive.
+  """
   metrics = {}
   if DEPTH in sums:
-    depth = DepthBatchMeans(*(_wide(x) for x in sums[DEPTH]))
-    if depth.batches <= 0:
-      raise ValueError("depth batch means hold no batch: no valid depth was evaluated.")
-    metrics["depth_abs_err"] = float(depth.abs_err / depth.batches)
-    metrics["depth_rel_err"] = float(depth.rel_err / depth.batches)
+    abs_err, rel_err, count = depth_type(*(_wide(x) for x in sums[DEPTH]))
+    _require(count, DEPTH, what)
+    metrics.update(depth_abs_err=float(abs_err / count), depth_rel_err=float(rel_err / count))
   if NORMAL in sums:
-    normal = NormalBatchMeans(*(_wide(x) for x in sums[NORMAL]))
-    if normal.batches <= 0:
-      raise ValueError("normal batch means hold no batch: no valid normal was evaluated.")
-    metrics["normal_mean"] = float(normal.mean / normal.batches)
-    metrics["normal_median"] = float(normal.median / normal.batches)
-    for threshold, within in zip(ANGLE_THRESHOLDS, normal.within):
-      metrics[f"normal_{threshold:g}"] = float(within / normal.batches)
+    angle, within, count, median = normal_parts(normal_type(*(_wide(x) for x in sums[NORMAL])))
+    _require(count, NORMAL, what)
+    metrics.update(normal_mean=float(angle / count), normal_median=median())
+    metrics.update({f"normal_{threshold:g}": float(w / count)
+                    for threshold, w in zip(ANGLE_THRESHOLDS, within)})
   return metrics
+
+
+def _require(count: Any, task: str, what: str) -> None:
+  """Raises unless `count` (pixels or batches) is positive: a metric over nothing."""
+  if count <= 0:
+    raise ValueError(f"{task} {what}: no valid {task} was evaluated.")
 
 
 def dense_sums(predictions: Mapping[str, ArrayLike], batch: Mapping[str, ArrayLike],
@@ -629,18 +645,8 @@ def finalize(sums: Mapping[str, Any]) -> dict[str, float]:
   if SEGMENTATION in sums:
     metrics["miou"] = miou(sums[SEGMENTATION])
     metrics["pixel_acc"] = pixel_accuracy(sums[SEGMENTATION])
-  if DEPTH in sums:
-    depth = DepthSums(*(_wide(x) for x in sums[DEPTH]))
-    if depth.count <= 0:
-      raise ValueError("depth sums hold no pixel: no valid depth was evaluated.")
-    metrics["depth_abs_err"] = float(depth.abs_err_sum / depth.count)
-    metrics["depth_rel_err"] = float(depth.rel_err_sum / depth.count)
-  if NORMAL in sums:
-    normal = NormalSums(*(_wide(x) for x in sums[NORMAL]))
-    if normal.count <= 0:
-      raise ValueError("normal sums hold no pixel: no valid normal was evaluated.")
-    metrics["normal_mean"] = float(normal.angle_sum / normal.count)
-    metrics["normal_median"] = histogram_median(normal.histogram)
-    for threshold, within in zip(ANGLE_THRESHOLDS, normal.within):
-      metrics[f"normal_{threshold:g}"] = float(within / normal.count)
+  metrics.update(_depth_and_normal(
+      sums, DepthSums, NormalSums,
+      lambda n: (n.angle_sum, n.within, n.count, lambda: histogram_median(n.histogram)),
+      "sums hold no pixel"))
   return metrics
