@@ -12,6 +12,7 @@ import pytest
 
 from mmcompress import export
 
+pytestmark = pytest.mark.slow  # each test runs a whole experiment
 QUICK = ["--config=experiments/configs/digits.py:quick"]
 
 
@@ -129,8 +130,7 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
   assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
 
 
-def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path):
-  from test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
+def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_config):
   from mmcompress import comparison  # pylint: disable=import-outside-toplevel
   config = tiny_config(task_sets=("classify", "mixed"))
   reports = comparison.run_digits(config, str(tmp_path), print_report=False)
