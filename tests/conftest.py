@@ -16,9 +16,12 @@ test. Tests that run a whole experiment, or train in a subprocess, are marked ``
 """
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
+import jax
 import pytest
 
 import mmcompress
@@ -28,6 +31,40 @@ PACKAGE_PARENT = str(pathlib.Path(mmcompress.__file__).resolve().parents[1])
 
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+
+CACHE = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = []
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the session, its subprocesses and xdist workers.
+
+  The tests compile the same programs many times (every tiny run of a stage, every rerun of a
+  killed experiment): a program compiled once is read back from the cache, the very same
+  executable, so no number changes. A fresh folder per session, deleted at its end; workers
+  and subprocesses inherit it through the environment. ``JAX_COMPILATION_CACHE_DIR=`` (empty)
+  turns it off; a folder given there is used and kept.
+  """
+  del config
+  if CACHE not in os.environ:
+    _OWN_CACHE.append(tempfile.mkdtemp(prefix="mmcompress-tests-jax-cache-"))
+    os.environ[CACHE] = _OWN_CACHE[0]
+    # Cache every program, however small or quick to compile.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  if os.environ[CACHE]:  # jax was imported above: it read no environment variable yet set
+    jax.config.update("jax_compilation_cache_dir", os.environ[CACHE])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1)))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+
+
+def pytest_unconfigure(config):
+  del config
+  for folder in _OWN_CACHE:
+    shutil.rmtree(folder, ignore_errors=True)
+
 
 def _tiny_config(**overrides):
   """The quick digits preset made smaller; `overrides` maps dotted field names to values."""

@@ -102,7 +102,11 @@ def test_quick_preset_exports_models_at_the_target_sparsity(quick_run):
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, tmp_path):
   reference, _ = quick_run
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(command(workdir), cwd=workdir.parent, env=environment(),
+  # The run to kill does without the session's compilation cache (conftest.py), as before it:
+  # it compiles, so it is still running when killed, and it never dies writing to the cache.
+  # The rerun reads the cache.
+  process = subprocess.Popen(command(workdir), cwd=workdir.parent,
+                             env=dict(environment(), JAX_COMPILATION_CACHE_DIR=""),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = workdir / "seed0" / "dense" / "pretrain"
   deadline = time.time() + 300
