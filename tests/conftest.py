@@ -10,9 +10,10 @@ own path.
 
 Fixtures built the same way by several test modules live here (no test module imports
 another): `tiny_config` and `tiny_experiment`, the smallest MultiDigits comparison;
-`digits_data`, its data set; `run_python`, a Python subprocess that imports the copy under
-test. Tests that run a whole experiment, or train in a subprocess, are marked ``slow``
-(``pytest -m "not slow"`` leaves them out; the README's command runs them).
+`digits_data`, its data set; `start_python` and `run_python`, a Python subprocess that
+imports the copy under test. The session shares one jax compilation cache (see
+`pytest_configure`). Tests that run a whole experiment, or train in a subprocess, are marked
+``slow`` (``pytest -m "not slow"`` leaves them out; the README's command runs them).
 """
 import os
 import pathlib
@@ -144,7 +145,7 @@ def _start_python(*args, cwd, env=None, timeout=300):
 def fixture_start_python():
   """Starts ``python *args`` importing the copy under test, without waiting for it.
 
-  Keywords: `cwd` (required: outside the source tree, see above), `env` (added to this
+  Keywords: `cwd` (required; outside the source tree for ``-m`` and ``-c``), `env` (added to this
   process's environment, which always gets ``JAX_PLATFORMS=cpu``), `timeout` (seconds, from
   the call of `wait`). Returns `wait()`, which returns the `subprocess.CompletedProcess`.
   Several started at once run side by side, each one mostly importing jax.
