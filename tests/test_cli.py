@@ -2,8 +2,6 @@
 compute; any other error keeps its traceback."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,10 +9,11 @@ from experiments import launch
 from mmcompress import _checks
 
 
-def run_module(module, *args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CI="true")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+@pytest.fixture(name="start_module")
+def fixture_start_module(start_python):
+  """Starts ``python -m module *args`` (as CI does: CI=true); returns its `wait`."""
+  return lambda module, *args, cwd: start_python("-m", module, *args, cwd=cwd,
+                                                 env={"CI": "true"})
 
 
 def assert_one_line_user_error(done, *fragments):
@@ -26,59 +25,57 @@ def assert_one_line_user_error(done, *fragments):
     assert fragment in lines[0]
 
 
-def test_a_missing_nyuv2_folder_is_one_line(tmp_path):
+def test_a_missing_or_malformed_nyuv2_folder_is_one_line(tmp_path, start_module):
   missing = tmp_path / "nonexistent"
-  done = run_module("experiments.nyuv2", f"--config.data_dir={missing}",
-                    f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
-  assert_one_line_user_error(done, str(missing))
-
-
-def test_a_malformed_nyuv2_folder_is_one_line(tmp_path):
   data = tmp_path / "nyuv2"
   (data / "train" / "image").mkdir(parents=True)
   (data / "train" / "image" / "0.npy").write_bytes(b"junk")
-  done = run_module("experiments.nyuv2", f"--config.data_dir={data}",
-                    f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
-  assert_one_line_user_error(done, str(data))
+  waits = [start_module("experiments.nyuv2", f"--config.data_dir={folder}",
+                        f"--workdir={tmp_path / name}", cwd=tmp_path)
+           for folder, name in ((missing, "w1"), (data, "w2"))]
+  for wait, folder in zip(waits, (missing, data)):
+    assert_one_line_user_error(wait(), str(folder))
 
 
-def test_bad_nyuv2_settings_are_one_line_before_any_file_is_read(tmp_path):
+def test_bad_nyuv2_settings_are_one_line_before_any_file_is_read(tmp_path, start_module):
   missing = tmp_path / "nonexistent"  # the settings are refused before the data is looked at
-  for flag, fragments in (("--config.normal_loss=l2", ("config.normal_loss", "l2")),
-                          ("--config.metric_averaging=batch", ("config.metric_averaging",)),
-                          ("--config.metric_averaging=mtan --config.eval_batch_size=3",
-                           ("eval_batch_size=3", "multiple of 2"))):
-    done = run_module("experiments.nyuv2", f"--config.data_dir={missing}", *flag.split(),
-                      f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
-    assert_one_line_user_error(done, *fragments)
-    assert not (tmp_path / "w").exists()
+  cases = (("--config.normal_loss=l2", ("config.normal_loss", "l2")),
+           ("--config.metric_averaging=batch", ("config.metric_averaging",)),
+           ("--config.metric_averaging=mtan --config.eval_batch_size=3",
+            ("eval_batch_size=3", "multiple of 2")))
+  waits = [start_module("experiments.nyuv2", f"--config.data_dir={missing}", *flag.split(),
+                        f"--workdir={tmp_path / 'w'}", cwd=tmp_path) for flag, _ in cases]
+  for wait, (_, fragments) in zip(waits, cases):
+    assert_one_line_user_error(wait(), *fragments)
+  assert not (tmp_path / "w").exists()
 
 
-def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path):
-  done = run_module("experiments.digits", "--config=digits:quick", "--config.sparsity=1.5",
-                    f"--workdir={tmp_path / 'a'}", cwd=tmp_path)
-  assert_one_line_user_error(done, "config.sparsity", "1.5")
-  assert not (tmp_path / "a").exists()  # refused before anything was written
+def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path, start_module):
   other = tmp_path / "b"
   other.mkdir()
   (other / "config.json").write_text(json.dumps({"sparsity": 0.5}))
-  done = run_module("experiments.digits", "--config=digits:quick", f"--workdir={other}",
-                    cwd=tmp_path)
-  assert_one_line_user_error(done, str(other), "different config")
+  bad_flag = start_module("experiments.digits", "--config=digits:quick",
+                          "--config.sparsity=1.5", f"--workdir={tmp_path / 'a'}", cwd=tmp_path)
+  other_run = start_module("experiments.digits", "--config=digits:quick", f"--workdir={other}",
+                           cwd=tmp_path)
+  assert_one_line_user_error(bad_flag(), "config.sparsity", "1.5")
+  assert not (tmp_path / "a").exists()  # refused before anything was written
+  assert_one_line_user_error(other_run(), str(other), "different config")
   assert json.loads((other / "config.json").read_text()) == {"sparsity": 0.5}
 
 
-def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path):
+def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path, start_python):
   script = ("import sys\nfrom experiments import launch\nfrom mmcompress import _checks\n"
             "def main(argv):\n"
             "  if sys.argv[0] == 'user':\n"
             "    raise _checks.UserError('change\\nthis')\n"
             "  raise ValueError('a bug')\n"
             "launch.run_main(main)\n")
-  for kind, status, wanted in (("user", 2, "error: change this"), ("bug", 1, "Traceback")):
-    done = subprocess.run([sys.executable, "-c", script.replace("sys.argv[0]", repr(kind))],
-                          cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=120)
+  cases = (("user", 2, "error: change this"), ("bug", 1, "Traceback"))
+  waits = [start_python("-c", script.replace("sys.argv[0]", repr(kind)), cwd=tmp_path,
+                        timeout=120) for kind, _, _ in cases]
+  for wait, (_, status, wanted) in zip(waits, cases):
+    done = wait()
     assert done.returncode == status, done.stderr
     assert wanted in done.stderr
 

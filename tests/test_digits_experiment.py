@@ -12,6 +12,7 @@ import pytest
 
 from mmcompress import export
 
+pytestmark = pytest.mark.slow  # each test runs a whole experiment
 QUICK = ["--config=experiments/configs/digits.py:quick"]
 
 
@@ -101,7 +102,11 @@ def test_quick_preset_exports_models_at_the_target_sparsity(quick_run):
 def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, tmp_path):
   reference, _ = quick_run
   workdir = tmp_path / "killed"
-  process = subprocess.Popen(command(workdir), cwd=workdir.parent, env=environment(),
+  # The run to kill does without the session's compilation cache (conftest.py), as before it:
+  # it compiles, so it is still running when killed, and it never dies writing to the cache.
+  # The rerun reads the cache.
+  process = subprocess.Popen(command(workdir), cwd=workdir.parent,
+                             env=dict(environment(), JAX_COMPILATION_CACHE_DIR=""),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = workdir / "seed0" / "dense" / "pretrain"
   deadline = time.time() + 300
@@ -129,10 +134,10 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
   assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
 
 
-def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path):
-  from test_trainer import tiny_config  # pylint: disable=import-outside-toplevel
+def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_config):
   from mmcompress import comparison  # pylint: disable=import-outside-toplevel
-  config = tiny_config(task_sets=("classify", "mixed"))
+  # No reweighting stage: the reports' layout does not depend on it.
+  config = tiny_config(task_sets=("classify", "mixed"), stages=("pretrain", "prune", "retrain"))
   reports = comparison.run_digits(config, str(tmp_path), print_report=False)
   assert set(reports) == {"classify", "mixed"}
   mixed = reports["mixed"]

@@ -1,61 +1,37 @@
 """The trainer: data parallelism, checkpoints and resumption, and its refusals."""
 import json
 import logging
-import os
 import pathlib
-import subprocess
-import sys
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from experiments.configs import digits as digits_config
 from mmcompress import comparison
 from mmcompress.problems.digits import data as digits
-from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
-from mmcompress.train import checkpoint, loop, parallel, step as step_lib
+from mmcompress.train import checkpoint, loop, step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**overrides):
-  config = digits_config.get_config("quick")
-  with config.unlocked():
-    config.methods = ("equal", "minmax")
-    config.model_kwargs.hidden = (32,)
-    config.epochs.pretrain, config.epochs.reweight, config.epochs.retrain = 2, 1, 2
-    config.checkpoint_every_steps = 7
-    config.quiet = True
-    for key, value in overrides.items():
-      target = config
-      *parents, leaf = key.split(".")
-      for p in parents:
-        target = target[p]
-      target[leaf] = value
-  return config
+PROBES = {"one": (1, 64), "eight": (8, 64), "eight_refused": (8, 60)}
 
 
-def tiny_experiment(workdir, config=None, data=None, on_checkpoint=None):
-  config = config or tiny_config()
-  data = data or digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
-  model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
-  return comparison.Experiment(config=config, problem=DigitsProblem(data), model=model,
-                            mesh=parallel.data_mesh(), workdir=str(workdir),
-                            on_checkpoint=on_checkpoint)
+@pytest.fixture(name="probes", scope="module")
+def fixture_probes(start_python):
+  """tests/multidevice_probe.py run as (devices, batch size) in each of `PROBES`, side by side."""
+  waits = {name: start_python(
+      ROOT / "tests" / "multidevice_probe.py", batch_size, cwd=ROOT,
+      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+           for name, (devices, batch_size) in PROBES.items()}
+  return {name: wait() for name, wait in waits.items()}
 
 
-def probe(devices: int, batch_size: int = 64) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_probe.py"),
-                         str(batch_size)], env=env, capture_output=True, text=True,
-                        cwd=ROOT, timeout=300)
-
-
-def test_one_and_eight_devices_give_the_same_losses_and_task_weights():
-  one, eight = probe(1), probe(8)
+@pytest.mark.slow
+def test_one_and_eight_devices_give_the_same_losses_and_task_weights(probes):
+  one, eight = probes["one"], probes["eight"]
   assert one.returncode == 0, one.stderr[-2000:]
   assert eight.returncode == 0, eight.stderr[-2000:]
   one, eight = json.loads(one.stdout.splitlines()[-1]), json.loads(eight.stdout.splitlines()[-1])
@@ -68,8 +44,9 @@ def test_one_and_eight_devices_give_the_same_losses_and_task_weights():
   assert eight["kernel_zeros"] == one["kernel_zeros"] > 0
 
 
-def test_batch_size_not_divisible_by_device_count_is_refused():
-  result = probe(8, batch_size=60)
+@pytest.mark.slow
+def test_batch_size_not_divisible_by_device_count_is_refused(probes):
+  result = probes["eight_refused"]
   assert result.returncode != 0
   assert "batch_size=60 is not divisible by the 8 devices" in result.stderr
 
@@ -78,12 +55,11 @@ class Interrupt(Exception):
   pass
 
 
-def interrupt_after(count):
-  seen = []
+def interrupt_at(stage, step):
+  """An `on_checkpoint` that stops the run right after `stage` saved its checkpoint `step`."""
 
-  def on_checkpoint(stage, step):
-    seen.append((stage, step))
-    if len(seen) == count:
+  def on_checkpoint(saved_stage, saved_step):
+    if (saved_stage, saved_step) == (stage, step):
       raise Interrupt(f"interrupted after checkpoint {stage}/{step}")
   return on_checkpoint
 
@@ -92,25 +68,36 @@ def leaves_equal(a, b):
   return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
 
 
-def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path):
+@pytest.fixture(name="dense_run", scope="module")
+def fixture_dense_run(tmp_path_factory, tiny_experiment):
+  """The tiny dense reference of seed 0, trained once: (workdir, result); copy it to change it."""
+  workdir = tmp_path_factory.mktemp("dense")
+  return workdir, comparison.run_dense(tiny_experiment(workdir), 0)[0]
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path, tiny_experiment):
   whole = comparison.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
-  # Checkpoints every 7 steps: the 1st is pretrain step 7, the 7th reweight step 14, the
-  # 10th retrain step 14 (pretrain saves at 7, 14, 21, 28, 32; reweight at 7, 14, 16).
-  for stop_at in (1, 7, 10):
-    workdir = tmp_path / f"cut{stop_at}"
-    with pytest.raises(Interrupt):
-      comparison.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_after(stop_at)),
-                         "minmax", 0, None)
+  # Checkpoints every 7 steps: pretrain saves at 7, 14, 21, 28, 32, reweight at 7, 14, 16,
+  # retrain at 7, 14, ... One run is cut in every stage (at its 1st, 7th and 10th checkpoint):
+  # each time a fresh experiment resumes it, up to the next cut, and the last one finishes it.
+  workdir = tmp_path / "cut"
+  for stage, step in (("pretrain", 7), ("reweight", 14), ("retrain", 14)):
+    with pytest.raises(Interrupt, match=f"after checkpoint {stage}/{step}$"):
+      comparison.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_at(stage, step)),
+                            "minmax", 0, None)
     assert not (workdir / "seed0" / "minmax" / "result.json").exists()
-    resumed = comparison.run_method(tiny_experiment(workdir), "minmax", 0, None)
-    assert resumed == whole
+  resumed = comparison.run_method(tiny_experiment(workdir), "minmax", 0, None)
+  assert resumed == whole
   assert whole.sparsity == pytest.approx(0.975, abs=1e-3)
   assert whole.export["round_trip_exact"]
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, dense_run,
+                                                                    tiny_experiment):
+  trained, fresh = dense_run
+  shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
   exp = tiny_experiment(tmp_path)
-  comparison.run_dense(exp, 0)
   stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
   steps = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
   assert len(steps) >= 2
@@ -134,16 +121,17 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   assert loop.StageRecord.from_json(record).to_json() == record  # the checkpoint's JSON
   assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
   assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
-  # The stage is resumed from the older step and finishes, saving its last step again.
+  # The stage is resumed from the older step and finishes, saving its last step again: the
+  # same result as the run that was never damaged.
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
   result = comparison.run_dense(tiny_experiment(tmp_path), 0)[0]
-  fresh = comparison.run_dense(tiny_experiment(tmp_path / "fresh"), 0)[0]
   assert result == fresh
 
 
-def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
+def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_config, digits_data,
+                                                            tiny_experiment):
   config = tiny_config(checkpoint_every_steps=1)
-  data = digits.load_multidigits(config.task_sets[0], seed=config.data_seed)
+  data = digits_data(config.task_sets[0], config.data_seed)
   # Poison one training image that the third step draws first (the batch order is a pure
   # function of the step: mark each image with its index to read it back).
   indexed = data.train._replace(images=np.arange(data.train.num_examples, dtype=np.float32)
@@ -188,7 +176,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path):
     ({"optimizer.name": "lion"}, "optimizer.name"),
     ({"seeds": ()}, "config.seeds"),
 ])
-def test_bad_configs_fail_before_any_compute(overrides, match):
+def test_bad_configs_fail_before_any_compute(overrides, match, tiny_config):
   with pytest.raises(ValueError, match=match):
     comparison.validate(tiny_config(**overrides))
 
@@ -205,7 +193,9 @@ def test_every_shipped_config_validates(module, presets):
     comparison.validate(configs.get_config(preset))
 
 
-def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path, tiny_config,
+                                                                  tiny_experiment):
   config = tiny_config(**{"stages": ("sparse",), "methods": ("minmax",), "epochs.sparse": 3,
                           "minmax.every": "epoch", "dynamic.update_every_epochs": 1,
                           "dynamic.grow_fraction": 0.01, "sparsity": 0.9})
@@ -218,7 +208,7 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path):
   assert not np.allclose(trajectory[-1], 0.25)  # the once-per-epoch ascent moved them
 
 
-def test_a_workdir_with_another_config_is_refused(tmp_path):
+def test_a_workdir_with_another_config_is_refused(tmp_path, tiny_config):
   comparison.check_workdir(tiny_config(), str(tmp_path))
   comparison.check_workdir(tiny_config(), str(tmp_path))  # the same config resumes
   with pytest.raises(ValueError, match=r"different config \(sparsity: 0.975 there, 0.99 now"):
@@ -227,8 +217,10 @@ def test_a_workdir_with_another_config_is_refused(tmp_path):
   assert saved["sparsity"] == 0.975  # never overwritten
 
 
-def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch):
-  config = tiny_config(seeds=(0, 1))
+@pytest.mark.slow
+def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch, tiny_config):
+  # No reweighting stage: what a divergence leaves in the report does not depend on it.
+  config = tiny_config(seeds=(0, 1), stages=("pretrain", "prune", "retrain"))
   real = comparison.run_method
 
   def diverge_on_seed_1(exp, method, seed, dense):
@@ -259,8 +251,9 @@ def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatc
   assert comparison.run(config, str(tmp_path), print_report=False) == report
 
 
-def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
-  config = tiny_config(seeds=(0, 1), methods=("equal",))
+@pytest.mark.slow
+def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch, tiny_config):
+  config = tiny_config(seeds=(0, 1), methods=("equal",), stages=("pretrain", "prune", "retrain"))
   real = comparison.run_dense
 
   def diverge_on_seed_0(exp, seed):
@@ -279,7 +272,9 @@ def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch):
   assert "Seed 0 left out for every method" in (tmp_path / "report.md").read_text()
 
 
-def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkeypatch,
+                                                               tiny_experiment):
   # Every stage selects its first epoch, so that the selected pretrain weights are not the
   # final ones and handing on the final weights would fail this test.
   scores = iter(range(1000))
@@ -307,9 +302,9 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
     assert fresh["metrics"] == dense.metrics, run_name
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
-  exp = tiny_experiment(tmp_path)
-  comparison.run_dense(exp, 0)
+def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, dense_run,
+                                                                 tiny_experiment):
+  shutil.copytree(dense_run[0], tmp_path, dirs_exist_ok=True)
   stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
   for f in stage_dir.rglob("manifest.ocdbt"):
     f.write_bytes(b"\0" * 7)
@@ -319,7 +314,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
   assert any(p.name.isdigit() for p in stage_dir.iterdir())  # nothing was moved or deleted
 
 
-def test_gradient_clipping_bounds_the_first_step():
+def test_gradient_clipping_bounds_the_first_step(tiny_config):
   config = tiny_config(**{"optimizer.clip_norm": 0.5, "optimizer.weight_decay": 0.0,
                           "optimizer.momentum": 0.0, "optimizer.schedule": "constant",
                           "optimizer.learning_rate": 1.0})
