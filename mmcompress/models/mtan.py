@@ -262,8 +262,9 @@ class MultiTaskAttentionNet(nn.Module):
 
   >>> model = MultiTaskAttentionNet(filters=(8, 8, 16, 16, 16))
   >>> images = jnp.zeros((2, 32, 64, 3))
-  >>> variables = model.init(jax.random.key(0), images)
-  >>> [y.shape for y in model.apply(variables, images)]
+  >>> def forward(x):
+  ...   return model.apply(model.init(jax.random.key(0), x), x)
+  >>> [y.shape for y in jax.eval_shape(forward, images)]  # shapes only, no compute
   [(2, 32, 64, 13), (2, 32, 64, 1), (2, 32, 64, 3)]
   """
   num_outputs: Sequence[int] = NYUV2_NUM_OUTPUTS

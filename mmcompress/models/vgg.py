@@ -170,9 +170,10 @@ class MultiHeadVGG16(nn.Module):
 
   >>> model = MultiHeadVGG16(num_outputs=(5, 5))
   >>> images = jnp.zeros((2, 32, 32, 3))
-  >>> variables = model.init(jax.random.key(0), images, task_id=0)
-  >>> outputs, updates = model.apply(variables, images, task_id=1, train=True,
-  ...                                mutable=["batch_stats"])
+  >>> def train_forward(x):
+  ...   variables = model.init(jax.random.key(0), x, task_id=0)
+  ...   return model.apply(variables, x, task_id=1, train=True, mutable=["batch_stats"])
+  >>> outputs, updates = jax.eval_shape(train_forward, images)  # shapes only, no compute
   >>> [y.shape for y in outputs]
   [(2, 5), (2, 5)]
   """
