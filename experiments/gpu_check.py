@@ -18,17 +18,13 @@ import time
 
 import jax
 import numpy as np
-import optax
 from absl import flags
 
-from experiments import launch
-from mmcompress import _checks, saddle_point, sparsity, weighting
-from mmcompress.problems.cifar100 import data as cifar100
-from mmcompress.problems.nyuv2 import data as nyuv2
+from experiments import launch, synthetic
+from mmcompress import _checks, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
-from mmcompress.problems.nyuv2 import NYUv2Problem
-from mmcompress.train import parallel, step
+from mmcompress.train import parallel
 
 _SMALL = flags.DEFINE_bool("small", False, "Reduced widths and resolution (CPU smoke test).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model.")
@@ -37,22 +33,18 @@ _SPARSITY = 0.975
 
 def _cifar(small: bool, workdir: str):
   del workdir
-  rng = np.random.default_rng(0)
-
-  def split(per_class):
-    fine = np.repeat(np.arange(100, dtype=np.int32), per_class)
-    return cifar100.ImageSplit(rng.integers(0, 256, (len(fine), 32, 32, 3), dtype=np.uint8),
-                               fine, np.arange(len(fine)))
+  rng = np.random.default_rng(0)  # train, val and test drawn in turn from one stream
   batch = 2 if small else 32
-  problem = Cifar100Problem(split(2 * batch // 5 + 2), split(1), split(1))
+  problem = Cifar100Problem(*(synthetic.cifar100_split(per_class, rng)
+                              for per_class in (2 * batch // 5 + 2, 1, 1)))
   model = create_model("vgg16", problem.num_outputs, width=0.125 if small else 1.0)
   return problem, model, batch
 
 
 def _nyuv2(small: bool, workdir: str):
   height, width = (64, 96) if small else (288, 384)
-  root = nyuv2.write_synthetic(f"{workdir}/nyuv2", 4, 2, height=height, width=width)
-  problem = NYUv2Problem(str(root), height=height, width=width, val_fraction=0.25)
+  problem = synthetic.nyuv2_problem(f"{workdir}/nyuv2", 4, 2, height=height, width=width,
+                                    val_fraction=0.25)
   filters = (8, 16, 16, 32, 32) if small else (64, 128, 256, 512, 512)
   return problem, create_model("mtan", problem.num_outputs, filters=filters), 2
 
@@ -61,14 +53,10 @@ def check_model(name, problem, model, batch_size, steps):
   """Runs `steps` timed min-max masked steps; returns the measurements and check results."""
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
-  params, model_state = step.init_variables(model, problem, 0)
-  masks = sparsity.magnitude_masks(params, _SPARSITY)
-  minmax = weighting.minmax(0.02, gamma=5.0)
-  tx = saddle_point(sparsity.static_sparse(optax.sgd(0.01, momentum=0.9), masks), minmax.tx)
-  state = parallel.replicate(
-      step.create_train_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
-                             problem.num_tasks, jax.random.key(0)), mesh)
-  train_step = step.make_train_step(problem, model, minmax, tx, mesh)
+  sparse = synthetic.masked_minmax_step(problem, model, sparsity_level=_SPARSITY,
+                                        learning_rate=0.01,
+                                        minmax=weighting.minmax(0.02, gamma=5.0), mesh=mesh)
+  train_step, state, masks = sparse.step, sparse.state, sparse.masks
   batches = [parallel.shard_batch(problem.train_batch(0, 0, i, batch_size), mesh,
                                   problem.batch_axis) for i in range(2)]
   started = time.perf_counter()

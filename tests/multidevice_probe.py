@@ -8,15 +8,14 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mmcompress import saddle_point, sparsity, weighting
-from mmcompress.problems.digits import data as digits
+from experiments import synthetic
+from mmcompress import weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
-from mmcompress.train import parallel, step
+from mmcompress.problems.digits import data as digits
+from mmcompress.train import parallel
 
 
 def main(batch_size: int) -> dict:
@@ -25,15 +24,10 @@ def main(batch_size: int) -> dict:
   data = digits.load_multidigits("classify", seed=0)
   problem = DigitsProblem(data)
   model = create_model("mlp", data.num_outputs, hidden=(64, 64))
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
-  params = variables["params"]
-  masks = sparsity.magnitude_masks(params, 0.9)
-  params = sparsity.apply_masks(params, masks)
-  minmax = weighting.minmax(0.5, gamma=0.5)
-  tx = saddle_point(sparsity.static_sparse(optax.sgd(0.1, momentum=0.9), masks), minmax.tx)
-  state = step.create_train_state(params, {}, minmax, tx, data.num_tasks, jax.random.key(1))
-  state = parallel.replicate(state, mesh)
-  train_step = step.make_train_step(problem, model, minmax, tx, mesh)
+  sparse = synthetic.masked_minmax_step(problem, model, sparsity_level=0.9, learning_rate=0.1,
+                                        minmax=weighting.minmax(0.5, gamma=0.5), mesh=mesh,
+                                        seed=0, state_seed=1)
+  train_step, state = sparse.step, sparse.state
   losses = []
   for i in range(6):
     batch = parallel.shard_batch(problem.train_batch(0, 0, i, batch_size), mesh)

@@ -6,15 +6,14 @@ import io
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmcompress import _checks, benchmark
-from mmcompress import sparsity
+from experiments import benchmark
+from mmcompress import _checks, sparsity
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
-from mmcompress.train import parallel
+from mmcompress.train import parallel, step
 
 KINDS = {"dense", "minmax", "zeroed"}
 
@@ -33,9 +32,8 @@ def _mlp_steps():
   mesh = parallel.data_mesh()
   problem = benchmark.make_problem(benchmark.SETUPS["mlp"], 8)
   model = create_model("mlp", benchmark.num_outputs(problem))
-  variables = dict(model.init(jax.random.key(0), jnp.asarray(problem.example_input())))
-  params = variables.pop("params")
-  steps = benchmark.build_steps(problem, model, params, variables, mesh)
+  params, _ = step.init_variables(model, problem, 0)  # the benchmark's own, for seed 0
+  steps = benchmark.build_steps(problem, model, mesh)
   return mesh, problem, params, steps
 
 
@@ -44,9 +42,9 @@ def test_the_steps_are_the_dense_and_the_masked_minmax_step():
   assert set(steps) == KINDS
   batch = parallel.shard_batch(problem.train_batch(0, 0, 0, 8), mesh)
   out = {}
-  for kind, (step, state) in steps.items():
+  for kind, (train_step, state) in steps.items():
     for _ in range(3):
-      state, _ = step(state, batch)
+      state, _ = train_step(state, batch)
     out[kind] = state
   masks = sparsity.magnitude_masks(params, benchmark.SPARSITY)
   for p, m in zip(jax.tree.leaves(out["minmax"].params), jax.tree.leaves(masks)):
@@ -76,14 +74,17 @@ def test_benchmark_model_returns_every_number():
 
 
 def test_vgg16_runs_on_the_cifar100_problem():
-  result = benchmark.benchmark_model("vgg16", batch_size=1, steps=1, rounds=1, warmup=0,
-                                     control=False)
+  # At an eighth of VGG16's widths: the full size is `experiments.gpu_check`'s, on a GPU.
+  width = 0.125
+  setup = benchmark.Setup("cifar100", batch_size=1, steps=1, rounds=1, warmup=0,
+                          model_options={"width": width})
+  result = benchmark.benchmark_model("vgg16", control=False, setup=setup)
   assert set(result["ms_per_step"]) == {"dense", "minmax"}
   assert result["examples_per_step"] == 20
   assert result["losses_finite"] == {"dense": True, "minmax": True}
   # The masks of the 13 pruned convolutions (one byte per weight) are the bulk of what the
   # min-max step adds; the dense leaves (batch norms, heads) carry no mask.
-  widths = [c for c in VGG16_LAYERS if c != "M"]
+  widths = [max(1, round(c * width)) for c in VGG16_LAYERS if c != "M"]
   conv_weights = sum(9 * cin * cout for cin, cout in zip([3] + widths[:-1], widths))
   extra = result["step_bytes"]["minmax"] - result["step_bytes"]["dense"]
   assert conv_weights <= extra < conv_weights + 4096
