@@ -39,7 +39,10 @@ PRESETS = ("", "40x", "60x", "dst60x", "dst100x", "smoke")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """The paper's NYUv2 setting for the preset."""
+  """The paper's NYUv2 setting for the preset.
+
+  Over 50 lines because it is a list of settings, read top to bottom, one per line.
+  """
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}: use one of {list(PRESETS)}.")
   c = base.get_base_config()

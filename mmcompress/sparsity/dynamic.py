@@ -121,6 +121,65 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
   return state
 
 
+class _GrowthRule(NamedTuple):
+  """How `dynamic_sparse` moves its masks (static: fixed when the transform is built)."""
+  sparsity: float
+  grow_fraction: float
+  grow: str
+  budget: str
+  include: masks_lib.IncludeFn
+
+
+def _regrow(masks: Any, new_params: Any, grads: Any, key: jax.Array, rule: _GrowthRule) -> Any:
+  """The masks after one drop-and-grow update of every prunable leaf (step 2 of
+  `dynamic_sparse`)."""
+  flags = masks_lib.prunable_flags(new_params, rule.include)
+  leaves, treedef = jax.tree.flatten(masks)
+  weights = treedef.flatten_up_to(new_params)
+  grad_leaves = treedef.flatten_up_to(grads)
+  flag_leaves = treedef.flatten_up_to(flags)
+  out = []
+  for index, (mask, weight, grad, prunable) in enumerate(
+      zip(leaves, weights, grad_leaves, flag_leaves)):
+    n = mask.size
+    active = n - masks_lib.prune_count(rule.sparsity, n)
+    if rule.budget == "exact":
+      k = min(masks_lib.prune_count(rule.grow_fraction, n), active, n - active)
+    else:  # the reference's ceil, on the same float product as its code
+      k = min(math.ceil(n * rule.grow_fraction), n - active)
+    if not prunable or k == 0:
+      out.append(mask)
+      continue
+    if rule.grow == "gradient":
+      score = jnp.abs(grad)
+    else:
+      score = jax.random.uniform(jax.random.fold_in(key, index), mask.shape)
+    if rule.budget == "exact":
+      out.append(_regrow_leaf(mask, weight, score, k))
+    else:
+      out.append(_prune_back_and_grow(mask, weight, score, active, k))
+  return jax.tree.unflatten(treedef, out)
+
+
+def _reset_changed(inner: optax.GradientTransformation, inner_state: Any, new_masks: Any,
+                   masks: Any, grads: Any, due: jax.Array) -> Any:
+  """The inner state with every entry whose mask changed at zero, and the second moments of
+  grown entries restarted (step 3 of `dynamic_sparse`)."""
+  changed = jax.tree.map(jnp.not_equal, new_masks, masks)
+
+  def reset(value, changed_leaf):
+    if getattr(value, "shape", None) != changed_leaf.shape:
+      return value
+    return jnp.where(changed_leaf, jnp.zeros((), jnp.result_type(value)), value)
+
+  inner_state = optax.tree_utils.tree_map_params(inner, reset, inner_state, changed)
+  grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
+  kept = jax.tree.map(jnp.logical_and, new_masks, masks)
+  # Between mask updates nothing is grown: skip the per-leaf reductions on those steps.
+  return jax.lax.cond(due, lambda s: _restart_second_moments(s, grown, kept, grads),
+                      lambda s: s, inner_state)
+
+
 def dynamic_sparse(inner: optax.GradientTransformation,
                    *,
                    sparsity: float,
@@ -208,6 +267,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise ValueError(f"seed must be an integer, got {seed!r}.")
   budget = _checks.one_of(budget, ("exact", "reference"), "budget")
+  rule = _GrowthRule(sparsity, grow_fraction, grow, budget, include)
 
   def init_fn(params):
     masks = masks_lib.magnitude_masks(params, sparsity, include=include)
@@ -216,34 +276,6 @@ def dynamic_sparse(inner: optax.GradientTransformation,
         masks=masks,
         inner_state=inner.init(masks_lib.mask_tree(params, masks)),
         rng_key=jax.random.key_data(jax.random.key(seed)))
-
-  def regrow(masks, new_params, grads, key):
-    flags = masks_lib.prunable_flags(new_params, include)
-    leaves, treedef = jax.tree.flatten(masks)
-    weights = treedef.flatten_up_to(new_params)
-    grad_leaves = treedef.flatten_up_to(grads)
-    flag_leaves = treedef.flatten_up_to(flags)
-    out = []
-    for index, (mask, weight, grad, prunable) in enumerate(
-        zip(leaves, weights, grad_leaves, flag_leaves)):
-      n = mask.size
-      active = n - masks_lib.prune_count(sparsity, n)
-      if budget == "exact":
-        k = min(masks_lib.prune_count(grow_fraction, n), active, n - active)
-      else:  # the reference's ceil, on the same float product as its code
-        k = min(math.ceil(n * grow_fraction), n - active)
-      if not prunable or k == 0:
-        out.append(mask)
-        continue
-      if grow == "gradient":
-        score = jnp.abs(grad)
-      else:
-        score = jax.random.uniform(jax.random.fold_in(key, index), mask.shape)
-      if budget == "exact":
-        out.append(_regrow_leaf(mask, weight, score, k))
-      else:
-        out.append(_prune_back_and_grow(mask, weight, score, active, k))
-    return jax.tree.unflatten(treedef, out)
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -261,24 +293,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       due = due & (t < end_step)
     new_params = jax.tree.map(lambda p, u: p + u, params, masked_updates)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), t)
-    new_masks = jax.lax.cond(due,
-                             lambda: regrow(masks, new_params, updates, key),
+    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, updates, key, rule),
                              lambda: masks)
 
-    changed = jax.tree.map(jnp.not_equal, new_masks, masks)
-
-    def reset(value, changed_leaf):
-      if getattr(value, "shape", None) != changed_leaf.shape:
-        return value
-      return jnp.where(changed_leaf, jnp.zeros((), jnp.result_type(value)), value)
-
-    inner_state = optax.tree_utils.tree_map_params(inner, reset, inner_state, changed)
-    grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
-    kept = jax.tree.map(jnp.logical_and, new_masks, masks)
-    # Between mask updates nothing is grown: skip the per-leaf reductions on those steps.
-    inner_state = jax.lax.cond(
-        due, lambda s: _restart_second_moments(s, grown, kept, updates), lambda s: s,
-        inner_state)
+    inner_state = _reset_changed(inner, inner_state, new_masks, masks, updates, due)
     new_updates = jax.tree.map(
         lambda u, p, new, old: jnp.where(new & old, u, -p).astype(jnp.result_type(u)),
         masked_updates, params, new_masks, masks)
