@@ -110,3 +110,27 @@ def test_every_method_citation_names_a_section_of_docs_method_md():
         cited += 1
         assert {first, last or first} <= sections, (path, first, last)
   assert cited >= 10
+
+
+def test_every_file_and_folder_the_readme_layout_names_exists():
+  layout = (REPO / "README.md").read_text().split("## Layout", 1)[1]
+  named = set(re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.]*)`", layout))
+  # Bare names in a room's paragraph belong to the folder the paragraph is about.
+  for folder, names in (("mmcompress", ("objective.py", "minmax.py", "_checks.py",
+                                        "comparison.py", "records.py", "report.py",
+                                        "plots.py", "export.py", "metrics.py")),
+                        ("mmcompress/train", ("step.py", "stages.py", "loop.py",
+                                              "checkpoint.py", "parallel.py")),
+                        ("experiments", ("benchmark.py", "gpu_check.py", "tune_minmax.py",
+                                         "synthetic.py", "launch.py")),
+                        ("tests", ("test_wiring.py", "conftest.py", "test_contract.py",
+                                   "test_imports.py"))):
+    for name in names:
+      assert f"`{name}`" in layout or f"`{folder}/{name}`" in layout, name
+      named.add(f"{folder}/{name}")
+  for sub in ("digits", "cifar100", "nyuv2"):
+    assert f"`{sub}/`" in layout
+    named.add(f"mmcompress/problems/{sub}")
+  missing = sorted(p for p in named if not (REPO / p.rstrip("/")).exists())
+  assert not missing, f"the README's layout names {missing}, which do not exist"
+  assert len(named) > 30
