@@ -57,14 +57,15 @@ def within(name, prefixes):
 def core_forbids(name):
   return within(name, ("mmcompress.train", "mmcompress.models", "mmcompress.problems",
                        "mmcompress.report", "mmcompress.export", "mmcompress.comparison",
-                       "flax"))
+                       "mmcompress.records", "mmcompress.plots", "flax"))
 
 
 def train_forbids(name):
   data_set = (within(name, ("mmcompress.problems",))
               and name not in ("mmcompress.problems", "mmcompress.problems.base"))
   return data_set or within(name, ("mmcompress.report", "mmcompress.export",
-                                   "mmcompress.comparison"))
+                                   "mmcompress.comparison", "mmcompress.records",
+                                   "mmcompress.plots"))
 
 
 def models_forbid(name):
