@@ -195,11 +195,15 @@ def test_vgg16_static_and_traced_task_ids_agree_without_recompiling(vgg):
   for k in range(3):
     static = model.apply(variables, images, task_id=k, train=True, mutable=["batch_stats"])
     traced = step(variables, images, jnp.int32(k))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    # Op by op and as one XLA program, 13 convolutions and batch norms round differently in
+    # float32: up to 4e-5 on outputs of order 0.1-1 when compiled unoptimised, as the tests
+    # compile (tests/conftest.py). Another task's batch norm changes them by far more
+    # (checked below).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
                  static, traced)
     results.append(traced[0][0])
   assert step._cache_size() == 1
-  assert not np.allclose(results[0], results[1])
+  assert not np.allclose(results[0], results[1], rtol=1e-2, atol=1e-2)
 
 
 def test_vgg16_task_loss_has_no_gradient_on_other_tasks_batch_norm(vgg):
