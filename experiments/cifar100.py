@@ -8,4 +8,4 @@ from mmcompress import comparison
 _CONFIG, _WORKDIR = launch.define_flags("cifar100")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR, comparison.run)
+  launch.run(_CONFIG, _WORKDIR, comparison.run, "cifar100")

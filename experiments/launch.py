@@ -154,12 +154,19 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   app.run(checked_main, flags_parser=_parse_flags)
 
 
-def run(config_flag, workdir_flag, job: Callable) -> None:
-  """Runs ``job(config, workdir)`` on the flags' values: `comparison.run` with a problem, or
-  `comparison.run_digits`."""
+def run(config_flag, workdir_flag, job: Callable, problem: str) -> None:
+  """Runs ``job(config, workdir)`` on the flags' values (`comparison.run`, or
+  `comparison.run_digits`), refusing a config of another problem than `problem`, the one
+  this entry point is for."""
   def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
       logging.set_verbosity(logging.WARNING)
-    job(config_flag.value, workdir_flag.value)
+    config = config_flag.value
+    if config.get("problem") != problem:
+      raise _checks.UserError(
+          f"config.problem is {config.get('problem')!r}, but this entry point runs "
+          f"{problem!r}: use python -m experiments.{config.get('problem') or problem} for "
+          "that config, or a config of this problem.")
+    job(config, workdir_flag.value)
   run_main(main)

@@ -275,7 +275,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for method in config.methods:
     _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
   # The problem's own fields, before any file is read.
-  problems.get(config.problem).validate_config(config)
+  problems.get(config.get("problem")).validate_config(config)
   if not config.methods:
     raise ValueError("config.methods is empty: name at least one of "
                      f"{list(weighting.WEIGHTINGS)}.")
@@ -310,6 +310,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    # A run recorded before configs named their problem ran the one its config's fields
+    # describe, the one `config.problem` names now: not a difference.
+    saved.setdefault("problem", current.get("problem"))
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)

@@ -45,8 +45,13 @@ def test_bad_nyuv2_settings_are_one_line_before_any_file_is_read(tmp_path, start
             ("eval_batch_size=3", "multiple of 2")))
   waits = [start_module("experiments.nyuv2", f"--config.data_dir={missing}", *flag.split(),
                         f"--workdir={tmp_path / 'w'}", cwd=tmp_path) for flag, _ in cases]
+  # A config of another problem is refused by the entry point of this one.
+  other_problem = start_module("experiments.nyuv2", "--config=cifar100",
+                               f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
   for wait, (_, fragments) in zip(waits, cases):
     assert_one_line_user_error(wait(), *fragments)
+  assert_one_line_user_error(other_problem(), "config.problem is 'cifar100'",
+                             "python -m experiments.cifar100")
   assert not (tmp_path / "w").exists()
 
 

@@ -134,6 +134,20 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
   assert "different config (sparsity: 0.975 there, 0.99 now)" in done.stderr
 
 
+def test_a_workdir_recorded_before_configs_named_their_problem_still_resumes(tmp_path,
+                                                                              tiny_config):
+  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  saved = json.loads(config.to_json())
+  del saved["problem"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  comparison.check_workdir(config, str(tmp_path))  # the same run: accepted
+  with config.unlocked():
+    config.sparsity = 0.99
+  with pytest.raises(ValueError, match=r"different config \(sparsity: 0.975 there"):
+    comparison.check_workdir(config, str(tmp_path))
+
+
 def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_config):
   from mmcompress import comparison  # pylint: disable=import-outside-toplevel
   # No reweighting stage: the reports' layout does not depend on it.

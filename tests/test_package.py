@@ -134,3 +134,13 @@ def test_every_file_and_folder_the_readme_layout_names_exists():
   missing = sorted(p for p in named if not (REPO / p.rstrip("/")).exists())
   assert not missing, f"the README's layout names {missing}, which do not exist"
   assert len(named) > 30
+
+
+def test_every_repository_path_the_readme_and_docs_name_exists():
+  texts = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+  named = {(path.name, found) for path in texts
+           for found in re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.]*)",
+                                   path.read_text())}
+  missing = sorted((where, p) for where, p in named if not (REPO / p.rstrip("/.")).exists())
+  assert not missing, f"paths named but not in the repository: {missing}"
+  assert len(named) > 10
