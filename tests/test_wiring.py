@@ -14,7 +14,6 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import digits as digits_config
 from mmcompress import comparison, report as report_lib, saddle_point, sparsity
 from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
@@ -26,19 +25,6 @@ from mmcompress.train import loop, parallel, stages, step as step_lib
 
 SPE = 7  # steps per epoch in the schedule tests: no period is a multiple of it by accident
 EVAL_BATCH = 8  # divisible by the device counts the suite runs with (1, 2, 4, 8)
-
-
-def config_with(**fields):
-  """The quick digits config with ``{"a.b": value}`` overrides."""
-  config = digits_config.get_config("quick")
-  with config.unlocked():
-    for key, value in fields.items():
-      target = config
-      *parents, leaf = key.split(".")
-      for parent in parents:
-        target = target[parent]
-      target[leaf] = value
-  return config
 
 
 # --- 3. Each problem's losses and metrics, by hand -------------------------------------------
@@ -199,8 +185,8 @@ def toy_params():
                       "bias": jnp.zeros((10,), jnp.float32)}}
 
 
-def test_reweighted_l1_refreshes_at_the_steps_its_epochs_mean():
-  config = config_with(**{"epochs.reweight": 6, "reweight.refresh_every_epochs": 2,
+def test_reweighted_l1_refreshes_at_the_steps_its_epochs_mean(tiny_config):
+  config = tiny_config(**{"epochs.reweight": 6, "reweight.refresh_every_epochs": 2,
                           "reweight.refresh_at_epochs": (5,)})
   tx = stages.descent_transform("reweight", config, SPE)
   _, states = drive(tx, toy_params(), 6 * SPE)
@@ -210,8 +196,8 @@ def test_reweighted_l1_refreshes_at_the_steps_its_epochs_mean():
   assert changed_at(anchors) == [2 * SPE + 1, 4 * SPE + 1, 5 * SPE + 1]
 
 
-def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction():
-  config = config_with(**{"epochs.sparse": 6, "dynamic.update_every_epochs": 2,
+def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction(tiny_config):
+  config = tiny_config(**{"epochs.sparse": 6, "dynamic.update_every_epochs": 2,
                           "dynamic.end_fraction": 0.75, "dynamic.grow": "random",
                           "dynamic.grow_fraction": 0.2, "sparsity": 0.5})
   tx = stages.descent_transform("sparse", config, SPE, seed=0)
@@ -222,8 +208,8 @@ def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction():
   assert changed_at(masks) == [2 * SPE, 4 * SPE]
 
 
-def test_minmax_every_epoch_ascends_once_per_epoch():
-  config = config_with(**{"minmax.every": "epoch", "minmax.learning_rate": 0.1})
+def test_minmax_every_epoch_ascends_once_per_epoch(tiny_config):
+  config = tiny_config(**{"minmax.every": "epoch", "minmax.learning_rate": 0.1})
   weighting = stages.make_weighting("minmax", config, SPE)
   task_params, _ = weighting.init(3)
   # A constant gradient that favours task 0: each ascent moves the weights.
@@ -242,8 +228,8 @@ def learning_rates(tx, steps):
   return np.array(rates)
 
 
-def test_step_schedule_decays_at_the_epoch_boundaries():
-  config = config_with(**{"optimizer.schedule": "step", "optimizer.decay_every_epochs": 2,
+def test_step_schedule_decays_at_the_epoch_boundaries(tiny_config):
+  config = tiny_config(**{"optimizer.schedule": "step", "optimizer.decay_every_epochs": 2,
                           "optimizer.decay_factor": 0.5, "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
                           "epochs.pretrain": 6})
@@ -252,8 +238,8 @@ def test_step_schedule_decays_at_the_epoch_boundaries():
   np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
-def test_cosine_schedule_spans_the_stages_steps():
-  config = config_with(**{"optimizer.schedule": "cosine", "optimizer.momentum": 0.0,
+def test_cosine_schedule_spans_the_stages_steps(tiny_config):
+  config = tiny_config(**{"optimizer.schedule": "cosine", "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
                           "epochs.retrain": 3})
   tx = stages.descent_transform("retrain", config, SPE, masks=jnp.ones((), bool))
@@ -266,8 +252,8 @@ def test_cosine_schedule_spans_the_stages_steps():
 # --- 1. Splits: validation selects, test reports ---------------------------------------------
 
 
-def tiny_experiment(workdir, log):
-  config = config_with(**{"model_kwargs.hidden": (32,), "epochs.pretrain": 4,
+def selection_experiment(workdir, log, tiny_config):
+  config = tiny_config(**{"model_kwargs.hidden": (32,), "epochs.pretrain": 4,
                           "optimizer.learning_rate": 0.3, "quiet": True,
                           "checkpoint_every_steps": 1000})
   problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
@@ -276,9 +262,10 @@ def tiny_experiment(workdir, log):
                                mesh=parallel.data_mesh(), workdir=str(workdir), log=log)
 
 
-def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_path):
+def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_path, tiny_config):
   logged = []
-  exp = tiny_experiment(tmp_path, lambda run, stage, epoch, record: logged.append(record))
+  exp = selection_experiment(tmp_path, lambda run, stage, epoch, record: logged.append(record),
+                             tiny_config)
   result, params, model_state = comparison.run_dense(exp, 0)
   scores = [r.score for r in logged]
   assert len(scores) == 4
@@ -305,10 +292,11 @@ def stub_losses(step, spe):
 
 
 @pytest.mark.parametrize("method", sorted(weighting_lib.WEIGHTINGS))
-def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path, method):
+def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path, method,
+                                                                       tiny_config):
   problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
   model = create_model("mlp", problem.num_outputs, hidden=(8,))
-  config = config_with(**{"minmax.every": "epoch"})
+  config = tiny_config(**{"minmax.every": "epoch"})
   batch_size, epochs = 256, 3
   spe = problem.steps_per_epoch(batch_size)
   weighting = stages.make_weighting(method, config, spe)
