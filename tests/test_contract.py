@@ -257,3 +257,7 @@ def test_the_checks_catch_a_state_that_changes_shape(jit, match):
   _, params, grad_fn = _model_case(None)
   with pytest.raises(AssertionError, match=match):
     check_state(trajectory(_growing_state(), params, grad_fn, jit=jit))
+
+
+def test_every_registered_weighting_has_a_contract_case():
+  assert {f"weighting_{name}" for name in weighting.WEIGHTINGS} <= set(FACTORIES)

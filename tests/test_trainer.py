@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmcompress import comparison
+from mmcompress import comparison, weighting
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import checkpoint, loop, step as step_lib
@@ -206,6 +206,19 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path, tiny
   trajectory = np.asarray(result.task_weights)  # one entry per epoch
   assert trajectory.shape == (3, 4) and np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
   assert not np.allclose(trajectory[-1], 0.25)  # the once-per-epoch ascent moved them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(weighting.WEIGHTINGS))
+def test_every_weighting_runs_the_digits_pipeline_at_40x(tmp_path, tiny_config, tiny_experiment,
+                                                         method):
+  exp = tiny_experiment(tmp_path, tiny_config(methods=(method,)))
+  result = comparison.run_method(exp, method, 0, None)
+  assert all(np.isfinite(v) for v in result.metrics.values())
+  assert result.sparsity == pytest.approx(0.975, abs=1e-3)
+  assert result.prunable_compression_ratio == pytest.approx(40.0, rel=0.05)
+  trajectory = np.asarray(result.task_weights)  # every method reports weights on the simplex
+  assert np.all(trajectory >= 0) and np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
 
 
 def test_a_workdir_with_another_config_is_refused(tmp_path, tiny_config):
