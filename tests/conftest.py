@@ -123,20 +123,21 @@ def fixture_digits_data():
 
 @pytest.fixture(name="tiny_experiment", scope="session")
 def fixture_tiny_experiment(digits_data):
-  """Makes a `comparison.Experiment` of `tiny_config()` (or `config`) in `workdir`."""
+  """Makes a `comparison.Experiment` of `tiny_config()` (or `config`) in `workdir`; `log`
+  receives every finished epoch's record."""
   # pylint: disable=import-outside-toplevel
   from mmcompress import comparison
   from mmcompress.models import create_model
   from mmcompress.problems.digits import DigitsProblem
   from mmcompress.train import parallel
 
-  def make(workdir, config=None, data=None, on_checkpoint=None):
+  def make(workdir, config=None, data=None, on_checkpoint=None, log=None):
     config = config or _tiny_config()
     data = data or digits_data(config.task_sets[0], config.data_seed)
     model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
     return comparison.Experiment(config=config, problem=DigitsProblem(data), model=model,
                                  mesh=parallel.data_mesh(), workdir=str(workdir),
-                                 on_checkpoint=on_checkpoint)
+                                 on_checkpoint=on_checkpoint, log=log)
   return make
 
 

@@ -40,9 +40,9 @@ def cross_entropy(logits, labels):
 
 
 @pytest.fixture(scope="module")
-def mixed():
+def mixed(digits_data):
   """MultiDigits 'mixed' (digit, parity: classifications; ink: a regression), a small MLP."""
-  problem = DigitsProblem(digits.load_multidigits("mixed", seed=0))
+  problem = DigitsProblem(digits_data("mixed"))
   model = create_model("mlp", problem.num_outputs, hidden=(16,))
   params, _ = step_lib.init_variables(model, problem, 0)
   return problem, model, params
@@ -252,20 +252,13 @@ def test_cosine_schedule_spans_the_stages_steps(tiny_config):
 # --- 1. Splits: validation selects, test reports ---------------------------------------------
 
 
-def selection_experiment(workdir, log, tiny_config):
-  config = tiny_config(**{"model_kwargs.hidden": (32,), "epochs.pretrain": 4,
-                          "optimizer.learning_rate": 0.3, "quiet": True,
-                          "checkpoint_every_steps": 1000})
-  problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
-  model = create_model("mlp", problem.num_outputs, hidden=(32,))
-  return comparison.Experiment(config=config, problem=problem, model=model,
-                               mesh=parallel.data_mesh(), workdir=str(workdir), log=log)
-
-
-def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_path, tiny_config):
+def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_path, tiny_config,
+                                                                        tiny_experiment):
   logged = []
-  exp = selection_experiment(tmp_path, lambda run, stage, epoch, record: logged.append(record),
-                             tiny_config)
+  config = tiny_config(**{"epochs.pretrain": 4, "optimizer.learning_rate": 0.3,
+                          "checkpoint_every_steps": 1000})
+  exp = tiny_experiment(tmp_path, config,
+                        log=lambda run, stage, epoch, record: logged.append(record))
   result, params, model_state = comparison.run_dense(exp, 0)
   scores = [r.score for r in logged]
   assert len(scores) == 4
@@ -293,8 +286,8 @@ def stub_losses(step, spe):
 
 @pytest.mark.parametrize("method", sorted(weighting_lib.WEIGHTINGS))
 def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path, method,
-                                                                       tiny_config):
-  problem = DigitsProblem(digits.load_multidigits("classify", seed=0))
+                                                                       tiny_config, digits_data):
+  problem = DigitsProblem(digits_data("classify"))
   model = create_model("mlp", problem.num_outputs, hidden=(8,))
   config = tiny_config(**{"minmax.every": "epoch"})
   batch_size, epochs = 256, 3
