@@ -357,8 +357,7 @@ def benchmark_model(name: str, *, batch_size: int | None = None, steps: int | No
   rounds = setup.rounds if rounds is None else rounds
   warmup = setup.warmup if warmup is None else warmup
   mesh = parallel.data_mesh()
-  with _checks.as_user_error():
-    parallel.check_batch_size(batch_size, mesh)
+  parallel.check_batch_size(batch_size, mesh)
   _check_counts(steps, rounds, warmup)
   bench = _build(name, setup, batch_size, mesh, control, seed)
   timing = _time(bench, steps, rounds, warmup)
@@ -462,9 +461,8 @@ def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | No
     raise _checks.UserError(f"models must name some of {sorted(setups)}, got {list(models)}.")
   mesh = parallel.data_mesh()
   for name in models:  # every check before the first model's compute
-    with _checks.as_user_error():
-      parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
-                                mesh)
+    parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
+                              mesh)
   _check_counts(steps, rounds, warmup)
   results = []
   for name in models:

@@ -455,9 +455,8 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   """The experiment of a checked config on this host's devices, and its progress log."""
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.data_mesh()
-  with _checks.as_user_error():  # batch sizes the devices cannot split
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   check_workdir(config, workdir)
   problem = (problem or problems.get(config.problem).from_config)(config)
   model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmcompress import _checks
+
 DATA_AXIS = "data"
 
 
@@ -37,10 +39,10 @@ def data_mesh() -> Mesh:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-  """Raises unless the global batch splits evenly over the mesh's devices."""
+  """Raises a `UserError` unless the global batch splits evenly over the mesh's devices."""
   devices = mesh.devices.size
   if batch_size % devices:
-    raise ValueError(
+    raise _checks.UserError(
         f"{name}={batch_size} is not divisible by the {devices} devices of the data mesh: "
         f"use a multiple of {devices} (e.g. {devices * max(1, batch_size // devices)}).")
 
