@@ -398,7 +398,7 @@ def normalize(images: npt.ArrayLike) -> np.ndarray:
   """
   array = np.asarray(images)
   if array.dtype != np.uint8 or array.ndim < 1 or array.shape[-1] != 3:
-    raise _checks.UserError(
+    raise ValueError(
         f"normalize expects uint8 pixels with 3 channels last, got shape {array.shape} and "
         f"dtype {array.dtype}.")
   mean = np.asarray(MEAN, np.float32)
@@ -422,7 +422,7 @@ def random_crop(images: npt.ArrayLike, offsets: npt.ArrayLike) -> np.ndarray:
   n, size = array.shape[0], IMAGE_SHAPE[0]
   if (offsets.shape != (n, 2) or offsets.dtype.kind not in "iu"
       or (n and (offsets.min() < 0 or offsets.max() > 2 * PAD))):
-    raise _checks.UserError(
+    raise ValueError(
         f"offsets must be integers of shape ({n}, 2) in [0, {2 * PAD}], got shape "
         f"{offsets.shape} and dtype {offsets.dtype}.")
   padded = np.pad(array, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
@@ -444,7 +444,7 @@ def horizontal_flip(images: npt.ArrayLike, flip: npt.ArrayLike) -> np.ndarray:
   array = np.asarray(images)
   flip = np.asarray(flip, bool)
   if array.ndim != 4 or flip.shape != (array.shape[0],):
-    raise _checks.UserError(
+    raise ValueError(
         f"flip must be a bool vector of length N for images (N, H, W, C), got {flip.shape} "
         f"and {array.shape}.")
   return np.where(flip[:, None, None, None], array[:, :, ::-1], array)
@@ -473,7 +473,7 @@ def augment(images: npt.ArrayLike, rng: np.random.Generator) -> np.ndarray:
     uint8 (N, 32, 32, 3).
   """
   if not isinstance(rng, np.random.Generator):
-    raise _checks.UserError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
+    raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}.")
   return _augment(_images(images), rng)
 
 
