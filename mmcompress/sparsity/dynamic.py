@@ -164,20 +164,22 @@ def _regrow(masks: Any, new_params: Any, grads: Any, key: jax.Array, rule: _Grow
 def _reset_changed(inner: optax.GradientTransformation, inner_state: Any, new_masks: Any,
                    masks: Any, grads: Any, due: jax.Array) -> Any:
   """The inner state with every entry whose mask changed at zero, and the second moments of
-  grown entries restarted (step 3 of `dynamic_sparse`)."""
-  changed = jax.tree.map(jnp.not_equal, new_masks, masks)
+  grown entries restarted (step 3 of `dynamic_sparse`). Between mask updates no mask changes:
+  the state is passed through without touching it."""
+  def reset_all(state):
+    changed = jax.tree.map(jnp.not_equal, new_masks, masks)
 
-  def reset(value, changed_leaf):
-    if getattr(value, "shape", None) != changed_leaf.shape:
-      return value
-    return jnp.where(changed_leaf, jnp.zeros((), jnp.result_type(value)), value)
+    def reset(value, changed_leaf):
+      if getattr(value, "shape", None) != changed_leaf.shape:
+        return value
+      return jnp.where(changed_leaf, jnp.zeros((), jnp.result_type(value)), value)
 
-  inner_state = optax.tree_utils.tree_map_params(inner, reset, inner_state, changed)
-  grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
-  kept = jax.tree.map(jnp.logical_and, new_masks, masks)
-  # Between mask updates nothing is grown: skip the per-leaf reductions on those steps.
-  return jax.lax.cond(due, lambda s: _restart_second_moments(s, grown, kept, grads),
-                      lambda s: s, inner_state)
+    state = optax.tree_utils.tree_map_params(inner, reset, state, changed)
+    grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
+    kept = jax.tree.map(jnp.logical_and, new_masks, masks)
+    return _restart_second_moments(state, grown, kept, grads)
+
+  return jax.lax.cond(due, reset_all, lambda state: state, inner_state)
 
 
 def dynamic_sparse(inner: optax.GradientTransformation,
