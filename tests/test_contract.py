@@ -230,7 +230,7 @@ def test_state_is_fixed_in_shape_and_finite(name):
 
 @_cases("")
 def test_jitted_step_does_not_retrace(name):
-  trajectory(*FACTORIES[name]())  # chex.assert_max_traces raises on a second trace
+  _trajectory_of(name)  # its steps ran under chex.assert_max_traces, which raises on a retrace
 
 
 @_cases("tree_map_params")
