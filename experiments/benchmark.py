@@ -249,9 +249,12 @@ def _check_counts(steps: int | None, rounds: int | None, warmup: int | None) -> 
 
 @dataclasses.dataclass
 class _Bench:
-  """One model's steps, ready to time: the steps by kind, their states, the batch."""
+  """One model's steps, ready to time: the steps by kind, their current states, the batch.
+
+  The steps donate their states: only `states`, advanced by `_time`, holds live buffers.
+  """
   problem: Problem
-  steps: dict[str, tuple[Callable, TrainState]]
+  steps: dict[str, Callable]
   states: dict[str, TrainState]
   batch: dict
   num_params: int
@@ -262,13 +265,13 @@ def _build(name: str, setup: Setup, batch_size: int, mesh: jax.sharding.Mesh, co
   """The problem, the model and its steps (`build_steps`), fed the trainer's first batch."""
   problem = make_problem(setup, batch_size, seed)
   model = create_model(name, num_outputs(problem), **setup.model_options)
-  steps = build_steps(problem, model, mesh, control=control, seed=seed)
-  num_params = sum(int(np.size(p)) for p in jax.tree.leaves(steps["dense"][1].params))
+  built = build_steps(problem, model, mesh, control=control, seed=seed)
+  num_params = sum(int(np.size(p)) for p in jax.tree.leaves(built["dense"][1].params))
   # One batch for every step: the first the trainer would draw, split as the trainer splits it.
   batch = parallel.shard_batch(problem.train_batch(seed, 0, 0, batch_size), mesh,
                                problem.batch_axis)
-  return _Bench(problem, steps, {kind: state for kind, (_, state) in steps.items()}, batch,
-                num_params)
+  return _Bench(problem, {kind: step for kind, (step, _) in built.items()},
+                {kind: state for kind, (_, state) in built.items()}, batch, num_params)
 
 
 def _time(bench: _Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]:
@@ -278,14 +281,14 @@ def _time(bench: _Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]
   ``losses_finite`` (of each kind's last round), each by step kind.
   """
   states, compile_s, finite = bench.states, {}, {}
-  for kind, (step, _) in bench.steps.items():
+  for kind, step in bench.steps.items():
     states[kind], _, compile_s[kind], _ = _run(step, states[kind], bench.batch, 1)
     states[kind], _, _, _ = _run(step, states[kind], bench.batch, warmup)
   # Interleaved, so that drift in the machine's speed (clocks, other load) hits all alike.
   times = {kind: [] for kind in bench.steps}
   cpu_times = {kind: [] for kind in bench.steps}
   for _ in range(rounds):
-    for kind, (step, _) in bench.steps.items():
+    for kind, step in bench.steps.items():
       states[kind], losses, seconds, cpu_seconds = _run(step, states[kind], bench.batch, steps)
       times[kind].append(1e3 * seconds / steps)
       cpu_times[kind].append(1e3 * cpu_seconds / steps)
@@ -297,10 +300,10 @@ def _time(bench: _Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]
 def _memory(bench: _Bench) -> dict[str, Any]:
   """Whether a step recompiled, each compiled step's footprint, and the peak memory so far."""
   recompiled = {kind: (n > 1 if (n := _compiled_versions(step)) is not None else None)
-                for kind, (step, _) in bench.steps.items()}
+                for kind, step in bench.steps.items()}
   # After the timed calls this lowering and compilation come from JAX's caches.
   step_bytes = {kind: _step_footprint(step, bench.states[kind], bench.batch)
-                for kind, (step, _) in bench.steps.items()}
+                for kind, step in bench.steps.items()}
   peak, source = peak_memory()
   return {"recompiled": recompiled, "step_bytes": step_bytes, "peak_memory_bytes": peak,
           "peak_memory_source": source}
