@@ -94,13 +94,10 @@ class StageRecord(NamedTuple):
   def with_epoch(self, epoch: EpochRecord) -> StageRecord:
     """This record with `epoch` appended, and selected if its score is the best so far."""
     record = self._replace(epochs=self.epochs + (epoch,))
-    if self.improved_by(epoch.score):
-      record = record._replace(best_epoch=epoch.epoch, best_score=epoch.score)
+    score = epoch.score
+    if bool(np.isfinite(score)) and (self.best_score is None or score < self.best_score):
+      record = record._replace(best_epoch=epoch.epoch, best_score=score)
     return record
-
-  def improved_by(self, score: float) -> bool:
-    """Whether `score` is finite and better than every earlier epoch's."""
-    return bool(np.isfinite(score)) and (self.best_score is None or score < self.best_score)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,10 +225,9 @@ def train_stage(ctx: StageContext, state: TrainState
       if step % per_epoch == 0:
         _check_finite(pending, pending_from, ctx)
         pending, pending_from = [], step
-        carry, epoch_record = _end_epoch(ctx, carry, step // per_epoch - 1, record)
-        record = record.with_epoch(epoch_record)
+        carry, record = _end_epoch(ctx, carry, step // per_epoch - 1, record)
         if ctx.log:
-          ctx.log(ctx.name, epoch_record.epoch, epoch_record)
+          ctx.log(ctx.name, record.epochs[-1].epoch, record.epochs[-1])
       if step % ctx.checkpoint_every == 0 or step == total:
         _check_finite(pending, pending_from, ctx)
         _check_params_finite(carry["state"], step, ctx)
@@ -249,8 +245,9 @@ def train_stage(ctx: StageContext, state: TrainState
 
 
 def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
-               ) -> tuple[dict, EpochRecord]:
-  """The carry after epoch `epoch` (weighting's end of epoch, best snapshot), and its record."""
+               ) -> tuple[dict, StageRecord]:
+  """The carry after epoch `epoch` (weighting's end of epoch, best snapshot) and the stage's
+  record with that epoch added (and selected, if it is the best so far)."""
   state = carry["state"]
   train_loss = carry["loss_sum"] / ctx.steps_per_epoch
   task_state = ctx.weighting.end_epoch(state.task_state, train_loss)
@@ -263,9 +260,10 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
       epoch=epoch, train_loss=[float(v) for v in np.asarray(train_loss)],
       val_loss=val["loss"], val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
       task_weights=[float(v) for v in np.asarray(weights)], score=score)
-  best = snapshot(state) if record.improved_by(score) else carry["best"]
+  record = record.with_epoch(epoch_record)
+  best = snapshot(state) if record.best_epoch == epoch else carry["best"]
   return {"state": state, "best": best,
-          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, epoch_record
+          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, record
 
 
 def initial_carry(state: TrainState, num_tasks: int) -> dict:
