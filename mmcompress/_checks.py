@@ -150,8 +150,9 @@ def one_of(value: Any, allowed: Sequence[str], name: str) -> str:
 
 
 def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "params",
-                   is_leaf: Callable[[Any], bool] | None = None) -> None:
-  """Raises unless `tree` has the tree structure and leaf shapes of `reference`."""
+                   is_leaf: Callable[[Any], bool] | None = None, stacked: bool = False) -> None:
+  """Raises unless `tree` has the tree structure and leaf shapes of `reference` (with
+  `stacked`, a leaf may also have one extra leading axis: stacked per-task gradients)."""
   struct, ref_struct = (jax.tree.structure(tree, is_leaf=is_leaf),
                         jax.tree.structure(reference, is_leaf=is_leaf))
   if struct != ref_struct:
@@ -160,7 +161,9 @@ def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "
         f"for {reference_name}\n  {ref_struct}.")
   for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf),
                                jax.tree.leaves(reference, is_leaf=is_leaf)):
-    if getattr(leaf, "shape", None) != getattr(ref, "shape", None):
+    shape, ref_shape = getattr(leaf, "shape", None), getattr(ref, "shape", None)
+    if shape != ref_shape and not (stacked and shape is not None and ref_shape is not None
+                                   and tuple(shape[1:]) == tuple(ref_shape)):
       raise UserError(
           f"{name} at {jax.tree_util.keystr(path)} has shape {getattr(leaf, 'shape', None)}, "
           f"but {reference_name} there has shape {getattr(ref, 'shape', None)}.")

@@ -36,7 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmcompress import _checks, _files, export, problems, report as report_lib, saddle_point
+from mmcompress import _checks, _files, export, problems, report as report_lib
 from mmcompress import records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
@@ -71,8 +71,8 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
   cfg, problem = exp.config, exp.problem
   weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
-  descent = stages_lib.descent_transform(stage, cfg, exp.steps_per_epoch, masks, seed)
-  tx = saddle_point(descent, weighting.tx)
+  tx = stages_lib.stage_transform(stage, cfg, exp.steps_per_epoch, weighting, problem.num_tasks,
+                                  masks, seed)
   rng = jax.random.fold_in(jax.random.key(seed), index)
   # create_train_state copies every leaf, so the step may donate them: the caller's arrays
   # (shared by every method's stages when pretraining is shared) survive.

@@ -57,11 +57,27 @@ def _saddle_case(descent, ascent, objective, task_params):
 
 
 def _weighting_case(name, **kwargs):
-  """A weighting's `tx` on its own task params, at the task losses of fixed model params."""
+  """A loss-level weighting's `tx` on its own task params, at the task losses of fixed model
+  params; a gradient-level one's aggregator (chained with SGD) on the model params, fed the
+  stacked per-task gradients."""
   w = weighting.create(name, **kwargs)
   task_params, task_state = w.init(2)
+  if w.aggregate is not None:
+    def stacked(p):
+      return weighting.per_task_grads(
+          lambda q: w.objective(_task_losses(q), task_params, task_state), p)[1]
+    return optax.chain(w.aggregate(2, 0), optax.sgd(0.1)), _model_params(), stacked
   losses = _task_losses(_model_params())
   return w.tx, task_params, jax.grad(lambda tp: w.objective(losses, tp, task_state))
+
+
+def _stacked_grads(model):
+  return weighting.per_task_grads(_task_losses, model)[1]
+
+
+def _softmax_of_norms(gram, key):
+  del key
+  return jax.nn.softmax(jnp.sqrt(jnp.diagonal(gram)))
 
 
 def _static_sparse_case(inner):
@@ -92,6 +108,11 @@ CASES = [
     ("weighting_uncertainty", lambda: _weighting_case("uncertainty")),
     ("weighting_dwa", lambda: _weighting_case("dwa")),
     ("weighting_minmax", lambda: _weighting_case("minmax", gamma=1.0)),
+    ("weighting_db_mtl", lambda: _weighting_case("db_mtl")),
+    ("aggregate_static_sparse", lambda: (
+        sp.static_sparse(optax.chain(weighting.aggregate(_softmax_of_norms, 2), optax.sgd(0.1)),
+                         sp.magnitude_masks(_model_params(), 0.5)),
+        _model_params(), _stacked_grads)),
 ]
 FACTORIES = dict(CASES)
 
@@ -108,6 +129,10 @@ XFAILS = {
         "saddle_point's init requires the {'params', 'task_weights'} dict"), ValueError),
     ("tree_map_params", "static_sparse_sgd"): _STATIC_SPARSE,
     ("tree_map_params", "static_sparse_adam"): _STATIC_SPARSE,
+    ("tree_map_params", "aggregate_static_sparse"): _STATIC_SPARSE,
+    ("tree_map_params", "weighting_db_mtl"): (_PLACEHOLDER.format(
+        "db_mtl_aggregate's init builds its (K, ...) buffers from the params' leaves"),
+        ValueError),
 }
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from mmcompress import comparison, report as report_lib, saddle_point, sparsity
+from mmcompress import comparison, report as report_lib, sparsity
 from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
@@ -293,7 +293,9 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
   spe = problem.steps_per_epoch(batch_size)
   weighting = stages.make_weighting(method, config, spe)
   params, model_state = step_lib.init_variables(model, problem, 0)
-  tx = saddle_point(optax.sgd(0.0), weighting.tx)
+  # The stage's real transform (a gradient-level weighting's aggregator state is in it); the
+  # stub step below never updates with it.
+  tx = stages.stage_transform("pretrain", config, spe, weighting, problem.num_tasks)
   state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
                                       jax.random.key(0))
 

@@ -40,6 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                                         "geometry": "euclidean"})
   c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01, "init_log_var": 0.0})
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
+  c.db_mtl = ml_collections.ConfigDict({"beta": 0.9, "beta_sigma": 0.0})  # LibMTL's defaults
   c.checkpoint_every_steps = 200
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too

@@ -121,6 +121,13 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
   return state
 
 
+def _summed_over_tasks(updates: Any, params: Any) -> Any:
+  """The gradient with a leading per-task axis summed away (as it is when there is none):
+  regrowth scores stacked per-task gradients by the gradient of the tasks' sum."""
+  return jax.tree.map(lambda g, p: jnp.sum(g, axis=0) if jnp.ndim(g) == jnp.ndim(p) + 1 else g,
+                      updates, params)
+
+
 class _GrowthRule(NamedTuple):
   """How `dynamic_sparse` moves its masks (static: fixed when the transform is built)."""
   sparsity: float
@@ -201,7 +208,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
   `update(grads, state, params)`, with t the count before the update:
 
   1. the gradient is masked, the inner optimizer runs on it (seeing the masked params) and
-     its update `u` is masked: `u_m = where(mask, u, 0)`;
+     its update `u` is masked: `u_m = where(mask, u, 0)`; stacked per-task gradients (a
+     leading K axis on every leaf, for an inner chain that starts with
+     `mmcompress.weighting.aggregate`) are masked task by task, and their sum over the tasks
+     is the "dense incoming gradient" that scores regrowth in 2;
   2. if `(t + 1) % update_every == 0` and (`end_step` is None or `t < end_step`), each
      prunable leaf updates its mask. With ``budget="exact"`` it moves
      `k = min(floor(grow_fraction * n + 0.5), a, n - a)` weights: the k active entries with
@@ -283,7 +293,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     if params is None:
       raise ValueError(
           "params must be passed to dynamic_sparse(...).update(updates, state, params).")
-    _checks.same_structure(updates, params, "updates")
+    _checks.same_structure(updates, params, "updates", stacked=True)
     t, masks = state.count, state.masks
     inner_updates, inner_state = inner.update(masks_lib.mask_tree(updates, masks),
                                               state.inner_state,
@@ -295,10 +305,11 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       due = due & (t < end_step)
     new_params = jax.tree.map(lambda p, u: p + u, params, masked_updates)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), t)
-    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, updates, key, rule),
+    grads = _summed_over_tasks(updates, params)
+    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, grads, key, rule),
                              lambda: masks)
 
-    inner_state = _reset_changed(inner, inner_state, new_masks, masks, updates, due)
+    inner_state = _reset_changed(inner, inner_state, new_masks, masks, grads, due)
     new_updates = jax.tree.map(
         lambda u, p, new, old: jnp.where(new & old, u, -p).astype(jnp.result_type(u)),
         masked_updates, params, new_masks, masks)

@@ -61,7 +61,8 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.Grad
 
   1. the incoming gradient is masked, `where(mask, g, 0)`, and the inner transform sees the
      masked params, so momentum, Adam moments and weight decay never accumulate anything at
-     a pruned entry;
+     a pruned entry; stacked per-task gradients (a leading K axis on every leaf, for an
+     inner chain that starts with `mmcompress.weighting.aggregate`) are masked task by task;
   2. the inner update `u` is returned as `where(mask, u, -p)`, so that `p + update` is exactly
      zero at pruned entries (also on the first step, when `params` may still be dense there)
      and equal to the inner update elsewhere.
@@ -97,7 +98,7 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.Grad
       raise ValueError(
           "params must be passed to static_sparse(...).update(updates, state, params): the update "
           "that keeps pruned weights at zero is -params there.")
-    _checks.same_structure(updates, params, "updates")
+    _checks.same_structure(updates, params, "updates", stacked=True)
     masks_ = state.masks
     grads = mask_tree(updates, masks_)
     inner_updates, inner_state = inner.update(grads, state.inner_state,

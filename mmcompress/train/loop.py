@@ -22,6 +22,7 @@ from mmcompress.problems import Problem
 from mmcompress.train import parallel
 from mmcompress.train.checkpoint import StageCheckpoints
 from mmcompress.train.step import TrainState
+from mmcompress import weighting as weighting_lib
 from mmcompress.weighting import TaskWeighting
 
 
@@ -254,7 +255,8 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
   state = state.replace(task_state=parallel.replicate(task_state, ctx.mesh))
   val = evaluate(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
                  ctx.mesh, ctx.eval_batch_size)
-  weights = ctx.weighting.weights(state.task_params, state.task_state)
+  weights = weighting_lib.current_weights(ctx.weighting, state.task_params, state.task_state,
+                                          state.opt_state)
   score = selection_score(val)
   epoch_record = EpochRecord(
       epoch=epoch, train_loss=[float(v) for v in np.asarray(train_loss)],

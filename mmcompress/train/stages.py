@@ -15,6 +15,7 @@ import ml_collections
 import optax
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
+from mmcompress.minmax import saddle_point
 
 STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")
 TRAINING_STAGES = ("pretrain", "reweight", "retrain", "sparse")
@@ -99,19 +100,28 @@ def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
 
 
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
-                      masks: Any = None, seed: int = 0) -> optax.GradientTransformation:
-  """The descent half of `saddle_point` for a training stage (`seed`: random regrowth)."""
+                      masks: Any = None, seed: int = 0,
+                      first: optax.GradientTransformation | None = None
+                      ) -> optax.GradientTransformation:
+  """The descent half of `saddle_point` for a training stage (`seed`: random regrowth).
+
+  `first`, when given, is the first link of the chain inside the sparse wrappers: a
+  gradient-level weighting's aggregator, which turns the stacked per-task gradients into
+  one gradient after they were masked (see `mmcompress.weighting.gradient`).
+  """
   total_steps = config.epochs[stage] * steps_per_epoch
   base = base_optimizer(stage_optimizer_config(stage, config), total_steps, steps_per_epoch)
-  if stage == "pretrain":
-    return base
+  links = [first] if first is not None else []
   if stage == "reweight":
     rw = config.reweight
     every = rw.refresh_every_epochs * steps_per_epoch if rw.refresh_every_epochs else None
     at = tuple(int(e) * steps_per_epoch for e in rw.refresh_at_epochs)
-    return optax.chain(sparsity.add_reweighted_l1(rw.penalty, eps=rw.eps, refresh_every=every,
-                                                  refresh_at=at),
-                       base)
+    links.append(sparsity.add_reweighted_l1(rw.penalty, eps=rw.eps, refresh_every=every,
+                                            refresh_at=at))
+  if links:
+    base = optax.chain(*links, base)
+  if stage in ("pretrain", "reweight"):
+    return base
   if stage == "retrain":
     if masks is None:
       raise ValueError("the retrain stage needs masks from a prune stage before it.")
@@ -134,10 +144,14 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
 def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch: int
                    ) -> weighting_lib.TaskWeighting:
   """The task weighting `name`, with its knobs from the config (`weighting.from_config`)."""
-  _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "weighting")
-  scales = tuple(config.task_scales) or None  # the same loss scales for every weighting
-  # "mean" (ours) or "reference" (its sums and K·softmax); min-max has none (simplex weights).
-  reduction = _checks.one_of(config.loss_reduction, weighting_lib.REDUCTIONS,
-                             "config.loss_reduction")
-  return weighting_lib.from_config(name, config, steps_per_epoch=steps_per_epoch,
-                                   task_scales=scales, reduction=reduction)
+  return weighting_lib.from_config(name, config, steps_per_epoch=steps_per_epoch)
+
+
+def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
+                    weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
+                    seed: int = 0) -> optax.GradientTransformation:
+  """The `saddle_point` transform a training stage steps with: the stage's descent (with a
+  gradient-level weighting's aggregator first in it) and the weighting's own transform."""
+  first = weighting.aggregate(num_tasks, seed) if weighting.aggregate is not None else None
+  descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first)
+  return saddle_point(descent, weighting.tx)

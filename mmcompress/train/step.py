@@ -1,8 +1,9 @@
 """The training and evaluation steps: small pure functions, jitted once per stage.
 
 A step is: the problem's per-task losses → the weighting's objective → one `jax.grad` over
-``{"params": model, "task_weights": weighting}`` → one optax update through
-`mmcompress.saddle_point`. Masks, task weights and both optimizers' states all live in
+``{"params": model, "task_weights": weighting}`` (a gradient-level weighting: the K
+per-task gradients of the model from one VJP, `per_task_grads`) → one optax update through
+`mmcompress.saddle_point` → the weighting's `observe` of the step's losses. Masks, task weights and both optimizers' states all live in
 `TrainState`, so the step is pure and the whole state is replicated and checkpointed.
 """
 from __future__ import annotations
@@ -18,7 +19,9 @@ import optax
 
 from mmcompress.problems import Problem
 from mmcompress.train import parallel
-from mmcompress.weighting import TaskWeighting
+from mmcompress.weighting import TaskWeighting, per_task_grads
+
+_WEIGHTING_STREAM = 1  # folded into a step's key for the weighting's randomness
 
 
 @flax.struct.dataclass
@@ -50,20 +53,30 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    # The weighting's own stream (RLW's draws), apart from the model's (dropout).
+    key = jax.random.fold_in(rng, _WEIGHTING_STREAM)
 
     def objective(players):
       losses, model_state = problem.task_losses(model, players["params"], state.model_state,
                                                 batch, rng)
-      value = weighting.objective(losses, players["task_weights"], state.task_state)
+      value = weighting.objective(losses, players["task_weights"], state.task_state, key)
       return value, (losses, model_state)
 
     players = {"params": state.params, "task_weights": state.task_params}
-    grads, (losses, model_state) = jax.grad(objective, has_aux=True)(players)
+    if weighting.aggregate is None:
+      grads, (losses, model_state) = jax.grad(objective, has_aux=True)(players)
+    else:  # K gradients of the model, stacked; the aggregator in `tx` combines them.
+      _, model_grads, (losses, model_state) = per_task_grads(
+          lambda params: objective({"params": params, "task_weights": state.task_params}),
+          state.params, has_aux=True)
+      grads = {"params": model_grads,
+               "task_weights": jax.tree.map(jnp.zeros_like, state.task_params)}
     updates, opt_state = tx.update(grads, state.opt_state, players)
     players = optax.apply_updates(players, updates)
+    task_state = weighting.observe(state.task_state, jax.lax.stop_gradient(losses))
     return state.replace(step=state.step + 1, params=players["params"],
-                         task_params=players["task_weights"], model_state=model_state,
-                         opt_state=opt_state), losses
+                         task_params=players["task_weights"], task_state=task_state,
+                         model_state=model_state, opt_state=opt_state), losses
 
   replicated = parallel.replicated(mesh)
   return jax.jit(train_step,

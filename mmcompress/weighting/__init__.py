@@ -4,17 +4,29 @@ A `TaskWeighting` bundles what a training loop needs from a way of weighting K t
 
 * ``init(num_tasks) -> (task_params, task_state)``: the weighting's *learnable* values
   (``task_params``: min-max's task weights, uncertainty's log-variances, nothing for the
-  others) and its *non-learned* memory (``task_state``: DWA's loss history).
-* ``objective(task_losses, task_params, task_state) -> scalar``: the pure function to
-  differentiate, jointly with the model, in one `jax.grad` over
-  ``{"params": model, "task_weights": task_params}``.
+  others) and its *non-learned* memory (``task_state``: DWA's loss history, FAMO's logits).
+* ``objective(task_losses, task_params, task_state, key=None)``: the pure function to
+  differentiate. For a *loss-level* weighting it is a scalar, differentiated jointly with
+  the model in one `jax.grad` over ``{"params": model, "task_weights": task_params}``. For a
+  *gradient-level* weighting (``aggregate`` is set) it is the (K,) vector of per-task
+  objectives (the losses themselves, or their logarithms for DB-MTL) whose K gradients the
+  aggregator combines. `key` is a PRNG key for the step; only random weightings (RLW) use it.
 * ``tx``: the optax transform for ``task_params`` (an ascent for min-max, a descent for
   uncertainty, zero updates otherwise); pair it with the model's optimizer through
   `mmcompress.saddle_point`.
 * ``end_epoch(task_state, epoch_mean_losses) -> task_state``: called once per epoch with the
-  mean training loss of each task (only DWA uses it).
+  mean training loss of each task (DWA, STCH's warm-up).
+* ``observe(task_state, task_losses) -> task_state``: called after every step with that
+  step's task losses (FAMO's logit update, STCH's nadir, min-max's automatic scales); the
+  default remembers nothing.
 * ``weights(task_params, task_state) -> (K,)``: the effective task weights, summing to one,
-  for logging and plots.
+  for logging and plots (a gradient-level method's weights change every step and live in
+  its aggregator's state: use `current_weights`).
+* ``aggregate``: None for a loss-level weighting; for a gradient-level one, a function of
+  the number of tasks that returns the optax transform turning the stacked per-task
+  gradients (every leaf with a leading K axis, from `per_task_grads`) into the one gradient
+  the model's optimizer consumes. It goes first in that optimizer's chain, inside the sparse
+  wrappers, which mask every task's gradient before it (see `mmcompress.weighting.gradient`).
 
 The ``reduction`` of `equal`, `uncertainty` and `dwa` says how the task losses are added up:
 
@@ -33,14 +45,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from jax.typing import ArrayLike
 
 from mmcompress import _checks
 from mmcompress.weighting.base import REDUCTIONS, TaskWeighting
+from mmcompress.weighting.db_mtl import DBMTLState, db_mtl, db_mtl_aggregate
+from mmcompress.weighting.db_mtl import from_config as _db_mtl_from_config
 from mmcompress.weighting.dwa import DWAState, dwa
 from mmcompress.weighting.dwa import from_config as _dwa_from_config
 from mmcompress.weighting.equal import equal
 from mmcompress.weighting.equal import from_config as _equal_from_config
+from mmcompress.weighting.gradient import (AggregateState, aggregate, current_weights,
+                                           default_shared, per_task_grads)
 from mmcompress.weighting.minmax import from_config as _minmax_from_config
 from mmcompress.weighting.minmax import minmax
 from mmcompress.weighting.uncertainty import from_config as _uncertainty_from_config
@@ -52,6 +67,7 @@ _REGISTRY = {
     "uncertainty": (uncertainty, _uncertainty_from_config),
     "dwa": (dwa, _dwa_from_config),
     "minmax": (minmax, _minmax_from_config),
+    "db_mtl": (db_mtl, _db_mtl_from_config),
 }
 WEIGHTINGS = {name: factory for name, (factory, _) in _REGISTRY.items()}
 
@@ -62,35 +78,45 @@ def create(name: str, **kwargs: Any) -> TaskWeighting:
   return WEIGHTINGS[name](**kwargs)
 
 
-def from_config(name: str, config: Any, *, steps_per_epoch: int,
-                task_scales: ArrayLike | None, reduction: str) -> TaskWeighting:
-  """The weighting called `name`, with its own knobs read from an experiment config.
+def from_config(name: str, config: Any, *, steps_per_epoch: int) -> TaskWeighting:
+  """The weighting called `name`, with its knobs read from an experiment config.
+
+  Every weighting gets ``config.task_scales`` (the same per-task loss scales for all; ()
+  for none) and ``config.loss_reduction`` (one of `REDUCTIONS`; the weightings without a
+  reduction ignore it), and reads its own section (``config.minmax``, ``config.dwa``, ...).
 
   Args:
     name: one of `WEIGHTINGS`.
-    config: the experiment config; each weighting reads its own section (``config.minmax``,
-      ``config.uncertainty``, ``config.dwa``).
+    config: the experiment config.
     steps_per_epoch: training steps per epoch (min-max's once-per-epoch ascent).
-    task_scales: the per-task loss scales shared by every weighting, or None.
-    reduction: one of `REDUCTIONS` (min-max has none and ignores it).
 
   Returns:
     The `TaskWeighting`.
   """
   _checks.one_of(name, tuple(WEIGHTINGS), "weighting")
-  return _REGISTRY[name][1](config, steps_per_epoch=steps_per_epoch, task_scales=task_scales,
+  scales = tuple(config.task_scales) or None
+  reduction = _checks.one_of(config.loss_reduction, REDUCTIONS, "config.loss_reduction")
+  return _REGISTRY[name][1](config, steps_per_epoch=steps_per_epoch, task_scales=scales,
                             reduction=reduction)
 
 
 __all__ = [
+    "AggregateState",
+    "DBMTLState",
     "DWAState",
     "REDUCTIONS",
     "TaskWeighting",
     "WEIGHTINGS",
+    "aggregate",
     "create",
+    "current_weights",
+    "db_mtl",
+    "db_mtl_aggregate",
+    "default_shared",
     "dwa",
     "equal",
     "from_config",
     "minmax",
+    "per_task_grads",
     "uncertainty",
 ]

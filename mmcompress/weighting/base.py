@@ -16,14 +16,28 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 
 
+def no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
+  """The `end_epoch` of a weighting that remembers nothing between epochs."""
+  del epoch_mean_losses
+  return task_state
+
+
+def no_step_memory(task_state: Any, task_losses: jax.Array) -> Any:
+  """The `observe` of a weighting that remembers nothing between steps."""
+  del task_losses
+  return task_state
+
+
 class TaskWeighting(NamedTuple):
   """A way of weighting task losses; see `mmcompress.weighting` for each field's contract."""
   name: str
   init: Callable[[int], tuple[Any, Any]]
-  objective: Callable[[jax.Array, Any, Any], jax.Array]
+  objective: Callable[..., jax.Array]
   tx: optax.GradientTransformation
   end_epoch: Callable[[Any, jax.Array], Any]
   weights: Callable[[Any, Any], jax.Array]
+  observe: Callable[[Any, jax.Array], Any] = no_step_memory
+  aggregate: Callable[[int], optax.GradientTransformation] | None = None
 
 
 def scaled(task_losses: ArrayLike, task_scales: np.ndarray | None) -> jax.Array:
@@ -50,8 +64,3 @@ def check_reduction(reduction: str) -> str:
   """`reduction` if it is one of `REDUCTIONS`, or raises naming ``loss_reduction``."""
   return _checks.one_of(reduction, REDUCTIONS, "loss_reduction")
 
-
-def no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
-  """The `end_epoch` of a weighting that remembers nothing between epochs."""
-  del epoch_mean_losses
-  return task_state

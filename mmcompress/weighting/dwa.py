@@ -48,7 +48,8 @@ def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None,
     return jnp.where(state.num_epochs >= 2, jax.nn.softmax(ratio / temperature),
                      jnp.full((num_tasks,), 1.0 / num_tasks))
 
-  def objective(task_losses, task_params, state: DWAState):
+  def objective(task_losses, task_params, state: DWAState, key=None):
+    del key
     w = jax.lax.stop_gradient(weights(task_params, state))
     if by_count:
       w = w.shape[0] * w

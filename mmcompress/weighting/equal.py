@@ -25,8 +25,8 @@ def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> b
     _checks.positive_int(num_tasks, "num_tasks")
     return {}, jnp.zeros((num_tasks,), jnp.float32)
 
-  def objective(task_losses, task_params, task_state):
-    del task_params, task_state
+  def objective(task_losses, task_params, task_state, key=None):
+    del key, task_params, task_state
     return reduce(base.scaled(task_losses, scales))
 
   def weights(task_params, task_state):

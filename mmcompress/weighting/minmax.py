@@ -38,8 +38,8 @@ def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
   def init(num_tasks: int) -> tuple[Any, Any]:
     return equal_task_weights(num_tasks), ()
 
-  def objective(task_losses, task_weights, task_state):
-    del task_state
+  def objective(task_losses, task_weights, task_state, key=None):
+    del key, task_state
     return saddle_objective(task_losses, task_weights, gamma=gamma, task_scales=scales)
 
   def weights(task_weights, task_state):

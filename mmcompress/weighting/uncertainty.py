@@ -42,8 +42,8 @@ def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
     _checks.positive_int(num_tasks, "num_tasks")
     return jnp.full((num_tasks,), init_log_var, jnp.float32), ()
 
-  def objective(task_losses, log_vars, task_state):
-    del task_state
+  def objective(task_losses, log_vars, task_state, key=None):
+    del key, task_state
     terms = jnp.exp(-log_vars) * base.scaled(task_losses, scales) + log_vars
     return jnp.mean(terms) if factor is None else factor * jnp.sum(terms)
 

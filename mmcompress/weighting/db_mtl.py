@@ -1,0 +1,125 @@
+"""DB-MTL, dual-balancing multi-task learning (Lin et al., 2023), as a gradient-level
+weighting with its own stateful aggregator."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from mmcompress import _checks
+from mmcompress.weighting import base, gradient
+
+_LOG_EPS = 1e-8  # inside the logarithm of the losses, as the reference code
+
+
+class DBMTLState(NamedTuple):
+  """State of `db_mtl_aggregate`.
+
+  Attributes:
+    count: int32, updates made so far (the moving average's β/count^σ uses it).
+    buffer: the moving average of each task's gradient on every shared leaf, a tuple in the
+      order of the params' leaves, each of shape (K, *leaf.shape). (A tuple, not the params'
+      tree: these are not param-shaped, and `optax.tree_map_params` must not take them for
+      params.)
+    task_weights: (K,) float32, the last update's α_k = max_j |ĝ_j| / |ĝ_k| over their sum.
+  """
+  count: jax.Array
+  buffer: Any
+  task_weights: jax.Array
+
+
+def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0.0,
+                     shared: gradient.SharedFn | None = None) -> optax.GradientTransformation:
+  """DB-MTL's gradient balancing of stacked per-task gradients (of the log-losses).
+
+  With t the update count (from 1): ĝ_k ← g_k + (β / t^σ)(ĝ_k − g_k) on the shared leaves
+  (ĝ starts at zero), then d = Σ_k (max_j |ĝ_j| / |ĝ_k|) ĝ_k: every task's averaged gradient
+  rescaled to the largest norm, summed (|·| over all shared leaves together). A task-specific
+  leaf gets the sum of its rows, its own task's gradient. A zero ĝ_k gets the weight
+  max_j |ĝ_j| / 1e-8 times a zero vector, so it contributes nothing (finite); G = 0 gives
+  d = 0. As LibMTL's ``DB_MTL`` (1e-8 in the norm's denominator), with the direction itself
+  returned (no scale or clip).
+
+  Args:
+    num_tasks: K.
+    beta: β in [0, 1), the moving average's weight on the past (LibMTL's default 0.9).
+    beta_sigma: σ >= 0, the decay of that weight with the step (LibMTL's default 0).
+    shared: which leaves are shared (default `gradient.default_shared`).
+
+  Returns:
+    An `optax.GradientTransformation` with a `DBMTLState`; `update` requires `params`.
+  """
+  num_tasks = _checks.positive_int(num_tasks, "num_tasks")
+  beta = _checks.fraction(beta, "db_mtl.beta")
+  beta_sigma = _checks.non_negative(beta_sigma, "db_mtl.beta_sigma")
+  shared = gradient.default_shared if shared is None else shared
+
+  def init_fn(params: Any) -> DBMTLState:
+    flags = gradient.shared_flags(params, shared)
+    buffer = tuple(jnp.zeros((num_tasks, *jnp.shape(p)), jnp.result_type(p))
+                   for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(flags)) if s)
+    return DBMTLState(count=jnp.zeros([], jnp.int32), buffer=buffer,
+                      task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
+
+  def update_fn(updates: Any, state: DBMTLState, params: Any | None = None
+                ) -> tuple[Any, DBMTLState]:
+    if params is None:
+      raise ValueError("db_mtl_aggregate(...).update needs params (they tell which leaves are "
+                       "shared).")
+    gradient.check_stacked(updates, params, num_tasks, "db_mtl_aggregate")
+    flags = gradient.shared_flags(params, shared)
+    count = optax.safe_int32_increment(state.count)
+    rate = beta / count.astype(jnp.float32) ** beta_sigma
+    leaves, treedef = jax.tree.flatten(updates)
+    shared_leaves = [g for g, s in zip(leaves, jax.tree.leaves(flags)) if s]
+    buffer = tuple(g + (rate * (b - g)).astype(g.dtype)
+                   for b, g in zip(state.buffer, shared_leaves))
+    averaged_shared = iter(buffer)
+    averaged = treedef.unflatten([next(averaged_shared) if s else g
+                                  for g, s in zip(leaves, jax.tree.leaves(flags))])
+    norms = jnp.sqrt(jnp.diagonal(gradient.gram_matrix(averaged, flags)))
+    alpha = jnp.max(norms) / (norms + 1e-8)
+    return gradient.combine(averaged, flags, alpha), DBMTLState(
+        count=count, buffer=buffer, task_weights=gradient.normalised(alpha))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
+           task_scales: ArrayLike | None = None,
+           shared: gradient.SharedFn | None = None) -> base.TaskWeighting:
+  """DB-MTL (Lin, Ye, Xu, Wang & Zhang, "Dual-Balancing for Multi-Task Learning", 2023).
+
+  Loss-scale balancing: each task's objective is log(c_k L_k + 1e-8), so every task's
+  gradient is ∇L_k / L_k. Gradient-magnitude balancing: `db_mtl_aggregate`.
+
+  Args:
+    beta: the moving average's weight on the past.
+    beta_sigma: its decay with the step.
+    task_scales: optional fixed per-task loss scales c_k (a constant inside the log, so they
+      change nothing but the logged loss; kept for a uniform interface).
+    shared: which leaves are shared.
+  """
+  scales = base.check_task_scales(task_scales)
+  db_mtl_aggregate(2, beta=beta, beta_sigma=beta_sigma, shared=shared)  # checks the knobs
+
+  def objective(task_losses, task_params, task_state, key=None):
+    del task_params, task_state, key
+    return jnp.log(base.scaled(task_losses, scales) + _LOG_EPS)
+
+  def make(num_tasks: int, seed: int = 0) -> optax.GradientTransformation:
+    del seed
+    return db_mtl_aggregate(num_tasks, beta=beta, beta_sigma=beta_sigma, shared=shared)
+
+  return gradient.gradient_weighting("db_mtl", objective, make)
+
+
+def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
+                reduction: str) -> base.TaskWeighting:
+  """`db_mtl` with ``config.db_mtl.{beta, beta_sigma}`` (no reduction: it combines
+  gradients). The arguments are those of `mmcompress.weighting.from_config`."""
+  del steps_per_epoch, reduction
+  return db_mtl(config.db_mtl.beta, config.db_mtl.beta_sigma, task_scales=task_scales)

@@ -1,0 +1,244 @@
+"""Gradient-level task weighting: per-task gradients, and the transform that combines them.
+
+A gradient-level method (MGDA, PCGrad, Nash-MTL, ...; `mmcompress.aggregators`) needs the
+gradient of every task's loss with respect to the shared parameters, not one gradient of a
+weighted sum. Two pieces make it an optax transform like any other:
+
+* `per_task_grads(fn, params)`: the (K, ...) stacked gradients of a function returning K
+  task objectives, from one `jax.vjp` and a `jax.vmap` over the K one-hot cotangents (the
+  construction of `jax.jacrev`, with the values and auxiliary outputs kept);
+* `aggregate(weights_fn, num_tasks)`: an optax transform whose ``update`` takes those stacked
+  gradients (every leaf with a leading axis of K) and returns one gradient of the
+  parameters' shapes. It computes the K x K Gram matrix of the task gradients over the
+  *shared* leaves, leaf by leaf (no (K, n) matrix is ever concatenated), asks `weights_fn`
+  for the task weights α, and returns Σ_k α_k g_k on every shared leaf. A task-specific leaf
+  (a prediction head) gets the sum of its rows, which is its own task's gradient alone (the
+  other tasks' rows are exactly zero there), unweighted.
+
+Composition with sparsity: put the aggregator *first* in the optimizer that a sparse wrapper
+wraps, ``static_sparse(optax.chain(aggregate(...), optax.sgd(0.1)), masks)`` (likewise
+`dynamic_sparse`). The wrapper masks every task's gradient before the aggregator sees it, so
+the Gram matrix measures agreement over the weights that can move only (at 40x, 97.5 % of a
+pruned layer's gradient entries belong to weights that are held at zero), and it masks the
+update after, so a pruned entry stays exactly zero whatever the aggregator returns. In a dense
+stage put it first in the chain: ``optax.chain(aggregate(...), add_reweighted_l1(...),
+optax.sgd(0.1))`` (the ℓ1 term is added once, to the combined gradient).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from mmcompress import _checks
+from mmcompress.sparsity.masks import path_name
+from mmcompress.weighting import base
+
+# (gram (K, K), key) -> alpha (K,): the task weights of the combined direction.
+WeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
+# (path, leaf) -> whether the leaf is shared by the tasks (True) or belongs to one (False).
+SharedFn = Callable[[tuple[Any, ...], Any], bool]
+
+
+def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
+                   ) -> tuple[Any, ...]:
+  """The gradients of each of K task objectives, stacked, from one VJP.
+
+  Args:
+    fn: ``params -> values`` with values of shape (K,) (``has_aux``: ``(values, aux)``).
+    params: the point at which to differentiate.
+    has_aux: whether `fn` returns auxiliary outputs too.
+
+  Returns:
+    ``(values, grads)`` or, with `has_aux`, ``(values, grads, aux)``, where `grads` has the
+    structure of `params` and every leaf a leading axis of K: ``grads[k]`` is the gradient
+    of ``values[k]``.
+
+  >>> values, grads = per_task_grads(lambda p: jnp.stack([p ** 2, 3 * p]), jnp.array(2.0))
+  >>> grads.tolist()
+  [4.0, 3.0]
+  """
+  if has_aux:
+    values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
+  else:
+    values, vjp_fn = jax.vjp(fn, params)
+  if jnp.ndim(values) != 1:
+    raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
+                     f"got shape {jnp.shape(values)}.")
+  cotangents = jnp.eye(values.shape[0], dtype=values.dtype)
+  (grads,) = jax.vmap(vjp_fn)(cotangents)
+  return (values, grads, aux) if has_aux else (values, grads)
+
+
+def default_shared(path: tuple[Any, ...], leaf: Any) -> bool:
+  """Every leaf is shared except the task prediction layers, those whose key path contains
+  "head" (case-insensitive): the naming rule of every model in `mmcompress.models`, as in
+  `mmcompress.sparsity.default_include`.
+
+  Other task-specific parts (MTAN's ``task{k}_attention_*``, task-conditional batch norm)
+  count as shared by this rule. Their rows of the stacked gradient are exactly zero for every
+  other task, so they add to the diagonal of the Gram matrix only and receive α_k times their
+  own task's gradient; pass your own `shared` to treat them as heads instead.
+  """
+  del leaf
+  return "head" not in path_name(path).lower()
+
+
+class AggregateState(NamedTuple):
+  """State of `aggregate`.
+
+  Attributes:
+    count: int32, how many updates were made (folded into the key of random aggregators).
+    key: the PRNG key data of the aggregator's randomness (PCGrad's order).
+    task_weights: (K,) float32, the last update's task weights α divided by their sum (kept
+      as they are when the sum is 0), for logging.
+  """
+  count: jax.Array
+  key: jax.Array
+  task_weights: jax.Array
+
+
+def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
+  """Σ over the flagged leaves of G_leaf G_leafᵀ, in float32: the (K, K) Gram matrix of the
+  task gradients restricted to those leaves."""
+  rows = [g.reshape(g.shape[0], -1).astype(jnp.float32)
+          for g, shared in zip(jax.tree.leaves(stacked), jax.tree.leaves(flags)) if shared]
+  terms = [m @ m.T for m in rows]
+  if not terms:
+    raise ValueError("no shared parameter: every leaf is task-specific, so there is nothing "
+                     "for a gradient-level method to combine (check `shared`).")
+  return sum(terms[1:], terms[0])
+
+
+def combine(stacked: Any, flags: Any, alpha: jax.Array) -> Any:
+  """Σ_k α_k g_k on the flagged (shared) leaves; Σ_k g_k on the others."""
+  def one(g, shared):
+    coeffs = alpha if shared else jnp.ones_like(alpha)
+    return jnp.tensordot(coeffs.astype(g.dtype), g, axes=1)
+  return jax.tree.map(one, stacked, flags)
+
+
+def normalised(alpha: jax.Array) -> jax.Array:
+  """α over its sum, or α itself when the sum is 0."""
+  total = jnp.sum(alpha)
+  return alpha / jnp.where(total == 0, 1.0, total)
+
+
+def shared_flags(params: Any, shared: SharedFn) -> Any:
+  """A tree of Python bools: which leaves `shared` calls shared."""
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: bool(shared(path, leaf)), params)
+
+
+def check_stacked(stacked: Any, params: Any, num_tasks: int, name: str) -> None:
+  """Raises unless every leaf of `stacked` is its param's shape with a leading K axis."""
+  for g, p in zip(jax.tree.leaves(stacked), jax.tree.leaves(params)):
+    if jnp.shape(g) != (num_tasks, *jnp.shape(p)):
+      raise ValueError(
+          f"{name} takes the stacked per-task gradients (each leaf of shape (K, *param.shape) "
+          f"with K = {num_tasks}, from per_task_grads); got a leaf of shape {jnp.shape(g)} "
+          f"for a parameter of shape {jnp.shape(p)}.")
+
+
+def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
+              seed: int = 0) -> optax.GradientTransformation:
+  """Combines stacked per-task gradients with task weights computed from their Gram matrix.
+
+  ``update(stacked, state, params)``: ``gram = Σ_shared leaves G Gᵀ``, ``α = weights_fn(gram,
+  key)``, and the returned gradient is ``Σ_k α_k g_k`` on the shared leaves and ``Σ_k g_k``
+  on the task-specific ones (see the module docstring for where it goes in a chain).
+
+  Args:
+    weights_fn: ``(gram, key) -> α``; e.g. ``lambda gram, key: aggregators.mgda_weights(gram)``.
+    num_tasks: K.
+    shared: ``(path, leaf) -> bool`` over the parameters, True for a leaf shared by the tasks
+      (default `default_shared`: everything but the ``head`` layers).
+    seed: the seed of the key handed to `weights_fn` (a new key every step).
+
+  Returns:
+    An `optax.GradientTransformation` with an `AggregateState`; `update` requires `params`.
+  """
+  num_tasks = _checks.positive_int(num_tasks, "num_tasks")
+  shared = default_shared if shared is None else shared
+  if not callable(shared):
+    raise ValueError(f"shared must be a callable (path, leaf) -> bool, got {shared!r}.")
+  seed = _checks.non_negative_int(seed, "seed")
+
+  def init_fn(params: Any) -> AggregateState:
+    del params
+    return AggregateState(count=jnp.zeros([], jnp.int32),
+                          key=jax.random.key_data(jax.random.key(seed)),
+                          task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
+
+  def update_fn(updates: Any, state: AggregateState, params: Any | None = None
+                ) -> tuple[Any, AggregateState]:
+    if params is None:
+      raise ValueError("aggregate(...).update needs params (they tell which leaves are "
+                       "shared and what shape each combined gradient has).")
+    check_stacked(updates, params, num_tasks, "aggregate")
+    flags = shared_flags(params, shared)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
+    alpha = weights_fn(gram_matrix(updates, flags), key)
+    return combine(updates, flags, alpha), AggregateState(
+        count=optax.safe_int32_increment(state.count), key=state.key,
+        task_weights=normalised(alpha).astype(jnp.float32))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def gradient_weighting(name: str, objective: Callable[..., jax.Array],
+                       make_aggregate: Callable[[int, int], optax.GradientTransformation]
+                       ) -> base.TaskWeighting:
+  """A gradient-level `TaskWeighting`: `objective` gives the (K,) per-task objectives and
+  ``make_aggregate(num_tasks, seed)`` the transform that combines their gradients. It has no
+  task parameters; its weights change every step and are read with `current_weights`."""
+
+  def init(num_tasks: int) -> tuple[Any, Any]:
+    _checks.positive_int(num_tasks, "num_tasks")
+    return {}, ()
+
+  def weights(task_params, task_state):
+    raise ValueError(f"{name} is a gradient-level weighting: its task weights live in its "
+                     "aggregator's state; read them with current_weights(weighting, "
+                     "task_params, task_state, opt_state).")
+
+  return base.TaskWeighting(name, init, objective, optax.set_to_zero(), base.no_epoch_memory,
+                            weights, base.no_step_memory, make_aggregate)
+
+
+def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike | None = None,
+                   shared: SharedFn | None = None) -> base.TaskWeighting:
+  """The gradient-level weighting that combines the gradients of the (scaled) task losses
+  with `aggregate(weights_fn, ...)` (MGDA, PCGrad, ...: `mmcompress.aggregators`)."""
+  scales = base.check_task_scales(task_scales)
+
+  def objective(task_losses, task_params, task_state, key=None):
+    del task_params, task_state, key
+    return base.scaled(task_losses, scales)
+
+  def make(num_tasks: int, seed: int = 0) -> optax.GradientTransformation:
+    return aggregate(weights_fn, num_tasks, shared=shared, seed=seed)
+
+  return gradient_weighting(name, objective, make)
+
+
+def current_weights(weighting: Any, task_params: Any, task_state: Any, opt_state: Any
+                    ) -> jax.Array:
+  """The task weights to log: `weighting.weights` for a loss-level weighting; for a
+  gradient-level one, the last step's weights, the ``task_weights`` field of its aggregator's
+  state in `opt_state`."""
+  if weighting.aggregate is None:
+    return weighting.weights(task_params, task_state)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=_holds_task_weights)
+           if _holds_task_weights(s)]
+  if len(found) != 1:
+    raise ValueError(f"expected one aggregator state in the optimizer state of gradient-level "
+                     f"weighting {weighting.name!r}, found {len(found)}.")
+  return found[0].task_weights
+
+
+def _holds_task_weights(node: Any) -> bool:
+  return isinstance(node, tuple) and "task_weights" in getattr(node, "_fields", ())
