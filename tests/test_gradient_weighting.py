@@ -1,0 +1,212 @@
+"""The gradient-level glue: per-task gradients from one VJP, the Gram-based `aggregate`
+transform, DB-MTL's aggregator, and their composition with the sparse wrappers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmcompress import sparsity, weighting
+
+K = 3
+_RNG = np.random.default_rng(0)
+_X = jnp.asarray(_RNG.normal(size=(16, 5)), jnp.float32)
+_Y = jnp.asarray(_RNG.normal(size=(K, 16)), jnp.float32)
+
+
+def _params():
+  rng = np.random.default_rng(1)
+  f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+  return {"trunk": {"kernel": f32(5, 6), "bias": f32(6)},
+          **{f"head_{k}": {"kernel": f32(6, 1), "bias": f32(1)} for k in range(K)}}
+
+
+def _task_losses(params):
+  """K regressions on one shared tanh layer, each task through its own head."""
+  h = jnp.tanh(_X @ params["trunk"]["kernel"] + params["trunk"]["bias"])
+  return jnp.stack([jnp.mean((h @ params[f"head_{k}"]["kernel"] + params[f"head_{k}"]["bias"]
+                              )[:, 0] - _Y[k]) ** 2 for k in range(K)])
+
+
+def _flat_rows(stacked, keys):
+  """The (K, n) matrix of the stacked gradients of the leaves under `keys`, in float64."""
+  return np.concatenate([np.asarray(stacked[a][b], np.float64).reshape(K, -1)
+                         for a, b in keys], axis=1)
+
+
+TRUNK = [("trunk", "bias"), ("trunk", "kernel")]
+
+
+def test_per_task_grads_equal_k_separate_grads_and_heads_get_only_their_own_task():
+  params = _params()
+  values, stacked, aux = jax.jit(lambda p: weighting.per_task_grads(
+      lambda q: (_task_losses(q), jnp.sum(q["trunk"]["bias"])), p, has_aux=True))(params)
+  np.testing.assert_allclose(values, _task_losses(params), rtol=1e-6)
+  np.testing.assert_allclose(aux, jnp.sum(params["trunk"]["bias"]), rtol=1e-6)
+  for k in range(K):
+    separate = jax.grad(lambda p, k=k: _task_losses(p)[k])(params)
+    jax.tree.map(lambda s, g, k=k: np.testing.assert_allclose(s[k], g, rtol=1e-5, atol=1e-7),
+                 stacked, separate)
+    for j in range(K):  # head j's rows are exactly zero for every other task
+      if j != k:
+        assert not np.any(np.asarray(stacked[f"head_{j}"]["kernel"][k]))
+
+
+def test_per_task_grads_rejects_a_scalar_objective():
+  with pytest.raises(ValueError, match=r"\(K,\) vector"):
+    weighting.per_task_grads(lambda p: jnp.sum(p ** 2), jnp.ones(3))
+
+
+def _recording_weights(gram, key):
+  """Weights from the Gram matrix that depend on every entry of it (and not on the key)."""
+  del key
+  return jax.nn.softmax(gram @ jnp.arange(1.0, K + 1.0) / jnp.trace(gram))
+
+
+def test_aggregate_uses_the_gram_of_the_shared_leaves_and_gives_heads_their_own_gradient():
+  params = _params()
+  _, stacked = weighting.per_task_grads(_task_losses, params)
+  tx = weighting.aggregate(_recording_weights, K)
+  update, state = jax.jit(tx.update)(stacked, tx.init(params), params)
+  # Independently: the (K, n) matrix of the trunk's gradients, its Gram matrix in float64.
+  rows = _flat_rows(stacked, TRUNK)
+  gram = rows @ rows.T
+  alpha = np.asarray(_recording_weights(jnp.asarray(gram, jnp.float32), None), np.float64)
+  for a, b in TRUNK:
+    want = np.tensordot(alpha, np.asarray(stacked[a][b], np.float64), axes=1)
+    np.testing.assert_allclose(update[a][b], want, rtol=1e-4, atol=1e-7)
+  for k in range(K):  # the heads: their own task's gradient, unweighted
+    own = jax.grad(lambda p, k=k: _task_losses(p)[k])(params)[f"head_{k}"]
+    jax.tree.map(lambda u, g: np.testing.assert_allclose(u, g, rtol=1e-5, atol=1e-7),
+                 update[f"head_{k}"], own)
+  np.testing.assert_allclose(state.task_weights, alpha / alpha.sum(), rtol=1e-5)
+  assert int(state.count) == 1
+
+
+def test_aggregate_rejects_gradients_without_the_task_axis():
+  params = _params()
+  tx = weighting.aggregate(_recording_weights, K)
+  with pytest.raises(ValueError, match="stacked per-task gradients"):
+    tx.update(jax.grad(lambda p: jnp.sum(_task_losses(p)))(params), tx.init(params), params)
+
+
+def test_aggregate_hands_a_new_key_to_the_weights_every_step():
+  params = _params()
+  _, stacked = weighting.per_task_grads(_task_losses, params)
+  tx = weighting.aggregate(lambda gram, key: jax.random.uniform(key, (K,)), K, seed=3)
+  state = tx.init(params)
+  seen = []
+  for _ in range(3):
+    _, state = tx.update(stacked, state, params)
+    seen.append(np.asarray(state.task_weights))
+  assert not np.allclose(seen[0], seen[1]) and not np.allclose(seen[1], seen[2])
+
+
+def test_db_mtl_against_its_moving_average_by_hand():
+  beta, sigma = 0.6, 0.5
+  params = _params()
+  tx = weighting.db_mtl_aggregate(K, beta=beta, beta_sigma=sigma)
+  state = tx.init(params)
+  buffer = np.zeros_like(_flat_rows(weighting.per_task_grads(_task_losses, params)[1], TRUNK))
+  update = jax.jit(tx.update)
+  for t in (1, 2, 3):
+    params_t = jax.tree.map(lambda p, t=t: p * (1 + 0.1 * t), params)  # a new point each step
+    _, stacked = weighting.per_task_grads(lambda p: jnp.log(_task_losses(p) + 1e-8), params_t)
+    out, state = update(stacked, state, params_t)
+    rows = _flat_rows(stacked, TRUNK)
+    buffer = rows + beta / t ** sigma * (buffer - rows)
+    norms = np.linalg.norm(buffer, axis=1)
+    alpha = norms.max() / (norms + 1e-8)
+    want = alpha @ buffer
+    got = np.concatenate([np.asarray(out[a][b]).ravel() for a, b in TRUNK])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(state.task_weights, alpha / alpha.sum(), rtol=1e-5)
+
+
+def test_db_mtl_weighting_differentiates_the_log_losses():
+  w = weighting.create("db_mtl")
+  task_params, task_state = w.init(K)
+  losses = jnp.array([0.5, 2.0, 1.0])
+  np.testing.assert_allclose(w.objective(losses, task_params, task_state), np.log(losses + 1e-8),
+                             rtol=1e-6)
+
+
+def _run(tx, params, steps=4):
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    _, stacked = weighting.per_task_grads(_task_losses, p)
+    u, s = tx.update(stacked, s, p)
+    return optax.apply_updates(p, u), s, stacked
+
+  for _ in range(steps):
+    params, state, stacked = step(params, state)
+  return params, state, stacked
+
+
+GRAM_RULES = {
+    "recording": _recording_weights,
+    "one_task": lambda gram, key: jnp.array([0.0, 0.0, 5.0]),  # everything on task 2
+    "signed": lambda gram, key: jnp.array([3.0, -1.0, -1.5]),  # negative weights
+}
+
+
+@pytest.mark.parametrize("rule", sorted(GRAM_RULES))
+def test_static_sparse_keeps_pruned_entries_exactly_zero_under_an_aggregator(rule):
+  params = _params()
+  masks = sparsity.magnitude_masks(params, 0.7)
+  params = sparsity.apply_masks(params, masks)
+  tx = sparsity.static_sparse(
+      optax.chain(weighting.aggregate(GRAM_RULES[rule], K), optax.sgd(0.3, momentum=0.9)),
+      masks)
+  out, state, stacked = _run(tx, params)
+  pruned = np.asarray(~masks["trunk"]["kernel"])
+  assert pruned.sum() == round(0.7 * pruned.size)
+  assert np.all(np.asarray(out["trunk"]["kernel"])[pruned] == 0.0)
+  assert np.any(np.asarray(out["trunk"]["kernel"]) != np.asarray(params["trunk"]["kernel"]))
+  if rule == "recording":  # the weights came from the Gram matrix of the *masked* gradients
+    masked = {"trunk": {"kernel": np.where(masks["trunk"]["kernel"], stacked["trunk"]["kernel"],
+                                           0.0),
+                        "bias": stacked["trunk"]["bias"]}}
+    rows = _flat_rows(masked, TRUNK)
+    alpha = np.asarray(_recording_weights(jnp.asarray(rows @ rows.T, jnp.float32), None))
+    inner = state.inner_state[0]
+    np.testing.assert_allclose(inner.task_weights, alpha / alpha.sum(), rtol=1e-4)
+
+
+def test_dynamic_sparse_with_an_aggregator_keeps_the_exact_count_and_grows_by_the_task_sum():
+  params = _params()
+  tx = sparsity.dynamic_sparse(
+      optax.chain(weighting.aggregate(_recording_weights, K), optax.sgd(0.1)),
+      sparsity=0.5, update_every=2, grow_fraction=0.2)
+  out, state, _ = _run(tx, params, steps=4)
+  kernel_mask = np.asarray(state.masks["trunk"]["kernel"])
+  assert kernel_mask.sum() == 15  # 30 entries, 50 %
+  assert np.all(np.asarray(out["trunk"]["kernel"])[~kernel_mask] == 0.0)
+  # The regrowth score of stacked gradients is the gradient of the tasks' sum: the same
+  # masks as the same transform fed that sum directly, with the aggregator swapped for it.
+  summed = sparsity.dynamic_sparse(optax.sgd(0.1), sparsity=0.5, update_every=2,
+                                   grow_fraction=0.2)
+  _, stacked = weighting.per_task_grads(_task_losses, params)
+  state1, single1 = tx.init(params), summed.init(params)
+  for _ in range(2):  # two updates from the same point: the second one moves the masks
+    _, state1 = tx.update(stacked, state1, params)
+    _, single1 = summed.update(jax.tree.map(lambda g: jnp.sum(g, 0), stacked), single1, params)
+  jax.tree.map(np.testing.assert_array_equal, state1.masks, single1.masks)
+  assert not np.array_equal(np.asarray(state1.masks["trunk"]["kernel"]),
+                            np.asarray(tx.init(params).masks["trunk"]["kernel"]))
+
+
+def test_current_weights_reads_the_aggregator_state_of_a_gradient_level_weighting():
+  w = weighting.create("db_mtl")
+  params = _params()
+  task_params, task_state = w.init(K)
+  opt_state = optax.chain(w.aggregate(K, 0), optax.sgd(0.1)).init(params)
+  np.testing.assert_allclose(weighting.current_weights(w, task_params, task_state, opt_state),
+                             np.full(K, 1 / K))
+  with pytest.raises(ValueError, match="gradient-level"):
+    w.weights(task_params, task_state)
+  eq = weighting.create("equal")
+  tp, ts = eq.init(K)
+  np.testing.assert_allclose(weighting.current_weights(eq, tp, ts, None), np.full(K, 1 / K))
