@@ -241,14 +241,14 @@ def _compiled_versions(step: Callable) -> int | None:
   return size() if callable(size) else None
 
 
-def _check_counts(steps: int | None, rounds: int | None, warmup: int | None) -> None:
+def check_counts(steps: int | None, rounds: int | None, warmup: int | None) -> None:
   if any(v is not None and v < 1 for v in (steps, rounds)) or (warmup or 0) < 0:
     raise _checks.UserError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
                             f"rounds={rounds}, warmup={warmup}.")
 
 
 @dataclasses.dataclass
-class _Bench:
+class Bench:
   """One model's steps, ready to time: the steps by kind, their current states, the batch.
 
   The steps donate their states: only `states`, advanced by `_time`, holds live buffers.
@@ -261,7 +261,7 @@ class _Bench:
 
 
 def _build(name: str, setup: Setup, batch_size: int, mesh: jax.sharding.Mesh, control: bool,
-           seed: int) -> _Bench:
+           seed: int) -> Bench:
   """The problem, the model and its steps (`build_steps`), fed the trainer's first batch."""
   problem = make_problem(setup, batch_size, seed)
   model = create_model(name, num_outputs(problem), **setup.model_options)
@@ -270,11 +270,11 @@ def _build(name: str, setup: Setup, batch_size: int, mesh: jax.sharding.Mesh, co
   # One batch for every step: the first the trainer would draw, split as the trainer splits it.
   batch = parallel.shard_batch(problem.train_batch(seed, 0, 0, batch_size), mesh,
                                problem.batch_axis)
-  return _Bench(problem, {kind: step for kind, (step, _) in built.items()},
+  return Bench(problem, {kind: step for kind, (step, _) in built.items()},
                 {kind: state for kind, (_, state) in built.items()}, batch, num_params)
 
 
-def _time(bench: _Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]:
+def time_steps(bench: Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]:
   """Times `bench`'s steps as the module docstring says; advances ``bench.states``.
 
   Returns ``compile_s``, ``times`` and ``cpu_times`` (ms/step of every round) and
@@ -297,7 +297,7 @@ def _time(bench: _Bench, steps: int, rounds: int, warmup: int) -> dict[str, Any]
           "losses_finite": finite}
 
 
-def _memory(bench: _Bench) -> dict[str, Any]:
+def step_memory(bench: Bench) -> dict[str, Any]:
   """Whether a step recompiled, each compiled step's footprint, and the peak memory so far."""
   recompiled = {kind: (n > 1 if (n := _compiled_versions(step)) is not None else None)
                 for kind, step in bench.steps.items()}
@@ -361,10 +361,10 @@ def benchmark_model(name: str, *, batch_size: int | None = None, steps: int | No
   warmup = setup.warmup if warmup is None else warmup
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
-  _check_counts(steps, rounds, warmup)
+  check_counts(steps, rounds, warmup)
   bench = _build(name, setup, batch_size, mesh, control, seed)
-  timing = _time(bench, steps, rounds, warmup)
-  memory = _memory(bench)
+  timing = time_steps(bench, steps, rounds, warmup)
+  memory = step_memory(bench)
   problem = bench.problem
   return {
       "model": name,
@@ -384,11 +384,11 @@ def benchmark_model(name: str, *, batch_size: int | None = None, steps: int | No
   }
 
 
-def _mib(value: int | None) -> str:
+def mib(value: int | None) -> str:
   return "?" if value is None else f"{value / 2**20:.1f}"
 
 
-def _spread(ratios: Sequence[float]) -> str:
+def spread(ratios: Sequence[float]) -> str:
   return f"{100 * (min(ratios) - 1):+.1f}..{100 * (max(ratios) - 1):+.1f}"
 
 
@@ -406,13 +406,13 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
              else str(r["batch_size"]))
     rows.append((
         r["model"], batch, f"{ms['dense']:.3f}", f"{ms['minmax']:.3f}",
-        f"{r['ratio']:.3f}", f"{100 * r['overhead']:+.1f}", _spread(r["pair_ratios"]),
+        f"{r['ratio']:.3f}", f"{100 * r['overhead']:+.1f}", spread(r["pair_ratios"]),
         f"{100 * r['cpu_overhead']:+.1f}",
         f"{ms['zeroed']:.3f}" if has_control else "-",
         f"{100 * r['control_overhead']:+.1f}" if has_control else "-",
         f"{r['compile_s']['dense']:.2f} / {r['compile_s']['minmax']:.2f}",
-        f"{_mib(r['step_bytes']['dense'])} / {_mib(r['step_bytes']['minmax'])}",
-        _mib(r["peak_memory_bytes"])))
+        f"{mib(r['step_bytes']['dense'])} / {mib(r['step_bytes']['minmax'])}",
+        mib(r["peak_memory_bytes"])))
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
   lines.insert(1, "  ".join("-" * w for w in widths))
@@ -436,12 +436,12 @@ def verdict(result: dict[str, Any], target: float = TARGET_OVERHEAD) -> str:
   meets = result["overhead"] <= target
   line = (f"{result['model']}: min-max + {100 * SPARSITY:g} % masks cost "
           f"{100 * result['overhead']:+.2f} % over the dense step (median of "
-          f"{result['rounds']} rounds; single rounds {_spread(result['pair_ratios'])} %) -> "
+          f"{result['rounds']} rounds; single rounds {spread(result['pair_ratios'])} %) -> "
           f"{'meets' if meets else 'MISSES'} the target of at most {100 * target:g} %.")
   if "control_overhead" in result:
     line += (f" Against the dense step on the same pruned values: "
              f"{100 * result['control_overhead']:+.2f} % "
-             f"(single rounds {_spread(result['control_pair_ratios'])} %).")
+             f"(single rounds {spread(result['control_pair_ratios'])} %).")
   problems = [f"{kind} recompiled during timing" for kind, bad in result["recompiled"].items()
               if bad]
   problems += [f"{kind} losses not finite" for kind, ok in result["losses_finite"].items()
@@ -466,7 +466,7 @@ def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | No
   for name in models:  # every check before the first model's compute
     parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
                               mesh)
-  _check_counts(steps, rounds, warmup)
+  check_counts(steps, rounds, warmup)
   results = []
   for name in models:
     print(f"{name}: {setups[name].description} ...", file=out, flush=True)

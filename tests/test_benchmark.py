@@ -131,3 +131,22 @@ def test_run_refuses_bad_arguments_as_user_errors():
     benchmark.run(["resnet"], out=io.StringIO())
   with pytest.raises(_checks.UserError, match="steps >= 1"):
     benchmark.run(["mlp"], steps=0, out=io.StringIO())
+
+
+def test_the_weightings_benchmark_times_each_methods_trainer_step_against_equal():
+  from experiments import bench_weightings  # pylint: disable=import-outside-toplevel
+  out = io.StringIO()
+  setups = {"mlp": benchmark.Setup("digits", batch_size=8, steps=1, rounds=2, warmup=0)}
+  [result] = bench_weightings.run(["mlp"], ["minmax", "db_mtl"], setups=setups, out=out)
+  methods = result["methods"]
+  assert list(methods) == ["equal", "minmax", "db_mtl"]  # the baseline first, always
+  assert methods["equal"]["ratio"] == 1.0 and methods["equal"]["memory_ratio"] == 1.0
+  assert methods["db_mtl"]["family"] == "gradient" and methods["minmax"]["family"] == "loss"
+  assert all(m["losses_finite"] and len(m["pair_ratios"]) == 2 for m in methods.values())
+  # DB-MTL's state holds a moving average of K = 4 gradients of the trunk: its compiled step
+  # takes more memory than the equal one.
+  assert methods["db_mtl"]["memory_ratio"] > 1.5
+  table = out.getvalue()
+  assert all(name in table for name in methods)
+  with pytest.raises(_checks.UserError, match="methods entry"):
+    bench_weightings.run(["mlp"], ["no_such_method"], setups=setups, out=out)

@@ -1,0 +1,197 @@
+"""What each task weighting costs: its training step against the equal step, on one model.
+
+  python -m experiments.bench_weightings [--models=mlp,cnn] [--methods=equal,mgda,...]
+      [--full] [--steps=N --rounds=R --warmup=W] [--batch_size=B] [--json_out=w.json]
+
+(the flags but --methods are `experiments.benchmark`'s; --models defaults to mlp,cnn here,
+VGG16 needing an accelerator for 15 methods)
+
+Every registered weighting (`mmcompress.weighting.WEIGHTINGS`, loss- and gradient-level) is
+built with its published defaults (`weighting.create(name)`) into the step the trainer runs at
+40x: ``saddle_point(static_sparse(chain([aggregator,] sgd(lr, momentum=0.9)), masks),
+weighting.tx)`` with ``masks = magnitude_masks(params, 0.975)``, by
+`mmcompress.train.step.make_train_step` (jitted, donated, data-parallel). All start from the
+same pruned parameters and are fed the same batch, the first the trainer would draw, on the
+problem of `experiments.benchmark` (the MLP and the CNN on MultiDigits 'classify', 4 tasks;
+VGG16 on CIFAR-100 as 20 tasks, on an accelerator).
+
+Method (as `experiments.benchmark`): each step is called once (its compile time), then
+`--warmup` untimed steps, then `--rounds` interleaved rounds of `--steps` steps of every
+method in turn, so that drift in the machine's speed hits all alike. Reported per model and
+method: the median ms/step, its ratio to the equal step's, the lowest and highest ratio of
+single rounds, the compile time, and the memory of the compiled step (XLA's arguments +
+temporaries, `memory_analysis`) with its ratio to the equal step's: the per-method peak
+memory, since a process-wide high-water mark cannot tell methods apart in one process.
+
+A loss-level method adds a few scalar operations to the equal step. A gradient-level method
+differentiates K task objectives instead of one (a vmapped VJP: K backward passes through the
+shared network), computes the K x K Gram matrix of the per-task gradients, solves for the
+task weights (an iterative solver for MGDA, UPGrad, Nash-MTL, FairGrad, CAGrad) and combines
+the K gradients; DB-MTL also keeps a moving average of all K gradients (K x the shared
+parameters in its state). No number is quoted here: they depend on the machine.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from absl import flags
+
+from experiments import benchmark, launch, synthetic
+from mmcompress import _checks, saddle_point, sparsity, weighting
+from mmcompress.models import create_model
+from mmcompress.train import parallel
+from mmcompress.train.step import make_train_step
+
+BASELINE = "equal"
+
+
+def _family(name: str) -> str:
+  return "gradient" if weighting.create(name).aggregate is not None else "loss"
+
+
+def build(model_name: str, setup: benchmark.Setup, methods: Sequence[str], batch_size: int,
+          mesh: jax.sharding.Mesh, seed: int = 0) -> benchmark.Bench:
+  """Every method's 40x training step on one model, ready to time (see the module docstring)."""
+  problem = benchmark.make_problem(setup, batch_size, seed)
+  model = create_model(model_name, benchmark.num_outputs(problem), **setup.model_options)
+  params, model_state = synthetic.step.init_variables(model, problem, seed)
+  masks = sparsity.magnitude_masks(params, benchmark.SPARSITY)
+  pruned = sparsity.apply_masks(params, masks)
+  steps, states = {}, {}
+  for name in methods:
+    w = weighting.create(name)
+    inner = optax.sgd(benchmark.LEARNING_RATE, momentum=0.9)
+    if w.aggregate is not None:
+      inner = optax.chain(w.aggregate(problem.num_tasks, seed), inner)
+    tx = saddle_point(sparsity.static_sparse(inner, masks), w.tx)
+    states[name] = synthetic.replicated_state(pruned, model_state, w, tx, problem.num_tasks,
+                                              mesh, seed)
+    steps[name] = make_train_step(problem, model, w, tx, mesh)
+  batch = parallel.shard_batch(problem.train_batch(seed, 0, 0, batch_size), mesh,
+                               problem.batch_axis)
+  num_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+  return benchmark.Bench(problem, steps, states, batch, num_params)
+
+
+def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[str], *,
+                    batch_size: int | None = None, steps: int | None = None,
+                    rounds: int | None = None, warmup: int | None = None) -> dict[str, Any]:
+  """Times every method's step on one model; returns plain Python values (per method:
+  ``ms_per_step``, ``ratio``, ``pair_ratios``, ``compile_s``, ``step_bytes``,
+  ``memory_ratio``, ``losses_finite``, ``recompiled``, ``family``)."""
+  batch_size = setup.batch_size if batch_size is None else batch_size
+  steps = setup.steps if steps is None else steps
+  rounds = setup.rounds if rounds is None else rounds
+  warmup = setup.warmup if warmup is None else warmup
+  mesh = parallel.data_mesh()
+  bench = build(model_name, setup, methods, batch_size, mesh)
+  timing = benchmark.time_steps(bench, steps, rounds, warmup)
+  memory = benchmark.step_memory(bench)
+  median = {m: statistics.median(t) for m, t in timing["times"].items()}
+  base_bytes = memory["step_bytes"][BASELINE]
+  per_method = {}
+  for m in methods:
+    step_bytes = memory["step_bytes"][m]
+    per_method[m] = {
+        "family": _family(m),
+        "ms_per_step": median[m],
+        "ratio": median[m] / median[BASELINE],
+        "pair_ratios": [a / b for a, b in zip(timing["times"][m], timing["times"][BASELINE])],
+        "compile_s": timing["compile_s"][m],
+        "step_bytes": step_bytes,
+        "memory_ratio": (step_bytes / base_bytes if step_bytes and base_bytes else None),
+        "losses_finite": timing["losses_finite"][m],
+        "recompiled": memory["recompiled"][m],
+    }
+  return {"model": model_name, "description": setup.description,
+          "num_params": bench.num_params, "batch_size": batch_size,
+          "num_tasks": bench.problem.num_tasks, "platform": jax.default_backend(),
+          "devices": mesh.devices.size, "steps": steps, "rounds": rounds, "warmup": warmup,
+          "methods": per_method, "peak_memory_bytes": memory["peak_memory_bytes"],
+          "peak_memory_source": memory["peak_memory_source"]}
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """One model's methods as a fixed-width table, fastest family first as registered."""
+  header = ("method", "family", "ms/step", "x equal", "rounds x", "compile s", "step MiB",
+            "x equal mem")
+  rows = [header]
+  for name, r in result["methods"].items():
+    low, high = min(r["pair_ratios"]), max(r["pair_ratios"])
+    flags_ = ("" if r["losses_finite"] else " NaN") + (" RECOMPILED" if r["recompiled"] else "")
+    rows.append((name + flags_, r["family"], f"{r['ms_per_step']:.3f}", f"{r['ratio']:.2f}",
+                 f"{low:.2f}..{high:.2f}", f"{r['compile_s']:.2f}", benchmark.mib(r["step_bytes"]),
+                 "?" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+  lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benchmark.Setup],
+        batch_size: int | None = None, steps: int | None = None, rounds: int | None = None,
+        warmup: int | None = None, json_out: str | None = None,
+        out: Any = sys.stdout) -> list[dict[str, Any]]:
+  """Benchmarks `methods` on every model of `models`; prints a table per model."""
+  unknown = [m for m in models if m not in setups]
+  if not models or unknown:
+    raise _checks.UserError(f"models must name some of {sorted(setups)}, got {list(models)}.")
+  for m in methods:
+    _checks.one_of(m, tuple(weighting.WEIGHTINGS), "methods entry")
+  methods = [BASELINE] + [m for m in methods if m != BASELINE]
+  mesh = parallel.data_mesh()
+  for name in models:
+    parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
+                              mesh)
+  benchmark.check_counts(steps, rounds, warmup)
+  results = []
+  for name in models:
+    print(f"{name}: {setups[name].description}, {len(methods)} methods ...", file=out,
+          flush=True)
+    result = benchmark_model(name, setups[name], methods, batch_size=batch_size, steps=steps,
+                             rounds=rounds, warmup=warmup)
+    results.append(result)
+    print(f"\n{name} ({result['num_params']} parameters, batch {result['batch_size']}, "
+          f"{result['num_tasks']} tasks, {result['devices']} x {jax.devices()[0].device_kind}, "
+          f"jax {jax.__version__}, {result['rounds']} rounds of {result['steps']} steps):",
+          file=out)
+    print(format_table(result), file=out, flush=True)
+  print("x equal: median ms/step over the equal step's; rounds x: the lowest and highest of "
+        "single rounds; step MiB: XLA arguments + temporaries of the compiled step.", file=out)
+  if json_out:
+    with open(json_out, "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+  return results
+
+
+# The sizes and output flags are `experiments.benchmark`'s (defined when it is imported):
+# --models, --full, --batch_size, --steps, --rounds, --warmup, --json_out.
+_METHODS = flags.DEFINE_list("methods", None,
+                             "Weightings to time (default: every registered one); equal is "
+                             "always timed, as the baseline.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  setups, _ = benchmark.platform_setups(jax.default_backend(), full=FLAGS.full)
+  models = [m for m in FLAGS.models if m != "vgg16"] if not FLAGS["models"].present else (
+      FLAGS.models)
+  which = "full" if setups is benchmark.SETUPS else "small, for a CPU; --full for the full"
+  print(f"Sizes ({which}): " + ", ".join(
+      f"{m} batch {setups[m].batch_size} x {setups[m].steps} steps x {setups[m].rounds} rounds"
+      for m in models if m in setups) + ".", flush=True)
+  run(models, _METHODS.value or list(weighting.WEIGHTINGS), setups=setups,
+      batch_size=FLAGS.batch_size, steps=FLAGS.steps, rounds=FLAGS.rounds,
+      warmup=FLAGS.warmup, json_out=FLAGS.json_out)
+
+
+if __name__ == "__main__":
+  launch.run_main(main)

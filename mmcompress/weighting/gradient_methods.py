@@ -1,0 +1,113 @@
+"""The gradient-level weightings built on `mmcompress.aggregators`, one factory each.
+
+Each is `gradient.gram_weighting`: the trainer takes the K gradients of the (scaled) task
+losses with one VJP, and `gradient.aggregate` combines them with the method's weights of
+their Gram matrix. The mathematics, the conventions and where they differ from LibMTL,
+TorchJD and the authors' code are in each aggregator's docstring; the combined direction is
+used as it is (no ×K factor, no clipping: the trainer's ``optimizer.clip_norm`` clips, as the
+reference trainers do, when it is set).
+
+Every factory takes ``task_scales`` (fixed per-task loss scales, as every weighting) and
+``shared`` (which parameter leaves the tasks share; default: all but the ``head`` layers).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from jax.typing import ArrayLike
+
+from mmcompress import _checks, aggregators
+from mmcompress.weighting import base
+from mmcompress.weighting.gradient import SharedFn, gram_weighting
+
+
+def mgda(*, task_scales: ArrayLike | None = None,
+         shared: SharedFn | None = None) -> base.TaskWeighting:
+  """MGDA (Désidéri 2012; Sener & Koltun, NeurIPS 2018): the min-norm point of the convex
+  hull of the task gradients (`aggregators.mgda`)."""
+  return gram_weighting("mgda", lambda gram, key: aggregators.mgda_weights(gram),
+                        task_scales=task_scales, shared=shared)
+
+
+def pcgrad(*, task_scales: ArrayLike | None = None,
+           shared: SharedFn | None = None) -> base.TaskWeighting:
+  """PCGrad (Yu et al., NeurIPS 2020): conflicting gradients projected onto each other's
+  normal planes in a random order drawn every step (`aggregators.pcgrad`)."""
+  return gram_weighting("pcgrad", aggregators.pcgrad_weights, task_scales=task_scales,
+                        shared=shared)
+
+
+def cagrad(c: float = 0.4, *, task_scales: ArrayLike | None = None,
+           shared: SharedFn | None = None) -> base.TaskWeighting:
+  """CAGrad (Liu et al., NeurIPS 2021) with conflict-aversion radius `c`
+  (`aggregators.cagrad`; the authors' NYUv2 setting c = 0.4)."""
+  c = _checks.non_negative(c, "cagrad.c")
+  return gram_weighting("cagrad", lambda gram, key: aggregators.cagrad_weights(gram, c),
+                        task_scales=task_scales, shared=shared)
+
+
+def imtl_g(*, task_scales: ArrayLike | None = None,
+           shared: SharedFn | None = None) -> base.TaskWeighting:
+  """IMTL-G (Liu et al., ICLR 2021), the gradient part: equal projections of the combined
+  gradient onto every unit task gradient (`aggregators.imtl_g`)."""
+  return gram_weighting("imtl_g", lambda gram, key: aggregators.imtl_g_weights(gram),
+                        task_scales=task_scales, shared=shared)
+
+
+def nash_mtl(*, task_scales: ArrayLike | None = None,
+             shared: SharedFn | None = None) -> base.TaskWeighting:
+  """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution, (G Gᵀ) α = 1/α,
+  solved every step (`aggregators.nash_mtl`; the authors solve it every step on NYUv2)."""
+  return gram_weighting("nash_mtl", lambda gram, key: aggregators.nash_mtl_weights(gram),
+                        task_scales=task_scales, shared=shared)
+
+
+def aligned_mtl(*, task_scales: ArrayLike | None = None,
+                shared: SharedFn | None = None) -> base.TaskWeighting:
+  """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients made orthogonal with equal
+  norms by the Gram matrix's eigendecomposition (`aggregators.aligned_mtl`)."""
+  return gram_weighting("aligned_mtl", lambda gram, key: aggregators.aligned_mtl_weights(gram),
+                        task_scales=task_scales, shared=shared)
+
+
+def upgrad(*, task_scales: ArrayLike | None = None,
+           shared: SharedFn | None = None) -> base.TaskWeighting:
+  """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual cone of all of
+  them, averaged (`aggregators.upgrad`)."""
+  return gram_weighting("upgrad", lambda gram, key: aggregators.upgrad_weights(gram),
+                        task_scales=task_scales, shared=shared)
+
+
+def fairgrad(alpha: float = 1.0, *, task_scales: ArrayLike | None = None,
+             shared: SharedFn | None = None) -> base.TaskWeighting:
+  """FairGrad (Ban & Ji, ICML 2024) with fairness exponent `alpha`
+  (`aggregators.fairgrad`; α = 1 is Nash-MTL's solution)."""
+  alpha = _checks.positive(alpha, "fairgrad.alpha")
+  return gram_weighting("fairgrad",
+                        lambda gram, key: aggregators.fairgrad_weights(gram, alpha),
+                        task_scales=task_scales, shared=shared)
+
+
+def _reader(factory: Any, *knobs: str) -> Any:
+  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob."""
+  def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
+                  reduction: str) -> base.TaskWeighting:
+    """`factory` with its knobs from its config section; a gradient-level weighting has no
+    loss reduction. The arguments are those of `mmcompress.weighting.from_config`."""
+    del steps_per_epoch, reduction
+    section = config[factory.__name__] if knobs else None
+    return factory(*(section[k] for k in knobs), task_scales=task_scales)
+  return from_config
+
+
+# name -> (factory, from_config), for `mmcompress.weighting`'s registry.
+REGISTRY = {
+    "mgda": (mgda, _reader(mgda)),
+    "pcgrad": (pcgrad, _reader(pcgrad)),
+    "cagrad": (cagrad, _reader(cagrad, "c")),
+    "imtl_g": (imtl_g, _reader(imtl_g)),
+    "nash_mtl": (nash_mtl, _reader(nash_mtl)),
+    "aligned_mtl": (aligned_mtl, _reader(aligned_mtl)),
+    "upgrad": (upgrad, _reader(upgrad)),
+    "fairgrad": (fairgrad, _reader(fairgrad, "alpha")),
+}
