@@ -27,6 +27,7 @@ STEPS = 5
 _RNG = np.random.default_rng(0)
 _X = jnp.asarray(_RNG.normal(size=(8, 4)), jnp.float32)
 _Y = jnp.asarray(_RNG.normal(size=(2, 8, 6)), jnp.float32)  # one target per task
+_KEY = jax.random.key(0)  # the step's key a trainer passes to every objective (RLW draws from it)
 
 
 def _model_params():
@@ -65,10 +66,10 @@ def _weighting_case(name, **kwargs):
   if w.aggregate is not None:
     def stacked(p):
       return weighting.per_task_grads(
-          lambda q: w.objective(_task_losses(q), task_params, task_state), p)[1]
+          lambda q: w.objective(_task_losses(q), task_params, task_state, _KEY), p)[1]
     return optax.chain(w.aggregate(2, 0), optax.sgd(0.1)), _model_params(), stacked
   losses = _task_losses(_model_params())
-  return w.tx, task_params, jax.grad(lambda tp: w.objective(losses, tp, task_state))
+  return w.tx, task_params, jax.grad(lambda tp: w.objective(losses, tp, task_state, _KEY))
 
 
 def _stacked_grads(model):
@@ -109,6 +110,11 @@ CASES = [
     ("weighting_dwa", lambda: _weighting_case("dwa")),
     ("weighting_minmax", lambda: _weighting_case("minmax", gamma=1.0)),
     ("weighting_db_mtl", lambda: _weighting_case("db_mtl")),
+    ("weighting_rlw", lambda: _weighting_case("rlw")),
+    ("weighting_gls", lambda: _weighting_case("gls")),
+    ("weighting_stch", lambda: _weighting_case("stch")),
+    ("weighting_famo", lambda: _weighting_case("famo")),
+    ("weighting_minmax_auto", lambda: _weighting_case("minmax_auto", gamma=1.0)),
     ("aggregate_static_sparse", lambda: (
         sp.static_sparse(optax.chain(weighting.aggregate(_softmax_of_norms, 2), optax.sgd(0.1)),
                          sp.magnitude_masks(_model_params(), 0.5)),
@@ -125,6 +131,7 @@ _STATIC_SPARSE = (_PLACEHOLDER.format("static_sparse's init checks and masks par
 XFAILS = {
     **{("tree_map_params", n): _SIMPLEX for n, _ in CASES if n.startswith("simplex")},
     ("tree_map_params", "weighting_minmax"): _SIMPLEX,
+    ("tree_map_params", "weighting_minmax_auto"): _SIMPLEX,
     ("tree_map_params", "saddle_point"): (_PLACEHOLDER.format(
         "saddle_point's init requires the {'params', 'task_weights'} dict"), ValueError),
     ("tree_map_params", "static_sparse_sgd"): _STATIC_SPARSE,

@@ -41,6 +41,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01, "init_log_var": 0.0})
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
   c.db_mtl = ml_collections.ConfigDict({"beta": 0.9, "beta_sigma": 0.0})  # LibMTL's defaults
+  c.stch = ml_collections.ConfigDict({"mu": 1.0, "warmup_epochs": 4})  # LibMTL's defaults
+  # LibMTL's defaults (--FAMO_w_lr, --FAMO_w_gamma); min_losses () = all 0
+  c.famo = ml_collections.ConfigDict({"w_lr": 0.025, "gamma": 1e-3, "min_losses": ()})
   c.checkpoint_every_steps = 200
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too

@@ -28,16 +28,21 @@ A `TaskWeighting` bundles what a training loop needs from a way of weighting K t
   the model's optimizer consumes. It goes first in that optimizer's chain, inside the sparse
   wrappers, which mask every task's gradient before it (see `mmcompress.weighting.gradient`).
 
-The ``reduction`` of `equal`, `uncertainty` and `dwa` says how the task losses are added up:
+The ``reduction`` of `equal`, `uncertainty`, `dwa` and `stch` says how the task losses are
+added up:
 
 * ``"mean"`` (the default): every objective is normalised so that, at its starting point, it
   equals the mean of the task losses; the same descent learning rate then means the same
   thing for every weighting, min-max included.
 * ``"reference"``: the reference implementation's sums, so that its baselines can be
   reproduced: equal sums the task losses, DWA weights them by K·softmax, uncertainty sums
-  ½e^{−s_k} L_k + s_k / 2. Each is K times (uncertainty: K/2 times) its ``"mean"`` objective,
+  ½e^{−s_k} L_k + s_k / 2, STCH sums the log-losses in its warm-up and multiplies its smooth
+  maximum by K after it. Each is K times (uncertainty: K/2 times) its ``"mean"`` objective,
   so with SGD it takes that many times larger steps. Min-max has no reduction: its weights stay
-  on the simplex (sum one), as in the reference.
+  on the simplex (sum one), as in the reference; nor have RLW (random weights summing to one),
+  GLS (the geometric mean) and FAMO (gradient coefficients summing to one), each already as
+  its reference. A weighting's own objective (GLS's geometric mean, STCH's log-losses, FAMO's)
+  need not start at the mean loss.
 
 `weights` sums to one under either reduction. See docs/deviations.md.
 """
@@ -54,10 +59,19 @@ from mmcompress.weighting.dwa import DWAState, dwa
 from mmcompress.weighting.dwa import from_config as _dwa_from_config
 from mmcompress.weighting.equal import equal
 from mmcompress.weighting.equal import from_config as _equal_from_config
+from mmcompress.weighting.famo import FAMOState, famo
+from mmcompress.weighting.famo import from_config as _famo_from_config
+from mmcompress.weighting.gls import from_config as _gls_from_config
+from mmcompress.weighting.gls import gls
 from mmcompress.weighting.gradient import (AggregateState, aggregate, current_weights,
                                            default_shared, per_task_grads)
 from mmcompress.weighting.minmax import from_config as _minmax_from_config
-from mmcompress.weighting.minmax import minmax
+from mmcompress.weighting.minmax import auto_from_config as _minmax_auto_from_config
+from mmcompress.weighting.minmax import AutoScalesState, minmax, minmax_auto
+from mmcompress.weighting.rlw import from_config as _rlw_from_config
+from mmcompress.weighting.rlw import rlw
+from mmcompress.weighting.stch import STCHState, stch
+from mmcompress.weighting.stch import from_config as _stch_from_config
 from mmcompress.weighting.uncertainty import from_config as _uncertainty_from_config
 from mmcompress.weighting.uncertainty import uncertainty
 
@@ -68,6 +82,11 @@ _REGISTRY = {
     "dwa": (dwa, _dwa_from_config),
     "minmax": (minmax, _minmax_from_config),
     "db_mtl": (db_mtl, _db_mtl_from_config),
+    "rlw": (rlw, _rlw_from_config),
+    "gls": (gls, _gls_from_config),
+    "stch": (stch, _stch_from_config),
+    "famo": (famo, _famo_from_config),
+    "minmax_auto": (minmax_auto, _minmax_auto_from_config),
 }
 WEIGHTINGS = {name: factory for name, (factory, _) in _REGISTRY.items()}
 
@@ -102,9 +121,12 @@ def from_config(name: str, config: Any, *, steps_per_epoch: int) -> TaskWeightin
 
 __all__ = [
     "AggregateState",
+    "AutoScalesState",
     "DBMTLState",
     "DWAState",
+    "FAMOState",
     "REDUCTIONS",
+    "STCHState",
     "TaskWeighting",
     "WEIGHTINGS",
     "aggregate",
@@ -115,8 +137,13 @@ __all__ = [
     "default_shared",
     "dwa",
     "equal",
+    "famo",
     "from_config",
+    "gls",
     "minmax",
+    "minmax_auto",
     "per_task_grads",
+    "rlw",
+    "stch",
     "uncertainty",
 ]

@@ -1,8 +1,10 @@
 """Min-max task weights (Guo et al., ISCAS 2024) as a `TaskWeighting`."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
@@ -12,8 +14,19 @@ from mmcompress.objective import equal_task_weights, saddle_objective
 from mmcompress.weighting import base
 
 
+class AutoScalesState(NamedTuple):
+  """The memory of min-max with ``task_scales="auto"``.
+
+  Attributes:
+    scales: (K,) the scales c_k = 1 / L_k of the stage's first step (ones before it).
+    first: bool, True until the stage's first step has been observed.
+  """
+  scales: jax.Array
+  first: jax.Array
+
+
 def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
-           task_scales: ArrayLike | None = None, geometry: str = "euclidean",
+           task_scales: ArrayLike | str | None = None, geometry: str = "euclidean",
            every: int = 1) -> base.TaskWeighting:
   """Min-max task weights (Guo et al., ISCAS 2024): projected descent/ascent on
   `saddle_objective`.
@@ -22,31 +35,72 @@ def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
   for what γ and the task scales do. Both players' gradients come from one `jax.grad` at
   the same point (simultaneous updates); the reference alternates its two steps.
 
+  ``task_scales="auto"`` fixes the scales from the losses of the first step of the stage
+  (every stage starts from a fresh task_state): c_k = 1 / L_k(first step), so that "worst"
+  means "lost most relative to where the stage started". At that first step the objective
+  uses 1 / stop_gradient(L) of the step's own losses (every scaled loss is 1 there) and
+  `observe` stores them; later steps use the stored scales. A zero first loss gives an
+  infinite scale.
+
   Args:
     learning_rate: the ascent step 1/β (reference 0.02, β = 50), or a schedule.
     gamma: γ >= 0 (reference 5).
-    task_scales: optional per-task loss scales c_k.
+    task_scales: optional per-task loss scales c_k, or ``"auto"`` (see above).
     geometry: ``"euclidean"`` (APGDA) or ``"entropic"`` (exponentiated gradient).
     every: ascend once per this many steps, on their mean gradient (pass the steps per
       epoch to ascend once per epoch as the reference does; the reference ascends from the
       first batch's losses of the epoch instead of a mean).
   """
   gamma = _checks.non_negative(gamma, "gamma")
-  scales = base.check_task_scales(task_scales)
+  auto = isinstance(task_scales, str)
+  if auto:
+    _checks.one_of(task_scales, ("auto",), "task_scales")
+  scales = None if auto else base.check_task_scales(task_scales)
   tx = simplex_ascent(learning_rate, geometry=geometry, every=every)
 
   def init(num_tasks: int) -> tuple[Any, Any]:
-    return equal_task_weights(num_tasks), ()
+    task_weights = equal_task_weights(num_tasks)
+    if not auto:
+      return task_weights, ()
+    return task_weights, AutoScalesState(scales=jnp.ones((num_tasks,), jnp.float32),
+                                         first=jnp.ones([], bool))
 
   def objective(task_losses, task_weights, task_state, key=None):
-    del key, task_state
-    return saddle_objective(task_losses, task_weights, gamma=gamma, task_scales=scales)
+    del key
+    if not auto:
+      return saddle_objective(task_losses, task_weights, gamma=gamma, task_scales=scales)
+    task_losses = jnp.asarray(task_losses)
+    own = 1.0 / jax.lax.stop_gradient(task_losses)
+    return saddle_objective(task_losses, task_weights, gamma=gamma,
+                            task_scales=jnp.where(task_state.first, own, task_state.scales))
+
+  def observe(task_state: AutoScalesState, task_losses: jax.Array) -> AutoScalesState:
+    own = 1.0 / jnp.asarray(task_losses, jnp.float32)
+    return AutoScalesState(scales=jnp.where(task_state.first, own, task_state.scales),
+                           first=jnp.zeros_like(task_state.first))
 
   def weights(task_weights, task_state):
     del task_state
     return task_weights
 
-  return base.TaskWeighting("minmax", init, objective, tx, base.no_epoch_memory, weights)
+  if not auto:
+    return base.TaskWeighting("minmax", init, objective, tx, base.no_epoch_memory, weights)
+  return base.TaskWeighting("minmax_auto", init, objective, tx, base.no_epoch_memory, weights,
+                           observe)
+
+
+def minmax_auto(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
+                geometry: str = "euclidean", every: int = 1) -> base.TaskWeighting:
+  """`minmax` with ``task_scales="auto"``: the scales are 1 / the stage's first-step losses."""
+  return minmax(learning_rate, gamma=gamma, task_scales="auto", geometry=geometry, every=every)
+
+
+def _knobs(config: Any, steps_per_epoch: int) -> dict[str, Any]:
+  """``config.minmax``'s knobs as `minmax`'s keyword arguments."""
+  mm = config.minmax
+  every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
+  return {"learning_rate": mm.learning_rate, "gamma": mm.gamma, "geometry": mm.geometry,
+          "every": steps_per_epoch if every == "epoch" else 1}
 
 
 def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
@@ -59,7 +113,15 @@ def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | N
   The arguments are those of `mmcompress.weighting.from_config`.
   """
   del reduction
-  mm = config.minmax
-  every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
-  return minmax(mm.learning_rate, gamma=mm.gamma, task_scales=task_scales,
-                geometry=mm.geometry, every=steps_per_epoch if every == "epoch" else 1)
+  return minmax(task_scales=task_scales, **_knobs(config, steps_per_epoch))
+
+
+def auto_from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
+                     reduction: str) -> base.TaskWeighting:
+  """`minmax_auto` with the knobs of `from_config`; its scales are automatic, so
+  ``config.task_scales`` (`task_scales`) is not used, nor is `reduction`.
+
+  The arguments are those of `mmcompress.weighting.from_config`.
+  """
+  del task_scales, reduction
+  return minmax_auto(**_knobs(config, steps_per_epoch))
