@@ -313,6 +313,11 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     # A run recorded before configs named their problem ran the one its config's fields
     # describe, the one `config.problem` names now: not a difference.
     saved.setdefault("problem", current.get("problem"))
+    # Nor is the missing section of a weighting added since (``config.famo``, ...): the run
+    # recorded before could not name it in its methods.
+    for name in weighting.WEIGHTINGS:
+      if name in current and name not in saved:
+        saved[name] = current[name]
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)

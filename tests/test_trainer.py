@@ -230,6 +230,19 @@ def test_a_workdir_with_another_config_is_refused(tmp_path, tiny_config):
   assert saved["sparsity"] == 0.975  # never overwritten
 
 
+def test_a_workdir_recorded_before_a_weighting_was_added_still_resumes(tmp_path, tiny_config):
+  comparison.check_workdir(tiny_config(), str(tmp_path))
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["famo"], saved["db_mtl"]  # as written before those weightings existed
+  path.write_text(json.dumps(saved))
+  comparison.check_workdir(tiny_config(), str(tmp_path))  # resumes
+  with pytest.raises(ValueError, match="different config"):  # other missing keys still differ
+    del saved["sparsity"]
+    path.write_text(json.dumps(saved))
+    comparison.check_workdir(tiny_config(), str(tmp_path))
+
+
 @pytest.mark.slow
 def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch, tiny_config):
   # No reweighting stage: what a divergence leaves in the report does not depend on it.
