@@ -159,27 +159,29 @@ def test_stch_nadir_falls_back_to_the_epoch_mean_when_no_step_was_observed():
 # ----------------------------------------------------------------------------- min-max auto
 
 
-def test_minmax_auto_scales_are_one_over_the_first_steps_losses_and_stay_fixed():
+def test_minmax_auto_scales_are_the_first_steps_mean_over_each_loss_and_stay_fixed():
   gamma = 0.5
   w = weighting.minmax_auto(gamma=gamma)
   task_weights, state = w.init(3)
   first, later = LOSSES, np.array([0.8, 1.0, 1.5], np.float32)
-  # The first step scales by its own losses: every scaled loss is 1, the gradient ∝ 1/L.
-  np.testing.assert_allclose(w.objective(first, task_weights, state), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(_grad_wrt_losses(w, first, task_weights, state),
-                             np.full(3, 1 / 3) / first, rtol=1e-6)
+  scales = first.mean() / first  # c_k = mean(L) / L_k of the first step
+  # The first step scales by its own losses: every scaled loss is mean(L), the objective the
+  # mean loss, the gradient (1/K) c.
+  np.testing.assert_allclose(w.objective(first, task_weights, state), first.mean(), rtol=1e-6)
+  np.testing.assert_allclose(_grad_wrt_losses(w, first, task_weights, state), scales / 3,
+                             rtol=1e-6)
   state = w.observe(state, jnp.asarray(first))
-  np.testing.assert_allclose(state.scales, 1 / first, rtol=1e-6)
-  # Later steps: the saddle objective with c = 1 / L(first step).
+  np.testing.assert_allclose(state.scales, scales, rtol=1e-6)
+  # Later steps: the saddle objective with those fixed scales.
   tw = np.array([0.5, 0.2, 0.3], np.float32)
   spread = tw - 1 / 3
-  by_hand = np.sum(tw * later / first) - gamma / 2 * np.dot(spread, spread)
+  by_hand = np.sum(tw * scales * later) - gamma / 2 * np.dot(spread, spread)
   np.testing.assert_allclose(w.objective(later, jnp.asarray(tw), state), by_hand, rtol=1e-6)
   ascent = jax.grad(lambda v: w.objective(jnp.asarray(later), v, state))(jnp.asarray(tw))
-  np.testing.assert_allclose(ascent, later / first - gamma * spread, rtol=1e-5)
+  np.testing.assert_allclose(ascent, scales * later - gamma * spread, rtol=1e-5)
   for losses in (later, 2 * later):
     state = w.observe(state, jnp.asarray(losses))
-    np.testing.assert_allclose(state.scales, 1 / first, rtol=1e-6)
+    np.testing.assert_allclose(state.scales, scales, rtol=1e-6)
 
 
 def test_minmax_auto_from_config_ignores_the_fixed_scales_and_minmax_is_unchanged():
@@ -190,7 +192,8 @@ def test_minmax_auto_from_config_ignores_the_fixed_scales_and_minmax_is_unchange
   auto_weights, auto_state = auto.init(3)
   plain_weights, plain_state = plain.init(3)
   assert plain_state == ()  # min-max with fixed scales keeps no memory, as before
-  np.testing.assert_allclose(auto.objective(LOSSES, auto_weights, auto_state), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(auto.objective(LOSSES, auto_weights, auto_state), LOSSES.mean(),
+                             rtol=1e-6)
   np.testing.assert_allclose(plain.objective(LOSSES, plain_weights, plain_state),
                              np.dot([1.0, 5.0, 9.0], LOSSES) / 3, rtol=1e-6)
 
