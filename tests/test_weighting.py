@@ -18,7 +18,7 @@ LOSS_LEVEL = sorted(n for n in weighting.WEIGHTINGS if weighting.create(n).aggre
 # The loss-level weightings whose objective is a weighted mean of the losses with weights 1/K
 # at the start; the others (geometric mean, log-space objectives, random weights) start
 # elsewhere and are checked against their own formulas below.
-STARTS_AT_THE_MEAN = ("dwa", "equal", "minmax", "minmax_auto", "uncertainty")
+STARTS_AT_THE_MEAN = ("dwa", "equal", "minmax", "uncertainty")
 KEY = jax.random.key(0)
 
 
