@@ -26,7 +26,8 @@ def fairgrad_weights(gram: ArrayLike, alpha: float = 1.0) -> jax.Array:
   Degenerate inputs: the ridge ε keeps w finite where the equation has no solution. A zero row
   gets the weight ε^(-alpha/(1+alpha)) (times the mean diagonal to the power
   -alpha/(1+alpha)) and adds nothing to d; rows whose non-negative combination vanishes (two
-  opposite rows, all rows in conflict, G = 0) get weights of that order, and d is (near) 0.
+  opposite rows, all rows in conflict, G = 0) get weights of that order, which cancel in d up
+  to their float32 rounding (about 1e-7 of the largest weight times |gᵢ|).
 
   Args:
     gram: (K, K) Gram matrix G Gᵀ of the K task gradients, K >= 1.

@@ -26,8 +26,9 @@ def nash_mtl_weights(gram: ArrayLike) -> jax.Array:
   Degenerate inputs: the ridge ε keeps α finite where the equation has no solution. A zero
   row gets the weight ε^(-1/2) (about 3000 over the square root of the mean diagonal) and
   adds nothing to d; rows whose non-negative combination vanishes (two opposite rows, all
-  rows in conflict, G = 0) get weights of that order, and d is (near) 0. Collinear rows that
-  point the same way share one solution: (gram α)ᵢ = 1/αᵢ still holds.
+  rows in conflict, G = 0) get weights of that order, which cancel in d up to their float32
+  rounding (about 1e-7 of the largest weight times |gᵢ|). Collinear rows that point the same
+  way share one solution: (gram α)ᵢ = 1/αᵢ still holds.
 
   Equal to `fairgrad_weights(gram, alpha=1.0)`.
 
