@@ -111,7 +111,7 @@ def exact_power(g, alpha):
   coarse = scipy.optimize.minimize(
       lambda w: (w @ q @ w / 2 - utility(w), q @ w - w ** (-1 / alpha)), np.ones(len(g)),
       jac=True, method="L-BFGS-B", bounds=[(1e-12, None)] * len(g),
-      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})
+      options={"ftol": 1e-12, "gtol": 1e-8, "maxiter": 2000})
   equation = lambda u: np.exp(u / alpha) * (q @ np.exp(u)) - 1
   found = scipy.optimize.root(equation, np.log(coarse.x), method="hybr", tol=1e-14)
   assert np.max(np.abs(equation(found.x))) <= 1e-9, found.message
