@@ -81,7 +81,8 @@ def package_modules():
 def rule_of(module):
   """The check of what `module` may load, or None for modules without one."""
   core = ("mmcompress", "mmcompress.objective", "mmcompress.minmax", "mmcompress._checks")
-  if module in core or within(module, ("mmcompress.weighting", "mmcompress.sparsity")):
+  if module in core or within(module, ("mmcompress.weighting", "mmcompress.sparsity",
+                                       "mmcompress.aggregators")):
     return core_forbids
   if within(module, ("mmcompress.train",)):
     return train_forbids
@@ -113,6 +114,7 @@ def forbidden_in(loaded, module, rule):
 def test_the_checked_modules_cover_every_layer():
   for module in ("mmcompress", "mmcompress.objective", "mmcompress.minmax",
                  "mmcompress.weighting", "mmcompress.sparsity", "mmcompress.sparsity.masks",
+                 "mmcompress.aggregators", "mmcompress.weighting.gradient",
                  "mmcompress._checks", "mmcompress.train", "mmcompress.train.loop",
                  "mmcompress.models", "mmcompress.models.mtan"):
     assert module in CHECKED

@@ -15,7 +15,8 @@ import mmcompress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CORE = ["mmcompress/__init__.py", "mmcompress/_checks.py", "mmcompress/minmax.py",
-        "mmcompress/objective.py", "mmcompress/weighting", "mmcompress/sparsity"]
+        "mmcompress/objective.py", "mmcompress/weighting", "mmcompress/sparsity",
+        "mmcompress/aggregators"]
 
 
 def setup_cfg() -> configparser.ConfigParser:
