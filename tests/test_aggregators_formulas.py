@@ -138,9 +138,9 @@ def test_pcgrad_of_rows_without_conflict_is_their_sum():
 def test_pcgrad_of_two_tasks_conflicts_with_neither():
   # With K = 2 and g1.g2 < 0, d = p1 + p2 with p1.g2 = p2.g1 = 0, so
   # d.g1 = |g1|^2 - (g1.g2)^2/|g2|^2 >= 0 and likewise d.g2 >= 0.
-  extra = np.zeros((1, 2, WIDTH))
-  extra[0, :, :2] = [[1.0, 0.0], [-2.0, 1.0]]
-  stack = np.concatenate([RANDOM[2], extra])
+  stack = RANDOM[2].copy()
+  stack[-1] = 0.0
+  stack[-1, :, :2] = [[1.0, 0.0], [-2.0, 1.0]]  # one sure conflict (the batch keeps its shape)
   d = np.einsum("bk,bkn->bn", weights_of("pcgrad", stack), stack)
   conflicting = [b for b, G in enumerate(stack) if G[0] @ G[1] < 0]
   assert conflicting
@@ -384,3 +384,11 @@ def test_shapes_are_checked_with_a_message(name):
 def test_cagrad_checks_c():
   with pytest.raises(ValueError, match="c must be a number >= 0"):
     aggregators.cagrad(np.eye(2), c=-0.1)
+
+
+def test_lists_and_integers_are_promoted_to_float32():
+  np.testing.assert_allclose(aggregators.imtl_g_weights([[1.0, 0.0], [0.0, 4.0]]), [2 / 3, 1 / 3],
+                             rtol=1e-6)
+  d = aggregators.aligned_mtl(np.array([[1, 0], [0, 2]]))
+  assert d.dtype == jnp.float32
+  np.testing.assert_allclose(d, [1.0, 1.0], rtol=1e-6)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _check_gram, _check_rows
+from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows
 
 _EPS = float(np.finfo(np.float32).eps)
 
@@ -32,7 +32,8 @@ def aligned_mtl_weights(gram: ArrayLike) -> jax.Array:
   the same rank cut; the ``median`` and ``rmse`` scale modes are not offered here.
 
   Degenerate inputs: the rank cut drops the directions a zero row, collinear rows or K > n
-  leave empty (a zero row gets weight 0); G = 0 keeps nothing and gives alpha = 0, d = 0.
+  leave empty (a zero row gets weight 0); G = 0 keeps nothing and gives alpha = 0, d = 0
+  (TorchJD takes B = I there, which gives the same d = 0).
 
   Args:
     gram: the (K, K) Gram matrix G @ G.T of the K task gradients.
@@ -43,7 +44,7 @@ def aligned_mtl_weights(gram: ArrayLike) -> jax.Array:
   >>> aligned_mtl_weights(jnp.array([[4.0, 0.0], [0.0, 1.0]]))
   Array([0.5, 1. ], dtype=float32)
   """
-  gram = jnp.asarray(gram, jnp.result_type(gram, jnp.float32))
+  gram = _as_float(gram)
   _check_gram(gram)
   num_tasks = gram.shape[0]
   values, vectors = jnp.linalg.eigh(gram)
@@ -68,6 +69,6 @@ def aligned_mtl(G: ArrayLike) -> jax.Array:
   >>> aligned_mtl(jnp.array([[2.0, 0.0], [0.0, 1.0]]))
   Array([1., 1.], dtype=float32)
   """
-  G = jnp.asarray(G, jnp.result_type(G, jnp.float32))
+  G = _as_float(G)
   _check_rows(G)
   return aligned_mtl_weights(G @ G.T) @ G

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _check_gram, _check_rows
+from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows
 
 _EPS = float(np.finfo(np.float32).eps)
 _FLAT = 1e-4  # |1^T x| below this fraction of sum |x|: no affine solution, uniform weights
@@ -31,6 +31,8 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
   minimum-norm x; a zero row gets weight 0 (it has no direction to project on). When
   |sum(x)| <= 1e-4 sum(|x|) no combination summing to one has equal projections (e.g. rows g
   and -g, or G = 0) and the weights are uniform, 1/K each (d = 0 for g and -g, and for G = 0).
+  TorchJD's IMTL-G uses the same pseudo-inverse but returns zero weights there instead (when
+  |sum(x)| < 1e-12); LibMTL inverts the (K-1) x (K-1) system and gives NaN on these inputs.
 
   Args:
     gram: the (K, K) Gram matrix G @ G.T of the K task gradients.
@@ -41,7 +43,7 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
   >>> imtl_g_weights(jnp.array([[4.0, 0.0], [0.0, 1.0]]))
   Array([0.33333334, 0.6666667 ], dtype=float32)
   """
-  gram = jnp.asarray(gram, jnp.result_type(gram, jnp.float32))
+  gram = _as_float(gram)
   _check_gram(gram)
   num_tasks = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
@@ -67,6 +69,6 @@ def imtl_g(G: ArrayLike) -> jax.Array:
   >>> imtl_g(jnp.array([[2.0, 0.0], [0.0, 1.0]]))
   Array([0.6666667, 0.6666667], dtype=float32)
   """
-  G = jnp.asarray(G, jnp.result_type(G, jnp.float32))
+  G = _as_float(G)
   _check_rows(G)
   return imtl_g_weights(G @ G.T) @ G

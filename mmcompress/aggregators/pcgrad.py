@@ -13,6 +13,12 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 
 
+def _as_float(x: ArrayLike) -> jax.Array:
+  """`x` as an array of float32 at least (integers and half precision become float32)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _check_rows(G: jax.Array) -> None:
   if G.ndim != 2 or G.shape[0] < 1:
     raise _checks.UserError(
@@ -55,9 +61,9 @@ def pcgrad_weights(gram: ArrayLike, key: jax.Array) -> jax.Array:
   all exactly 1 (d is the plain sum) when no two rows conflict.
 
   The public implementations differ: the authors' code and LibMTL shuffle the tasks anew for
-  every row and include j = i (harmless: the original row never conflicts with itself), the
-  authors' code averages the projected rows in some versions, and TorchJD draws a permutation
-  per row. A single permutation for all rows makes the result a function of `key` alone.
+  every row and do not skip j = i, the popular PyTorch port averages the projected rows
+  instead of summing them, and TorchJD draws a permutation per row (skipping j = i, as here).
+  A single permutation for all rows makes the result a function of `key` alone.
 
   Degenerate inputs: a zero row conflicts with nothing and is never projected against (its
   weight does not matter, d gets nothing from it); two opposite rows g and -g project each
@@ -74,7 +80,7 @@ def pcgrad_weights(gram: ArrayLike, key: jax.Array) -> jax.Array:
   >>> pcgrad_weights(G @ G.T, jax.random.key(0))
   Array([2. , 1.5], dtype=float32)
   """
-  gram = jnp.asarray(gram, jnp.result_type(gram, jnp.float32))
+  gram = _as_float(gram)
   _check_gram(gram)
   num_tasks = gram.shape[0]
   order = jax.random.permutation(key, num_tasks)
@@ -95,6 +101,6 @@ def pcgrad(G: ArrayLike, key: jax.Array) -> jax.Array:
   >>> pcgrad(jnp.array([[1.0, 0.0], [-1.0, 1.0]]), jax.random.key(0))
   Array([0.5, 1.5], dtype=float32)
   """
-  G = jnp.asarray(G, jnp.result_type(G, jnp.float32))
+  G = _as_float(G)
   _check_rows(G)
   return pcgrad_weights(G @ G.T, key) @ G
