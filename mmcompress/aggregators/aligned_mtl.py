@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows
+from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows, _dot
 
 _EPS = float(np.finfo(np.float32).eps)
 
@@ -53,7 +53,7 @@ def aligned_mtl_weights(gram: ArrayLike) -> jax.Array:
   inv_sqrt = jnp.where(kept, 1.0 / jnp.sqrt(safe), 0.0)
   smallest = jnp.min(jnp.where(kept, values, jnp.inf))
   scale = jnp.sqrt(jnp.where(jnp.any(kept), smallest, 0.0))
-  balance = scale * (vectors * inv_sqrt) @ vectors.T
+  balance = scale * _dot(vectors * inv_sqrt, vectors.T)
   return balance.sum(axis=1)
 
 
@@ -71,4 +71,4 @@ def aligned_mtl(G: ArrayLike) -> jax.Array:
   """
   G = _as_float(G)
   _check_rows(G)
-  return aligned_mtl_weights(G @ G.T) @ G
+  return _dot(aligned_mtl_weights(_dot(G, G.T)), G)

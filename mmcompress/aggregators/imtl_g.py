@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows
+from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows, _dot
 
 _EPS = float(np.finfo(np.float32).eps)
 _FLAT = 1e-4  # |1^T x| below this fraction of sum |x|: no affine solution, uniform weights
@@ -50,7 +50,7 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
   values, vectors = jnp.linalg.eigh(gram)
   kept = values > jnp.max(values) * num_tasks * _EPS
   inverse = jnp.where(kept, 1.0 / jnp.where(kept, values, 1.0), 0.0)
-  x = (vectors * inverse) @ (vectors.T @ norms)
+  x = _dot(vectors * inverse, _dot(vectors.T, norms))
   total = jnp.sum(x)
   flat = jnp.abs(total) <= _FLAT * jnp.sum(jnp.abs(x))
   uniform = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
@@ -71,4 +71,4 @@ def imtl_g(G: ArrayLike) -> jax.Array:
   """
   G = _as_float(G)
   _check_rows(G)
-  return imtl_g_weights(G @ G.T) @ G
+  return _dot(imtl_g_weights(_dot(G, G.T)), G)

@@ -19,6 +19,11 @@ def _as_float(x: ArrayLike) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a @ b` at full float32 precision (no TF32 on GPUs: the Gram matrix needs every bit)."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _check_rows(G: jax.Array) -> None:
   if G.ndim != 2 or G.shape[0] < 1:
     raise _checks.UserError(
@@ -38,7 +43,7 @@ def _project_one(gram: jax.Array, order: jax.Array, i: jax.Array) -> jax.Array:
   num_tasks = gram.shape[0]
 
   def step(coefficients, j):
-    dot = gram[j] @ coefficients  # (current projected g_i) . g_j
+    dot = _dot(gram[j], coefficients)  # (current projected g_i) . g_j
     conflict = (j != i) & (dot < 0.0) & (gram[j, j] > 0.0)
     shift = jnp.where(conflict, dot / jnp.where(conflict, gram[j, j], 1.0), 0.0)
     return coefficients.at[j].add(-shift), None
@@ -103,4 +108,4 @@ def pcgrad(G: ArrayLike, key: jax.Array) -> jax.Array:
   """
   G = _as_float(G)
   _check_rows(G)
-  return pcgrad_weights(G @ G.T, key) @ G
+  return _dot(pcgrad_weights(_dot(G, G.T), key), G)
