@@ -331,8 +331,9 @@ def test_pcgrad_degenerate_answers():
 def test_cagrad_degenerate_answers():
   answers = degenerate_weights("cagrad")
   zero_row = DEGENERATE[3]["zero row"]
-  # A zero row puts 0 in the hull: the g_w term is dropped, d = g0 / (1 + c^2). So for the
-  # three rows at 120 degrees (g0 = 0 too), for g and -g (g0 = 0) and for G = 0.
+  # The zero row's partners both have g_i.g0 > 0, so g_w.g0 + c|g0||g_w| > 0 off the zero row:
+  # w is the zero row, g_w = 0, and the g_w term is dropped: d = g0 / (1 + c^2). The three rows
+  # at 120 degrees, g and -g, and G = 0 have g0 = 0, so d = 0.
   np.testing.assert_allclose(answers["zero row"][1], zero_row.mean(0) / (1 + C**2), rtol=1e-5)
   for case in ("all in conflict", "opposite", "zero"):
     np.testing.assert_allclose(answers[case][1], 0.0, atol=1e-6)

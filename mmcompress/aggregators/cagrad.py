@@ -125,10 +125,10 @@ def cagrad_weights(gram: ArrayLike, c: float = 0.4) -> jax.Array:
   SLSQP, with 1e-8 added inside the square roots; TorchJD solves it with cvxpy and leaves the
   1 / (1 + c^2) rescale out.
 
-  Degenerate inputs: when |g_w| <= 1e-3 times the RMS row norm at the solution (0 is in or at
-  the convex hull of the rows: a zero row, rows g and -g, G = 0) the g_w term is dropped and
-  d = g0 / (1 + c^2) (TorchJD returns d = 0 there); with c = 0 or g0 = 0, d = g0 / (1 + c^2)
-  as well.
+  Degenerate inputs: when |g_w| <= 1e-3 times the RMS row norm at the solution (the solution
+  can be g_w = 0 only when 0 is in the convex hull of the rows: rows g and -g, G = 0, or a zero
+  row when no other row does better) the g_w term is dropped and d = g0 / (1 + c^2) (TorchJD
+  returns d = 0 there); with c = 0 or g0 = 0, d = g0 / (1 + c^2) as well.
 
   Args:
     gram: the (K, K) Gram matrix G @ G.T of the K task gradients.
