@@ -2,9 +2,9 @@
 
 The random cases: for each K in 2..6, `CASES` = 6 matrices G of shape (K, 7), rows drawn
 normal and scaled by exp(N(0, 1)), kept when the Gram matrix's condition number is <= 1e4
-(NumPy seed 0). Each method is jitted once, vmapped over a K's cases (`weights_of` caches its
-answers, which several tests share); the accuracy asked of every direction is 1e-3 of |d|
-(float32 against float64).
+(NumPy seed 0). All the methods run in one jitted call vmapped over a K's cases (compiled once
+per shape; `random_weights` caches the answers, which several tests share); the accuracy asked
+of every direction is 1e-3 of |d| (float32 against float64).
 """
 import functools
 import importlib
@@ -45,23 +45,31 @@ RANDOM = _make_cases()
 WEIGHTS = {
     "pcgrad": lambda gram: aggregators.pcgrad_weights(gram, KEY),
     "cagrad": lambda gram: aggregators.cagrad_weights(gram, C),
-    "cagrad_c0": lambda gram: aggregators.cagrad_weights(gram, 0.0),
-    "cagrad_c1": lambda gram: aggregators.cagrad_weights(gram, 1.0),
     "imtl_g": aggregators.imtl_g_weights,
     "aligned_mtl": aggregators.aligned_mtl_weights,
 }
-BATCHED = {name: jax.jit(jax.vmap(lambda G, f=f: f(G @ G.T))) for name, f in WEIGHTS.items()}
+ALL_WEIGHTS = jax.jit(jax.vmap(lambda G: {name: f(G @ G.T) for name, f in WEIGHTS.items()}))
+
+
+def all_weights_of(stack):
+  """{method: its weights for each G of the (B, K, n) `stack`, in float64}."""
+  answers = ALL_WEIGHTS(jnp.asarray(stack, jnp.float32))
+  return {name: np.asarray(alpha, np.float64) for name, alpha in answers.items()}
 
 
 def weights_of(name, stack):
   """The weights of method `name` for each G of the (B, K, n) `stack`, in float64."""
-  return np.asarray(BATCHED[name](jnp.asarray(stack, jnp.float32)), np.float64)
+  return all_weights_of(stack)[name]
 
 
 @functools.lru_cache(maxsize=None)
+def _random_answers(num_tasks):
+  return all_weights_of(RANDOM[num_tasks])
+
+
 def random_weights(name, num_tasks):
-  """`weights_of` the random cases with K = `num_tasks`, and their directions alpha @ G."""
-  alpha = weights_of(name, RANDOM[num_tasks])
+  """The weights of method `name` for the random cases with K = `num_tasks`, and alpha @ G."""
+  alpha = _random_answers(num_tasks)[name]
   return alpha, np.einsum("bk,bkn->bn", alpha, RANDOM[num_tasks])
 
 
@@ -197,9 +205,15 @@ def test_cagrad_maximises_the_worst_task_over_the_ball(num_tasks):
 
 def test_cagrad_with_c_zero_is_the_mean_and_c_one_matches_scipy():
   stack = RANDOM[3]
-  np.testing.assert_allclose(random_weights("cagrad_c0", 3)[0], 1 / 3, rtol=1e-6)
-  assert_close(random_weights("cagrad_c1", 3)[1],
-               np.stack([cagrad_reference(G, 1.0) for G in stack]))
+  stack32 = jnp.asarray(stack, jnp.float32)
+  for c in (0.0, 1.0):
+    alpha = np.asarray(jax.jit(jax.vmap(lambda G, c=c: aggregators.cagrad_weights(G @ G.T, c)))(
+        stack32), np.float64)
+    if c == 0.0:
+      np.testing.assert_allclose(alpha, 1 / 3, rtol=1e-6)
+    else:
+      assert_close(np.einsum("bk,bkn->bn", alpha, stack),
+                   np.stack([cagrad_reference(G, c) for G in stack]))
 
 
 @pytest.mark.parametrize("num_tasks", [3, 5])
@@ -289,7 +303,9 @@ G_ROW = np.array([3.0, 1.0, -2.0, 0.0])
 H_ROW = np.array([-1.0, 2.0, 0.5, 0.0])
 # Grouped by K, so that each group runs in one vmapped call (zero columns change nothing).
 DEGENERATE = {
-    2: {"same direction": np.stack([G_ROW, 2.0 * G_ROW]), "opposite": np.stack([G_ROW, -G_ROW])},
+    1: {"one task": G_ROW[None]},
+    2: {"same direction": np.stack([G_ROW, 2.0 * G_ROW]), "opposite": np.stack([G_ROW, -G_ROW]),
+        "zero row removed": np.stack([G_ROW, H_ROW])},
     3: {"zero row": np.stack([G_ROW, np.zeros(4), H_ROW]),
         "K > n": np.array([[1.0, 0.2, 0, 0], [0.3, 1.0, 0, 0], [0.5, -0.1, 0, 0]]),
         "all in conflict": np.array([[1.0, 0, 0, 0], [-0.5, 0.8660254, 0, 0],
@@ -299,20 +315,32 @@ DEGENERATE = {
 
 
 @functools.lru_cache(maxsize=None)
+def _degenerate_answers():
+  """{method: {case: (alpha, d)}} on every degenerate input."""
+  answers = {name: {} for name in WEIGHTS}
+  for cases in DEGENERATE.values():
+    for name, alpha in all_weights_of(np.stack(list(cases.values()))).items():
+      for (case, G), weights in zip(cases.items(), alpha):
+        answers[name][case] = weights, weights @ G
+  return answers
+
+
 def degenerate_weights(name):
   """{case: (alpha, d)} of method `name` on every degenerate input."""
-  answers = {}
-  for cases in DEGENERATE.values():
-    alpha = weights_of(name, np.stack(list(cases.values())))
-    for (case, G), weights in zip(cases.items(), alpha):
-      answers[case] = weights, weights @ G
-  return answers
+  return _degenerate_answers()[name]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_degenerate_inputs_give_finite_answers(name):
   for case, (alpha, d) in degenerate_weights(name).items():
     assert np.all(np.isfinite(alpha)) and np.all(np.isfinite(d)), case
+
+
+def test_one_task_gets_its_own_gradient():
+  # CAGrad's ball around g0 = g is served best by g + c|g| g/|g|; the others keep g.
+  expected = {"pcgrad": 1.0, "cagrad": (1 + C) / (1 + C**2), "imtl_g": 1.0, "aligned_mtl": 1.0}
+  for name, weight in expected.items():
+    np.testing.assert_allclose(degenerate_weights(name)["one task"][0], [weight], rtol=1e-5)
 
 
 def test_pcgrad_degenerate_answers():
@@ -348,7 +376,7 @@ def test_imtl_g_degenerate_answers():
   answers = degenerate_weights("imtl_g")
   # A zero row gets weight 0 and leaves the others as without it; g, 2g get the pseudo-inverse's
   # (1/3, 2/3); g, -g and G = 0 have no solution summing to one: uniform weights.
-  without = weights_of("imtl_g", DEGENERATE[3]["zero row"][None, [0, 2]])[0]
+  without = answers["zero row removed"][0]
   np.testing.assert_allclose(answers["zero row"][0], [without[0], 0.0, without[1]], atol=1e-6)
   np.testing.assert_allclose(answers["same direction"][0], [1 / 3, 2 / 3], rtol=1e-5)
   np.testing.assert_allclose(answers["opposite"][0], [0.5, 0.5])
@@ -361,7 +389,7 @@ def test_aligned_mtl_degenerate_answers():
   # The rank cut drops a zero row's direction (weight 0, the others as without it); g, 2g keep
   # one eigenvalue, 5|g|^2, so B = v v^T with v = (1, 2)/sqrt(5), alpha = (3, 6)/5, d = 3g;
   # G = 0 keeps nothing.
-  without = weights_of("aligned_mtl", DEGENERATE[3]["zero row"][None, [0, 2]])[0]
+  without = answers["zero row removed"][0]
   np.testing.assert_allclose(answers["zero row"][0], [without[0], 0.0, without[1]], atol=1e-5)
   np.testing.assert_allclose(answers["same direction"][0], [0.6, 1.2], rtol=1e-5)
   np.testing.assert_allclose(answers["same direction"][1], 3.0 * G_ROW, rtol=1e-5)
