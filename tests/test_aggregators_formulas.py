@@ -2,9 +2,10 @@
 
 The random cases: for each K in 2..6, `CASES` = 6 matrices G of shape (K, 7), rows drawn
 normal and scaled by exp(N(0, 1)) (every second case exp(2 N(0, 1))), kept when the Gram
-matrix's condition number is <= 1e4 (every second case also >= 1e3) (NumPy seed 0). All the methods run in one jitted call vmapped over a K's cases (compiled once
-per shape; `random_weights` caches the answers, which several tests share); the accuracy asked
-of every direction is 1e-3 of |d| (float32 against float64).
+matrix's condition number is <= 1e4 (every second case also >= 1e3), NumPy seed 0. All the
+methods run in one jitted call vmapped over a K's cases (compiled once per shape;
+`random_weights` caches the answers, which several tests share); the accuracy asked of every
+direction is 1e-3 of |d| (float32 against float64).
 """
 import functools
 import importlib
@@ -44,13 +45,18 @@ def _make_cases():
 
 RANDOM = _make_cases()
 
+def gram(G):
+  """G @ G.T at full float32 precision (as the methods compute it), also on a GPU."""
+  return jnp.matmul(G, G.T, precision=jax.lax.Precision.HIGHEST)
+
+
 WEIGHTS = {
     "pcgrad": lambda gram: aggregators.pcgrad_weights(gram, KEY),
     "cagrad": lambda gram: aggregators.cagrad_weights(gram, C),
     "imtl_g": aggregators.imtl_g_weights,
     "aligned_mtl": aggregators.aligned_mtl_weights,
 }
-ALL_WEIGHTS = jax.jit(jax.vmap(lambda G: {name: f(G @ G.T) for name, f in WEIGHTS.items()}))
+ALL_WEIGHTS = jax.jit(jax.vmap(lambda G: {name: f(gram(G)) for name, f in WEIGHTS.items()}))
 
 
 def all_weights_of(stack):
@@ -209,7 +215,7 @@ def test_cagrad_with_c_zero_is_the_mean_and_c_one_matches_scipy():
   stack = RANDOM[3]
   stack32 = jnp.asarray(stack, jnp.float32)
   for c in (0.0, 1.0):
-    alpha = np.asarray(jax.jit(jax.vmap(lambda G, c=c: aggregators.cagrad_weights(G @ G.T, c)))(
+    alpha = np.asarray(jax.jit(jax.vmap(lambda G, c=c: aggregators.cagrad_weights(gram(G), c)))(
         stack32), np.float64)
     if c == 0.0:
       np.testing.assert_allclose(alpha, 1 / 3, rtol=1e-6)
@@ -278,6 +284,7 @@ def test_aligned_mtl_against_the_svd(num_tasks):
 
 
 # ------------------------------------------------------------------------------ all four
+
 
 @pytest.mark.parametrize("name", ["cagrad", "imtl_g", "aligned_mtl"])
 def test_permuting_the_rows_permutes_the_weights(name):
