@@ -1,28 +1,61 @@
-"""Gradient-level multi-task aggregators: pure functions of the (K, n) task gradients G.
+"""Gradient-level multi-task aggregators: a (K, n) matrix of task gradients to one direction.
 
-Each method is a function of the Gram matrix G Gᵀ to task weights α, and its direction is
-d = αᵀG (the step goes along -d):
+Every method is a function ``<name>_weights(gram) -> alpha`` of the Gram matrix ``G @ G.T``
+to (K,) task weights, and ``<name>(G) = <name>_weights(G @ G.T) @ G``, the combined direction
+d (the step goes along -d, as for a gradient). Because the weights need only the Gram matrix,
+it may be summed leaf by leaf over a parameter tree (`mmcompress.weighting.aggregate` does).
+All are jittable and usable under `jax.vmap`; the matrix products run at
+``Precision.HIGHEST`` (TF32 on a GPU would cost the Gram matrix the promised accuracy).
 
-* `mgda` / `mgda_weights`: the min-norm point of the rows' convex hull;
-* `upgrad` / `upgrad_weights`: the mean projection of the rows onto their dual cone;
-* `nash_mtl` / `nash_mtl_weights`: the Nash bargaining solution, (G Gᵀ α)ᵢ = 1/αᵢ;
-* `fairgrad` / `fairgrad_weights`: α-fair allocation, (G Gᵀ w)ᵢ = wᵢ^(-1/alpha).
+* `mgda`: the min-norm point of the rows' convex hull (Désidéri 2012; Sener & Koltun 2018);
+* `pcgrad`: conflicting rows projected onto each other's normal planes (Yu et al. 2020);
+* `cagrad`: the mean direction moved toward the worst task within a ball (Liu et al. 2021);
+* `imtl_g`: equal projections onto every unit task gradient (Liu et al. 2021);
+* `nash_mtl`: the Nash bargaining solution, (G Gᵀ α)ᵢ = 1/αᵢ (Navon et al. 2022);
+* `aligned_mtl`: the rows made orthogonal with equal norms (Senushkin et al. 2023);
+* `upgrad`: the mean projection of the rows onto their dual cone (Quinton & Rey 2024);
+* `fairgrad`: α-fair allocation, (G Gᵀ w)ᵢ = wᵢ^(-1/alpha) (Ban & Ji 2024).
 
-The ``_weights`` functions take only the Gram matrix, so it may be summed leaf by leaf over a
-parameter tree. All are jittable and vmappable.
+Conventions (no ×K factor, no clipping, which rows are normalised, ...) and where LibMTL,
+TorchJD and the authors' code differ are in each function's docstring.
 """
+from mmcompress.aggregators.aligned_mtl import aligned_mtl, aligned_mtl_weights
+from mmcompress.aggregators.cagrad import cagrad, cagrad_weights
 from mmcompress.aggregators.fairgrad import fairgrad, fairgrad_weights
+from mmcompress.aggregators.imtl_g import imtl_g, imtl_g_weights
 from mmcompress.aggregators.mgda import mgda, mgda_weights
 from mmcompress.aggregators.nash_mtl import nash_mtl, nash_mtl_weights
+from mmcompress.aggregators.pcgrad import pcgrad, pcgrad_weights
 from mmcompress.aggregators.upgrad import upgrad, upgrad_weights
 
+# name -> the function of the Gram matrix to the task weights.
+WEIGHTS = {
+    "mgda": mgda_weights,
+    "pcgrad": pcgrad_weights,
+    "cagrad": cagrad_weights,
+    "imtl_g": imtl_g_weights,
+    "nash_mtl": nash_mtl_weights,
+    "aligned_mtl": aligned_mtl_weights,
+    "upgrad": upgrad_weights,
+    "fairgrad": fairgrad_weights,
+}
+
 __all__ = [
+    "WEIGHTS",
+    "aligned_mtl",
+    "aligned_mtl_weights",
+    "cagrad",
+    "cagrad_weights",
     "fairgrad",
     "fairgrad_weights",
+    "imtl_g",
+    "imtl_g_weights",
     "mgda",
     "mgda_weights",
     "nash_mtl",
     "nash_mtl_weights",
+    "pcgrad",
+    "pcgrad_weights",
     "upgrad",
     "upgrad_weights",
 ]
