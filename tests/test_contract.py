@@ -110,6 +110,9 @@ CASES = [
     ("weighting_dwa", lambda: _weighting_case("dwa")),
     ("weighting_minmax", lambda: _weighting_case("minmax", gamma=1.0)),
     ("weighting_db_mtl", lambda: _weighting_case("db_mtl")),
+    *((f"weighting_{name}", functools.partial(_weighting_case, name))
+      for name in ("mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
+                   "fairgrad")),
     ("weighting_rlw", lambda: _weighting_case("rlw")),
     ("weighting_gls", lambda: _weighting_case("gls")),
     ("weighting_stch", lambda: _weighting_case("stch")),

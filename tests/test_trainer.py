@@ -217,8 +217,11 @@ def test_every_weighting_runs_the_digits_pipeline_at_40x(tmp_path, tiny_config, 
   assert all(np.isfinite(v) for v in result.metrics.values())
   assert result.sparsity == pytest.approx(0.975, abs=1e-3)
   assert result.prunable_compression_ratio == pytest.approx(40.0, rel=0.05)
-  trajectory = np.asarray(result.task_weights)  # every method reports weights on the simplex
-  assert np.all(trajectory >= 0) and np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
+  # Every method reports weights summing to one, on the simplex except IMTL-G's and
+  # Aligned-MTL's, whose combinations may subtract a task's gradient.
+  trajectory = np.asarray(result.task_weights)
+  assert np.allclose(trajectory.sum(1), 1.0, atol=1e-5)
+  assert method in ("imtl_g", "aligned_mtl") or np.all(trajectory >= 0)
 
 
 def test_a_workdir_with_another_config_is_refused(tmp_path, tiny_config):

@@ -41,6 +41,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uncertainty = ml_collections.ConfigDict({"learning_rate": 0.01, "init_log_var": 0.0})
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
   c.db_mtl = ml_collections.ConfigDict({"beta": 0.9, "beta_sigma": 0.0})  # LibMTL's defaults
+  c.cagrad = ml_collections.ConfigDict({"c": 0.4})  # the authors' NYUv2 setting
+  c.fairgrad = ml_collections.ConfigDict({"alpha": 1.0})  # 1: Nash-MTL's solution
   c.stch = ml_collections.ConfigDict({"mu": 1.0, "warmup_epochs": 4})  # LibMTL's defaults
   # LibMTL's defaults (--FAMO_w_lr, --FAMO_w_gamma); min_losses () = all 0
   c.famo = ml_collections.ConfigDict({"w_lr": 0.025, "gamma": 1e-3, "min_losses": ()})

@@ -68,6 +68,17 @@ def check_rows(matrix: ArrayLike) -> jax.Array:
   return matrix.astype(jnp.promote_types(matrix.dtype, jnp.float32))
 
 
+def dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a @ b` at full float32 precision (no TF32 on a GPU: the Gram matrix needs every bit)."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def direction(G: ArrayLike, weights: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """d = weights(G Gᵀ) @ G for a (K, n) matrix G, after checking its shape."""
+  G = check_rows(G)
+  return dot(weights(dot(G, G.T)), G)
+
+
 def normalised(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(gram / s, s) with s the mean of the diagonal; a zero gram stays zero and s = 0."""
   scale = jnp.mean(jnp.diagonal(gram))

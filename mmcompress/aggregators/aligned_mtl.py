@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows, _dot
+from mmcompress.aggregators import _solvers
 
 _EPS = float(np.finfo(np.float32).eps)
 
@@ -44,8 +44,7 @@ def aligned_mtl_weights(gram: ArrayLike) -> jax.Array:
   >>> aligned_mtl_weights(jnp.array([[4.0, 0.0], [0.0, 1.0]]))
   Array([0.5, 1. ], dtype=float32)
   """
-  gram = _as_float(gram)
-  _check_gram(gram)
+  gram = _solvers.check_gram(gram)
   num_tasks = gram.shape[0]
   values, vectors = jnp.linalg.eigh(gram)
   kept = values > jnp.max(values) * num_tasks * _EPS
@@ -53,7 +52,7 @@ def aligned_mtl_weights(gram: ArrayLike) -> jax.Array:
   inv_sqrt = jnp.where(kept, 1.0 / jnp.sqrt(safe), 0.0)
   smallest = jnp.min(jnp.where(kept, values, jnp.inf))
   scale = jnp.sqrt(jnp.where(jnp.any(kept), smallest, 0.0))
-  balance = scale * _dot(vectors * inv_sqrt, vectors.T)
+  balance = scale * _solvers.dot(vectors * inv_sqrt, vectors.T)
   return balance.sum(axis=1)
 
 
@@ -69,6 +68,4 @@ def aligned_mtl(G: ArrayLike) -> jax.Array:
   >>> aligned_mtl(jnp.array([[2.0, 0.0], [0.0, 1.0]]))
   Array([1., 1.], dtype=float32)
   """
-  G = _as_float(G)
-  _check_rows(G)
-  return _dot(aligned_mtl_weights(_dot(G, G.T)), G)
+  return _solvers.direction(G, aligned_mtl_weights)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from mmcompress import _checks
-from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows, _dot
+from mmcompress.aggregators import _solvers
 
 MAX_ITERATIONS = 1000  # the accelerated projected gradient's cap
 TOLERANCE = 1e-7  # it stops once no weight moves by more (the weights are on the simplex)
@@ -41,7 +41,7 @@ def _project_to_simplex(v: jax.Array) -> jax.Array:
 
 def _objective(H: jax.Array, b: jax.Array, s: jax.Array, w: jax.Array) -> jax.Array:
   """g_w.g0 + s |g_w| in Gram terms."""
-  return _dot(b, w) + s * jnp.sqrt(jnp.maximum(_dot(w, _dot(H, w)), 0.0))
+  return _solvers.dot(b, w) + s * jnp.sqrt(jnp.maximum(_solvers.dot(w, _solvers.dot(H, w)), 0.0))
 
 
 class _Search(NamedTuple):
@@ -65,15 +65,15 @@ def _accelerated_descent(H: jax.Array, b: jax.Array, s: jax.Array) -> jax.Array:
   rate = 1.0 / jnp.maximum(curvature, 1e-6)
 
   def gradient(y):
-    Hy = _dot(H, y)
-    return b + s * Hy / jnp.sqrt(jnp.maximum(_dot(y, Hy), _FLOOR))
+    Hy = _solvers.dot(H, y)
+    return b + s * Hy / jnp.sqrt(jnp.maximum(_solvers.dot(y, Hy), _FLOOR))
 
   def go_on(search):
     return (search.step < MAX_ITERATIONS) & (search.moved > TOLERANCE)
 
   def iterate(search):
     w = _project_to_simplex(search.y - rate * gradient(search.y))
-    uphill = _dot(search.y - w, w - search.w) > 0.0
+    uphill = _solvers.dot(search.y - w, w - search.w) > 0.0
     momentum = jnp.where(uphill, 1.0, (1.0 + jnp.sqrt(1.0 + 4.0 * search.momentum**2)) / 2.0)
     y = jnp.where(uphill, w, w + (search.momentum - 1.0) / momentum * (w - search.w))
     return _Search(search.step + 1, w, y, momentum, jnp.max(jnp.abs(w - search.w)))
@@ -97,10 +97,10 @@ def _face_optimum(H: jax.Array, b: jax.Array, s: jax.Array, face: jax.Array):
   restricted = H * m[:, None] * m[None, :] + jnp.diag(1.0 - m)
   factor = jax.scipy.linalg.cho_factor(restricted)
   y, z = jax.scipy.linalg.cho_solve(factor, jnp.stack([m, b * m], axis=1)).T
-  total = _dot(y, m)
-  mu = _dot(b * m, y) / total
+  total = _solvers.dot(y, m)
+  mu = _solvers.dot(b * m, y) / total
   p = z - mu * y
-  slack = s**2 - _dot((b - mu) * m, p)
+  slack = s**2 - _solvers.dot((b - mu) * m, p)
   delta = jnp.sqrt(jnp.maximum(slack, 0.0) / total)
   w = (y - p / jnp.where(delta > 0.0, delta, 1.0)) / total
   valid = (slack > 0.0) & (total > 0.0) & jnp.all(w >= -1e-6) & jnp.all(jnp.isfinite(w))
@@ -141,8 +141,7 @@ def cagrad_weights(gram: ArrayLike, c: float = 0.4) -> jax.Array:
   Array([0.6, 0.6], dtype=float32)
   """
   c = _check_c(c)
-  gram = _as_float(gram)
-  _check_gram(gram)
+  gram = _solvers.check_gram(gram)
   num_tasks = gram.shape[0]
   scale = jnp.mean(jnp.diag(gram))
   H = gram / jnp.where(scale > 0.0, scale, 1.0)
@@ -152,7 +151,7 @@ def cagrad_weights(gram: ArrayLike, c: float = 0.4) -> jax.Array:
   exact, valid = _face_optimum(H, b, s, w > _SUPPORT)
   better = valid & (_objective(H, b, s, exact) <= _objective(H, b, s, w))
   w = jnp.where(better, exact, w)
-  norm = jnp.sqrt(jnp.maximum(_dot(w, _dot(H, w)), 0.0))
+  norm = jnp.sqrt(jnp.maximum(_solvers.dot(w, _solvers.dot(H, w)), 0.0))
   flat = norm <= _FLAT_NORM
   lam = jnp.where(flat, 0.0, s / jnp.where(flat, 1.0, norm))
   return (1.0 / num_tasks + lam * w) / (1.0 + c**2)
@@ -171,6 +170,4 @@ def cagrad(G: ArrayLike, c: float = 0.4) -> jax.Array:
   >>> cagrad(jnp.array([[1.0, 0.0], [0.0, 1.0]]), c=0.5)
   Array([0.6, 0.6], dtype=float32)
   """
-  G = _as_float(G)
-  _check_rows(G)
-  return _dot(cagrad_weights(_dot(G, G.T), c), G)
+  return _solvers.direction(G, lambda gram: cagrad_weights(gram, c))

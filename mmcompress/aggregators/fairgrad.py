@@ -65,5 +65,4 @@ def fairgrad(G: ArrayLike, alpha: float = 1.0) -> jax.Array:
   >>> fairgrad(jnp.array([[1.0, 0.0], [0.0, 2.0]]), alpha=1.0).round(3)
   Array([1., 1.], dtype=float32)
   """
-  G = _solvers.check_rows(G)
-  return fairgrad_weights(G @ G.T, alpha) @ G
+  return _solvers.direction(G, lambda gram: fairgrad_weights(gram, alpha))

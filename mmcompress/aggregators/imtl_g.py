@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mmcompress.aggregators.pcgrad import _as_float, _check_gram, _check_rows, _dot
+from mmcompress.aggregators import _solvers
 
 _EPS = float(np.finfo(np.float32).eps)
 _FLAT = 1e-4  # |1^T x| below this fraction of sum |x|: no affine solution, uniform weights
@@ -43,14 +43,13 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
   >>> imtl_g_weights(jnp.array([[4.0, 0.0], [0.0, 1.0]]))
   Array([0.33333334, 0.6666667 ], dtype=float32)
   """
-  gram = _as_float(gram)
-  _check_gram(gram)
+  gram = _solvers.check_gram(gram)
   num_tasks = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
   values, vectors = jnp.linalg.eigh(gram)
   kept = values > jnp.max(values) * num_tasks * _EPS
   inverse = jnp.where(kept, 1.0 / jnp.where(kept, values, 1.0), 0.0)
-  x = _dot(vectors * inverse, _dot(vectors.T, norms))
+  x = _solvers.dot(vectors * inverse, _solvers.dot(vectors.T, norms))
   total = jnp.sum(x)
   flat = jnp.abs(total) <= _FLAT * jnp.sum(jnp.abs(x))
   uniform = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype)
@@ -69,6 +68,4 @@ def imtl_g(G: ArrayLike) -> jax.Array:
   >>> imtl_g(jnp.array([[2.0, 0.0], [0.0, 1.0]]))
   Array([0.6666667, 0.6666667], dtype=float32)
   """
-  G = _as_float(G)
-  _check_rows(G)
-  return _dot(imtl_g_weights(_dot(G, G.T)), G)
+  return _solvers.direction(G, imtl_g_weights)

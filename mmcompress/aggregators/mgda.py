@@ -60,5 +60,4 @@ def mgda(G: ArrayLike) -> jax.Array:
   >>> mgda(jnp.array([[1.0, 0.0], [0.0, 2.0]])).round(3)
   Array([0.8, 0.4], dtype=float32)
   """
-  G = _solvers.check_rows(G)
-  return mgda_weights(G @ G.T) @ G
+  return _solvers.direction(G, mgda_weights)

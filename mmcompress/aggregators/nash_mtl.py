@@ -65,5 +65,4 @@ def nash_mtl(G: ArrayLike) -> jax.Array:
   >>> nash_mtl(jnp.array([[1.0, 0.0], [0.0, 2.0]])).round(3)
   Array([1., 1.], dtype=float32)
   """
-  G = _solvers.check_rows(G)
-  return nash_mtl_weights(G @ G.T) @ G
+  return _solvers.direction(G, nash_mtl_weights)

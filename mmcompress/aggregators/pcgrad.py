@@ -10,32 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from mmcompress import _checks
-
-
-def _as_float(x: ArrayLike) -> jax.Array:
-  """`x` as an array of float32 at least (integers and half precision become float32)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-  """`a @ b` at full float32 precision (no TF32 on GPUs: the Gram matrix needs every bit)."""
-  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
-
-
-def _check_rows(G: jax.Array) -> None:
-  if G.ndim != 2 or G.shape[0] < 1:
-    raise _checks.UserError(
-        f"G must be a (K, n) matrix with one task gradient per row and K >= 1, got shape "
-        f"{G.shape}; stack the flattened task gradients with jnp.stack.")
-
-
-def _check_gram(gram: jax.Array) -> None:
-  if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
-    raise _checks.UserError(
-        f"gram must be a square (K, K) Gram matrix G @ G.T with K >= 1, got shape "
-        f"{gram.shape}.")
+from mmcompress.aggregators import _solvers
 
 
 def _project_one(gram: jax.Array, order: jax.Array, i: jax.Array) -> jax.Array:
@@ -43,7 +18,7 @@ def _project_one(gram: jax.Array, order: jax.Array, i: jax.Array) -> jax.Array:
   num_tasks = gram.shape[0]
 
   def step(coefficients, j):
-    dot = _dot(gram[j], coefficients)  # (current projected g_i) . g_j
+    dot = _solvers.dot(gram[j], coefficients)  # (current projected g_i) . g_j
     conflict = (j != i) & (dot < 0.0) & (gram[j, j] > 0.0)
     shift = jnp.where(conflict, dot / jnp.where(conflict, gram[j, j], 1.0), 0.0)
     return coefficients.at[j].add(-shift), None
@@ -85,8 +60,7 @@ def pcgrad_weights(gram: ArrayLike, key: jax.Array) -> jax.Array:
   >>> pcgrad_weights(G @ G.T, jax.random.key(0))
   Array([2. , 1.5], dtype=float32)
   """
-  gram = _as_float(gram)
-  _check_gram(gram)
+  gram = _solvers.check_gram(gram)
   num_tasks = gram.shape[0]
   order = jax.random.permutation(key, num_tasks)
   per_row = jax.vmap(lambda i: _project_one(gram, order, i))(jnp.arange(num_tasks))
@@ -106,6 +80,4 @@ def pcgrad(G: ArrayLike, key: jax.Array) -> jax.Array:
   >>> pcgrad(jnp.array([[1.0, 0.0], [-1.0, 1.0]]), jax.random.key(0))
   Array([0.5, 1.5], dtype=float32)
   """
-  G = _as_float(G)
-  _check_rows(G)
-  return _dot(pcgrad_weights(_dot(G, G.T), key), G)
+  return _solvers.direction(G, lambda gram: pcgrad_weights(gram, key))

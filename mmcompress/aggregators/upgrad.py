@@ -66,5 +66,4 @@ def upgrad(G: ArrayLike) -> jax.Array:
   >>> print(upgrad(jnp.array([[1.0, 0.0], [-1.0, 1.0]])))
   [0.25... 0.75...]
   """
-  G = _solvers.check_rows(G)
-  return upgrad_weights(G @ G.T) @ G
+  return _solvers.direction(G, upgrad_weights)

@@ -63,6 +63,7 @@ from mmcompress.weighting.famo import FAMOState, famo
 from mmcompress.weighting.famo import from_config as _famo_from_config
 from mmcompress.weighting.gls import from_config as _gls_from_config
 from mmcompress.weighting.gls import gls
+from mmcompress.weighting import gradient_methods as gm
 from mmcompress.weighting.gradient import (AggregateState, aggregate, current_weights,
                                            default_shared, per_task_grads)
 from mmcompress.weighting.minmax import from_config as _minmax_from_config
@@ -81,12 +82,21 @@ _REGISTRY = {
     "uncertainty": (uncertainty, _uncertainty_from_config),
     "dwa": (dwa, _dwa_from_config),
     "minmax": (minmax, _minmax_from_config),
-    "db_mtl": (db_mtl, _db_mtl_from_config),
     "rlw": (rlw, _rlw_from_config),
     "gls": (gls, _gls_from_config),
     "stch": (stch, _stch_from_config),
     "famo": (famo, _famo_from_config),
     "minmax_auto": (minmax_auto, _minmax_auto_from_config),
+    # Gradient-level: the aggregators of `mmcompress.aggregators` (gradient_methods.py).
+    "mgda": (gm.mgda, gm.reader(gm.mgda)),
+    "pcgrad": (gm.pcgrad, gm.reader(gm.pcgrad)),
+    "cagrad": (gm.cagrad, gm.reader(gm.cagrad, "c")),
+    "imtl_g": (gm.imtl_g, gm.reader(gm.imtl_g)),
+    "nash_mtl": (gm.nash_mtl, gm.reader(gm.nash_mtl)),
+    "aligned_mtl": (gm.aligned_mtl, gm.reader(gm.aligned_mtl)),
+    "upgrad": (gm.upgrad, gm.reader(gm.upgrad)),
+    "fairgrad": (gm.fairgrad, gm.reader(gm.fairgrad, "alpha")),
+    "db_mtl": (db_mtl, _db_mtl_from_config),
 }
 WEIGHTINGS = {name: factory for name, (factory, _) in _REGISTRY.items()}
 
@@ -119,6 +129,9 @@ def from_config(name: str, config: Any, *, steps_per_epoch: int) -> TaskWeightin
                             reduction=reduction)
 
 
+mgda, pcgrad, cagrad, imtl_g = gm.mgda, gm.pcgrad, gm.cagrad, gm.imtl_g
+nash_mtl, aligned_mtl, upgrad, fairgrad = gm.nash_mtl, gm.aligned_mtl, gm.upgrad, gm.fairgrad
+
 __all__ = [
     "AggregateState",
     "AutoScalesState",
@@ -130,6 +143,8 @@ __all__ = [
     "TaskWeighting",
     "WEIGHTINGS",
     "aggregate",
+    "aligned_mtl",
+    "cagrad",
     "create",
     "current_weights",
     "db_mtl",
@@ -137,13 +152,19 @@ __all__ = [
     "default_shared",
     "dwa",
     "equal",
+    "fairgrad",
     "famo",
     "from_config",
     "gls",
+    "imtl_g",
+    "mgda",
     "minmax",
     "minmax_auto",
+    "nash_mtl",
+    "pcgrad",
     "per_task_grads",
     "rlw",
     "stch",
     "uncertainty",
+    "upgrad",
 ]

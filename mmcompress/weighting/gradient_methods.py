@@ -88,7 +88,7 @@ def fairgrad(alpha: float = 1.0, *, task_scales: ArrayLike | None = None,
                         task_scales=task_scales, shared=shared)
 
 
-def _reader(factory: Any, *knobs: str) -> Any:
+def reader(factory: Any, *knobs: str) -> Any:
   """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob."""
   def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
                   reduction: str) -> base.TaskWeighting:
@@ -98,16 +98,3 @@ def _reader(factory: Any, *knobs: str) -> Any:
     section = config[factory.__name__] if knobs else None
     return factory(*(section[k] for k in knobs), task_scales=task_scales)
   return from_config
-
-
-# name -> (factory, from_config), for `mmcompress.weighting`'s registry.
-REGISTRY = {
-    "mgda": (mgda, _reader(mgda)),
-    "pcgrad": (pcgrad, _reader(pcgrad)),
-    "cagrad": (cagrad, _reader(cagrad, "c")),
-    "imtl_g": (imtl_g, _reader(imtl_g)),
-    "nash_mtl": (nash_mtl, _reader(nash_mtl)),
-    "aligned_mtl": (aligned_mtl, _reader(aligned_mtl)),
-    "upgrad": (upgrad, _reader(upgrad)),
-    "fairgrad": (fairgrad, _reader(fairgrad, "alpha")),
-}
