@@ -184,7 +184,7 @@ def main(argv: Sequence[str]) -> None:
   setups, _ = benchmark.platform_setups(jax.default_backend(), full=FLAGS.full)
   models = [m for m in FLAGS.models if m != "vgg16"] if not FLAGS["models"].present else (
       FLAGS.models)
-  which = "full" if setups is benchmark.SETUPS else "small, for a CPU; --full for the full"
+  which = "full" if setups is benchmark.SETUPS else "small, for a CPU; --full for the full ones"
   print(f"Sizes ({which}): " + ", ".join(
       f"{m} batch {setups[m].batch_size} x {setups[m].steps} steps x {setups[m].rounds} rounds"
       for m in models if m in setups) + ".", flush=True)

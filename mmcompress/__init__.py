@@ -6,7 +6,12 @@ The core a user composes into their own JAX training loop:
 * `simplex_ascent`: the task weights' projected ascent, an optax transform;
 * `saddle_point`: one optax transform over ``{"params", "task_weights"}`` for both players;
 * `mmcompress.sparsity`: magnitude masks, `static_sparse`, reweighted-ℓ1, dynamic sparse training;
-* `mmcompress.weighting`: equal, uncertainty, DWA and min-max behind one interface.
+* `mmcompress.weighting`: eighteen task weightings behind one interface, loss-level (equal,
+  uncertainty, DWA, min-max, RLW, GLS, STCH, FAMO) and gradient-level (MGDA, PCGrad, CAGrad,
+  IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, FairGrad, DB-MTL), the per-task gradients and the
+  transform that combines them;
+* `mmcompress.aggregators`: the gradient-level methods as pure functions of the task
+  gradients (or of their Gram matrix).
 """
 from mmcompress import sparsity
 from mmcompress import weighting

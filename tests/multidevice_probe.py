@@ -1,4 +1,5 @@
-"""Runs a few min-max masked training steps on however many devices XLA_FLAGS gives.
+"""Runs a few masked training steps, min-max and Nash-MTL, on however many devices XLA_FLAGS
+gives.
 
 Run as a script by tests/test_trainer.py, once with one CPU device and once with eight
 (``--xla_force_host_platform_device_count``), to check that data parallelism changes nothing
@@ -9,13 +10,33 @@ import sys
 
 import jax
 import numpy as np
+import optax
 
 from experiments import synthetic
-from mmcompress import weighting
+from mmcompress import saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
 from mmcompress.train import parallel
+from mmcompress.train.step import make_train_step
+
+
+def gradient_level_losses(problem, model, sparse, mesh, batch_size, name):
+  """The task losses and logged weights of a few steps of gradient-level weighting `name`
+  (per-task gradients of the sharded batch, aggregated inside the masks)."""
+  w = weighting.create(name)
+  inner = optax.chain(w.aggregate(problem.num_tasks, 0), optax.sgd(0.1, momentum=0.9))
+  tx = saddle_point(sparsity.static_sparse(inner, sparse.masks), w.tx)
+  state = synthetic.replicated_state(sparsity.apply_masks(sparse.params, sparse.masks),
+                                     sparse.model_state, w, tx, problem.num_tasks, mesh, 1)
+  train_step = make_train_step(problem, model, w, tx, mesh)
+  losses = []
+  for i in range(4):
+    batch = parallel.shard_batch(problem.train_batch(0, 0, i, batch_size), mesh)
+    state, task_losses = train_step(state, batch)
+    losses.append(np.asarray(task_losses).tolist())
+  weights = weighting.current_weights(w, state.task_params, state.task_state, state.opt_state)
+  return {"losses": losses, "task_weights": np.asarray(weights).tolist()}
 
 
 def main(batch_size: int) -> dict:
@@ -34,7 +55,8 @@ def main(batch_size: int) -> dict:
     state, task_losses = train_step(state, batch)
     losses.append(np.asarray(task_losses).tolist())
   kernel = np.asarray(state.params["trunk"]["Dense_0"]["kernel"])
-  return {"devices": jax.device_count(), "losses": losses,
+  nash = gradient_level_losses(problem, model, sparse, mesh, batch_size, "nash_mtl")
+  return {"devices": jax.device_count(), "losses": losses, "nash_mtl": nash,
           "task_weights": np.asarray(state.task_params).tolist(),
           "kernel_sum": float(np.abs(kernel).sum()),
           "kernel_zeros": int((kernel == 0).sum()),

@@ -152,14 +152,21 @@ GRAM_RULES = {
 }
 
 
-@pytest.mark.parametrize("rule", sorted(GRAM_RULES))
+GRADIENT_LEVEL = sorted(n for n in weighting.WEIGHTINGS if weighting.create(n).aggregate)
+
+
+def test_every_gradient_level_weighting_is_in_the_mask_test():
+  assert len(GRADIENT_LEVEL) == 9 and "db_mtl" in GRADIENT_LEVEL
+
+
+@pytest.mark.parametrize("rule", sorted(GRAM_RULES) + GRADIENT_LEVEL)
 def test_static_sparse_keeps_pruned_entries_exactly_zero_under_an_aggregator(rule):
   params = _params()
   masks = sparsity.magnitude_masks(params, 0.7)
   params = sparsity.apply_masks(params, masks)
-  tx = sparsity.static_sparse(
-      optax.chain(weighting.aggregate(GRAM_RULES[rule], K), optax.sgd(0.3, momentum=0.9)),
-      masks)
+  aggregator = (weighting.create(rule).aggregate(K, 0) if rule in GRADIENT_LEVEL
+                else weighting.aggregate(GRAM_RULES[rule], K))
+  tx = sparsity.static_sparse(optax.chain(aggregator, optax.sgd(0.3, momentum=0.9)), masks)
   out, state, stacked = _run(tx, params)
   pruned = np.asarray(~masks["trunk"]["kernel"])
   assert pruned.sum() == round(0.7 * pruned.size)

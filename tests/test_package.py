@@ -118,12 +118,13 @@ def test_every_file_and_folder_the_readme_layout_names_exists():
   named = set(re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.]*)`", layout))
   # Bare names in a room's paragraph belong to the folder the paragraph is about.
   for folder, names in (("mmcompress", ("objective.py", "minmax.py", "_checks.py",
-                                        "comparison.py", "records.py", "report.py",
+                                        "aggregators/", "comparison.py", "records.py",
+                                        "report.py",
                                         "plots.py", "export.py", "metrics.py")),
                         ("mmcompress/train", ("step.py", "stages.py", "loop.py",
                                               "checkpoint.py", "parallel.py")),
                         ("experiments", ("benchmark.py", "gpu_check.py", "tune_minmax.py",
-                                         "synthetic.py", "launch.py")),
+                                         "synthetic.py", "launch.py", "bench_weightings.py")),
                         ("tests", ("test_wiring.py", "conftest.py", "test_contract.py",
                                    "test_imports.py"))):
     for name in names:

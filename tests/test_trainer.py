@@ -42,6 +42,11 @@ def test_one_and_eight_devices_give_the_same_losses_and_task_weights(probes):
   assert not np.allclose(one["task_weights"], 0.25)  # the ascent did move them
   np.testing.assert_allclose(eight["kernel_sum"], one["kernel_sum"], rtol=2e-5)
   assert eight["kernel_zeros"] == one["kernel_zeros"] > 0
+  # A gradient-level method: per-task gradients of the sharded batch, a Newton solve.
+  np.testing.assert_allclose(eight["nash_mtl"]["losses"], one["nash_mtl"]["losses"], rtol=1e-4)
+  np.testing.assert_allclose(eight["nash_mtl"]["task_weights"], one["nash_mtl"]["task_weights"],
+                             rtol=1e-3)
+  assert one["nash_mtl"]["losses"][-1] != one["nash_mtl"]["losses"][0]
 
 
 @pytest.mark.slow

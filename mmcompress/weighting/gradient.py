@@ -107,7 +107,7 @@ def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
   task gradients restricted to those leaves."""
   rows = [g.reshape(g.shape[0], -1).astype(jnp.float32)
           for g, shared in zip(jax.tree.leaves(stacked), jax.tree.leaves(flags)) if shared]
-  terms = [m @ m.T for m in rows]
+  terms = [jnp.matmul(m, m.T, precision=jax.lax.Precision.HIGHEST) for m in rows]
   if not terms:
     raise ValueError("no shared parameter: every leaf is task-specific, so there is nothing "
                      "for a gradient-level method to combine (check `shared`).")
