@@ -1,4 +1,5 @@
-"""Sparsity for JAX models: magnitude masks, static and dynamic sparse training, reweighted ℓ1.
+"""Sparsity for JAX models: magnitude and score masks, task-aware scores, static and dynamic
+sparse training, reweighted ℓ1.
 
 Everything here composes into a user's own optax loop:
 
@@ -11,7 +12,7 @@ Everything here composes into a user's own optax loop:
 from __future__ import annotations
 
 from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
-from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks
+from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks, score_masks
 from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
 from mmcompress.sparsity.static import StaticSparseState, full_masks, static_sparse
 from mmcompress.sparsity.stats import find_masks, non_prunable_groups, planned_summary, summary
@@ -29,6 +30,7 @@ __all__ = [
     "magnitude_masks",
     "non_prunable_groups",
     "planned_summary",
+    "score_masks",
     "static_sparse",
     "summary",
 ]

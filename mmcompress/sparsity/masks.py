@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,10 +133,19 @@ def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
   A stable ascending sort breaks ties by index: among equal scores the lower index is
   dropped first. `k` is a static Python int.
   """
+  return _keep_all_but_smallest(scores, k, None)
+
+
+def _keep_all_but_smallest(scores: jax.Array, k: int, favoured: jax.Array | None) -> jax.Array:
+  """`keep_all_but_smallest`, where every favoured entry (a bool vector) ranks above every
+  other one: the order is (favoured, score, index), lexicographically."""
   keep = jnp.ones(scores.shape, dtype=bool)
   if k == 0:
     return keep
   order = jnp.argsort(scores, stable=True)
+  if favoured is not None:
+    # A stable sort by the tier of the score-sorted entries keeps the score order in a tier.
+    order = order[jnp.argsort(favoured[order].astype(jnp.int8), stable=True)]
   return keep.at[order[:k]].set(False)
 
 
@@ -148,21 +157,43 @@ def _filter_norms(leaf: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(leaf.ndim - 1))))
 
 
+def _filter_any(leaf: jax.Array) -> jax.Array:
+  """Whether any entry of each output filter (the last axis) is True."""
+  leaf = jnp.asarray(leaf)
+  if leaf.ndim == 0:
+    return leaf.reshape(1)
+  return jnp.any(leaf, axis=tuple(range(leaf.ndim - 1)))
+
+
 def _filter_mask(keep_filters: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   if not shape:
     return keep_filters.reshape(())
   return jnp.broadcast_to(keep_filters, shape)
 
 
-def _n_m_mask(leaf: jax.Array, n: int, m: int) -> jax.Array:
-  """Keeps the n largest |w| of every m consecutive entries along axis -2."""
-  magnitude = jnp.abs(jnp.swapaxes(jnp.asarray(leaf), -2, -1))
-  groups = magnitude.reshape(magnitude.shape[:-1] + (magnitude.shape[-1] // m, m))
-  # The rank of each entry within its group in a stable ascending sort: the m - n lowest
-  # ranks (smallest magnitude, lower index first among ties) are pruned.
-  ranks = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1, stable=True)
-  keep = (ranks >= m - n).reshape(magnitude.shape)
-  return jnp.swapaxes(keep, -2, -1)
+def _n_m_groups(leaf: jax.Array, m: int) -> jax.Array:
+  """The entries of `leaf` in groups of m consecutive ones along axis -2 (the last axis)."""
+  swapped = jnp.swapaxes(jnp.asarray(leaf), -2, -1)
+  return swapped.reshape(swapped.shape[:-1] + (swapped.shape[-1] // m, m))
+
+
+def _n_m_mask(scores: jax.Array, n: int, m: int, favoured: jax.Array | None = None
+              ) -> jax.Array:
+  """Keeps the n largest scores of every m consecutive entries along axis -2 (favoured
+  entries first, when given)."""
+  shape = jnp.shape(scores)
+  groups = _n_m_groups(scores, m)
+  if favoured is None:
+    # The rank of each entry within its group in a stable ascending sort: the m - n lowest
+    # ranks (smallest score, lower index first among ties) are pruned.
+    ranks = jnp.argsort(jnp.argsort(groups, axis=-1, stable=True), axis=-1, stable=True)
+  else:
+    order = jnp.argsort(groups, axis=-1, stable=True)
+    tiers = jnp.take_along_axis(_n_m_groups(favoured, m).astype(jnp.int8), order, axis=-1)
+    order = jnp.take_along_axis(order, jnp.argsort(tiers, axis=-1, stable=True), axis=-1)
+    ranks = jnp.argsort(order, axis=-1, stable=True)
+  keep = (ranks >= m - n).reshape(groups.shape[:-2] + (groups.shape[-2] * m,))
+  return jnp.swapaxes(keep, -2, -1).reshape(shape)
 
 
 def magnitude_masks(params: Any,
@@ -172,6 +203,9 @@ def magnitude_masks(params: Any,
                     scope: str = "layer",
                     include: IncludeFn | None = None) -> Any:
   """Boolean keep-masks that prune the smallest-magnitude weights.
+
+  `score_masks` of the scores |w|: the same counts and tie-breaks, written out here for
+  magnitudes.
 
   Exact counts and tie-breaks:
 
@@ -212,6 +246,95 @@ def magnitude_masks(params: Any,
   >>> int(masks["Dense_0"]["kernel"].sum()), bool(masks["Dense_0"]["bias"].all())
   (4, True)
   """
+  plan = _plan(sparsity, structure, scope, include)
+  # `include` sees the parameters themselves, as it always has.
+  flags = prunable_flags(params, plan.include)
+  return _ranked_masks(jax.tree.map(jnp.abs, params), flags, plan, None)
+
+
+def score_masks(scores: Any,
+                sparsity: float | None,
+                *,
+                structure: str = "unstructured",
+                scope: str = "layer",
+                include: IncludeFn | None = None) -> Any:
+  """Boolean keep-masks that prune the lowest-scored weights, for any importance scores.
+
+  `scores` is a pytree of non-negative scores with the structure and shapes of the
+  parameters, larger meaning more important (|w| for magnitude pruning, a saliency such as
+  `task_scores.taylor_scores`, ...). The counts and the tie rule are those of
+  `magnitude_masks`, with the score in place of |w|:
+
+  * "unstructured": exactly `floor(sparsity * n + 0.5)` zeros per prunable leaf (scope
+    "layer") or over all prunable entries together (scope "global"); the lowest scores are
+    pruned, ties to the lower flattened index first, and globally to the earlier leaf first.
+  * "filter": a filter (a slice along the last axis) is scored by the ℓ2 norm of its entries'
+    scores (for scores |w|: the filter's norm); whole filters are pruned, counted in filters.
+  * "n:m": every group of m consecutive entries along axis -2 keeps its n largest scores.
+
+  The scores are ranked as given: they are not checked to be non-negative (under `jax.jit`
+  they cannot be), and a filter's norm does not see a score's sign.
+
+  Args:
+    scores: a pytree of arrays, shaped like the parameters.
+    sparsity: the fraction in [0, 1) of prunable entries (or filters) to prune; may be None
+      for an n:m structure (a number must equal 1 - n/m).
+    structure: "unstructured", "filter" or an "n:m" pattern such as "2:4".
+    scope: "layer" or "global" (ignored for n:m).
+    include: `(path, leaf) -> bool` over the leaves of `scores`, choosing the prunable ones;
+      `default_include` if None.
+
+  Returns:
+    A pytree of bool arrays shaped like `scores`, True where a weight is kept; leaves that
+    are not prunable get all-True masks.
+
+  >>> scores = {"Dense_0": {"kernel": jnp.array([[3.0, 0.0], [1.0, 2.0]])}}
+  >>> score_masks(scores, 0.5)["Dense_0"]["kernel"].tolist()
+  [[True, False], [False, True]]
+  """
+  plan = _plan(sparsity, structure, scope, include)
+  return _ranked_masks(scores, prunable_flags(scores, plan.include), plan, None)
+
+
+def tiered_score_masks(scores: Any,
+                       favoured: Any,
+                       sparsity: float | None,
+                       *,
+                       structure: str = "unstructured",
+                       scope: str = "layer",
+                       include: IncludeFn | None = None) -> Any:
+  """`score_masks` with two tiers: every favoured entry ranks above every other one.
+
+  The ranking is by (favoured, score, index): the entries outside `favoured` are pruned
+  first, lowest score first, and only then the favoured ones, lowest score first; counts and
+  ties are those of `score_masks`. For "filter", a filter is favoured when any of its entries
+  is; for "n:m" the tiers apply within each group.
+
+  Args:
+    scores: as for `score_masks`.
+    favoured: a pytree of bool arrays with the structure and shapes of `scores`.
+    sparsity, structure, scope, include: as for `score_masks`.
+
+  Returns:
+    A pytree of bool keep-masks shaped like `scores`.
+  """
+  plan = _plan(sparsity, structure, scope, include)
+  _checks.same_structure(favoured, scores, "favoured", "scores")
+  return _ranked_masks(scores, prunable_flags(scores, plan.include), plan, favoured)
+
+
+class _Plan(NamedTuple):
+  """Checked arguments of the mask functions."""
+  kind: str
+  n: int
+  m: int
+  structure: str
+  sparsity: float | None
+  scope: str
+  include: IncludeFn
+
+
+def _plan(sparsity: Any, structure: Any, scope: Any, include: IncludeFn | None) -> _Plan:
   kind, n, m = parse_structure(structure)
   include = resolve_include(include)
   scope = _checks.one_of(scope, ("layer", "global"), "scope")
@@ -224,10 +347,16 @@ def magnitude_masks(params: Any,
             f"got {value}.")
   else:
     sparsity = _checks.sparsity(sparsity)
+  return _Plan(kind, n, m, structure, sparsity, scope, include)
 
-  flags = prunable_flags(params, include)
-  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+
+def _ranked_masks(scores: Any, flags: Any, plan: _Plan, favoured: Any | None) -> Any:
+  """The keep-masks of `scores` (prunable leaves per `flags`), favoured entries first."""
+  kind, n, m, sparsity = plan.kind, plan.n, plan.m, plan.sparsity
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(scores)
   flag_leaves = treedef.flatten_up_to(flags)
+  tiers = ([None] * len(flag_leaves) if favoured is None
+           else [jnp.asarray(f, bool) for f in treedef.flatten_up_to(favoured)])
 
   if kind == "n:m":
     for (path, leaf), prunable in zip(leaves_with_path, flag_leaves):
@@ -236,47 +365,56 @@ def magnitude_masks(params: Any,
       shape = jnp.shape(leaf)
       if len(shape) < 2:
         raise ValueError(
-            f"structure {structure!r} groups entries along axis -2, but the prunable leaf "
+            f"structure {plan.structure!r} groups entries along axis -2, but the prunable leaf "
             f"{path_name(path)!r} has shape {shape}; exclude it with `include`.")
       if shape[-2] % m:
         raise ValueError(
-            f"structure {structure!r} needs axis -2 of every prunable leaf divisible by m={m}; "
-            f"leaf {path_name(path)!r} has shape {shape} (axis -2 = {shape[-2]}).")
+            f"structure {plan.structure!r} needs axis -2 of every prunable leaf divisible by "
+            f"m={m}; leaf {path_name(path)!r} has shape {shape} (axis -2 = {shape[-2]}).")
 
   out = []
   if kind == "n:m":
-    for (_, leaf), prunable in zip(leaves_with_path, flag_leaves):
-      out.append(_n_m_mask(leaf, n, m) if prunable else jnp.ones(jnp.shape(leaf), bool))
-  elif scope == "layer":
-    for (_, leaf), prunable in zip(leaves_with_path, flag_leaves):
+    for (_, leaf), prunable, tier in zip(leaves_with_path, flag_leaves, tiers):
+      out.append(_n_m_mask(leaf, n, m, tier) if prunable
+                 else jnp.ones(jnp.shape(leaf), bool))
+  elif plan.scope == "layer":
+    for (_, leaf), prunable, tier in zip(leaves_with_path, flag_leaves, tiers):
       shape = jnp.shape(leaf)
       if not prunable:
         out.append(jnp.ones(shape, bool))
       elif kind == "unstructured":
-        scores = jnp.abs(jnp.asarray(leaf)).reshape(-1)
-        out.append(keep_all_but_smallest(scores, prune_count(sparsity, scores.size))
+        scores = jnp.asarray(leaf).reshape(-1)
+        tier = None if tier is None else tier.reshape(-1)
+        out.append(_keep_all_but_smallest(scores, prune_count(sparsity, scores.size), tier)
                    .reshape(shape))
       else:
         norms = _filter_norms(leaf)
-        out.append(_filter_mask(keep_all_but_smallest(norms, prune_count(sparsity, norms.size)),
-                                shape))
+        tier = None if tier is None else _filter_any(tier)
+        out.append(_filter_mask(
+            _keep_all_but_smallest(norms, prune_count(sparsity, norms.size), tier), shape))
   else:
-    out = _global_masks([leaf for _, leaf in leaves_with_path], flag_leaves, kind, sparsity)
+    out = _global_masks([leaf for _, leaf in leaves_with_path], flag_leaves, tiers, kind,
+                        sparsity)
   return jax.tree.unflatten(treedef, out)
 
 
-def _global_masks(leaves: list[Any], flags: list[bool], kind: str,
+def _global_masks(leaves: list[Any], flags: list[bool], tiers: list[Any], kind: str,
                   sparsity: float) -> list[jax.Array]:
   """Masks for one ranking over all prunable leaves together (leaf order, then index)."""
+  chosen = [(leaf, tier) for leaf, tier, f in zip(leaves, tiers, flags) if f]
   if kind == "unstructured":
-    scores = [jnp.abs(jnp.asarray(leaf)).reshape(-1) for leaf, f in zip(leaves, flags) if f]
+    scores = [jnp.asarray(leaf).reshape(-1) for leaf, _ in chosen]
+    tiers = [None if tier is None else tier.reshape(-1) for _, tier in chosen]
   else:
-    scores = [_filter_norms(leaf) for leaf, f in zip(leaves, flags) if f]
+    scores = [_filter_norms(leaf) for leaf, _ in chosen]
+    tiers = [None if tier is None else _filter_any(tier) for _, tier in chosen]
   out = []
   if scores:
     dtype = jnp.result_type(*scores)
     all_scores = jnp.concatenate([s.astype(dtype) for s in scores])
-    keep = keep_all_but_smallest(all_scores, prune_count(sparsity, all_scores.size))
+    all_tiers = None if tiers[0] is None else jnp.concatenate(tiers)
+    keep = _keep_all_but_smallest(all_scores, prune_count(sparsity, all_scores.size),
+                                  all_tiers)
     offsets = [0]
     for s in scores:
       offsets.append(offsets[-1] + s.size)
