@@ -23,6 +23,10 @@ single rounds, the compile time, and the memory of the compiled step (XLA's argu
 temporaries, `memory_analysis`) with its ratio to the equal step's: the per-method peak
 memory, since a process-wide high-water mark cannot tell methods apart in one process.
 
+Per model, one more line: the time of the prune stage's Taylor scoring for task-aware masks
+(`mmcompress.train.scoring.calibration_scores` on 8 calibration batches, as the base config)
+against one training epoch of the equal step.
+
 A loss-level method adds a few scalar operations to the equal step. A gradient-level method
 differentiates K task objectives instead of one (a vmapped VJP: K backward passes through the
 shared network), computes the K x K Gram matrix of the per-task gradients, solves for the
@@ -35,6 +39,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +51,11 @@ from absl import flags
 from experiments import benchmark, launch, synthetic
 from mmcompress import _checks, saddle_point, sparsity, weighting
 from mmcompress.models import create_model
-from mmcompress.train import parallel
+from mmcompress.train import parallel, scoring
 from mmcompress.train.step import make_train_step
 
 BASELINE = "equal"
+CALIBRATION_BATCHES = 8  # the base config's prune.calibration_batches
 
 
 def _family(name: str) -> str:
@@ -78,6 +84,24 @@ def build(model_name: str, setup: benchmark.Setup, methods: Sequence[str], batch
                                problem.batch_axis)
   num_params = sum(int(np.size(p)) for p in jax.tree.leaves(params))
   return benchmark.Bench(problem, steps, states, batch, num_params)
+
+
+def calibration_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.Setup,
+                        batch_size: int, mesh: jax.sharding.Mesh, seed: int = 0) -> float:
+  """Wall seconds of the prune stage's Taylor scoring (`scoring.calibration_scores`) on
+  `CALIBRATION_BATCHES` training batches, compiled (the median of three calls)."""
+  problem = bench.problem
+  model = create_model(model_name, benchmark.num_outputs(problem), **setup.model_options)
+  params, model_state = synthetic.step.init_variables(model, problem, seed)
+  batches = [problem.train_batch(seed, 2, step, batch_size)
+             for step in range(CALIBRATION_BATCHES)]
+  times = []
+  for _ in range(4):  # the first call compiles
+    start = time.perf_counter()
+    jax.block_until_ready(scoring.calibration_scores(problem, model, params, model_state,
+                                                     batches, mesh, seed))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times[1:])
 
 
 def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[str], *,
@@ -110,7 +134,12 @@ def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[s
         "losses_finite": timing["losses_finite"][m],
         "recompiled": memory["recompiled"][m],
     }
+  scoring_s = calibration_seconds(bench, model_name, setup, batch_size, mesh)
+  epoch_steps = bench.problem.steps_per_epoch(batch_size)
   return {"model": model_name, "description": setup.description,
+          "calibration_batches": CALIBRATION_BATCHES, "scoring_s": scoring_s,
+          "epoch_steps": epoch_steps,
+          "scoring_epochs": scoring_s / (epoch_steps * median[BASELINE] / 1e3),
           "num_params": bench.num_params, "batch_size": batch_size,
           "num_tasks": bench.problem.num_tasks, "platform": jax.default_backend(),
           "devices": mesh.devices.size, "steps": steps, "rounds": rounds, "warmup": warmup,
@@ -162,7 +191,11 @@ def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benc
           f"{result['num_tasks']} tasks, {result['devices']} x {jax.devices()[0].device_kind}, "
           f"jax {jax.__version__}, {result['rounds']} rounds of {result['steps']} steps):",
           file=out)
-    print(format_table(result), file=out, flush=True)
+    print(format_table(result), file=out)
+    print(f"Taylor scoring for task-aware pruning ({result['calibration_batches']} calibration "
+          f"batches, K per-task gradients each): {result['scoring_s']:.3f} s, "
+          f"{result['scoring_epochs']:.3f} x one training epoch of the equal step "
+          f"({result['epoch_steps']} steps).", file=out, flush=True)
   print("x equal: median ms/step over the equal step's; rounds x: the lowest and highest of "
         "single rounds; step MiB: XLA arguments + temporaries of the compiled step.", file=out)
   if json_out:

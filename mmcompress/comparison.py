@@ -41,7 +41,7 @@ from mmcompress import records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import loop, parallel, stages as stages_lib, step as step_lib
+from mmcompress.train import loop, parallel, scoring, stages as stages_lib, step as step_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str
 
 
 def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageRecord],
-            compressed: bool) -> records.RunResult:
+            compressed: bool, pruning: dict[str, Any] | None = None) -> records.RunResult:
   """Test metrics, measured sparsity and the compressed export of a run's selected model."""
   cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
@@ -134,7 +134,8 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
       selected={"stage": stages[-1].stage, "epoch": stages[-1].best_epoch},
       # One process writes the files of a run.
       export=(_export(exp, run_name, params, masks) if compressed and parallel.is_primary()
-              else None))
+              else None),
+      pruning=pruning)
 
 
 def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
@@ -172,20 +173,36 @@ def run_method(exp: Experiment, method: str, seed: int,
     pipeline = pipeline[1:]
   else:
     params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
-  masks, best, stages = None, None, []
+  weighting_name, criterion = scoring.parse_method(method, cfg)
+  masks, best, stages, state, pruning = None, None, [], None, None
   for index, stage in enumerate(cfg.stages):
     if stage not in pipeline:
       continue
     if stage == "prune":
-      masks = sparsity.magnitude_masks(params, cfg.sparsity, structure=cfg.structure,
-                                       scope=cfg.scope)
+      masks, pruning = scoring.prune_masks(
+          criterion, cfg, params, problem=exp.problem, model=exp.model,
+          model_state=model_state, mesh=exp.mesh, seed=seed, stage_index=index,
+          task_weights=(_weights_at_prune(exp, weighting_name, state)
+                        if criterion.aggregate == "minmax" else None))
       params = sparsity.apply_masks(params, masks)
       continue
-    state, best, record = _train(exp, run_name, method, stage, index, seed, params,
+    state, best, record = _train(exp, run_name, weighting_name, stage, index, seed, params,
                                  model_state, masks)
     params, model_state = _handed_on(stage, state, best)
     stages.append(record)
-  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, stages, True))
+  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, stages, True, pruning))
+
+
+def _weights_at_prune(exp: Experiment, weighting_name: str,
+                      state: step_lib.TrainState | None) -> np.ndarray:
+  """The method's task weights at the end of the stage before the prune (1/K when the run
+  starts at the prune, from a shared equal-weighted pretraining)."""
+  num_tasks = exp.problem.num_tasks
+  if state is None:
+    return np.full((num_tasks,), 1.0 / num_tasks, np.float32)
+  method_weighting = stages_lib.make_weighting(weighting_name, exp.config, exp.steps_per_epoch)
+  return np.asarray(jax.device_get(weighting.current_weights(
+      method_weighting, state.task_params, state.task_state, state.opt_state)), np.float32)
 
 
 def _read_result(exp: Experiment, run_name: str) -> records.RunResult | None:
@@ -273,7 +290,7 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
   for method in config.methods:
-    _checks.one_of(method, tuple(weighting.WEIGHTINGS), "config.methods entry")
+    scoring.parse_method(method, config)  # a known weighting, and a known criterion if named
   # The problem's own fields, before any file is read.
   problems.get(config.get("problem")).validate_config(config)
   if not config.methods:
@@ -296,7 +313,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
   # Building every weighting and every stage's transform checks all their knobs.
   for method in config.methods:
-    stages_lib.make_weighting(method, config, 1)
+    stages_lib.make_weighting(scoring.parse_method(method, config)[0], config, 1)
+  if "prune" in config.stages:
+    _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
   for stage in config.stages:
     if stage in stages_lib.TRAINING_STAGES:
       stages_lib.descent_transform(stage, config, 1, masks={})
@@ -318,6 +337,10 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     for name in weighting.WEIGHTINGS:
       if name in current and name not in saved:
         saved[name] = current[name]
+    # Nor a missing ``prune`` section when the current one prunes by magnitude, as every run
+    # did before it existed.
+    if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
+      saved["prune"] = current["prune"]
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
@@ -435,7 +458,25 @@ def _setup_notes(config: ml_collections.ConfigDict, problem: Problem) -> list[st
        "weights summing to one."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
-  ] + problem.metric_notes()
+  ] + _pruning_notes(config) + problem.metric_notes()
+
+
+def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
+  """The report's line on how each method's masks were chosen (none without a prune stage)."""
+  if "prune" not in config.stages:
+    return []
+  default = scoring.default_criterion(config)
+  named = sorted({m for m in config.methods if "+" in m})
+  how = ("|weight|, as the paper" if default == "magnitude" else
+         "per-task first-order Taylor scores |θ ⊙ ∂L_k/∂θ| on "
+         f"{config.prune.calibration_batches} training batches, aggregated across tasks")
+  line = f"Masks: the prune stage ranks the weights by {default} ({how}) for every method"
+  if named:
+    line += (", except where a method names its own after '+' ("
+             + ", ".join(named) + f"; Taylor scores on {config.prune.calibration_batches} "
+             "training batches; a taylor_minmax method weights the tasks by its task weights "
+             "at prune time, recorded in its result.json)")
+  return [line + "."]
 
 
 def _divergence_notes(diverged: list[dict]) -> list[str]:

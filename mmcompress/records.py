@@ -109,6 +109,8 @@ class RunResult:
     task_weights: the task weights per logged epoch, over every training stage.
     selected: ``{"stage", "epoch"}`` of the selected model.
     export: the compressed file's sizes (`mmcompress.export.save`), path and round-trip check.
+    pruning: how the prune stage chose the masks (`mmcompress.train.scoring.prune_masks`:
+      criterion, aggregate, calibration batches, task weights, seconds); None without one.
   """
   metrics: Mapping[str, Any]
   task_metrics: Mapping[str, Any] | None = None
@@ -122,6 +124,7 @@ class RunResult:
   task_weights: list[list[float]] | None = None
   selected: Mapping[str, Any] | None = None
   export: Mapping[str, Any] | None = None
+  pruning: Mapping[str, Any] | None = None
 
   @classmethod
   def from_json(cls, value: Any, where: str) -> RunResult:
@@ -139,8 +142,9 @@ class RunResult:
       fields["parameters"] = _parameters(value["parameters"], f"{where}: parameters")
     if value.get("task_weights") is not None:
       fields["task_weights"] = _task_weights(value["task_weights"], where)
-    if value.get("export") is not None:
-      fields["export"] = dict(mapping(value["export"], f"{where}: export"))
+    for key in ("export", "pruning"):
+      if value.get(key) is not None:
+        fields[key] = dict(mapping(value[key], f"{where}: {key}"))
     return cls(**fields)
 
   def to_json(self) -> dict[str, Any]:

@@ -546,11 +546,17 @@ def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[flo
     pair = paired(MINMAX, EQUAL)
     pair["winner"] = {1: MINMAX, -1: EQUAL}.get(pair["direction"])
     pair["diverged"] = {m: [d["seed"] for d in methods[m]["diverged"]] for m in (MINMAX, EQUAL)}
+  criteria = {}
+  for method in methods:  # "w+criterion" against "w" (magnitude masks, the same weighting)
+    base = method.partition("+")[0]
+    if "+" in method and base in methods:
+      criteria[method] = dict(paired(method, base), versus=base)
   return {
       "effect_threshold": threshold,
       "best_worst_task_retention": _best(ranking, means, paired),
       "ranking": [{"method": m, "worst_task_retention": means[m]} for m in ranking],
       "minmax_minus_equal": pair,
+      "criterion_minus_magnitude": criteria,
   }
 
 
@@ -842,9 +848,30 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines.append("")
     lines += _retention_table(methods, report["tasks"], "retention", "worst_task")
     lines.append("")
+  lines += _criteria_lines(report["comparison"].get("criterion_minus_magnitude") or {})
   if several:
     lines += _all_metrics_lines(report)
   return "\n".join(lines)
+
+
+def _criteria_lines(criteria: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """A table of each pruning criterion against magnitude masks under the same weighting."""
+  if not criteria:
+    return []
+  rows = []
+  for method, pair in criteria.items():
+    d = plots.decimals(pair["differences"])
+    verdict = {1: "better", -1: "worse"}.get(_pair_direction(pair), "no difference shown")
+    rows.append([method, pair["versus"], _signed(pair["mean"], d),
+                 f"{_signed(pair['min'], d)} … {_signed(pair['max'], d)}",
+                 f"{pair['better']} / {pair['worse']} / {pair['tied']}",
+                 f"{pair['p_value']:.3f}", verdict])
+  return (["Pruning criteria: worst-task retention of each method minus that of the same "
+           "weighting with magnitude masks, seed by seed (paired; a seed within one test "
+           "example is a tie; a verdict needs the sign test at p < 0.05 and a mean beyond one "
+           "test example):", ""]
+          + _table(["method", "versus", "mean difference", "range", "better / worse / tied",
+                    "sign test p", "verdict"], rows) + [""])
 
 
 def _header_lines(report: Mapping[str, Any]) -> list[str]:

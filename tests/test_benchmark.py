@@ -146,7 +146,9 @@ def test_the_weightings_benchmark_times_each_methods_trainer_step_against_equal(
   # DB-MTL's state holds a moving average of K = 4 gradients of the trunk: its compiled step
   # takes more memory than the equal one.
   assert methods["db_mtl"]["memory_ratio"] > 1.5
+  assert result["scoring_s"] > 0 and result["scoring_epochs"] > 0
   table = out.getvalue()
+  assert "Taylor scoring for task-aware pruning (8 calibration batches" in table
   assert all(name in table for name in methods)
   with pytest.raises(_checks.UserError, match="methods entry"):
     bench_weightings.run(["mlp"], ["no_such_method"], setups=setups, out=out)

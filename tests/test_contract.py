@@ -141,8 +141,8 @@ XFAILS = {
     ("tree_map_params", "static_sparse_adam"): _STATIC_SPARSE,
     ("tree_map_params", "aggregate_static_sparse"): _STATIC_SPARSE,
     ("tree_map_params", "weighting_db_mtl"): (_PLACEHOLDER.format(
-        "db_mtl_aggregate's init builds its (K, ...) buffers from the params' leaves"),
-        ValueError),
+        "db_mtl_aggregate's moving average is the params' tree with a leading K axis, so "
+        "the mapped function sees (K, ...) leaves"), AssertionError),
 }
 
 

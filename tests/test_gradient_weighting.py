@@ -168,6 +168,7 @@ def test_static_sparse_keeps_pruned_entries_exactly_zero_under_an_aggregator(rul
                 else weighting.aggregate(GRAM_RULES[rule], K))
   tx = sparsity.static_sparse(optax.chain(aggregator, optax.sgd(0.3, momentum=0.9)), masks)
   out, state, stacked = _run(tx, params)
+  assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(out))
   pruned = np.asarray(~masks["trunk"]["kernel"])
   assert pruned.sum() == round(0.7 * pruned.size)
   assert np.all(np.asarray(out["trunk"]["kernel"])[pruned] == 0.0)
@@ -203,6 +204,38 @@ def test_dynamic_sparse_with_an_aggregator_keeps_the_exact_count_and_grows_by_th
   jax.tree.map(np.testing.assert_array_equal, state1.masks, single1.masks)
   assert not np.array_equal(np.asarray(state1.masks["trunk"]["kernel"]),
                             np.asarray(tx.init(params).masks["trunk"]["kernel"]))
+
+
+# The Gram-based methods share one transform (`aggregate`); DB-MTL has its own, with a
+# params-shaped state that dynamic_sparse's reset must be able to rebuild.
+@pytest.mark.parametrize("name", ["db_mtl", "nash_mtl"])
+def test_gradient_level_weightings_train_under_dynamic_sparse(name):
+  params = _params()
+  tx = sparsity.dynamic_sparse(
+      optax.chain(weighting.create(name).aggregate(K, 0), optax.adam(0.01)),
+      sparsity=0.5, update_every=2, grow_fraction=0.2)
+  out, state, _ = _run(tx, params, steps=4)
+  mask = np.asarray(state.masks["trunk"]["kernel"])
+  assert mask.sum() == 15 and np.all(np.asarray(out["trunk"]["kernel"])[~mask] == 0.0)
+  assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(out))
+
+
+def test_nash_mtl_and_fairgrad_clip_the_shared_direction_to_max_norm():
+  params = _params()
+  _, stacked = weighting.per_task_grads(_task_losses, params)
+  stacked = jax.tree.map(lambda g: 1e-4 * g, stacked)  # small gradients: a √K-sized direction
+  for name, factory in (("nash_mtl", weighting.nash_mtl), ("fairgrad", weighting.fairgrad)):
+    norms = {}
+    for max_norm in (None, 0.5):
+      tx = factory(max_norm=max_norm).aggregate(K, 0)
+      out, _ = tx.update(stacked, tx.init(params), params)
+      norms[max_norm] = float(np.sqrt(sum(np.sum(np.square(np.asarray(out["trunk"][k])))
+                                          for k in ("kernel", "bias"))))
+      # the heads are never clipped: their own task's gradient
+      np.testing.assert_allclose(out["head_0"]["kernel"], stacked["head_0"]["kernel"][0],
+                                 rtol=1e-6)
+    assert norms[None] > 1.0, (name, norms)  # Nash-MTL's |d| ≈ √K whatever |g|
+    np.testing.assert_allclose(norms[0.5], 0.5, rtol=1e-5)
 
 
 def test_current_weights_reads_the_aggregator_state_of_a_gradient_level_weighting():

@@ -35,6 +35,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
                                          "end_fraction": 0.75, "grow": "gradient",
                                          "budget": "exact"})
+  # The prune stage's masks: "magnitude" (the paper) or "taylor" (per-task first-order Taylor
+  # scores on calibration batches of the training split, aggregated across the tasks by
+  # "mean", "max", "disparse" or "minmax"); a method "minmax+taylor_max" names its own.
+  c.prune = ml_collections.ConfigDict({"criterion": "magnitude", "aggregate": "mean",
+                                       "calibration_batches": 8})
   c.task_scales = ()               # per-task loss scales, for every weighting; () = all 1
   c.minmax = ml_collections.ConfigDict({"learning_rate": 0.02, "gamma": 5.0, "every": "step",
                                         "geometry": "euclidean"})
@@ -42,7 +47,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dwa = ml_collections.ConfigDict({"temperature": 2.0})
   c.db_mtl = ml_collections.ConfigDict({"beta": 0.9, "beta_sigma": 0.0})  # LibMTL's defaults
   c.cagrad = ml_collections.ConfigDict({"c": 0.4})  # the authors' NYUv2 setting
-  c.fairgrad = ml_collections.ConfigDict({"alpha": 1.0})  # 1: Nash-MTL's solution
+  # alpha 1: Nash-MTL's solution; max_norm: the combined direction clipped to this norm, as
+  # the authors' trainers (0: not clipped)
+  c.fairgrad = ml_collections.ConfigDict({"alpha": 1.0, "max_norm": 1.0})
+  c.nash_mtl = ml_collections.ConfigDict({"max_norm": 1.0})
   c.stch = ml_collections.ConfigDict({"mu": 1.0, "warmup_epochs": 4})  # LibMTL's defaults
   # LibMTL's defaults (--FAMO_w_lr, --FAMO_w_gamma); min_losses () = all 0
   c.famo = ml_collections.ConfigDict({"w_lr": 0.025, "gamma": 1e-3, "min_losses": ()})

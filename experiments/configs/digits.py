@@ -9,6 +9,9 @@ Presets: ``--config=experiments/configs/digits.py:quick`` (one seed, short stage
 test in well under a minute) and ``...:study`` (10 seeds, the size a one-point effect needs,
 on both task sets, ``classify`` and ``mixed``, each in its own sub-folder of the workdir, with
 the paper's γ = 5: the default γ = 0.5 diverges on ``mixed``, see `get_config`).
+``...:criteria`` runs the study's seeds and task sets with min-max pruned by every criterion
+(magnitude and the four task-aware aggregates of per-task Taylor scores); add
+``--config.sparsity=0.99`` for 100x.
 Override any field, e.g. ``--config.sparsity=0.99 --config.minmax.gamma=5``; the config is
 locked, so a mistyped field fails.
 
@@ -39,7 +42,7 @@ from experiments.configs import base
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """The default config, or the `quick` / `study` preset."""
+  """The default config, or the `quick` / `study` / `criteria` preset."""
   c = base.get_base_config()
   c.task_sets = ("classify",)      # or ("mixed",): two classifications and a regression per image
   c.data_seed = 0                  # the train/val/test split (fixed across model seeds)
@@ -60,7 +63,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # weights jumped between single tasks and seed 1's regression loss became inf at step 98
     # of the reweight stage. The study therefore uses the paper's γ = 5 on both task sets.
     c.minmax.gamma = 5.0
+  elif preset == "criteria":
+    # The study's seeds, task sets and γ, with min-max pruned by every criterion: magnitude
+    # (the paper) and the per-task Taylor scores under each aggregate (docs/weightings.md).
+    c.seeds = tuple(range(10))
+    c.task_sets = ("classify", "mixed")
+    c.minmax.gamma = 5.0
+    c.methods = ("minmax", "minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_disparse",
+                 "minmax+taylor_minmax")
   elif preset:
-    raise ValueError(f"unknown preset {preset!r}: use '', 'quick' or 'study'.")
+    raise ValueError(f"unknown preset {preset!r}: use '', 'quick', 'study' or 'criteria'.")
   c.lock()
   return c

@@ -92,10 +92,10 @@ _REGISTRY = {
     "pcgrad": (gm.pcgrad, gm.reader(gm.pcgrad)),
     "cagrad": (gm.cagrad, gm.reader(gm.cagrad, "c")),
     "imtl_g": (gm.imtl_g, gm.reader(gm.imtl_g)),
-    "nash_mtl": (gm.nash_mtl, gm.reader(gm.nash_mtl)),
+    "nash_mtl": (gm.nash_mtl, gm.reader(gm.nash_mtl, "max_norm")),
     "aligned_mtl": (gm.aligned_mtl, gm.reader(gm.aligned_mtl)),
     "upgrad": (gm.upgrad, gm.reader(gm.upgrad)),
-    "fairgrad": (gm.fairgrad, gm.reader(gm.fairgrad, "alpha")),
+    "fairgrad": (gm.fairgrad, gm.reader(gm.fairgrad, "alpha", "max_norm")),
     "db_mtl": (db_mtl, _db_mtl_from_config),
 }
 WEIGHTINGS = {name: factory for name, (factory, _) in _REGISTRY.items()}

@@ -20,10 +20,11 @@ class DBMTLState(NamedTuple):
 
   Attributes:
     count: int32, updates made so far (the moving average's β/count^σ uses it).
-    buffer: the moving average of each task's gradient on every shared leaf, a tuple in the
-      order of the params' leaves, each of shape (K, *leaf.shape). (A tuple, not the params'
-      tree: these are not param-shaped, and `optax.tree_map_params` must not take them for
-      params.)
+    buffer: the moving average of each task's gradient: the params' tree, every leaf with a
+      leading axis of K (the task-specific leaves are kept at zero: they are not averaged).
+      Built from the params by a plain tree map, so that `optax.tree_map_params` (which
+      `mmcompress.sparsity.dynamic_sparse` uses to reset changed entries) can rebuild it;
+      a function it maps sees (K, ...) leaves there.
     task_weights: (K,) float32, the last update's α_k = max_j |ĝ_j| / |ĝ_k| over their sum.
   """
   count: jax.Array
@@ -58,9 +59,8 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
   shared = gradient.default_shared if shared is None else shared
 
   def init_fn(params: Any) -> DBMTLState:
-    flags = gradient.shared_flags(params, shared)
-    buffer = tuple(jnp.zeros((num_tasks, *jnp.shape(p)), jnp.result_type(p))
-                   for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(flags)) if s)
+    buffer = jax.tree.map(lambda p: jnp.zeros((num_tasks, *jnp.shape(p)), jnp.result_type(p)),
+                          params)
     return DBMTLState(count=jnp.zeros([], jnp.int32), buffer=buffer,
                       task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
 
@@ -73,13 +73,10 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
     flags = gradient.shared_flags(params, shared)
     count = optax.safe_int32_increment(state.count)
     rate = beta / count.astype(jnp.float32) ** beta_sigma
-    leaves, treedef = jax.tree.flatten(updates)
-    shared_leaves = [g for g, s in zip(leaves, jax.tree.leaves(flags)) if s]
-    buffer = tuple(g + (rate * (b - g)).astype(g.dtype)
-                   for b, g in zip(state.buffer, shared_leaves))
-    averaged_shared = iter(buffer)
-    averaged = treedef.unflatten([next(averaged_shared) if s else g
-                                  for g, s in zip(leaves, jax.tree.leaves(flags))])
+    buffer = jax.tree.map(
+        lambda b, g, s: g + (rate * (b - g)).astype(g.dtype) if s else b,
+        state.buffer, updates, flags)
+    averaged = jax.tree.map(lambda b, g, s: b if s else g, buffer, updates, flags)
     norms = jnp.sqrt(jnp.diagonal(gradient.gram_matrix(averaged, flags)))
     alpha = jnp.max(norms) / (norms + 1e-8)
     return gradient.combine(averaged, flags, alpha), DBMTLState(

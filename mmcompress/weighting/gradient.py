@@ -114,12 +114,22 @@ def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
   return sum(terms[1:], terms[0])
 
 
-def combine(stacked: Any, flags: Any, alpha: jax.Array) -> Any:
-  """Σ_k α_k g_k on the flagged (shared) leaves; Σ_k g_k on the others."""
+def combine(stacked: Any, flags: Any, alpha: jax.Array, max_norm: float | None = None) -> Any:
+  """Σ_k α_k g_k on the flagged (shared) leaves, scaled down so that their global norm is at
+  most `max_norm` (when given); Σ_k g_k on the others."""
   def one(g, shared):
     coeffs = alpha if shared else jnp.ones_like(alpha)
-    return jnp.tensordot(coeffs.astype(g.dtype), g, axes=1)
-  return jax.tree.map(one, stacked, flags)
+    return jnp.tensordot(coeffs.astype(g.dtype), g, axes=1,
+                         precision=jax.lax.Precision.HIGHEST)
+  out = jax.tree.map(one, stacked, flags)
+  if max_norm is None:
+    return out
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(d.astype(jnp.float32)))
+                      for d, shared in zip(jax.tree.leaves(out), jax.tree.leaves(flags))
+                      if shared))
+  scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+  return jax.tree.map(lambda d, shared: (d * scale).astype(d.dtype) if shared else d, out,
+                      flags)
 
 
 def normalised(alpha: jax.Array) -> jax.Array:
@@ -144,7 +154,7 @@ def check_stacked(stacked: Any, params: Any, num_tasks: int, name: str) -> None:
 
 
 def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
-              seed: int = 0) -> optax.GradientTransformation:
+              seed: int = 0, max_norm: float | None = None) -> optax.GradientTransformation:
   """Combines stacked per-task gradients with task weights computed from their Gram matrix.
 
   ``update(stacked, state, params)``: ``gram = Σ_shared leaves G Gᵀ``, ``α = weights_fn(gram,
@@ -157,6 +167,9 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     shared: ``(path, leaf) -> bool`` over the parameters, True for a leaf shared by the tasks
       (default `default_shared`: everything but the ``head`` layers).
     seed: the seed of the key handed to `weights_fn` (a new key every step).
+    max_norm: None (the direction as the method gives it), or clip the combined direction's
+      global norm over the shared leaves to this (the Nash-MTL and FairGrad authors'
+      trainers clip theirs to 1: their directions do not shrink with the gradients).
 
   Returns:
     An `optax.GradientTransformation` with an `AggregateState`; `update` requires `params`.
@@ -166,6 +179,8 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
   if not callable(shared):
     raise ValueError(f"shared must be a callable (path, leaf) -> bool, got {shared!r}.")
   seed = _checks.non_negative_int(seed, "seed")
+  if max_norm is not None:
+    max_norm = _checks.positive(max_norm, "max_norm")
 
   def init_fn(params: Any) -> AggregateState:
     del params
@@ -182,7 +197,7 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     flags = shared_flags(params, shared)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     alpha = weights_fn(gram_matrix(updates, flags), key)
-    return combine(updates, flags, alpha), AggregateState(
+    return combine(updates, flags, alpha, max_norm), AggregateState(
         count=optax.safe_int32_increment(state.count), key=state.key,
         task_weights=normalised(alpha).astype(jnp.float32))
 
@@ -210,9 +225,11 @@ def gradient_weighting(name: str, objective: Callable[..., jax.Array],
 
 
 def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike | None = None,
-                   shared: SharedFn | None = None) -> base.TaskWeighting:
+                   shared: SharedFn | None = None, max_norm: float | None = None
+                   ) -> base.TaskWeighting:
   """The gradient-level weighting that combines the gradients of the (scaled) task losses
-  with `aggregate(weights_fn, ...)` (MGDA, PCGrad, ...: `mmcompress.aggregators`)."""
+  with `aggregate(weights_fn, ..., max_norm=max_norm)` (MGDA, PCGrad, ...:
+  `mmcompress.aggregators`)."""
   scales = base.check_task_scales(task_scales)
 
   def objective(task_losses, task_params, task_state, key=None):
@@ -220,7 +237,7 @@ def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike |
     return base.scaled(task_losses, scales)
 
   def make(num_tasks: int, seed: int = 0) -> optax.GradientTransformation:
-    return aggregate(weights_fn, num_tasks, shared=shared, seed=seed)
+    return aggregate(weights_fn, num_tasks, shared=shared, seed=seed, max_norm=max_norm)
 
   return gradient_weighting(name, objective, make)
 

@@ -4,8 +4,10 @@ Each is `gradient.gram_weighting`: the trainer takes the K gradients of the (sca
 losses with one VJP, and `gradient.aggregate` combines them with the method's weights of
 their Gram matrix. The mathematics, the conventions and where they differ from LibMTL,
 TorchJD and the authors' code are in each aggregator's docstring; the combined direction is
-used as it is (no ×K factor, no clipping: the trainer's ``optimizer.clip_norm`` clips, as the
-reference trainers do, when it is set).
+used as it is (no ×K factor, no clipping), except that Nash-MTL's and FairGrad's, whose size
+does not shrink with the gradients, are clipped to norm ``max_norm`` (1, as their authors'
+trainers; ``config.nash_mtl.max_norm``, ``config.fairgrad.max_norm``, 0 for none). The
+trainer's ``optimizer.clip_norm`` clips every method alike when it is set.
 
 Every factory takes ``task_scales`` (fixed per-task loss scales, as every weighting) and
 ``shared`` (which parameter leaves the tasks share; default: all but the ``head`` layers).
@@ -54,12 +56,17 @@ def imtl_g(*, task_scales: ArrayLike | None = None,
                         task_scales=task_scales, shared=shared)
 
 
-def nash_mtl(*, task_scales: ArrayLike | None = None,
+def nash_mtl(max_norm: float | None = 1.0, *, task_scales: ArrayLike | None = None,
              shared: SharedFn | None = None) -> base.TaskWeighting:
   """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution, (G Gᵀ) α = 1/α,
-  solved every step (`aggregators.nash_mtl`; the authors solve it every step on NYUv2)."""
+  solved every step (`aggregators.nash_mtl`).
+
+  Its direction has norm about √K whatever the size of the gradients (α scales as 1/|g|),
+  so, as the authors' trainer, the combined direction is clipped to `max_norm` (default 1;
+  None: not clipped).
+  """
   return gram_weighting("nash_mtl", lambda gram, key: aggregators.nash_mtl_weights(gram),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared, max_norm=max_norm)
 
 
 def aligned_mtl(*, task_scales: ArrayLike | None = None,
@@ -78,23 +85,31 @@ def upgrad(*, task_scales: ArrayLike | None = None,
                         task_scales=task_scales, shared=shared)
 
 
-def fairgrad(alpha: float = 1.0, *, task_scales: ArrayLike | None = None,
+def fairgrad(alpha: float = 1.0, max_norm: float | None = 1.0, *,
+             task_scales: ArrayLike | None = None,
              shared: SharedFn | None = None) -> base.TaskWeighting:
   """FairGrad (Ban & Ji, ICML 2024) with fairness exponent `alpha`
-  (`aggregators.fairgrad`; α = 1 is Nash-MTL's solution)."""
+  (`aggregators.fairgrad`; α = 1 is Nash-MTL's solution).
+
+  Its direction's norm scales as |g|^((1−α)/(1+α)) (constant at α = 1, growing as the
+  gradients shrink for α > 1), so, as the authors' trainer, the combined direction is
+  clipped to `max_norm` (default 1; None: not clipped).
+  """
   alpha = _checks.positive(alpha, "fairgrad.alpha")
   return gram_weighting("fairgrad",
                         lambda gram, key: aggregators.fairgrad_weights(gram, alpha),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared, max_norm=max_norm)
 
 
 def reader(factory: Any, *knobs: str) -> Any:
-  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob."""
+  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob (a
+  ``max_norm`` of 0 is None: no clipping)."""
   def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
                   reduction: str) -> base.TaskWeighting:
     """`factory` with its knobs from its config section; a gradient-level weighting has no
     loss reduction. The arguments are those of `mmcompress.weighting.from_config`."""
     del steps_per_epoch, reduction
     section = config[factory.__name__] if knobs else None
-    return factory(*(section[k] for k in knobs), task_scales=task_scales)
+    values = [section[k] or None if k == "max_norm" else section[k] for k in knobs]
+    return factory(*values, task_scales=task_scales)
   return from_config

@@ -1,0 +1,86 @@
+"""Task-aware pruning in the pipeline: method names with a criterion, calibration scores of
+the training split, masks with the exact budget, and what a run records about them."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmcompress import comparison, sparsity
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.models import create_model
+from mmcompress.train import parallel, scoring, step as step_lib
+
+
+def test_a_method_names_its_criterion_after_a_plus(tiny_config):
+  config = tiny_config()
+  assert scoring.parse_method("minmax", config) == ("minmax", scoring.Criterion("magnitude"))
+  name, criterion = scoring.parse_method("equal+taylor_disparse", config)
+  assert (name, criterion.name, criterion.aggregate) == ("equal", "taylor_disparse", "disparse")
+  assert criterion.task_aware
+  taylor = tiny_config(**{"prune.criterion": "taylor", "prune.aggregate": "max"})
+  assert scoring.parse_method("dwa", taylor)[1].name == "taylor_max"
+  with pytest.raises(ValueError, match="pruning criterion of method 'minmax\\+taylor_median'"):
+    scoring.parse_method("minmax+taylor_median", config)
+  with pytest.raises(ValueError, match="config.methods entry"):
+    scoring.parse_method("minimax+taylor_max", config)
+  with pytest.raises(ValueError, match="config.prune.aggregate"):
+    scoring.parse_method("dwa", tiny_config(**{"prune.criterion": "taylor",
+                                                "prune.aggregate": "sum"}))
+
+
+def test_calibration_scores_are_the_mean_over_batches_of_each_tasks_taylor_score(
+    tiny_config, digits_data):
+  config = tiny_config()
+  problem = DigitsProblem(digits_data("classify"))
+  model = create_model("mlp", problem.num_outputs, hidden=(8,))
+  params, model_state = step_lib.init_variables(model, problem, 0)
+  batches = [problem.train_batch(0, 2, step, config.batch_size) for step in range(3)]
+  got = scoring.calibration_scores(problem, model, params, model_state, batches,
+                                   parallel.data_mesh(), 0)
+  # Independently: K separate jax.grad calls per batch, |θ ⊙ g|, averaged.
+  rng = jax.random.key(0)
+  for k in range(problem.num_tasks):
+    per_batch = []
+    for batch in batches:
+      grad = jax.grad(lambda p, b=batch, k=k: problem.task_losses(
+          model, p, model_state, jax.tree.map(jnp.asarray, b), rng)[0][k])(params)
+      per_batch.append(jax.tree.map(lambda p, g: np.abs(np.asarray(p) * np.asarray(g)),
+                                    params, grad))
+    want = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *per_batch)
+    jax.tree.map(lambda s, w, k=k: np.testing.assert_allclose(s[k], w, rtol=1e-4, atol=1e-9),
+                 got, want)
+
+
+@pytest.mark.slow
+def test_a_taylor_minmax_run_prunes_to_the_exact_budget_and_records_its_weights(
+    tmp_path, tiny_config, tiny_experiment):
+  config = tiny_config(methods=("minmax+taylor_minmax",), **{"prune.calibration_batches": 2})
+  comparison.validate(config)
+  exp = tiny_experiment(tmp_path, config)
+  result = comparison.run_method(exp, "minmax+taylor_minmax", 0, None)
+  pruning = result.pruning
+  assert pruning["criterion"] == "taylor_minmax" and pruning["aggregate"] == "minmax"
+  assert pruning["calibration_batches"] == 2 and pruning["seconds"] > 0
+  weights = np.asarray(pruning["task_weights"])
+  # The min-max weights at the end of the reweight stage: on the simplex, moved from 1/K.
+  assert weights.shape == (4,) and abs(weights.sum() - 1) < 1e-5 and np.all(weights >= 0)
+  assert not np.allclose(weights, 0.25)
+  assert result.sparsity == pytest.approx(0.975, abs=1e-3)
+  # The masks differ from magnitude masks of the same weights (they know the tasks), with
+  # exactly the same count in every prunable leaf.
+  magnitude = comparison.run_method(exp, "minmax", 0, None)
+  assert magnitude.pruning == {"criterion": "magnitude", "aggregate": None}
+  assert result.parameters["prunable_nonzero"] == magnitude.parameters["prunable_nonzero"]
+  assert result.metrics != magnitude.metrics
+  report_text = (tmp_path / "seed0" / "minmax+taylor_minmax" / "result.json").read_text()
+  assert '"taylor_minmax"' in report_text
+
+
+def test_validate_refuses_an_unknown_criterion_before_any_compute(tiny_config):
+  with pytest.raises(ValueError, match="pruning criterion"):
+    comparison.validate(tiny_config(methods=("minmax+snip",)))
+  with pytest.raises(ValueError, match="calibration_batches"):
+    comparison.validate(tiny_config(**{"prune.calibration_batches": 0}))
+  comparison.validate(tiny_config(methods=("minmax", "minmax+taylor_max")))
+  assert "taylor_max" in scoring.CRITERIA and set(sparsity.AGGREGATIONS) == {
+      "mean", "max", "disparse", "minmax"}
