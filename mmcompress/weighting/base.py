@@ -28,6 +28,18 @@ def no_step_memory(task_state: Any, task_losses: jax.Array) -> Any:
   return task_state
 
 
+def counted_tasks(num_tasks: int) -> tuple[Any, jax.Array]:
+  """The `init` of a weighting with no parameters whose memory only knows K: ({}, zeros(K))."""
+  _checks.positive_int(num_tasks, "num_tasks")
+  return {}, jnp.zeros((num_tasks,), jnp.float32)
+
+
+def uniform_weights(task_params: Any, task_state: jax.Array) -> jax.Array:
+  """The `weights` of a `counted_tasks` weighting: 1/K for every task."""
+  del task_params
+  return jnp.full(task_state.shape, 1.0 / task_state.shape[0])
+
+
 class TaskWeighting(NamedTuple):
   """A way of weighting task losses; see `mmcompress.weighting` for each field's contract."""
   name: str

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mmcompress import _checks
 from mmcompress.weighting import base
 
 
@@ -21,20 +20,12 @@ def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> b
   scales = base.check_task_scales(task_scales)
   reduce = jnp.sum if base.check_reduction(reduction) == "reference" else jnp.mean
 
-  def init(num_tasks: int) -> tuple[Any, Any]:
-    _checks.positive_int(num_tasks, "num_tasks")
-    return {}, jnp.zeros((num_tasks,), jnp.float32)
-
   def objective(task_losses, task_params, task_state, key=None):
     del key, task_params, task_state
     return reduce(base.scaled(task_losses, scales))
 
-  def weights(task_params, task_state):
-    del task_params
-    return jnp.full(task_state.shape, 1.0 / task_state.shape[0])
-
-  return base.TaskWeighting("equal", init, objective, optax.set_to_zero(), base.no_epoch_memory,
-                           weights)
+  return base.TaskWeighting("equal", base.counted_tasks, objective, optax.set_to_zero(),
+                           base.no_epoch_memory, base.uniform_weights)
 
 
 def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,

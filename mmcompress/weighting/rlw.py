@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mmcompress import _checks
 from mmcompress.weighting import base
 
 
@@ -35,10 +34,6 @@ def rlw(*, task_scales: ArrayLike | None = None) -> base.TaskWeighting:
   """
   scales = base.check_task_scales(task_scales)
 
-  def init(num_tasks: int) -> tuple[Any, Any]:
-    _checks.positive_int(num_tasks, "num_tasks")
-    return {}, jnp.zeros((num_tasks,), jnp.float32)
-
   def objective(task_losses, task_params, task_state, key=None):
     del task_params, task_state
     if key is None:
@@ -48,12 +43,8 @@ def rlw(*, task_scales: ArrayLike | None = None) -> base.TaskWeighting:
     w = jax.lax.stop_gradient(draw_weights(key, losses.shape[0]))
     return jnp.dot(w, losses)
 
-  def weights(task_params, task_state):
-    del task_params
-    return jnp.full(task_state.shape, 1.0 / task_state.shape[0])
-
-  return base.TaskWeighting("rlw", init, objective, optax.set_to_zero(), base.no_epoch_memory,
-                           weights)
+  return base.TaskWeighting("rlw", base.counted_tasks, objective, optax.set_to_zero(),
+                           base.no_epoch_memory, base.uniform_weights)
 
 
 def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
