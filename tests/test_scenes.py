@@ -114,6 +114,25 @@ def test_the_nearest_shape_is_the_one_labelled():
     assert abs(out["depth"][H // 2, W // 2, 0] - (2.0 - 0.4 / math.cos(0.3))) < 0.05
 
 
+def test_a_turned_box_is_hit_on_its_surface_with_that_face_s_normal():
+  yaw, centre, half = 0.5, np.array([0.2, -0.3, 3.0]), np.array([0.6, 0.4, 0.5])
+  box = render.Box(tuple(centre), tuple(half), yaw, render.BOX)
+  out = draw(render.Camera((0.0, 0.0, 0.0)), [box])
+  hit = out["label"] == render.BOX
+  assert hit.sum() > 50
+  flip = np.array([1.0, -1.0, 1.0])  # camera (x, y, z) = world (x, -y, z) for this camera
+  points = (out["depth"] * camera_rays())[hit] * flip - centre
+  # The box's axes in world: its x and z turned by yaw about the vertical.
+  axes = np.array([[math.cos(yaw), 0.0, -math.sin(yaw)], [0.0, 1.0, 0.0],
+                   [math.sin(yaw), 0.0, math.cos(yaw)]])
+  local = points @ axes.T / half  # in [-1, 1] inside, ±1 on a face
+  face = np.abs(local).argmax(axis=-1)
+  np.testing.assert_allclose(np.abs(local).max(axis=-1), 1.0, atol=1e-5)
+  outward = axes[face] * np.sign(np.take_along_axis(local, face[:, None], -1))
+  np.testing.assert_allclose(out["normal"][hit] * flip, outward, atol=1e-6)
+  assert len(np.unique(face)) == 2  # the front and one side face (x and z), not the top
+
+
 def test_cylinder_side_and_cap_normals():
   # A camera above an upright cylinder, looking straight down: the cap fills the centre.
   cylinder = render.Cylinder((0.0, 0.0, 0.0), 1.0, 1.0, render.CYLINDER)
@@ -127,7 +146,7 @@ def test_cylinder_side_and_cap_normals():
   out = draw(render.Camera((0.0, 0.5, -4.0)), [cylinder])
   side = out["label"] == render.CYLINDER
   points = out["depth"] * camera_rays()
-  expected = (points - [0.0, points[..., 1].mean(), 4.0]) * [1.0, 0.0, 1.0]
+  expected = (points - [0.0, 0.0, 4.0]) * [1.0, 0.0, 1.0]
   np.testing.assert_allclose(out["normal"][side], expected[side], atol=2e-5)
 
 
