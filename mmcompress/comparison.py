@@ -60,6 +60,11 @@ class Experiment:
     return self.problem.steps_per_epoch(self.config.batch_size)
 
   @functools.cached_property
+  def scoring_step(self) -> Callable[..., Any]:
+    """One jitted Taylor scoring of a batch for every task-aware prune of every run."""
+    return scoring.make_scoring_step(self.problem, self.model, self.mesh)
+
+  @functools.cached_property
   def eval_step(self) -> Callable[..., Any]:
     """One jitted evaluation for every stage and run (it does not depend on the stage)."""
     return step_lib.make_eval_step(self.problem, self.model, self.mesh)
@@ -180,7 +185,7 @@ def run_method(exp: Experiment, method: str, seed: int,
       continue
     if stage == "prune":
       masks, pruning = scoring.prune_masks(
-          criterion, cfg, params, problem=exp.problem, model=exp.model,
+          criterion, cfg, params, problem=exp.problem, scoring_step=exp.scoring_step,
           model_state=model_state, mesh=exp.mesh, seed=seed, stage_index=index,
           task_weights=(_weights_at_prune(exp, weighting_name, state)
                         if criterion.aggregate == "minmax" else None))

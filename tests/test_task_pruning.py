@@ -35,8 +35,9 @@ def test_calibration_scores_are_the_mean_over_batches_of_each_tasks_taylor_score
   model = create_model("mlp", problem.num_outputs, hidden=(8,))
   params, model_state = step_lib.init_variables(model, problem, 0)
   batches = [problem.train_batch(0, 2, step, config.batch_size) for step in range(3)]
-  got = scoring.calibration_scores(problem, model, params, model_state, batches,
-                                   parallel.data_mesh(), 0)
+  mesh = parallel.data_mesh()
+  got = scoring.calibration_scores(scoring.make_scoring_step(problem, model, mesh), params,
+                                   model_state, batches, mesh, problem.batch_axis, 0)
   # Independently: K separate jax.grad calls per batch, |θ ⊙ g|, averaged.
   rng = jax.random.key(0)
   for k in range(problem.num_tasks):

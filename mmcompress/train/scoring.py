@@ -19,6 +19,7 @@ whose weights survive), recorded with the run's result.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -66,32 +67,44 @@ def default_criterion(config: ml_collections.ConfigDict) -> str:
                                     "config.prune.aggregate")
 
 
-def calibration_scores(problem: Problem, model: nn.Module, params: Any, model_state: Any,
-                       batches: list[dict], mesh: jax.sharding.Mesh, seed: int) -> Any:
-  """The mean over `batches` of the per-task Taylor scores |θ ⊙ ∂L_k/∂θ| (stacked: every leaf
-  with a leading axis of K)."""
-  rng = jax.random.key(seed)
+def make_scoring_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh
+                      ) -> Callable[[Any, Any, dict, jax.Array], Any]:
+  """The jitted ``(params, model_state, batch, key_data) -> stacked Taylor scores`` of one
+  batch: the K per-task gradients from one VJP, then |θ ⊙ ∂L_k/∂θ|. Make it once per
+  experiment: every prune of every run then reuses its compilation."""
 
-  def scores(params, batch):
+  def scores(params, model_state, batch, key_data):
+    rng = jax.random.wrap_key_data(key_data)
     losses = lambda p: problem.task_losses(model, p, model_state, batch, rng)[0]  # noqa: E731
     _, grads = weighting_lib.per_task_grads(losses, params)
     return sparsity.taylor_scores(params, grads)
 
-  step = jax.jit(scores, in_shardings=(parallel.replicated(mesh),
-                                       parallel.batch_sharded(mesh, problem.batch_axis)),
-                 out_shardings=parallel.replicated(mesh))
+  replicated = parallel.replicated(mesh)
+  return jax.jit(scores, in_shardings=(replicated, replicated,
+                                       parallel.batch_sharded(mesh, problem.batch_axis),
+                                       replicated),
+                 out_shardings=replicated)
+
+
+def calibration_scores(step: Callable[..., Any], params: Any, model_state: Any,
+                       batches: list[dict], mesh: jax.sharding.Mesh, batch_axis: int,
+                       seed: int) -> Any:
+  """The mean over `batches` of the per-task Taylor scores from `step` (`make_scoring_step`),
+  stacked: every leaf with a leading axis of K."""
+  key_data = jax.random.key_data(jax.random.key(seed))
   total = None
   for batch in batches:
-    out = step(params, parallel.shard_batch(batch, mesh, problem.batch_axis))
+    out = step(params, model_state, parallel.shard_batch(batch, mesh, batch_axis), key_data)
     total = out if total is None else jax.tree.map(jnp.add, total, out)
   return jax.tree.map(lambda s: s / len(batches), total)
 
 
 def prune_masks(criterion: Criterion, config: ml_collections.ConfigDict, params: Any, *,
-                problem: Problem, model: nn.Module, model_state: Any, mesh: jax.sharding.Mesh,
-                seed: int, stage_index: int, task_weights: Any = None
-                ) -> tuple[Any, dict[str, Any]]:
-  """The prune stage's masks under `criterion`, and what to record about them.
+                problem: Problem, scoring_step: Callable[..., Any], model_state: Any,
+                mesh: jax.sharding.Mesh, seed: int, stage_index: int,
+                task_weights: Any = None) -> tuple[Any, dict[str, Any]]:
+  """The prune stage's masks under `criterion`, and what to record about them
+  (`scoring_step`: `make_scoring_step` of the experiment).
 
   Returns:
     ``(masks, info)``: info holds the criterion, the aggregate, the calibration batches, the
@@ -107,7 +120,8 @@ def prune_masks(criterion: Criterion, config: ml_collections.ConfigDict, params:
   start = time.perf_counter()
   batches = [problem.train_batch(seed, stage_index, step, config.batch_size)
              for step in range(count)]
-  stacked = calibration_scores(problem, model, params, model_state, batches, mesh, seed)
+  stacked = calibration_scores(scoring_step, params, model_state, batches, mesh,
+                               problem.batch_axis, seed)
   weights = None
   if criterion.aggregate == "minmax":
     weights = jnp.asarray(task_weights, jnp.float32)
