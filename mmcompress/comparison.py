@@ -93,7 +93,8 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   ctx = loop.StageContext(
       name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
       problem=problem, weighting=weighting,
-      train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh),
+      train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh,
+                                          stages_lib.per_task_gradients(stage, cfg)),
       eval_step=exp.eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
       checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
       on_checkpoint=exp.on_checkpoint)

@@ -250,3 +250,33 @@ def test_current_weights_reads_the_aggregator_state_of_a_gradient_level_weightin
   eq = weighting.create("equal")
   tp, ts = eq.init(K)
   np.testing.assert_allclose(weighting.current_weights(eq, tp, ts, None), np.full(K, 1 / K))
+
+
+def _one_regrowth(grow, stacked):
+  """One mask update of a 6-entry leaf (entries 0-2 active) fed `stacked` per-task grads."""
+  params = {"w": jnp.array([[3.0, 2.0, 1.0, 0.0, 0.0, 0.0]])}
+  tx = sparsity.dynamic_sparse(
+      optax.chain(weighting.aggregate(lambda gram, key: jnp.ones(2), 2), optax.sgd(0.0)),
+      sparsity=0.5, update_every=1, grow_fraction=1 / 6, grow=grow,
+      include=lambda path, leaf: True)
+  _, state = tx.update({"w": stacked}, tx.init(params), params)
+  return np.asarray(state.masks["w"][0])
+
+
+def test_task_aware_regrowth_grows_what_one_task_needs():
+  # Task 0 needs entry 5 only, on a small scale; task 1 has large gradients at entries 3, 4.
+  stacked = jnp.array([[[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]],
+                       [[0.0, 0.0, 0.0, 10.0, 9.0, 0.0]]])
+  # Each drops the smallest active weight (entry 2) and grows one inactive entry:
+  assert _one_regrowth("gradient", stacked).tolist() == [1, 1, 0, 1, 0, 0]  # |Σ g| max: 3
+  assert _one_regrowth("task_mean", stacked).tolist() == [1, 1, 0, 1, 0, 0]  # mean: also 3
+  # max of normalised magnitudes: task 0's entry 5 scores 1/1, task 1's entry 3 10/19.
+  assert _one_regrowth("task_max", stacked).tolist() == [1, 1, 0, 0, 0, 1]
+
+
+def test_task_aware_regrowth_needs_stacked_gradients():
+  params = {"w": jnp.ones((2, 3))}
+  tx = sparsity.dynamic_sparse(optax.sgd(0.1), sparsity=0.5, update_every=1,
+                               grow_fraction=0.2, grow="task_max")
+  with pytest.raises(ValueError, match="per-task gradients"):
+    tx.update({"w": jnp.ones((2, 3))}, tx.init(params), params)

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmcompress import comparison, sparsity
+from mmcompress import comparison, sparsity, weighting
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.models import create_model
-from mmcompress.train import parallel, scoring, step as step_lib
+from mmcompress.train import parallel, scoring, stages, step as step_lib
 
 
 def test_a_method_names_its_criterion_after_a_plus(tiny_config):
@@ -85,3 +85,42 @@ def test_validate_refuses_an_unknown_criterion_before_any_compute(tiny_config):
   comparison.validate(tiny_config(methods=("minmax", "minmax+taylor_max")))
   assert "taylor_max" in scoring.CRITERIA and set(sparsity.AGGREGATIONS) == {
       "mean", "max", "disparse", "minmax"}
+
+
+def test_a_loss_level_step_with_per_task_rows_equals_the_plain_step(tiny_config, digits_data):
+  """Rows c_k ∇L_k (c = ∂objective/∂L), summed by the stage's unit aggregator, are the
+  objective's gradient: one step of each from the same state lands on the same params."""
+  config = tiny_config(stages=("sparse",), **{"dynamic.grow": "task_max"})
+  problem = DigitsProblem(digits_data("classify"))
+  model = create_model("mlp", problem.num_outputs, hidden=(8,))
+  mesh = parallel.data_mesh()
+  params, model_state = step_lib.init_variables(model, problem, 0)
+  w = stages.make_weighting("minmax", config, 5)
+  batch = parallel.shard_batch(problem.train_batch(0, 0, 0, 64), mesh)
+  out = {}
+  for per_task in (False, True):
+    tx = stages.stage_transform("pretrain", config, 5, w, problem.num_tasks)
+    if per_task:
+      assert stages.per_task_gradients("sparse", config)
+      tx = stages.saddle_point(stages.descent_transform(
+          "pretrain", config, 5, first=weighting.aggregate(stages._unit_weights, 4)), w.tx)
+    state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
+                                        jax.random.key(0))
+    step = step_lib.make_train_step(problem, model, w, tx, mesh, per_task)
+    state, _ = step(state, batch)
+    out[per_task] = jax.device_get((state.params, state.task_params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+               out[False], out[True])
+  assert not stages.per_task_gradients("retrain", config)
+
+
+@pytest.mark.slow
+def test_sparse_training_with_task_aware_regrowth_runs_end_to_end(tmp_path, tiny_config,
+                                                                  tiny_experiment):
+  config = tiny_config(stages=("sparse",), **{
+      "epochs.sparse": 3, "dynamic.update_every_epochs": 1, "dynamic.grow_fraction": 0.01,
+      "dynamic.grow": "task_max", "sparsity": 0.9})
+  comparison.validate(config)
+  result = comparison.run_method(tiny_experiment(tmp_path, config), "minmax", 0, None)
+  assert all(np.isfinite(v) for v in result.metrics.values())
+  assert result.sparsity == pytest.approx(0.9, abs=1e-3)

@@ -29,6 +29,7 @@ import optax
 
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
+from mmcompress.sparsity import task_scores
 
 
 class DynamicSparseState(NamedTuple):
@@ -121,6 +122,29 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
   return state
 
 
+GROWTH = ("gradient", "random", "task_mean", "task_max")
+
+
+def _growth_scores(updates: Any, params: Any, summed: Any, rule: "_GrowthRule") -> Any:
+  """What regrowth ranks the inactive entries by: the summed gradient, or for a task-aware
+  rule the per-task gradient magnitudes |g_k| aggregated across the tasks (``task_mean``:
+  their mean; ``task_max``: the max of each task's magnitudes normalised to sum one over the
+  prunable entries, so that a weight one task needs is grown even when another task's
+  gradients are larger: `mmcompress.sparsity.max_scores`)."""
+  if not rule.grow.startswith("task_"):
+    return summed
+  for g, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    if jnp.ndim(g) != jnp.ndim(p) + 1:
+      raise ValueError(
+          f"grow={rule.grow!r} ranks by per-task gradients: dynamic_sparse needs them stacked "
+          "(a leading K axis on every leaf, from mmcompress.weighting.per_task_grads), with "
+          "an inner chain that combines them first (mmcompress.weighting.aggregate).")
+  magnitudes = jax.tree.map(jnp.abs, updates)
+  if rule.grow == "task_mean":
+    return task_scores.mean_scores(magnitudes)
+  return task_scores.max_scores(magnitudes, rule.include)
+
+
 def _summed_over_tasks(updates: Any, params: Any) -> Any:
   """The gradient with a leading per-task axis summed away (as it is when there is none):
   regrowth scores stacked per-task gradients by the gradient of the tasks' sum."""
@@ -157,10 +181,10 @@ def _regrow(masks: Any, new_params: Any, grads: Any, key: jax.Array, rule: _Grow
     if not prunable or k == 0:
       out.append(mask)
       continue
-    if rule.grow == "gradient":
-      score = jnp.abs(grad)
-    else:
+    if rule.grow == "random":
       score = jax.random.uniform(jax.random.fold_in(key, index), mask.shape)
+    else:  # the gradient's magnitude, or the task-aware score (`_growth_scores`)
+      score = jnp.abs(grad)
     if rule.budget == "exact":
       out.append(_regrow_leaf(mask, weight, score, k))
     else:
@@ -257,7 +281,9 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     update_every: ΔT, update the masks every this many steps (int >= 1).
     grow_fraction: the fraction in [0, 1) of each leaf's entries moved per mask update
       (reference: 0.0051 at 60x, 0.003 at 100x).
-    grow: "gradient" (RigL) or "random" (SET).
+    grow: "gradient" (RigL), "random" (SET), or task-aware "task_mean" / "task_max": the
+      per-task gradient magnitudes aggregated across tasks (`_growth_scores`; they need
+      stacked per-task gradients, see 1).
     end_step: None, or stop updating the masks once the count reaches this (int >= 1).
     include: `(path, leaf) -> bool` selecting the prunable leaves; `default_include` if None.
     seed: integer seed of the random growth.
@@ -272,7 +298,7 @@ def dynamic_sparse(inner: optax.GradientTransformation,
   sparsity = _checks.sparsity(sparsity)
   update_every = _checks.positive_int(update_every, "update_every")
   grow_fraction = _checks.fraction(grow_fraction, "grow_fraction")
-  grow = _checks.one_of(grow, ("gradient", "random"), "grow")
+  grow = _checks.one_of(grow, GROWTH, "grow")
   if end_step is not None:
     end_step = _checks.positive_int(end_step, "end_step")
   include = masks_lib.resolve_include(include)
@@ -306,7 +332,8 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     new_params = jax.tree.map(lambda p, u: p + u, params, masked_updates)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), t)
     grads = _summed_over_tasks(updates, params)
-    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, grads, key, rule),
+    scores = _growth_scores(updates, params, grads, rule)
+    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, scores, key, rule),
                              lambda: masks)
 
     inner_state = _reset_changed(inner, inner_state, new_masks, masks, grads, due)

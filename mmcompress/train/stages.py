@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -147,11 +148,28 @@ def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch
   return weighting_lib.from_config(name, config, steps_per_epoch=steps_per_epoch)
 
 
+def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether a stage's descent needs each task's gradient whatever the weighting: a sparse
+  stage with task-aware regrowth (``config.dynamic.grow`` ``task_mean`` / ``task_max``)."""
+  return stage == "sparse" and str(config.dynamic.grow).startswith("task_")
+
+
+def _unit_weights(gram: Any, key: Any) -> Any:
+  del key
+  return jnp.ones(gram.shape[0], gram.dtype)
+
+
 def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                     weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
                     seed: int = 0) -> optax.GradientTransformation:
   """The `saddle_point` transform a training stage steps with: the stage's descent (with a
-  gradient-level weighting's aggregator first in it) and the weighting's own transform."""
-  first = weighting.aggregate(num_tasks, seed) if weighting.aggregate is not None else None
+  gradient-level weighting's aggregator first in it, or, where the stage needs per-task
+  gradients of a loss-level weighting, their plain sum) and the weighting's own transform."""
+  if weighting.aggregate is not None:
+    first = weighting.aggregate(num_tasks, seed)
+  elif per_task_gradients(stage, config):  # rows c_k ∇L_k (make_train_step): sum them
+    first = weighting_lib.aggregate(_unit_weights, num_tasks)
+  else:
+    first = None
   descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first)
   return saddle_point(descent, weighting.tx)

@@ -47,9 +47,16 @@ class TrainState:
 
 
 def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting,
-                    tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+                    tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                    per_task: bool = False
                     ) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
-  """The jitted, donated, data-parallel step ``(state, batch) -> (state, task_losses)``."""
+  """The jitted, donated, data-parallel step ``(state, batch) -> (state, task_losses)``.
+
+  A gradient-level weighting hands `tx` the stacked per-task gradients of its objectives.
+  With `per_task`, so does a loss-level one: row k is c_k ∇L_k with c = ∂objective/∂L, so the
+  rows sum to the objective's gradient (for a descent that needs each task's gradient, e.g.
+  task-aware regrowth; its chain must sum them, `weighting.aggregate` with unit weights).
+  """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -63,7 +70,16 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
       return value, (losses, model_state)
 
     players = {"params": state.params, "task_weights": state.task_params}
-    if weighting.aggregate is None:
+    if weighting.aggregate is None and per_task:
+      losses, vjp_fn, model_state = jax.vjp(
+          lambda params: problem.task_losses(model, params, state.model_state, batch, rng),
+          state.params, has_aux=True)
+      weights, task_grads = jax.grad(
+          lambda l, tp: weighting.objective(l, tp, state.task_state, key), argnums=(0, 1))(
+              losses, state.task_params)
+      (rows,) = jax.vmap(vjp_fn)(jnp.diag(weights))  # row k: c_k ∇L_k
+      grads = {"params": rows, "task_weights": task_grads}
+    elif weighting.aggregate is None:
       grads, (losses, model_state) = jax.grad(objective, has_aux=True)(players)
     else:  # K gradients of the model, stacked; the aggregator in `tx` combines them.
       _, model_grads, (losses, model_state) = per_task_grads(
