@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -125,14 +126,14 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
 GROWTH = ("gradient", "random", "task_mean", "task_max")
 
 
-def _growth_scores(updates: Any, params: Any, summed: Any, rule: "_GrowthRule") -> Any:
-  """What regrowth ranks the inactive entries by: the summed gradient, or for a task-aware
+def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule") -> Any:
+  """What regrowth ranks the inactive entries by: the (task-summed) gradient, or for a task-aware
   rule the per-task gradient magnitudes |g_k| aggregated across the tasks (``task_mean``:
   their mean; ``task_max``: the max of each task's magnitudes normalised to sum one over the
   prunable entries, so that a weight one task needs is grown even when another task's
   gradients are larger: `mmcompress.sparsity.max_scores`)."""
   if not rule.grow.startswith("task_"):
-    return summed
+    return _summed_over_tasks(updates, params)
   for g, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     if jnp.ndim(g) != jnp.ndim(p) + 1:
       raise ValueError(
@@ -193,10 +194,11 @@ def _regrow(masks: Any, new_params: Any, grads: Any, key: jax.Array, rule: _Grow
 
 
 def _reset_changed(inner: optax.GradientTransformation, inner_state: Any, new_masks: Any,
-                   masks: Any, grads: Any, due: jax.Array) -> Any:
+                   masks: Any, grads: Callable[[], Any], due: jax.Array) -> Any:
   """The inner state with every entry whose mask changed at zero, and the second moments of
-  grown entries restarted (step 3 of `dynamic_sparse`). Between mask updates no mask changes:
-  the state is passed through without touching it."""
+  grown entries restarted (step 3 of `dynamic_sparse`; `grads()` gives the gradient they
+  restart from). Between mask updates no mask changes: the state is passed through without
+  touching it."""
   def reset_all(state):
     changed = jax.tree.map(jnp.not_equal, new_masks, masks)
 
@@ -208,7 +210,7 @@ def _reset_changed(inner: optax.GradientTransformation, inner_state: Any, new_ma
     state = optax.tree_utils.tree_map_params(inner, reset, state, changed)
     grown = jax.tree.map(lambda new, old: new & ~old, new_masks, masks)
     kept = jax.tree.map(jnp.logical_and, new_masks, masks)
-    return _restart_second_moments(state, grown, kept, grads)
+    return _restart_second_moments(state, grown, kept, grads())
 
   return jax.lax.cond(due, reset_all, lambda state: state, inner_state)
 
@@ -331,12 +333,13 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       due = due & (t < end_step)
     new_params = jax.tree.map(lambda p, u: p + u, params, masked_updates)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), t)
-    grads = _summed_over_tasks(updates, params)
-    scores = _growth_scores(updates, params, grads, rule)
-    new_masks = jax.lax.cond(due, lambda: _regrow(masks, new_params, scores, key, rule),
-                             lambda: masks)
+    # The scores and the tasks' sum are needed only when the masks move: inside the conds.
+    new_masks = jax.lax.cond(
+        due, lambda: _regrow(masks, new_params, _growth_scores(updates, params, rule), key, rule),
+        lambda: masks)
 
-    inner_state = _reset_changed(inner, inner_state, new_masks, masks, grads, due)
+    inner_state = _reset_changed(inner, inner_state, new_masks, masks,
+                                 lambda: _summed_over_tasks(updates, params), due)
     new_updates = jax.tree.map(
         lambda u, p, new, old: jnp.where(new & old, u, -p).astype(jnp.result_type(u)),
         masked_updates, params, new_masks, masks)
