@@ -118,6 +118,8 @@ CASES = [
     ("weighting_stch", lambda: _weighting_case("stch")),
     ("weighting_famo", lambda: _weighting_case("famo")),
     ("weighting_minmax_auto", lambda: _weighting_case("minmax_auto", gamma=1.0)),
+    ("sum_tasks", lambda: (optax.chain(weighting.sum_tasks(), optax.sgd(0.1)), _model_params(),
+                           _stacked_grads)),
     ("aggregate_static_sparse", lambda: (
         sp.static_sparse(optax.chain(weighting.aggregate(_softmax_of_norms, 2), optax.sgd(0.1)),
                          sp.magnitude_masks(_model_params(), 0.5)),

@@ -256,7 +256,7 @@ def _one_regrowth(grow, stacked):
   """One mask update of a 6-entry leaf (entries 0-2 active) fed `stacked` per-task grads."""
   params = {"w": jnp.array([[3.0, 2.0, 1.0, 0.0, 0.0, 0.0]])}
   tx = sparsity.dynamic_sparse(
-      optax.chain(weighting.aggregate(lambda gram, key: jnp.ones(2), 2), optax.sgd(0.0)),
+      optax.chain(weighting.sum_tasks(), optax.sgd(0.0)),
       sparsity=0.5, update_every=1, grow_fraction=1 / 6, grow=grow,
       include=lambda path, leaf: True)
   _, state = tx.update({"w": stacked}, tx.init(params), params)

@@ -103,7 +103,7 @@ def test_a_loss_level_step_with_per_task_rows_equals_the_plain_step(tiny_config,
     if per_task:
       assert stages.per_task_gradients("sparse", config)
       tx = stages.saddle_point(stages.descent_transform(
-          "pretrain", config, 5, first=weighting.aggregate(stages._unit_weights, 4)), w.tx)
+          "pretrain", config, 5, first=weighting.sum_tasks()), w.tx)
     state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
                                         jax.random.key(0))
     step = step_lib.make_train_step(problem, model, w, tx, mesh, per_task)

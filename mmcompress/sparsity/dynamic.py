@@ -139,7 +139,7 @@ def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule") -> Any:
       raise ValueError(
           f"grow={rule.grow!r} ranks by per-task gradients: dynamic_sparse needs them stacked "
           "(a leading K axis on every leaf, from mmcompress.weighting.per_task_grads), with "
-          "an inner chain that combines them first (mmcompress.weighting.aggregate).")
+          "an inner chain that combines them first (mmcompress.weighting.aggregate or sum_tasks).")
   magnitudes = jax.tree.map(jnp.abs, updates)
   if rule.grow == "task_mean":
     return task_scores.mean_scores(magnitudes)

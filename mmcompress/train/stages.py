@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -154,21 +153,16 @@ def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
   return stage == "sparse" and str(config.dynamic.grow).startswith("task_")
 
 
-def _unit_weights(gram: Any, key: Any) -> Any:
-  del key
-  return jnp.ones(gram.shape[0], gram.dtype)
-
-
 def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                     weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
                     seed: int = 0) -> optax.GradientTransformation:
   """The `saddle_point` transform a training stage steps with: the stage's descent (with a
   gradient-level weighting's aggregator first in it, or, where the stage needs per-task
-  gradients of a loss-level weighting, their plain sum) and the weighting's own transform."""
+  gradients of a loss-level weighting, `weighting.sum_tasks`) and the weighting's own transform."""
   if weighting.aggregate is not None:
     first = weighting.aggregate(num_tasks, seed)
   elif per_task_gradients(stage, config):  # rows c_k ∇L_k (make_train_step): sum them
-    first = weighting_lib.aggregate(_unit_weights, num_tasks)
+    first = weighting_lib.sum_tasks()
   else:
     first = None
   descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first)

@@ -55,7 +55,7 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
   A gradient-level weighting hands `tx` the stacked per-task gradients of its objectives.
   With `per_task`, so does a loss-level one: row k is c_k ∇L_k with c = ∂objective/∂L, so the
   rows sum to the objective's gradient (for a descent that needs each task's gradient, e.g.
-  task-aware regrowth; its chain must sum them, `weighting.aggregate` with unit weights).
+  task-aware regrowth; its chain must sum them first: `weighting.sum_tasks`).
   """
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:

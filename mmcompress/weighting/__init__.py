@@ -65,7 +65,7 @@ from mmcompress.weighting.gls import from_config as _gls_from_config
 from mmcompress.weighting.gls import gls
 from mmcompress.weighting import gradient_methods as gm
 from mmcompress.weighting.gradient import (AggregateState, aggregate, current_weights,
-                                           default_shared, per_task_grads)
+                                           default_shared, per_task_grads, sum_tasks)
 from mmcompress.weighting.minmax import from_config as _minmax_from_config
 from mmcompress.weighting.minmax import auto_from_config as _minmax_auto_from_config
 from mmcompress.weighting.minmax import AutoScalesState, minmax, minmax_auto
@@ -165,6 +165,7 @@ __all__ = [
     "per_task_grads",
     "rlw",
     "stch",
+    "sum_tasks",
     "uncertainty",
     "upgrad",
 ]

@@ -242,6 +242,14 @@ def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike |
   return gradient_weighting(name, objective, make)
 
 
+def sum_tasks() -> optax.GradientTransformation:
+  """Sums stacked per-task gradients over their leading task axis, with no Gram matrix: for
+  rows already weighted by the objective (`mmcompress.train.step.make_train_step` with
+  ``per_task``), whose sum is the objective's gradient."""
+  return optax.stateless(lambda updates, params=None: jax.tree.map(
+      lambda g: jnp.sum(g, axis=0), updates))
+
+
 def current_weights(weighting: Any, task_params: Any, task_state: Any, opt_state: Any
                     ) -> jax.Array:
   """The task weights to log: `weighting.weights` for a loss-level weighting; for a
