@@ -167,8 +167,8 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     shared: ``(path, leaf) -> bool`` over the parameters, True for a leaf shared by the tasks
       (default `default_shared`: everything but the ``head`` layers).
     seed: the seed of the key handed to `weights_fn` (a new key every step).
-    max_norm: None (the direction as the method gives it), or clip the combined direction's
-      global norm over the shared leaves to this (the Nash-MTL and FairGrad authors'
+    max_norm: None or 0 (the direction as the method gives it), or clip the combined
+      direction's global norm over the shared leaves to this (the Nash-MTL and FairGrad authors'
       trainers clip theirs to 1: their directions do not shrink with the gradients).
 
   Returns:
@@ -179,8 +179,7 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
   if not callable(shared):
     raise ValueError(f"shared must be a callable (path, leaf) -> bool, got {shared!r}.")
   seed = _checks.non_negative_int(seed, "seed")
-  if max_norm is not None:
-    max_norm = _checks.positive(max_norm, "max_norm")
+  max_norm = _checks.positive(max_norm, "max_norm") if max_norm else None
 
   def init_fn(params: Any) -> AggregateState:
     del params

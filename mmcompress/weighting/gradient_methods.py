@@ -23,11 +23,16 @@ from mmcompress.weighting import base
 from mmcompress.weighting.gradient import SharedFn, gram_weighting
 
 
+def _keyless(weights: Any, *args: Any) -> Any:
+  """``(gram, key) -> weights(gram, *args)``: an aggregator that draws nothing at random."""
+  return lambda gram, key: weights(gram, *args)
+
+
 def mgda(*, task_scales: ArrayLike | None = None,
          shared: SharedFn | None = None) -> base.TaskWeighting:
   """MGDA (Désidéri 2012; Sener & Koltun, NeurIPS 2018): the min-norm point of the convex
   hull of the task gradients (`aggregators.mgda`)."""
-  return gram_weighting("mgda", lambda gram, key: aggregators.mgda_weights(gram),
+  return gram_weighting("mgda", _keyless(aggregators.mgda_weights),
                         task_scales=task_scales, shared=shared)
 
 
@@ -44,7 +49,7 @@ def cagrad(c: float = 0.4, *, task_scales: ArrayLike | None = None,
   """CAGrad (Liu et al., NeurIPS 2021) with conflict-aversion radius `c`
   (`aggregators.cagrad`; the authors' NYUv2 setting c = 0.4)."""
   c = _checks.non_negative(c, "cagrad.c")
-  return gram_weighting("cagrad", lambda gram, key: aggregators.cagrad_weights(gram, c),
+  return gram_weighting("cagrad", _keyless(aggregators.cagrad_weights, c),
                         task_scales=task_scales, shared=shared)
 
 
@@ -52,7 +57,7 @@ def imtl_g(*, task_scales: ArrayLike | None = None,
            shared: SharedFn | None = None) -> base.TaskWeighting:
   """IMTL-G (Liu et al., ICLR 2021), the gradient part: equal projections of the combined
   gradient onto every unit task gradient (`aggregators.imtl_g`)."""
-  return gram_weighting("imtl_g", lambda gram, key: aggregators.imtl_g_weights(gram),
+  return gram_weighting("imtl_g", _keyless(aggregators.imtl_g_weights),
                         task_scales=task_scales, shared=shared)
 
 
@@ -65,7 +70,7 @@ def nash_mtl(max_norm: float | None = 1.0, *, task_scales: ArrayLike | None = No
   so, as the authors' trainer, the combined direction is clipped to `max_norm` (default 1;
   None: not clipped).
   """
-  return gram_weighting("nash_mtl", lambda gram, key: aggregators.nash_mtl_weights(gram),
+  return gram_weighting("nash_mtl", _keyless(aggregators.nash_mtl_weights),
                         task_scales=task_scales, shared=shared, max_norm=max_norm)
 
 
@@ -73,7 +78,7 @@ def aligned_mtl(*, task_scales: ArrayLike | None = None,
                 shared: SharedFn | None = None) -> base.TaskWeighting:
   """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients made orthogonal with equal
   norms by the Gram matrix's eigendecomposition (`aggregators.aligned_mtl`)."""
-  return gram_weighting("aligned_mtl", lambda gram, key: aggregators.aligned_mtl_weights(gram),
+  return gram_weighting("aligned_mtl", _keyless(aggregators.aligned_mtl_weights),
                         task_scales=task_scales, shared=shared)
 
 
@@ -81,7 +86,7 @@ def upgrad(*, task_scales: ArrayLike | None = None,
            shared: SharedFn | None = None) -> base.TaskWeighting:
   """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual cone of all of
   them, averaged (`aggregators.upgrad`)."""
-  return gram_weighting("upgrad", lambda gram, key: aggregators.upgrad_weights(gram),
+  return gram_weighting("upgrad", _keyless(aggregators.upgrad_weights),
                         task_scales=task_scales, shared=shared)
 
 
@@ -97,19 +102,17 @@ def fairgrad(alpha: float = 1.0, max_norm: float | None = 1.0, *,
   """
   alpha = _checks.positive(alpha, "fairgrad.alpha")
   return gram_weighting("fairgrad",
-                        lambda gram, key: aggregators.fairgrad_weights(gram, alpha),
+                        _keyless(aggregators.fairgrad_weights, alpha),
                         task_scales=task_scales, shared=shared, max_norm=max_norm)
 
 
 def reader(factory: Any, *knobs: str) -> Any:
-  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob (a
-  ``max_norm`` of 0 is None: no clipping)."""
+  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob."""
   def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
                   reduction: str) -> base.TaskWeighting:
     """`factory` with its knobs from its config section; a gradient-level weighting has no
     loss reduction. The arguments are those of `mmcompress.weighting.from_config`."""
     del steps_per_epoch, reduction
     section = config[factory.__name__] if knobs else None
-    values = [section[k] or None if k == "max_norm" else section[k] for k in knobs]
-    return factory(*values, task_scales=task_scales)
+    return factory(*(section[k] for k in knobs), task_scales=task_scales)
   return from_config
