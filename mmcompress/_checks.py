@@ -150,23 +150,35 @@ def one_of(value: Any, allowed: Sequence[str], name: str) -> str:
 
 
 def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "params",
-                   is_leaf: Callable[[Any], bool] | None = None, stacked: bool = False) -> None:
-  """Raises unless `tree` has the tree structure and leaf shapes of `reference` (with
-  `stacked`, a leaf may also have one extra leading axis: stacked per-task gradients)."""
+                   is_leaf: Callable[[Any], bool] | None = None,
+                   stacked: bool | int = False) -> None:
+  """Raises unless `tree` has the tree structure and leaf shapes of `reference`.
+
+  `stacked` admits stacked per-task gradients: True, a leaf may also have one extra leading
+  axis; an int K, every leaf must have exactly that leading axis of K.
+  """
   struct, ref_struct = (jax.tree.structure(tree, is_leaf=is_leaf),
                         jax.tree.structure(reference, is_leaf=is_leaf))
   if struct != ref_struct:
     raise UserError(
         f"{name} must have the tree structure of {reference_name}; got\n  {struct}\n"
         f"for {reference_name}\n  {ref_struct}.")
+  exact_tasks = None if isinstance(stacked, bool) else int(stacked)
   for (path, leaf), ref in zip(jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf),
                                jax.tree.leaves(reference, is_leaf=is_leaf)):
     shape, ref_shape = getattr(leaf, "shape", None), getattr(ref, "shape", None)
-    if shape != ref_shape and not (stacked and shape is not None and ref_shape is not None
-                                   and tuple(shape[1:]) == tuple(ref_shape)):
+    if exact_tasks is not None:
+      if shape is None or ref_shape is None or tuple(shape) != (exact_tasks, *ref_shape):
+        raise UserError(
+            f"{name} takes stacked per-task gradients, each leaf of shape (K, *param.shape) "
+            f"with K = {exact_tasks} (from per_task_grads); at "
+            f"{jax.tree_util.keystr(path)} it has shape {shape} for a parameter of shape "
+            f"{ref_shape}.")
+    elif shape != ref_shape and not (stacked and shape is not None and ref_shape is not None
+                                     and tuple(shape[1:]) == tuple(ref_shape)):
       raise UserError(
-          f"{name} at {jax.tree_util.keystr(path)} has shape {getattr(leaf, 'shape', None)}, "
-          f"but {reference_name} there has shape {getattr(ref, 'shape', None)}.")
+          f"{name} at {jax.tree_util.keystr(path)} has shape {shape}, "
+          f"but {reference_name} there has shape {ref_shape}.")
 
 
 def config_data_dir(data_dir: str, what: str) -> str:

@@ -62,12 +62,7 @@ def num_tasks_of(stacked: Any) -> int:
 def _check_stacked(stacked: Any, params: Any, name: str) -> int:
   """Raises unless `stacked` is `params` with a leading K axis on every leaf; returns K."""
   num_tasks = num_tasks_of(stacked)
-  _checks.same_structure(stacked, params, name, stacked=True)
-  for leaf, param in zip(jax.tree.leaves(stacked), jax.tree.leaves(params)):
-    if jnp.shape(leaf) != (num_tasks, *jnp.shape(param)):
-      raise ValueError(
-          f"{name} must have every leaf of shape (K, *param.shape) with K = {num_tasks}; got "
-          f"{jnp.shape(leaf)} for a parameter of shape {jnp.shape(param)}.")
+  _checks.same_structure(stacked, params, name, stacked=num_tasks)
   return num_tasks
 
 

@@ -69,7 +69,7 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
     if params is None:
       raise ValueError("db_mtl_aggregate(...).update needs params (they tell which leaves are "
                        "shared).")
-    gradient.check_stacked(updates, params, num_tasks, "db_mtl_aggregate")
+    _checks.same_structure(updates, params, "db_mtl_aggregate", stacked=num_tasks)
     flags = gradient.shared_flags(params, shared)
     count = optax.safe_int32_increment(state.count)
     rate = beta / count.astype(jnp.float32) ** beta_sigma

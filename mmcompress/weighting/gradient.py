@@ -143,16 +143,6 @@ def shared_flags(params: Any, shared: SharedFn) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, leaf: bool(shared(path, leaf)), params)
 
 
-def check_stacked(stacked: Any, params: Any, num_tasks: int, name: str) -> None:
-  """Raises unless every leaf of `stacked` is its param's shape with a leading K axis."""
-  for g, p in zip(jax.tree.leaves(stacked), jax.tree.leaves(params)):
-    if jnp.shape(g) != (num_tasks, *jnp.shape(p)):
-      raise ValueError(
-          f"{name} takes the stacked per-task gradients (each leaf of shape (K, *param.shape) "
-          f"with K = {num_tasks}, from per_task_grads); got a leaf of shape {jnp.shape(g)} "
-          f"for a parameter of shape {jnp.shape(p)}.")
-
-
 def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
               seed: int = 0, max_norm: float | None = None) -> optax.GradientTransformation:
   """Combines stacked per-task gradients with task weights computed from their Gram matrix.
@@ -192,7 +182,7 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     if params is None:
       raise ValueError("aggregate(...).update needs params (they tell which leaves are "
                        "shared and what shape each combined gradient has).")
-    check_stacked(updates, params, num_tasks, "aggregate")
+    _checks.same_structure(updates, params, "aggregate", stacked=num_tasks)
     flags = shared_flags(params, shared)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     alpha = weights_fn(gram_matrix(updates, flags), key)
