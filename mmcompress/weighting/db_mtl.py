@@ -66,11 +66,7 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
 
   def update_fn(updates: Any, state: DBMTLState, params: Any | None = None
                 ) -> tuple[Any, DBMTLState]:
-    if params is None:
-      raise ValueError("db_mtl_aggregate(...).update needs params (they tell which leaves are "
-                       "shared).")
-    _checks.same_structure(updates, params, "db_mtl_aggregate", stacked=num_tasks)
-    flags = gradient.shared_flags(params, shared)
+    flags = gradient.checked_flags(updates, params, num_tasks, shared, "db_mtl_aggregate")
     count = optax.safe_int32_increment(state.count)
     rate = beta / count.astype(jnp.float32) ** beta_sigma
     buffer = jax.tree.map(

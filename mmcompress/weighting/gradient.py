@@ -143,6 +143,17 @@ def shared_flags(params: Any, shared: SharedFn) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, leaf: bool(shared(path, leaf)), params)
 
 
+def checked_flags(updates: Any, params: Any | None, num_tasks: int, shared: SharedFn,
+                  name: str) -> Any:
+  """`shared_flags` of `params`, after checking that an aggregator's `update` got them and
+  that `updates` are their stacked per-task gradients."""
+  if params is None:
+    raise ValueError(f"{name}(...).update needs params (they tell which leaves are shared "
+                     "and what shape each combined gradient has).")
+  _checks.same_structure(updates, params, name, stacked=num_tasks)
+  return shared_flags(params, shared)
+
+
 def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
               seed: int = 0, max_norm: float | None = None) -> optax.GradientTransformation:
   """Combines stacked per-task gradients with task weights computed from their Gram matrix.
@@ -179,11 +190,7 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
 
   def update_fn(updates: Any, state: AggregateState, params: Any | None = None
                 ) -> tuple[Any, AggregateState]:
-    if params is None:
-      raise ValueError("aggregate(...).update needs params (they tell which leaves are "
-                       "shared and what shape each combined gradient has).")
-    _checks.same_structure(updates, params, "aggregate", stacked=num_tasks)
-    flags = shared_flags(params, shared)
+    flags = checked_flags(updates, params, num_tasks, shared, "aggregate")
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
     alpha = weights_fn(gram_matrix(updates, flags), key)
     return combine(updates, flags, alpha, max_norm), AggregateState(
