@@ -131,7 +131,7 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
         num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
     return new_updates, new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class SaddlePointState(NamedTuple):
@@ -169,19 +169,24 @@ def saddle_point(descent: optax.GradientTransformation,
     ascent: the task weights' transform (it ascends: e.g. ``simplex_ascent``).
 
   Returns:
-    An `optax.GradientTransformation` over the two-key dict.
+    An `optax.GradientTransformationExtraArgs` over the two-key dict; keyword arguments of
+    `update` go to `descent` (e.g. ``task_weights`` for task-aware regrowth), which ignores
+    them if it takes none.
   """
   def init_fn(params: Any) -> SaddlePointState:
     model, weights = _split(params, "params")
     return SaddlePointState(descent=descent.init(model), ascent=ascent.init(weights))
 
-  def update_fn(updates: Any, state: SaddlePointState,
-                params: Any | None = None) -> tuple[Any, SaddlePointState]:
+  descent_extra = optax.with_extra_args_support(descent)
+
+  def update_fn(updates: Any, state: SaddlePointState, params: Any | None = None,
+                **extra_args: Any) -> tuple[Any, SaddlePointState]:
     grad_model, grad_weights = _split(updates, "updates")
     model, weights = _split(params, "params") if params is not None else (None, None)
-    model_updates, descent_state = descent.update(grad_model, state.descent, model)
+    model_updates, descent_state = descent_extra.update(grad_model, state.descent, model,
+                                                        **extra_args)
     weight_updates, ascent_state = ascent.update(grad_weights, state.ascent, weights)
     return ({"params": model_updates, "task_weights": weight_updates},
             SaddlePointState(descent=descent_state, ascent=ascent_state))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -252,14 +252,15 @@ def test_current_weights_reads_the_aggregator_state_of_a_gradient_level_weightin
   np.testing.assert_allclose(weighting.current_weights(eq, tp, ts, None), np.full(K, 1 / K))
 
 
-def _one_regrowth(grow, stacked):
-  """One mask update of a 6-entry leaf (entries 0-2 active) fed `stacked` per-task grads."""
-  params = {"w": jnp.array([[3.0, 2.0, 1.0, 0.0, 0.0, 0.0]])}
+def _one_regrowth(grow, stacked, weights=(3.0, 2.0, 1.0, 0.0, 0.0, 0.0), moved=1, **kwargs):
+  """One mask update of a leaf (its first half active, `moved` entries dropped and grown)
+  fed `stacked` per-task gradients; `kwargs` go to `update` (task_weights)."""
+  params = {"w": jnp.array([weights])}
   tx = sparsity.dynamic_sparse(
       optax.chain(weighting.sum_tasks(), optax.sgd(0.0)),
-      sparsity=0.5, update_every=1, grow_fraction=1 / 6, grow=grow,
+      sparsity=0.5, update_every=1, grow_fraction=moved / len(weights), grow=grow,
       include=lambda path, leaf: True)
-  _, state = tx.update({"w": stacked}, tx.init(params), params)
+  _, state = tx.update({"w": stacked}, tx.init(params), params, **kwargs)
   return np.asarray(state.masks["w"][0])
 
 
@@ -272,6 +273,50 @@ def test_task_aware_regrowth_grows_what_one_task_needs():
   assert _one_regrowth("task_mean", stacked).tolist() == [1, 1, 0, 1, 0, 0]  # mean: also 3
   # max of normalised magnitudes: task 0's entry 5 scores 1/1, task 1's entry 3 10/19.
   assert _one_regrowth("task_max", stacked).tolist() == [1, 1, 0, 0, 0, 1]
+
+
+def test_disparse_regrowth_grows_from_the_union_of_the_tasks_choices():
+  # Entry 4 is every task's second choice with the best mean; each task's first choice is
+  # 3 (task 0) or 5 (task 1). One entry moves: the mean grows 4, DiSparse the union {3, 5}
+  # trimmed by the mean normalised score (tied 0.325: the lower index, 3).
+  stacked = jnp.array([[[0.0, 0.0, 0.0, 0.40, 0.35, 0.25]],
+                       [[0.0, 0.0, 0.0, 0.25, 0.35, 0.40]]])
+  assert _one_regrowth("task_mean", stacked).tolist() == [1, 1, 0, 0, 1, 0]
+  assert _one_regrowth("task_disparse", stacked).tolist() == [1, 1, 0, 1, 0, 0]
+
+
+def test_disparse_regrowth_trims_a_larger_union_by_the_mean_normalised_score():
+  # 8 entries, 4 active; 2 move (entries 2, 3 are dropped). Task 0 votes for entry 7 alone
+  # (its second choice scores 0: no vote); task 1 for 4 and 5. The union {4, 5, 7} is
+  # trimmed to 2 by the mean normalised score: 7 (1/2), 4 (10/38), not 5 (9/38). The summed
+  # gradient's magnitude grows 4 and 5.
+  stacked = jnp.array([[[0.0] * 7 + [1.0]], [[0.0] * 4 + [10.0, 9.0, 0.0, 0.0]]])
+  weights = (4.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+  assert _one_regrowth("task_disparse", stacked, weights, moved=2).tolist() == [
+      1, 1, 0, 0, 1, 0, 0, 1]
+  assert _one_regrowth("gradient", stacked, weights, moved=2).tolist() == [
+      1, 1, 0, 0, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("task", [0, 1, 2])
+def test_minmax_regrowth_with_one_hot_weights_grows_that_tasks_own_choice(task):
+  rows = jax.random.uniform(jax.random.key(task), (3, 1, 12))
+  weights = np.linspace(12.0, 1.0, 12) * (np.arange(12) < 6)
+  one_hot = jnp.eye(3)[task]
+  expected = _one_regrowth("gradient", rows[task:task + 1], weights, moved=3)
+  got = _one_regrowth("task_minmax", rows, weights, moved=3, task_weights=one_hot)
+  np.testing.assert_array_equal(got, expected)
+  # Uniform weights give the mean of the normalised magnitudes, not one task's choice.
+  mixed = _one_regrowth("task_minmax", rows, weights, moved=3, task_weights=jnp.full(3, 1 / 3))
+  assert mixed.sum() == expected.sum() == 6
+
+
+def test_minmax_regrowth_needs_the_task_weights():
+  stacked = jnp.ones((2, 1, 6))
+  with pytest.raises(ValueError, match="task_weights"):
+    _one_regrowth("task_minmax", stacked)
+  with pytest.raises(ValueError, match="shape"):  # traced in the step: the shape is checked
+    _one_regrowth("task_minmax", stacked, task_weights=jnp.full(3, 1 / 3))
 
 
 def test_task_aware_regrowth_needs_stacked_gradients():

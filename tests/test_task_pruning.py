@@ -115,12 +115,14 @@ def test_a_loss_level_step_with_per_task_rows_equals_the_plain_step(tiny_config,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("grow,method", [("task_max", "minmax"), ("task_minmax", "minmax"),
+                                         ("task_disparse", "mgda")])
 def test_sparse_training_with_task_aware_regrowth_runs_end_to_end(tmp_path, tiny_config,
-                                                                  tiny_experiment):
+                                                                  tiny_experiment, grow, method):
   config = tiny_config(stages=("sparse",), **{
       "epochs.sparse": 3, "dynamic.update_every_epochs": 1, "dynamic.grow_fraction": 0.01,
-      "dynamic.grow": "task_max", "sparsity": 0.9})
+      "dynamic.grow": grow, "sparsity": 0.9})
   comparison.validate(config)
-  result = comparison.run_method(tiny_experiment(tmp_path, config), "minmax", 0, None)
+  result = comparison.run_method(tiny_experiment(tmp_path, config), method, 0, None)
   assert all(np.isfinite(v) for v in result.metrics.values())
   assert result.sparsity == pytest.approx(0.9, abs=1e-3)

@@ -33,7 +33,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # budget "exact": a constant number of active weights; "reference": prune back to the
   # target, then grow ceil(grow_fraction · n) more at every update (density 1 - p + g).
   # grow "gradient" (RigL: |summed gradient|), "random" (SET), or task-aware "task_mean" /
-  # "task_max" (per-task gradient magnitudes, aggregated; K backward passes a step).
+  # "task_max" / "task_disparse" / "task_minmax" (per-task gradient magnitudes, aggregated as
+  # the pruning aggregates; task_minmax by the run's task weights; K backward passes a step).
   c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
                                          "end_fraction": 0.75, "grow": "gradient",
                                          "budget": "exact"})

@@ -55,20 +55,46 @@ def _order(group: jax.Array, score: jax.Array) -> jax.Array:
   return jax.lax.sort((group.astype(jnp.int32), score, index), num_keys=3)[-1]
 
 
+def _grow_order(after_drop: jax.Array, grow_score: jax.Array, k: int) -> jax.Array:
+  """The flat indices in the order regrowth takes them: the entries inactive after the drop
+  first, then by score descending, ties to the lower index.
+
+  `grow_score` is flat (n,), or (K, n) per-task scores for DiSparse's union (``task_disparse``):
+  then an entry is first a vote of some task (among that task's k best-scored inactive
+  entries, with a score above zero), then by the mean over tasks of the scores; so when the
+  votes hold exactly k entries those are grown, and more are trimmed by the mean.
+  """
+  if grow_score.ndim == 1:
+    return _order(after_drop, -grow_score)
+
+  def votes(score):
+    top = _order(after_drop, -score)[:k]
+    return jnp.zeros(after_drop.shape, bool).at[top].set(score[top] > 0)
+
+  union = jnp.any(jax.vmap(votes)(grow_score), axis=0)
+  index = jnp.arange(after_drop.size, dtype=jnp.int32)
+  return jax.lax.sort((after_drop.astype(jnp.int32), (~union).astype(jnp.int32),
+                       -jnp.mean(grow_score, axis=0), index), num_keys=4)[-1]
+
+
+def _flat_scores(grow_score: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """A leaf's growth scores flattened: (n,), or (K, n) when they are per task."""
+  return grow_score.reshape((-1,) if grow_score.shape == shape else (grow_score.shape[0], -1))
+
+
 def _regrow_leaf(mask: jax.Array, new_weight: jax.Array, grow_score: jax.Array,
                  k: int) -> jax.Array:
   """Drops the k active entries of smallest |new_weight|, grows the k best-scored inactive.
 
   Both selections sort with a primary key that puts the candidates first, then the score,
-  then the flattened index, so ties go to the lower index.
+  then the flattened index, so ties go to the lower index (`_grow_order`).
   """
   shape = mask.shape
   mask = mask.reshape(-1)
   # Drop: active entries first (key 0), then by |w| ascending.
   drop_order = _order(~mask, jnp.abs(new_weight).reshape(-1))
   after_drop = mask.at[drop_order[:k]].set(False)
-  # Grow: entries inactive after the drop first, then by score descending.
-  grow_order = _order(after_drop, -grow_score.reshape(-1))
+  grow_order = _grow_order(after_drop, _flat_scores(grow_score, shape), k)
   return after_drop.at[grow_order[:k]].set(True).reshape(shape)
 
 
@@ -87,7 +113,7 @@ def _prune_back_and_grow(mask: jax.Array, new_weight: jax.Array, grow_score: jax
   rank = jnp.arange(mask.size, dtype=jnp.int32)
   dropped = jnp.zeros_like(mask).at[drop_order].set(rank < num_drop)
   after_drop = mask & ~dropped
-  grow_order = _order(after_drop, -grow_score.reshape(-1))
+  grow_order = _grow_order(after_drop, _flat_scores(grow_score, shape), k)
   return after_drop.at[grow_order[:k]].set(True).reshape(shape)
 
 
@@ -123,15 +149,24 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
   return state
 
 
-GROWTH = ("gradient", "random", "task_mean", "task_max")
+GROWTH = ("gradient", "random", "task_mean", "task_max", "task_disparse", "task_minmax")
 
 
-def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule") -> Any:
-  """What regrowth ranks the inactive entries by: the (task-summed) gradient, or for a task-aware
-  rule the per-task gradient magnitudes |g_k| aggregated across the tasks (``task_mean``:
-  their mean; ``task_max``: the max of each task's magnitudes normalised to sum one over the
-  prunable entries, so that a weight one task needs is grown even when another task's
-  gradients are larger: `mmcompress.sparsity.max_scores`)."""
+def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule",
+                   task_weights: jax.Array | None) -> Any:
+  """What regrowth ranks the inactive entries by: the (task-summed) gradient, or for a
+  task-aware rule the per-task gradient magnitudes |g_k| aggregated across the tasks as the
+  pruning aggregates do (`mmcompress.sparsity.task_scores`), each task's magnitudes normalised
+  to sum one over the prunable entries (s̃_k) except for ``task_mean``:
+
+  * ``task_mean``: (1/K) Σ_k |g_k|;
+  * ``task_max``: max_k s̃_k, so that a weight one task needs is grown even when another
+    task's gradients are larger;
+  * ``task_disparse``: DiSparse's union: each task's k best-scored inactive entries, trimmed
+    to k by (1/K) Σ_k s̃_k (the stacked s̃ go to `_grow_order`);
+  * ``task_minmax``: Σ_k w_k s̃_k with the task weights w the step passes (min-max's: the
+    worst-off tasks choose first).
+  """
   if not rule.grow.startswith("task_"):
     return _summed_over_tasks(updates, params)
   for g, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
@@ -143,7 +178,16 @@ def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule") -> Any:
   magnitudes = jax.tree.map(jnp.abs, updates)
   if rule.grow == "task_mean":
     return task_scores.mean_scores(magnitudes)
-  return task_scores.max_scores(magnitudes, rule.include)
+  if rule.grow == "task_max":
+    return task_scores.max_scores(magnitudes, rule.include)
+  if rule.grow == "task_disparse":
+    return task_scores.normalised_scores(magnitudes, rule.include)
+  if task_weights is None:
+    raise ValueError(
+        "grow='task_minmax' weights the tasks' gradients by their task weights: pass them as "
+        "dynamic_sparse(...).update(updates, state, params, task_weights=w) (the trainer's "
+        "step does; mmcompress.saddle_point forwards it to the descent).")
+  return task_scores.minmax_scores(magnitudes, task_weights, rule.include)
 
 
 def _summed_over_tasks(updates: Any, params: Any) -> Any:
@@ -283,9 +327,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     update_every: ΔT, update the masks every this many steps (int >= 1).
     grow_fraction: the fraction in [0, 1) of each leaf's entries moved per mask update
       (reference: 0.0051 at 60x, 0.003 at 100x).
-    grow: "gradient" (RigL), "random" (SET), or task-aware "task_mean" / "task_max": the
-      per-task gradient magnitudes aggregated across tasks (`_growth_scores`; they need
-      stacked per-task gradients, see 1).
+    grow: "gradient" (RigL), "random" (SET), or task-aware "task_mean" / "task_max" /
+      "task_disparse" / "task_minmax": the per-task gradient magnitudes aggregated across
+      tasks (`_growth_scores`; they need stacked per-task gradients, see 1, and
+      "task_minmax" the task weights, passed to `update` as ``task_weights=``).
     end_step: None, or stop updating the masks once the count reaches this (int >= 1).
     include: `(path, leaf) -> bool` selecting the prunable leaves; `default_include` if None.
     seed: integer seed of the random growth.
@@ -293,8 +338,9 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       to the target, then grow ceil(grow_fraction · n) more; see 2).
 
   Returns:
-    An `optax.GradientTransformation` with state `DynamicSparseState`; `update` requires
-    params.
+    An `optax.GradientTransformationExtraArgs` with state `DynamicSparseState`; `update`
+    requires params and takes the keyword ``task_weights`` ((K,) on the simplex, used by
+    ``grow="task_minmax"`` only; any other keyword is ignored, as in an `optax.chain`).
   """
   masks_lib.check_inner(inner)
   sparsity = _checks.sparsity(sparsity)
@@ -317,7 +363,8 @@ def dynamic_sparse(inner: optax.GradientTransformation,
         inner_state=inner.init(masks_lib.mask_tree(params, masks)),
         rng_key=jax.random.key_data(jax.random.key(seed)))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, task_weights=None, **extra_args):
+    del extra_args  # what a chain passes to every link; the inner optimizer takes none
     if params is None:
       raise ValueError(
           "params must be passed to dynamic_sparse(...).update(updates, state, params).")
@@ -335,7 +382,8 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng_key), t)
     # The scores and the tasks' sum are needed only when the masks move: inside the conds.
     new_masks = jax.lax.cond(
-        due, lambda: _regrow(masks, new_params, _growth_scores(updates, params, rule), key, rule),
+        due, lambda: _regrow(masks, new_params,
+                            _growth_scores(updates, params, rule, task_weights), key, rule),
         lambda: masks)
 
     inner_state = _reset_changed(inner, inner_state, new_masks, masks,
@@ -346,4 +394,4 @@ def dynamic_sparse(inner: optax.GradientTransformation,
     return new_updates, DynamicSparseState(count=optax.safe_int32_increment(t), masks=new_masks,
                                            inner_state=inner_state, rng_key=state.rng_key)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -149,7 +149,7 @@ def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch
 
 def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
   """Whether a stage's descent needs each task's gradient whatever the weighting: a sparse
-  stage with task-aware regrowth (``config.dynamic.grow`` ``task_mean`` / ``task_max``)."""
+  stage with task-aware regrowth (``config.dynamic.grow`` ``task_mean``, ``task_max``, ...)."""
   return stage == "sparse" and str(config.dynamic.grow).startswith("task_")
 
 

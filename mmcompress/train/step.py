@@ -19,7 +19,7 @@ import optax
 
 from mmcompress.problems import Problem
 from mmcompress.train import parallel
-from mmcompress.weighting import TaskWeighting, per_task_grads
+from mmcompress.weighting import TaskWeighting, current_weights, per_task_grads
 
 _WEIGHTING_STREAM = 1  # folded into a step's key for the weighting's randomness
 
@@ -55,8 +55,12 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
   A gradient-level weighting hands `tx` the stacked per-task gradients of its objectives.
   With `per_task`, so does a loss-level one: row k is c_k ∇L_k with c = ∂objective/∂L, so the
   rows sum to the objective's gradient (for a descent that needs each task's gradient, e.g.
-  task-aware regrowth; its chain must sum them first: `weighting.sum_tasks`).
+  task-aware regrowth; its chain must sum them first: `weighting.sum_tasks`). With stacked
+  gradients `tx.update` also gets ``task_weights=``, the weights before the step
+  (`weighting.current_weights`), for a descent that weighs the tasks (``task_minmax``
+  regrowth); a transform that takes no extra arguments ignores it.
   """
+  tx = optax.with_extra_args_support(tx)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -87,7 +91,12 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
           state.params, has_aux=True)
       grads = {"params": model_grads,
                "task_weights": jax.tree.map(jnp.zeros_like, state.task_params)}
-    updates, opt_state = tx.update(grads, state.opt_state, players)
+    if weighting.aggregate is None and not per_task:
+      updates, opt_state = tx.update(grads, state.opt_state, players)
+    else:  # the task weights before this step, for a descent that weighs the tasks' rows
+      weights_now = current_weights(weighting, state.task_params, state.task_state,
+                                    state.opt_state)
+      updates, opt_state = tx.update(grads, state.opt_state, players, task_weights=weights_now)
     players = optax.apply_updates(players, updates)
     task_state = weighting.observe(state.task_state, jax.lax.stop_gradient(losses))
     return state.replace(step=state.step + 1, params=players["params"],
