@@ -17,8 +17,8 @@ from mmcompress import saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import parallel
-from mmcompress.train.step import make_train_step
+from mmcompress.train import parallel, seed_axis
+from mmcompress.train.step import init_variables, make_train_step
 
 
 def gradient_level_losses(problem, model, sparse, mesh, batch_size, name):
@@ -39,6 +39,29 @@ def gradient_level_losses(problem, model, sparse, mesh, batch_size, name):
   return {"losses": losses, "task_weights": np.asarray(weights).tolist()}
 
 
+def seed_axis_losses(problem, model, mesh, batch_size, seed_sharded, seeds=8, steps=3):
+  """The (steps, seeds, K) task losses of min-max on the seed axis, each seed's batch split
+  over the devices or the seeds themselves split over them."""
+  seed_axis.check_seeds(seeds, mesh, seed_sharded)
+  w = weighting.minmax(0.5, gamma=0.5)
+  tx = saddle_point(optax.sgd(0.1, momentum=0.9), w.tx)
+  states = seed_axis.stack([
+      synthetic.replicated_state(*init_variables(model, problem, seed), w, tx,
+                                 problem.num_tasks, mesh, seed) for seed in range(seeds)])
+  states = jax.device_put(states, seed_axis.state_sharding(mesh, seed_sharded))
+  seeds_step = seed_axis.make_seed_train_step(problem, model, w, tx, mesh,
+                                              seed_sharded=seed_sharded)
+  alive = np.ones(seeds, bool)
+  losses = []
+  for i in range(steps):
+    batches = seed_axis.stacked_batches(problem, range(seeds), 0, i, batch_size)
+    batches = jax.device_put(batches, seed_axis.batch_sharding(mesh, problem.batch_axis,
+                                                               seed_sharded))
+    states, alive, task_losses = seeds_step(states, alive, batches)
+    losses.append(np.asarray(task_losses).tolist())
+  return losses
+
+
 def main(batch_size: int) -> dict:
   mesh = parallel.data_mesh()
   parallel.check_batch_size(batch_size, mesh)
@@ -56,7 +79,10 @@ def main(batch_size: int) -> dict:
     losses.append(np.asarray(task_losses).tolist())
   kernel = np.asarray(state.params["trunk"]["Dense_0"]["kernel"])
   nash = gradient_level_losses(problem, model, sparse, mesh, batch_size, "nash_mtl")
+  seeds = {mode: seed_axis_losses(problem, model, mesh, batch_size, mode == "seed_sharded")
+           for mode in ("batch_split", "seed_sharded")}
   return {"devices": jax.device_count(), "losses": losses, "nash_mtl": nash,
+          "seed_axis": seeds,
           "task_weights": np.asarray(state.task_params).tolist(),
           "kernel_sum": float(np.abs(kernel).sum()),
           "kernel_zeros": int((kernel == 0).sum()),

@@ -47,6 +47,13 @@ def test_one_and_eight_devices_give_the_same_losses_and_task_weights(probes):
   np.testing.assert_allclose(eight["nash_mtl"]["task_weights"], one["nash_mtl"]["task_weights"],
                              rtol=1e-3)
   assert one["nash_mtl"]["losses"][-1] != one["nash_mtl"]["losses"][0]
+  # Eight seeds on the seed axis: each seed's batch split over the devices, or the seeds split
+  # over them (one whole seed a device), give what one device gives.
+  reference = one["seed_axis"]["batch_split"]
+  for mode in ("batch_split", "seed_sharded"):
+    np.testing.assert_allclose(eight["seed_axis"][mode], reference, rtol=2e-5, err_msg=mode)
+    np.testing.assert_allclose(one["seed_axis"][mode], reference, rtol=2e-5, err_msg=mode)
+  assert np.ptp(np.asarray(reference)[-1], axis=0).min() > 0  # the seeds differ
 
 
 @pytest.mark.slow

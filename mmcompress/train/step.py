@@ -46,20 +46,11 @@ class TrainState:
   rng: jax.Array
 
 
-def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting,
-                    tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                    per_task: bool = False
-                    ) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
-  """The jitted, donated, data-parallel step ``(state, batch) -> (state, task_losses)``.
-
-  A gradient-level weighting hands `tx` the stacked per-task gradients of its objectives.
-  With `per_task`, so does a loss-level one: row k is c_k ∇L_k with c = ∂objective/∂L, so the
-  rows sum to the objective's gradient (for a descent that needs each task's gradient, e.g.
-  task-aware regrowth; its chain must sum them first: `weighting.sum_tasks`). With stacked
-  gradients `tx.update` also gets ``task_weights=``, the weights before the step
-  (`weighting.current_weights`), for a descent that weighs the tasks (``task_minmax``
-  regrowth); a transform that takes no extra arguments ignores it.
-  """
+def train_step_fn(problem: Problem, model: nn.Module, weighting: TaskWeighting,
+                  tx: optax.GradientTransformation, per_task: bool = False
+                  ) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
+  """The pure step ``(state, batch) -> (state, task_losses)`` of `make_train_step`, unjitted
+  (for `jax.vmap` over seeds: `make_seed_train_step`)."""
   tx = optax.with_extra_args_support(tx)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:
@@ -103,8 +94,25 @@ def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting
                          task_params=players["task_weights"], task_state=task_state,
                          model_state=model_state, opt_state=opt_state), losses
 
+  return train_step
+
+
+def make_train_step(problem: Problem, model: nn.Module, weighting: TaskWeighting,
+                    tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                    per_task: bool = False
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
+  """The jitted, donated, data-parallel step ``(state, batch) -> (state, task_losses)``.
+
+  A gradient-level weighting hands `tx` the stacked per-task gradients of its objectives.
+  With `per_task`, so does a loss-level one: row k is c_k ∇L_k with c = ∂objective/∂L, so the
+  rows sum to the objective's gradient (for a descent that needs each task's gradient, e.g.
+  task-aware regrowth; its chain must sum them first: `weighting.sum_tasks`). With stacked
+  gradients `tx.update` also gets ``task_weights=``, the weights before the step
+  (`weighting.current_weights`), for a descent that weighs the tasks (``task_minmax``
+  regrowth); a transform that takes no extra arguments ignores it.
+  """
   replicated = parallel.replicated(mesh)
-  return jax.jit(train_step,
+  return jax.jit(train_step_fn(problem, model, weighting, tx, per_task),
                  in_shardings=(replicated, parallel.batch_sharded(mesh, problem.batch_axis)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 

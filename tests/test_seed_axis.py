@@ -1,0 +1,111 @@
+"""Seeds as a batch axis: the vmapped step of S seeds against S one-seed steps, and a seed
+that diverges frozen while the others go on."""
+import jax
+import numpy as np
+import optax
+import pytest
+
+from mmcompress import _checks, minmax, sparsity, weighting
+from mmcompress.models import create_model
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.train import parallel, seed_axis, stages, step as step_lib
+
+SEEDS = (0, 1, 2)
+STEPS = 6
+BATCH = 32
+# vmapped matmuls are batched matmuls on the CPU: the same sums in another order, so the
+# seeds' numbers agree to float32 rounding, not bitwise.
+RTOL, ATOL = 2e-5, 1e-6
+
+
+def _dynamic_sparse(w, seed):
+  """Task-weighted regrowth every 2 steps (the config's unit is an epoch, too long here)."""
+  descent = sparsity.dynamic_sparse(
+      optax.chain(weighting.sum_tasks(), optax.sgd(0.1, momentum=0.9)), sparsity=0.9,
+      update_every=2, grow_fraction=0.05, grow="task_minmax", seed=seed)
+  return minmax.saddle_point(descent, w.tx)
+
+
+def _setup(tiny_config, digits_data, method, sparse):
+  config = tiny_config()
+  problem = DigitsProblem(digits_data("classify"))
+  model = create_model("mlp", problem.num_outputs, hidden=(16,))
+  spe = problem.steps_per_epoch(BATCH)
+  w = stages.make_weighting(method, config, spe)
+
+  def state(seed):
+    params, model_state = step_lib.init_variables(model, problem, seed)
+    tx = (_dynamic_sparse(w, seed) if sparse else
+          stages.stage_transform("pretrain", config, spe, w, problem.num_tasks, seed=seed))
+    return step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
+                                       jax.random.key(seed)), tx
+
+  return problem, model, w, sparse, state
+
+
+def _one_seed_runs(problem, model, w, per_task, state, mesh, poison=None):
+  out = []
+  # One compiled step serves every seed: a transform's seed lives in its state (init).
+  train_step = step_lib.make_train_step(problem, model, w, state(SEEDS[0])[1], mesh, per_task)
+  for seed in SEEDS:
+    s, _ = state(seed)
+    for step in range(STEPS):
+      if poison == (seed, step):
+        break
+      batch = problem.train_batch(seed, 0, step, BATCH)
+      s, _ = train_step(s, parallel.shard_batch(batch, mesh, problem.batch_axis))
+    out.append(jax.device_get(s))
+  return out
+
+
+def _seed_axis_run(problem, model, w, per_task, state, mesh, poison=None):
+  states = seed_axis.stack([state(seed)[0] for seed in SEEDS])
+  tx = state(SEEDS[0])[1]
+  seeds_step = seed_axis.make_seed_train_step(problem, model, w, tx, mesh, per_task)
+  alive = np.ones(len(SEEDS), bool)
+  sharding = seed_axis.batch_sharding(mesh, problem.batch_axis, False)
+  for step in range(STEPS):
+    batches = seed_axis.stacked_batches(problem, SEEDS, 0, step, BATCH)
+    if poison and poison[1] == step:
+      batches["images"][SEEDS.index(poison[0])] = np.nan
+    states, alive, _ = seeds_step(states, alive, jax.device_put(batches, sharding))
+  return jax.device_get(states), np.asarray(alive)
+
+
+@pytest.mark.parametrize("method,sparse", [("minmax", False), ("mgda", False), ("minmax", True)],
+                         ids=["minmax-dense", "mgda-dense", "minmax-dst-task_minmax"])
+def test_the_seed_axis_gives_each_seed_what_the_one_seed_path_gives(
+    tiny_config, digits_data, method, sparse):
+  setup = _setup(tiny_config, digits_data, method, sparse)
+  mesh = parallel.data_mesh()
+  singles = _one_seed_runs(*setup, mesh)
+  stacked, alive = _seed_axis_run(*setup, mesh)
+  assert alive.all()
+  for index, single in enumerate(singles):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL),
+                 seed_axis.unstack(stacked, index), single)
+  # The seeds differ from each other (each its own init, data order and RNG).
+  assert not np.allclose(singles[0].params["trunk"]["Dense_0"]["kernel"],
+                         singles[1].params["trunk"]["Dense_0"]["kernel"])
+
+
+def test_a_seed_that_diverges_is_frozen_and_the_others_go_on(tiny_config, digits_data):
+  setup = _setup(tiny_config, digits_data, "minmax", False)
+  mesh = parallel.data_mesh()
+  poison = (1, 3)  # seed 1's batch of step 3 is NaN
+  singles = _one_seed_runs(*setup, mesh, poison=poison)  # seed 1 stops before step 3
+  stacked, alive = _seed_axis_run(*setup, mesh, poison=poison)
+  assert alive.tolist() == [True, False, True]
+  assert np.asarray(stacked.step).tolist() == [STEPS, 3, STEPS]  # where seed 1 stopped
+  for index, single in enumerate(singles):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL),
+                 seed_axis.unstack(stacked, index), single)
+
+
+def test_seeds_split_over_devices_only_in_whole_numbers():
+  mesh = parallel.data_mesh()
+  seed_axis.check_seeds(3, mesh, seed_sharded=False)
+  seed_axis.check_seeds(mesh.devices.size * 2, mesh, seed_sharded=True)
+  if mesh.devices.size > 1:
+    with pytest.raises(_checks.UserError, match="multiple of"):
+      seed_axis.check_seeds(mesh.devices.size + 1, mesh, seed_sharded=True)
