@@ -1,5 +1,7 @@
 """Seeds as a batch axis: the vmapped step of S seeds against S one-seed steps, and a seed
 that diverges frozen while the others go on."""
+import dataclasses
+
 import jax
 import numpy as np
 import optax
@@ -8,7 +10,7 @@ import pytest
 from mmcompress import _checks, minmax, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
-from mmcompress.train import parallel, seed_axis, stages, step as step_lib
+from mmcompress.train import loop, parallel, seed_axis, seed_loop, stages, step as step_lib
 
 SEEDS = (0, 1, 2)
 STEPS = 6
@@ -109,3 +111,93 @@ def test_seeds_split_over_devices_only_in_whole_numbers():
   if mesh.devices.size > 1:
     with pytest.raises(_checks.UserError, match="multiple of"):
       seed_axis.check_seeds(mesh.devices.size + 1, mesh, seed_sharded=True)
+
+
+class _PoisonedProblem(DigitsProblem):
+  """Digits whose training batch of one (seed, step) is NaN: a run that diverges there."""
+
+  def __init__(self, data, poison):
+    super().__init__(data)
+    self.poison = poison
+
+  def train_batch(self, seed, stage_index, step, batch_size):
+    batch = super().train_batch(seed, stage_index, step, batch_size)
+    if (seed, step) == self.poison:
+      batch = dict(batch, images=np.full_like(batch["images"], np.nan))
+    return batch
+
+
+def _stage_contexts(tmp_path, tiny_config, problem, method="dwa", epochs=3, every=11):
+  """A one-seed context per seed and one seed-axis context, for the same pretrain stage."""
+  config = tiny_config()
+  model = create_model("mlp", problem.num_outputs, hidden=(16,))
+  mesh = parallel.data_mesh()
+  spe = problem.steps_per_epoch(BATCH)
+  w = stages.make_weighting(method, config, spe)
+  tx = stages.stage_transform("pretrain", config, spe, w, problem.num_tasks)
+  common = dict(name="pretrain", index=0, epochs=epochs, batch_size=BATCH, problem=problem,
+                weighting=w, mesh=mesh, eval_batch_size=64, checkpoint_every=every)
+  singles = {seed: loop.StageContext(
+      seed=seed, train_step=step_lib.make_train_step(problem, model, w, tx, mesh),
+      eval_step=step_lib.make_eval_step(problem, model, mesh),
+      directory=str(tmp_path / f"one{seed}"), **common) for seed in SEEDS}
+  seeds = seed_loop.SeedStageContext(
+      seeds=SEEDS, train_step=seed_axis.make_seed_train_step(problem, model, w, tx, mesh),
+      eval_step=seed_loop.make_seed_eval_step(problem, model, mesh),
+      directory=str(tmp_path / "seeds"), **common)
+
+  def state(seed):
+    params, model_state = step_lib.init_variables(model, problem, seed)
+    return step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
+                                       jax.random.key(seed))
+  return singles, seeds, state
+
+
+def _same_records(a, b):
+  assert (a.best_epoch, a.done, len(a.epochs)) == (b.best_epoch, b.done, len(b.epochs))
+  for x, y in zip(a.epochs, b.epochs):
+    for field in ("train_loss", "val_loss", "val_metric", "task_weights"):
+      np.testing.assert_allclose(getattr(x, field), getattr(y, field), rtol=1e-4, atol=1e-6,
+                                 err_msg=field)
+
+
+def test_a_stage_of_three_seeds_equals_three_one_seed_stages_and_resumes(
+    tmp_path, tiny_config, digits_data):
+  problem = DigitsProblem(digits_data("classify"))
+  singles, ctx, state = _stage_contexts(tmp_path, tiny_config, problem)
+  expected = {seed: loop.train_stage(singles[seed], state(seed)) for seed in SEEDS}
+
+  class Stop(Exception):
+    pass
+
+  def stop_once(stage, step):
+    if step == 22:
+      raise Stop
+  with pytest.raises(Stop):  # killed after the checkpoint of step 22, then resumed
+    seed_loop.train_stage_seeds(dataclasses.replace(ctx, on_checkpoint=stop_once),
+                                seed_axis.stack([state(s) for s in SEEDS]))
+  final, best, records, failures = seed_loop.train_stage_seeds(
+      ctx, seed_axis.stack([state(s) for s in SEEDS]))
+  assert failures == {}
+  for i, seed in enumerate(SEEDS):
+    one_final, one_best, one_record = expected[seed]
+    _same_records(records[i], one_record)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    jax.tree.map(close, seed_axis.unstack(best, i), jax.device_get(one_best))
+    jax.tree.map(close, jax.device_get(seed_axis.unstack(final, i).params),
+                 jax.device_get(one_final.params))
+  assert records[0].epochs[-1].val_loss != records[1].epochs[-1].val_loss
+
+
+def test_a_seed_that_diverges_in_a_stage_stops_with_the_one_seed_message(
+    tmp_path, tiny_config, digits_data):
+  problem = _PoisonedProblem(digits_data("classify"), poison=(1, 40))
+  singles, ctx, state = _stage_contexts(tmp_path, tiny_config, problem, method="equal")
+  with pytest.raises(loop.NonFiniteLossError) as raised:
+    loop.train_stage(singles[1], state(1))
+  _, _, records, failures = seed_loop.train_stage_seeds(
+      ctx, seed_axis.stack([state(s) for s in SEEDS]))
+  assert failures == {1: raised.value.summary}
+  assert "at step 41" in failures[1]
+  assert [len(r.epochs) for r in records] == [3, 1, 3]  # seed 1 stopped in its second epoch
+  _same_records(records[0], loop.train_stage(singles[0], state(0))[2])

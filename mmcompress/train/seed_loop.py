@@ -1,0 +1,218 @@
+"""Training one stage of S seeds at once: `mmcompress.train.loop` on the seed axis.
+
+The same epochs, validation, model selection and checkpoints as `loop.train_stage`, for a
+`TrainState` stacked over seeds (`mmcompress.train.seed_axis`): one jitted step trains every
+seed on its own batch, one jitted evaluation scores every seed's parameters on the same
+validation batch, one checkpoint holds all of them. Each seed keeps its own `StageRecord` and
+its own best-validation snapshot, so each seed's numbers are those its one-seed run gives
+(up to float rounding: `tests/test_seed_axis.py`).
+
+A seed whose losses or parameters stop being finite is frozen by the step; here it gets the
+one-seed path's message (which task, which step) and its records stop, while the others go
+on. The stage ends early only if every seed has stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmcompress.problems import Problem
+from mmcompress.train import loop, parallel, seed_axis
+from mmcompress.train.checkpoint import StageCheckpoints
+from mmcompress.train.step import TrainState
+from mmcompress import weighting as weighting_lib
+from mmcompress.weighting import TaskWeighting
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedStageContext:
+  """What a stage of S seeds needs besides its state (static, none of it checkpointed).
+
+  As `loop.StageContext`, with `seeds` for `seed`, the seed-axis steps
+  (`seed_axis.make_seed_train_step`, `make_seed_eval_step`), where the seeds live
+  (`seed_sharded`), and `log` called with (seed, stage, epoch, its `EpochRecord`).
+  """
+  name: str
+  index: int
+  seeds: tuple[int, ...]
+  epochs: int
+  batch_size: int
+  problem: Problem
+  weighting: TaskWeighting
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+  mesh: jax.sharding.Mesh
+  eval_batch_size: int
+  checkpoint_every: int
+  directory: str
+  seed_sharded: bool = False
+  log: Callable[[int, str, int, loop.EpochRecord], None] | None = None
+  on_checkpoint: Callable[[str, int], None] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.problem.steps_per_epoch(self.batch_size)
+
+
+def make_seed_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh,
+                        seed_sharded: bool = False) -> Callable[[Any, Any, dict], Any]:
+  """The jitted evaluation of S seeds' parameters on one batch: stacked sums."""
+
+  def eval_step(params: Any, model_state: Any, batch: dict) -> Any:
+    return jax.vmap(lambda p, s: problem.eval_sums(model, p, s, batch))(params, model_state)
+
+  states = seed_axis.state_sharding(mesh, seed_sharded)
+  batch = parallel.replicated(mesh) if seed_sharded else parallel.batch_sharded(mesh)
+  return jax.jit(eval_step, in_shardings=(states, states, batch), out_shardings=states)
+
+
+def evaluate_seeds(problem: Problem, eval_step: Callable[..., Any], params: Any,
+                   model_state: Any, split: str, mesh: jax.sharding.Mesh, batch_size: int,
+                   seed_sharded: bool = False) -> list[dict]:
+  """Every seed's metrics over a whole split (`loop.evaluate` for each seed, one pass)."""
+  parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
+  sharding = parallel.replicated(mesh) if seed_sharded else parallel.batch_sharded(mesh)
+  totals = None
+  for batch in problem.eval_batches(split, batch_size):
+    sums = eval_step(params, model_state, jax.device_put(batch, sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.tree.map(np.asarray, totals)
+  num_seeds = jax.tree.leaves(totals)[0].shape[0]
+  return [problem.finalize(jax.tree.map(lambda x, i=i: x[i], totals)) for i in range(num_seeds)]
+
+
+def _keep(keep: jax.Array, new: Any, old: Any) -> Any:
+  """`new` for the seeds where `keep`, `old` for the others."""
+  return jax.tree.map(
+      lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (jnp.ndim(n) - 1)), n, o), new, old)
+
+
+def _initial_carry(states: TrainState, num_tasks: int) -> dict:
+  num_seeds = jnp.shape(states.step)[0]
+  return {"state": states, "best": loop.snapshot(states),
+          "loss_sum": jnp.zeros((num_seeds, num_tasks), jnp.float32),
+          "alive": jnp.ones((num_seeds,), bool)}
+
+
+def _abstract(carry_fn: Callable[[], dict], sharding: jax.sharding.Sharding) -> Any:
+  shapes = jax.eval_shape(carry_fn)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      shapes)
+
+
+def _failure(ctx: SeedStageContext, losses: np.ndarray, step: int) -> str:
+  """The one-seed path's message for a seed that stopped at `step` with these losses."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    task = int(bad[0])
+    return (f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
+            f"{losses[task]} at step {step}")
+  return (f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
+          "the losses were finite")
+
+
+def _new_failures(ctx: SeedStageContext, pending: list[tuple[int, jax.Array, jax.Array]],
+                  failures: dict[int, str]) -> dict[int, str]:
+  """`failures` with every seed that stopped during the `pending` steps (step, losses,
+  alive after it) added."""
+  failures = dict(failures)
+  for step, losses, alive in pending:
+    alive = np.asarray(alive)
+    for i, seed in enumerate(ctx.seeds):
+      if not alive[i] and seed not in failures:
+        failures[seed] = _failure(ctx, np.asarray(losses)[i], step)
+  return failures
+
+
+def train_stage_seeds(ctx: SeedStageContext, states: TrainState
+                      ) -> tuple[TrainState, dict, list[loop.StageRecord], dict[int, str]]:
+  """Trains one stage of every seed from `states` (stacked), resuming from its checkpoints.
+
+  Returns:
+    ``(final states, best snapshots, records, failures)``: stacked like `states`; one
+    `StageRecord` per seed; and the seeds that stopped, seed -> the message the one-seed path
+    raises (`loop.NonFiniteLossError`'s summary). A stopped seed's entries are not results.
+  """
+  per_epoch = ctx.steps_per_epoch
+  total = ctx.epochs * per_epoch
+  num_tasks = ctx.problem.num_tasks
+  sharding = seed_axis.state_sharding(ctx.mesh, ctx.seed_sharded)
+  checkpoints = StageCheckpoints(ctx.directory)
+  restored = checkpoints.restore_latest(
+      _abstract(lambda: _initial_carry(states, num_tasks), sharding))
+  if restored is None:
+    carry = jax.device_put(_initial_carry(states, num_tasks), sharding)
+    records = [loop.StageRecord(ctx.name) for _ in ctx.seeds]
+    step, failures = 0, {}
+  else:
+    carry, saved = restored
+    records = [loop.StageRecord.from_json(r) for r in saved["seeds"]]
+    step, failures = saved["step"], {int(k): v for k, v in saved["failures"].items()}
+    logging.info("stage %s: resuming %d seeds at step %d of %d", ctx.name, len(ctx.seeds),
+                 step, total)
+  batches_at = seed_axis.batch_sharding(ctx.mesh, ctx.problem.batch_axis, ctx.seed_sharded)
+  pending = []
+  try:
+    while step < total and len(failures) < len(ctx.seeds):
+      batches = seed_axis.stacked_batches(ctx.problem, ctx.seeds, ctx.index, step,
+                                          ctx.batch_size)
+      carry["state"], carry["alive"], losses = ctx.train_step(
+          carry["state"], carry["alive"], jax.device_put(batches, batches_at))
+      carry["loss_sum"] = carry["loss_sum"] + jnp.where(carry["alive"][:, None], losses, 0.0)
+      step += 1
+      pending.append((step, losses, carry["alive"]))
+      end_of_epoch = step % per_epoch == 0
+      if end_of_epoch or step % ctx.checkpoint_every == 0 or step == total:
+        failures, pending = _new_failures(ctx, pending, failures), []
+      if end_of_epoch:
+        carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures)
+      if step % ctx.checkpoint_every == 0 or step == total or len(failures) == len(ctx.seeds):
+        records = [r._replace(done=step == total) for r in records]
+        checkpoints.save(step, carry, {"seeds": [r.to_json() for r in records],
+                                       "step": step,
+                                       "failures": {str(k): v for k, v in failures.items()}})
+        if ctx.on_checkpoint:
+          ctx.on_checkpoint(ctx.name, step)
+  finally:
+    checkpoints.close()
+  return carry["state"], carry["best"], records, failures
+
+
+def _end_epoch(ctx: SeedStageContext, carry: dict, epoch: int,
+               records: Sequence[loop.StageRecord], failures: dict[int, str]
+               ) -> tuple[dict, list[loop.StageRecord]]:
+  """`loop._end_epoch` for every seed still training."""
+  state = carry["state"]
+  train_loss = carry["loss_sum"] / ctx.steps_per_epoch
+  task_state = jax.vmap(ctx.weighting.end_epoch)(state.task_state, train_loss)
+  sharding = seed_axis.state_sharding(ctx.mesh, ctx.seed_sharded)
+  state = state.replace(task_state=jax.device_put(task_state, sharding))
+  vals = evaluate_seeds(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
+                        ctx.mesh, ctx.eval_batch_size, ctx.seed_sharded)
+  weights = np.asarray(jax.vmap(
+      lambda p, s, o: weighting_lib.current_weights(ctx.weighting, p, s, o))(
+          state.task_params, state.task_state, state.opt_state))
+  train_loss = np.asarray(train_loss)
+  records, improved = list(records), np.zeros(len(ctx.seeds), bool)
+  for i, seed in enumerate(ctx.seeds):
+    if seed in failures:
+      continue
+    val = vals[i]
+    epoch_record = loop.EpochRecord(
+        epoch=epoch, train_loss=[float(v) for v in train_loss[i]], val_loss=val["loss"],
+        val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
+        task_weights=[float(v) for v in weights[i]], score=loop.selection_score(val))
+    records[i] = records[i].with_epoch(epoch_record)
+    improved[i] = records[i].best_epoch == epoch
+    if ctx.log:
+      ctx.log(seed, ctx.name, epoch, epoch_record)
+  best = _keep(jnp.asarray(improved), loop.snapshot(state), carry["best"])
+  return {"state": state, "best": best, "alive": carry["alive"],
+          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, records
