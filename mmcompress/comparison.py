@@ -41,7 +41,8 @@ from mmcompress import records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import loop, parallel, scoring, stages as stages_lib, step as step_lib
+from mmcompress.train import loop, parallel, scoring, seed_axis, seed_loop
+from mmcompress.train import stages as stages_lib, step as step_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,12 @@ class Experiment:
   def eval_step(self) -> Callable[..., Any]:
     """One jitted evaluation for every stage and run (it does not depend on the stage)."""
     return step_lib.make_eval_step(self.problem, self.model, self.mesh)
+
+  @functools.cached_property
+  def seed_eval_step(self) -> Callable[..., Any]:
+    """One jitted evaluation of stacked seeds (``config.seed_axis``) for every stage."""
+    return seed_loop.make_seed_eval_step(self.problem, self.model, self.mesh,
+                                         self.config.seed_sharded)
 
 
 def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
@@ -264,6 +271,134 @@ def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any
     return outcome
 
 
+def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
+                 seeds: tuple[int, ...], starts: list[tuple[Any, Any]],
+                 masks: list[Any] | None = None
+                 ) -> tuple[step_lib.TrainState, dict, list[loop.StageRecord], dict[int, str]]:
+  """`_train` for the `seeds` of one run together (``config.seed_axis``), each from its own
+  (params, model state) in `starts` (and masks); see `seed_loop.train_stage_seeds`."""
+  cfg, problem = exp.config, exp.problem
+  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
+  states, txs = [], []
+  for i, seed in enumerate(seeds):
+    # Each seed's state is built by its own transform (its masks, its growth seed); the
+    # transforms differ only in what `init` puts in the state, so one step serves all.
+    tx = stages_lib.stage_transform(stage, cfg, exp.steps_per_epoch, weighting,
+                                    problem.num_tasks, masks[i] if masks else None, seed)
+    params, model_state = starts[i]
+    state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
+                                        jax.random.fold_in(jax.random.key(seed), index))
+    if stage == "sparse":
+      state = state.replace(
+          params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+    states.append(state)
+    txs.append(tx)
+
+  def log(seed, stage_name, epoch, record):
+    if exp.log:
+      exp.log(f"seed{seed}/{run}", stage_name, epoch, record)
+
+  ctx = seed_loop.SeedStageContext(
+      name=stage, index=index, seeds=tuple(seeds), epochs=cfg.epochs[stage],
+      batch_size=cfg.batch_size, problem=problem, weighting=weighting,
+      train_step=seed_axis.make_seed_train_step(
+          problem, exp.model, weighting, txs[0], exp.mesh,
+          stages_lib.per_task_gradients(stage, cfg), cfg.seed_sharded),
+      eval_step=exp.seed_eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
+      checkpoint_every=cfg.checkpoint_every_steps,
+      directory=os.path.join(exp.workdir, "seeds", run, stage), seed_sharded=cfg.seed_sharded,
+      log=log, on_checkpoint=exp.on_checkpoint)
+  return seed_loop.train_stage_seeds(ctx, seed_axis.stack(states))
+
+
+def _diverged(exp: Experiment, run_name: str, message: str) -> records.Diverged:
+  """Records a run that diverged in ``<run_name>/diverged.json`` (see `or_divergence`)."""
+  outcome = records.Diverged(message)
+  if parallel.is_primary():
+    path = os.path.join(exp.workdir, run_name, "diverged.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _files.write_json_atomically(path, outcome.to_json())
+  return outcome
+
+
+def _saved_outcome(exp: Experiment, run_name: str) -> records.Outcome | None:
+  """A finished run's result, or its recorded divergence, or None."""
+  path = os.path.join(exp.workdir, run_name, "diverged.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return records.Diverged.from_json(json.load(f), path)
+  return _read_result(exp, run_name)
+
+
+def run_dense_seeds(exp: Experiment, seeds: tuple[int, ...]) -> dict[int, Any]:
+  """`run_dense` for every seed together: seed -> (result, params, model state), or a
+  `records.Diverged`."""
+  starts = [step_lib.init_variables(exp.model, exp.problem, seed) for seed in seeds]
+  final, best, stage_records, failures = _train_seeds(exp, "dense", "equal", "pretrain", 0,
+                                                      seeds, starts)
+  out = {}
+  for i, seed in enumerate(seeds):
+    run_name = f"seed{seed}/dense"
+    if seed in failures:
+      out[seed] = _diverged(exp, run_name, failures[seed])
+      continue
+    seed_best = seed_axis.unstack(best, i)
+    result = _cached(exp, run_name,
+                     lambda b=seed_best, r=stage_records[i], n=run_name: _finish(
+                         exp, n, b, [r], False))
+    out[seed] = (result, *_handed_on("pretrain", seed_axis.unstack(final, i), seed_best))
+  return out
+
+
+def run_method_seeds(exp: Experiment, method: str, seeds: tuple[int, ...],
+                     dense: dict[int, tuple[Any, Any]] | None) -> dict[int, records.Outcome]:
+  """`run_method` for every seed together: seed -> its result or `records.Diverged`."""
+  cfg = exp.config
+  saved = {seed: _saved_outcome(exp, f"seed{seed}/{method}") for seed in seeds}
+  if all(outcome is not None for outcome in saved.values()):
+    return saved
+  pipeline = list(cfg.stages)
+  if dense is not None and pipeline[0] == "pretrain":
+    starts = {seed: dense[seed] for seed in seeds}
+    pipeline = pipeline[1:]
+  else:
+    starts = {seed: step_lib.init_variables(exp.model, exp.problem, seed) for seed in seeds}
+  weighting_name, criterion = scoring.parse_method(method, cfg)
+  live, failures = list(seeds), {}
+  masks, pruning, stage_records, last, best = {}, {}, {s: [] for s in seeds}, {}, {}
+  for index, stage in enumerate(cfg.stages):
+    if stage not in pipeline or not live:
+      continue
+    if stage == "prune":
+      for seed in live:
+        params, model_state = starts[seed]
+        masks[seed], pruning[seed] = scoring.prune_masks(
+            criterion, cfg, params, problem=exp.problem, scoring_step=exp.scoring_step,
+            model_state=model_state, mesh=exp.mesh, seed=seed, stage_index=index,
+            task_weights=(_weights_at_prune(exp, weighting_name, last.get(seed))
+                          if criterion.aggregate == "minmax" else None))
+        starts[seed] = (sparsity.apply_masks(params, masks[seed]), model_state)
+      continue
+    final, stage_best, stage_recs, stage_failures = _train_seeds(
+        exp, method, weighting_name, stage, index, tuple(live), [starts[s] for s in live],
+        [masks[s] for s in live] if masks else None)
+    failures.update(stage_failures)
+    for i, seed in enumerate(live):
+      last[seed], best[seed] = seed_axis.unstack(final, i), seed_axis.unstack(stage_best, i)
+      starts[seed] = _handed_on(stage, last[seed], best[seed])
+      stage_records[seed].append(stage_recs[i])
+    live = [seed for seed in live if seed not in failures]
+  out = {}
+  for seed in seeds:
+    run_name = f"seed{seed}/{method}"
+    if seed in failures:
+      out[seed] = saved[seed] or _diverged(exp, run_name, failures[seed])
+    else:
+      out[seed] = _cached(exp, run_name, lambda s=seed, n=run_name: _finish(
+          exp, n, best[s], stage_records[s], True, pruning.get(s)))
+  return out
+
+
 def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
   """The MultiDigits comparison for every task set of ``config.task_sets``.
 
@@ -311,6 +446,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
   if not config.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
+  if config.seed_axis and config.distributed:
+    raise ValueError("config.seed_axis=True runs on one host for now: set it to False for a "
+                     "multi-host run (config.distributed=True).")
   if config.epochs.pretrain < 1:
     raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
                      f"is a pretrain run, got {config.epochs.pretrain}.")
@@ -347,6 +485,10 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     # did before it existed.
     if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
       saved["prune"] = current["prune"]
+    # Nor missing seed-axis fields when the seeds run one after another, as they all did.
+    for field in ("seed_axis", "seed_sharded"):
+      if field not in saved and current.get(field) is False:
+        saved[field] = False
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
@@ -423,13 +565,39 @@ def _run_seed(exp: Experiment, seed: int, quiet: bool
   return records.SeedRecord(seed=seed, dense=dense_result, methods=methods), failures
 
 
+def _run_seeds_together(exp: Experiment, quiet: bool
+                        ) -> list[tuple[records.SeedRecord | None, dict[str, str]]]:
+  """`_run_seed`'s outcome for every seed, each method's seeds trained together."""
+  cfg = exp.config
+  dense = run_dense_seeds(exp, tuple(cfg.seeds))
+  live = tuple(s for s in cfg.seeds if not isinstance(dense[s], records.Diverged))
+  shared = {s: tuple(dense[s][1:]) for s in live} if cfg.share_pretraining else None
+  methods = {method: run_method_seeds(exp, method, live, shared) if live else {}
+             for method in cfg.methods}
+  out = []
+  for seed in cfg.seeds:
+    if seed not in live:
+      out.append((None, {"dense": dense[seed].message}))
+      continue
+    outcomes = {method: methods[method][seed] for method in cfg.methods}
+    failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
+    if not quiet:
+      for method, outcome in outcomes.items():
+        if not isinstance(outcome, records.Diverged):
+          print(f"seed {seed} {method}: test {outcome.metrics}", flush=True)
+    out.append((records.SeedRecord(seed=seed, dense=dense[seed][0], methods=outcomes),
+                failures))
+  return out
+
+
 def _run_seeds(exp: Experiment, quiet: bool
                ) -> tuple[list[records.SeedRecord], list[dict], list[records.DroppedSeed]]:
   """Every seed of the config: the records of those with a dense reference, every
   divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
   per_seed, diverged, dropped = [], [], []
-  for seed in exp.config.seeds:
-    record, failures = _run_seed(exp, seed, quiet)
+  outcomes = (_run_seeds_together(exp, quiet) if exp.config.seed_axis else
+              (_run_seed(exp, seed, quiet) for seed in exp.config.seeds))
+  for seed, (record, failures) in zip(exp.config.seeds, outcomes):
     if failures:
       diverged.append({"seed": seed, "runs": failures})
     if record is None:
@@ -509,6 +677,8 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  if config.seed_axis:
+    seed_axis.check_seeds(len(config.seeds), mesh, config.seed_sharded)
   check_workdir(config, workdir)
   problem = (problem or problems.get(config.problem).from_config)(config)
   model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())

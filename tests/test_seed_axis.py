@@ -1,13 +1,14 @@
 """Seeds as a batch axis: the vmapped step of S seeds against S one-seed steps, and a seed
 that diverges frozen while the others go on."""
 import dataclasses
+import json
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-from mmcompress import _checks, minmax, sparsity, weighting
+from mmcompress import _checks, comparison, minmax, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import loop, parallel, seed_axis, seed_loop, stages, step as step_lib
@@ -201,3 +202,67 @@ def test_a_seed_that_diverges_in_a_stage_stops_with_the_one_seed_message(
   assert "at step 41" in failures[1]
   assert [len(r.epochs) for r in records] == [3, 1, 3]  # seed 1 stopped in its second epoch
   _same_records(records[0], loop.train_stage(singles[0], state(0))[2])
+
+
+def _results(workdir):
+  return {str(p.relative_to(workdir)): json.loads(p.read_text())
+          for p in sorted(workdir.glob("seed*/*/result.json"))}
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_the_seed_axis_gives_each_seed_its_one_seed_results(
+    tmp_path, tiny_config):
+  """Three seeds of the quick preset (made smaller), every stage: the same runs, the same
+  selected epochs and, within one test example of the smallest task, the same metrics;
+  the logged task weights to 1e-4 (vmapped sums round differently: float32, not bitwise)."""
+  out = {}
+  for axis in (False, True):
+    config = tiny_config(seeds=(0, 1, 2), seed_axis=axis)
+    comparison.run(config, str(tmp_path / str(axis)), print_report=False)
+    out[axis] = _results(tmp_path / str(axis))
+  assert len(out[False]) == 9 and out[False].keys() == out[True].keys()
+  one_example = 1 / 60  # the smallest task's test split has more than 60 images
+  for name, single in out[False].items():
+    together = out[True][name]
+    assert together["selected"] == single["selected"], name
+    np.testing.assert_allclose(list(together["metrics"].values()),
+                               list(single["metrics"].values()), atol=one_example, err_msg=name)
+    np.testing.assert_allclose(together["task_weights"], single["task_weights"], rtol=1e-4,
+                               atol=1e-6, err_msg=name)
+    assert together["sparsity"] == single["sparsity"]
+
+
+class _PoisonedStage(DigitsProblem):
+  """Digits whose training batches of one seed in one stage are NaN from one step on."""
+
+  def __init__(self, data, seed, stage_index, step):
+    super().__init__(data)
+    self.poison = (seed, stage_index, step)
+
+  def train_batch(self, seed, stage_index, step, batch_size):
+    batch = super().train_batch(seed, stage_index, step, batch_size)
+    if (seed, stage_index) == self.poison[:2] and step >= self.poison[2]:
+      batch = dict(batch, images=np.full_like(batch["images"], np.nan))
+    return batch
+
+
+@pytest.mark.slow
+def test_a_seed_that_diverges_on_the_seed_axis_loses_and_the_others_finish(
+    tmp_path, tiny_config, digits_data):
+  config = tiny_config(seeds=(0, 1, 2), seed_axis=True)
+  report = comparison.run(
+      config, str(tmp_path), print_report=False,
+      problem=lambda c: _PoisonedStage(digits_data("classify"), seed=1, stage_index=3, step=5))
+  assert [d["seed"] for d in report["diverged"]] == [1]
+  runs = report["diverged"][0]["runs"]
+  assert set(runs) == set(config.methods)
+  assert all("stage 'retrain'" in message and "at step 6" in message for message in runs.values())
+  results = _results(tmp_path)
+  assert {name.split("/")[0] for name in results} == {"seed0", "seed1", "seed2"}
+  assert "seed1/equal/result.json" not in results and "seed1/dense/result.json" in results
+  assert (tmp_path / "seed1" / "equal" / "diverged.json").exists()
+  # A rerun reads what the first wrote: the same report, nothing trained again.
+  again = comparison.run(config, str(tmp_path), print_report=False,
+                         problem=lambda c: _PoisonedStage(digits_data("classify"), 1, 3, 5))
+  assert again["diverged"] == report["diverged"]
+  assert again["methods"] == report["methods"]

@@ -58,6 +58,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # LibMTL's defaults (--FAMO_w_lr, --FAMO_w_gamma); min_losses () = all 0
   c.famo = ml_collections.ConfigDict({"w_lr": 0.025, "gamma": 1e-3, "min_losses": ()})
   c.checkpoint_every_steps = 200
+  # Train the seeds of each method together, as one program with a leading seed axis
+  # (mmcompress.train.seed_axis); False trains them one after another (large models).
+  # seed_sharded splits the seeds over the devices instead of each seed's batch.
+  c.seed_axis = False
+  c.seed_sharded = False
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too
   return c
