@@ -2,6 +2,7 @@
 
   python -m experiments.benchmark [--models=mlp,cnn,vgg16] [--full] [--steps=N --rounds=R
       --warmup=W] [--batch_size=B] [--nocontrol] [--json_out=bench.json]
+  python -m experiments.benchmark --seeds [--num_seeds=10]   (the seed axis: bench_seeds.py)
 
 For each model, the training steps are built with the library's own
 `mmcompress.train.step.make_train_step` (jitted, donated, data-parallel over
@@ -78,7 +79,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from experiments import launch, synthetic
+from experiments import bench_seeds, launch, synthetic
 from mmcompress import _checks, saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
@@ -502,10 +503,19 @@ _CONTROL = flags.DEFINE_bool("control", True,
                              "Also time the dense step from the pruned values (--nocontrol: "
                              "only the two steps).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
+_SEEDS = flags.DEFINE_bool("seeds", False,
+                           "Instead of the steps: the digits comparison with 1 seed and with "
+                           "--num_seeds seeds on the seed axis (experiments/bench_seeds.py).")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 10, "Seeds on the seed axis for --seeds.")
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if _SEEDS.value:
+    if _NUM_SEEDS.value < 1:
+      raise _checks.UserError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")
+    bench_seeds.run(_NUM_SEEDS.value, json_out=_JSON_OUT.value)
+    return
   setups, sizing = platform_setups(jax.default_backend(), full=_FULL.value)
   print(sizing, flush=True)
   run(_MODELS.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value, rounds=_ROUNDS.value,

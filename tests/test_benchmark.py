@@ -152,3 +152,35 @@ def test_the_weightings_benchmark_times_each_methods_trainer_step_against_equal(
   assert all(name in table for name in methods)
   with pytest.raises(_checks.UserError, match="methods entry"):
     bench_weightings.run(["mlp"], ["no_such_method"], setups=setups, out=out)
+
+
+def test_the_seed_benchmark_counts_every_training_step_of_a_comparison(tiny_config):
+  from experiments import bench_seeds  # pylint: disable=import-outside-toplevel
+  config = tiny_config()  # pretrain 2, reweight 1, retrain 2 epochs; 2 methods; shared
+  assert bench_seeds.step_calls(config, 10) == (2 + 2 * (1 + 2)) * 10
+  with config.unlocked():
+    config.share_pretraining = False
+  assert bench_seeds.step_calls(config, 10) == (2 + 2 * (2 + 1 + 2)) * 10
+  with config.unlocked():
+    config.stages = ("sparse",)
+  assert bench_seeds.step_calls(config, 10) == (2 + 2 * config.epochs.sparse) * 10
+
+
+def test_the_seed_benchmark_times_one_seed_and_the_seed_axis(monkeypatch):
+  from experiments import bench_seeds  # pylint: disable=import-outside-toplevel
+  config = bench_seeds.config_for((0,), False)
+  with config.unlocked():
+    config.model_kwargs.hidden = (8,)
+  for seeds in (None, 2):  # the real steps run: one seed, and two on the seed axis
+    assert 0 < bench_seeds.step_seconds(config, seeds, steps=2, rounds=1) < 60
+  walls = iter([10.0, 20.0, 30.0, 12.0])
+  monkeypatch.setattr(bench_seeds, "timed_run", lambda config: next(walls))
+  monkeypatch.setattr(bench_seeds, "step_seconds",
+                      lambda config, seeds: 1e-3 if seeds is None else 2e-3)
+  out = io.StringIO()
+  result = bench_seeds.run(4, out=out)
+  text = out.getvalue()
+  assert "seed axis: 4 seeds / 1 seed wall-time ratio 2.00" in text
+  calls = result["steps_per_seed"]
+  assert f"training steps are {100 * calls * 3 * 1e-3 / 30:.0f} % of the wall time" in text
+  assert f"training steps are {100 * calls * 2e-3 / 12:.0f} % of the wall time" in text
