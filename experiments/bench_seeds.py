@@ -33,11 +33,11 @@ import numpy as np
 import optax
 
 from experiments.configs import digits as digits_config
-from mmcompress import comparison, saddle_point, weighting
+from mmcompress import comparison, progress, saddle_point, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import parallel, seed_axis, stages, step as step_lib
+from mmcompress.train import parallel, seed_axis, step as step_lib
 
 GOAL_RATIO = 2.5  # ten seeds for at most two and a half times the price of one
 
@@ -62,11 +62,10 @@ def timed_run(config) -> float:
 
 def step_calls(config, steps_per_epoch: int) -> int:
   """How many training steps one seed's share of the comparison takes: its dense
-  pretraining and every method's training stages (without the pretraining it shares)."""
-  shared = config.share_pretraining and config.stages[0] == "pretrain"
-  per_method = sum(config.epochs[s] for s in config.stages
-                   if s in stages.TRAINING_STAGES and not (shared and s == "pretrain"))
-  return (config.epochs.pretrain + len(config.methods) * per_method) * steps_per_epoch
+  pretraining and every method's training stages (`mmcompress.progress.planned_epochs`)."""
+  plan = progress.planned_epochs(config)
+  seed = f"seed{config.seeds[0]}/"
+  return sum(sum(s.values()) for run, s in plan.items() if run.startswith(seed)) * steps_per_epoch
 
 
 def step_seconds(config, num_seeds: int | None, steps: int = 50, rounds: int = 5) -> float:

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from mmcompress import _checks, _files, export, problems, report as report_lib
-from mmcompress import records, sparsity, weighting
+from mmcompress import progress as progress_lib, records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
@@ -489,6 +489,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     for field in ("seed_axis", "seed_sharded"):
       if field not in saved and current.get(field) is False:
         saved[field] = False
+    # Nor how the progress is printed.
+    saved["epoch_lines"] = current.get("epoch_lines")
+    saved["quiet"] = current.get("quiet")
     if saved != current:
       keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
       details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
@@ -500,42 +503,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     _files.write_json_atomically(path, current)
 
 
-class Progress:
-  """Per finished epoch: TensorBoard scalars (if `write`) and a line (unless `quiet`)."""
-
-  def __init__(self, quiet: bool, writer_dir: str, task_names: tuple[str, ...], write: bool):
-    self.quiet = quiet
-    self.writer_dir = writer_dir
-    self.task_names = task_names
-    self.write = write
-    self._writers = {}
-
-  def __call__(self, run_name: str, stage: str, epoch: int, record: loop.EpochRecord) -> None:
-    if self.write:
-      writer = self._writer(run_name)
-      for name, values in (("train_loss", record.train_loss),
-                           ("val_metric", record.val_metric),
-                           ("task_weight", record.task_weights)):
-        for task, value in zip(self.task_names, values):
-          writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
-      writer.flush()
-    if not self.quiet:
-      metrics = " ".join(f"{m:.3f}" for m in record.val_metric)
-      print(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
-            f"w {' '.join(f'{w:.2f}' for w in record.task_weights)}", flush=True)
-
-  def _writer(self, run_name: str):
-    if run_name not in self._writers:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._writers[run_name] = SummaryWriter(os.path.join(self.writer_dir, run_name))
-    return self._writers[run_name]
-
-  def close(self) -> None:
-    for writer in self._writers.values():
-      writer.close()
-
-
-def _run_seed(exp: Experiment, seed: int, quiet: bool
+def _run_seed(exp: Experiment, seed: int, progress: progress_lib.Progress
               ) -> tuple[records.SeedRecord | None, dict[str, str]]:
   """One seed: its dense reference, then every method of the config.
 
@@ -546,6 +514,7 @@ def _run_seed(exp: Experiment, seed: int, quiet: bool
   """
   cfg = exp.config
   dense = or_divergence(exp, f"seed{seed}/dense", lambda: run_dense(exp, seed))
+  _announce(progress, seed, "dense", dense if isinstance(dense, records.Diverged) else dense[0])
   if isinstance(dense, records.Diverged):
     return None, {"dense": dense.message}
   dense_result, *dense_start = dense
@@ -557,23 +526,36 @@ def _run_seed(exp: Experiment, seed: int, quiet: bool
     methods[method] = outcome
     if isinstance(outcome, records.Diverged):
       failures[method] = outcome.message
-    elif not quiet:
-      print(f"seed {seed} {method}: test {outcome.metrics}", flush=True)
-  if failures and not quiet:
-    print(f"seed {seed}: diverged, counted as a loss for {sorted(failures)}: {failures}",
-          flush=True)
+    _announce(progress, seed, method, outcome)
   return records.SeedRecord(seed=seed, dense=dense_result, methods=methods), failures
 
 
-def _run_seeds_together(exp: Experiment, quiet: bool
+def _announce(progress: progress_lib.Progress, seed: int, method: str,
+              outcome: records.Outcome) -> None:
+  """The line of a finished run, with where the whole comparison stands."""
+  if isinstance(outcome, records.Diverged):
+    line = f"seed {seed} {method}: diverged, counted as a loss ({outcome.message})"
+  else:
+    line = f"seed {seed} {method}: test " + ", ".join(
+        f"{k} {v:.3f}" for k, v in outcome.metrics.items())
+  progress.run_done(f"seed{seed}/{method}", line)
+
+
+def _run_seeds_together(exp: Experiment, progress: progress_lib.Progress
                         ) -> list[tuple[records.SeedRecord | None, dict[str, str]]]:
   """`_run_seed`'s outcome for every seed, each method's seeds trained together."""
   cfg = exp.config
   dense = run_dense_seeds(exp, tuple(cfg.seeds))
+  for seed in cfg.seeds:
+    _announce(progress, seed, "dense",
+              dense[seed] if isinstance(dense[seed], records.Diverged) else dense[seed][0])
   live = tuple(s for s in cfg.seeds if not isinstance(dense[s], records.Diverged))
   shared = {s: tuple(dense[s][1:]) for s in live} if cfg.share_pretraining else None
-  methods = {method: run_method_seeds(exp, method, live, shared) if live else {}
-             for method in cfg.methods}
+  methods = {}
+  for method in cfg.methods:
+    methods[method] = run_method_seeds(exp, method, live, shared) if live else {}
+    for seed in live:
+      _announce(progress, seed, method, methods[method][seed])
   out = []
   for seed in cfg.seeds:
     if seed not in live:
@@ -581,22 +563,18 @@ def _run_seeds_together(exp: Experiment, quiet: bool
       continue
     outcomes = {method: methods[method][seed] for method in cfg.methods}
     failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
-    if not quiet:
-      for method, outcome in outcomes.items():
-        if not isinstance(outcome, records.Diverged):
-          print(f"seed {seed} {method}: test {outcome.metrics}", flush=True)
     out.append((records.SeedRecord(seed=seed, dense=dense[seed][0], methods=outcomes),
                 failures))
   return out
 
 
-def _run_seeds(exp: Experiment, quiet: bool
+def _run_seeds(exp: Experiment, progress: progress_lib.Progress
                ) -> tuple[list[records.SeedRecord], list[dict], list[records.DroppedSeed]]:
   """Every seed of the config: the records of those with a dense reference, every
   divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
   per_seed, diverged, dropped = [], [], []
-  outcomes = (_run_seeds_together(exp, quiet) if exp.config.seed_axis else
-              (_run_seed(exp, seed, quiet) for seed in exp.config.seeds))
+  outcomes = (_run_seeds_together(exp, progress) if exp.config.seed_axis else
+              (_run_seed(exp, seed, progress) for seed in exp.config.seeds))
   for seed, (record, failures) in zip(exp.config.seeds, outcomes):
     if failures:
       diverged.append({"seed": seed, "runs": failures})
@@ -671,7 +649,7 @@ def _divergence_notes(diverged: list[dict]) -> list[str]:
 def _experiment(config: ml_collections.ConfigDict, workdir: str,
                 problem: Callable[[ml_collections.ConfigDict], Problem] | None,
                 on_checkpoint: Callable[[str, int], None] | None
-                ) -> tuple[Experiment, Progress]:
+                ) -> tuple[Experiment, progress_lib.Progress]:
   """The experiment of a checked config on this host's devices, and its progress log."""
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.data_mesh()
@@ -684,8 +662,10 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
   quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
            or not parallel.is_primary())
-  progress = Progress(quiet, os.path.join(workdir, "tensorboard"), problem.task_names,
-                      write=parallel.is_primary())
+  progress = progress_lib.Progress(quiet, workdir, problem.task_names,
+                                   write=parallel.is_primary(),
+                                   plan=progress_lib.planned_epochs(config),
+                                   epoch_lines=config.epoch_lines)
   exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
                    workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
   return exp, progress
@@ -710,7 +690,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   started = time.time()
   exp, progress = _experiment(config, workdir, problem, on_checkpoint)
   try:
-    per_seed, diverged, dropped = _run_seeds(exp, progress.quiet)
+    per_seed, diverged, dropped = _run_seeds(exp, progress)
   finally:
     progress.close()
   problem = exp.problem

@@ -65,4 +65,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.seed_sharded = False
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too
+  c.epoch_lines = True             # a line per epoch; False: per finished run (progress.log)
   return c

@@ -1,0 +1,46 @@
+"""Where a comparison stands: the plan of its epochs, the time left, what is shown and kept."""
+from mmcompress import progress
+from mmcompress.train import loop
+
+RECORD = loop.EpochRecord(epoch=0, train_loss=[1.0, 2.0], val_loss=[1.0, 2.0],
+                          val_metric=[0.5, 0.25], task_weights=[0.5, 0.5], score=1.5)
+
+
+def test_the_plan_counts_every_training_stage_of_every_run(tiny_config):
+  config = tiny_config(seeds=(0, 3))  # pretrain 2, reweight 1, retrain 2; methods equal, minmax
+  plan = progress.planned_epochs(config)
+  assert plan["seed3/dense"] == {"pretrain": 2}
+  assert plan["seed0/minmax"] == {"reweight": 1, "retrain": 2}  # pretraining is shared
+  assert len(plan) == 2 * 3
+  unshared = progress.planned_epochs(tiny_config(share_pretraining=False))
+  assert unshared["seed0/equal"] == {"pretrain": 2, "reweight": 1, "retrain": 2}
+
+
+def test_the_status_counts_epochs_done_and_estimates_the_rest_at_this_calls_pace(tmp_path,
+                                                                                  capsys):
+  now = [100.0]
+  plan = {"seed0/dense": {"pretrain": 4}, "seed0/minmax": {"reweight": 2, "retrain": 4}}
+  shown = progress.Progress(False, str(tmp_path), ("a", "b"), True, plan, epoch_lines=False,
+                            clock=lambda: now[0])
+  assert shown.status() == "0 % of 10 epochs, 0s elapsed"
+  shown("seed0/dense", "pretrain", 0, RECORD)
+  now[0] += 10
+  # A resumed stage: its first epoch shown is its third; the two before count as done.
+  shown("seed0/dense", "pretrain", 2, RECORD)
+  assert shown.done == 3
+  # 3 of 10 done; two epochs trained by this call in 10 s: 7 more take about 35 s.
+  assert shown.status() == "30 % of 10 epochs, 10s elapsed, about 35s left"
+  shown.run_done("seed0/dense", "seed 0 dense: test a 0.500")  # its last epoch: done
+  out = capsys.readouterr().out
+  assert out.splitlines() == ["seed 0 dense: test a 0.500 [40 % of 10 epochs, 10s elapsed, "
+                              "about 30s left]"]  # no epoch lines
+  log = (tmp_path / "progress.log").read_text().splitlines()
+  assert len(log) == 3 and "pretrain epoch   3  val 0.500 0.250" in log[1]
+  shown.run_done("seed0/minmax", "seed 0 minmax: read back")
+  assert shown.status() == "100 % of 10 epochs, 10s elapsed"
+  shown.close()
+
+
+def test_durations_read_as_a_person_says_them():
+  assert [progress.duration(s) for s in (0.4, 59, 61, 3599, 7260)] == [
+      "0s", "59s", "1m01s", "59m59s", "2h01m"]
