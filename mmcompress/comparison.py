@@ -308,7 +308,9 @@ def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
       checkpoint_every=cfg.checkpoint_every_steps,
       directory=os.path.join(exp.workdir, "seeds", run, stage), seed_sharded=cfg.seed_sharded,
       log=log, on_checkpoint=exp.on_checkpoint)
-  return seed_loop.train_stage_seeds(ctx, seed_axis.stack(states))
+  final, best, stage_records, failures = seed_loop.train_stage_seeds(ctx, seed_axis.stack(states))
+  # On the host: each seed's share is then indexed without compiling anything.
+  return (*jax.device_get((final, best)), stage_records, failures)
 
 
 def _diverged(exp: Experiment, run_name: str, message: str) -> records.Diverged:

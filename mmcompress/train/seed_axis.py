@@ -37,12 +37,14 @@ from mmcompress.weighting import TaskWeighting
 
 
 def stack(trees: Sequence[Any]) -> Any:
-  """The trees of S seeds as one tree whose leaves have a leading seed axis of size S."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+  """The trees of S seeds as one tree whose leaves have a leading seed axis of size S, on
+  the host (NumPy: stacking compiles nothing; place it with `jax.device_put`)."""
+  return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
 
 def unstack(tree: Any, index: int) -> Any:
-  """Seed `index` of a stacked tree (its leaves without the seed axis)."""
+  """Seed `index` of a stacked tree (its leaves without the seed axis). Index a host copy
+  (`jax.device_get`) to compile nothing; a device array's index compiles per shape."""
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 

@@ -88,10 +88,37 @@ def evaluate_seeds(problem: Problem, eval_step: Callable[..., Any], params: Any,
   return [problem.finalize(jax.tree.map(lambda x, i=i: x[i], totals)) for i in range(num_seeds)]
 
 
-def _keep(keep: jax.Array, new: Any, old: Any) -> Any:
-  """`new` for the seeds where `keep`, `old` for the others."""
+# The host loop's array work is jitted: an eager op compiles once for every shape it meets,
+# which over the leaves of a state and the stages of a comparison costs more than training.
+
+
+@jax.jit
+def _accumulate(loss_sum: jax.Array, losses: jax.Array, alive: jax.Array) -> jax.Array:
+  """The epoch's loss sums with this step's losses of the seeds still training."""
+  return loss_sum + jnp.where(alive[:, None], losses, 0.0)
+
+
+@jax.jit
+def _select(improved: jax.Array, state: TrainState, best: dict) -> dict:
+  """The best snapshots: this epoch's for the seeds it `improved`, the kept ones elsewhere."""
   return jax.tree.map(
-      lambda n, o: jnp.where(keep.reshape((-1,) + (1,) * (jnp.ndim(n) - 1)), n, o), new, old)
+      lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (jnp.ndim(n) - 1)), n, o),
+      loop.snapshot(state), best)
+
+
+def _epoch_update(weighting: TaskWeighting, steps_per_epoch: int) -> Callable[..., Any]:
+  """The jitted end of an epoch: ``(state, loss_sum) -> (state, train loss, task weights,
+  zeroed sums)``, the weighting's `end_epoch` and `current_weights` of every seed."""
+
+  @jax.jit
+  def update(state: TrainState, loss_sum: jax.Array):
+    train_loss = loss_sum / steps_per_epoch
+    state = state.replace(task_state=jax.vmap(weighting.end_epoch)(state.task_state, train_loss))
+    weights = jax.vmap(lambda p, s, o: weighting_lib.current_weights(weighting, p, s, o))(
+        state.task_params, state.task_state, state.opt_state)
+    return state, train_loss, weights, jnp.zeros_like(loss_sum)
+
+  return update
 
 
 def _initial_carry(states: TrainState, num_tasks: int) -> dict:
@@ -148,7 +175,7 @@ def train_stage_seeds(ctx: SeedStageContext, states: TrainState
   restored = checkpoints.restore_latest(
       _abstract(lambda: _initial_carry(states, num_tasks), sharding))
   if restored is None:
-    carry = jax.device_put(_initial_carry(states, num_tasks), sharding)
+    carry = jax.jit(_initial_carry, static_argnums=1, out_shardings=sharding)(states, num_tasks)
     records = [loop.StageRecord(ctx.name) for _ in ctx.seeds]
     step, failures = 0, {}
   else:
@@ -158,6 +185,7 @@ def train_stage_seeds(ctx: SeedStageContext, states: TrainState
     logging.info("stage %s: resuming %d seeds at step %d of %d", ctx.name, len(ctx.seeds),
                  step, total)
   batches_at = seed_axis.batch_sharding(ctx.mesh, ctx.problem.batch_axis, ctx.seed_sharded)
+  epoch_update = _epoch_update(ctx.weighting, per_epoch)
   pending = []
   try:
     while step < total and len(failures) < len(ctx.seeds):
@@ -165,14 +193,15 @@ def train_stage_seeds(ctx: SeedStageContext, states: TrainState
                                           ctx.batch_size)
       carry["state"], carry["alive"], losses = ctx.train_step(
           carry["state"], carry["alive"], jax.device_put(batches, batches_at))
-      carry["loss_sum"] = carry["loss_sum"] + jnp.where(carry["alive"][:, None], losses, 0.0)
+      carry["loss_sum"] = _accumulate(carry["loss_sum"], losses, carry["alive"])
       step += 1
       pending.append((step, losses, carry["alive"]))
       end_of_epoch = step % per_epoch == 0
       if end_of_epoch or step % ctx.checkpoint_every == 0 or step == total:
         failures, pending = _new_failures(ctx, pending, failures), []
       if end_of_epoch:
-        carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures)
+        carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures,
+                                    epoch_update)
       if step % ctx.checkpoint_every == 0 or step == total or len(failures) == len(ctx.seeds):
         records = [r._replace(done=step == total) for r in records]
         checkpoints.save(step, carry, {"seeds": [r.to_json() for r in records],
@@ -186,20 +215,13 @@ def train_stage_seeds(ctx: SeedStageContext, states: TrainState
 
 
 def _end_epoch(ctx: SeedStageContext, carry: dict, epoch: int,
-               records: Sequence[loop.StageRecord], failures: dict[int, str]
-               ) -> tuple[dict, list[loop.StageRecord]]:
+               records: Sequence[loop.StageRecord], failures: dict[int, str],
+               epoch_update: Callable[..., Any]) -> tuple[dict, list[loop.StageRecord]]:
   """`loop._end_epoch` for every seed still training."""
-  state = carry["state"]
-  train_loss = carry["loss_sum"] / ctx.steps_per_epoch
-  task_state = jax.vmap(ctx.weighting.end_epoch)(state.task_state, train_loss)
-  sharding = seed_axis.state_sharding(ctx.mesh, ctx.seed_sharded)
-  state = state.replace(task_state=jax.device_put(task_state, sharding))
+  state, train_loss, weights, loss_sum = epoch_update(carry["state"], carry["loss_sum"])
   vals = evaluate_seeds(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
                         ctx.mesh, ctx.eval_batch_size, ctx.seed_sharded)
-  weights = np.asarray(jax.vmap(
-      lambda p, s, o: weighting_lib.current_weights(ctx.weighting, p, s, o))(
-          state.task_params, state.task_state, state.opt_state))
-  train_loss = np.asarray(train_loss)
+  train_loss, weights = np.asarray(train_loss), np.asarray(weights)
   records, improved = list(records), np.zeros(len(ctx.seeds), bool)
   for i, seed in enumerate(ctx.seeds):
     if seed in failures:
@@ -213,6 +235,5 @@ def _end_epoch(ctx: SeedStageContext, carry: dict, epoch: int,
     improved[i] = records[i].best_epoch == epoch
     if ctx.log:
       ctx.log(seed, ctx.name, epoch, epoch_record)
-  best = _keep(jnp.asarray(improved), loop.snapshot(state), carry["best"])
-  return {"state": state, "best": best, "alive": carry["alive"],
-          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, records
+  best = _select(improved, state, carry["best"]) if improved.any() else carry["best"]
+  return {"state": state, "best": best, "alive": carry["alive"], "loss_sum": loss_sum}, records
