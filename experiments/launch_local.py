@@ -63,9 +63,11 @@ def exit_status(returncode: int) -> int:
 
 
 def _stream(process_id: int, source, target, lock: threading.Lock) -> None:
+  """Copies the lines of `source` to `target`, each prefixed with ``[process_id]``."""
   for line in source:
+    text = line.rstrip("\n")
     with lock:
-      target.write(f"[{process_id}] {line}" if line.endswith("\n") else f"[{process_id}] {line}\n")
+      target.write(f"[{process_id}] {text}\n")
       target.flush()
   source.close()
 
@@ -102,29 +104,23 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int,
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, forward)
 
-  failed, deadline, reported = None, None, set()
-  while any(c.poll() is None for c in children):
+  failed, deadline, ended = None, None, set()
+  while len(ended) < len(children):
     for i, child in enumerate(children):
       code = child.poll()
-      if code is None or i in reported:
+      if code is None or i in ended:
         continue
-      reported.add(i)
+      ended.add(i)
       with lock:
         print(f"{PROGRAM}: process {i} exited with status {exit_status(code)}",
               file=sys.stderr, flush=True)
       if code != 0 and failed is None:
         failed, deadline = exit_status(code), time.monotonic() + grace_s
-    if deadline is not None and time.monotonic() > deadline:
+    if deadline is not None and time.monotonic() >= deadline:
       _kill(children, signal.SIGKILL)
     time.sleep(0.05)
   for thread in threads:
     thread.join()
-  for i, child in enumerate(children):
-    if i not in reported:
-      print(f"{PROGRAM}: process {i} exited with status {exit_status(child.returncode)}",
-            file=sys.stderr, flush=True)
-      if child.returncode != 0 and failed is None:
-        failed = exit_status(child.returncode)
   return failed or 0
 
 

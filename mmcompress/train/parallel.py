@@ -104,7 +104,9 @@ def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
   """Places a global host batch on the mesh, split along `axis`.
 
   Every process computes the same global batch (a pure function of the step), so each
-  device's shard is simply cut from it, wherever the device sits in the mesh.
+  device's shard is simply cut from it, wherever the device sits in the mesh. Across
+  processes, each one places only the shards of its own devices (the callback is called for
+  those alone): the processes feed disjoint parts of the one global batch.
   """
   sharding = batch_sharded(mesh, axis)
   if jax.process_count() == 1:
