@@ -76,13 +76,15 @@ def one_device_count(count):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """The uninterrupted 2 × 2 run and the 1 × 4 run (side by side): their workdirs."""
+  """The uninterrupted 2 × 2 run and the 1 × 4 run (side by side): their workdirs, and what
+  the 2 × 2 run printed."""
   two, one = tmp_path_factory.mktemp("two_by_two"), tmp_path_factory.mktemp("one_by_four")
   runs = [start(launched(digits(two)), two.parent),
           start(digits(one), one.parent, **one_device_count(4))]
-  for done in map(finish, runs):
-    assert done.returncode == 0, done.stderr[-3000:]
-  return two, one
+  done = [finish(run) for run in runs]
+  for each in done:
+    assert each.returncode == 0, each.stderr[-3000:]
+  return two, one, done[0].stdout
 
 
 def read_report(workdir):
@@ -107,21 +109,23 @@ def assert_close(a, b, path="report"):
 
 
 def test_two_processes_report_what_one_process_with_as_many_devices_reports(reference):
-  two, one = reference
+  two, one, printed = reference
   report, alone = read_report(two), read_report(one)
   assert report["dense"]["metrics"] == alone["dense"]["metrics"]
   assert report["methods"]["minmax"]["metrics"] == alone["methods"]["minmax"]["metrics"]
   assert_close(report, alone)
   weights = report["methods"]["minmax"]["task_weights"]  # reweight's epoch, retrain's
   assert len(weights) == 2 and all(abs(sum(w) - 1) < 1e-5 for w in weights)
-  # Process 0 alone wrote the files; both trained.
+  # Process 0 alone printed the report, and wrote the files.
+  tables = [line for line in printed.splitlines() if "| minmax |" in line]
+  assert tables and all(line.startswith("[0] ") for line in tables)
   assert (two / "models" / "seed0_minmax.npz").exists()
   assert list((two / "tensorboard").rglob("events.out.tfevents.*"))
   assert (two / "task_weights.png").exists()
 
 
 def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, tmp_path):
-  two, _ = reference
+  two, _, _ = reference
   workdir = tmp_path / "killed"
   log = tmp_path / "killed.log"
   draw = random.Random(12)
