@@ -448,9 +448,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
   if not config.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
-  if config.seed_axis and config.distributed:
-    raise ValueError("config.seed_axis=True runs on one host for now: set it to False for a "
-                     "multi-host run (config.distributed=True).")
   if config.epochs.pretrain < 1:
     raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
                      f"is a pretrain run, got {config.epochs.pretrain}.")
@@ -467,42 +464,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
       stages_lib.descent_transform(stage, config, 1, masks={})
 
 
+def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Raises a `UserError` if `workdir` holds a run with a different config.
+
+  Returns:
+    Whether `workdir` holds a run (with this config: it resumes).
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  current = json.loads(config.to_json())
+  with open(path) as f:
+    saved = json.load(f)
+  # A run recorded before configs named their problem ran the one its config's fields
+  # describe, the one `config.problem` names now: not a difference.
+  saved.setdefault("problem", current.get("problem"))
+  # Nor is the missing section of a weighting added since (``config.famo``, ...): the run
+  # recorded before could not name it in its methods.
+  for name in weighting.WEIGHTINGS:
+    if name in current and name not in saved:
+      saved[name] = current[name]
+  # Nor a missing ``prune`` section when the current one prunes by magnitude, as every run
+  # did before it existed.
+  if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
+    saved["prune"] = current["prune"]
+  # Nor missing seed-axis fields when the seeds run one after another, as they all did.
+  for field in ("seed_axis", "seed_sharded"):
+    if field not in saved and current.get(field) is False:
+      saved[field] = False
+  # Nor how the progress is printed.
+  saved["epoch_lines"] = current.get("epoch_lines")
+  saved["quiet"] = current.get("quiet")
+  if saved != current:
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
+    raise _checks.UserError(
+        f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
+        "or rerun with the same config to resume it.")
+  return True
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the config in `workdir`, or raises if it holds a run with a different one."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    # A run recorded before configs named their problem ran the one its config's fields
-    # describe, the one `config.problem` names now: not a difference.
-    saved.setdefault("problem", current.get("problem"))
-    # Nor is the missing section of a weighting added since (``config.famo``, ...): the run
-    # recorded before could not name it in its methods.
-    for name in weighting.WEIGHTINGS:
-      if name in current and name not in saved:
-        saved[name] = current[name]
-    # Nor a missing ``prune`` section when the current one prunes by magnitude, as every run
-    # did before it existed.
-    if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
-      saved["prune"] = current["prune"]
-    # Nor missing seed-axis fields when the seeds run one after another, as they all did.
-    for field in ("seed_axis", "seed_sharded"):
-      if field not in saved and current.get(field) is False:
-        saved[field] = False
-    # Nor how the progress is printed.
-    saved["epoch_lines"] = current.get("epoch_lines")
-    saved["quiet"] = current.get("quiet")
-    if saved != current:
-      keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-      details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)
-      raise _checks.UserError(
-          f"{workdir} holds a run with a different config ({details}). Use another --workdir, "
-          "or rerun with the same config to resume it.")
-    return
-  if parallel.is_primary():
-    _files.write_json_atomically(path, current)
+  if not refuse_other_run(config, workdir) and parallel.is_primary():
+    _files.write_json_atomically(os.path.join(workdir, "config.json"),
+                                 json.loads(config.to_json()))
 
 
 def _run_seed(exp: Experiment, seed: int, progress: progress_lib.Progress
@@ -652,12 +659,23 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
                 problem: Callable[[ml_collections.ConfigDict], Problem] | None,
                 on_checkpoint: Callable[[str, int], None] | None
                 ) -> tuple[Experiment, progress_lib.Progress]:
-  """The experiment of a checked config on this host's devices, and its progress log."""
+  """The experiment of a checked config on this host's devices, and its progress log.
+
+  The processes of a multi-process run read the same config and files, so each refuses a
+  workdir of another run by itself, before they meet in `jax.distributed.initialize`; the
+  device count that the batch sizes must divide is known only after it, and they all refuse
+  those together too, before their first collective.
+  """
+  refuse_other_run(config, workdir)
   parallel.maybe_initialize_distributed(config.distributed)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   if config.seed_axis:
+    if jax.process_count() > 1:  # every process refuses, before any collective
+      raise _checks.UserError(
+          "config.seed_axis=True runs in one process for now: set --config.seed_axis=False "
+          "for a multi-process run.")
     seed_axis.check_seeds(len(config.seeds), mesh, config.seed_sharded)
   check_workdir(config, workdir)
   problem = (problem or problems.get(config.problem).from_config)(config)

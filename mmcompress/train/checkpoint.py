@@ -7,6 +7,11 @@ restoring: if an older step restores, the unreadable ones are moved aside to
 ``<step>.unreadable`` (kept for inspection, out of the way of the steps that will be saved
 again), with a warning, and the older one is used. If no step restores, that is an error, not
 a silent restart: on one host; a multi-host run asks for the move to be made by hand.
+
+Across processes (a multi-host run), every process calls `StageCheckpoints.save` and
+`StageCheckpoints.restore_latest` at the same step, with the same arrays replicated over the
+global mesh; orbax synchronises them through `jax.distributed` (tested with two processes on
+one machine, killed and resumed: tests/test_multihost.py).
 """
 from __future__ import annotations
 

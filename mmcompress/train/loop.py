@@ -263,7 +263,10 @@ def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
       val_loss=val["loss"], val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
       task_weights=[float(v) for v in np.asarray(weights)], score=score)
   record = record.with_epoch(epoch_record)
-  best = snapshot(state) if record.best_epoch == epoch else carry["best"]
+  # Replicated like the rest of the carry: a mask that the state does not hold (a dense
+  # stage's) is created on one device, which a multi-process checkpoint cannot save.
+  best = (parallel.replicate(snapshot(state), ctx.mesh) if record.best_epoch == epoch
+          else carry["best"])
   return {"state": state, "best": best,
           "loss_sum": jnp.zeros_like(carry["loss_sum"])}, record
 

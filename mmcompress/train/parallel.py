@@ -7,6 +7,7 @@ per-task loss means (sums over the global batch) become all-reduces. This is wha
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -18,14 +19,47 @@ from mmcompress import _checks
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """Joins a multi-host job (Cloud TPU pods) when `enabled`; a no-op otherwise.
+# A local multi-process run (`experiments.launch_local`) passes the process count and this
+# process's id in these variables; the coordinator's address goes in JAX_COORDINATOR_ADDRESS,
+# which `jax.distributed.initialize` reads itself. JAX reads a count and an id only from a
+# cluster's scheduler (Slurm, Open MPI, Cloud TPU, Kubernetes), none of which a plain
+# process on one machine has.
+NUM_PROCESSES_ENV = "MMCOMPRESS_NUM_PROCESSES"
+PROCESS_ID_ENV = "MMCOMPRESS_PROCESS_ID"
+# A process that has sent no heartbeat for this long is dead to the coordination service,
+# which then ends every other process of the job (jax's default is 100 s).
+HEARTBEAT_TIMEOUT_S = 30
 
-  On Cloud TPU VMs `jax.distributed.initialize()` discovers the coordinator itself. Call it
-  before anything touches the devices.
+
+def local_launch() -> tuple[int, int] | None:
+  """``(process count, this process's id)`` when started by a local multi-process launch."""
+  if NUM_PROCESSES_ENV not in os.environ:
+    return None
+  return int(os.environ[NUM_PROCESSES_ENV]), int(os.environ[PROCESS_ID_ENV])
+
+
+def maybe_initialize_distributed(enabled: bool) -> None:
+  """Joins a multi-process job when `enabled` or when started by a local launch; a no-op
+  otherwise. Call it before anything touches the devices.
+
+  On a Cloud TPU slice (``--config.distributed=True``) `jax.distributed.initialize()` finds
+  the coordinator, the process count and this process's id itself. A local launch
+  (`experiments.launch_local`) gives them in the environment (see `NUM_PROCESSES_ENV`); its
+  processes run on the CPU, whose collectives across processes go through gloo.
   """
-  if enabled:
-    jax.distributed.initialize()
+  launch = local_launch()
+  if not enabled and launch is None:
+    return
+  if set((jax.config.jax_platforms or "").split(",")) == {"cpu"}:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if launch is None:
+    jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+  else:
+    num_processes, process_id = launch
+    # Everything is given: no cluster detection (it would query a TPU metadata server).
+    jax.distributed.initialize(num_processes=num_processes, process_id=process_id,
+                               cluster_detection_method="deactivate",
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
 
 
 def data_mesh() -> Mesh:
@@ -70,7 +104,9 @@ def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
   """Places a global host batch on the mesh, split along `axis`.
 
   Every process computes the same global batch (a pure function of the step), so each
-  device's shard is simply cut from it, wherever the device sits in the mesh.
+  device's shard is simply cut from it, wherever the device sits in the mesh. Across
+  processes, each one places only the shards of its own devices (the callback is called for
+  those alone): the processes feed disjoint parts of the one global batch.
   """
   sharding = batch_sharded(mesh, axis)
   if jax.process_count() == 1:
