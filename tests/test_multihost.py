@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow  # every test launches training processes
 SMALL = ["--config=digits:quick", '--config.methods=("minmax",)',
          "--config.epochs.pretrain=2", "--config.epochs.reweight=1", "--config.epochs.retrain=1",
          "--config.model_kwargs.hidden=(32,)", "--config.batch_size=128",
-         "--config.checkpoint_every_steps=8"]
+         "--config.checkpoint_every_steps=8",
+         "--config.seed_axis=False"]  # the seed axis runs in one process only
 # 2 × 2 against 1 × 4: the same mesh of 4 devices and the same programs, but the all-reduce of
 # the per-device partial sums goes through gloo across processes and through XLA's own
 # in-process collective on one, which add them in another order: float32 rounding, measured at
@@ -155,9 +156,11 @@ def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, t
 
 def test_a_bad_config_ends_both_processes_with_the_one_line_error(tmp_path):
   # Refused before the processes meet (sparsity), and after (the batch size must divide the
-  # 4 devices of both processes): either way, both exit by themselves with status 2.
+  # 4 devices of both processes; the seed axis needs one process): either way, both exit by
+  # themselves with status 2.
   cases = (("--config.sparsity=1.5", "config.sparsity"),
-           ("--config.batch_size=6", "batch_size=6 is not divisible by the 4 devices"))
+           ("--config.batch_size=6", "batch_size=6 is not divisible by the 4 devices"),
+           ("--config.seed_axis=True", "config.seed_axis=True runs in one process"))
   started = time.time()
   runs = [start(launched(digits(tmp_path / f"w{i}", flag), grace_s=30), tmp_path)
           for i, (flag, _) in enumerate(cases)]
