@@ -87,8 +87,9 @@ def test_the_trivial_predictor_by_hand_through_the_problems_losses_and_metrics(s
   majority = np.argmax(np.bincount(labels, minlength=7))
   assert np.argmax(values[0]) == majority
   np.testing.assert_allclose(values[1], [train["depth"][train["depth"] > 0].mean()], rtol=1e-5)
-  mean_normal = train["normal"][np.any(train["normal"] != 0, axis=-1)].mean(axis=0)
-  np.testing.assert_allclose(values[2], mean_normal / np.linalg.norm(mean_normal), rtol=1e-5)
+  mean_normal = train["normal"][np.any(train["normal"] != 0, axis=-1)].mean(axis=0,
+                                                                           dtype=np.float64)
+  np.testing.assert_allclose(values[2], mean_normal / np.linalg.norm(mean_normal), atol=1e-6)
 
   # The metrics of the constant prediction on test, computed here in NumPy.
   test = splits["test"]
@@ -144,8 +145,8 @@ def test_bad_scenes_configs_are_one_line_before_any_scene_is_rendered(tmp_path, 
            ("--config.normal_loss=l2", ("config.normal_loss", "l2")),
            ("--config.num_train=8", ("batch_size=16", "8 training scenes")),
            ("--config=nyuv2", ("config.problem is 'nyuv2'",)))
-  waits = [start_python("-m", "experiments.scenes", f"--config.data_dir={cache}",
-                        *flag.split(), f"--workdir={tmp_path / 'w'}", cwd=tmp_path,
+  waits = [start_python("-m", "experiments.scenes", *flag.split(),
+                        f"--config.data_dir={cache}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path,
                         env={"CI": "true"}) for flag, _ in cases]
   for wait, (_, fragments) in zip(waits, cases):
     done = wait()
@@ -157,17 +158,29 @@ def test_bad_scenes_configs_are_one_line_before_any_scene_is_rendered(tmp_path, 
   assert "scenes" in problems.PROBLEMS
 
 
+@pytest.mark.parametrize("preset", scenes_config.PRESETS)
+def test_every_scenes_preset_is_a_config_that_can_run(preset):
+  config = scenes_config.get_config(preset)
+  comparison.validate(config)  # every stage's transform and every weighting builds
+  assert config.problem == "scenes" and config.model == "mtan"
+  assert config.methods == ("equal", "minmax") and config.sparsity == 0.975
+
+
 @pytest.mark.slow
 def test_quick_preset_runs_the_whole_pipeline_end_to_end(tmp_path):
   config = scenes_config.get_config("quick")
+  assert config.methods == ("equal", "minmax")
   with config.unlocked():
     config.data_dir = str(tmp_path / "cache")
     config.quiet = True
+    # One method: every MTAN step compiles for tens of seconds on a 2-core CI machine, and
+    # equal's steps add nothing the dense pretraining does not already run.
+    config.methods = ("minmax",)
   report = comparison.run(config, str(tmp_path / "run"), print_report=False)
   assert (tmp_path / "cache").is_dir()  # rendered into the folder the config names
-  assert set(report["methods"]) >= {"equal", "minmax"}
+  assert set(report["methods"]) == {"minmax"}
   results = sorted((tmp_path / "run").glob("seed0/*/result.json"))
-  assert len(results) == 3  # dense, equal, minmax
+  assert len(results) == 2  # dense, minmax
   for path in results:
     result = json.loads(path.read_text())
     assert set(result["task_metrics"]["normal"]) == set(tasks.TASK_METRICS[tasks.NORMAL])

@@ -15,8 +15,12 @@ augmentation, losses, metrics and MTAN model), on scenes rendered once by
 (shared pretraining, mean losses, the min-max defaults of the base config: β = 50, γ = 5,
 ascending every step). Adam at 3e-3 with a cosine schedule, as a short CPU run needs.
 
-Presets: ``quick`` (a few tiny scenes, one seed, one epoch per stage: a smoke test of the
-whole pipeline, for the tests). Override any field, e.g. ``--config.seeds="(0,)"``; the
+Measured (README, "Scenes"): the dense model beats the trivial predictor on every task
+(test mIoU 0.187 against 0.064, depth error 0.883 m against 1.125 m, normal error 34.0°
+against 49.5°, means over 3 seeds); 20 min 44 s wall on the shared 2-core machine.
+
+Presets: ``quick`` (a few tiny scenes, one seed, one epoch per compression stage: a smoke
+test of the whole pipeline, for the tests). Override any field, e.g. ``--config.seeds="(0,)"``; the
 config is locked, so a mistyped field fails.
 """
 import ml_collections
@@ -51,12 +55,14 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.reweight.update({"refresh_every_epochs": 1})
   c.checkpoint_every_steps = 400
   if preset == "quick":
-    c.num_train, c.num_val, c.num_test = 8, 4, 4
+    c.num_train, c.num_val, c.num_test = 16, 4, 4
     c.model_kwargs.filters = (4, 4, 4, 4, 4)
     c.seeds = (0,)
     c.batch_size = 4
     c.eval_batch_size = 4
-    c.epochs.update({"pretrain": 1, "reweight": 1, "retrain": 1, "sparse": 1})
+    # Enough dense steps that every metric of the dense model is above 0 (the report divides
+    # by them), the compression stages one epoch each.
+    c.epochs.update({"pretrain": 6, "reweight": 1, "retrain": 1, "sparse": 1})
     c.checkpoint_every_steps = 50
   c.lock()
   return c
