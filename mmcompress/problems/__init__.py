@@ -23,6 +23,7 @@ PROBLEMS = types.MappingProxyType({
     "digits": "mmcompress.problems.digits",
     "cifar100": "mmcompress.problems.cifar100",
     "nyuv2": "mmcompress.problems.nyuv2",
+    "scenes": "mmcompress.problems.scenes",
 })
 
 

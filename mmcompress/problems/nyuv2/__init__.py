@@ -4,7 +4,8 @@
 `problem` puts them together for the trainer.
 """
 from mmcompress.problems.nyuv2 import data, tasks
-from mmcompress.problems.nyuv2.problem import (NYUv2Problem, check_config, from_config,
-                                             validate_config)
+from mmcompress.problems.nyuv2.problem import (DenseProblem, NYUv2Problem, check_config,
+                                             from_config, validate_config)
 
-__all__ = ["NYUv2Problem", "check_config", "data", "from_config", "tasks", "validate_config"]
+__all__ = ["DenseProblem", "NYUv2Problem", "check_config", "data", "from_config", "tasks",
+           "validate_config"]

@@ -12,6 +12,11 @@ and mean normal angle error stand for their tasks in ``metrics`` (the one-metric
 valid pixel of the split weighs the same) or ``"mtan"`` (per evaluation batch of
 `MTAN_EVAL_BATCH` images, then the mean over batches, as MTAN's code and the reference
 compute them). mIoU and pixel accuracy come from the split's confusion matrix in both.
+
+`DenseProblem` is all of it but the files: it takes its examples from any source with
+NYUv2Source's ``source[i]`` interface and its class count as a parameter, so that another data
+set in NYUv2's layout (the rendered scenes, `mmcompress.problems.scenes`) trains through the
+very code a NYUv2 run uses. `NYUv2Problem` is `DenseProblem` on the files of a data directory.
 """
 from __future__ import annotations
 
@@ -61,41 +66,40 @@ def _check_averaging_batch(metric_averaging: str, batch_size: int) -> None:
         f"with metric_averaging='mtan', which averages per batch of {MTAN_EVAL_BATCH} images.")
 
 
-class NYUv2Problem(base.Problem):
-  """NYUv2 (`mmcompress.problems.nyuv2.data` layout) as a three-task dense-prediction problem.
+class DenseProblem(base.Problem):
+  """Segmentation, depth and surface normals on examples in NYUv2's layout, from any source.
+
+  Everything of the NYUv2 problem but where the examples come from: the batches
+  (`nyuv2.load_batch`, with its augmentation), the losses, the metrics and their averaging.
+  A source is anything with ``len(source)`` and ``source[i]`` → ``{image, label, depth,
+  normal}`` as `nyuv2.NYUv2Source` returns them (e.g. the scenes' in-memory arrays).
 
   Args:
-    root: the data directory holding ``train/`` and ``val/``.
-    height, width: the map size (288×384 for the standard preprocessing).
+    train_source: the examples of the train and val rows.
+    test_source: the examples of the test rows.
+    rows: ``{"train", "val", "test"}`` → the indices of each split in its source (val rows
+      index `train_source`).
+    num_classes: the segmentation classes C (labels 0..C−1, −1 = ignore).
     augment: random rescale-and-crop and horizontal flip on training batches.
-    val_fraction: the share of train held out for model selection.
-    split_seed: fixes which training images are held out.
-    check_values: check every file's values before training (`nyuv2.check_layout`).
     normal_loss: ``"cosine"`` (1 − cosine similarity, MTAN's) or ``"l1"`` (the reference's
       dynamic sparse training code's L1 distance, `tasks.normal_l1_loss`).
     metric_averaging: ``"split"`` or ``"mtan"``, how depth and normal errors are averaged
       (see the module docstring).
   """
 
-  def __init__(self, root: str, *, height: int = 288, width: int = 384, augment: bool = True,
-               val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
+  def __init__(self, train_source: Any, test_source: Any, rows: dict[str, np.ndarray], *,
+               num_classes: int = nyuv2.NUM_CLASSES, augment: bool = True,
                normal_loss: str = "cosine", metric_averaging: str = "split"):
     _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "normal_loss")
     self.losses = {**_LOSSES, tasks.NORMAL: _NORMAL_LOSSES[normal_loss]}
     self.metric_averaging = _checks.one_of(metric_averaging, AVERAGING_MODES, "metric_averaging")
-    nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
-    self.train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
-    self.test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
-    if not 0.0 < val_fraction < 0.5:
-      raise _checks.UserError(f"val_fraction must be in (0, 0.5), got {val_fraction}.")
-    order = np.random.default_rng(split_seed).permutation(len(self.train_source))
-    held_out = max(1, int(round(val_fraction * len(order))))
-    self.rows = {"train": np.sort(order[held_out:]), "val": np.sort(order[:held_out]),
-                 "test": np.arange(len(self.test_source))}
-    self.shape = (height, width)
+    self.train_source = train_source
+    self.test_source = test_source
+    self.rows = rows
+    self.shape = tuple(np.shape(test_source[0]["label"]))
     self.augment = augment
     self.task_names = tuple(tasks.DENSE_TASKS)
-    self.num_outputs = (nyuv2.NUM_CLASSES, 1, 3)
+    self.num_outputs = (_checks.positive_int(num_classes, "num_classes"), 1, 3)
     self.metric_names = {t: PRIMARY[t] for t in self.task_names}
     self.higher_is_better = {t: tasks.HIGHER_IS_BETTER[PRIMARY[t]]
                              for t in self.task_names}
@@ -105,8 +109,8 @@ class NYUv2Problem(base.Problem):
 
   def describe(self) -> str:
     n = {k: len(v) for k, v in self.rows.items()}
-    return (f"NYUv2 {self.shape[0]}×{self.shape[1]} ({n['train']} train / {n['val']} val "
-            f"held out of train / {n['test']} test = the official val split)")
+    return (f"{self.shape[0]}×{self.shape[1]} dense tasks ({n['train']} train / {n['val']} "
+            f"val / {n['test']} test)")
 
   def test_counts(self) -> dict[str, int]:
     """Every task is measured on every test image."""
@@ -190,6 +194,45 @@ class NYUv2Problem(base.Problem):
             "task_metrics": {t: {m: all_metrics[m] for m in tasks.TASK_METRICS[t]}
                              for t in self.task_names},
             "all_metrics": all_metrics}
+
+
+class NYUv2Problem(DenseProblem):
+  """NYUv2 (`mmcompress.problems.nyuv2.data` layout) as a three-task dense-prediction problem.
+
+  Args:
+    root: the data directory holding ``train/`` and ``val/``.
+    height, width: the map size (288×384 for the standard preprocessing).
+    augment: random rescale-and-crop and horizontal flip on training batches.
+    val_fraction: the share of train held out for model selection.
+    split_seed: fixes which training images are held out.
+    check_values: check every file's values before training (`nyuv2.check_layout`).
+    normal_loss: ``"cosine"`` (1 − cosine similarity, MTAN's) or ``"l1"`` (the reference's
+      dynamic sparse training code's L1 distance, `tasks.normal_l1_loss`).
+    metric_averaging: ``"split"`` or ``"mtan"``, how depth and normal errors are averaged
+      (see the module docstring).
+  """
+
+  def __init__(self, root: str, *, height: int = 288, width: int = 384, augment: bool = True,
+               val_fraction: float = 0.1, split_seed: int = 0, check_values: bool = True,
+               normal_loss: str = "cosine", metric_averaging: str = "split"):
+    _checks.one_of(normal_loss, tuple(_NORMAL_LOSSES), "normal_loss")
+    _checks.one_of(metric_averaging, AVERAGING_MODES, "metric_averaging")
+    nyuv2.check_layout(root, height=height, width=width, sample="all" if check_values else 0)
+    train_source = nyuv2.NYUv2Source(root, "train", height=height, width=width)
+    test_source = nyuv2.NYUv2Source(root, "val", height=height, width=width)
+    if not 0.0 < val_fraction < 0.5:
+      raise _checks.UserError(f"val_fraction must be in (0, 0.5), got {val_fraction}.")
+    order = np.random.default_rng(split_seed).permutation(len(train_source))
+    held_out = max(1, int(round(val_fraction * len(order))))
+    rows = {"train": np.sort(order[held_out:]), "val": np.sort(order[:held_out]),
+            "test": np.arange(len(test_source))}
+    super().__init__(train_source, test_source, rows, num_classes=nyuv2.NUM_CLASSES,
+                     augment=augment, normal_loss=normal_loss, metric_averaging=metric_averaging)
+
+  def describe(self) -> str:
+    n = {k: len(v) for k, v in self.rows.items()}
+    return (f"NYUv2 {self.shape[0]}×{self.shape[1]} ({n['train']} train / {n['val']} val "
+            f"held out of train / {n['test']} test = the official val split)")
 
 
 def from_config(config: Any) -> NYUv2Problem:

@@ -1,0 +1,82 @@
+"""Draws the per-task training loss curves of a finished scenes run (docs/scenes_losses.png).
+
+  python -m experiments.scenes_curves --workdir=runs/scenes [--out=docs/scenes_losses.png]
+
+One panel per task: the mean training loss of every epoch (the trainer's per-epoch record,
+kept beside each stage's last checkpoint as ``<stage>/<step>/record/metadata``), for every
+seed: the dense pretraining, then each method's reweight and retrain stages after it (prune
+trains no epoch). The validation loss of the dense pretraining is drawn dashed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+from mmcompress import _files
+
+_STAGES = {"dense": ("pretrain",), "equal": ("reweight", "retrain"),
+           "minmax": ("reweight", "retrain")}
+
+
+def stage_record(run_dir: pathlib.Path, stage: str) -> dict | None:
+  """The record of `stage`'s last checkpoint in `run_dir`, or None if it has none."""
+  steps = [int(p.name) for p in (run_dir / stage).glob("*") if p.name.isdigit()]
+  if not steps:
+    return None
+  return json.loads((run_dir / stage / str(max(steps)) / "record" / "metadata").read_text())
+
+
+def curves(workdir: str | os.PathLike) -> dict:
+  """``{(seed, run): {"train": [[K losses] per epoch], "val": [...]}}`` of a workdir."""
+  out = {}
+  for seed_dir in sorted(pathlib.Path(workdir).glob("seed*")):
+    for run, stages in _STAGES.items():
+      records = [stage_record(seed_dir / run, s) for s in stages]
+      epochs = [e for r in records if r for e in r["epochs"]]
+      if epochs:
+        out[seed_dir.name, run] = {"train": [e["train_loss"] for e in epochs],
+                                   "val": [e["val_loss"] for e in epochs]}
+  return out
+
+
+def draw(workdir: str | os.PathLike, path: str | os.PathLike,
+         task_names=("segmentation", "depth", "normal")) -> str:
+  """Draws `curves(workdir)` as a PNG at `path`; returns the path."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  data = curves(workdir)
+  figure = Figure(figsize=(10.0, 3.2), dpi=110, layout="constrained")
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(1, len(task_names), squeeze=False)[0]
+  colours = {"dense": "black", "equal": "tab:blue", "minmax": "tab:red"}
+  for (seed, run), values in data.items():
+    start = len(data[seed, "dense"]["train"]) if run != "dense" else 0
+    for k, ax in enumerate(axes):
+      epochs = range(start + 1, start + len(values["train"]) + 1)
+      label = run if seed == "seed0" else None
+      ax.plot(epochs, [v[k] for v in values["train"]], color=colours[run], lw=1, label=label)
+      if run == "dense":
+        ax.plot(epochs, [v[k] for v in values["val"]], color=colours[run], lw=1, ls="--",
+                label="dense (val)" if seed == "seed0" else None)
+  for ax, task in zip(axes, task_names):
+    ax.set_title(f"{task} loss", fontsize=9)
+    ax.set_xlabel("epoch (pretrain, then reweight + retrain)", fontsize=8)
+    ax.tick_params(labelsize=7)
+  axes[0].legend(fontsize=7, frameon=False)
+  path = os.fspath(path)
+  _files.write_atomically(path, lambda f: figure.savefig(f, format="png"))
+  return path
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", default=os.path.join("docs", "scenes_losses.png"))
+  args = parser.parse_args(argv)
+  print(draw(args.workdir, args.out))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,187 @@
+"""The scenes as NYUv2's problem: NYUv2's loader, losses and metrics on rendered arrays, the
+trivial predictor's metrics by hand, config refusals, and the quick preset end to end."""
+import json
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import scenes as scenes_config
+from mmcompress import comparison, problems
+from mmcompress.problems import base
+from mmcompress.problems.nyuv2 import data as nyuv2
+from mmcompress.problems.nyuv2 import tasks
+from mmcompress.problems.scenes import ScenesProblem, data, problem as scenes_problem, render
+
+H, W = 32, 64
+COUNTS = {"train": 6, "val": 2, "test": 3}
+
+
+@pytest.fixture(name="splits", scope="module")
+def fixture_splits():
+  return {split: data.generate(split, n, height=H, width=W, seed=3)
+          for split, n in COUNTS.items()}
+
+
+def write_nyuv2_layout(root, maps):
+  """The maps of a split as the files of a NYUv2 directory's train/ split."""
+  for kind in data.MAPS:
+    (root / "train" / kind).mkdir(parents=True)
+    for i, example in enumerate(maps[kind]):
+      np.save(root / "train" / kind / f"{i}.npy", example)
+
+
+def test_batches_are_the_nyuv2_loaders_batches_of_the_same_scenes(splits, tmp_path):
+  problem = ScenesProblem(splits)
+  assert problem.num_outputs == (render.NUM_CLASSES, 1, 3) == (7, 1, 3)
+  assert problem.task_names == tuple(tasks.DENSE_TASKS)
+  assert {k: v.tolist() for k, v in problem.rows.items()} == {
+      "train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "test": [0, 1, 2]}
+  assert problem.describe().startswith("Scenes 32×64 (6 train / 2 val / 3 test")
+  # The train and val scenes written as a NYUv2 directory pass NYUv2's checks, and NYUv2's
+  # file source yields what the in-memory source yields.
+  write_nyuv2_layout(tmp_path, scenes_problem.concatenate(splits["train"], splits["val"]))
+  assert nyuv2.check_layout(tmp_path, ("train",), height=H, width=W) == {"train": 8}
+  files = nyuv2.NYUv2Source(tmp_path, "train", height=H, width=W)
+  assert len(problem.train_source) == len(files) == 8
+  for step in range(3):  # augmented training batches: the same draws give the same arrays
+    batch = problem.train_batch(5, 1, step, 2)
+    epoch, position = divmod(step, problem.steps_per_epoch(2))
+    order = base.epoch_order(5, 1, epoch, 6)[position * 2:(position + 1) * 2]
+    expected = nyuv2.load_batch(files, order, np.random.default_rng([5, 1, step, 1]))
+    assert set(batch) == set(expected)
+    for kind in data.MAPS:
+      np.testing.assert_array_equal(batch[kind], expected[kind])
+      assert batch[kind].dtype == data.DTYPES[kind]
+  val = list(problem.eval_batches("val", 4))
+  assert len(val) == 1 and val[0]["valid"].tolist() == [True, True, False, False]
+  np.testing.assert_array_equal(val[0]["label"][:2], splits["val"]["label"])
+  test = list(problem.eval_batches("test", 2))
+  assert [b["valid"].tolist() for b in test] == [[True, True], [True, False]]
+  np.testing.assert_array_equal(test[1]["depth"][0], splits["test"]["depth"][2])
+  assert problem.test_counts() == {t: 3 for t in problem.task_names}
+  with pytest.raises(IndexError):
+    problem.test_source[3]  # pylint: disable=pointless-statement
+
+
+class Constant(nn.Module):
+  """Every pixel of every image gets the same output per task, its ``head_k`` parameter."""
+  values: tuple
+
+  @nn.compact
+  def __call__(self, images, task_id=None, *, train=False):
+    del task_id, train
+    return tuple(
+        jnp.broadcast_to(self.param(f"head_{k}", lambda _, v=v: jnp.asarray(v)),
+                         images.shape[:3] + np.shape(v))
+        for k, v in enumerate(self.values))
+
+
+def test_the_trivial_predictor_by_hand_through_the_problems_losses_and_metrics(splits):
+  problem = ScenesProblem(splits, augment=False)
+  constant = scenes_problem.trivial_predictions(splits["train"])
+  values = tuple(constant[t] for t in problem.task_names)
+  train = splits["train"]
+  labels = train["label"][train["label"] >= 0]
+  majority = np.argmax(np.bincount(labels, minlength=7))
+  assert np.argmax(values[0]) == majority
+  np.testing.assert_allclose(values[1], [train["depth"][train["depth"] > 0].mean()], rtol=1e-5)
+  mean_normal = train["normal"][np.any(train["normal"] != 0, axis=-1)].mean(axis=0,
+                                                                           dtype=np.float64)
+  np.testing.assert_allclose(values[2], mean_normal / np.linalg.norm(mean_normal), atol=1e-6)
+
+  # The metrics of the constant prediction on test, computed here in NumPy.
+  test = splits["test"]
+  label, depth, normal = test["label"], test["depth"][..., 0], test["normal"]
+  labelled = label >= 0
+  hits = np.sum(label[labelled] == majority)
+  union = labelled.sum()  # every labelled pixel is predicted the majority class
+  present = np.unique(label[labelled])
+  valid_depth = depth > 0
+  valid_normal = np.any(normal != 0, axis=-1)
+  cosine = np.clip(normal[valid_normal].astype(np.float64) @ values[2].astype(np.float64),
+                   -1, 1)
+  angles = np.degrees(np.arccos(cosine))
+  by_hand = {"pixel_acc": hits / labelled.sum(), "miou": hits / union / len(present),
+             "depth_abs_err": np.abs(depth[valid_depth] - values[1][0]).mean(),
+             "depth_rel_err": (np.abs(depth[valid_depth] - values[1][0])
+                               / depth[valid_depth]).mean(),
+             "normal_mean": angles.mean(), "normal_22.5": np.mean(angles < 22.5)}
+  trivial = scenes_problem.trivial_metrics(problem, constant, batch_size=2)
+  for name, value in by_hand.items():
+    np.testing.assert_allclose(trivial[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+  # The problem's own evaluation and losses of a model that predicts the same constants.
+  model = Constant(values)
+  params = {f"head_{k}": jnp.asarray(v) for k, v in enumerate(values)}
+  total = None
+  for batch in problem.eval_batches("test", 2):
+    total = tasks.add_sums(total, problem.eval_sums(model, params, {}, batch))
+  result = problem.finalize(total)
+  for name, value in trivial.items():
+    np.testing.assert_allclose(result["all_metrics"][name], value, rtol=1e-5, err_msg=name)
+  assert result["metrics"] == {"segmentation": result["all_metrics"]["miou"],
+                               "depth": result["all_metrics"]["depth_abs_err"],
+                               "normal": result["all_metrics"]["normal_mean"]}
+  batch = problem.train_batch(0, 0, 0, 4)
+  losses, _ = problem.task_losses(model, params, {}, batch, None)
+  outputs = model.apply({"params": params}, batch["image"])
+  expected = [tasks.segmentation_loss(outputs[0], batch["label"]),
+              tasks.depth_loss(outputs[1], batch["depth"]),
+              tasks.normal_loss(outputs[2], batch["normal"])]
+  np.testing.assert_allclose(losses, expected, rtol=1e-6)
+  assert float(losses[2]) == pytest.approx(1 - np.mean(cosine_of(batch, values[2])), rel=1e-4)
+
+
+def cosine_of(batch, normal):
+  valid = np.any(batch["normal"] != 0, axis=-1)
+  return batch["normal"][valid] @ normal
+
+
+def test_bad_scenes_configs_are_one_line_before_any_scene_is_rendered(tmp_path, start_python):
+  cache = tmp_path / "cache"
+  cases = (("--config.height=48", ("config.height=48", "multiples of 32")),
+           ("--config.normal_loss=l2", ("config.normal_loss", "l2")),
+           ("--config.num_train=8", ("batch_size=16", "8 training scenes")),
+           ("--config=nyuv2", ("config.problem is 'nyuv2'",)))
+  waits = [start_python("-m", "experiments.scenes", *flag.split(),
+                        f"--config.data_dir={cache}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path,
+                        env={"CI": "true"}) for flag, _ in cases]
+  for wait, (_, fragments) in zip(waits, cases):
+    done = wait()
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("experiments.scenes: error:"), done.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+  assert not (tmp_path / "w").exists() and not cache.exists()
+  assert "scenes" in problems.PROBLEMS
+
+
+@pytest.mark.parametrize("preset", scenes_config.PRESETS)
+def test_every_scenes_preset_is_a_config_that_can_run(preset):
+  config = scenes_config.get_config(preset)
+  comparison.validate(config)  # every stage's transform and every weighting builds
+  assert config.problem == "scenes" and config.model == "mtan"
+  assert config.methods == ("equal", "minmax") and config.sparsity == 0.975
+
+
+@pytest.mark.slow
+def test_quick_preset_runs_the_whole_pipeline_end_to_end(tmp_path):
+  config = scenes_config.get_config("quick")
+  assert config.methods == ("equal", "minmax")
+  with config.unlocked():
+    config.data_dir = str(tmp_path / "cache")
+    config.quiet = True
+    # One method: every MTAN step compiles for tens of seconds on a 2-core CI machine, and
+    # equal's steps add nothing the dense pretraining does not already run.
+    config.methods = ("minmax",)
+  report = comparison.run(config, str(tmp_path / "run"), print_report=False)
+  assert (tmp_path / "cache").is_dir()  # rendered into the folder the config names
+  assert set(report["methods"]) == {"minmax"}
+  results = sorted((tmp_path / "run").glob("seed0/*/result.json"))
+  assert len(results) == 2  # dense, minmax
+  for path in results:
+    result = json.loads(path.read_text())
+    assert set(result["task_metrics"]["normal"]) == set(tasks.TASK_METRICS[tasks.NORMAL])
+    assert all(np.isfinite(v) for v in result["all_metrics"].values())
