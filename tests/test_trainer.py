@@ -244,7 +244,8 @@ def test_a_workdir_recorded_before_a_weighting_was_added_still_resumes(tmp_path,
 @pytest.mark.slow
 def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch, tiny_config):
   # No reweighting stage: what a divergence leaves in the report does not depend on it.
-  config = tiny_config(seeds=(0, 1), stages=("pretrain", "prune", "retrain"))
+  # The one-seed path (the seed axis's divergences: tests/test_seed_axis.py).
+  config = tiny_config(seeds=(0, 1), stages=("pretrain", "prune", "retrain"), seed_axis=False)
   real = comparison.run_method
 
   def diverge_on_seed_1(exp, method, seed, dense):
@@ -277,7 +278,8 @@ def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch, tiny_config):
-  config = tiny_config(seeds=(0, 1), methods=("equal",), stages=("pretrain", "prune", "retrain"))
+  config = tiny_config(seeds=(0, 1), methods=("equal",), stages=("pretrain", "prune", "retrain"),
+                       seed_axis=False)
   real = comparison.run_dense
 
   def diverge_on_seed_0(exp, seed):

@@ -101,29 +101,28 @@ class StageRecord(NamedTuple):
     return record
 
 
-@dataclasses.dataclass(frozen=True)
-class StageContext:
-  """What a stage needs besides its state (all static, none of it checkpointed).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StageSettings:
+  """What a stage needs besides its state and its seeds (all static, none checkpointed).
 
   Attributes:
     name: the stage's name.
     index: its position in the pipeline (decorrelates the data order of stages).
-    seed: the run's seed.
     epochs: how many epochs it trains.
     batch_size: the global batch size.
     problem: the data and its tasks.
     weighting: the task weighting.
-    train_step, eval_step: from `mmcompress.train.step`.
+    train_step, eval_step: from `mmcompress.train.step` (or `seed_axis`, for many seeds).
     mesh: the data mesh.
     eval_batch_size: rows per evaluation call.
     checkpoint_every: save every this many steps (and at the end of the stage).
     directory: where the stage keeps its checkpoints.
-    log: called with (stage, epoch, its `EpochRecord`) at the end of each epoch.
+    log: called at the end of each epoch with (stage, epoch, its `EpochRecord`), with the
+      seed first for a stage of many seeds.
     on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
   """
   name: str
   index: int
-  seed: int
   epochs: int
   batch_size: int
   problem: Problem
@@ -134,12 +133,18 @@ class StageContext:
   eval_batch_size: int
   checkpoint_every: int
   directory: str
-  log: Callable[[str, int, EpochRecord], None] | None = None
+  log: Callable[..., None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
 
   @property
   def steps_per_epoch(self) -> int:
     return self.problem.steps_per_epoch(self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StageContext(StageSettings):
+  """A stage of one run: `StageSettings` and the run's `seed`."""
+  seed: int
 
 
 def evaluate(problem: Problem, eval_step: Callable[..., Any], params: Any, model_state: Any,

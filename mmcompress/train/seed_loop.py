@@ -31,34 +31,13 @@ from mmcompress import weighting as weighting_lib
 from mmcompress.weighting import TaskWeighting
 
 
-@dataclasses.dataclass(frozen=True)
-class SeedStageContext:
-  """What a stage of S seeds needs besides its state (static, none of it checkpointed).
-
-  As `loop.StageContext`, with `seeds` for `seed`, the seed-axis steps
-  (`seed_axis.make_seed_train_step`, `make_seed_eval_step`), where the seeds live
-  (`seed_sharded`), and `log` called with (seed, stage, epoch, its `EpochRecord`).
-  """
-  name: str
-  index: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SeedStageContext(loop.StageSettings):
+  """A stage of S seeds: `loop.StageSettings` with the seed-axis steps
+  (`seed_axis.make_seed_train_step`, `make_seed_eval_step`), the `seeds`, and where they live
+  (`seed_sharded`); `log` is called with (seed, stage, epoch, its `EpochRecord`)."""
   seeds: tuple[int, ...]
-  epochs: int
-  batch_size: int
-  problem: Problem
-  weighting: TaskWeighting
-  train_step: Callable[..., Any]
-  eval_step: Callable[..., Any]
-  mesh: jax.sharding.Mesh
-  eval_batch_size: int
-  checkpoint_every: int
-  directory: str
   seed_sharded: bool = False
-  log: Callable[[int, str, int, loop.EpochRecord], None] | None = None
-  on_checkpoint: Callable[[str, int], None] | None = None
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.problem.steps_per_epoch(self.batch_size)
 
 
 def make_seed_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh,
