@@ -212,15 +212,16 @@ def _results(workdir):
 @pytest.mark.slow
 def test_the_pipeline_on_the_seed_axis_gives_each_seed_its_one_seed_results(
     tmp_path, tiny_config):
-  """Three seeds of the quick preset (made smaller), every stage: the same runs, the same
-  selected epochs and, within one test example of the smallest task, the same metrics;
-  the logged task weights to 1e-4 (vmapped sums round differently: float32, not bitwise)."""
+  """Three seeds of the quick preset (made smaller, min-max only), every stage: the same
+  runs, the same selected epochs and, within one test example of the smallest task, the same
+  metrics; the logged task weights to 1e-4 (vmapped sums round differently: float32, not
+  bitwise)."""
   out = {}
   for axis in (False, True):
-    config = tiny_config(seeds=(0, 1, 2), seed_axis=axis)
+    config = tiny_config(seeds=(0, 1, 2), seed_axis=axis, methods=("minmax",))
     comparison.run(config, str(tmp_path / str(axis)), print_report=False)
     out[axis] = _results(tmp_path / str(axis))
-  assert len(out[False]) == 9 and out[False].keys() == out[True].keys()
+  assert len(out[False]) == 6 and out[False].keys() == out[True].keys()
   one_example = 1 / 60  # the smallest task's test split has more than 60 images
   for name, single in out[False].items():
     together = out[True][name]
