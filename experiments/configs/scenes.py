@@ -46,6 +46,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (8, 16, 32, 32, 32)})
   c.methods = ("equal", "minmax")
+  c.seed_axis = True               # the seeds of a method train together (README, "Seeds together")
   c.seeds = (0, 1, 2)
   c.batch_size = 16
   c.eval_batch_size = 64
