@@ -3,7 +3,8 @@
   python -m experiments.scenes_curves --workdir=runs/scenes [--out=docs/scenes_losses.png]
 
 One panel per task: the mean training loss of every epoch (the trainer's per-epoch record,
-kept beside each stage's last checkpoint as ``<stage>/<step>/record/metadata``), for every
+kept beside each stage's last checkpoint as ``<stage>/<step>/record/metadata``, one per seed
+when the seeds train together), for every
 seed: the dense pretraining, then each method's reweight and retrain stages after it (prune
 trains no epoch). The validation loss of the dense pretraining is drawn dashed.
 """
@@ -28,16 +29,34 @@ def stage_record(run_dir: pathlib.Path, stage: str) -> dict | None:
   return json.loads((run_dir / stage / str(max(steps)) / "record" / "metadata").read_text())
 
 
+def _seed_records(workdir: pathlib.Path) -> dict:
+  """``{(seed name, run): [stage records]}``: from ``seed<i>/<run>/<stage>`` (seeds one after
+  another), or from ``seeds/<run>/<stage>``, one record per seed of the config in order
+  (seeds together, ``config.seed_axis``; every seed of these runs is live)."""
+  out = {}
+  together = workdir / "seeds"
+  if together.is_dir():
+    seeds = json.loads((workdir / "config.json").read_text())["seeds"]
+    for run, stages in _STAGES.items():
+      records = [stage_record(together / run, s) for s in stages]
+      for i, seed in enumerate(seeds):
+        out[f"seed{seed}", run] = [r["seeds"][i] for r in records if r]
+    return out
+  for seed_dir in sorted(workdir.glob("seed*")):
+    for run, stages in _STAGES.items():
+      out[seed_dir.name, run] = [r for r in (stage_record(seed_dir / run, s) for s in stages)
+                                 if r]
+  return out
+
+
 def curves(workdir: str | os.PathLike) -> dict:
   """``{(seed, run): {"train": [[K losses] per epoch], "val": [...]}}`` of a workdir."""
   out = {}
-  for seed_dir in sorted(pathlib.Path(workdir).glob("seed*")):
-    for run, stages in _STAGES.items():
-      records = [stage_record(seed_dir / run, s) for s in stages]
-      epochs = [e for r in records if r for e in r["epochs"]]
-      if epochs:
-        out[seed_dir.name, run] = {"train": [e["train_loss"] for e in epochs],
-                                   "val": [e["val_loss"] for e in epochs]}
+  for key, records in sorted(_seed_records(pathlib.Path(workdir)).items()):
+    epochs = [e for r in records for e in r["epochs"]]
+    if epochs:
+      out[key] = {"train": [e["train_loss"] for e in epochs],
+                  "val": [e["val_loss"] for e in epochs]}
   return out
 
 

@@ -187,3 +187,28 @@ def test_quick_preset_runs_the_whole_pipeline_end_to_end(tmp_path):
     result = json.loads(path.read_text())
     assert set(result["task_metrics"]["normal"]) == set(tasks.TASK_METRICS[tasks.NORMAL])
     assert all(np.isfinite(v) for v in result["all_metrics"].values())
+
+
+def _record(dir_, step, record):
+  path = dir_ / str(step) / "record"
+  path.mkdir(parents=True)
+  (path / "metadata").write_text(json.dumps(record))
+
+
+def test_the_loss_curves_read_both_layouts_of_a_run(tmp_path):
+  from experiments import scenes_curves  # pylint: disable=import-outside-toplevel
+  def epochs(seed, stage):
+    return [{"train_loss": [seed, len(stage), e], "val_loss": [e, seed, 0]} for e in range(2)]
+  one, together = tmp_path / "one", tmp_path / "together"
+  (together).mkdir()
+  (together / "config.json").write_text(json.dumps({"seeds": [3, 5]}))
+  for run, stages in scenes_curves._STAGES.items():  # pylint: disable=protected-access
+    for stage in stages:
+      for seed in (3, 5):
+        _record(one / f"seed{seed}" / run / stage, 7, {"epochs": epochs(seed, stage)})
+      _record(together / "seeds" / run / stage, 7,
+              {"seeds": [{"epochs": epochs(s, stage)} for s in (3, 5)], "step": 7})
+  expected = scenes_curves.curves(one)
+  assert set(expected) == {(f"seed{s}", r) for s in (3, 5) for r in ("dense", "equal", "minmax")}
+  assert expected["seed5", "minmax"]["train"][2] == [5, len("retrain"), 0]
+  assert scenes_curves.curves(together) == expected
