@@ -71,10 +71,11 @@ class Experiment:
     return step_lib.make_eval_step(self.problem, self.model, self.mesh)
 
   @functools.cached_property
-  def seed_eval_step(self) -> Callable[..., Any]:
-    """One jitted evaluation of stacked seeds (``config.seed_axis``) for every stage."""
-    return seed_loop.make_seed_eval_step(self.problem, self.model, self.mesh,
-                                         self.config.seed_sharded)
+  def seed_eval_steps(self) -> dict[bool, Callable[..., Any]]:
+    """The jitted evaluations of stacked seeds (``config.seed_axis``) for every stage, by
+    whether the seeds are split over the devices (each compiles when first called)."""
+    return {sharded: seed_loop.make_seed_eval_step(self.problem, self.model, self.mesh, sharded)
+            for sharded in (False, True)}
 
 
 def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
@@ -83,14 +84,7 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
   """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
   cfg, problem = exp.config, exp.problem
   weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
-  tx = stages_lib.stage_transform(stage, cfg, exp.steps_per_epoch, weighting, problem.num_tasks,
-                                  masks, seed)
-  rng = jax.random.fold_in(jax.random.key(seed), index)
-  # create_train_state copies every leaf, so the step may donate them: the caller's arrays
-  # (shared by every method's stages when pretraining is shared) survive.
-  state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks, rng)
-  if stage == "sparse":  # dynamic sparse training starts from its initial masks
-    state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+  tx, state = _initial_state(exp, weighting, stage, index, seed, params, model_state, masks)
   directory = os.path.join(exp.workdir, run_name, stage)
 
   def log(stage_name, epoch, record):
@@ -106,6 +100,23 @@ def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, 
       checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
       on_checkpoint=exp.on_checkpoint)
   return loop.train_stage(ctx, state)
+
+
+def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: str,
+                   index: int, seed: int, params: Any, model_state: Any, masks: Any,
+                   every_mask: bool = False) -> tuple[Any, step_lib.TrainState]:
+  """A stage's transform and starting state for one seed (`every_mask`: see
+  `stages.descent_transform`)."""
+  tx = stages_lib.stage_transform(stage, exp.config, exp.steps_per_epoch, weighting,
+                                  exp.problem.num_tasks, masks, seed, every_mask)
+  rng = jax.random.fold_in(jax.random.key(seed), index)
+  # create_train_state copies every leaf, so the step may donate them: the caller's arrays
+  # (shared by every method's stages when pretraining is shared) survive.
+  state = step_lib.create_train_state(params, model_state, weighting, tx,
+                                      exp.problem.num_tasks, rng)
+  if stage == "sparse":  # dynamic sparse training starts from its initial masks
+    state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+  return tx, state
 
 
 def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str, Any]:
@@ -257,18 +268,22 @@ def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any
   ``<run_name>/diverged.json``, so a rerun of the same config reports it again without
   recomputing it (to retry with other settings, use a new workdir).
   """
-  path = os.path.join(exp.workdir, run_name, "diverged.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return records.Diverged.from_json(json.load(f), path)
+  recorded = _recorded_divergence(exp, run_name)
+  if recorded is not None:
+    return recorded
   try:
     return run()
   except loop.NonFiniteLossError as error:
-    outcome = records.Diverged(error.summary)
-    if parallel.is_primary():
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      _files.write_json_atomically(path, outcome.to_json())
-    return outcome
+    return _diverged(exp, run_name, error.summary)
+
+
+def _recorded_divergence(exp: Experiment, run_name: str) -> records.Diverged | None:
+  """The run's ``diverged.json``, or None if it has not diverged."""
+  path = os.path.join(exp.workdir, run_name, "diverged.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return records.Diverged.from_json(json.load(f), path)
 
 
 def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
@@ -282,17 +297,15 @@ def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
   states, txs = [], []
   for i, seed in enumerate(seeds):
     # Each seed's state is built by its own transform (its masks, its growth seed); the
-    # transforms differ only in what `init` puts in the state, so one step serves all.
-    tx = stages_lib.stage_transform(stage, cfg, exp.steps_per_epoch, weighting,
-                                    problem.num_tasks, masks[i] if masks else None, seed)
-    params, model_state = starts[i]
-    state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
-                                        jax.random.fold_in(jax.random.key(seed), index))
-    if stage == "sparse":
-      state = state.replace(
-          params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
+    # transforms differ only in what `init` puts in the state, so one step serves all. Every
+    # mask stays in the state, so that the seeds' states share one tree (a layer one seed's
+    # prune keeps whole would otherwise hold None there).
+    tx, state = _initial_state(exp, weighting, stage, index, seed, *starts[i],
+                               masks[i] if masks else None, every_mask=True)
     states.append(state)
     txs.append(tx)
+  # Seeds split over the devices only while they split evenly (a seed that diverged has left).
+  sharded = cfg.seed_sharded and len(seeds) % exp.mesh.devices.size == 0
 
   def log(seed, stage_name, epoch, record):
     if exp.log:
@@ -303,10 +316,10 @@ def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
       batch_size=cfg.batch_size, problem=problem, weighting=weighting,
       train_step=seed_axis.make_seed_train_step(
           problem, exp.model, weighting, txs[0], exp.mesh,
-          stages_lib.per_task_gradients(stage, cfg), cfg.seed_sharded),
-      eval_step=exp.seed_eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
-      checkpoint_every=cfg.checkpoint_every_steps,
-      directory=os.path.join(exp.workdir, "seeds", run, stage), seed_sharded=cfg.seed_sharded,
+          stages_lib.per_task_gradients(stage, cfg), sharded),
+      eval_step=exp.seed_eval_steps[sharded], mesh=exp.mesh,
+      eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
+      directory=os.path.join(exp.workdir, "seeds", run, stage), seed_sharded=sharded,
       log=log, on_checkpoint=exp.on_checkpoint)
   final, best, stage_records, failures = seed_loop.train_stage_seeds(ctx, seed_axis.stack(states))
   # On the host: each seed's share is then indexed without compiling anything.
@@ -325,11 +338,7 @@ def _diverged(exp: Experiment, run_name: str, message: str) -> records.Diverged:
 
 def _saved_outcome(exp: Experiment, run_name: str) -> records.Outcome | None:
   """A finished run's result, or its recorded divergence, or None."""
-  path = os.path.join(exp.workdir, run_name, "diverged.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return records.Diverged.from_json(json.load(f), path)
-  return _read_result(exp, run_name)
+  return _recorded_divergence(exp, run_name) or _read_result(exp, run_name)
 
 
 def run_dense_seeds(exp: Experiment, seeds: tuple[int, ...]) -> dict[int, Any]:
@@ -541,7 +550,10 @@ def _run_seed(exp: Experiment, seed: int, progress: progress_lib.Progress
 
 def _announce(progress: progress_lib.Progress, seed: int, method: str,
               outcome: records.Outcome) -> None:
-  """The line of a finished run, with where the whole comparison stands."""
+  """The line of a finished run, with where the whole comparison stands (a seed whose dense
+  reference diverged runs no method: they are done too)."""
+  if method == "dense" and isinstance(outcome, records.Diverged):
+    progress.seed_done(seed)
   if isinstance(outcome, records.Diverged):
     line = f"seed {seed} {method}: diverged, counted as a loss ({outcome.message})"
   else:

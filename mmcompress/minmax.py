@@ -131,7 +131,7 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
         num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
     return new_updates, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class SaddlePointState(NamedTuple):

@@ -115,6 +115,13 @@ class Progress:
       self._done[run_name, stage] = epochs
     self._line(f"{line} [{self.status()}]", True)
 
+  def seed_done(self, seed: Any) -> None:
+    """Marks every run of `seed` done (its dense reference diverged: nothing else runs)."""
+    for run, stages in self.plan.items():
+      if run.startswith(f"seed{seed}/"):
+        for stage, epochs in stages.items():
+          self._done[run, stage] = epochs
+
   def _line(self, text: str, show: bool) -> None:
     if self.write:
       os.makedirs(os.path.dirname(self.log_path), exist_ok=True)

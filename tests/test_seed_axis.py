@@ -267,3 +267,25 @@ def test_a_seed_that_diverges_on_the_seed_axis_loses_and_the_others_finish(
                          problem=lambda c: _PoisonedStage(digits_data("classify"), 1, 3, 5))
   assert again["diverged"] == report["diverged"]
   assert again["methods"] == report["methods"]
+
+
+def test_seeds_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path, tiny_config,
+                                                                       tiny_experiment):
+  """A prune that keeps one seed's layer whole (global scope, filters, a low sparsity) leaves
+  an all-True mask there, which a one-seed retrain state stores as None; on the seed axis
+  every mask is kept, so the seeds' states share one tree."""
+  exp = tiny_experiment(tmp_path, tiny_config(seeds=(0, 1)))
+  w = stages.make_weighting("minmax", exp.config, exp.steps_per_epoch)
+  params, model_state = step_lib.init_variables(exp.model, exp.problem, 0)
+  pruned = sparsity.magnitude_masks(params, 0.9)
+  whole = jax.tree.map(lambda m: np.ones(m.shape, bool), pruned)
+
+  def states(every_mask):
+    return [comparison._initial_state(  # pylint: disable=protected-access
+        exp, w, "retrain", 3, seed, params, model_state, masks, every_mask)[1]
+        for seed, masks in ((0, pruned), (1, whole))]
+  with pytest.raises(ValueError):  # None in one state, an array in the other
+    seed_axis.stack(states(False))
+  stacked = seed_axis.stack(states(True))
+  kept = sparsity.find_masks(stacked.opt_state)["trunk"]["Dense_0"]["kernel"]
+  assert kept.shape[0] == 2 and kept[1].all() and not kept[0].all()

@@ -54,7 +54,8 @@ def full_masks(params: Any, masks: Any | None) -> Any:
                       masks, params, is_leaf=is_none)
 
 
-def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.GradientTransformation:
+def static_sparse(inner: optax.GradientTransformation, masks: Any, *,
+                  drop_dense: bool = True) -> optax.GradientTransformation:
   """Wraps `inner` so that the masked-out weights stay exactly zero.
 
   `update(updates, state, params)`:
@@ -72,6 +73,9 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.Grad
     masks: bool arrays with the structure and shapes of the params, True where a weight is
       kept (e.g. from `magnitude_masks`). They are validated against the params by `init`
       and then live in the state.
+    drop_dense: keep None in the state for a mask that is all True (the default: fewer state
+      leaves); False keeps every mask, so that states built from different masks share one
+      tree structure (the seed axis stacks them).
 
   Returns:
     An `optax.GradientTransformation` whose state is a `StaticSparseState`; `update` requires
@@ -85,7 +89,8 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any) -> optax.Grad
   [0.8999999761581421, 0.0, 2.9000000953674316]
   """
   check_inner(inner)
-  stored = _drop_dense(jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks))
+  stored = jax.tree.map(lambda m: jnp.asarray(m, dtype=bool), masks)
+  stored = _drop_dense(stored) if drop_dense else stored
 
   def init_fn(params):
     _checks.same_structure(masks, params, "masks")

@@ -9,7 +9,10 @@ its own best-validation snapshot, so each seed's numbers are those its one-seed 
 
 A seed whose losses or parameters stop being finite is frozen by the step; here it gets the
 one-seed path's message (which task, which step) and its records stop, while the others go
-on. The stage ends early only if every seed has stopped.
+on. The stage ends early only if every seed has stopped. The step checks the parameters at
+every step, the one-seed path at its checkpoints: a seed whose parameters turn non-finite
+with finite losses stops here at that step ("the parameters became NaN or infinite"), where
+the one-seed run usually stops one step later on the loss.
 """
 from __future__ import annotations
 

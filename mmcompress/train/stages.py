@@ -101,13 +101,14 @@ def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
 
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                       masks: Any = None, seed: int = 0,
-                      first: optax.GradientTransformation | None = None
-                      ) -> optax.GradientTransformation:
+                      first: optax.GradientTransformation | None = None,
+                      every_mask: bool = False) -> optax.GradientTransformation:
   """The descent half of `saddle_point` for a training stage (`seed`: random regrowth).
 
   `first`, when given, is the first link of the chain inside the sparse wrappers: a
   gradient-level weighting's aggregator, which turns the stacked per-task gradients into
-  one gradient after they were masked (see `mmcompress.weighting.gradient`).
+  one gradient after they were masked (see `mmcompress.weighting.gradient`). `every_mask`
+  keeps even an all-True mask in a retrain stage's state (`static_sparse`'s ``drop_dense``).
   """
   total_steps = config.epochs[stage] * steps_per_epoch
   base = base_optimizer(stage_optimizer_config(stage, config), total_steps, steps_per_epoch)
@@ -125,7 +126,7 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
   if stage == "retrain":
     if masks is None:
       raise ValueError("the retrain stage needs masks from a prune stage before it.")
-    return sparsity.static_sparse(base, masks)
+    return sparsity.static_sparse(base, masks, drop_dense=not every_mask)
   if stage == "sparse":
     dyn = config.dynamic
     if not 0.0 < dyn.end_fraction <= 1.0:
@@ -155,7 +156,7 @@ def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
 
 def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                     weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
-                    seed: int = 0) -> optax.GradientTransformation:
+                    seed: int = 0, every_mask: bool = False) -> optax.GradientTransformation:
   """The `saddle_point` transform a training stage steps with: the stage's descent (with a
   gradient-level weighting's aggregator first in it, or, where the stage needs per-task
   gradients of a loss-level weighting, `weighting.sum_tasks`) and the weighting's own transform."""
@@ -165,5 +166,6 @@ def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epo
     first = weighting_lib.sum_tasks()
   else:
     first = None
-  descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first)
+  descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first,
+                              every_mask=every_mask)
   return saddle_point(descent, weighting.tx)
