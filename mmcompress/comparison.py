@@ -229,13 +229,18 @@ def _weights_at_prune(exp: Experiment, weighting_name: str,
       method_weighting, state.task_params, state.task_state, state.opt_state)), np.float32)
 
 
-def _read_result(exp: Experiment, run_name: str) -> records.RunResult | None:
-  """The run's saved ``result.json``, or None if it has not finished."""
-  path = os.path.join(exp.workdir, run_name, "result.json")
+def _read_run_file(exp: Experiment, run_name: str, name: str, record: Any) -> Any:
+  """`record.from_json` of the run's file `name`, or None if there is none."""
+  path = os.path.join(exp.workdir, run_name, name)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return records.RunResult.from_json(json.load(f), path)
+    return record.from_json(json.load(f), path)
+
+
+def _read_result(exp: Experiment, run_name: str) -> records.RunResult | None:
+  """The run's saved ``result.json``, or None if it has not finished."""
+  return _read_run_file(exp, run_name, "result.json", records.RunResult)
 
 
 def _ratios_text(result: records.RunResult) -> str:
@@ -279,11 +284,7 @@ def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any
 
 def _recorded_divergence(exp: Experiment, run_name: str) -> records.Diverged | None:
   """The run's ``diverged.json``, or None if it has not diverged."""
-  path = os.path.join(exp.workdir, run_name, "diverged.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return records.Diverged.from_json(json.load(f), path)
+  return _read_run_file(exp, run_name, "diverged.json", records.Diverged)
 
 
 def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
