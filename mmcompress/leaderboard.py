@@ -1,0 +1,127 @@
+"""One leaderboard over several comparison reports: which method keeps the worst task best.
+
+A study runs one comparison per setting (task set × sparsity), each writing its own
+``report.json`` (`mmcompress.report`). `build` reads them and ranks the methods per setting
+by worst-task retention, with, per method:
+
+* the mean worst-task retention and Δm over its seeds with a 95 % interval (Student's t over
+  the seeds that did not diverge: mean ± t(0.975, n − 1) · s / √n);
+* its paired difference from ``equal`` and from the setting's best method, seed by seed,
+  judged by the report's own rule (`mmcompress.report`: a seed within one test example is a
+  tie, the exact sign test over the others, a diverged run counts as retention 0), with the
+  better / worse / tied counts;
+* its rank (1 = the highest mean worst-task retention; tied means share the mean rank).
+
+Across settings: each method's mean rank over the settings it ran in.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmcompress import report as report_lib
+
+EQUAL = "equal"
+# Student's t quantile t(0.975, df) for df = 1 .. 30 (tests/test_leaderboard.py checks them
+# against scipy); above 30 degrees of freedom the normal quantile 1.96 is within 4 %.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+  """Student's t quantile at 0.975 for `df` >= 1 degrees of freedom (1.96 above 30)."""
+  if df < 1:
+    raise ValueError(f"degrees of freedom must be >= 1, got {df}.")
+  return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+  """(mean, low, high): the mean and its 95 % t interval; one value gives a zero-width one."""
+  n = len(values)
+  if n == 0:
+    raise ValueError("an interval needs at least one value.")
+  mean = math.fsum(values) / n
+  if n == 1:
+    return mean, mean, mean
+  sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+  half = t975(n - 1) * sd / math.sqrt(n)
+  return mean, mean - half, mean + half
+
+
+def ranks(means: Mapping[str, float]) -> dict[str, float]:
+  """1 for the highest mean, 2 for the next, ...; equal means share their mean rank."""
+  ordered = sorted(means, key=lambda m: -means[m])
+  out, i = {}, 0
+  while i < len(ordered):
+    j = i
+    while j + 1 < len(ordered) and means[ordered[j + 1]] == means[ordered[i]]:
+      j += 1
+    for m in ordered[i:j + 1]:
+      out[m] = (i + j) / 2 + 1
+    i = j + 1
+  return out
+
+
+def _paired_values(report: Mapping[str, Any], method: str) -> tuple[list[float], list[Any]]:
+  """Worst-task retention on every seed of the report (0 where the method diverged) and the
+  worst task on each (None where it diverged), in the report's seed order."""
+  info = report["methods"][method]
+  by_seed = {row["seed"]: row for row in info["per_seed"]}
+  values = [by_seed[s]["worst_task_retention"] if s in by_seed else 0.0 for s in report["seeds"]]
+  worst = [by_seed[s]["worst_task"] if s in by_seed else None for s in report["seeds"]]
+  return values, worst
+
+
+def _one_example(report: Mapping[str, Any]) -> list[dict[str, float]] | None:
+  counts = report["comparison"]["effect_threshold"].get("test_counts")
+  if counts is None:
+    return None
+  return [report_lib.one_example_retention(row["metrics"], counts, report["higher_is_better"])
+          for row in report["dense"]["per_seed"]]
+
+
+def setting(report: Mapping[str, Any]) -> dict[str, Any]:
+  """The leaderboard of one comparison report: per method, its numbers and paired tests."""
+  methods = list(report["methods"])
+  one_example = _one_example(report)
+  paired = {m: _paired_values(report, m) for m in methods}
+  rows = {}
+  for m in methods:
+    finished = report["methods"][m]["per_seed"]
+    rows[m] = {"worst_task_retention": interval([r["worst_task_retention"] for r in finished])
+               if finished else None,
+               "delta_m": interval([r["delta_m"] for r in finished]) if finished else None,
+               "seeds": len(finished),
+               "diverged": len(report["seeds"]) - len(finished)}
+  means = {m: report_lib._mean(paired[m][0]) for m in methods}  # pylint: disable=protected-access
+  rank = ranks(means)
+  best = min(methods, key=lambda m: (rank[m], methods.index(m)))
+
+  def versus(a: str, b: str) -> dict[str, Any]:
+    thresholds = report_lib._seed_thresholds(  # pylint: disable=protected-access
+        one_example, paired[a][1], paired[b][1])
+    return report_lib._paired(  # pylint: disable=protected-access
+        paired[a][0], paired[b][0], report["seeds"], thresholds)
+
+  for m in methods:
+    rows[m]["rank"] = rank[m]
+    rows[m]["paired_mean"] = means[m]
+    rows[m]["minus_equal"] = versus(m, EQUAL) if EQUAL in methods and m != EQUAL else None
+    rows[m]["minus_best"] = versus(m, best) if m != best else None
+  return {"seeds": list(report["seeds"]), "best": best, "methods": rows}
+
+
+def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """The leaderboard of several settings' reports (name -> report.json content)."""
+  settings = {name: setting(r) for name, r in reports.items()}
+  names = []
+  for board in settings.values():
+    names += [m for m in board["methods"] if m not in names]
+  mean_rank = {}
+  for m in names:
+    got = [b["methods"][m]["rank"] for b in settings.values() if m in b["methods"]]
+    mean_rank[m] = {"mean_rank": math.fsum(got) / len(got), "settings": len(got)}
+  order = sorted(names, key=lambda m: (mean_rank[m]["mean_rank"], names.index(m)))
+  return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order}}
