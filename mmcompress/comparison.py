@@ -670,7 +670,7 @@ def _divergence_notes(diverged: list[dict]) -> list[str]:
 
 def _experiment(config: ml_collections.ConfigDict, workdir: str,
                 problem: Callable[[ml_collections.ConfigDict], Problem] | None,
-                on_checkpoint: Callable[[str, int], None] | None
+                on_checkpoint: Callable[[str, int], None] | None, label: str = ""
                 ) -> tuple[Experiment, progress_lib.Progress]:
   """The experiment of a checked config on this host's devices, and its progress log.
 
@@ -698,7 +698,7 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   progress = progress_lib.Progress(quiet, workdir, problem.task_names,
                                    write=parallel.is_primary(),
                                    plan=progress_lib.planned_epochs(config),
-                                   epoch_lines=config.epoch_lines)
+                                   epoch_lines=config.epoch_lines, label=label)
   exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
                    workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
   return exp, progress
@@ -707,7 +707,7 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         problem: Callable[[ml_collections.ConfigDict], Problem] | None = None,
         on_checkpoint: Callable[[str, int], None] | None = None,
-        print_report: bool = True) -> dict:
+        print_report: bool = True, label: str = "") -> dict:
   """Runs the whole comparison described by `config` in `workdir` and returns the report.
 
   Args:
@@ -718,10 +718,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       by default the ``from_config`` of the problem that ``config.problem`` names.
     on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
     print_report: print the Markdown report at the end.
+    label: printed before every progress line (`mmcompress.study` runs several at once).
   """
   validate(config)
   started = time.time()
-  exp, progress = _experiment(config, workdir, problem, on_checkpoint)
+  exp, progress = _experiment(config, workdir, problem, on_checkpoint, label)
   try:
     per_seed, diverged, dropped = _run_seeds(exp, progress)
   finally:

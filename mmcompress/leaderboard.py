@@ -10,9 +10,14 @@ by worst-task retention, with, per method:
   judged by the report's own rule (`mmcompress.report`: a seed within one test example is a
   tie, the exact sign test over the others, a diverged run counts as retention 0), with the
   better / worse / tied counts;
+* the 95 % t interval of the mean paired difference, and the sign test's p-value adjusted
+  by Holm's step-down over all the methods paired with equal in the setting (about twenty
+  tests at 0.05 would show one difference by chance; the adjusted p keeps the chance of any
+  false one at 0.05);
 * its rank (1 = the highest mean worst-task retention; tied means share the mean rank).
 
-Across settings: each method's mean rank over the settings it ran in.
+Across settings: each method's mean rank over the settings it ran in. `to_markdown` writes
+the leaderboard as a report, `plot` draws the paired differences from equal.
 """
 from __future__ import annotations
 
@@ -64,6 +69,17 @@ def ranks(means: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+  """Holm's step-down adjustment: the i-th smallest of m p-values times (m - i + 1), made
+  non-decreasing in that order and capped at 1."""
+  order = sorted(p_values, key=lambda k: p_values[k])
+  out, running = {}, 0.0
+  for i, key in enumerate(order):
+    running = max(running, min(1.0, (len(order) - i) * p_values[key]))
+    out[key] = running
+  return out
+
+
 def _paired_values(report: Mapping[str, Any], method: str) -> tuple[list[float], list[Any]]:
   """Worst-task retention on every seed of the report (0 where the method diverged) and the
   worst task on each (None where it diverged), in the report's seed order."""
@@ -102,14 +118,20 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
   def versus(a: str, b: str) -> dict[str, Any]:
     thresholds = report_lib._seed_thresholds(  # pylint: disable=protected-access
         one_example, paired[a][1], paired[b][1])
-    return report_lib._paired(  # pylint: disable=protected-access
+    pair = report_lib._paired(  # pylint: disable=protected-access
         paired[a][0], paired[b][0], report["seeds"], thresholds)
+    pair["interval"] = interval(pair["differences"])
+    return pair
 
   for m in methods:
     rows[m]["rank"] = rank[m]
     rows[m]["paired_mean"] = means[m]
     rows[m]["minus_equal"] = versus(m, EQUAL) if EQUAL in methods and m != EQUAL else None
     rows[m]["minus_best"] = versus(m, best) if m != best else None
+  for key in ("minus_equal", "minus_best"):
+    adjusted = holm({m: rows[m][key]["p_value"] for m in methods if rows[m][key]})
+    for m, p in adjusted.items():
+      rows[m][key]["p_holm"] = p
   return {"seeds": list(report["seeds"]), "best": best, "methods": rows}
 
 
@@ -125,3 +147,90 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     mean_rank[m] = {"mean_rank": math.fsum(got) / len(got), "settings": len(got)}
   order = sorted(names, key=lambda m: (mean_rank[m]["mean_rank"], names.index(m)))
   return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order}}
+
+
+def _verdict(pair: Mapping[str, Any] | None) -> str:
+  """"better" / "worse" when the report's rule shows a difference and Holm's adjusted p is
+  below `report.ALPHA` too; "—" otherwise."""
+  if not pair or pair["direction"] == 0 or pair["p_holm"] >= report_lib.ALPHA:
+    return "—"
+  return "better" if pair["direction"] > 0 else "worse"
+
+
+def _ci(triple: Sequence[float] | None, scale: float = 1.0, digits: int = 3,
+        signed: bool = False) -> str:
+  if triple is None:
+    return "—"
+  mean, low, high = (scale * v for v in triple)
+  sign = "+" if signed else ""
+  return f"{mean:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _pair_cells(pair: Mapping[str, Any] | None) -> list[str]:
+  if pair is None:
+    return ["—", "—", "—", "—"]
+  return [_ci(pair["interval"], signed=True),
+          f"{pair['better']}/{pair['tied']}/{pair['worse']}",
+          f"{pair['p_value']:.3f} ({pair['p_holm']:.3f})", _verdict(pair)]
+
+
+def _setting_lines(name: str, board: Mapping[str, Any]) -> list[str]:
+  rows = board["methods"]
+  order = sorted(rows, key=lambda m: rows[m]["rank"])
+  seeds = len(board["seeds"])
+  lines = [f"## {name}", "",
+           f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
+           f"Full report: [{name}/report.md]({name}/report.md).", "",
+           "| rank | method | worst-task retention [95 % CI] | Δm % [95 % CI] "
+           "| − equal [95 % CI] | W/T/L | p (Holm) | vs equal "
+           "| − best [95 % CI] | W/T/L | p (Holm) | vs best |",
+           "|---:|---|---|---|---|---|---|---|---|---|---|---|"]
+  for m in order:
+    row = rows[m]
+    name_cell = m + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+    lines.append("| " + " | ".join(
+        [f"{row['rank']:g}", name_cell, _ci(row["worst_task_retention"]),
+         _ci(row["delta_m"], digits=2, signed=True)]
+        + _pair_cells(row["minus_equal"]) + _pair_cells(row["minus_best"])) + " |")
+  shown = {v: [m for m in order if _verdict(rows[m]["minus_equal"]) == v]
+           for v in ("better", "worse")}
+  lines += ["", (f"Shown better than equal: {', '.join(shown['better']) or 'none'}; "
+                 f"shown worse: {', '.join(shown['worse']) or 'none'}.")]
+  return lines
+
+
+def to_markdown(board: Mapping[str, Any]) -> str:
+  """The leaderboard of `build` as a Markdown report (the study's ``report.md``)."""
+  settings = board["settings"]
+  names = list(settings)
+  lines = ["# Leaderboard: which weighting and masks keep the worst task best", "",
+           f"{len(board['mean_rank'])} methods, {len(names)} settings ("
+           + ", ".join(names) + "). Each setting is its own comparison with its own report.",
+           "",
+           "How to read it. *Worst-task retention*: on each seed, the lowest over tasks of the "
+           "compressed model's metric over the dense model's (1 = no task lost anything); "
+           "*Δm*: LibMTL's mean relative change over every metric, in percent (negative is "
+           "worse than dense). Means over the seeds that did not diverge, with 95 % Student-t "
+           "intervals. *− equal*, *− best*: the paired difference in worst-task retention from "
+           "equal weighting and from the setting's best, seed by seed, a diverged seed counting "
+           "as retention 0, with its 95 % t interval; *W/T/L*: seeds won, tied (within one "
+           "test example of the worst task) and lost; *p*: the exact sign test over the "
+           "untied seeds, and in brackets Holm's adjustment over all the methods of the "
+           "setting; *vs equal* / *vs best* names a difference only when the report's rule "
+           "shows it (p < 0.05, and the mean beyond one test example) and Holm's p is below "
+           "0.05 too.", "",
+           "## Mean rank across settings", "",
+           "| method | mean rank | " + " | ".join(names) + " |",
+           "|---|---:|" + "---:|" * len(names)]
+  for m, info in board["mean_rank"].items():
+    cells = []
+    for n in names:
+      row = settings[n]["methods"].get(m)
+      cells.append("—" if row is None else
+                   f"{row['rank']:g}" + {"better": " ↑", "worse": " ↓"}.get(
+                       _verdict(row["minus_equal"]), ""))
+    lines.append(f"| {m} | {info['mean_rank']:.2f} | " + " | ".join(cells) + " |")
+  lines += ["", "↑ / ↓: shown better / worse than equal in that setting (Holm-adjusted).", ""]
+  for n in names:
+    lines += _setting_lines(n, settings[n]) + [""]
+  return "\n".join(lines)

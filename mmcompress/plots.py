@@ -139,3 +139,41 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
                   "sparsity "
                   f"({spread}; dotted: dense)", fontsize=10)
   return _save_figure(figure, path)
+
+
+def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
+  """Draws a study's leaderboard (`mmcompress.leaderboard.build`): one panel per setting, one
+  row per method (in mean-rank order, best at the top), its paired difference from equal in
+  worst-task retention with the 95 % t interval; filled where the difference is shown
+  (the report's rule and Holm's adjustment), hollow where it is not.
+
+  Returns:
+    `path`.
+  """
+  settings = board["settings"]
+  methods = [m for m in board["mean_rank"] if m != "equal"]
+  columns = len(settings)
+  figure = _figure((2.6 * columns + 1.6, 0.28 * len(methods) + 1.4))
+  axes = np.atleast_1d(figure.subplots(1, columns, sharex=True, sharey=True,
+                                      squeeze=False).ravel())
+  y = np.arange(len(methods))[::-1]
+  for ax, (name, setting) in zip(axes, settings.items()):
+    for yi, method in zip(y, methods):
+      pair = setting["methods"].get(method, {}).get("minus_equal")
+      if not pair:
+        continue
+      mean, low, high = pair["interval"]
+      shown = pair["direction"] != 0 and pair["p_holm"] < 0.05
+      color = "tab:blue" if mean >= 0 else "tab:red"
+      ax.errorbar([mean], [yi], xerr=[[mean - low], [high - mean]], fmt="o", color=color,
+                  markerfacecolor=color if shown else "white", capsize=2, markersize=4)
+    ax.axvline(0.0, color="0.4", linewidth=1)
+    ax.set_title(name, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(labelsize=7)
+  axes[0].set_yticks(y)
+  axes[0].set_yticklabels(methods, fontsize=7)
+  seeds = len(next(iter(settings.values()))["seeds"])
+  figure.suptitle("Worst-task retention minus equal weighting, paired over "
+                  f"{seeds} seeds (95 % t interval; filled: shown, Holm-adjusted)", fontsize=9)
+  return _save_figure(figure, path)

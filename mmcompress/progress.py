@@ -56,12 +56,13 @@ class Progress:
     write: write files (False on every process but the primary of a multi-host run).
     plan: `planned_epochs` of the config.
     epoch_lines: print a line per finished epoch, not only per finished run.
+    label: printed before every line (a study's setting, when several run side by side).
     clock: seconds, `time.monotonic` (tests give their own).
   """
 
   def __init__(self, quiet: bool, workdir: str, task_names: tuple[str, ...], write: bool,
                plan: Mapping[str, Mapping[str, int]], epoch_lines: bool = True,
-               clock=time.monotonic):
+               label: str = "", clock=time.monotonic):
     self.quiet = quiet
     self.writer_dir = os.path.join(workdir, "tensorboard")
     self.log_path = os.path.join(workdir, "progress.log")
@@ -69,6 +70,7 @@ class Progress:
     self.write = write
     self.plan = {run: dict(stages) for run, stages in plan.items()}
     self.epoch_lines = epoch_lines
+    self.label = label
     self._clock = clock
     self._start = clock()
     self._done = {}      # (run, stage) -> epochs finished
@@ -128,7 +130,7 @@ class Progress:
       with open(self.log_path, "a") as f:
         f.write(text + "\n")
     if show and not self.quiet:
-      print(text, flush=True)
+      print(f"[{self.label}] {text}" if self.label else text, flush=True)
 
   def _writer(self, run_name: str):
     if run_name not in self._writers:

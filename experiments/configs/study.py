@@ -1,0 +1,71 @@
+"""The study: every weighting and pruning criterion, two task sets, 40x and 100x, 10 seeds.
+
+Command (about NN minutes on 2 CPU cores; the README's headline is its leaderboard):
+
+  python -m experiments.study --workdir=runs/study
+
+One comparison per setting (task set × sparsity), each the digits comparison of
+``experiments/configs/digits.py``'s ``study`` preset (10 paired seeds, the paper's γ = 5,
+the default pipeline pretrain → reweight → prune → retrain and its epochs for every method)
+with the methods below, in ``<workdir>/<task set>-<ratio>x/`` with its own report; then one
+leaderboard, ``<workdir>/report.md`` (and ``leaderboard.json``, ``leaderboard.png``).
+
+The methods:
+
+* every task weighting of `mmcompress.weighting.WEIGHTINGS`, each with the magnitude prune of
+  the paper and its published defaults (the ``config.<weighting>`` sections; min-max's γ
+  and step were chosen on the validation split, see the digits config);
+* min-max with each task-aware pruning criterion, the per-task Taylor scores aggregated by
+  mean, max, DiSparse's union and the min-max task weights (``minmax+taylor_*``).
+
+Every method gets the same training budget (the same stages, epochs, batch size and
+optimizer). Within a task set the dense reference of each seed is trained once and shared by
+both sparsities: it does not depend on the sparsity (`mmcompress.study`).
+
+``config.study``:
+
+* ``task_sets``, ``sparsities``: the settings, every pair of them;
+* ``jobs``: task sets run side by side in that many processes (each runs its sparsities in
+  order, the second from the first one's dense references); 1 runs everything in this one;
+* ``compilation_cache``: keep JAX's compiled programs in ``<workdir>/jax_cache`` (the two
+  sparsities of a task set compile the same programs; a rerun after a kill compiles nothing).
+
+Preset ``quick``: 2 seeds, 3 methods, 1-2 epochs per stage, both task sets and sparsities:
+a smoke test of the whole study in about a minute.
+"""
+import ml_collections
+
+from experiments.configs import digits
+
+WEIGHTINGS = ("equal", "uncertainty", "dwa", "minmax", "rlw", "famo", "gls", "db_mtl", "stch",
+              "mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
+              "fairgrad")
+CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_disparse",
+            "minmax+taylor_minmax")
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The study config, or its `quick` preset."""
+  c = digits.get_config("study")
+  c.unlock()
+  # A study sets these per setting, from config.study.
+  del c["task_sets"]
+  del c["sparsity"]
+  c.methods = WEIGHTINGS + CRITERIA
+  c.epoch_lines = False            # a line per finished run; every epoch is in progress.log
+  c.study = ml_collections.ConfigDict({
+      "task_sets": ("classify", "mixed"),
+      "sparsities": (0.975, 0.99),  # 40x and 100x of the prunable weights
+      "jobs": 2,
+      "compilation_cache": True,
+  })
+  if preset == "quick":
+    c.seeds = (0, 1)
+    c.methods = ("equal", "minmax", "minmax+taylor_max")
+    c.epochs = ml_collections.ConfigDict({"pretrain": 2, "reweight": 1, "retrain": 2,
+                                          "sparse": 2})
+    c.checkpoint_every_steps = 10
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r}: use '' or 'quick'.")
+  c.lock()
+  return c

@@ -1,0 +1,252 @@
+"""A study: the comparison at every setting (task set × sparsity), one leaderboard over them.
+
+`run(config, workdir)` runs, for every task set of ``config.study.task_sets`` and every
+sparsity of ``config.study.sparsities``, the digits comparison (`comparison.run_digits`) into
+``<workdir>/<task set>-<ratio>x/``, where it writes its full report; then it ranks the methods
+across the settings (`mmcompress.leaderboard`) into ``<workdir>/report.md``,
+``leaderboard.json`` and ``leaderboard.png``.
+
+* **Before any compute** every setting's config is checked, and a workdir (or a setting's
+  folder) that holds a run of another config is refused.
+* **Task sets run side by side**, ``config.study.jobs`` processes at a time. Each runs its
+  sparsities in order. A process dies with the one that started it, so a killed study leaves
+  nothing running in its folders.
+* **Dense references are shared within a task set**: they do not depend on the sparsity, so
+  the second sparsity's folder gets a copy of the first one's finished dense runs
+  (`share_dense`) and trains none. Its report then compares with exactly the same dense models.
+* **Resuming**: rerunning the same command resumes every setting where it stopped (each
+  comparison resumes from its checkpoints and finished runs) and writes the same leaderboard.
+* ``config.study.compilation_cache`` keeps JAX's compiled programs in
+  ``<workdir>/jax_cache``: the sparsities of a task set compile the same programs, and a
+  rerun reads them back (an environment that already names a cache, JAX_COMPILATION_CACHE_DIR,
+  keeps its own).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from typing import Any, NamedTuple
+
+import ml_collections
+
+from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
+
+
+class Setting(NamedTuple):
+  """One comparison of a study: its folder name, task set and sparsity."""
+  name: str
+  task_set: str
+  sparsity: float
+
+
+def ratio_text(sparsity: float) -> str:
+  """``"40x"`` for 0.975, ``"100x"`` for 0.99, ``"33.3x"`` for 0.97: the kept fraction's
+  inverse, what "40x" counts (the prunable weights)."""
+  ratio = 1.0 / (1.0 - sparsity)
+  return f"{ratio:.0f}x" if abs(ratio - round(ratio)) < 1e-6 * ratio else f"{ratio:.1f}x"
+
+
+def settings(config: ml_collections.ConfigDict) -> list[Setting]:
+  """Every (task set, sparsity) of the study, task set by task set."""
+  return [Setting(f"{t}-{ratio_text(s)}", t, float(s))
+          for t in config.study.task_sets for s in config.study.sparsities]
+
+
+def setting_config(config: ml_collections.ConfigDict,
+                   setting: Setting) -> ml_collections.ConfigDict:
+  """The comparison config of one setting: the study's fields with its task set and sparsity
+  (and no ``study`` section)."""
+  fields = config.to_dict()
+  del fields["study"]
+  fields["task_sets"] = (setting.task_set,)
+  fields["sparsity"] = setting.sparsity
+  out = ml_collections.ConfigDict(fields)
+  out.lock()
+  return out
+
+
+@_checks.as_user_error()
+def _validate_study(config: ml_collections.ConfigDict) -> None:
+  study = config.study
+  if not study.task_sets:
+    raise ValueError("config.study.task_sets is empty: name at least one, e.g. ('classify',).")
+  if not study.sparsities:
+    raise ValueError("config.study.sparsities is empty: give at least one, e.g. (0.975,).")
+  for name, values in (("task_sets", study.task_sets), ("sparsities", study.sparsities)):
+    if len(set(values)) != len(values):
+      raise ValueError(f"config.study.{name} names one twice: {tuple(values)}.")
+  for s in study.sparsities:
+    _checks.sparsity(s, "config.study.sparsities")
+  _checks.positive_int(study.jobs, "config.study.jobs")
+
+
+def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
+  """Checks the study and every setting's config, and that no folder holds another run;
+  raises a `UserError` naming what to change. Returns the settings."""
+  _validate_study(config)
+  digits = problems.get("digits")
+  found = settings(config)
+  for setting in found:
+    sub = setting_config(config, setting)
+    comparison.validate(sub)
+    digits.validate_config(sub)
+    comparison.refuse_other_run(sub, os.path.join(workdir, setting.name))
+  comparison.refuse_other_run(config, workdir)
+  return found
+
+
+def _dense_pieces(workdir: str, seeds: tuple[int, ...]) -> list[str]:
+  """The folders (relative to a setting's workdir) that hold its dense references: each
+  seed's ``seed<s>/dense`` and, on the seed axis, the stacked ``seeds/dense``."""
+  return [f"seed{s}/dense" for s in seeds] + (
+      ["seeds/dense"] if os.path.isdir(os.path.join(workdir, "seeds", "dense")) else [])
+
+
+def dense_finished(workdir: str, seeds: tuple[int, ...]) -> bool:
+  """Whether every seed's dense reference in `workdir` has finished (or diverged)."""
+  return all(any(os.path.exists(os.path.join(workdir, f"seed{s}", "dense", name))
+                 for name in ("result.json", "diverged.json")) for s in seeds)
+
+
+def share_dense(source: str, target: str, seeds: tuple[int, ...]) -> bool:
+  """Copies the finished dense references of `source` into `target`, folder by folder.
+
+  Each folder is copied beside its place and renamed into it, so a copy interrupted by a
+  kill leaves whole folders or none; a rerun copies what is missing. Folders `target`
+  already has are kept.
+
+  Returns:
+    Whether there was something to share (`source`'s dense references had all finished).
+  """
+  if not dense_finished(source, seeds):
+    return False
+  for piece in _dense_pieces(source, seeds):
+    destination = os.path.join(target, piece)
+    if os.path.exists(destination):
+      continue
+    partial = destination + ".copying"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(os.path.join(source, piece), partial)
+    os.rename(partial, destination)
+  return True
+
+
+def use_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in `directory` for every program, however quick to
+  compile, unless JAX_COMPILATION_CACHE_DIR names one already (that one is kept)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") is not None:
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
+  """Every sparsity of one task set, in order; the later ones share the first one's dense
+  references (`share_dense`)."""
+  if config.study.compilation_cache:
+    use_compilation_cache(os.path.join(workdir, "jax_cache"))
+  first = None
+  for setting in settings(config):
+    if setting.task_set != task_set:
+      continue
+    folder = os.path.join(workdir, setting.name)
+    if first is not None:
+      os.makedirs(folder, exist_ok=True)
+      share_dense(first, folder, tuple(config.seeds))
+    comparison.run_digits(setting_config(config, setting), folder, label=setting.name,
+                          print_report=False)
+    first = first or folder
+
+
+def _die_with_parent(parent: int) -> None:
+  """Ends this process when `parent` ends (a killed study leaves no process behind): Linux's
+  parent-death signal, else a thread that watches the parent."""
+  if sys.platform.startswith("linux"):
+    import ctypes  # pylint: disable=import-outside-toplevel
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+  else:
+    def watch():
+      while os.getppid() == parent:
+        time.sleep(0.5)
+      os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=watch, daemon=True).start()
+  if os.getppid() != parent:  # it ended before the signal was set
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _task_set_process(config: ml_collections.ConfigDict, workdir: str, task_set: str,
+                      parent: int) -> None:
+  _die_with_parent(parent)
+  run_task_set(config, workdir, task_set)
+
+
+def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`run_task_set` for every task set, ``config.study.jobs`` processes at a time (in this
+  process when one job or one task set)."""
+  task_sets = list(config.study.task_sets)
+  if config.study.jobs == 1 or len(task_sets) == 1:
+    for task_set in task_sets:
+      run_task_set(config, workdir, task_set)
+    return
+  context = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
+  waiting, running, failed = list(task_sets), {}, []
+  started = time.monotonic()
+  while waiting or running:
+    while waiting and len(running) < config.study.jobs:
+      task_set = waiting.pop(0)
+      process = context.Process(target=_task_set_process, name=f"study-{task_set}",
+                                args=(config, workdir, task_set, os.getpid()))
+      process.start()
+      running[process.sentinel] = (task_set, process)
+    for sentinel in multiprocessing.connection.wait(list(running)):
+      task_set, process = running.pop(sentinel)
+      process.join()
+      if process.exitcode != 0:
+        failed.append(f"{task_set} (exit status {process.exitcode})")
+      print(f"study: task set {task_set!r} {'stopped' if process.exitcode else 'done'} "
+            f"after {progress.duration(time.monotonic() - started)}", flush=True)
+  if failed:
+    raise RuntimeError(f"the study's task sets {', '.join(failed)} stopped before the end "
+                       "(their messages are above); rerun the same command to resume.")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool = True
+        ) -> dict[str, Any]:
+  """Runs (or resumes) the whole study in `workdir` and returns its leaderboard.
+
+  Args:
+    config: see ``experiments/configs/study.py``.
+    workdir: one folder per setting, and the leaderboard at the top.
+    print_report: print the leaderboard's Markdown at the end.
+  """
+  started = time.monotonic()
+  found = validate(config, workdir)
+  comparison.check_workdir(config, workdir)
+  _run_task_sets(config, workdir)
+  reports = {}
+  for setting in found:
+    with open(os.path.join(workdir, setting.name, "report.json")) as f:
+      reports[setting.name] = json.load(f)
+  board = leaderboard.build(reports)
+  board["settings_info"] = {s.name: {"task_set": s.task_set, "sparsity": s.sparsity,
+                                     "ratio": ratio_text(s.sparsity)} for s in found}
+  _files.write_json_atomically(os.path.join(workdir, "leaderboard.json"), board)
+  markdown = leaderboard.to_markdown(board)
+  _files.write_atomically(os.path.join(workdir, "report.md"),
+                          lambda f: f.write(markdown.encode("utf-8")))
+  plots.plot_leaderboard(board, os.path.join(workdir, "leaderboard.png"))
+  if print_report:
+    print(markdown, flush=True)
+    print(f"(this call took {progress.duration(time.monotonic() - started)}; a call that "
+          "resumed is shorter than a full study)", file=sys.stderr)
+  return board
