@@ -146,7 +146,9 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     got = [b["methods"][m]["rank"] for b in settings.values() if m in b["methods"]]
     mean_rank[m] = {"mean_rank": math.fsum(got) / len(got), "settings": len(got)}
   order = sorted(names, key=lambda m: (mean_rank[m]["mean_rank"], names.index(m)))
-  return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order}}
+  # The orders are kept as lists too: a JSON copy of the board sorts its keys.
+  return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order},
+          "order": {"settings": list(settings), "methods": order}}
 
 
 def _verdict(pair: Mapping[str, Any] | None) -> str:
@@ -202,7 +204,7 @@ def _setting_lines(name: str, board: Mapping[str, Any]) -> list[str]:
 def to_markdown(board: Mapping[str, Any]) -> str:
   """The leaderboard of `build` as a Markdown report (the study's ``report.md``)."""
   settings = board["settings"]
-  names = list(settings)
+  names = board["order"]["settings"]
   lines = ["# Leaderboard: which weighting and masks keep the worst task best", "",
            f"{len(board['mean_rank'])} methods, {len(names)} settings ("
            + ", ".join(names) + "). Each setting is its own comparison with its own report.",
@@ -222,8 +224,8 @@ def to_markdown(board: Mapping[str, Any]) -> str:
            "## Mean rank across settings", "",
            "| method | mean rank | " + " | ".join(names) + " |",
            "|---|---:|" + "---:|" * len(names)]
-  for m, info in board["mean_rank"].items():
-    cells = []
+  for m in board["order"]["methods"]:
+    info, cells = board["mean_rank"][m], []
     for n in names:
       row = settings[n]["methods"].get(m)
       cells.append("—" if row is None else

@@ -151,13 +151,14 @@ def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
     `path`.
   """
   settings = board["settings"]
-  methods = [m for m in board["mean_rank"] if m != "equal"]
+  methods = [m for m in board["order"]["methods"] if m != "equal"]
   columns = len(settings)
   figure = _figure((2.6 * columns + 1.6, 0.28 * len(methods) + 1.4))
   axes = np.atleast_1d(figure.subplots(1, columns, sharex=True, sharey=True,
                                       squeeze=False).ravel())
   y = np.arange(len(methods))[::-1]
-  for ax, (name, setting) in zip(axes, settings.items()):
+  for ax, name in zip(axes, board["order"]["settings"]):
+    setting = settings[name]
     for yi, method in zip(y, methods):
       pair = setting["methods"].get(method, {}).get("minus_equal")
       if not pair:

@@ -11,9 +11,10 @@ across the settings (`mmcompress.leaderboard`) into ``<workdir>/report.md``,
 * **Task sets run side by side**, ``config.study.jobs`` processes at a time. Each runs its
   sparsities in order. A process dies with the one that started it, so a killed study leaves
   nothing running in its folders.
-* **Dense references are shared within a task set**: they do not depend on the sparsity, so
-  the second sparsity's folder gets a copy of the first one's finished dense runs
-  (`share_dense`) and trains none. Its report then compares with exactly the same dense models.
+* **What precedes pruning is shared within a task set**: the dense references and each
+  method's stages before the prune (reweighting) do not depend on the sparsity, so the later
+  sparsities' folders get a copy of the first one's (`share_unpruned`) and resume from it
+  instead of training it again: the same numbers, a third less training at 100x.
 * **Resuming**: rerunning the same command resumes every setting where it stopped (each
   comparison resumes from its checkpoints and finished runs) and writes the same leaderboard.
 * ``config.study.compilation_cache`` keeps JAX's compiled programs in
@@ -102,38 +103,55 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
   return found
 
 
-def _dense_pieces(workdir: str, seeds: tuple[int, ...]) -> list[str]:
-  """The folders (relative to a setting's workdir) that hold its dense references: each
-  seed's ``seed<s>/dense`` and, on the seed axis, the stacked ``seeds/dense``."""
-  return [f"seed{s}/dense" for s in seeds] + (
-      ["seeds/dense"] if os.path.isdir(os.path.join(workdir, "seeds", "dense")) else [])
+# The stages that cut or grow weights by the target sparsity: the stages before the first of
+# them (pretraining, reweighting) train the same weights at every sparsity.
+_SPARSITY_STAGES = ("prune", "sparse")
 
 
-def dense_finished(workdir: str, seeds: tuple[int, ...]) -> bool:
-  """Whether every seed's dense reference in `workdir` has finished (or diverged)."""
-  return all(any(os.path.exists(os.path.join(workdir, f"seed{s}", "dense", name))
-                 for name in ("result.json", "diverged.json")) for s in seeds)
+def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The stages of ``config.stages`` before the first that depends on the sparsity."""
+  stages = tuple(config.stages)
+  cut = min((stages.index(s) for s in _SPARSITY_STAGES if s in stages), default=len(stages))
+  return stages[:cut]
 
 
-def share_dense(source: str, target: str, seeds: tuple[int, ...]) -> bool:
-  """Copies the finished dense references of `source` into `target`, folder by folder.
+def _unpruned_pieces(config: ml_collections.ConfigDict) -> list[str]:
+  """The folders (relative to a setting's workdir) that hold what does not depend on the
+  sparsity: each seed's dense reference, and each method's stages before the prune, in both
+  checkpoint layouts (one seed at a time: ``seed<s>/<run>``; the seed axis: ``seeds/<run>``).
+  """
+  methods_run_pretrain = not (config.share_pretraining and config.stages[0] == "pretrain")
+  stages = [s for s in unpruned_stages(config) if s != "pretrain" or methods_run_pretrain]
+  pieces = ["seeds/dense"] + [f"seed{s}/dense" for s in config.seeds]
+  for method in config.methods:
+    for stage in stages:
+      pieces += [f"seeds/{method}/{stage}"] + [f"seed{s}/{method}/{stage}" for s in config.seeds]
+  return pieces
+
+
+def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) -> bool:
+  """Copies what a finished setting trained before any pruning into another setting's folder.
+
+  Two settings of one task set differ only in the sparsity, so their dense references and
+  each method's stages before the prune (`unpruned_stages`) are the same computation; the
+  target resumes them from the copied checkpoints and records instead of training them again.
 
   Each folder is copied beside its place and renamed into it, so a copy interrupted by a
   kill leaves whole folders or none; a rerun copies what is missing. Folders `target`
   already has are kept.
 
   Returns:
-    Whether there was something to share (`source`'s dense references had all finished).
+    Whether there was something to share (`source` finished: its ``report.json`` exists).
   """
-  if not dense_finished(source, seeds):
+  if not os.path.exists(os.path.join(source, "report.json")):
     return False
-  for piece in _dense_pieces(source, seeds):
-    destination = os.path.join(target, piece)
-    if os.path.exists(destination):
+  for piece in _unpruned_pieces(config):
+    origin, destination = os.path.join(source, piece), os.path.join(target, piece)
+    if not os.path.isdir(origin) or os.path.exists(destination):
       continue
     partial = destination + ".copying"
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(os.path.join(source, piece), partial)
+    shutil.copytree(origin, partial)
     os.rename(partial, destination)
   return True
 
@@ -150,8 +168,8 @@ def use_compilation_cache(directory: str) -> None:
 
 
 def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
-  """Every sparsity of one task set, in order; the later ones share the first one's dense
-  references (`share_dense`)."""
+  """Every sparsity of one task set, in order; the later ones share what the first one
+  trained before pruning (`share_unpruned`)."""
   if config.study.compilation_cache:
     use_compilation_cache(os.path.join(workdir, "jax_cache"))
   first = None
@@ -161,7 +179,7 @@ def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str)
     folder = os.path.join(workdir, setting.name)
     if first is not None:
       os.makedirs(folder, exist_ok=True)
-      share_dense(first, folder, tuple(config.seeds))
+      share_unpruned(first, folder, setting_config(config, setting))
     comparison.run_digits(setting_config(config, setting), folder, label=setting.name,
                           print_report=False)
     first = first or folder

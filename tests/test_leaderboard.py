@@ -77,5 +77,6 @@ def test_the_mean_rank_is_over_the_settings_a_method_ran_in():
   assert board["mean_rank"] == {"equal": {"mean_rank": 1.5, "settings": 2},
                                 "a": {"mean_rank": 1.5, "settings": 2},
                                 "b": {"mean_rank": 3.0, "settings": 1}}
-  assert list(board["settings"]) == ["one", "two"]
+  assert list(board["settings"]) == ["one", "two"] == board["order"]["settings"]
+  assert board["order"]["methods"] == ["equal", "a", "b"]
   json.dumps(board)  # plain JSON

@@ -44,3 +44,15 @@ def test_the_status_counts_epochs_done_and_estimates_the_rest_at_this_calls_pace
 def test_durations_read_as_a_person_says_them():
   assert [progress.duration(s) for s in (0.4, 59, 61, 3599, 7260)] == [
       "0s", "59s", "1m01s", "59m59s", "2h01m"]
+
+
+def test_a_label_goes_before_every_printed_line_but_not_into_the_log(tmp_path, capsys):
+  plan = {"seed0/dense": {"pretrain": 1}}
+  shown = progress.Progress(False, str(tmp_path), ("a", "b"), True, plan, label="mixed-100x")
+  shown("seed0/dense", "pretrain", 0, RECORD)
+  shown.run_done("seed0/dense", "seed 0 dense: test a 0.500")
+  out = capsys.readouterr().out.splitlines()
+  assert len(out) == 2 and all(line.startswith("[mixed-100x] ") for line in out)
+  log = (tmp_path / "progress.log").read_text().splitlines()
+  assert [line for line in out] == [f"[mixed-100x] {line}" for line in log]
+  shown.close()

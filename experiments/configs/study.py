@@ -36,10 +36,10 @@ a smoke test of the whole study in about a minute.
 import ml_collections
 
 from experiments.configs import digits
+from mmcompress import weighting
 
-WEIGHTINGS = ("equal", "uncertainty", "dwa", "minmax", "rlw", "famo", "gls", "db_mtl", "stch",
-              "mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
-              "fairgrad")
+# Every registered weighting, equal first (the baseline every method is paired with).
+WEIGHTINGS = ("equal",) + tuple(w for w in weighting.WEIGHTINGS if w != "equal")
 CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_disparse",
             "minmax+taylor_minmax")
 

@@ -1,0 +1,234 @@
+"""The study: its settings, its checks before compute, the dense references shared across
+sparsities, Holm's adjustment against a brute-force step-down, and the quick study end to end,
+killed with SIGKILL and rerun to the same leaderboard."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments.configs import study as study_config
+from mmcompress import leaderboard, study
+from mmcompress.weighting import WEIGHTINGS
+
+# The quick study made smaller still: a narrow MLP, a checkpoint every few steps.
+SMALL = ["--config=study:quick", "--config.model_kwargs.hidden=(32,)",
+         "--config.checkpoint_every_steps=5"]
+
+
+def test_the_study_runs_every_weighting_and_criterion():
+  config = study_config.get_config()
+  assert set(WEIGHTINGS) <= set(config.methods)
+  assert {m.partition("+")[2] for m in config.methods if "+" in m} == {
+      "taylor_mean", "taylor_max", "taylor_disparse", "taylor_minmax"}
+  assert len(config.seeds) == 10
+  assert [s.name for s in study.settings(config)] == [
+      "classify-40x", "classify-100x", "mixed-40x", "mixed-100x"]
+
+
+def test_a_setting_config_is_the_study_with_its_task_set_and_sparsity():
+  config = study_config.get_config("quick")
+  setting = study.settings(config)[3]
+  sub = study.setting_config(config, setting)
+  assert (tuple(sub.task_sets), sub.sparsity) == (("mixed",), 0.99)
+  assert "study" not in sub and sub.methods == config.methods and sub.seeds == config.seeds
+  with pytest.raises(AttributeError):  # locked, like every config
+    sub.new_field = 1
+
+
+@pytest.mark.parametrize("sparsity, text", [(0.975, "40x"), (0.99, "100x"), (0.5, "2x"),
+                                            (0.97, "33.3x")])
+def test_ratio_text(sparsity, text):
+  assert study.ratio_text(sparsity) == text
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("study.jobs", 0, "config.study.jobs"),
+    ("study.sparsities", (0.975, 0.975), "names one twice"),
+    ("study.sparsities", (1.5,), "config.study.sparsities"),
+    ("study.task_sets", (), "task_sets is empty"),
+    ("study.task_sets", ("nope",), "nope"),
+    ("methods", ("equal", "nope"), "nope"),
+])
+def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, message):
+  config = study_config.get_config("quick")
+  with config.unlocked():
+    *parents, leaf = field.split(".")
+    target = config
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    study.validate(config, str(tmp_path))
+  assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_setting_folder_of_another_run_is_refused(tmp_path):
+  config = study_config.get_config("quick")
+  (tmp_path / "mixed-100x").mkdir()
+  (tmp_path / "mixed-100x" / "config.json").write_text(json.dumps({"seeds": [5]}))
+  with pytest.raises(ValueError, match="mixed-100x holds a run with a different config"):
+    study.validate(config, str(tmp_path))
+
+
+def _finished_setting(root, seeds, methods):
+  """The folders of a finished quick setting on the seed axis, and a file in each."""
+  pieces = ["seeds/dense/pretrain/7"] + [f"seed{s}/dense" for s in seeds]
+  for method in methods:
+    pieces += [f"seeds/{method}/{stage}/3" for stage in ("reweight", "retrain")]
+    pieces += [f"seed{s}/{method}" for s in seeds]
+  for piece in pieces:
+    (root / piece).mkdir(parents=True)
+    (root / piece / "data").write_text(piece)
+  (root / "report.json").write_text("{}")
+
+
+def test_share_unpruned_copies_the_dense_references_and_the_stages_before_the_prune(tmp_path):
+  config = study.setting_config(study_config.get_config("quick"),
+                                study.Setting("classify-100x", "classify", 0.99))
+  assert study.unpruned_stages(config) == ("pretrain", "reweight")
+  source, target = tmp_path / "a", tmp_path / "b"
+  _finished_setting(source, config.seeds, config.methods)
+  # What a copy killed half-way leaves: one folder in place, one half-copied beside its place.
+  (target / "seed0" / "dense").mkdir(parents=True)
+  (target / "seed0" / "dense" / "data").write_text("kept")
+  (target / "seeds" / "minmax" / "reweight.copying").mkdir(parents=True)
+  assert study.share_unpruned(str(source), str(target), config)
+  copied = sorted(str(p.relative_to(target)) for p in target.rglob("data"))
+  expected = (["seed0/dense/data", "seed1/dense/data", "seeds/dense/pretrain/7/data"]
+              + [f"seeds/{m}/reweight/3/data" for m in config.methods])
+  assert copied == sorted(expected)
+  assert (target / "seed0" / "dense" / "data").read_text() == "kept"
+  assert (target / "seeds" / "minmax" / "reweight" / "3" / "data").read_text() == (
+      "seeds/minmax/reweight/3")
+  assert not list(target.rglob("*.copying"))
+
+
+def test_share_unpruned_waits_for_the_first_setting_to_finish(tmp_path):
+  config = study.setting_config(study_config.get_config("quick"),
+                                study.Setting("classify-100x", "classify", 0.99))
+  source, target = tmp_path / "a", tmp_path / "b"
+  _finished_setting(source, config.seeds, config.methods)
+  (source / "report.json").unlink()
+  assert not study.share_unpruned(str(source), str(target), config)
+  assert not target.exists()
+
+
+def test_dynamic_sparse_training_shares_only_the_dense_references():
+  config = study_config.get_config("quick")
+  with config.unlocked():
+    config.stages = ("sparse",)
+  assert study.unpruned_stages(config) == ()
+
+
+def _holm_by_steps(p_values, alpha):
+  """Holm's procedure itself at level `alpha`: reject in increasing order while
+  p_(i) <= alpha / (m - i), stop at the first that is not."""
+  order = sorted(p_values, key=lambda k: p_values[k])
+  rejected = set()
+  for i, key in enumerate(order):
+    if p_values[key] > alpha / (len(order) - i):
+      break
+    rejected.add(key)
+  return rejected
+
+
+def test_holm_adjusted_p_values_reject_exactly_what_the_step_down_rejects():
+  draw = np.random.default_rng(0)
+  for _ in range(50):
+    m = int(draw.integers(1, 12))
+    p_values = {f"m{i}": float(v) for i, v in enumerate(draw.uniform(0, 0.2, m))}
+    adjusted = leaderboard.holm(p_values)
+    for alpha in np.linspace(0.001, 0.3, 120):
+      assert {k for k, v in adjusted.items() if v <= alpha} == _holm_by_steps(p_values, alpha)
+  assert leaderboard.holm({"a": 0.04}) == {"a": 0.04}
+  assert leaderboard.holm({"a": 0.5, "b": 0.6, "c": 0.9}) == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def _command(workdir):
+  return [sys.executable, "-m", "experiments.study", f"--workdir={workdir}", *SMALL]
+
+
+def _environment():
+  return dict(os.environ, CI="true", JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module", name="quick_study")
+def fixture_quick_study(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("study")
+  done = subprocess.run(_command(workdir), cwd=workdir.parent, env=_environment(),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, done
+
+
+@pytest.mark.slow
+def test_the_quick_study_writes_one_leaderboard_over_four_settings(quick_study):
+  workdir, done = quick_study
+  board = json.loads((workdir / "leaderboard.json").read_text())
+  names = ["classify-40x", "classify-100x", "mixed-40x", "mixed-100x"]
+  assert board["order"]["settings"] == names and set(board["settings"]) == set(names)
+  for name in names:
+    report = json.loads((workdir / name / "report.json").read_text())
+    assert report["target_sparsity"] == board["settings_info"][name]["sparsity"]
+    rows = board["settings"][name]["methods"]
+    assert set(rows) == {"equal", "minmax", "minmax+taylor_max"}
+    for method, row in rows.items():
+      # The leaderboard's numbers are the setting's report's.
+      per_seed = [r["worst_task_retention"] for r in report["methods"][method]["per_seed"]]
+      assert row["worst_task_retention"][0] == pytest.approx(np.mean(per_seed))
+  # Both sparsities of a task set compare with the very same dense models, trained once.
+  for task_set in ("classify", "mixed"):
+    reports = [json.loads((workdir / f"{task_set}-{r}" / "report.json").read_text())
+               for r in ("40x", "100x")]
+    assert reports[0]["dense"] == reports[1]["dense"]
+    logs = [(workdir / f"{task_set}-{r}" / "progress.log").read_text() for r in ("40x", "100x")]
+    # Every epoch goes to the log: the first sparsity trained the references and the
+    # reweighting, the second read them back and trained only after its own prune.
+    for line in ("seed0/dense pretrain epoch", "seed1/minmax reweight epoch"):
+      assert line in logs[0] and line not in logs[1]
+    assert "seed1/minmax retrain  epoch" in logs[1]  # (stage names are padded to 8)
+    for method in ("equal", "minmax", "minmax+taylor_max"):
+      weights = [r["methods"][method]["task_weights"] for r in reports]
+      assert weights[0][:1] == weights[1][:1]  # the reweighting's first epoch, shared
+  markdown = (workdir / "report.md").read_text()
+  assert markdown.startswith("# Leaderboard")
+  assert "## Mean rank across settings" in markdown and "| minmax+taylor_max |" in markdown
+  assert "[mixed-100x/report.md](mixed-100x/report.md)" in markdown
+  assert (workdir / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "| minmax |" in done.stdout  # the leaderboard is printed at the end
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_study, tmp_path):
+  reference, _ = quick_study
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(_command(workdir), cwd=tmp_path, env=_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  started = workdir / "classify-40x" / "seeds" / "equal"  # the first method's checkpoints
+  deadline = time.time() + 300
+  while time.time() < deadline and not started.exists():
+    time.sleep(0.05)
+  time.sleep(random.Random().uniform(0.0, 4.0))
+  killed = process.poll() is None
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert killed, "the study finished before it could be killed; kill it sooner"
+  assert not (workdir / "leaderboard.json").exists()
+  # The task sets' processes died with the study: nothing writes in the workdir any more.
+  def listing():
+    return sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.exists())
+  before = listing()
+  time.sleep(2.0)
+  assert listing() == before
+  done = subprocess.run(_command(workdir), cwd=tmp_path, env=_environment(),
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (json.loads((workdir / "leaderboard.json").read_text())
+          == json.loads((reference / "leaderboard.json").read_text()))
+  assert (workdir / "report.md").read_text() == (reference / "report.md").read_text()
