@@ -158,7 +158,13 @@ def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) 
 
 def use_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache in `directory` for every program, however quick to
-  compile, unless JAX_COMPILATION_CACHE_DIR names one already (that one is kept)."""
+  compile, unless JAX_COMPILATION_CACHE_DIR is set (to a folder: that one is kept; empty: no
+  cache).
+
+  JAX writes an entry in place: a kill during the write leaves it cut short, and a rerun
+  then warns ("Error reading persistent compilation cache entry") and compiles that program
+  again; no number depends on the cache.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   if os.environ.get("JAX_COMPILATION_CACHE_DIR") is not None:
     return

@@ -1,11 +1,9 @@
-"""The main job end to end: the quick preset through the command line, killed and resumed."""
+"""The main job end to end: the quick preset through the command line (killed and resumed:
+tests/test_study.py, whose processes run this comparison)."""
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -97,33 +95,6 @@ def test_quick_preset_exports_models_at_the_target_sparsity(quick_run):
     assert size < dense_bytes / 8
     result = json.loads((workdir / "seed0" / name / "result.json").read_text())
     assert result["export"]["round_trip_exact"] and result["export"]["prunable_ratio"] >= 15
-
-
-def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_report(quick_run, tmp_path):
-  reference, _ = quick_run
-  workdir = tmp_path / "killed"
-  # The run to kill does without the session's compilation cache (conftest.py), as before it:
-  # it compiles, so it is still running when killed, and it never dies writing to the cache.
-  # The rerun reads the cache.
-  process = subprocess.Popen(command(workdir), cwd=workdir.parent,
-                             env=dict(environment(), JAX_COMPILATION_CACHE_DIR=""),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = workdir / "seeds" / "dense" / "pretrain"  # the quick preset trains on the seed axis
-  deadline = time.time() + 300
-  while time.time() < deadline and not (first.exists() and any(
-      p.name.isdigit() for p in first.iterdir())):
-    time.sleep(0.05)
-  time.sleep(random.Random().uniform(0.0, 6.0))
-  killed = process.poll() is None
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert killed, "the run finished before it could be killed; kill it sooner"
-  assert not (workdir / "report.json").exists()
-  done = subprocess.run(command(workdir), cwd=workdir.parent, env=environment(),
-                        capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert (json.loads((workdir / "report.json").read_text())
-          == json.loads((reference / "report.json").read_text()))
 
 
 def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
