@@ -219,7 +219,11 @@ def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_st
   # turns off the session's and the study's own): JAX writes an entry in place, and one cut
   # short would only cost the rerun a warning and a compilation, but other tests read the
   # session's cache too. The rerun reads it.
-  process = subprocess.Popen(_command(workdir), cwd=tmp_path,
+  # Its task sets at 40x only: two processes still, half the work. Each setting's comparison
+  # does not depend on the settings after it, so the uninterrupted reference is the quick
+  # study's 40x settings.
+  command = _command(workdir) + ["--config.study.sparsities=(0.975,)"]
+  process = subprocess.Popen(command, cwd=tmp_path,
                              env=dict(_environment(), JAX_COMPILATION_CACHE_DIR=""),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   started = workdir / "classify-40x" / "seeds" / "equal"  # the first method's checkpoints
@@ -238,14 +242,16 @@ def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_st
   before = listing()
   time.sleep(2.0)
   assert listing() == before
-  done = subprocess.run(_command(workdir), cwd=tmp_path, env=_environment(),
+  done = subprocess.run(command, cwd=tmp_path, env=_environment(),
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "| minmax+taylor_max |" in done.stdout  # the leaderboard is printed at the end
   # The task sets side by side, killed and resumed: what one process gave in one go.
-  assert (json.loads((workdir / "leaderboard.json").read_text())
-          == json.loads((reference / "leaderboard.json").read_text()))
-  assert (workdir / "report.md").read_text() == (reference / "report.md").read_text()
-  for setting in ("classify-40x", "classify-100x", "mixed-40x", "mixed-100x"):
-    assert (json.loads((workdir / setting / "report.json").read_text())
-            == json.loads((reference / setting / "report.json").read_text())), setting
+  reports = {}
+  for setting in ("classify-40x", "mixed-40x"):
+    reports[setting] = json.loads((reference / setting / "report.json").read_text())
+    assert json.loads((workdir / setting / "report.json").read_text()) == reports[setting]
+  expected = leaderboard.build(reports)
+  board = json.loads((workdir / "leaderboard.json").read_text())
+  assert {k: board[k] for k in expected} == json.loads(json.dumps(expected))
+  assert (workdir / "report.md").read_text() == leaderboard.to_markdown(board)
