@@ -77,39 +77,6 @@ def _quick_compiles() -> None:
     os.environ["XLA_FLAGS"] = QUICK_COMPILES
 
 
-def pytest_xdist_auto_num_workers(config):
-  """``-n auto``: one worker more than cores, on a machine of up to four cores.
-
-  Most of the suite's time is XLA compiling programs, on one thread, while a step runs on
-  all: two workers on two cores kept 1.4 of them busy on average (`time` of the slowest
-  files). PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set.
-  """
-  del config
-  if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-    return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  cores = cores or 1
-  return cores + 1 if cores <= 4 else cores
-
-
-# The files that take longest (seconds, measured with --durations on 2 cores), longest first.
-_LONGEST_FIRST = ("test_study.py", "test_scenes_problem.py", "test_paper_problems.py",
-                  "test_seed_axis.py", "test_multihost.py", "test_benchmark.py",
-                  "test_digits_experiment.py", "test_trainer.py", "test_mtan.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  """The longest files first, the rest in their usual order.
-
-  ``--dist loadfile`` hands whole files to the workers in collection order: a long file
-  collected last would run alone at the end while the other workers idle. Started first,
-  the long files run side by side and the many short ones fill in around them.
-  """
-  del session, config
-  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
-
-
 def pytest_unconfigure(config):
   del config
   for folder in _OWN_CACHE:
