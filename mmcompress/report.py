@@ -100,6 +100,12 @@ def _method_seed(result: records.RunResult, seed: Any, name: str, dense: Mapping
       "delta_m_one_metric": metrics_lib.delta_m(values, dense["metrics"],
                                                 {t: higher[t] for t in tasks}),
   }
+  if dense.get("val_metrics") is not None and set(tasks) <= set(result.val_metrics or ()):
+    # Model selection's figure (a study tunes its knobs by it): the worst task's retention
+    # on the validation split, over each task's one metric.
+    row["val_worst_task_retention"] = min(
+        metrics_lib.retention(float(result.val_metrics[t]), dense["val_metrics"][t], higher[t])
+        for t in tasks)
   for key in ("sparsity",) + _RATIOS:
     if getattr(result, key) is not None:
       row[key] = float(getattr(result, key))
@@ -486,9 +492,12 @@ def _dense_row(record: records.SeedRecord, inputs: records.ReportInputs) -> dict
   """A seed's dense model: its one metric and every metric of each task."""
   where = f"seed {record.seed!r}: dense"
   primary = record.dense.primary_metrics(inputs.tasks, where)
-  return {"seed": record.seed, "metrics": primary,
-          "task_metrics": record.dense.every_metric(primary, inputs.all_higher_is_better,
-                                                    inputs.metric_names, where)}
+  row = {"seed": record.seed, "metrics": primary,
+         "task_metrics": record.dense.every_metric(primary, inputs.all_higher_is_better,
+                                                   inputs.metric_names, where)}
+  if set(inputs.tasks) <= set(record.dense.val_metrics or ()):
+    row["val_metrics"] = {t: float(record.dense.val_metrics[t]) for t in inputs.tasks}
+  return row
 
 
 def _method_summary(name: str, per_seed: Sequence[records.SeedRecord],

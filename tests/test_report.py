@@ -89,6 +89,21 @@ def test_means_retentions_and_delta_m_by_hand():
   assert [r["sparsity"] for r in minmax["per_seed"]] == [0.974, 0.976, 0.975]
 
 
+def test_validation_worst_task_retention_by_hand():
+  per_seed = _per_seed()
+  per_seed[0]["dense"]["val_metrics"] = {"cls": 0.75, "depth": 0.5}
+  per_seed[0]["methods"]["equal"]["val_metrics"] = {"cls": 0.6, "depth": 0.8}   # 0.8, 0.625
+  per_seed[0]["methods"]["minmax"]["val_metrics"] = {"cls": 0.675, "depth": 0.4}  # 0.9, 1.25
+  report = _build(per_seed)
+  rows = {m: report["methods"][m]["per_seed"] for m in ("equal", "minmax")}
+  assert report["dense"]["per_seed"][0]["val_metrics"] == {"cls": 0.75, "depth": 0.5}
+  assert rows["equal"][0]["val_worst_task_retention"] == pytest.approx(0.625)
+  assert rows["minmax"][0]["val_worst_task_retention"] == pytest.approx(0.9)
+  # Seeds without validation metrics carry no validation figure.
+  assert "val_worst_task_retention" not in rows["equal"][1]
+  assert "val_metrics" not in report["dense"]["per_seed"][1]
+
+
 def test_paired_comparison_by_hand():
   comparison = _build()["comparison"]
   assert comparison["best_worst_task_retention"]["method"] == "minmax"

@@ -177,6 +177,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
     ({"task_scales": (1.0, -1.0, 1.0, 1.0)}, "task_scales"),
     ({"reweight.penalty": -1.0}, "penalty"),
     ({"optimizer.clip_norm": -1.0}, "optimizer.clip_norm"),
+    ({"optimizer.compress_clip_norm": -1.0}, "optimizer.compress_clip_norm"),
     ({"stages": ("pretrain", "finetune")}, "stage"),
     ({"stages": ("pretrain", "retrain")}, "'retrain' must follow \\['prune'\\]"),
     ({"stages": ("reweight", "prune", "retrain")}, "'reweight' must follow"),
@@ -348,3 +349,16 @@ def test_gradient_clipping_bounds_the_first_step(tiny_config):
   grads = {"w": np.full((4,), 10.0, np.float32)}
   updates, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_allclose(np.linalg.norm(updates["w"]), 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("stage, norm", [("pretrain", 2.0), ("reweight", 0.5),
+                                         ("retrain", 0.5), ("sparse", 0.5)])
+def test_the_compression_clip_replaces_the_clip_after_pretraining(tiny_config, stage, norm):
+  config = tiny_config(**{"optimizer.clip_norm": 2.0, "optimizer.compress_clip_norm": 0.5,
+                          "optimizer.weight_decay": 0.0, "optimizer.momentum": 0.0,
+                          "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0})
+  tx = comparison.stages_lib.base_optimizer(
+      comparison.stages_lib.stage_optimizer_config(stage, config), 10)
+  grads = {"w": np.full((4,), 10.0, np.float32)}
+  updates, _ = tx.update(grads, tx.init(grads))
+  np.testing.assert_allclose(np.linalg.norm(updates["w"]), norm, rtol=1e-6)

@@ -23,7 +23,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict({
       "name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
       "schedule": "cosine", "decay_every_epochs": 0, "decay_factor": 0.5,
-      "clip_norm": 0.0})            # > 0 clips the model's gradient by global norm
+      "clip_norm": 0.0,             # > 0 clips the model's gradient by global norm
+      "compress_clip_norm": 0.0})   # > 0: the stages after pretraining clip at this instead
   c.epochs = ml_collections.ConfigDict({"pretrain": 30, "reweight": 15, "retrain": 30,
                                         "sparse": 60})
   c.reweight = ml_collections.ConfigDict({"penalty": 1e-4, "eps": 1e-6,

@@ -84,16 +84,28 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
 
 def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
                            ) -> ml_collections.ConfigDict:
-  """``config.optimizer``, with the reweight stage's own learning rate and schedule when
-  ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100 code trains that stage
-  with its own rate) and ``config.reweight.schedule`` is set."""
+  """``config.optimizer`` as one stage uses it.
+
+  * Every stage after pretraining clips the gradient at ``optimizer.compress_clip_norm``
+    when it is > 0 (in place of ``clip_norm``): the compression stages can be clipped while
+    the dense model they start from is not (the study tunes this knob per method).
+  * The reweight stage takes its own learning rate and schedule when
+    ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100 code trains that stage
+    with its own rate) and ``config.reweight.schedule`` is set.
+  """
   rw = config.reweight
-  if stage != "reweight" or not (rw.learning_rate or rw.schedule):
+  compress_clip = _checks.non_negative(config.optimizer.get("compress_clip_norm", 0.0),
+                                       "optimizer.compress_clip_norm")
+  clip = stage != "pretrain" and compress_clip > 0
+  own = stage == "reweight" and (rw.learning_rate or rw.schedule)
+  if not (clip or own):
     return config.optimizer
   optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
-  if rw.learning_rate:
+  if clip:
+    optimizer.clip_norm = compress_clip
+  if own and rw.learning_rate:
     optimizer.learning_rate = _checks.positive(rw.learning_rate, "reweight.learning_rate")
-  if rw.schedule:
+  if own and rw.schedule:
     optimizer.schedule = _checks.one_of(rw.schedule, ("constant", "cosine", "step"),
                                         "reweight.schedule")
   return optimizer
