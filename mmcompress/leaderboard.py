@@ -18,6 +18,10 @@ by worst-task retention, with, per method:
 
 Across settings: each method's mean rank over the settings it ran in. `to_markdown` writes
 the leaderboard as a report, `plot` draws the paired differences from equal.
+
+`tune` chooses, per setting and method, among variants of the compression stages' training
+(the study's gradient-clip grid) by the validation split alone, and gives the one report
+`setting` then reads; the board records the choices under ``tuning``.
 """
 from __future__ import annotations
 
@@ -151,6 +155,60 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
           "order": {"settings": list(settings), "methods": order}}
 
 
+def _validation_mean(report: Mapping[str, Any], method: str, where: str) -> float:
+  """The mean over the report's seeds of the method's validation worst-task retention, a
+  diverged seed counting as 0 (as in every paired comparison)."""
+  by_seed = {row["seed"]: row for row in report["methods"][method]["per_seed"]}
+  values = []
+  for seed in report["seeds"]:
+    row = by_seed.get(seed)
+    if row is not None and "val_worst_task_retention" not in row:
+      raise ValueError(f"{where}: method {method!r}, seed {seed!r} has no validation figure "
+                       "(its report predates them); rerun the study to rewrite the reports.")
+    values.append(0.0 if row is None else row["val_worst_task_retention"])
+  return math.fsum(values) / len(values)
+
+
+def tune(variants: Mapping[str, Mapping[str, Any]], where: str = "the variants"
+         ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """One setting's report with each method's knob chosen on the validation split.
+
+  Args:
+    variants: variant name -> that variant's report of the setting (the same seeds, methods
+      and dense models: only the training of the compression stages differs), in the order
+      a tie is broken (the first wins).
+    where: names the setting in errors.
+
+  Returns:
+    ``(report, tuning)``: the first variant's report with each method's entry taken from the
+    variant of the highest mean validation worst-task retention over the seeds (a diverged
+    seed counts as 0; no test number takes part in the choice), and per method
+    ``{"chosen": variant, "validation": {variant: mean}}``.
+  """
+  names = list(variants)
+  if not names:
+    raise ValueError(f"{where}: no variant to choose from.")
+  first = variants[names[0]]
+  for name in names[1:]:
+    other = variants[name]
+    if list(other["seeds"]) != list(first["seeds"]) or set(other["methods"]) != set(
+        first["methods"]):
+      raise ValueError(f"{where}: variant {name!r} ran other seeds or methods than "
+                       f"{names[0]!r}; every variant must run the same ones.")
+    if other["dense"]["per_seed"] != first["dense"]["per_seed"]:
+      raise ValueError(f"{where}: variant {name!r} has another dense model than {names[0]!r}; "
+                       "the variants must share the dense reference (only the compression "
+                       "stages may differ).")
+  merged = dict(first, methods=dict(first["methods"]))
+  tuning = {}
+  for method in first["methods"]:
+    scores = {n: _validation_mean(variants[n], method, f"{where}, variant {n!r}") for n in names}
+    chosen = max(names, key=lambda n: (scores[n], -names.index(n)))
+    merged["methods"][method] = variants[chosen]["methods"][method]
+    tuning[method] = {"chosen": chosen, "validation": scores}
+  return merged, tuning
+
+
 def _verdict(pair: Mapping[str, Any] | None) -> str:
   """"better" / "worse" when the report's rule shows a difference and Holm's adjusted p is
   below `report.ALPHA` too; "—" otherwise."""
@@ -176,20 +234,26 @@ def _pair_cells(pair: Mapping[str, Any] | None) -> list[str]:
           f"{pair['p_value']:.3f} ({pair['p_holm']:.3f})", _verdict(pair)]
 
 
-def _setting_lines(name: str, board: Mapping[str, Any]) -> list[str]:
+def _setting_lines(name: str, board: Mapping[str, Any],
+                   tuning: Mapping[str, Any] | None = None,
+                   variants: Sequence[str] = ()) -> list[str]:
   rows = board["methods"]
   order = sorted(rows, key=lambda m: rows[m]["rank"])
   seeds = len(board["seeds"])
+  chosen = {m: t["chosen"] for m, t in (tuning or {}).items()}
+  reports = [f"[{v}{name}/report.md]({v}{name}/report.md)"
+             for v in ([f"{v}/" for v in variants] if variants else [""])]
   lines = [f"## {name}", "",
            f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
-           f"Full report: [{name}/report.md]({name}/report.md).", "",
+           f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}.", "",
            "| rank | method | worst-task retention [95 % CI] | Δm % [95 % CI] "
            "| − equal [95 % CI] | W/T/L | p (Holm) | vs equal "
            "| − best [95 % CI] | W/T/L | p (Holm) | vs best |",
            "|---:|---|---|---|---|---|---|---|---|---|---|---|"]
   for m in order:
     row = rows[m]
-    name_cell = m + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+    name_cell = (m + (f" ({chosen[m]})" if m in chosen else "")
+                 + (f" ({row['diverged']} diverged)" if row["diverged"] else ""))
     lines.append("| " + " | ".join(
         [f"{row['rank']:g}", name_cell, _ci(row["worst_task_retention"]),
          _ci(row["delta_m"], digits=2, signed=True)]
@@ -233,6 +297,31 @@ def to_markdown(board: Mapping[str, Any]) -> str:
                        _verdict(row["minus_equal"]), ""))
     lines.append(f"| {m} | {info['mean_rank']:.2f} | " + " | ".join(cells) + " |")
   lines += ["", "↑ / ↓: shown better / worse than equal in that setting (Holm-adjusted).", ""]
+  tuning = board.get("tuning")
+  if tuning:
+    lines += _tuning_lines(board) + [""]
   for n in names:
-    lines += _setting_lines(n, settings[n]) + [""]
+    lines += _setting_lines(n, settings[n], tuning and tuning[n],
+                            board.get("variants", ())) + [""]
   return "\n".join(lines)
+
+
+def _tuning_lines(board: Mapping[str, Any]) -> list[str]:
+  """The knob each method got in each setting, and the validation figures it was chosen by."""
+  names, tuning = board["order"]["settings"], board["tuning"]
+  lines = ["## Tuned on the validation split", "",
+           "Each method's compression stages ran once per variant below (the same dense "
+           "models, seeds and budget); per setting, each method keeps the variant of the "
+           "highest mean validation worst-task retention over its seeds (a diverged seed "
+           "counts as 0; a tie goes to the first variant), and every test number above is "
+           "that variant's. Cells: the chosen variant, then the validation means of "
+           + ", ".join(board["variants"]) + ".",
+           "", "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for m in board["order"]["methods"]:
+    cells = []
+    for n in names:
+      t = tuning[n].get(m)
+      cells.append("—" if t is None else f"**{t['chosen']}** (" + ", ".join(
+          f"{t['validation'][v]:.3f}" for v in board["variants"]) + ")")
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  return lines

@@ -86,15 +86,44 @@ def _validate_study(config: ml_collections.ConfigDict) -> None:
   for s in study.sparsities:
     _checks.sparsity(s, "config.study.sparsities")
   _checks.positive_int(study.jobs, "config.study.jobs")
+  clips = tuple(study.get("compress_clip_norms", ()))
+  for value in clips:
+    _checks.non_negative(value, "config.study.compress_clip_norms")
+  if len(set(float(v) for v in clips)) != len(clips):
+    raise ValueError(f"config.study.compress_clip_norms names one twice: {clips}.")
+  if clips and config.optimizer.compress_clip_norm:
+    raise ValueError("config.study.compress_clip_norms tunes optimizer.compress_clip_norm: "
+                     "leave --config.optimizer.compress_clip_norm at 0, or set "
+                     "--config.study.compress_clip_norms=() to use it for every method.")
+
+
+def variants(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+  """The variants a study tunes over, as ``(folder, clip)``: one per value of
+  ``config.study.compress_clip_norms`` (``clip-0`` is no clipping); none when it is empty."""
+  return [(f"clip-{float(v):g}", float(v)) for v in config.study.get("compress_clip_norms", ())]
+
+
+def variant_config(config: ml_collections.ConfigDict,
+                   clip: float) -> ml_collections.ConfigDict:
+  """The study of one variant: the compression stages clipped at `clip` (0: not clipped),
+  nothing left to tune, and the compilation cache left to the study that holds it."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.optimizer.compress_clip_norm = clip
+  out.study.compress_clip_norms = ()
+  out.study.compilation_cache = False
+  out.lock()
+  return out
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
   """Checks the study and every setting's config, and that no folder holds another run;
   raises a `UserError` naming what to change. Returns the settings."""
   _validate_study(config)
-  digits = problems.get("digits")
   found = settings(config)
-  for setting in found:
+  for name, clip in variants(config):
+    validate(variant_config(config, clip), os.path.join(workdir, name))
+  digits = problems.get("digits")
+  for setting in found if not variants(config) else ():
     sub = setting_config(config, setting)
     comparison.validate(sub)
     digits.validate_config(sub)
@@ -115,26 +144,33 @@ def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return stages[:cut]
 
 
-def _unpruned_pieces(config: ml_collections.ConfigDict) -> list[str]:
-  """The folders (relative to a setting's workdir) that hold what does not depend on the
-  sparsity: each seed's dense reference, and each method's stages before the prune, in both
+def _pretrained_pieces(config: ml_collections.ConfigDict) -> list[str]:
+  """The folders (relative to a setting's workdir) of what precedes compression: each seed's
+  dense reference, and each method's pretraining when the methods do not share it, in both
   checkpoint layouts (one seed at a time: ``seed<s>/<run>``; the seed axis: ``seeds/<run>``).
   """
-  methods_run_pretrain = not (config.share_pretraining and config.stages[0] == "pretrain")
-  stages = [s for s in unpruned_stages(config) if s != "pretrain" or methods_run_pretrain]
   pieces = ["seeds/dense"] + [f"seed{s}/dense" for s in config.seeds]
+  if not (config.share_pretraining and config.stages[0] == "pretrain"):
+    pieces += _method_pieces(config, [s for s in config.stages if s == "pretrain"])
+  return pieces
+
+
+def _method_pieces(config: ml_collections.ConfigDict, stages: list[str]) -> list[str]:
+  pieces = []
   for method in config.methods:
     for stage in stages:
       pieces += [f"seeds/{method}/{stage}"] + [f"seed{s}/{method}/{stage}" for s in config.seeds]
   return pieces
 
 
-def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) -> bool:
-  """Copies what a finished setting trained before any pruning into another setting's folder.
+def _unpruned_pieces(config: ml_collections.ConfigDict) -> list[str]:
+  """`_pretrained_pieces`, and each method's stages after pretraining and before the prune."""
+  return _pretrained_pieces(config) + _method_pieces(
+      config, [s for s in unpruned_stages(config) if s != "pretrain"])
 
-  Two settings of one task set differ only in the sparsity, so their dense references and
-  each method's stages before the prune (`unpruned_stages`) are the same computation; the
-  target resumes them from the copied checkpoints and records instead of training them again.
+
+def share(source: str, target: str, pieces: list[str]) -> bool:
+  """Copies the folders `pieces` of a finished setting into another setting's folder.
 
   Each folder is copied beside its place and renamed into it, so a copy interrupted by a
   kill leaves whole folders or none; a rerun copies what is missing. Folders `target`
@@ -145,7 +181,7 @@ def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) 
   """
   if not os.path.exists(os.path.join(source, "report.json")):
     return False
-  for piece in _unpruned_pieces(config):
+  for piece in pieces:
     origin, destination = os.path.join(source, piece), os.path.join(target, piece)
     if not os.path.isdir(origin) or os.path.exists(destination):
       continue
@@ -154,6 +190,17 @@ def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) 
     shutil.copytree(origin, partial)
     os.rename(partial, destination)
   return True
+
+
+def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) -> bool:
+  """Copies what a finished setting trained before any pruning into another setting's folder
+  (`share`).
+
+  Two settings of one task set differ only in the sparsity, so their dense references and
+  each method's stages before the prune (`unpruned_stages`) are the same computation; the
+  target resumes them from the copied checkpoints and records instead of training them again.
+  """
+  return share(source, target, _unpruned_pieces(config))
 
 
 def use_compilation_cache(directory: str) -> None:
@@ -173,21 +220,45 @@ def use_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
+def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str,
+                 dense_from: str | None = None, label: str = "") -> None:
   """Every sparsity of one task set, in order; the later ones share what the first one
-  trained before pruning (`share_unpruned`)."""
+  trained before pruning (`share_unpruned`). A study that tunes runs every variant in turn,
+  each in ``<workdir>/<variant>/``, the later ones from the first one's dense models.
+
+  Args:
+    config: the study.
+    workdir: the study's folder.
+    task_set: the task set to run.
+    dense_from: a study folder whose settings of this task set hold the dense models to
+      start from (`share` of `_pretrained_pieces`), or None.
+    label: put before each setting's name in the progress lines.
+  """
   if config.study.compilation_cache:
     use_compilation_cache(os.path.join(workdir, "jax_cache"))
+  if variants(config):
+    first_variant = None
+    for name, clip in variants(config):
+      folder = os.path.join(workdir, name)
+      run_task_set(variant_config(config, clip), folder, task_set,
+                   dense_from=first_variant, label=f"{label}{name}/")
+      first_variant = first_variant or folder
+    return
   first = None
   for setting in settings(config):
     if setting.task_set != task_set:
       continue
     folder = os.path.join(workdir, setting.name)
+    sub = setting_config(config, setting)
     if first is not None:
       os.makedirs(folder, exist_ok=True)
-      share_unpruned(first, folder, setting_config(config, setting))
-    comparison.run_digits(setting_config(config, setting), folder, label=setting.name,
-                          print_report=False)
+      share_unpruned(first, folder, sub)
+    elif dense_from is not None:
+      os.makedirs(folder, exist_ok=True)
+      if not share(os.path.join(dense_from, setting.name), folder, _pretrained_pieces(sub)):
+        raise RuntimeError(f"{dense_from}/{setting.name} has not finished: the variants after "
+                           "the first start from its dense models.")
+    comparison.run_digits(sub, folder, label=label + setting.name, print_report=False)
     first = first or folder
 
 
@@ -244,24 +315,17 @@ def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
                        "(their messages are above); rerun the same command to resume.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool = True
-        ) -> dict[str, Any]:
-  """Runs (or resumes) the whole study in `workdir` and returns its leaderboard.
-
-  Args:
-    config: see ``experiments/configs/study.py``.
-    workdir: one folder per setting, and the leaderboard at the top.
-    print_report: print the leaderboard's Markdown at the end.
-  """
-  started = time.monotonic()
-  found = validate(config, workdir)
-  comparison.check_workdir(config, workdir)
-  _run_task_sets(config, workdir)
+def _read_reports(workdir: str, found: list[Setting]) -> dict[str, Any]:
   reports = {}
   for setting in found:
     with open(os.path.join(workdir, setting.name, "report.json")) as f:
       reports[setting.name] = json.load(f)
-  board = leaderboard.build(reports)
+  return reports
+
+
+def _write_board(board: dict[str, Any], found: list[Setting], workdir: str) -> str:
+  """Writes a leaderboard's ``leaderboard.json``, ``report.md`` and ``leaderboard.png`` into
+  `workdir`; returns the Markdown."""
   board["settings_info"] = {s.name: {"task_set": s.task_set, "sparsity": s.sparsity,
                                      "ratio": ratio_text(s.sparsity)} for s in found}
   _files.write_json_atomically(os.path.join(workdir, "leaderboard.json"), board)
@@ -269,6 +333,44 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool =
   _files.write_atomically(os.path.join(workdir, "report.md"),
                           lambda f: f.write(markdown.encode("utf-8")))
   plots.plot_leaderboard(board, os.path.join(workdir, "leaderboard.png"))
+  return markdown
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool = True
+        ) -> dict[str, Any]:
+  """Runs (or resumes) the whole study in `workdir` and returns its leaderboard.
+
+  A study that tunes (``config.study.compress_clip_norms``) writes each variant's own
+  leaderboard in ``<workdir>/<variant>/`` and, at the top, the leaderboard of each method's
+  variant chosen on the validation split (`leaderboard.tune`).
+
+  Args:
+    config: see ``experiments/configs/study.py``.
+    workdir: one folder per setting (per variant and setting when it tunes), and the
+      leaderboard at the top.
+    print_report: print the leaderboard's Markdown at the end.
+  """
+  started = time.monotonic()
+  found = validate(config, workdir)
+  comparison.check_workdir(config, workdir)
+  for name, clip in variants(config):
+    comparison.check_workdir(variant_config(config, clip), os.path.join(workdir, name))
+  _run_task_sets(config, workdir)
+  if variants(config):
+    names = [name for name, _ in variants(config)]
+    by_variant = {}
+    for name in names:
+      by_variant[name] = _read_reports(os.path.join(workdir, name), found)
+      _write_board(leaderboard.build(by_variant[name]), found, os.path.join(workdir, name))
+    reports, tuning = {}, {}
+    for setting in found:
+      reports[setting.name], tuning[setting.name] = leaderboard.tune(
+          {name: by_variant[name][setting.name] for name in names}, where=setting.name)
+    board = leaderboard.build(reports)
+    board["variants"], board["tuning"] = names, tuning
+  else:
+    board = leaderboard.build(_read_reports(workdir, found))
+  markdown = _write_board(board, found, workdir)
   if print_report:
     print(markdown, flush=True)
     print(f"(this call took {progress.duration(time.monotonic() - started)}; a call that "

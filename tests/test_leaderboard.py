@@ -80,3 +80,48 @@ def test_the_mean_rank_is_over_the_settings_a_method_ran_in():
   assert list(board["settings"]) == ["one", "two"] == board["order"]["settings"]
   assert board["order"]["methods"] == ["equal", "a", "b"]
   json.dumps(board)  # plain JSON
+
+
+def _with_validation(report, validation):
+  """`report` with each method's per-seed validation worst-task retention set."""
+  for name, values in validation.items():
+    rows = {r["seed"]: r for r in report["methods"][name]["per_seed"]}
+    for seed, value in zip(report["seeds"], values):
+      if seed in rows:
+        rows[seed]["val_worst_task_retention"] = value
+  return report
+
+
+def test_tuning_keeps_each_methods_variant_of_the_best_validation_mean():
+  seeds = (0, 1, 2)
+  plain = _with_validation(
+      _report({"equal": [0.9, 0.9, 0.9], "a": [0.8, 0.8, 0.8], "b": [0.7, 0.7, 0.7]}, seeds),
+      {"equal": [0.9, 0.9, 0.9], "a": [0.8, 0.8, 0.8], "b": [0.70, 0.70, 0.70]})
+  clipped = _with_validation(
+      # a: better on validation by the mean, worse on test (the test numbers must not
+      # decide); equal: a tie (the first variant keeps it); b: one diverged seed counts as 0.
+      _report({"equal": [0.5, 0.5, 0.5], "a": [0.6, 0.6, 0.6], "b": [0.99, None, 0.99]}, seeds),
+      {"equal": [0.9, 0.9, 0.9], "a": [0.85, 0.75, 0.95], "b": [0.99, None, 0.99]})
+  report, tuning = leaderboard.tune({"clip-0": plain, "clip-1": clipped})
+  assert {m: t["chosen"] for m, t in tuning.items()} == {
+      "equal": "clip-0", "a": "clip-1", "b": "clip-0"}
+  assert tuning["a"]["validation"] == pytest.approx({"clip-0": 0.8, "clip-1": 0.85})
+  assert tuning["b"]["validation"] == pytest.approx({"clip-0": 0.7, "clip-1": 1.98 / 3})
+  assert report["methods"]["a"] is clipped["methods"]["a"]
+  assert report["methods"]["equal"] is plain["methods"]["equal"]
+  assert report["dense"] is plain["dense"] and report["seeds"] == [0, 1, 2]
+  board = leaderboard.setting(report)
+  assert board["methods"]["a"]["worst_task_retention"][0] == pytest.approx(0.6)
+
+
+def test_tuning_refuses_variants_that_cannot_be_compared():
+  seeds = (0, 1)
+  one = _with_validation(_report({"equal": [0.9, 0.9]}, seeds), {"equal": [0.9, 0.9]})
+  other_dense = _with_validation(_report({"equal": [0.9, 0.9]}, seeds), {"equal": [0.9, 0.9]})
+  other_dense["dense"]["per_seed"][1]["metrics"]["t"] = 0.99
+  with pytest.raises(ValueError, match="another dense model"):
+    leaderboard.tune({"clip-0": one, "clip-1": other_dense}, where="mixed-40x")
+  with pytest.raises(ValueError, match="other seeds or methods"):
+    leaderboard.tune({"clip-0": one, "clip-1": _report({"equal": [0.9]}, (0,))})
+  with pytest.raises(ValueError, match="no validation figure"):
+    leaderboard.tune({"clip-0": _report({"equal": [0.9, 0.9]}, seeds), "clip-1": one})

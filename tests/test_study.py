@@ -56,10 +56,14 @@ def test_ratio_text(sparsity, text):
     ("study.task_sets", (), "task_sets is empty"),
     ("study.task_sets", ("nope",), "nope"),
     ("methods", ("equal", "nope"), "nope"),
+    ("study.compress_clip_norms", (1.0, 1.0), "names one twice"),
+    ("study.compress_clip_norms", (0.0, -1.0), "compress_clip_norms"),
+    ("optimizer.compress_clip_norm", 1.0, "leave --config.optimizer.compress_clip_norm at 0"),
 ])
 def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, message):
   config = study_config.get_config("quick")
   with config.unlocked():
+    config.study.compress_clip_norms = (0.0, 1.0)
     *parents, leaf = field.split(".")
     target = config
     for p in parents:
@@ -255,3 +259,52 @@ def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_st
   board = json.loads((workdir / "leaderboard.json").read_text())
   assert {k: board[k] for k in expected} == json.loads(json.dumps(expected))
   assert (workdir / "report.md").read_text() == leaderboard.to_markdown(board)
+
+
+@pytest.mark.slow
+def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_path):
+  config = study_config.get_config("quick")
+  with config.unlocked():
+    config.model_kwargs.hidden = (32,)
+    config.checkpoint_every_steps = 5
+    config.study.update(task_sets=("mixed",), sparsities=(0.975,), jobs=1,
+                        compress_clip_norms=(0.0, 0.5))
+  board = study.run(config, str(tmp_path), print_report=False)
+  assert board["variants"] == ["clip-0", "clip-0.5"]
+  reports = {v: json.loads((tmp_path / v / "mixed-40x" / "report.json").read_text())
+             for v in board["variants"]}
+  # One dense model per seed, trained by the first variant; the second starts from a copy.
+  assert reports["clip-0"]["dense"] == reports["clip-0.5"]["dense"]
+  logs = {v: (tmp_path / v / "mixed-40x" / "progress.log").read_text() for v in reports}
+  assert "seed0/dense pretrain epoch" in logs["clip-0"]
+  assert "seed0/dense pretrain epoch" not in logs["clip-0.5"]
+  assert "seed0/equal retrain  epoch" in logs["clip-0.5"]
+  # The clip changes the compression stages' training.
+  assert any(reports["clip-0"]["methods"][m]["metrics"] != reports["clip-0.5"]["methods"][m]
+             ["metrics"] for m in config.methods)
+  for method in config.methods:
+    # The choice, recomputed from the runs' own validation metrics on disk.
+    validation = {}
+    for v in board["variants"]:
+      per_seed = []
+      for seed in config.seeds:
+        folder = tmp_path / v / "mixed-40x" / f"seed{seed}"
+        dense = json.loads((folder / "dense" / "result.json").read_text())["val_metrics"]
+        run = json.loads((folder / method / "result.json").read_text())["val_metrics"]
+        per_seed.append(min(run[t] / dense[t] if t != "ink" else dense[t] / run[t]
+                            for t in ("digit", "parity", "ink")))
+      validation[v] = float(np.mean(per_seed))
+    tuning = board["tuning"]["mixed-40x"][method]
+    assert tuning["validation"] == pytest.approx(validation)
+    chosen = max(board["variants"], key=lambda v: (validation[v], v == "clip-0"))
+    assert tuning["chosen"] == chosen
+    # The leaderboard's test numbers are the chosen variant's.
+    per_seed = [r["worst_task_retention"]
+                for r in reports[chosen]["methods"][method]["per_seed"]]
+    row = board["settings"]["mixed-40x"]["methods"][method]
+    assert row["worst_task_retention"][0] == pytest.approx(np.mean(per_seed))
+  for v in board["variants"]:  # each variant keeps its own leaderboard
+    assert (tmp_path / v / "report.md").read_text().startswith("# Leaderboard")
+  markdown = (tmp_path / "report.md").read_text()
+  assert "## Tuned on the validation split" in markdown
+  assert "[clip-0.5/mixed-40x/report.md](clip-0.5/mixed-40x/report.md)" in markdown

@@ -60,14 +60,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       "sparsities": (0.975, 0.99),  # 40x and 100x of the prunable weights
       "jobs": 2,
       "compilation_cache": True,
+      "compress_clip_norms": (),
   })
-  if preset == "quick":
+  if preset == "tuned":
+    c.study.compress_clip_norms = (0.0, 1.0)
+  elif preset == "quick":
     c.seeds = (0, 1)
     c.methods = ("equal", "minmax+taylor_max")
     c.epochs = ml_collections.ConfigDict({"pretrain": 2, "reweight": 1, "retrain": 2,
                                           "sparse": 2})
     c.checkpoint_every_steps = 10
   elif preset:
-    raise ValueError(f"unknown preset {preset!r}: use '' or 'quick'.")
+    raise ValueError(f"unknown preset {preset!r}: use '', 'tuned' or 'quick'.")
   c.lock()
   return c
