@@ -17,6 +17,11 @@ across the settings (`mmcompress.leaderboard`) into ``<workdir>/report.md``,
   instead of training it again: the same numbers, a third less training at 100x.
 * **Resuming**: rerunning the same command resumes every setting where it stopped (each
   comparison resumes from its checkpoints and finished runs) and writes the same leaderboard.
+* **Tuning** (``config.study.compress_clip_norms``): the study runs once per gradient clip
+  of the compression stages, in ``<workdir>/clip-<value>/``, the later variants from copies
+  of the first one's dense models; the leaderboard at the top keeps, per setting and method,
+  the variant chosen on the validation split (`leaderboard.tune`), and each variant's own
+  leaderboard stays in its folder.
 * ``config.study.compilation_cache`` keeps JAX's compiled programs in
   ``<workdir>/jax_cache``: the sparsities of a task set compile the same programs, and a
   rerun reads them back (an environment that already names a cache, JAX_COMPILATION_CACHE_DIR,

@@ -30,7 +30,16 @@ sparsity (`mmcompress.study`).
   order, the later ones from what the first trained before its prune); 1 runs everything
   in this process;
 * ``compilation_cache``: keep JAX's compiled programs in ``<workdir>/jax_cache`` (the two
-  sparsities of a task set compile the same programs; a rerun after a kill compiles nothing).
+  sparsities of a task set compile the same programs; a rerun after a kill compiles nothing);
+* ``compress_clip_norms``: empty, or the gradient clips (0: none) to tune every method's
+  compression stages over. The study then runs once per value, in ``<workdir>/clip-<value>/``
+  (the dense models trained once, by the first, and copied to the others: only the stages
+  after pretraining are clipped, ``optimizer.compress_clip_norm``), and its leaderboard keeps,
+  per setting and method, the value of the best mean validation worst-task retention
+  (`mmcompress.leaderboard.tune`), the same grid and budget for every method.
+
+Preset ``tuned``: ``compress_clip_norms = (0.0, 1.0)``, no clip or a clip at global norm 1
+(what Nash-MTL's and FairGrad's authors clip their direction to).
 
 Preset ``quick``: 2 seeds, 2 methods (equal, and min-max with task-aware masks), 1-2 epochs per stage, both task sets and sparsities:
 a smoke test of the whole study in under a minute.
