@@ -502,10 +502,13 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   for field in ("seed_axis", "seed_sharded"):
     if field not in saved and current.get(field) is False:
       saved[field] = False
-  # Nor a missing compression-stage clip when the current one is off, as it was everywhere.
-  if (current.get("optimizer", {}).get("compress_clip_norm") == 0.0
-      and "compress_clip_norm" not in saved.get("optimizer", {"compress_clip_norm": 0.0})):
-    saved["optimizer"]["compress_clip_norm"] = 0.0
+  # Nor a missing compression-stage clip, or a study's missing clip grid, when the current
+  # one is off, as everything recorded before them was.
+  for section, field, off in (("optimizer", "compress_clip_norm", 0.0),
+                              ("study", "compress_clip_norms", [])):
+    if (isinstance(saved.get(section), dict) and field not in saved[section]
+        and current.get(section, {}).get(field) == off):
+      saved[section][field] = off
   # Nor how the progress is printed.
   saved["epoch_lines"] = current.get("epoch_lines")
   saved["quiet"] = current.get("quiet")

@@ -182,7 +182,9 @@ def tune(variants: Mapping[str, Mapping[str, Any]], where: str = "the variants"
   Returns:
     ``(report, tuning)``: the first variant's report with each method's entry taken from the
     variant of the highest mean validation worst-task retention over the seeds (a diverged
-    seed counts as 0; no test number takes part in the choice), and per method
+    seed counts as 0; no test number takes part in the choice; computed on each task's one
+    metric, as model selection is, which is the task's only metric on MultiDigits), and per
+    method
     ``{"chosen": variant, "validation": {variant: mean}}``.
   """
   names = list(variants)

@@ -103,9 +103,12 @@ def _method_seed(result: records.RunResult, seed: Any, name: str, dense: Mapping
   if dense.get("val_metrics") is not None and set(tasks) <= set(result.val_metrics or ()):
     # Model selection's figure (a study tunes its knobs by it): the worst task's retention
     # on the validation split, over each task's one metric.
-    row["val_worst_task_retention"] = min(
-        metrics_lib.retention(float(result.val_metrics[t]), dense["val_metrics"][t], higher[t])
-        for t in tasks)
+    try:
+      row["val_worst_task_retention"] = min(
+          metrics_lib.retention(float(result.val_metrics[t]), dense["val_metrics"][t],
+                                higher[t]) for t in tasks)
+    except ValueError as e:
+      raise ValueError(f"{where}, validation: {e}") from None
   for key in ("sparsity",) + _RATIOS:
     if getattr(result, key) is not None:
       row[key] = float(getattr(result, key))

@@ -94,12 +94,13 @@ def _validate_study(config: ml_collections.ConfigDict) -> None:
   clips = tuple(study.get("compress_clip_norms", ()))
   for value in clips:
     _checks.non_negative(value, "config.study.compress_clip_norms")
-  if len(set(float(v) for v in clips)) != len(clips):
+  if len({name for name, _ in variants(config)}) != len(clips):
     raise ValueError(f"config.study.compress_clip_norms names one twice: {clips}.")
-  if clips and config.optimizer.compress_clip_norm:
-    raise ValueError("config.study.compress_clip_norms tunes optimizer.compress_clip_norm: "
-                     "leave --config.optimizer.compress_clip_norm at 0, or set "
-                     "--config.study.compress_clip_norms=() to use it for every method.")
+  if clips and (config.optimizer.compress_clip_norm or config.optimizer.clip_norm):
+    raise ValueError("config.study.compress_clip_norms tunes the compression stages' clip "
+                     "(clip-0: none): leave --config.optimizer.clip_norm and "
+                     "--config.optimizer.compress_clip_norm at 0, or set "
+                     "--config.study.compress_clip_norms=() to clip every method alike.")
 
 
 def variants(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
@@ -321,6 +322,7 @@ def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _read_reports(workdir: str, found: list[Setting]) -> dict[str, Any]:
+  """Each setting's ``report.json`` in `workdir`, by setting name."""
   reports = {}
   for setting in found:
     with open(os.path.join(workdir, setting.name, "report.json")) as f:
@@ -361,8 +363,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool =
   for name, clip in variants(config):
     comparison.check_workdir(variant_config(config, clip), os.path.join(workdir, name))
   _run_task_sets(config, workdir)
-  if variants(config):
-    names = [name for name, _ in variants(config)]
+  names = [name for name, _ in variants(config)]
+  if names:
     by_variant = {}
     for name in names:
       by_variant[name] = _read_reports(os.path.join(workdir, name), found)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import study as study_config
-from mmcompress import leaderboard, study
+from mmcompress import comparison, leaderboard, study
 from mmcompress.weighting import WEIGHTINGS
 
 # The quick study made smaller still: a narrow MLP, a checkpoint every few steps.
@@ -57,8 +57,10 @@ def test_ratio_text(sparsity, text):
     ("study.task_sets", ("nope",), "nope"),
     ("methods", ("equal", "nope"), "nope"),
     ("study.compress_clip_norms", (1.0, 1.0), "names one twice"),
-    ("study.compress_clip_norms", (0.0, -1.0), "compress_clip_norms"),
-    ("optimizer.compress_clip_norm", 1.0, "leave --config.optimizer.compress_clip_norm at 0"),
+    ("study.compress_clip_norms", (0.0, -1.0), "compress_clip_norms must be a finite number >= 0"),
+    ("study.compress_clip_norms", (1e-7, 1.00000001e-7), "names one twice"),  # one folder
+    ("optimizer.compress_clip_norm", 1.0, "leave --config.optimizer.clip_norm and"),
+    ("optimizer.clip_norm", 1.0, "leave --config.optimizer.clip_norm and"),
 ])
 def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, message):
   config = study_config.get_config("quick")
@@ -72,6 +74,34 @@ def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, messa
   with pytest.raises(ValueError, match=message):
     study.validate(config, str(tmp_path))
   assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_study_recorded_before_the_clip_grid_still_resumes(tmp_path):
+  config = study_config.get_config("quick")
+  comparison.check_workdir(config, str(tmp_path))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["study"]["compress_clip_norms"], saved["optimizer"]["compress_clip_norm"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  study.validate(config, str(tmp_path))  # the same study: it resumes
+  with config.unlocked():
+    config.study.compress_clip_norms = (0.0, 1.0)
+  with pytest.raises(ValueError, match="different config"):
+    study.validate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("seed_axis, share_pretraining", [(True, True), (False, False)])
+def test_the_variants_share_what_precedes_compression(seed_axis, share_pretraining):
+  config = study_config.get_config("quick")
+  with config.unlocked():
+    config.seed_axis, config.share_pretraining = seed_axis, share_pretraining
+  setting = study.setting_config(config, study.settings(config)[0])
+  pieces = set(study._pretrained_pieces(setting))  # pylint: disable=protected-access
+  dense = {"seeds/dense", "seed0/dense", "seed1/dense"}
+  pretrain = {f"{layout}/{m}/pretrain" for layout in ("seeds", "seed0", "seed1")
+              for m in config.methods}
+  # Each method's own pretraining (unclipped in every variant) when they do not share one;
+  # never a stage after it (those are what the variants clip).
+  assert pieces == (dense if share_pretraining else dense | pretrain)
 
 
 def test_a_setting_folder_of_another_run_is_refused(tmp_path):
@@ -308,4 +338,8 @@ def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_pat
     assert (tmp_path / v / "report.md").read_text().startswith("# Leaderboard")
   markdown = (tmp_path / "report.md").read_text()
   assert "## Tuned on the validation split" in markdown
+  chosen = board["tuning"]["mixed-40x"]["equal"]["chosen"]
+  figures = ", ".join(f"{v:.3f}" for v in validation.values())
+  assert f"| equal | **{chosen}** ({figures}) |" in markdown
+  assert f"| equal ({chosen}) |" in markdown
   assert "[clip-0.5/mixed-40x/report.md](clip-0.5/mixed-40x/report.md)" in markdown

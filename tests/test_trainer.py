@@ -242,6 +242,22 @@ def test_a_workdir_recorded_before_a_weighting_was_added_still_resumes(tmp_path,
     comparison.check_workdir(tiny_config(), str(tmp_path))
 
 
+def test_a_workdir_recorded_before_the_compression_clip_still_resumes(tmp_path, tiny_config):
+  comparison.check_workdir(tiny_config(), str(tmp_path))
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["optimizer"]["compress_clip_norm"]  # as written before the field existed
+  path.write_text(json.dumps(saved))
+  comparison.check_workdir(tiny_config(), str(tmp_path))  # resumes with the clip off
+  with pytest.raises(ValueError, match="different config"):  # not with the clip on
+    comparison.check_workdir(tiny_config(**{"optimizer.compress_clip_norm": 1.0}),
+                             str(tmp_path))
+  del saved["optimizer"]  # a missing section is still a difference
+  path.write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="different config"):
+    comparison.check_workdir(tiny_config(), str(tmp_path))
+
+
 @pytest.mark.slow
 def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch, tiny_config):
   # No reweighting stage: what a divergence leaves in the report does not depend on it.
