@@ -33,6 +33,16 @@ def test_the_study_runs_every_weighting_and_criterion():
       "classify-40x", "classify-100x", "mixed-40x", "mixed-100x"]
 
 
+def test_the_tuned_preset_is_the_study_over_no_clip_and_a_clip_at_norm_1(tmp_path):
+  config = study_config.get_config("tuned")
+  assert study.variants(config) == [("clip-0", 0.0), ("clip-1", 1.0)]
+  assert config.optimizer.clip_norm == 0.0 and config.optimizer.compress_clip_norm == 0.0
+  assert len(study.validate(config, str(tmp_path))) == 4  # every variant's settings check
+  variant = study.variant_config(config, 1.0)
+  assert variant.optimizer.compress_clip_norm == 1.0 and not study.variants(variant)
+  assert variant.methods == config.methods and variant.seeds == config.seeds
+
+
 def test_a_setting_config_is_the_study_with_its_task_set_and_sparsity():
   config = study_config.get_config("quick")
   setting = study.settings(config)[3]
