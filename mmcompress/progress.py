@@ -25,9 +25,7 @@ from mmcompress.train import loop, stages as stages_lib
 
 def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
   """Run name -> {training stage: epochs} for every run a comparison of `config` trains."""
-  shared = config.share_pretraining and config.stages[0] == "pretrain"
-  method_stages = {s: int(config.epochs[s]) for s in config.stages
-                   if s in stages_lib.TRAINING_STAGES and not (shared and s == "pretrain")}
+  method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(config)}
   plan = {}
   for seed in config.seeds:
     plan[f"seed{seed}/dense"] = {"pretrain": int(config.epochs.pretrain)}

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
+from mmcompress.train import stages as stages_lib
 
 
 class Setting(NamedTuple):
@@ -150,29 +151,28 @@ def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return stages[:cut]
 
 
-def _pretrained_pieces(config: ml_collections.ConfigDict) -> list[str]:
-  """The folders (relative to a setting's workdir) of what precedes compression: each seed's
-  dense reference, and each method's pretraining when the methods do not share it, in both
-  checkpoint layouts (one seed at a time: ``seed<s>/<run>``; the seed axis: ``seeds/<run>``).
-  """
+def _pieces(config: ml_collections.ConfigDict, stages: set[str]) -> list[str]:
+  """The folders (relative to a setting's workdir) of each seed's dense reference and of
+  each method's own `stages` (`stages_lib.method_stages`), in both checkpoint layouts (one
+  seed at a time: ``seed<s>/<run>``; the seed axis: ``seeds/<run>``)."""
   pieces = ["seeds/dense"] + [f"seed{s}/dense" for s in config.seeds]
-  if not (config.share_pretraining and config.stages[0] == "pretrain"):
-    pieces += _method_pieces(config, [s for s in config.stages if s == "pretrain"])
-  return pieces
-
-
-def _method_pieces(config: ml_collections.ConfigDict, stages: list[str]) -> list[str]:
-  pieces = []
   for method in config.methods:
-    for stage in stages:
-      pieces += [f"seeds/{method}/{stage}"] + [f"seed{s}/{method}/{stage}" for s in config.seeds]
+    for stage in stages_lib.method_stages(config):
+      if stage in stages:
+        pieces += [f"seeds/{method}/{stage}"] + [f"seed{s}/{method}/{stage}"
+                                                 for s in config.seeds]
   return pieces
+
+
+def _pretrained_pieces(config: ml_collections.ConfigDict) -> list[str]:
+  """What precedes compression: the dense references, and each method's pretraining when
+  the methods do not share one (no variant of a tuned study clips them)."""
+  return _pieces(config, {"pretrain"})
 
 
 def _unpruned_pieces(config: ml_collections.ConfigDict) -> list[str]:
-  """`_pretrained_pieces`, and each method's stages after pretraining and before the prune."""
-  return _pretrained_pieces(config) + _method_pieces(
-      config, [s for s in unpruned_stages(config) if s != "pretrain"])
+  """What precedes the prune: the dense references and each method's stages before it."""
+  return _pieces(config, set(unpruned_stages(config)))
 
 
 def share(source: str, target: str, pieces: list[str]) -> bool:

@@ -170,6 +170,9 @@ def test_dynamic_sparse_training_shares_only_the_dense_references():
   with config.unlocked():
     config.stages = ("sparse",)
   assert study.unpruned_stages(config) == ()
+  setting = study.setting_config(config, study.settings(config)[0])
+  assert set(study._unpruned_pieces(setting)) == {  # pylint: disable=protected-access
+      "seeds/dense", "seed0/dense", "seed1/dense"}
 
 
 def _holm_by_steps(p_values, alpha):

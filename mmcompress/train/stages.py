@@ -29,6 +29,14 @@ _MAY_FOLLOW = {
 }
 
 
+def method_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The training stages of ``config.stages`` that each method trains itself: all of them
+  but pretraining when the methods share the dense reference's (``share_pretraining``)."""
+  shared = config.share_pretraining and config.stages[0] == "pretrain"
+  return tuple(s for s in config.stages
+               if s in TRAINING_STAGES and not (shared and s == "pretrain"))
+
+
 def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
   """Raises unless `stages` is a pipeline that can run, naming the first misplaced stage."""
   stages = tuple(stages)
