@@ -113,11 +113,10 @@ def variants(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
 def variant_config(config: ml_collections.ConfigDict,
                    clip: float) -> ml_collections.ConfigDict:
   """The study of one variant: the compression stages clipped at `clip` (0: not clipped),
-  nothing left to tune, and the compilation cache left to the study that holds it."""
+  nothing left to tune."""
   out = ml_collections.ConfigDict(config.to_dict())
   out.optimizer.compress_clip_norm = clip
   out.study.compress_clip_norms = ()
-  out.study.compilation_cache = False
   out.lock()
   return out
 
@@ -127,14 +126,16 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
   raises a `UserError` naming what to change. Returns the settings."""
   _validate_study(config)
   found = settings(config)
-  for name, clip in variants(config):
-    validate(variant_config(config, clip), os.path.join(workdir, name))
-  digits = problems.get("digits")
-  for setting in found if not variants(config) else ():
-    sub = setting_config(config, setting)
-    comparison.validate(sub)
-    digits.validate_config(sub)
-    comparison.refuse_other_run(sub, os.path.join(workdir, setting.name))
+  if variants(config):
+    for name, clip in variants(config):
+      validate(variant_config(config, clip), os.path.join(workdir, name))
+  else:
+    digits = problems.get("digits")
+    for setting in found:
+      sub = setting_config(config, setting)
+      comparison.validate(sub)
+      digits.validate_config(sub)
+      comparison.refuse_other_run(sub, os.path.join(workdir, setting.name))
   comparison.refuse_other_run(config, workdir)
   return found
 
@@ -226,30 +227,36 @@ def use_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str,
-                 dense_from: str | None = None, label: str = "") -> None:
-  """Every sparsity of one task set, in order; the later ones share what the first one
-  trained before pruning (`share_unpruned`). A study that tunes runs every variant in turn,
-  each in ``<workdir>/<variant>/``, the later ones from the first one's dense models.
+def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
+  """Every sparsity of one task set, in order (`_run_settings`). A study that tunes runs
+  every variant in turn, each in ``<workdir>/<variant>/``, the later ones from the first
+  one's dense models."""
+  if config.study.compilation_cache:
+    use_compilation_cache(os.path.join(workdir, "jax_cache"))
+  if not variants(config):
+    _run_settings(config, workdir, task_set)
+    return
+  first = None
+  for name, clip in variants(config):
+    folder = os.path.join(workdir, name)
+    _run_settings(variant_config(config, clip), folder, task_set, dense_from=first,
+                  label=f"{name}/")
+    first = first or folder
+
+
+def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str,
+                  dense_from: str | None = None, label: str = "") -> None:
+  """Every sparsity of one task set of a study that tunes nothing, in order; the later ones
+  share what the first one trained before pruning (`share_unpruned`).
 
   Args:
-    config: the study.
-    workdir: the study's folder.
+    config: the study (of one variant).
+    workdir: its folder.
     task_set: the task set to run.
     dense_from: a study folder whose settings of this task set hold the dense models to
       start from (`share` of `_pretrained_pieces`), or None.
     label: put before each setting's name in the progress lines.
   """
-  if config.study.compilation_cache:
-    use_compilation_cache(os.path.join(workdir, "jax_cache"))
-  if variants(config):
-    first_variant = None
-    for name, clip in variants(config):
-      folder = os.path.join(workdir, name)
-      run_task_set(variant_config(config, clip), folder, task_set,
-                   dense_from=first_variant, label=f"{label}{name}/")
-      first_variant = first_variant or folder
-    return
   first = None
   for setting in settings(config):
     if setting.task_set != task_set:
