@@ -84,14 +84,19 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
+def _seed_values(report: Mapping[str, Any], method: str, field: str,
+                 diverged: Any) -> list[Any]:
+  """The method's `field` on every seed of the report, in its seed order, `diverged` where
+  the method diverged (a seed without a row)."""
+  by_seed = {row["seed"]: row for row in report["methods"][method]["per_seed"]}
+  return [by_seed[s][field] if s in by_seed else diverged for s in report["seeds"]]
+
+
 def _paired_values(report: Mapping[str, Any], method: str) -> tuple[list[float], list[Any]]:
   """Worst-task retention on every seed of the report (0 where the method diverged) and the
   worst task on each (None where it diverged), in the report's seed order."""
-  info = report["methods"][method]
-  by_seed = {row["seed"]: row for row in info["per_seed"]}
-  values = [by_seed[s]["worst_task_retention"] if s in by_seed else 0.0 for s in report["seeds"]]
-  worst = [by_seed[s]["worst_task"] if s in by_seed else None for s in report["seeds"]]
-  return values, worst
+  return (_seed_values(report, method, "worst_task_retention", 0.0),
+          _seed_values(report, method, "worst_task", None))
 
 
 def _one_example(report: Mapping[str, Any]) -> list[dict[str, float]] | None:
@@ -158,15 +163,12 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def _validation_mean(report: Mapping[str, Any], method: str, where: str) -> float:
   """The mean over the report's seeds of the method's validation worst-task retention, a
   diverged seed counting as 0 (as in every paired comparison)."""
-  by_seed = {row["seed"]: row for row in report["methods"][method]["per_seed"]}
-  values = []
-  for seed in report["seeds"]:
-    row = by_seed.get(seed)
-    if row is not None and "val_worst_task_retention" not in row:
-      raise ValueError(f"{where}: method {method!r}, seed {seed!r} has no validation figure "
-                       "(its report predates them); rerun the study to rewrite the reports.")
-    values.append(0.0 if row is None else row["val_worst_task_retention"])
-  return math.fsum(values) / len(values)
+  try:
+    values = _seed_values(report, method, "val_worst_task_retention", 0.0)
+  except KeyError:
+    raise ValueError(f"{where}: method {method!r} has a seed with no validation figure (its "
+                     "report predates them); rerun the study to rewrite the reports.") from None
+  return report_lib._mean(values)  # pylint: disable=protected-access
 
 
 def tune(variants: Mapping[str, Mapping[str, Any]], where: str = "the variants"
@@ -244,7 +246,7 @@ def _setting_lines(name: str, board: Mapping[str, Any],
   seeds = len(board["seeds"])
   chosen = {m: t["chosen"] for m, t in (tuning or {}).items()}
   reports = [f"[{v}{name}/report.md]({v}{name}/report.md)"
-             for v in ([f"{v}/" for v in variants] if variants else [""])]
+             for v in [f"{v}/" for v in variants] or [""]]
   lines = [f"## {name}", "",
            f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
            f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}.", "",
