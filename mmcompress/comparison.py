@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -474,6 +474,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
       stages_lib.descent_transform(stage, config, 1, masks={})
 
 
+# Fields added after runs were recorded, each with the value every run before it had: the
+# seeds one after another, no compression-stage clip, no clip grid in a study.
+_ADDED_OFF = ((("seed_axis",), False), (("seed_sharded",), False),
+              (("optimizer", "compress_clip_norm"), 0.0), (("study", "compress_clip_norms"), []))
+
+
+def _fill_if_off(saved: dict[str, Any], current: Mapping[str, Any], path: tuple[str, ...],
+                 off: Any) -> None:
+  """Sets the field at `path` in `saved` to `off` when `saved` lacks it (its sections there)
+  and `current` has it at `off`."""
+  *sections, field = path
+  for section in sections:
+    saved, current = saved.get(section), current.get(section, {})
+    if not isinstance(saved, dict):
+      return
+  if field not in saved and field in current and current[field] == off:
+    saved[field] = off
+
+
 def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Raises a `UserError` if `workdir` holds a run with a different config.
 
@@ -498,17 +517,9 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   # did before it existed.
   if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
     saved["prune"] = current["prune"]
-  # Nor missing seed-axis fields when the seeds run one after another, as they all did.
-  for field in ("seed_axis", "seed_sharded"):
-    if field not in saved and current.get(field) is False:
-      saved[field] = False
-  # Nor a missing compression-stage clip, or a study's missing clip grid, when the current
-  # one is off, as everything recorded before them was.
-  for section, field, off in (("optimizer", "compress_clip_norm", 0.0),
-                              ("study", "compress_clip_norms", [])):
-    if (isinstance(saved.get(section), dict) and field not in saved[section]
-        and current.get(section, {}).get(field) == off):
-      saved[section][field] = off
+  # Nor a field added since, missing there and off now (`_ADDED_OFF`).
+  for path, off in _ADDED_OFF:
+    _fill_if_off(saved, current, path, off)
   # Nor how the progress is printed.
   saved["epoch_lines"] = current.get("epoch_lines")
   saved["quiet"] = current.get("quiet")

@@ -242,6 +242,18 @@ def test_a_workdir_recorded_before_a_weighting_was_added_still_resumes(tmp_path,
     comparison.check_workdir(tiny_config(), str(tmp_path))
 
 
+def test_a_workdir_recorded_before_the_seed_axis_resumes_one_seed_at_a_time(tmp_path,
+                                                                           tiny_config):
+  comparison.check_workdir(tiny_config(seed_axis=False), str(tmp_path))
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["seed_axis"], saved["seed_sharded"]  # as written before the seed axis existed
+  path.write_text(json.dumps(saved))
+  comparison.check_workdir(tiny_config(seed_axis=False), str(tmp_path))  # resumes
+  with pytest.raises(ValueError, match="different config"):  # those runs had no seed axis
+    comparison.check_workdir(tiny_config(seed_axis=True), str(tmp_path))
+
+
 def test_a_workdir_recorded_before_the_compression_clip_still_resumes(tmp_path, tiny_config):
   comparison.check_workdir(tiny_config(), str(tmp_path))
   path = tmp_path / "config.json"
