@@ -54,5 +54,5 @@ def test_a_label_goes_before_every_printed_line_but_not_into_the_log(tmp_path, c
   out = capsys.readouterr().out.splitlines()
   assert len(out) == 2 and all(line.startswith("[mixed-100x] ") for line in out)
   log = (tmp_path / "progress.log").read_text().splitlines()
-  assert [line for line in out] == [f"[mixed-100x] {line}" for line in log]
+  assert out == [f"[mixed-100x] {line}" for line in log]
   shown.close()
