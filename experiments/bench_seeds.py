@@ -5,7 +5,8 @@
 Runs, in one process, each in a fresh temporary workdir and quiet:
 
 * the default digits comparison (`experiments/configs/digits.py`) with 1 seed, the seeds one
-  after another (``config.seed_axis=False``), and with `num_seeds` seeds on the seed axis;
+  after another (``config.chunk_runs=1``: an axis of one run at a time), and with
+  `num_seeds` seeds on the run axis;
   it prints ``seed axis: 10 seeds / 1 seed wall-time ratio X.XX`` (the goal: at most 2.5);
 * the default comparison as configured (3 seeds) both ways, and for each the share of its
   wall time that its training steps take: ``default run: training steps are XX % of the wall
@@ -37,7 +38,7 @@ from mmcompress import comparison, progress, saddle_point, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import parallel, seed_axis, step as step_lib
+from mmcompress.train import parallel, run_axis, step as step_lib
 
 GOAL_RATIO = 2.5  # ten seeds for at most two and a half times the price of one
 
@@ -47,7 +48,7 @@ def config_for(seeds: Sequence[int], together: bool):
   config = digits_config.get_config()
   with config.unlocked():
     config.seeds = tuple(seeds)
-    config.seed_axis = together
+    config.chunk_runs = 0 if together else 1
     config.quiet = True
   return config
 
@@ -88,10 +89,10 @@ def step_seconds(config, num_seeds: int | None, steps: int = 50, rounds: int = 5
     state, batch = fresh(), parallel.shard_batch(batch, mesh, problem.batch_axis)
     call = lambda s: step(s, batch)[0]
   else:
-    step = seed_axis.make_seed_train_step(problem, model, equal, tx, mesh)
-    state = seed_axis.stack([fresh() for _ in range(num_seeds)])
+    step = run_axis.make_runs_train_step(problem, model, equal, tx, mesh, num_runs=num_seeds)
+    state = run_axis.stack([fresh() for _ in range(num_seeds)])
     batch = jax.device_put(jax.tree.map(lambda x: np.stack([x] * num_seeds), batch),
-                           seed_axis.batch_sharding(mesh, problem.batch_axis, False))
+                           run_axis.batch_sharding(mesh, problem.batch_axis, False))
     alive = np.ones(num_seeds, bool)
     call = lambda s: step(s, alive, batch)[0]
   state = jax.block_until_ready(call(state))  # compiled

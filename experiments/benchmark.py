@@ -3,6 +3,7 @@
   python -m experiments.benchmark [--models=mlp,cnn,vgg16] [--full] [--steps=N --rounds=R
       --warmup=W] [--batch_size=B] [--nocontrol] [--json_out=bench.json]
   python -m experiments.benchmark --seeds [--num_seeds=10]   (the seed axis: bench_seeds.py)
+  python -m experiments.benchmark --grid [--grid_seeds=5]    (a grid on the run axis: bench_grid.py)
 
 For each model, the training steps are built with the library's own
 `mmcompress.train.step.make_train_step` (jitted, donated, data-parallel over
@@ -79,7 +80,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from experiments import bench_seeds, launch, synthetic
+from experiments import bench_grid, bench_seeds, launch, synthetic
 from mmcompress import _checks, saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
@@ -507,6 +508,10 @@ _SEEDS = flags.DEFINE_bool("seeds", False,
                            "Instead of the steps: the digits comparison with 1 seed and with "
                            "--num_seeds seeds on the seed axis (experiments/bench_seeds.py).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 10, "Seeds on the seed axis for --seeds.")
+_GRID = flags.DEFINE_bool("grid", False,
+                          "Instead of the steps: the digits comparison with 1 variant and with "
+                          "a grid of 10 variants on the run axis (experiments/bench_grid.py).")
+_GRID_SEEDS = flags.DEFINE_integer("grid_seeds", 5, "Seeds of each variant for --grid.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -515,6 +520,11 @@ def main(argv: Sequence[str]) -> None:
     if _NUM_SEEDS.value < 1:
       raise _checks.UserError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")
     bench_seeds.run(_NUM_SEEDS.value, json_out=_JSON_OUT.value)
+    return
+  if _GRID.value:
+    if _GRID_SEEDS.value < 1:
+      raise _checks.UserError(f"--grid_seeds must be >= 1, got {_GRID_SEEDS.value}.")
+    bench_grid.run(_GRID_SEEDS.value, json_out=_JSON_OUT.value)
     return
   setups, sizing = platform_setups(jax.default_backend(), full=_FULL.value)
   print(sizing, flush=True)

@@ -3,8 +3,8 @@
   python -m experiments.scenes_curves --workdir=runs/scenes [--out=docs/scenes_losses.png]
 
 One panel per task: the mean training loss of every epoch (the trainer's per-epoch record,
-kept beside each stage's last checkpoint as ``<stage>/<step>/record/metadata``, one per seed
-when the seeds train together), for every
+kept beside each stage's last checkpoint on the run axis as
+``axis/<run>/<stage>/<step>/record/metadata``, one entry per run), for every
 seed: the dense pretraining, then each method's reweight and retrain stages after it (prune
 trains no epoch). The validation loss of the dense pretraining is drawn dashed.
 """
@@ -29,23 +29,23 @@ def stage_record(run_dir: pathlib.Path, stage: str) -> dict | None:
   return json.loads((run_dir / stage / str(max(steps)) / "record" / "metadata").read_text())
 
 
+def _runs(stage_dir: pathlib.Path) -> list[dict]:
+  """The per-run records of a stage on the run axis, chunks (``chunk<k>``) in order."""
+  chunks = sorted(stage_dir.glob("chunk*"), key=lambda p: int(p.name[len("chunk"):]))
+  records = [stage_record(c.parent, c.name) for c in chunks] or [
+      stage_record(stage_dir.parent, stage_dir.name)]
+  return [run for r in records if r for run in r["runs"]]
+
+
 def _seed_records(workdir: pathlib.Path) -> dict:
-  """``{(seed name, run): [stage records]}``: from ``seed<i>/<run>/<stage>`` (seeds one after
-  another), or from ``seeds/<run>/<stage>``, one record per seed of the config in order
-  (seeds together, ``config.seed_axis``; every seed of these runs is live)."""
+  """``{(seed name, run): [stage records]}`` from ``axis/<run>/<stage>``: one record per
+  seed of the config, in order (one variant; every seed of these runs is live)."""
   out = {}
-  together = workdir / "seeds"
-  if together.is_dir():
-    seeds = json.loads((workdir / "config.json").read_text())["seeds"]
-    for run, stages in _STAGES.items():
-      records = [stage_record(together / run, s) for s in stages]
-      for i, seed in enumerate(seeds):
-        out[f"seed{seed}", run] = [r["seeds"][i] for r in records if r]
-    return out
-  for seed_dir in sorted(workdir.glob("seed*")):
-    for run, stages in _STAGES.items():
-      out[seed_dir.name, run] = [r for r in (stage_record(seed_dir / run, s) for s in stages)
-                                 if r]
+  seeds = json.loads((workdir / "config.json").read_text())["seeds"]
+  for run, stages in _STAGES.items():
+    per_stage = [_runs(workdir / "axis" / run / s) for s in stages]
+    for i, seed in enumerate(seeds):
+      out[f"seed{seed}", run] = [runs[i] for runs in per_stage if runs]
   return out
 
 

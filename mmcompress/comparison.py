@@ -1,23 +1,29 @@
-"""The multi-task compression comparison: a dense reference and every weighting, over seeds.
+"""The multi-task compression comparison: a dense reference and every weighting, over seeds
+and variants.
 
 `run(config, workdir)` validates the config before any compute, refuses a workdir that holds a
 run with another config, then trains (resuming whatever a previous, interrupted call left), and
 writes the report, plots, TensorBoard events and compressed models into `workdir`. The problem
 is the one ``config.problem`` names in `mmcompress.problems.PROBLEMS`.
 
-One run takes a task weighting through the stages of the pipeline, for one seed. The dense
-reference of a seed is the ``pretrain`` stage under equal weighting. With
-``config.share_pretraining`` every method starts its compression stages from that same dense
-model (the reference runs every stage under the method's own weighting; sharing saves a third
-of the compute and makes the seeds exactly paired); without it each method pretrains under
-its own weighting. Pretraining hands its *best-validation* epoch to the next stage: that is
-the dense model (the dense reference reports exactly those weights), and compression starts
-from it, as a user would compress the dense model they selected. Every later stage hands its
-*final* weights to the next (the reweighted weights that pruning cuts, the pruned weights
-that retraining restores), with a fresh optimizer and a fresh task weighting (min-max weights
-back at 1/K, DWA's history empty), as each stage of the reference is a run of its own; the
-model a run reports is the best-validation epoch of its last training stage. A finished run
-writes ``result.json`` and is not run again.
+A run takes a task weighting through the stages of the pipeline, for one seed and one variant
+of the grid (``config.grid``: the learning-rate scale and gradient clip of the stages after
+pretraining, `mmcompress.train.variants`). Every run of a method, all its seeds and variants,
+trains as one program on the run axis (`mmcompress.train.run_axis`, `loop.train_stage`), in
+chunks of ``config.chunk_runs``; a single run is an axis of length 1. The dense reference of
+a seed is the ``pretrain`` stage under equal weighting. With ``config.share_pretraining``
+every method starts its compression stages from that same dense model (the reference runs
+every stage under the method's own weighting; sharing saves a third of the compute and makes
+the seeds exactly paired); without it each method pretrains under its own weighting, once per
+seed, and every variant starts from that. Pretraining hands its *best-validation* epoch to the
+next stage: that is the dense model (the dense reference reports exactly those weights), and
+compression starts from it, as a user would compress the dense model they selected. Every
+later stage hands its *final* weights to the next (the reweighted weights that pruning cuts,
+the pruned weights that retraining restores), with a fresh optimizer and a fresh task
+weighting (min-max weights back at 1/K, DWA's history empty), as each stage of the reference
+is a run of its own; the model a run reports is the best-validation epoch of its last training
+stage. A finished run writes ``result.json`` and is not run again; a run whose loss or
+weights stop being finite is frozen while the others go on, and writes ``diverged.json``.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -41,8 +47,15 @@ from mmcompress import progress as progress_lib, records, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import loop, parallel, scoring, seed_axis, seed_loop
-from mmcompress.train import stages as stages_lib, step as step_lib
+from mmcompress.train import loop, parallel, run_axis, scoring
+from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
+
+
+class Point(NamedTuple):
+  """A run on the axis: its seed and its variant (None: a stage no variant changes, i.e.
+  pretraining, whose result every variant of the seed starts from)."""
+  seed: int
+  variant: variants_lib.Variant | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,55 +74,50 @@ class Experiment:
     return self.problem.steps_per_epoch(self.config.batch_size)
 
   @functools.cached_property
+  def variants(self) -> tuple[variants_lib.Variant, ...]:
+    """The grid's variants (one, the config's own settings, without ``config.grid``)."""
+    return variants_lib.grid(self.config)
+
+  def run_name(self, seed: int, method: str, variant: variants_lib.Variant | None) -> str:
+    """``seed3/minmax``, or ``seed3/minmax@lr0.5-clip1`` when the grid has several variants."""
+    if variant is None or len(self.variants) == 1:
+      return f"seed{seed}/{method}"
+    return f"seed{seed}/{method}@{variant.name}"
+
+  @functools.cached_property
   def scoring_step(self) -> Callable[..., Any]:
     """One jitted Taylor scoring of a batch for every task-aware prune of every run."""
     return scoring.make_scoring_step(self.problem, self.model, self.mesh)
 
   @functools.cached_property
   def eval_step(self) -> Callable[..., Any]:
-    """One jitted evaluation for every stage and run (it does not depend on the stage)."""
+    """One jitted evaluation of one model (a run's test and validation metrics)."""
     return step_lib.make_eval_step(self.problem, self.model, self.mesh)
 
   @functools.cached_property
-  def seed_eval_steps(self) -> dict[bool, Callable[..., Any]]:
-    """The jitted evaluations of stacked seeds (``config.seed_axis``) for every stage, by
-    whether the seeds are split over the devices (each compiles when first called)."""
-    return {sharded: seed_loop.make_seed_eval_step(self.problem, self.model, self.mesh, sharded)
-            for sharded in (False, True)}
-
-
-def _train(exp: Experiment, run_name: str, method: str, stage: str, index: int, seed: int,
-           params: Any, model_state: Any, masks: Any = None
-           ) -> tuple[Any, dict, loop.StageRecord]:
-  """Trains `stage` of one run; returns (final state, best snapshot, stage record)."""
-  cfg, problem = exp.config, exp.problem
-  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
-  tx, state = _initial_state(exp, weighting, stage, index, seed, params, model_state, masks)
-  directory = os.path.join(exp.workdir, run_name, stage)
-
-  def log(stage_name, epoch, record):
-    if exp.log:
-      exp.log(run_name, stage_name, epoch, record)
-
-  ctx = loop.StageContext(
-      name=stage, index=index, seed=seed, epochs=cfg.epochs[stage], batch_size=cfg.batch_size,
-      problem=problem, weighting=weighting,
-      train_step=step_lib.make_train_step(problem, exp.model, weighting, tx, exp.mesh,
-                                          stages_lib.per_task_gradients(stage, cfg)),
-      eval_step=exp.eval_step, mesh=exp.mesh, eval_batch_size=cfg.eval_batch_size,
-      checkpoint_every=cfg.checkpoint_every_steps, directory=directory, log=log,
-      on_checkpoint=exp.on_checkpoint)
-  return loop.train_stage(ctx, state)
+  def axis_eval_steps(self) -> dict[tuple[bool, bool], Callable[..., Any]]:
+    """The jitted evaluations of an axis of runs for every stage, by whether the runs are
+    split over the devices and whether the axis holds one run (each compiles when first
+    called)."""
+    return {(sharded, single): loop.make_eval_step(self.problem, self.model, self.mesh,
+                                                   sharded, single)
+            for sharded in (False, True) for single in (False, True)}
 
 
 def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: str,
-                   index: int, seed: int, params: Any, model_state: Any, masks: Any,
-                   every_mask: bool = False) -> tuple[Any, step_lib.TrainState]:
-  """A stage's transform and starting state for one seed (`every_mask`: see
-  `stages.descent_transform`)."""
+                   index: int, point: Point, params: Any, model_state: Any, masks: Any,
+                   every_mask: bool = True) -> tuple[Any, step_lib.TrainState]:
+  """A stage's transform and starting state for one run.
+
+  Every mask stays in the state (`every_mask`, `stages.descent_transform`), so that the
+  runs' states share one tree (a layer one run's prune keeps whole would otherwise hold None
+  there). The transforms of the runs differ only in what `init` puts in the state (masks,
+  growth seed, the variant's values), so one step serves all.
+  """
   tx = stages_lib.stage_transform(stage, exp.config, exp.steps_per_epoch, weighting,
-                                  exp.problem.num_tasks, masks, seed, every_mask)
-  rng = jax.random.fold_in(jax.random.key(seed), index)
+                                  exp.problem.num_tasks, masks, point.seed, every_mask,
+                                  variant=point.variant)
+  rng = jax.random.fold_in(jax.random.key(point.seed), index)
   # create_train_state copies every leaf, so the step may donate them: the caller's arrays
   # (shared by every method's stages when pretraining is shared) survive.
   state = step_lib.create_train_state(params, model_state, weighting, tx,
@@ -117,6 +125,61 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
   if stage == "sparse":  # dynamic sparse training starts from its initial masks
     state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
   return tx, state
+
+
+def _chunks(points: list[Point], size: int) -> list[list[Point]]:
+  """`points` in chunks of `size` runs (0: one chunk of all)."""
+  size = size or len(points)
+  return [points[i:i + size] for i in range(0, len(points), size)]
+
+
+def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int,
+                points: list[Point], names: dict[Point, list[str]],
+                starts: dict[Point, tuple[Any, Any]], masks: dict[Point, Any]
+                ) -> tuple[dict[Point, Any], dict[Point, dict], dict[Point, loop.StageRecord],
+                           dict[Point, str]]:
+  """Trains `stage` of every run in `points` on the run axis (`loop.train_stage`), in chunks
+  of ``config.chunk_runs`` runs, each from its `starts` (and `masks`).
+
+  Returns:
+    per point: the final state and the best snapshot (on the host), the stage record, and
+    for the runs that stopped, what stopped them. `names` gives each point's run names (its
+    progress lines: several when the runs of every variant start from this point's).
+  """
+  cfg = exp.config
+  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
+  chunks = _chunks(points, cfg.chunk_runs)
+  final, best, stage_records, failures = {}, {}, {}, {}
+  for k, chunk in enumerate(chunks):
+    built = [_initial_state(exp, weighting, stage, index, p, *starts[p], masks.get(p))
+             for p in chunk]
+    sharded = cfg.runs_sharded and run_axis.can_shard(len(chunk), exp.mesh)
+
+    def log(i, stage_name, epoch, record, chunk=chunk):
+      if exp.log:
+        for name in names[chunk[i]]:
+          exp.log(name, stage_name, epoch, record)
+
+    directory = os.path.join(exp.workdir, "axis", label, stage)
+    ctx = loop.StageContext(
+        name=stage, index=index, seeds=tuple(p.seed for p in chunk), epochs=cfg.epochs[stage],
+        batch_size=cfg.batch_size, problem=exp.problem, weighting=weighting,
+        train_step=run_axis.make_runs_train_step(
+            exp.problem, exp.model, weighting, built[0][0], exp.mesh,
+            stages_lib.per_task_gradients(stage, cfg), sharded, len(chunk)),
+        eval_step=exp.axis_eval_steps[sharded, len(chunk) == 1], mesh=exp.mesh,
+        eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
+        directory=directory if len(chunks) == 1 else os.path.join(directory, f"chunk{k}"),
+        sharded=sharded, log=log, on_checkpoint=exp.on_checkpoint)
+    states, bests, recs, stopped = loop.train_stage(ctx, run_axis.stack([s for _, s in built]))
+    # On the host: each run's share is then indexed without compiling anything.
+    states, bests = jax.device_get((states, bests))
+    for i, p in enumerate(chunk):
+      final[p], best[p] = run_axis.unstack(states, i), run_axis.unstack(bests, i)
+      stage_records[p] = recs[i]
+      if i in stopped:
+        failures[p] = stopped[i]
+  return final, best, stage_records, failures
 
 
 def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str, Any]:
@@ -133,13 +196,15 @@ def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str
 
 
 def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageRecord],
-            compressed: bool, pruning: dict[str, Any] | None = None) -> records.RunResult:
+            compressed: bool, pruning: dict[str, Any] | None = None,
+            variant: variants_lib.Variant | None = None) -> records.RunResult:
   """Test metrics, measured sparsity and the compressed export of a run's selected model."""
   cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
-  test, val = (loop.evaluate(problem, exp.eval_step, best["params"], best["model_state"], split,
-                             exp.mesh, cfg.eval_batch_size) for split in ("test", "val"))
+  placed = parallel.replicate((best["params"], best["model_state"]), exp.mesh)
+  test, val = (loop.evaluate(problem, exp.eval_step, *placed, split, exp.mesh,
+                             cfg.eval_batch_size) for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
   return records.RunResult(
       metrics=test["metrics"],
@@ -159,7 +224,8 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
       # One process writes the files of a run.
       export=(_export(exp, run_name, params, masks) if compressed and parallel.is_primary()
               else None),
-      pruning=pruning)
+      pruning=pruning,
+      variant=(variant.to_json(cfg.optimizer.learning_rate) if variant is not None else None))
 
 
 def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
@@ -167,54 +233,6 @@ def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any,
   if stage == "pretrain":
     return best["params"], best["model_state"]
   return state.params, state.model_state
-
-
-def run_dense(exp: Experiment, seed: int) -> tuple[records.RunResult, Any, Any]:
-  """The dense reference of `seed`.
-
-  Returns:
-    ``(result, params, model state)``: the weights are the best-validation epoch, the very
-    model whose metrics `result` reports and that shared compression starts from.
-  """
-  run_name = f"seed{seed}/dense"
-  params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
-  state, best, record = _train(exp, run_name, "equal", "pretrain", 0, seed, params, model_state)
-  result = _cached(exp, run_name, lambda: _finish(exp, run_name, best, [record], False))
-  return (result, *_handed_on("pretrain", state, best))
-
-
-def run_method(exp: Experiment, method: str, seed: int,
-               dense: tuple[Any, Any] | None) -> records.RunResult:
-  """Takes `method` through ``config.stages`` for `seed` and returns its result."""
-  cfg = exp.config
-  run_name = f"seed{seed}/{method}"
-  cached = _read_result(exp, run_name)
-  if cached is not None:
-    return cached
-  pipeline = list(cfg.stages)
-  if dense is not None and pipeline[0] == "pretrain":
-    params, model_state = dense
-    pipeline = pipeline[1:]
-  else:
-    params, model_state = step_lib.init_variables(exp.model, exp.problem, seed)
-  weighting_name, criterion = scoring.parse_method(method, cfg)
-  masks, best, stages, state, pruning = None, None, [], None, None
-  for index, stage in enumerate(cfg.stages):
-    if stage not in pipeline:
-      continue
-    if stage == "prune":
-      masks, pruning = scoring.prune_masks(
-          criterion, cfg, params, problem=exp.problem, scoring_step=exp.scoring_step,
-          model_state=model_state, mesh=exp.mesh, seed=seed, stage_index=index,
-          task_weights=(_weights_at_prune(exp, weighting_name, state)
-                        if criterion.aggregate == "minmax" else None))
-      params = sparsity.apply_masks(params, masks)
-      continue
-    state, best, record = _train(exp, run_name, weighting_name, stage, index, seed, params,
-                                 model_state, masks)
-    params, model_state = _handed_on(stage, state, best)
-    stages.append(record)
-  return _cached(exp, run_name, lambda: _finish(exp, run_name, best, stages, True, pruning))
 
 
 def _weights_at_prune(exp: Experiment, weighting_name: str,
@@ -266,69 +284,15 @@ def _cached(exp: Experiment, run_name: str,
   return result
 
 
-def or_divergence(exp: Experiment, run_name: str, run: Callable[[], Any]) -> Any:
-  """``run()``, or a `records.Diverged` if a loss became non-finite.
-
-  The failed run keeps its last good checkpoint, and the failure is recorded in
-  ``<run_name>/diverged.json``, so a rerun of the same config reports it again without
-  recomputing it (to retry with other settings, use a new workdir).
-  """
-  recorded = _recorded_divergence(exp, run_name)
-  if recorded is not None:
-    return recorded
-  try:
-    return run()
-  except loop.NonFiniteLossError as error:
-    return _diverged(exp, run_name, error.summary)
-
-
 def _recorded_divergence(exp: Experiment, run_name: str) -> records.Diverged | None:
   """The run's ``diverged.json``, or None if it has not diverged."""
   return _read_run_file(exp, run_name, "diverged.json", records.Diverged)
 
 
-def _train_seeds(exp: Experiment, run: str, method: str, stage: str, index: int,
-                 seeds: tuple[int, ...], starts: list[tuple[Any, Any]],
-                 masks: list[Any] | None = None
-                 ) -> tuple[step_lib.TrainState, dict, list[loop.StageRecord], dict[int, str]]:
-  """`_train` for the `seeds` of one run together (``config.seed_axis``), each from its own
-  (params, model state) in `starts` (and masks); see `seed_loop.train_stage_seeds`."""
-  cfg, problem = exp.config, exp.problem
-  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
-  states, txs = [], []
-  for i, seed in enumerate(seeds):
-    # Each seed's state is built by its own transform (its masks, its growth seed); the
-    # transforms differ only in what `init` puts in the state, so one step serves all. Every
-    # mask stays in the state, so that the seeds' states share one tree (a layer one seed's
-    # prune keeps whole would otherwise hold None there).
-    tx, state = _initial_state(exp, weighting, stage, index, seed, *starts[i],
-                               masks[i] if masks else None, every_mask=True)
-    states.append(state)
-    txs.append(tx)
-  # Seeds split over the devices only while they split evenly (a seed that diverged has left).
-  sharded = cfg.seed_sharded and len(seeds) % exp.mesh.devices.size == 0
-
-  def log(seed, stage_name, epoch, record):
-    if exp.log:
-      exp.log(f"seed{seed}/{run}", stage_name, epoch, record)
-
-  ctx = seed_loop.SeedStageContext(
-      name=stage, index=index, seeds=tuple(seeds), epochs=cfg.epochs[stage],
-      batch_size=cfg.batch_size, problem=problem, weighting=weighting,
-      train_step=seed_axis.make_seed_train_step(
-          problem, exp.model, weighting, txs[0], exp.mesh,
-          stages_lib.per_task_gradients(stage, cfg), sharded),
-      eval_step=exp.seed_eval_steps[sharded], mesh=exp.mesh,
-      eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
-      directory=os.path.join(exp.workdir, "seeds", run, stage), seed_sharded=sharded,
-      log=log, on_checkpoint=exp.on_checkpoint)
-  final, best, stage_records, failures = seed_loop.train_stage_seeds(ctx, seed_axis.stack(states))
-  # On the host: each seed's share is then indexed without compiling anything.
-  return (*jax.device_get((final, best)), stage_records, failures)
-
-
 def _diverged(exp: Experiment, run_name: str, message: str) -> records.Diverged:
-  """Records a run that diverged in ``<run_name>/diverged.json`` (see `or_divergence`)."""
+  """Records a run that diverged in ``<run_name>/diverged.json``: the failed run keeps its
+  last good checkpoint, and a rerun of the same config reports it again without recomputing
+  it (to retry with other settings, use a new workdir)."""
   outcome = records.Diverged(message)
   if parallel.is_primary():
     path = os.path.join(exp.workdir, run_name, "diverged.json")
@@ -342,73 +306,101 @@ def _saved_outcome(exp: Experiment, run_name: str) -> records.Outcome | None:
   return _recorded_divergence(exp, run_name) or _read_result(exp, run_name)
 
 
-def run_dense_seeds(exp: Experiment, seeds: tuple[int, ...]) -> dict[int, Any]:
-  """`run_dense` for every seed together: seed -> (result, params, model state), or a
-  `records.Diverged`."""
-  starts = [step_lib.init_variables(exp.model, exp.problem, seed) for seed in seeds]
-  final, best, stage_records, failures = _train_seeds(exp, "dense", "equal", "pretrain", 0,
-                                                      seeds, starts)
+def run_dense(exp: Experiment, seeds: tuple[int, ...]) -> dict[int, Any]:
+  """The dense reference of every seed, on the run axis: seed -> (result, params, model
+  state), or a `records.Diverged`. The weights are the best-validation epoch, the very model
+  whose metrics the result reports and that shared compression starts from."""
+  points = [Point(seed) for seed in seeds]
+  names = {p: [f"seed{p.seed}/dense"] for p in points}
+  starts = {p: step_lib.init_variables(exp.model, exp.problem, p.seed) for p in points}
+  final, best, stage_records, failures = _train_axis(exp, "dense", "equal", "pretrain", 0,
+                                                     points, names, starts, {})
   out = {}
-  for i, seed in enumerate(seeds):
-    run_name = f"seed{seed}/dense"
-    if seed in failures:
-      out[seed] = _diverged(exp, run_name, failures[seed])
+  for p in points:
+    run_name = names[p][0]
+    if p in failures:
+      out[p.seed] = _diverged(exp, run_name, failures[p])
       continue
-    seed_best = seed_axis.unstack(best, i)
-    result = _cached(exp, run_name,
-                     lambda b=seed_best, r=stage_records[i], n=run_name: _finish(
-                         exp, n, b, [r], False))
-    out[seed] = (result, *_handed_on("pretrain", seed_axis.unstack(final, i), seed_best))
+    result = _cached(exp, run_name, lambda p=p, n=run_name: _finish(
+        exp, n, best[p], [stage_records[p]], False))
+    out[p.seed] = (result, *_handed_on("pretrain", final[p], best[p]))
   return out
 
 
-def run_method_seeds(exp: Experiment, method: str, seeds: tuple[int, ...],
-                     dense: dict[int, tuple[Any, Any]] | None) -> dict[int, records.Outcome]:
-  """`run_method` for every seed together: seed -> its result or `records.Diverged`."""
+def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
+               dense: dict[int, tuple[Any, Any]] | None) -> dict[Point, records.Outcome]:
+  """Takes `method` through ``config.stages`` for every seed and variant on the run axis.
+
+  Args:
+    dense: each seed's dense (params, model state) to start compression from (shared
+      pretraining), or None: the method pretrains itself (once per seed: pretraining is
+      the same for every variant, which all start from its result).
+
+  Returns:
+    (seed, variant) -> the run's result, or `records.Diverged`.
+  """
   cfg = exp.config
-  saved = {seed: _saved_outcome(exp, f"seed{seed}/{method}") for seed in seeds}
+  runs = [Point(seed, v) for seed in seeds for v in exp.variants]
+  saved = {p: _saved_outcome(exp, exp.run_name(p.seed, method, p.variant)) for p in runs}
   if all(outcome is not None for outcome in saved.values()):
     return saved
-  pipeline = list(cfg.stages)
-  if dense is not None and pipeline[0] == "pretrain":
-    starts = {seed: dense[seed] for seed in seeds}
-    pipeline = pipeline[1:]
+  if dense is not None and cfg.stages[0] == "pretrain":
+    starts = {p: dense[p.seed] for p in runs}
   else:
-    starts = {seed: step_lib.init_variables(exp.model, exp.problem, seed) for seed in seeds}
+    starts = {Point(seed): step_lib.init_variables(exp.model, exp.problem, seed)
+              for seed in seeds}
   weighting_name, criterion = scoring.parse_method(method, cfg)
-  live, failures = list(seeds), {}
-  masks, pruning, stage_records, last, best = {}, {}, {s: [] for s in seeds}, {}, {}
+  points = list(starts)
+  masks, pruning, last, best, failures = {}, {}, {}, {}, {}
+  stage_records = {p: [] for p in points}
   for index, stage in enumerate(cfg.stages):
-    if stage not in pipeline or not live:
+    if (stage == "pretrain" and dense is not None) or not points:
       continue
+    if points[0].variant is None and stage != "pretrain":  # every variant from here on
+      points, starts, last, best, stage_records, failures = _fan_out(
+          exp, points, (starts, last, best, stage_records, failures))
     if stage == "prune":
-      for seed in live:
-        params, model_state = starts[seed]
-        masks[seed], pruning[seed] = scoring.prune_masks(
+      for p in points:
+        params, model_state = starts[p]
+        masks[p], pruning[p] = scoring.prune_masks(
             criterion, cfg, params, problem=exp.problem, scoring_step=exp.scoring_step,
-            model_state=model_state, mesh=exp.mesh, seed=seed, stage_index=index,
-            task_weights=(_weights_at_prune(exp, weighting_name, last.get(seed))
+            model_state=model_state, mesh=exp.mesh, seed=p.seed, stage_index=index,
+            task_weights=(_weights_at_prune(exp, weighting_name, last.get(p))
                           if criterion.aggregate == "minmax" else None))
-        starts[seed] = (sparsity.apply_masks(params, masks[seed]), model_state)
+        starts[p] = (sparsity.apply_masks(params, masks[p]), model_state)
       continue
-    final, stage_best, stage_recs, stage_failures = _train_seeds(
-        exp, method, weighting_name, stage, index, tuple(live), [starts[s] for s in live],
-        [masks[s] for s in live] if masks else None)
+    names = {p: ([exp.run_name(p.seed, method, p.variant)] if p.variant is not None else
+                 [exp.run_name(p.seed, method, v) for v in exp.variants]) for p in points}
+    final, stage_best, stage_recs, stage_failures = _train_axis(
+        exp, method, weighting_name, stage, index, points, names, starts, masks)
     failures.update(stage_failures)
-    for i, seed in enumerate(live):
-      last[seed], best[seed] = seed_axis.unstack(final, i), seed_axis.unstack(stage_best, i)
-      starts[seed] = _handed_on(stage, last[seed], best[seed])
-      stage_records[seed].append(stage_recs[i])
-    live = [seed for seed in live if seed not in failures]
+    for p in points:
+      last[p], best[p] = final[p], stage_best[p]
+      starts[p] = _handed_on(stage, last[p], best[p])
+      stage_records[p].append(stage_recs[p])
+    points = [p for p in points if p not in failures]
+  if not all(p in stage_records for p in runs):  # pretraining alone: every variant is it
+    _, last, best, stage_records, failures = _fan_out(
+        exp, list(stage_records), (last, best, stage_records, failures))
   out = {}
-  for seed in seeds:
-    run_name = f"seed{seed}/{method}"
-    if seed in failures:
-      out[seed] = saved[seed] or _diverged(exp, run_name, failures[seed])
+  for p in runs:
+    run_name = exp.run_name(p.seed, method, p.variant)
+    if p in failures:
+      out[p] = saved[p] or _diverged(exp, run_name, failures[p])
     else:
-      out[seed] = _cached(exp, run_name, lambda s=seed, n=run_name: _finish(
-          exp, n, best[s], stage_records[s], True, pruning.get(s)))
+      out[p] = _cached(exp, run_name, lambda p=p, n=run_name: _finish(
+          exp, n, best[p], stage_records[p], True, pruning.get(p), p.variant))
   return out
+
+
+def _fan_out(exp: Experiment, points: list[Point], by_point: tuple[dict, ...]
+             ) -> tuple[list[Point], ...]:
+  """The runs of every variant of each seed's `points` (runs before the variants), and the
+  dicts `by_point` with each seed's entry copied to each of its variants' runs."""
+  fanned = [Point(p.seed, v) for p in points for v in exp.variants]
+  copies = tuple({Point(p.seed, v): (list(value) if isinstance(value, list) else value)
+                  for p, value in d.items() for v in exp.variants} for d in by_point)
+  return (fanned, *copies)
 
 
 def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
@@ -469,15 +461,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     stages_lib.make_weighting(scoring.parse_method(method, config)[0], config, 1)
   if "prune" in config.stages:
     _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
-  for stage in config.stages:
-    if stage in stages_lib.TRAINING_STAGES:
-      stages_lib.descent_transform(stage, config, 1, masks={})
+  _checks.non_negative_int(config.chunk_runs, "config.chunk_runs (0 = every run at once)")
+  for variant in variants_lib.grid(config):  # every learning-rate scale and clip, checked
+    for stage in config.stages:
+      if stage in stages_lib.TRAINING_STAGES:
+        stages_lib.descent_transform(stage, config, 1, masks={}, variant=variant)
 
 
-# Fields added after runs were recorded, each with the value every run before it had: the
-# seeds one after another, no compression-stage clip, no clip grid in a study.
-_ADDED_OFF = ((("seed_axis",), False), (("seed_sharded",), False),
-              (("optimizer", "compress_clip_norm"), 0.0), (("study", "compress_clip_norms"), []))
+# Fields added after runs were recorded, each with the value every run before it had: no
+# compression-stage clip, no clip grid in a study, every run of a method in one chunk, the
+# runs' batches split over the devices, no grid.
+_ADDED_OFF = ((("optimizer", "compress_clip_norm"), 0.0), (("study", "compress_clip_norms"), []),
+              (("chunk_runs",), 0), (("runs_sharded",), False),
+              (("grid",), {"learning_rate_scale": [], "clip_norm": []}))
+# Fields removed since, which a run recorded before them may hold: the one-seed path's
+# switches (every run is on the run axis now, which trains to the same numbers).
+_REMOVED = ("seed_axis", "seed_sharded")
 
 
 def _fill_if_off(saved: dict[str, Any], current: Mapping[str, Any], path: tuple[str, ...],
@@ -520,6 +519,9 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   # Nor a field added since, missing there and off now (`_ADDED_OFF`).
   for path, off in _ADDED_OFF:
     _fill_if_off(saved, current, path, off)
+  for field in _REMOVED:
+    if field not in current:
+      saved.pop(field, None)
   # Nor how the progress is printed.
   saved["epoch_lines"] = current.get("epoch_lines")
   saved["quiet"] = current.get("quiet")
@@ -540,89 +542,61 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  json.loads(config.to_json()))
 
 
-def _run_seed(exp: Experiment, seed: int, progress: progress_lib.Progress
-              ) -> tuple[records.SeedRecord | None, dict[str, str]]:
-  """One seed: its dense reference, then every method of the config.
-
-  Returns:
-    ``(record, failures)``: the seed's record (None when its dense reference diverged: there
-    is nothing to compare with) and the runs that diverged, name -> message ("dense" for the
-    reference). A method that diverged stays in the record, a loss for that method.
-  """
-  cfg = exp.config
-  dense = or_divergence(exp, f"seed{seed}/dense", lambda: run_dense(exp, seed))
-  _announce(progress, seed, "dense", dense if isinstance(dense, records.Diverged) else dense[0])
-  if isinstance(dense, records.Diverged):
-    return None, {"dense": dense.message}
-  dense_result, *dense_start = dense
-  shared = tuple(dense_start) if cfg.share_pretraining else None
-  methods, failures = {}, {}
-  for method in cfg.methods:
-    outcome = or_divergence(exp, f"seed{seed}/{method}",
-                            lambda m=method: run_method(exp, m, seed, shared))
-    methods[method] = outcome
-    if isinstance(outcome, records.Diverged):
-      failures[method] = outcome.message
-    _announce(progress, seed, method, outcome)
-  return records.SeedRecord(seed=seed, dense=dense_result, methods=methods), failures
-
-
-def _announce(progress: progress_lib.Progress, seed: int, method: str,
-              outcome: records.Outcome) -> None:
+def _announce(progress: progress_lib.Progress, run_name: str, outcome: records.Outcome) -> None:
   """The line of a finished run, with where the whole comparison stands (a seed whose dense
   reference diverged runs no method: they are done too)."""
+  seed_part, method = run_name.split("/", 1)
   if method == "dense" and isinstance(outcome, records.Diverged):
-    progress.seed_done(seed)
+    progress.seed_done(seed_part[len("seed"):])
+  label = f"seed {seed_part[len('seed'):]} {method.replace('@', ' ')}"
   if isinstance(outcome, records.Diverged):
-    line = f"seed {seed} {method}: diverged, counted as a loss ({outcome.message})"
+    line = f"{label}: diverged, counted as a loss ({outcome.message})"
   else:
-    line = f"seed {seed} {method}: test " + ", ".join(
-        f"{k} {v:.3f}" for k, v in outcome.metrics.items())
-  progress.run_done(f"seed{seed}/{method}", line)
+    line = f"{label}: test " + ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items())
+  progress.run_done(run_name, line)
 
 
-def _run_seeds_together(exp: Experiment, progress: progress_lib.Progress
-                        ) -> list[tuple[records.SeedRecord | None, dict[str, str]]]:
-  """`_run_seed`'s outcome for every seed, each method's seeds trained together."""
+def _run_all(exp: Experiment, progress: progress_lib.Progress
+             ) -> tuple[dict[int, Any], dict[str, dict[Point, records.Outcome]]]:
+  """Every seed's dense reference, then every method's seeds and variants on the run axis.
+
+  Returns:
+    ``(dense, methods)``: seed -> (result, params, model state) or `records.Diverged`; and
+    method -> (seed, variant) -> outcome, for the seeds whose dense reference finished.
+  """
   cfg = exp.config
-  dense = run_dense_seeds(exp, tuple(cfg.seeds))
+  dense = run_dense(exp, tuple(cfg.seeds))
   for seed in cfg.seeds:
-    _announce(progress, seed, "dense",
+    _announce(progress, f"seed{seed}/dense",
               dense[seed] if isinstance(dense[seed], records.Diverged) else dense[seed][0])
   live = tuple(s for s in cfg.seeds if not isinstance(dense[s], records.Diverged))
   shared = {s: tuple(dense[s][1:]) for s in live} if cfg.share_pretraining else None
   methods = {}
   for method in cfg.methods:
-    methods[method] = run_method_seeds(exp, method, live, shared) if live else {}
-    for seed in live:
-      _announce(progress, seed, method, methods[method][seed])
-  out = []
-  for seed in cfg.seeds:
-    if seed not in live:
-      out.append((None, {"dense": dense[seed].message}))
-      continue
-    outcomes = {method: methods[method][seed] for method in cfg.methods}
-    failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
-    out.append((records.SeedRecord(seed=seed, dense=dense[seed][0], methods=outcomes),
-                failures))
-  return out
+    methods[method] = run_method(exp, method, live, shared) if live else {}
+    for p, outcome in methods[method].items():
+      _announce(progress, exp.run_name(p.seed, method, p.variant), outcome)
+  return dense, methods
 
 
-def _run_seeds(exp: Experiment, progress: progress_lib.Progress
-               ) -> tuple[list[records.SeedRecord], list[dict], list[records.DroppedSeed]]:
-  """Every seed of the config: the records of those with a dense reference, every
+def _variant_records(exp: Experiment, dense: dict[int, Any],
+                     methods: dict[str, dict[Point, records.Outcome]],
+                     variant: variants_lib.Variant
+                     ) -> tuple[list[records.SeedRecord], list[dict], list[records.DroppedSeed]]:
+  """One variant's comparison: the records of the seeds with a dense reference, every
   divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
   per_seed, diverged, dropped = [], [], []
-  outcomes = (_run_seeds_together(exp, progress) if exp.config.seed_axis else
-              (_run_seed(exp, seed, progress) for seed in exp.config.seeds))
-  for seed, (record, failures) in zip(exp.config.seeds, outcomes):
+  for seed in exp.config.seeds:
+    if isinstance(dense[seed], records.Diverged):
+      diverged.append({"seed": seed, "runs": {"dense": dense[seed].message}})
+      dropped.append(records.DroppedSeed(
+          seed, f"its dense reference diverged ({dense[seed].message})"))
+      continue
+    outcomes = {m: methods[m][Point(seed, variant)] for m in exp.config.methods}
+    failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
     if failures:
       diverged.append({"seed": seed, "runs": failures})
-    if record is None:
-      dropped.append(records.DroppedSeed(
-          seed, f"its dense reference diverged ({failures['dense']})"))
-    else:
-      per_seed.append(record)
+    per_seed.append(records.SeedRecord(seed=seed, dense=dense[seed][0], methods=outcomes))
   if not per_seed:
     raise loop.NonFiniteLossError(
         "the dense reference diverged on every seed, so there is nothing to compare ("
@@ -650,7 +624,21 @@ def _setup_notes(config: ml_collections.ConfigDict, problem: Problem) -> list[st
        "weights summing to one."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
+      _axis_note(config),
   ] + _pruning_notes(config) + problem.metric_notes()
+
+
+def _axis_note(config: ml_collections.ConfigDict) -> str:
+  """The report's line on how the runs were trained: how many on the axis, in what chunks."""
+  seeds, variants = len(config.seeds), len(variants_lib.grid(config))
+  runs = seeds * variants
+
+  def count(n, what):
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+  return (f"Run axis: each method's {count(runs, 'run')} ({count(seeds, 'seed')} × "
+          f"{count(variants, 'variant')}) trained as one program in chunks of "
+          f"{min(config.chunk_runs or runs, runs)} (config.chunk_runs={config.chunk_runs}).")
 
 
 def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
@@ -702,12 +690,6 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  if config.seed_axis:
-    if jax.process_count() > 1:  # every process refuses, before any collective
-      raise _checks.UserError(
-          "config.seed_axis=True runs in one process for now: set --config.seed_axis=False "
-          "for a multi-process run.")
-    seed_axis.check_seeds(len(config.seeds), mesh, config.seed_sharded)
   check_workdir(config, workdir)
   problem = (problem or problems.get(config.problem).from_config)(config)
   model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
@@ -722,11 +704,41 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   return exp, progress
 
 
+def _variant_report(exp: Experiment, dense: dict[int, Any],
+                    methods: dict[str, dict[Point, records.Outcome]],
+                    variant: variants_lib.Variant) -> dict:
+  """The report of one variant's runs against the seeds' dense references."""
+  config, problem = exp.config, exp.problem
+  per_seed, diverged, dropped = _variant_records(exp, dense, methods, variant)
+  notes = _setup_notes(config, problem) + _divergence_notes(diverged)
+  if len(exp.variants) > 1:
+    notes.insert(0, f"Variant {variant.name} of the grid: the stages after pretraining at "
+                    f"learning rate {config.optimizer.learning_rate * variant.learning_rate_scale:g}"
+                    f" (× {variant.learning_rate_scale:g}) and "
+                    + (f"gradient clip {variant.clip_norm:g}." if variant.clip_norm else
+                       "no gradient clip."))
+  report = report_lib.build_report(
+      per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
+      metric_names=problem.metric_names,
+      all_higher_is_better=problem.all_higher_is_better,
+      target_sparsity=config.sparsity, extra={"notes": notes},
+      test_counts=problem.test_counts(), dropped=dropped)
+  report["config"] = json.loads(config.to_json())
+  report["diverged"] = diverged
+  report["variant"] = variant.to_json(config.optimizer.learning_rate)
+  return report
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         problem: Callable[[ml_collections.ConfigDict], Problem] | None = None,
         on_checkpoint: Callable[[str, int], None] | None = None,
         print_report: bool = True, label: str = "") -> dict:
   """Runs the whole comparison described by `config` in `workdir` and returns the report.
+
+  With a grid of several variants (``config.grid``) every variant gets a report of its own
+  in ``workdir/variants/<name>/`` (its methods against the same dense references), and
+  ``workdir/report.md`` holds them one after another; the return value is then
+  ``{"variants": {name: report}}``.
 
   Args:
     config: see ``experiments/configs/digits.py`` for the fields.
@@ -742,24 +754,29 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   started = time.time()
   exp, progress = _experiment(config, workdir, problem, on_checkpoint, label)
   try:
-    per_seed, diverged, dropped = _run_seeds(exp, progress)
+    dense, methods = _run_all(exp, progress)
   finally:
     progress.close()
-  problem = exp.problem
-  report = report_lib.build_report(
-      per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
-      metric_names=problem.metric_names,
-      all_higher_is_better=problem.all_higher_is_better,
-      target_sparsity=config.sparsity,
-      extra={"notes": _setup_notes(config, problem) + _divergence_notes(diverged)},
-      test_counts=problem.test_counts(), dropped=dropped)
-  report["config"] = json.loads(config.to_json())
-  report["diverged"] = diverged
+  reports = {v.name: _variant_report(exp, dense, methods, v) for v in exp.variants}
+  if len(reports) == 1:
+    (report,) = reports.values()
+  else:
+    report = {"variants": reports}
   if not parallel.is_primary():  # the primary process writes the report
     return report
-  paths = report_lib.write(report, workdir)
+  if len(reports) == 1:
+    markdown = report_lib.write(report, workdir)["markdown"]
+  else:
+    sections = []
+    for name, variant_report in reports.items():
+      path = report_lib.write(variant_report, os.path.join(workdir, "variants", name))
+      with open(path["markdown"]) as f:
+        sections.append(f"# Variant {name} (files in variants/{name}/)\n\n{f.read()}")
+    markdown = os.path.join(workdir, "report.md")
+    _files.write_atomically(markdown,
+                            lambda f: f.write("\n\n".join(sections).encode("utf-8")))
   if print_report:
-    with open(paths["markdown"]) as f:
+    with open(markdown) as f:
       print(f.read(), flush=True)
     print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
           "checkpoints is shorter than a full run)", file=sys.stderr)

@@ -20,17 +20,21 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mmcompress.train import loop, stages as stages_lib
+from mmcompress.train import loop, stages as stages_lib, variants
 
 
 def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
-  """Run name -> {training stage: epochs} for every run a comparison of `config` trains."""
+  """Run name -> {training stage: epochs} for every run a comparison of `config` trains (a
+  method's own pretraining, which every variant of a seed starts from, counts for each)."""
   method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(config)}
+  grid = variants.grid(config)
+  suffixes = [""] if len(grid) == 1 else [f"@{v.name}" for v in grid]
   plan = {}
   for seed in config.seeds:
     plan[f"seed{seed}/dense"] = {"pretrain": int(config.epochs.pretrain)}
     for method in config.methods:
-      plan[f"seed{seed}/{method}"] = dict(method_stages)
+      for suffix in suffixes:
+        plan[f"seed{seed}/{method}{suffix}"] = dict(method_stages)
   return plan
 
 

@@ -111,6 +111,8 @@ class RunResult:
     export: the compressed file's sizes (`mmcompress.export.save`), path and round-trip check.
     pruning: how the prune stage chose the masks (`mmcompress.train.scoring.prune_masks`:
       criterion, aggregate, calibration batches, task weights, seconds); None without one.
+    variant: the run's variant of a grid (`mmcompress.train.variants.Variant.to_json`: its
+      name, learning-rate scale, the learning rate it used, its clip); None in old results.
   """
   metrics: Mapping[str, Any]
   task_metrics: Mapping[str, Any] | None = None
@@ -125,6 +127,7 @@ class RunResult:
   selected: Mapping[str, Any] | None = None
   export: Mapping[str, Any] | None = None
   pruning: Mapping[str, Any] | None = None
+  variant: Mapping[str, Any] | None = None
 
   @classmethod
   def from_json(cls, value: Any, where: str) -> RunResult:
@@ -142,7 +145,7 @@ class RunResult:
       fields["parameters"] = _parameters(value["parameters"], f"{where}: parameters")
     if value.get("task_weights") is not None:
       fields["task_weights"] = _task_weights(value["task_weights"], where)
-    for key in ("export", "pruning"):
+    for key in ("export", "pruning", "variant"):
       if value.get(key) is not None:
         fields[key] = dict(mapping(value[key], f"{where}: {key}"))
     return cls(**fields)

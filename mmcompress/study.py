@@ -153,15 +153,14 @@ def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _pieces(config: ml_collections.ConfigDict, stages: set[str]) -> list[str]:
-  """The folders (relative to a setting's workdir) of each seed's dense reference and of
-  each method's own `stages` (`stages_lib.method_stages`), in both checkpoint layouts (one
-  seed at a time: ``seed<s>/<run>``; the seed axis: ``seeds/<run>``)."""
-  pieces = ["seeds/dense"] + [f"seed{s}/dense" for s in config.seeds]
+  """The folders (relative to a setting's workdir) of each seed's dense reference (its
+  checkpoints on the run axis, ``axis/dense``, and its result) and of each method's own
+  `stages` (`stages_lib.method_stages`) on the run axis (``axis/<method>/<stage>``)."""
+  pieces = ["axis/dense"] + [f"seed{s}/dense" for s in config.seeds]
   for method in config.methods:
     for stage in stages_lib.method_stages(config):
       if stage in stages:
-        pieces += [f"seeds/{method}/{stage}"] + [f"seed{s}/{method}/{stage}"
-                                                 for s in config.seeds]
+        pieces.append(f"axis/{method}/{stage}")
   return pieces
 
 

@@ -98,6 +98,8 @@ def _tiny_config(**overrides):
       *parents, leaf = key.split(".")
       for p in parents:
         target = target[p]
+      if leaf not in target:  # a stale override would otherwise add a field nobody reads
+        raise KeyError(f"tiny_config: the config has no field {key!r}")
       target[leaf] = value
   return config
 

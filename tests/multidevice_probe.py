@@ -17,7 +17,7 @@ from mmcompress import saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import parallel, seed_axis
+from mmcompress.train import parallel, run_axis
 from mmcompress.train.step import init_variables, make_train_step
 
 
@@ -42,20 +42,20 @@ def gradient_level_losses(problem, model, sparse, mesh, batch_size, name):
 def seed_axis_losses(problem, model, mesh, batch_size, seed_sharded, seeds=8, steps=3):
   """The (steps, seeds, K) task losses of min-max on the seed axis, each seed's batch split
   over the devices or the seeds themselves split over them."""
-  seed_axis.check_seeds(seeds, mesh, seed_sharded)
+  assert not seed_sharded or run_axis.can_shard(seeds, mesh)
   w = weighting.minmax(0.5, gamma=0.5)
   tx = saddle_point(optax.sgd(0.1, momentum=0.9), w.tx)
-  states = seed_axis.stack([
+  states = run_axis.stack([
       synthetic.replicated_state(*init_variables(model, problem, seed), w, tx,
                                  problem.num_tasks, mesh, seed) for seed in range(seeds)])
-  states = jax.device_put(states, seed_axis.state_sharding(mesh, seed_sharded))
-  seeds_step = seed_axis.make_seed_train_step(problem, model, w, tx, mesh,
-                                              seed_sharded=seed_sharded)
+  states = jax.device_put(states, run_axis.state_sharding(mesh, seed_sharded))
+  seeds_step = run_axis.make_runs_train_step(problem, model, w, tx, mesh,
+                                             sharded=seed_sharded, num_runs=seeds)
   alive = np.ones(seeds, bool)
   losses = []
   for i in range(steps):
-    batches = seed_axis.stacked_batches(problem, range(seeds), 0, i, batch_size)
-    batches = jax.device_put(batches, seed_axis.batch_sharding(mesh, problem.batch_axis,
+    batches = run_axis.stacked_batches(problem, range(seeds), 0, i, batch_size)
+    batches = jax.device_put(batches, run_axis.batch_sharding(mesh, problem.batch_axis,
                                                                seed_sharded))
     states, alive, task_losses = seeds_step(states, alive, batches)
     losses.append(np.asarray(task_losses).tolist())

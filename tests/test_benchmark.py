@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from mmcompress import _checks, sparsity
+from mmcompress import _checks, comparison, sparsity
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
 from mmcompress.train import parallel, step
@@ -191,3 +191,28 @@ def test_the_seed_benchmark_times_one_seed_and_the_seed_axis(monkeypatch):
   calls = result["steps_per_seed"]
   assert f"training steps are {100 * calls * 3 * 1e-3 / 30:.0f} % of the wall time" in text
   assert f"training steps are {100 * calls * 2e-3 / 12:.0f} % of the wall time" in text
+
+
+def test_the_grid_benchmark_times_one_variant_and_ten_on_the_run_axis(monkeypatch):
+  from experiments import bench_grid  # pylint: disable=import-outside-toplevel
+  from mmcompress.train import variants  # pylint: disable=import-outside-toplevel
+  one, grid = bench_grid.config_for(5, False), bench_grid.config_for(5, True)
+  for config in (one, grid):
+    comparison.validate(config)
+    assert config.task_sets == ("classify",) and config.sparsity == 0.975
+    assert config.methods == bench_grid.METHODS and config.seeds == tuple(range(5))
+  assert len(variants.grid(one)) == 1 and len(variants.grid(grid)) == 10
+  seen = []
+  walls = iter([30.0, 75.0])
+
+  def timed(config):
+    seen.append(len(variants.grid(config)))
+    return next(walls)
+
+  monkeypatch.setattr(bench_grid, "timed_run", timed)
+  out = io.StringIO()
+  result = bench_grid.run(5, out=out)
+  assert seen == [1, 10]
+  assert ("grid axis: 10 variants x 5 seeds / 1 variant x 5 seeds wall-time ratio 2.50"
+          in out.getvalue())
+  assert result["ratio"] == 2.5

@@ -1,6 +1,8 @@
 """Tests of MultiDigits: disjoint stratified splits, determinism, task targets and masks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn import datasets
@@ -135,3 +137,29 @@ def test_fraction_outside_open_interval_is_rejected(kwargs):
 def test_bad_seed_is_rejected(seed):
   with pytest.raises(ValueError, match="seed"):
     load_multidigits(seed=seed)
+
+
+def test_each_seed_draws_its_own_data_order_and_a_seed_always_the_same():
+  """Paired seeds are independent samples: seed 0 and seed 1 of a run see other batches at
+  the same stage and step (their runs on the axis too), a seed sees the same ones again,
+  and every seed's epoch visits every training example once."""
+  from mmcompress.problems.digits import DigitsProblem  # pylint: disable=import-outside-toplevel
+  from mmcompress.train import run_axis  # pylint: disable=import-outside-toplevel
+  data = load_multidigits("classify", seed=0)
+  indexed = data.train._replace(images=np.arange(data.train.num_examples, dtype=np.float32)
+                                .reshape(-1, 1, 1, 1) * np.ones((1, 8, 8, 1), np.float32))
+  problem = DigitsProblem(dataclasses.replace(data, train=indexed))
+  batch_size = 64
+  spe = problem.steps_per_epoch(batch_size)
+
+  def rows(seed, stage=0, step=0):
+    return problem.train_batch(seed, stage, step, batch_size)["images"][:, 0, 0, 0].astype(int)
+
+  assert not np.array_equal(rows(0), rows(1))
+  assert np.array_equal(rows(1), rows(1))
+  assert not np.array_equal(rows(1, stage=0), rows(1, stage=1))
+  for seed in (0, 1):
+    epoch = np.concatenate([rows(seed, step=s) for s in range(spe)])
+    assert len(set(epoch.tolist())) == len(epoch) == spe * batch_size
+  stacked = run_axis.stacked_batches(problem, (0, 1, 0), 0, 3, batch_size)["images"]
+  assert np.array_equal(stacked[0], stacked[2]) and not np.array_equal(stacked[0], stacked[1])

@@ -4,7 +4,7 @@ Its own file, so that the parallel runner (``--dist loadfile``) can give it a wo
 own. The methods share one dense pretraining (as the digits runs do), then prune and
 retrain under the weighting: no reweighting stage, whose step would be each method's second
 compilation. The reweighting stage runs in the pipeline tests (tests/test_trainer.py,
-tests/test_seed_axis.py), and under every weighting in the measured study (README).
+tests/test_run_axis.py), and under every weighting in the measured study (README).
 """
 import numpy as np
 import pytest
@@ -16,8 +16,8 @@ from mmcompress import comparison, weighting
 def fixture_dense(tmp_path_factory, tiny_experiment):
   """The tiny dense reference of seed 0, trained once: its (params, model state)."""
   _, params, model_state = comparison.run_dense(
-      tiny_experiment(tmp_path_factory.mktemp("dense")), 0)
-  return params, model_state
+      tiny_experiment(tmp_path_factory.mktemp("dense")), (0,))[0]
+  return {0: (params, model_state)}
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_every_weighting_runs_the_digits_pipeline_at_40x(tmp_path, tiny_config, 
                                                          dense, method):
   exp = tiny_experiment(tmp_path, tiny_config(methods=(method,),
                                               stages=("pretrain", "prune", "retrain")))
-  result = comparison.run_method(exp, method, 0, dense)
+  (result,) = comparison.run_method(exp, method, (0,), dense).values()
   assert all(np.isfinite(v) for v in result.metrics.values())
   assert result.sparsity == pytest.approx(0.975, abs=1e-3)
   assert result.prunable_compression_ratio == pytest.approx(40.0, rel=0.05)

@@ -3,7 +3,8 @@
 killed with SIGKILL and resumed, and refusing a bad config on every process.
 
 The runs are the quick preset made smaller (`SMALL`) to keep the file short: one method
-(min-max), 2 + 1 + 1 epochs of 8 steps, a 32-unit MLP, a checkpoint every 8 steps. Measured
+(min-max), 2 + 1 + 1 epochs of 8 steps, a 32-unit MLP, a checkpoint every 8 steps, on a run
+axis of 2 seeds × a grid of 2 variants (learning-rate scales 0.5 and 1). Measured
 on two cores that other jobs were also using: 109 s, about 105 CPU-seconds. Every launch runs under a time limit and is ended with its
 whole process group if it passes it, so a hang fails the test instead of blocking CI.
 """
@@ -26,8 +27,9 @@ pytestmark = pytest.mark.slow  # every test launches training processes
 SMALL = ["--config=digits:quick", '--config.methods=("minmax",)',
          "--config.epochs.pretrain=2", "--config.epochs.reweight=1", "--config.epochs.retrain=1",
          "--config.model_kwargs.hidden=(32,)", "--config.batch_size=128",
-         "--config.checkpoint_every_steps=8",
-         "--config.seed_axis=False"]  # the seed axis runs in one process only
+         "--config.checkpoint_every_steps=8", "--config.seeds=(0,1)",
+         "--config.grid.learning_rate_scale=(0.5,1.0)"]
+VARIANTS = ("lr0.5-clip0", "lr1-clip0")
 # 2 × 2 against 1 × 4: the same mesh of 4 devices and the same programs, but the all-reduce of
 # the per-device partial sums goes through gloo across processes and through XLA's own
 # in-process collective on one, which add them in another order: float32 rounding, measured at
@@ -89,7 +91,9 @@ def reference(tmp_path_factory):
 
 
 def read_report(workdir):
-  return json.loads((workdir / "report.json").read_text())
+  """Each variant's report.json."""
+  return {v: json.loads((workdir / "variants" / v / "report.json").read_text())
+          for v in VARIANTS}
 
 
 def assert_close(a, b, path="report"):
@@ -111,18 +115,24 @@ def assert_close(a, b, path="report"):
 
 def test_two_processes_report_what_one_process_with_as_many_devices_reports(reference):
   two, one, printed = reference
-  report, alone = read_report(two), read_report(one)
-  assert report["dense"]["metrics"] == alone["dense"]["metrics"]
-  assert report["methods"]["minmax"]["metrics"] == alone["methods"]["minmax"]["metrics"]
-  assert_close(report, alone)
-  weights = report["methods"]["minmax"]["task_weights"]  # reweight's epoch, retrain's
-  assert len(weights) == 2 and all(abs(sum(w) - 1) < 1e-5 for w in weights)
+  reports, alone = read_report(two), read_report(one)
+  for variant, report in reports.items():
+    assert report["dense"]["metrics"] == alone[variant]["dense"]["metrics"]
+    assert (report["methods"]["minmax"]["metrics"]
+            == alone[variant]["methods"]["minmax"]["metrics"]), variant
+    assert_close(report, alone[variant], variant)
+    weights = report["methods"]["minmax"]["task_weights"]  # reweight's epoch, retrain's
+    assert len(weights) == 2 and all(abs(sum(w) - 1) < 1e-5 for w in weights)
+  # The variants trained differently, from the same dense models.
+  first, second = (reports[v]["methods"]["minmax"]["task_weights"] for v in VARIANTS)
+  assert first != second
+  assert reports[VARIANTS[0]]["dense"] == reports[VARIANTS[1]]["dense"]
   # Process 0 alone printed the report, and wrote the files.
   tables = [line for line in printed.splitlines() if "| minmax |" in line]
   assert tables and all(line.startswith("[0] ") for line in tables)
-  assert (two / "models" / "seed0_minmax.npz").exists()
+  assert (two / "models" / "seed1_minmax@lr0.5-clip0.npz").exists()
   assert list((two / "tensorboard").rglob("events.out.tfevents.*"))
-  assert (two / "task_weights.png").exists()
+  assert (two / "variants" / "lr1-clip0" / "task_weights.png").exists()
 
 
 def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, tmp_path):
@@ -138,7 +148,7 @@ def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, t
     process = start(launched(digits(workdir), grace_s=0), tmp_path, stdout=subprocess.DEVNULL,
                     stderr=stderr, JAX_COMPILATION_CACHE_DIR="")
     deadline = time.time() + RUN_LIMIT_S
-    first = workdir / "seed0" / "dense" / "pretrain" / "8"
+    first = workdir / "axis" / "dense" / "pretrain" / "8"
     while time.time() < deadline and not first.exists():
       time.sleep(0.05)
     time.sleep(draw.uniform(0.0, 3.0))
@@ -148,7 +158,7 @@ def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, t
     done = finish(process, timeout=60)
   assert running, "the run finished before it could be killed; kill it sooner"
   assert done.returncode == 128 + signal.SIGKILL, log.read_text()[-3000:]
-  assert not (workdir / "report.json").exists()
+  assert not (workdir / "report.md").exists()
   rerun = finish(start(launched(digits(workdir)), tmp_path))
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert read_report(workdir) == read_report(two)
@@ -156,11 +166,11 @@ def test_a_run_killed_with_sigkill_then_rerun_gives_the_same_report(reference, t
 
 def test_a_bad_config_ends_both_processes_with_the_one_line_error(tmp_path):
   # Refused before the processes meet (sparsity), and after (the batch size must divide the
-  # 4 devices of both processes; the seed axis needs one process): either way, both exit by
+  # 4 devices of both processes; a grid's variants are checked before either): both exit by
   # themselves with status 2.
   cases = (("--config.sparsity=1.5", "config.sparsity"),
            ("--config.batch_size=6", "batch_size=6 is not divisible by the 4 devices"),
-           ("--config.seed_axis=True", "config.seed_axis=True runs in one process"))
+           ("--config.grid.clip_norm=(-1.0,)", "config.grid.clip_norm"))
   started = time.time()
   runs = [start(launched(digits(tmp_path / f"w{i}", flag), grace_s=30), tmp_path)
           for i, (flag, _) in enumerate(cases)]

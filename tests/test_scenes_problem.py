@@ -195,20 +195,24 @@ def _record(dir_, step, record):
   (path / "metadata").write_text(json.dumps(record))
 
 
-def test_the_loss_curves_read_both_layouts_of_a_run(tmp_path):
+def test_the_loss_curves_read_every_run_of_the_axis_in_chunks_or_not(tmp_path):
   from experiments import scenes_curves  # pylint: disable=import-outside-toplevel
   def epochs(seed, stage):
     return [{"train_loss": [seed, len(stage), e], "val_loss": [e, seed, 0]} for e in range(2)]
-  one, together = tmp_path / "one", tmp_path / "together"
-  (together).mkdir()
-  (together / "config.json").write_text(json.dumps({"seeds": [3, 5]}))
+  whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+  for workdir in (whole, chunked):
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"seeds": [3, 5]}))
   for run, stages in scenes_curves._STAGES.items():  # pylint: disable=protected-access
     for stage in stages:
-      for seed in (3, 5):
-        _record(one / f"seed{seed}" / run / stage, 7, {"epochs": epochs(seed, stage)})
-      _record(together / "seeds" / run / stage, 7,
-              {"seeds": [{"epochs": epochs(s, stage)} for s in (3, 5)], "step": 7})
-  expected = scenes_curves.curves(one)
+      _record(whole / "axis" / run / stage, 7,
+              {"runs": [{"epochs": epochs(s, stage)} for s in (3, 5)], "step": 7})
+      for k, seed in enumerate((3, 5)):
+        _record(chunked / "axis" / run / stage / f"chunk{k}", 7,
+                {"runs": [{"epochs": epochs(seed, stage)}], "step": 7})
+  expected = scenes_curves.curves(whole)
   assert set(expected) == {(f"seed{s}", r) for s in (3, 5) for r in ("dense", "equal", "minmax")}
-  assert expected["seed5", "minmax"]["train"][2] == [5, len("retrain"), 0]
-  assert scenes_curves.curves(together) == expected
+  assert expected["seed5", "minmax"]["train"] == [[5, len("reweight"), 0], [5, len("reweight"), 1],
+                                                  [5, len("retrain"), 0], [5, len("retrain"), 1]]
+  assert expected["seed3", "dense"]["val"] == [[0, 3, 0], [1, 3, 0]]
+  assert scenes_curves.curves(chunked) == expected

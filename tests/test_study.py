@@ -99,16 +99,15 @@ def test_a_study_recorded_before_the_clip_grid_still_resumes(tmp_path):
     study.validate(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("seed_axis, share_pretraining", [(True, True), (False, False)])
-def test_the_variants_share_what_precedes_compression(seed_axis, share_pretraining):
+@pytest.mark.parametrize("chunk_runs, share_pretraining", [(0, True), (1, False)])
+def test_the_variants_share_what_precedes_compression(chunk_runs, share_pretraining):
   config = study_config.get_config("quick")
   with config.unlocked():
-    config.seed_axis, config.share_pretraining = seed_axis, share_pretraining
+    config.chunk_runs, config.share_pretraining = chunk_runs, share_pretraining
   setting = study.setting_config(config, study.settings(config)[0])
   pieces = set(study._pretrained_pieces(setting))  # pylint: disable=protected-access
-  dense = {"seeds/dense", "seed0/dense", "seed1/dense"}
-  pretrain = {f"{layout}/{m}/pretrain" for layout in ("seeds", "seed0", "seed1")
-              for m in config.methods}
+  dense = {"axis/dense", "seed0/dense", "seed1/dense"}
+  pretrain = {f"axis/{m}/pretrain" for m in config.methods}
   # Each method's own pretraining (unclipped in every variant) when they do not share one;
   # never a stage after it (those are what the variants clip).
   assert pieces == (dense if share_pretraining else dense | pretrain)
@@ -123,10 +122,10 @@ def test_a_setting_folder_of_another_run_is_refused(tmp_path):
 
 
 def _finished_setting(root, seeds, methods):
-  """The folders of a finished quick setting on the seed axis, and a file in each."""
-  pieces = ["seeds/dense/pretrain/7"] + [f"seed{s}/dense" for s in seeds]
+  """The folders of a finished quick setting on the run axis, and a file in each."""
+  pieces = ["axis/dense/pretrain/7"] + [f"seed{s}/dense" for s in seeds]
   for method in methods:
-    pieces += [f"seeds/{method}/{stage}/3" for stage in ("reweight", "retrain")]
+    pieces += [f"axis/{method}/{stage}/3" for stage in ("reweight", "retrain")]
     pieces += [f"seed{s}/{method}" for s in seeds]
   for piece in pieces:
     (root / piece).mkdir(parents=True)
@@ -143,15 +142,15 @@ def test_share_unpruned_copies_the_dense_references_and_the_stages_before_the_pr
   # What a copy killed half-way leaves: one folder in place, one half-copied beside its place.
   (target / "seed0" / "dense").mkdir(parents=True)
   (target / "seed0" / "dense" / "data").write_text("kept")
-  (target / "seeds" / "minmax+taylor_max" / "reweight.copying").mkdir(parents=True)
+  (target / "axis" / "minmax+taylor_max" / "reweight.copying").mkdir(parents=True)
   assert study.share_unpruned(str(source), str(target), config)
   copied = sorted(str(p.relative_to(target)) for p in target.rglob("data"))
-  expected = (["seed0/dense/data", "seed1/dense/data", "seeds/dense/pretrain/7/data"]
-              + [f"seeds/{m}/reweight/3/data" for m in config.methods])
+  expected = (["seed0/dense/data", "seed1/dense/data", "axis/dense/pretrain/7/data"]
+              + [f"axis/{m}/reweight/3/data" for m in config.methods])
   assert copied == sorted(expected)
   assert (target / "seed0" / "dense" / "data").read_text() == "kept"
-  assert (target / "seeds" / "minmax+taylor_max" / "reweight" / "3" / "data").read_text() == (
-      "seeds/minmax+taylor_max/reweight/3")
+  assert (target / "axis" / "minmax+taylor_max" / "reweight" / "3" / "data").read_text() == (
+      "axis/minmax+taylor_max/reweight/3")
   assert not list(target.rglob("*.copying"))
 
 
@@ -172,7 +171,7 @@ def test_dynamic_sparse_training_shares_only_the_dense_references():
   assert study.unpruned_stages(config) == ()
   setting = study.setting_config(config, study.settings(config)[0])
   assert set(study._unpruned_pieces(setting)) == {  # pylint: disable=protected-access
-      "seeds/dense", "seed0/dense", "seed1/dense"}
+      "axis/dense", "seed0/dense", "seed1/dense"}
 
 
 def _holm_by_steps(p_values, alpha):
@@ -273,7 +272,7 @@ def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_st
   process = subprocess.Popen(command, cwd=tmp_path,
                              env=dict(_environment(), JAX_COMPILATION_CACHE_DIR=""),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  started = workdir / "classify-40x" / "seeds" / "equal"  # the first method's checkpoints
+  started = workdir / "classify-40x" / "axis" / "equal"  # the first method's checkpoints
   deadline = time.time() + 300
   while time.time() < deadline and not started.exists():
     time.sleep(0.05)

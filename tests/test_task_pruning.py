@@ -58,7 +58,7 @@ def test_a_taylor_minmax_run_prunes_to_the_exact_budget_and_records_its_weights(
   config = tiny_config(methods=("minmax+taylor_minmax",), **{"prune.calibration_batches": 2})
   comparison.validate(config)
   exp = tiny_experiment(tmp_path, config)
-  result = comparison.run_method(exp, "minmax+taylor_minmax", 0, None)
+  (result,) = comparison.run_method(exp, "minmax+taylor_minmax", (0,), None).values()
   pruning = result.pruning
   assert pruning["criterion"] == "taylor_minmax" and pruning["aggregate"] == "minmax"
   assert pruning["calibration_batches"] == 2 and pruning["seconds"] > 0
@@ -69,7 +69,7 @@ def test_a_taylor_minmax_run_prunes_to_the_exact_budget_and_records_its_weights(
   assert result.sparsity == pytest.approx(0.975, abs=1e-3)
   # The masks differ from magnitude masks of the same weights (they know the tasks), with
   # exactly the same count in every prunable leaf.
-  magnitude = comparison.run_method(exp, "minmax", 0, None)
+  (magnitude,) = comparison.run_method(exp, "minmax", (0,), None).values()
   assert magnitude.pruning == {"criterion": "magnitude", "aggregate": None}
   assert result.parameters["prunable_nonzero"] == magnitude.parameters["prunable_nonzero"]
   assert result.metrics != magnitude.metrics
@@ -123,6 +123,6 @@ def test_sparse_training_with_task_aware_regrowth_runs_end_to_end(tmp_path, tiny
       "epochs.sparse": 3, "dynamic.update_every_epochs": 1, "dynamic.grow_fraction": 0.01,
       "dynamic.grow": grow, "sparsity": 0.9})
   comparison.validate(config)
-  result = comparison.run_method(tiny_experiment(tmp_path, config), method, 0, None)
+  (result,) = comparison.run_method(tiny_experiment(tmp_path, config), method, (0,), None).values()
   assert all(np.isfinite(v) for v in result.metrics.values())
   assert result.sparsity == pytest.approx(0.9, abs=1e-3)

@@ -2,6 +2,7 @@
 import json
 import logging
 import pathlib
+import re
 import shutil
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 from mmcompress import comparison
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems.digits import DigitsProblem
-from mmcompress.train import checkpoint, loop, step as step_lib
+from mmcompress.train import checkpoint, loop, run_axis, step as step_lib, variants
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,12 @@ def interrupt_at(stage, step):
   return on_checkpoint
 
 
+def one_run(exp, method, dense=None):
+  """`method`'s one outcome on seed 0 (one variant), from the run axis of length 1."""
+  (outcome,) = comparison.run_method(exp, method, (0,), dense).values()
+  return outcome
+
+
 def leaves_equal(a, b):
   return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
 
@@ -84,22 +91,21 @@ def leaves_equal(a, b):
 def fixture_dense_run(tmp_path_factory, tiny_experiment):
   """The tiny dense reference of seed 0, trained once: (workdir, result); copy it to change it."""
   workdir = tmp_path_factory.mktemp("dense")
-  return workdir, comparison.run_dense(tiny_experiment(workdir), 0)[0]
+  return workdir, comparison.run_dense(tiny_experiment(workdir), (0,))[0][0]
 
 
 @pytest.mark.slow
 def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path, tiny_experiment):
-  whole = comparison.run_method(tiny_experiment(tmp_path / "whole"), "minmax", 0, None)
+  whole = one_run(tiny_experiment(tmp_path / "whole"), "minmax")
   # Checkpoints every 7 steps: pretrain saves at 7, 14, 21, 28, 32, reweight at 7, 14, 16,
   # retrain at 7, 14, ... One run is cut in every stage (at its 1st, 7th and 10th checkpoint):
   # each time a fresh experiment resumes it, up to the next cut, and the last one finishes it.
   workdir = tmp_path / "cut"
   for stage, step in (("pretrain", 7), ("reweight", 14), ("retrain", 14)):
     with pytest.raises(Interrupt, match=f"after checkpoint {stage}/{step}$"):
-      comparison.run_method(tiny_experiment(workdir, on_checkpoint=interrupt_at(stage, step)),
-                            "minmax", 0, None)
+      one_run(tiny_experiment(workdir, on_checkpoint=interrupt_at(stage, step)), "minmax")
     assert not (workdir / "seed0" / "minmax" / "result.json").exists()
-  resumed = comparison.run_method(tiny_experiment(workdir), "minmax", 0, None)
+  resumed = one_run(tiny_experiment(workdir), "minmax")
   assert resumed == whole
   assert whole.sparsity == pytest.approx(0.975, abs=1e-3)
   assert whole.export["round_trip_exact"]
@@ -110,7 +116,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   trained, fresh = dense_run
   shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
   exp = tiny_experiment(tmp_path)
-  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  stage_dir = tmp_path / "axis" / "dense" / "pretrain"
   steps = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
   assert len(steps) >= 2
   for f in (stage_dir / str(steps[-1]) / "state").rglob("*"):
@@ -121,21 +127,22 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   tx = comparison.stages_lib.stage_transform("pretrain", exp.config, exp.steps_per_epoch,
                                              weighting, 4)
   state = step_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
-  like = loop.abstract_carry(state, 4, exp.mesh)
+  like = loop.abstract_carry(run_axis.stack([state]), 4, run_axis.state_sharding(exp.mesh, False))
   ckpts = checkpoint.StageCheckpoints(str(stage_dir))
   with caplog.at_level(logging.WARNING):
     restored = ckpts.restore_latest(like)
   ckpts.close()
   assert restored is not None
   carry, record = restored
-  assert int(carry["state"].step) == steps[-2]
-  assert loop.StageRecord.from_json(record).to_json() == record  # the checkpoint's JSON
+  assert int(carry["state"].step[0]) == steps[-2]
+  (run_record,) = record["runs"]
+  assert loop.StageRecord.from_json(run_record).to_json() == run_record  # the checkpoint's JSON
   assert f"checkpoint {steps[-1]}" in caplog.text and "unreadable" in caplog.text
   assert (stage_dir / f"{steps[-1]}.unreadable").is_dir()  # kept, out of the way
   # The stage is resumed from the older step and finishes, saving its last step again: the
   # same result as the run that was never damaged.
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
-  result = comparison.run_dense(tiny_experiment(tmp_path), 0)[0]
+  result = comparison.run_dense(tiny_experiment(tmp_path), (0,))[0][0]
   assert result == fresh
 
 
@@ -160,11 +167,28 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
   data = digits.MultiTaskData(data.task_set, data.task_names, data.task_kinds, data.num_outputs,
                               bad, data.val, data.test)
   task = data.task_names[int(np.argmax(bad.task_mask[poisoned]))]
-  with pytest.raises(loop.NonFiniteLossError, match=f"task '{task}'.*at step {first + 1}"):
-    comparison.run_dense(tiny_experiment(tmp_path, config, data), 0)
-  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  exp = tiny_experiment(tmp_path, config, data)
+  outcome = comparison.run_dense(exp, (0,))[0]
+  assert isinstance(outcome, comparison.records.Diverged)
+  assert re.search(f"task '{task}'.*at step {first + 1}", outcome.message), outcome.message
+  assert (tmp_path / "seed0" / "dense" / "diverged.json").exists()
+  # The run stopped where it diverged: its state is frozen at the last good step.
+  stage_dir = tmp_path / "axis" / "dense" / "pretrain"
   saved = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
-  assert saved and saved[-1] == first  # the last good step is kept, nothing after it
+  assert saved[-1] == first + 1
+  ckpts = checkpoint.StageCheckpoints(str(stage_dir))
+  params, _ = step_lib.init_variables(exp.model, exp.problem, 0)
+  weighting = comparison.stages_lib.make_weighting("equal", exp.config, exp.steps_per_epoch)
+  tx = comparison.stages_lib.stage_transform("pretrain", exp.config, exp.steps_per_epoch,
+                                             weighting, 4)
+  state = step_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
+  carry, record = ckpts.restore_latest(loop.abstract_carry(
+      run_axis.stack([state]), 4, run_axis.state_sharding(exp.mesh, False)))
+  ckpts.close()
+  assert int(carry["state"].step[0]) == first and not bool(carry["alive"][0])
+  assert jax.tree.reduce(lambda a, b: a and b, jax.tree.map(
+      lambda x: bool(np.isfinite(x).all()), carry["state"].params))
+  assert record["failures"] == {"0": outcome.message}
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -187,6 +211,10 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
     ({"minmax.every": "hour"}, "minmax.every"),
     ({"optimizer.name": "lion"}, "optimizer.name"),
     ({"seeds": ()}, "config.seeds"),
+    ({"grid.learning_rate_scale": (1.0, 0.0)}, "config.grid.learning_rate_scale"),
+    ({"grid.clip_norm": (-1.0,)}, "config.grid.clip_norm"),
+    ({"grid.clip_norm": (1.0, 1.0)}, "names a variant twice"),
+    ({"chunk_runs": -1}, "config.chunk_runs"),
 ])
 def test_bad_configs_fail_before_any_compute(overrides, match, tiny_config):
   with pytest.raises(ValueError, match=match):
@@ -212,7 +240,7 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path, tiny
                           "minmax.every": "epoch", "dynamic.update_every_epochs": 1,
                           "dynamic.grow_fraction": 0.01, "sparsity": 0.9})
   exp = tiny_experiment(tmp_path, config)
-  result = comparison.run_method(exp, "minmax", 0, None)
+  result = one_run(exp, "minmax")
   assert result.sparsity == pytest.approx(0.9, abs=1e-3)
   assert result.export["round_trip_exact"]
   trajectory = np.asarray(result.task_weights)  # one entry per epoch
@@ -242,16 +270,18 @@ def test_a_workdir_recorded_before_a_weighting_was_added_still_resumes(tmp_path,
     comparison.check_workdir(tiny_config(), str(tmp_path))
 
 
-def test_a_workdir_recorded_before_the_seed_axis_resumes_one_seed_at_a_time(tmp_path,
-                                                                           tiny_config):
-  comparison.check_workdir(tiny_config(seed_axis=False), str(tmp_path))
+def test_a_workdir_recorded_before_the_run_axis_resumes_on_it(tmp_path, tiny_config):
+  comparison.check_workdir(tiny_config(), str(tmp_path))
   path = tmp_path / "config.json"
   saved = json.loads(path.read_text())
-  del saved["seed_axis"], saved["seed_sharded"]  # as written before the seed axis existed
+  # As written before the run axis: the one-seed switches, no chunks, no grid.
+  del saved["chunk_runs"], saved["runs_sharded"], saved["grid"]
+  saved["seed_axis"], saved["seed_sharded"] = True, False
   path.write_text(json.dumps(saved))
-  comparison.check_workdir(tiny_config(seed_axis=False), str(tmp_path))  # resumes
-  with pytest.raises(ValueError, match="different config"):  # those runs had no seed axis
-    comparison.check_workdir(tiny_config(seed_axis=True), str(tmp_path))
+  comparison.check_workdir(tiny_config(), str(tmp_path))  # resumes
+  with pytest.raises(ValueError, match="different config"):  # those runs had no grid
+    comparison.check_workdir(tiny_config(**{"grid.learning_rate_scale": (0.5, 1.0)}),
+                             str(tmp_path))
 
 
 def test_a_workdir_recorded_before_the_compression_clip_still_resumes(tmp_path, tiny_config):
@@ -273,19 +303,21 @@ def test_a_workdir_recorded_before_the_compression_clip_still_resumes(tmp_path, 
 @pytest.mark.slow
 def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatch, tiny_config):
   # No reweighting stage: what a divergence leaves in the report does not depend on it.
-  # The one-seed path (the seed axis's divergences: tests/test_seed_axis.py).
-  config = tiny_config(seeds=(0, 1), stages=("pretrain", "prune", "retrain"), seed_axis=False)
+  # (A real divergence on the run axis: tests/test_run_axis.py.)
+  config = tiny_config(seeds=(0, 1), stages=("pretrain", "prune", "retrain"))
   real = comparison.run_method
+  message = "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"
 
-  def diverge_on_seed_1(exp, method, seed, dense):
-    if method == "minmax" and seed == 1:
-      raise loop.NonFiniteLossError(
-          "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3", "X")
-    return real(exp, method, seed, dense)
+  def diverge_on_seed_1(exp, method, seeds, dense):
+    out = real(exp, method, seeds, dense)
+    if method == "minmax":
+      point = comparison.Point(1, exp.variants[0])
+      out[point] = comparison._diverged(  # pylint: disable=protected-access
+          exp, exp.run_name(1, method, point.variant), message)
+    return out
 
   monkeypatch.setattr(comparison, "run_method", diverge_on_seed_1)
   report = comparison.run(config, str(tmp_path), print_report=False)
-  message = "stage 'retrain': the loss of task 'g1_1_5_8_9' is nan at step 3"
   assert report["seeds"] == [0, 1] and report["dropped_seeds"] == []
   assert report["diverged"] == [{"seed": 1, "runs": {"minmax": message}}]
   minmax, equal = report["methods"]["minmax"], report["methods"]["equal"]
@@ -307,20 +339,18 @@ def test_a_diverged_run_counts_as_a_loss_and_keeps_its_seed(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_diverged_dense_reference_leaves_its_seed_out(tmp_path, monkeypatch, tiny_config):
-  config = tiny_config(seeds=(0, 1), methods=("equal",), stages=("pretrain", "prune", "retrain"),
-                       seed_axis=False)
+  config = tiny_config(seeds=(0, 1), methods=("equal",), stages=("pretrain", "prune", "retrain"))
   real = comparison.run_dense
+  message = "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"
 
-  def diverge_on_seed_0(exp, seed):
-    if seed == 0:
-      raise loop.NonFiniteLossError(
-          "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2", "X")
-    return real(exp, seed)
+  def diverge_on_seed_0(exp, seeds):
+    out = real(exp, seeds)
+    out[0] = comparison._diverged(exp, "seed0/dense", message)  # pylint: disable=protected-access
+    return out
 
   monkeypatch.setattr(comparison, "run_dense", diverge_on_seed_0)
   report = comparison.run(config, str(tmp_path), print_report=False)
   assert report["seeds"] == [1]
-  message = "stage 'pretrain': the loss of task 'g0_0_6' is nan at step 2"
   assert report["diverged"] == [{"seed": 0, "runs": {"dense": message}}]
   assert report["dropped_seeds"] == [
       {"seed": 0, "reason": f"its dense reference diverged ({message})"}]
@@ -334,38 +364,38 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
   # final ones and handing on the final weights would fail this test.
   scores = iter(range(1000))
   monkeypatch.setattr(loop, "selection_score", lambda val: float(next(scores)))
-  real_train = comparison._train  # pylint: disable=protected-access
+  real_train = comparison._train_axis  # pylint: disable=protected-access
   seen = {}
 
-  def recording_train(exp, run_name, method, stage, index, seed, params, model_state,
-                      masks=None):
-    out = real_train(exp, run_name, method, stage, index, seed, params, model_state, masks)
-    seen.setdefault((run_name, stage), (params, model_state, out[0]))
+  def recording_train(exp, label, method, stage, index, points, names, starts, masks):
+    out = real_train(exp, label, method, stage, index, points, names, starts, masks)
+    (point,) = points
+    seen.setdefault((label, stage), (*starts[point], out[0][point]))
     return out
 
-  monkeypatch.setattr(comparison, "_train", recording_train)
+  monkeypatch.setattr(comparison, "_train_axis", recording_train)
   exp = tiny_experiment(tmp_path)
-  dense, params, model_state = comparison.run_dense(exp, 0)
-  comparison.run_method(exp, "minmax", 0, (params, model_state))   # shared pretraining
-  comparison.run_method(exp, "equal", 0, None)                    # its own pretraining
-  final = seen[("seed0/dense", "pretrain")][2]
+  dense, params, model_state = comparison.run_dense(exp, (0,))[0]
+  one_run(exp, "minmax", {0: (params, model_state)})   # shared pretraining
+  one_run(exp, "equal")                                # its own pretraining
+  final = seen[("dense", "pretrain")][2]
   assert not leaves_equal(final.params, params)  # the selected epoch is not the last
-  for run_name in ("seed0/minmax", "seed0/equal"):
-    start, start_state, _ = seen[(run_name, exp.config.stages[1])]
+  for label in ("minmax", "equal"):
+    start, start_state, _ = seen[(label, exp.config.stages[1])]
     fresh = loop.evaluate(exp.problem, exp.eval_step, start, start_state, "test", exp.mesh,
                           exp.config.eval_batch_size)
-    assert fresh["metrics"] == dense.metrics, run_name
+    assert fresh["metrics"] == dense.metrics, label
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path, dense_run,
                                                                  tiny_experiment):
   shutil.copytree(dense_run[0], tmp_path, dirs_exist_ok=True)
-  stage_dir = tmp_path / "seed0" / "dense" / "pretrain"
+  stage_dir = tmp_path / "axis" / "dense" / "pretrain"
   for f in stage_dir.rglob("manifest.ocdbt"):
     f.write_bytes(b"\0" * 7)
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
   with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
-    comparison.run_dense(tiny_experiment(tmp_path), 0)
+    comparison.run_dense(tiny_experiment(tmp_path), (0,))
   assert any(p.name.isdigit() for p in stage_dir.iterdir())  # nothing was moved or deleted
 
 
@@ -380,13 +410,33 @@ def test_gradient_clipping_bounds_the_first_step(tiny_config):
 
 
 @pytest.mark.parametrize("stage, norm", [("pretrain", 2.0), ("reweight", 0.5),
-                                         ("retrain", 0.5), ("sparse", 0.5)])
+                                         ("retrain", 0.5)])
 def test_the_compression_clip_replaces_the_clip_after_pretraining(tiny_config, stage, norm):
   config = tiny_config(**{"optimizer.clip_norm": 2.0, "optimizer.compress_clip_norm": 0.5,
                           "optimizer.weight_decay": 0.0, "optimizer.momentum": 0.0,
-                          "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0})
-  tx = comparison.stages_lib.base_optimizer(
-      comparison.stages_lib.stage_optimizer_config(stage, config), 10)
+                          "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0,
+                          "reweight.penalty": 0.0})
+  tx = comparison.stages_lib.descent_transform(stage, config, 10,
+                                               masks={"w": np.ones((4,), bool)})
   grads = {"w": np.full((4,), 10.0, np.float32)}
-  updates, _ = tx.update(grads, tx.init(grads))
+  updates, _ = tx.update(grads, tx.init(grads), grads)
   np.testing.assert_allclose(np.linalg.norm(updates["w"]), norm, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale, clip, norm", [(1.0, 0.0, 20.0), (2.0, 0.0, 40.0),
+                                               (0.5, 1.0, 0.5), (4.0, 0.5, 2.0)])
+def test_a_variant_scales_the_learning_rate_and_clips_from_its_state(tiny_config, scale, clip,
+                                                                     norm):
+  """One compiled update serves every variant: the scale and the clip (0 = none) are values
+  of the state, and the update's norm is lr · scale · min(|g|, clip)."""
+  config = tiny_config(**{"optimizer.weight_decay": 0.0, "optimizer.momentum": 0.0,
+                          "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0})
+  grads = {"w": np.full((4,), 10.0, np.float32)}  # |g| = 20
+  reference = comparison.stages_lib.base_optimizer(config.optimizer, 10,
+                                                   variant=variants.Variant(1.0, 0.0))
+  tx = comparison.stages_lib.base_optimizer(config.optimizer, 10,
+                                            variant=variants.Variant(scale, clip))
+  update = jax.jit(reference.update)  # the reference's program, this variant's state
+  updates, _ = update(grads, tx.init(grads))
+  np.testing.assert_allclose(np.linalg.norm(updates["w"]), norm, rtol=1e-6)
+  assert update._cache_size() == 1  # pylint: disable=protected-access

@@ -21,7 +21,7 @@ from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import loop, parallel, stages, step as step_lib
+from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
 
 SPE = 7  # steps per epoch in the schedule tests: no period is a multiple of it by accident
 EVAL_BATCH = 8  # divisible by the device counts the suite runs with (1, 2, 4, 8)
@@ -258,10 +258,15 @@ def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_pat
                           "checkpoint_every_steps": 1000})
   exp = tiny_experiment(tmp_path, config,
                         log=lambda run, stage, epoch, record: logged.append(record))
-  result, params, model_state = comparison.run_dense(exp, 0)
+  result, params, model_state = comparison.run_dense(exp, (0,))[0]
   scores = [r.score for r in logged]
   assert len(scores) == 4
   assert result.selected["epoch"] == int(np.argmin(scores))
+  # Independently of the score: the selected epoch has the lowest mean validation loss of
+  # those logged (a score of the wrong sign would select the highest, another epoch here).
+  mean_val = [np.mean(r.val_loss) for r in logged]
+  assert np.argmin(mean_val) != np.argmax(mean_val)
+  assert result.selected["epoch"] == int(np.argmin(mean_val))
   fresh = {split: loop.evaluate(exp.problem, exp.eval_step, params, model_state, split,
                                 exp.mesh, exp.config.eval_batch_size)
            for split in ("val", "test")}
@@ -299,18 +304,19 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
   state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
                                       jax.random.key(0))
 
-  def stub_step(state, batch):
-    del batch
-    losses = stub_losses(int(state.step), spe)
-    return state.replace(step=state.step + 1), jnp.asarray(losses)
+  def stub_step(states, alive, batches):  # an axis of one run
+    del batches
+    losses = stub_losses(int(states.step[0]), spe)
+    return states.replace(step=states.step + 1), alive, jnp.asarray(losses)[None]
 
   mesh = parallel.data_mesh()
   ctx = loop.StageContext(
-      name="pretrain", index=0, seed=0, epochs=epochs, batch_size=batch_size, problem=problem,
-      weighting=weighting, train_step=stub_step,
-      eval_step=step_lib.make_eval_step(problem, model, mesh), mesh=mesh,
+      name="pretrain", index=0, seeds=(0,), epochs=epochs, batch_size=batch_size,
+      problem=problem, weighting=weighting, train_step=stub_step,
+      eval_step=loop.make_eval_step(problem, model, mesh, single=True), mesh=mesh,
       eval_batch_size=EVAL_BATCH * 16, checkpoint_every=10**6, directory=str(tmp_path))
-  final, _, record = loop.train_stage(ctx, state)
+  final, _, (record,), _ = loop.train_stage(ctx, run_axis.stack([state]))
+  final = run_axis.unstack(jax.device_get(final), 0)
   expected = [np.mean([stub_losses(e * spe + j, spe) for j in range(spe)], axis=0)
               for e in range(epochs)]
   np.testing.assert_allclose([r.train_loss for r in record.epochs], expected, rtol=1e-6)
@@ -402,3 +408,42 @@ def test_permuting_the_seeds_leaves_every_difference_with_its_seed(order):
   for name in ("equal", "minmax", "dwa"):
     assert permuted["methods"][name]["worst_task_retention"] == pytest.approx(
         report["methods"][name]["worst_task_retention"])
+
+
+# --- 6. A gradient-level weighting sees each task's own gradient -----------------------------
+
+
+@pytest.mark.parametrize("row", [0, 2])
+def test_the_aggregator_receives_each_tasks_own_gradient_inside_the_trainer(
+    tiny_config, digits_data, row):
+  """A gradient-level weighting whose aggregator keeps task `row`'s gradient alone: one SGD
+  step of the trainer (learning rate 1, nothing else) must move the parameters by exactly
+  −∇L_row, as `jax.grad` of that task's loss alone computes it. An aggregator fed a mix of
+  the rows (their sum, one row K times) moves them otherwise."""
+  problem = DigitsProblem(digits_data("classify"))
+  model = create_model("mlp", problem.num_outputs, hidden=(8,))
+  config = tiny_config(**{"optimizer.learning_rate": 1.0, "optimizer.momentum": 0.0,
+                          "optimizer.weight_decay": 0.0, "optimizer.schedule": "constant"})
+
+  def keep_row(num_tasks, seed):
+    del num_tasks, seed
+    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda g: g[row], updates))
+
+  w = stages.make_weighting("pcgrad", config, SPE)._replace(aggregate=keep_row)
+  tx = stages.stage_transform("pretrain", config, SPE, w, problem.num_tasks)
+  params, model_state = step_lib.init_variables(model, problem, 0)
+  state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
+                                      jax.random.key(0))
+  mesh = parallel.data_mesh()
+  batch = problem.train_batch(0, 0, 0, 64)
+  step = run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=1)
+  new, _, _ = step(run_axis.stack([state]), np.ones(1, bool),
+                   run_axis.place(run_axis.stack([batch]),
+                                  run_axis.batch_sharding(mesh, problem.batch_axis, False)))
+  moved = jax.tree.map(lambda a, b: np.asarray(a)[0] - np.asarray(b),
+                       jax.device_get(new.params), params)
+  grad = jax.grad(lambda p: problem.task_losses(model, p, model_state,
+                                                jax.tree.map(jnp.asarray, batch),
+                                                jax.random.key(0))[0][row])(params)
+  jax.tree.map(lambda m, g: np.testing.assert_allclose(m, -np.asarray(g), rtol=1e-4,
+                                                       atol=1e-7), moved, grad)

@@ -59,11 +59,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   # LibMTL's defaults (--FAMO_w_lr, --FAMO_w_gamma); min_losses () = all 0
   c.famo = ml_collections.ConfigDict({"w_lr": 0.025, "gamma": 1e-3, "min_losses": ()})
   c.checkpoint_every_steps = 200
-  # Train the seeds of each method together, as one program with a leading seed axis
-  # (mmcompress.train.seed_axis); False trains them one after another (large models).
-  # seed_sharded splits the seeds over the devices instead of each seed's batch.
-  c.seed_axis = False
-  c.seed_sharded = False
+  # The run axis (mmcompress.train.run_axis): every (seed, variant) of a method trains as one
+  # program, in chunks of chunk_runs runs (0 = all at once; 1 = one run at a time, the safe
+  # choice for the paper-size models, whose configs keep it). runs_sharded splits the runs
+  # over the devices instead of each run's batch (one process only).
+  c.chunk_runs = 1
+  c.runs_sharded = False
+  # Variants of the stages after pretraining, every combination trained on the run axis from
+  # the same dense models: learning-rate scales (× optimizer.learning_rate) and gradient clips
+  # by global norm (0 = none). () = the config's own (scale 1; compress_clip_norm, or
+  # clip_norm when that is 0).
+  c.grid = ml_collections.ConfigDict({"learning_rate_scale": (), "clip_norm": ()})
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too
   c.epoch_lines = True             # a line per epoch; False: per finished run (progress.log)

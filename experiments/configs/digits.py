@@ -51,7 +51,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.seeds = (0, 1, 2)
   c.minmax.gamma = 0.5             # chosen on validation: see the docstring
-  c.seed_axis = True               # the seeds of a method train together (README, "Seeds together")
+  c.chunk_runs = 0                 # every seed and variant of a method at once (README, "The run axis")
   if preset == "quick":
     c.seeds = (0,)
     c.epochs = ml_collections.ConfigDict({"pretrain": 4, "reweight": 2, "retrain": 3,

@@ -46,7 +46,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (8, 16, 32, 32, 32)})
   c.methods = ("equal", "minmax")
-  c.seed_axis = True               # the seeds of a method train together (README, "Seeds together")
+  c.chunk_runs = 0                 # every seed and variant of a method at once (README, "The run axis")
   c.seeds = (0, 1, 2)
   c.batch_size = 16
   c.eval_batch_size = 64
@@ -59,7 +59,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.num_train, c.num_val, c.num_test = 16, 4, 4
     c.model_kwargs.filters = (4, 4, 4, 4, 4)
     c.seeds = (0,)
-    c.seed_axis = False            # one seed: a vmapped MTAN only compiles longer
     c.batch_size = 4
     c.eval_batch_size = 4
     # Enough dense steps that every metric of the dense model is above 0 (the report divides

@@ -1,25 +1,38 @@
-"""Training one stage: epochs of jitted steps, validation, model selection, checkpoints.
+"""Training one stage of an axis of runs: epochs of jitted steps, validation, model selection,
+checkpoints. `train_stage` is the one stage loop of the project; a single run is an axis of
+length 1.
+
+The runs are stacked on a leading axis (`mmcompress.train.run_axis`): one jitted step trains
+every run on its own seed's batch, one jitted evaluation scores every run's parameters on the
+same validation batch, one checkpoint holds all of them. Each run keeps its own `StageRecord`
+and its own best-validation snapshot, so each run's numbers are those it gives alone (up to
+float rounding: `tests/test_run_axis.py`).
 
 The position in the data is a pure function of (seed, stage, step) (`Problem.train_batch`),
 so a stage resumed from the checkpoint of step s replays exactly the batches an
-uninterrupted run would have seen. Host-side history
-(per-epoch losses, validation metrics, task weights, the selected epoch) is saved with the
-state, so a resumed run writes the same report as one that never stopped.
+uninterrupted run would have seen. Host-side history (per-epoch losses, validation metrics,
+task weights, the selected epoch, the runs that stopped) is saved with the state, so a
+resumed stage writes the same records as one that never stopped.
+
+A run whose losses or parameters stop being finite is frozen by the step (which checks the
+parameters at every step); here it gets a message (which task, which step) and its records
+stop, while the others go on. The stage ends early only if every run has stopped.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mmcompress import sparsity
 from mmcompress.problems import Problem
-from mmcompress.train import parallel
+from mmcompress.train import parallel, run_axis
 from mmcompress.train.checkpoint import StageCheckpoints
 from mmcompress.train.step import TrainState
 from mmcompress import weighting as weighting_lib
@@ -27,7 +40,8 @@ from mmcompress.weighting import TaskWeighting
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A task loss (or the weights) became NaN or infinite; the last good checkpoint is kept.
+  """A loss (or the weights) became NaN or infinite everywhere there was something to compare
+  (every seed's dense reference); the last good checkpoints are kept.
 
   Attributes:
     summary: what happened, where and when, without the path (for reports).
@@ -74,7 +88,7 @@ class StageRecord(NamedTuple):
     epochs: every finished epoch, in order.
     best_epoch: the epoch of the best validation score so far (None before a finite one).
     best_score: that score.
-    done: whether the stage has trained all its steps.
+    done: whether the stage has trained all its steps (never, for a run that stopped).
   """
   stage: str
   epochs: tuple[EpochRecord, ...] = ()
@@ -102,27 +116,30 @@ class StageRecord(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StageSettings:
-  """What a stage needs besides its state and its seeds (all static, none checkpointed).
+class StageContext:
+  """What a stage of R runs needs besides their states (all static, none checkpointed).
 
   Attributes:
     name: the stage's name.
     index: its position in the pipeline (decorrelates the data order of stages).
+    seeds: the data seed of each run on the axis (runs of one seed see the same batches).
     epochs: how many epochs it trains.
-    batch_size: the global batch size.
+    batch_size: the global batch size of each run.
     problem: the data and its tasks.
     weighting: the task weighting.
-    train_step, eval_step: from `mmcompress.train.step` (or `seed_axis`, for many seeds).
+    train_step: `run_axis.make_runs_train_step`.
+    eval_step: `make_eval_step` (either placement: it follows `sharded`).
     mesh: the data mesh.
     eval_batch_size: rows per evaluation call.
     checkpoint_every: save every this many steps (and at the end of the stage).
     directory: where the stage keeps its checkpoints.
-    log: called at the end of each epoch with (stage, epoch, its `EpochRecord`), with the
-      seed first for a stage of many seeds.
+    sharded: whether the run axis is split over the devices (`run_axis.can_shard`).
+    log: called at the end of each epoch with (run's position, stage, epoch, `EpochRecord`).
     on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
   """
   name: str
   index: int
+  seeds: tuple[int, ...]
   epochs: int
   batch_size: int
   problem: Problem
@@ -133,7 +150,8 @@ class StageSettings:
   eval_batch_size: int
   checkpoint_every: int
   directory: str
-  log: Callable[..., None] | None = None
+  sharded: bool = False
+  log: Callable[[int, str, int, EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
 
   @property
@@ -141,21 +159,50 @@ class StageSettings:
     return self.problem.steps_per_epoch(self.batch_size)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StageContext(StageSettings):
-  """A stage of one run: `StageSettings` and the run's `seed`."""
-  seed: int
-
-
 def evaluate(problem: Problem, eval_step: Callable[..., Any], params: Any, model_state: Any,
              split: str, mesh: jax.sharding.Mesh, batch_size: int) -> dict:
-  """The problem's metrics over a whole split, from sums accumulated batch by batch."""
+  """The problem's metrics of one model over a whole split (`step.make_eval_step`)."""
   parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
   totals = None
   for batch in problem.eval_batches(split, batch_size):
     sums = eval_step(params, model_state, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return problem.finalize(jax.tree.map(np.asarray, totals))
+
+
+def make_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh,
+                   sharded: bool = False, single: bool = False
+                   ) -> Callable[[Any, Any, dict], Any]:
+  """The jitted evaluation of R runs' parameters on one batch: stacked sums (`single`: R is
+  1, evaluated without a vmap, as `run_axis.make_runs_train_step` steps it)."""
+
+  def sums(params: Any, model_state: Any, batch: dict) -> Any:
+    return problem.eval_sums(model, params, model_state, batch)
+
+  def eval_step(params: Any, model_state: Any, batch: dict) -> Any:
+    if single:
+      one = sums(run_axis.unstack(params, 0), run_axis.unstack(model_state, 0), batch)
+      return jax.tree.map(lambda x: x[None], one)
+    return jax.vmap(sums, in_axes=(0, 0, None))(params, model_state, batch)
+
+  states = run_axis.state_sharding(mesh, sharded)
+  batch = parallel.replicated(mesh) if sharded else parallel.batch_sharded(mesh)
+  return jax.jit(eval_step, in_shardings=(states, states, batch), out_shardings=states)
+
+
+def evaluate_runs(problem: Problem, eval_step: Callable[..., Any], params: Any,
+                  model_state: Any, split: str, mesh: jax.sharding.Mesh, batch_size: int,
+                  sharded: bool = False) -> list[dict]:
+  """Every run's metrics over a whole split, in one pass (`make_eval_step`)."""
+  parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
+  sharding = parallel.replicated(mesh) if sharded else parallel.batch_sharded(mesh)
+  totals = None
+  for batch in problem.eval_batches(split, batch_size):
+    sums = eval_step(params, model_state, run_axis.place(batch, sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.tree.map(np.asarray, totals)
+  num_runs = jax.tree.leaves(totals)[0].shape[0]
+  return [problem.finalize(jax.tree.map(lambda x, i=i: x[i], totals)) for i in range(num_runs)]
 
 
 def selection_score(val: dict) -> float:
@@ -173,118 +220,157 @@ def snapshot(state: TrainState) -> dict:
                                  "masks": masks})
 
 
-def _check_finite(pending: list[jax.Array], first_step: int, ctx: StageContext) -> None:
-  if not pending:
-    return
-  losses = np.asarray(jnp.stack(pending))
-  bad = ~np.isfinite(losses)
-  if bad.any():
-    row, task = np.argwhere(bad)[0]
-    raise NonFiniteLossError(
-        f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
-        f"{losses[row, task]} at step {first_step + row + 1}", ctx.directory)
+# The host loop's array work is jitted: an eager op compiles once for every shape it meets,
+# which over the leaves of a state and the stages of a comparison costs more than training.
 
 
-def _check_params_finite(state: TrainState, step: int, ctx: StageContext) -> None:
-  """A finite loss can still come with a non-finite update; never checkpoint such weights."""
-  finite = jax.tree.reduce(jnp.logical_and,
-                           jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), state.params),
-                           jnp.asarray(True))
-  if not bool(finite):
-    raise NonFiniteLossError(
-        f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
-        "the losses were finite", ctx.directory)
+@jax.jit
+def _accumulate(loss_sum: jax.Array, losses: jax.Array, alive: jax.Array) -> jax.Array:
+  """The epoch's loss sums with this step's losses of the runs still training."""
+  return loss_sum + jnp.where(alive[:, None], losses, 0.0)
 
 
-def train_stage(ctx: StageContext, state: TrainState
-                ) -> tuple[TrainState, dict, StageRecord]:
-  """Trains one stage from `state`, resuming from its checkpoints if it has any.
+@jax.jit
+def _select(improved: jax.Array, state: TrainState, best: dict) -> dict:
+  """The best snapshots: this epoch's for the runs it `improved`, the kept ones elsewhere."""
+  return jax.tree.map(
+      lambda n, o: jnp.where(improved.reshape((-1,) + (1,) * (jnp.ndim(n) - 1)), n, o),
+      snapshot(state), best)
+
+
+def _epoch_update(weighting: TaskWeighting, steps_per_epoch: int) -> Callable[..., Any]:
+  """The jitted end of an epoch: ``(state, loss_sum) -> (state, train loss, task weights,
+  zeroed sums)``, the weighting's `end_epoch` and `current_weights` of every run."""
+
+  @jax.jit
+  def update(state: TrainState, loss_sum: jax.Array):
+    train_loss = loss_sum / steps_per_epoch
+    state = state.replace(task_state=jax.vmap(weighting.end_epoch)(state.task_state, train_loss))
+    weights = jax.vmap(lambda p, s, o: weighting_lib.current_weights(weighting, p, s, o))(
+        state.task_params, state.task_state, state.opt_state)
+    return state, train_loss, weights, jnp.zeros_like(loss_sum)
+
+  return update
+
+
+def initial_carry(states: TrainState, num_tasks: int) -> dict:
+  """What a stage checkpoints: the stacked states, their selected snapshots, the epoch's
+  loss sums and which runs are still training."""
+  num_runs = jnp.shape(states.step)[0]
+  return {"state": states, "best": snapshot(states),
+          "loss_sum": jnp.zeros((num_runs, num_tasks), jnp.float32),
+          "alive": jnp.ones((num_runs,), bool)}
+
+
+def abstract_carry(states: TrainState, num_tasks: int, sharding: jax.sharding.Sharding) -> Any:
+  """Shapes, dtypes and shardings of `initial_carry`, for restoring."""
+  shapes = jax.eval_shape(lambda: initial_carry(states, num_tasks))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      shapes)
+
+
+def _failure(ctx: StageContext, losses: np.ndarray, step: int) -> str:
+  """What stopped a run at `step` with these losses: which task, or the parameters."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    task = int(bad[0])
+    return (f"stage {ctx.name!r}: the loss of task {ctx.problem.task_names[task]!r} is "
+            f"{losses[task]} at step {step}")
+  return (f"stage {ctx.name!r}: the parameters became NaN or infinite by step {step} although "
+          "the losses were finite")
+
+
+def _new_failures(ctx: StageContext, pending: list[tuple[int, jax.Array, jax.Array]],
+                  failures: dict[int, str]) -> dict[int, str]:
+  """`failures` with every run that stopped during the `pending` steps (step, losses,
+  alive after it) added."""
+  failures = dict(failures)
+  for step, losses, alive in pending:
+    alive = np.asarray(alive)
+    for i in range(len(ctx.seeds)):
+      if not alive[i] and i not in failures:
+        failures[i] = _failure(ctx, np.asarray(losses)[i], step)
+  return failures
+
+
+def train_stage(ctx: StageContext, states: TrainState
+                ) -> tuple[TrainState, dict, list[StageRecord], dict[int, str]]:
+  """Trains one stage of every run from `states` (stacked), resuming from its checkpoints.
 
   Returns:
-    ``(final state, best, record)``: the state after the last step (what the last
-    checkpoint holds), the snapshot of the epoch with the best validation score, and the
-    stage's record (per-epoch history, the selected epoch).
+    ``(final states, best snapshots, records, failures)``: stacked like `states`; one
+    `StageRecord` per run; and the runs that stopped, position on the axis -> what stopped
+    them (which task's loss, at which step). A stopped run's entries are not results.
   """
   per_epoch = ctx.steps_per_epoch
   total = ctx.epochs * per_epoch
-  checkpoints = StageCheckpoints(ctx.directory)
   num_tasks = ctx.problem.num_tasks
-  restored = checkpoints.restore_latest(abstract_carry(state, num_tasks, ctx.mesh))
-  if restored is None:
-    carry = parallel.replicate(initial_carry(state, num_tasks), ctx.mesh)
-    record = StageRecord(ctx.name)
-  else:
-    carry, record = restored[0], StageRecord.from_json(restored[1])
-    logging.info("stage %s: resuming at step %d of %d", ctx.name, int(carry["state"].step),
-                 total)
-  step = int(carry["state"].step)
-  pending, pending_from = [], step
+  num_runs = len(ctx.seeds)
+  sharding = run_axis.state_sharding(ctx.mesh, ctx.sharded)
+  checkpoints = StageCheckpoints(ctx.directory)
   try:
-    while step < total:
-      batch = parallel.shard_batch(
-          ctx.problem.train_batch(ctx.seed, ctx.index, step, ctx.batch_size), ctx.mesh,
-          ctx.problem.batch_axis)
-      carry["state"], losses = ctx.train_step(carry["state"], batch)
-      carry["loss_sum"] = carry["loss_sum"] + losses
-      pending.append(losses)
+    restored = checkpoints.restore_latest(abstract_carry(states, num_tasks, sharding))
+    if restored is None:
+      carry = jax.jit(initial_carry, static_argnums=1, out_shardings=sharding)(
+          run_axis.place(states, sharding), num_tasks)
+      records = [StageRecord(ctx.name) for _ in range(num_runs)]
+      step, failures = 0, {}
+    else:
+      carry, saved = restored
+      records = [StageRecord.from_json(r) for r in saved["runs"]]
+      step, failures = saved["step"], {int(k): v for k, v in saved["failures"].items()}
+      logging.info("stage %s: resuming %d runs at step %d of %d", ctx.name, num_runs, step,
+                   total)
+    batches_at = run_axis.batch_sharding(ctx.mesh, ctx.problem.batch_axis, ctx.sharded)
+    epoch_update = _epoch_update(ctx.weighting, per_epoch)
+    pending = []
+    while step < total and len(failures) < num_runs:
+      batches = run_axis.stacked_batches(ctx.problem, ctx.seeds, ctx.index, step,
+                                         ctx.batch_size)
+      carry["state"], carry["alive"], losses = ctx.train_step(
+          carry["state"], carry["alive"], run_axis.place(batches, batches_at))
+      carry["loss_sum"] = _accumulate(carry["loss_sum"], losses, carry["alive"])
       step += 1
-      if step % per_epoch == 0:
-        _check_finite(pending, pending_from, ctx)
-        pending, pending_from = [], step
-        carry, record = _end_epoch(ctx, carry, step // per_epoch - 1, record)
-        if ctx.log:
-          ctx.log(ctx.name, record.epochs[-1].epoch, record.epochs[-1])
-      if step % ctx.checkpoint_every == 0 or step == total:
-        _check_finite(pending, pending_from, ctx)
-        _check_params_finite(carry["state"], step, ctx)
-        pending, pending_from = [], step
-        record = record._replace(done=step == total)
-        checkpoints.save(step, carry, record.to_json())
+      pending.append((step, losses, carry["alive"]))
+      end_of_epoch = step % per_epoch == 0
+      if end_of_epoch or step % ctx.checkpoint_every == 0 or step == total:
+        failures, pending = _new_failures(ctx, pending, failures), []
+      if end_of_epoch:
+        carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures,
+                                    epoch_update)
+      if step % ctx.checkpoint_every == 0 or step == total or len(failures) == num_runs:
+        records = [r._replace(done=step == total and i not in failures)
+                   for i, r in enumerate(records)]
+        checkpoints.save(step, carry, {"runs": [r.to_json() for r in records], "step": step,
+                                       "failures": {str(k): v for k, v in failures.items()}})
         if ctx.on_checkpoint:
           ctx.on_checkpoint(ctx.name, step)
-    if total == 0 and not record.done:
-      record = record._replace(done=True)
-      checkpoints.save(0, carry, record.to_json())
   finally:
     checkpoints.close()
-  return carry["state"], carry["best"], record
+  return carry["state"], carry["best"], records, failures
 
 
-def _end_epoch(ctx: StageContext, carry: dict, epoch: int, record: StageRecord
-               ) -> tuple[dict, StageRecord]:
-  """The carry after epoch `epoch` (weighting's end of epoch, best snapshot) and the stage's
-  record with that epoch added (and selected, if it is the best so far)."""
-  state = carry["state"]
-  train_loss = carry["loss_sum"] / ctx.steps_per_epoch
-  task_state = ctx.weighting.end_epoch(state.task_state, train_loss)
-  state = state.replace(task_state=parallel.replicate(task_state, ctx.mesh))
-  val = evaluate(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
-                 ctx.mesh, ctx.eval_batch_size)
-  weights = weighting_lib.current_weights(ctx.weighting, state.task_params, state.task_state,
-                                          state.opt_state)
-  score = selection_score(val)
-  epoch_record = EpochRecord(
-      epoch=epoch, train_loss=[float(v) for v in np.asarray(train_loss)],
-      val_loss=val["loss"], val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
-      task_weights=[float(v) for v in np.asarray(weights)], score=score)
-  record = record.with_epoch(epoch_record)
-  # Replicated like the rest of the carry: a mask that the state does not hold (a dense
-  # stage's) is created on one device, which a multi-process checkpoint cannot save.
-  best = (parallel.replicate(snapshot(state), ctx.mesh) if record.best_epoch == epoch
-          else carry["best"])
-  return {"state": state, "best": best,
-          "loss_sum": jnp.zeros_like(carry["loss_sum"])}, record
-
-
-def initial_carry(state: TrainState, num_tasks: int) -> dict:
-  """What a stage checkpoints: the state, the selected snapshot, the epoch's loss sums."""
-  return {"state": state, "best": snapshot(state),
-          "loss_sum": jnp.zeros((num_tasks,), jnp.float32)}
-
-
-def abstract_carry(state: TrainState, num_tasks: int, mesh: jax.sharding.Mesh) -> Any:
-  """Shapes, dtypes and (replicated) shardings of `initial_carry`, for restoring."""
-  shapes = jax.eval_shape(lambda s: initial_carry(s, num_tasks), state)
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      shapes)
+def _end_epoch(ctx: StageContext, carry: dict, epoch: int, records: Sequence[StageRecord],
+               failures: dict[int, str], epoch_update: Callable[..., Any]
+               ) -> tuple[dict, list[StageRecord]]:
+  """The carry after epoch `epoch` (the weighting's end of epoch, the best snapshots) and
+  every live run's record with that epoch added (and selected, if it is its best so far)."""
+  state, train_loss, weights, loss_sum = epoch_update(carry["state"], carry["loss_sum"])
+  vals = evaluate_runs(ctx.problem, ctx.eval_step, state.params, state.model_state, "val",
+                       ctx.mesh, ctx.eval_batch_size, ctx.sharded)
+  train_loss, weights = np.asarray(train_loss), np.asarray(weights)
+  records, improved = list(records), np.zeros(len(ctx.seeds), bool)
+  for i in range(len(ctx.seeds)):
+    if i in failures:
+      continue
+    val = vals[i]
+    epoch_record = EpochRecord(
+        epoch=epoch, train_loss=[float(v) for v in train_loss[i]], val_loss=val["loss"],
+        val_metric=[val["metrics"][t] for t in ctx.problem.task_names],
+        task_weights=[float(v) for v in weights[i]], score=selection_score(val))
+    records[i] = records[i].with_epoch(epoch_record)
+    improved[i] = records[i].best_epoch == epoch
+    if ctx.log:
+      ctx.log(i, ctx.name, epoch, epoch_record)
+  best = _select(improved, state, carry["best"]) if improved.any() else carry["best"]
+  return {"state": state, "best": best, "alive": carry["alive"], "loss_sum": loss_sum}, records

@@ -16,6 +16,7 @@ import optax
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.minmax import saddle_point
+from mmcompress.train import variants
 
 STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")
 TRAINING_STAGES = ("pretrain", "reweight", "retrain", "sparse")
@@ -74,9 +75,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
 
 
 def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """The model's optimizer for one stage: optional gradient clipping by global norm
-  (``clip_norm`` > 0), weight decay, then SGD with momentum or Adam on the schedule."""
+                   steps_per_epoch: int = 1, variant: variants.Variant | None = None
+                   ) -> optax.GradientTransformation:
+  """The model's optimizer for one stage: gradient clipping by global norm, weight decay,
+  then SGD with momentum or Adam on the schedule.
+
+  Without a `variant` (pretraining) the clip is ``clip_norm`` (none at 0) and fixed in the
+  program. With one, its clip and learning-rate scale are values of the optimizer state
+  (`mmcompress.train.variants`), so that the variants of a grid share one compiled step.
+  """
   name = _checks.one_of(config.name, ("sgd", "adam"), "optimizer.name")
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
   if name == "sgd":
@@ -84,36 +91,29 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   else:
     opt = optax.adam(schedule)
   decay = _checks.non_negative(config.weight_decay, "optimizer.weight_decay")
+  decayed = [optax.add_decayed_weights(decay)] if decay else []
+  if variant is not None:
+    return optax.chain(variants.clip_by_run(variant.clip_norm), *decayed, opt,
+                       variants.scale_by_run(variant.learning_rate_scale))
   clip = _checks.non_negative(config.clip_norm, "optimizer.clip_norm")
-  parts = ([optax.clip_by_global_norm(clip)] if clip else []) + (
-      [optax.add_decayed_weights(decay)] if decay else []) + [opt]
+  parts = ([optax.clip_by_global_norm(clip)] if clip else []) + decayed + [opt]
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
                            ) -> ml_collections.ConfigDict:
-  """``config.optimizer`` as one stage uses it.
-
-  * Every stage after pretraining clips the gradient at ``optimizer.compress_clip_norm``
-    when it is > 0 (in place of ``clip_norm``): the compression stages can be clipped while
-    the dense model they start from is not (the study tunes this knob per method).
-  * The reweight stage takes its own learning rate and schedule when
-    ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100 code trains that stage
-    with its own rate) and ``config.reweight.schedule`` is set.
+  """``config.optimizer`` as one stage uses it: the reweight stage takes its own learning
+  rate and schedule when ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100
+  code trains that stage with its own rate) and ``config.reweight.schedule`` is set. (The
+  clip of the stages after pretraining is their variant's: `variants.default_clip`.)
   """
   rw = config.reweight
-  compress_clip = _checks.non_negative(config.optimizer.get("compress_clip_norm", 0.0),
-                                       "optimizer.compress_clip_norm")
-  clip = stage != "pretrain" and compress_clip > 0
-  own = stage == "reweight" and (rw.learning_rate or rw.schedule)
-  if not (clip or own):
+  if not (stage == "reweight" and (rw.learning_rate or rw.schedule)):
     return config.optimizer
   optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
-  if clip:
-    optimizer.clip_norm = compress_clip
-  if own and rw.learning_rate:
+  if rw.learning_rate:
     optimizer.learning_rate = _checks.positive(rw.learning_rate, "reweight.learning_rate")
-  if own and rw.schedule:
+  if rw.schedule:
     optimizer.schedule = _checks.one_of(rw.schedule, ("constant", "cosine", "step"),
                                         "reweight.schedule")
   return optimizer
@@ -122,16 +122,24 @@ def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
 def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                       masks: Any = None, seed: int = 0,
                       first: optax.GradientTransformation | None = None,
-                      every_mask: bool = False) -> optax.GradientTransformation:
+                      every_mask: bool = False, variant: variants.Variant | None = None
+                      ) -> optax.GradientTransformation:
   """The descent half of `saddle_point` for a training stage (`seed`: random regrowth).
 
   `first`, when given, is the first link of the chain inside the sparse wrappers: a
   gradient-level weighting's aggregator, which turns the stacked per-task gradients into
   one gradient after they were masked (see `mmcompress.weighting.gradient`). `every_mask`
   keeps even an all-True mask in a retrain stage's state (`static_sparse`'s ``drop_dense``).
+  `variant`: the per-run learning-rate scale and clip of every stage but pretraining (by
+  default scale 1 and `variants.default_clip`).
   """
   total_steps = config.epochs[stage] * steps_per_epoch
-  base = base_optimizer(stage_optimizer_config(stage, config), total_steps, steps_per_epoch)
+  if stage == "pretrain":
+    variant = None
+  elif variant is None:
+    variant = variants.Variant(1.0, variants.default_clip(config))
+  base = base_optimizer(stage_optimizer_config(stage, config), total_steps, steps_per_epoch,
+                        variant)
   links = [first] if first is not None else []
   if stage == "reweight":
     rw = config.reweight
@@ -176,7 +184,8 @@ def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
 
 def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
                     weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
-                    seed: int = 0, every_mask: bool = False) -> optax.GradientTransformation:
+                    seed: int = 0, every_mask: bool = False,
+                    variant: variants.Variant | None = None) -> optax.GradientTransformation:
   """The `saddle_point` transform a training stage steps with: the stage's descent (with a
   gradient-level weighting's aggregator first in it, or, where the stage needs per-task
   gradients of a loss-level weighting, `weighting.sum_tasks`) and the weighting's own transform."""
@@ -187,5 +196,5 @@ def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epo
   else:
     first = None
   descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first,
-                              every_mask=every_mask)
+                              every_mask=every_mask, variant=variant)
   return saddle_point(descent, weighting.tx)

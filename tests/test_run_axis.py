@@ -1,7 +1,9 @@
-"""Seeds as a batch axis: the vmapped step of S seeds against S one-seed steps, and a seed
-that diverges frozen while the others go on."""
+"""The run axis: the vmapped step of R runs against R runs alone, a run that diverges frozen
+while the others go on, variants of a grid that equal their settings run alone, and a grid
+killed and rerun."""
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from mmcompress import _checks, comparison, minmax, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
-from mmcompress.train import loop, parallel, seed_axis, seed_loop, stages, step as step_lib
+from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
 
 SEEDS = (0, 1, 2)
 STEPS = 6
@@ -62,13 +64,14 @@ def _one_seed_runs(problem, model, w, per_task, state, mesh, poison=None):
 
 
 def _seed_axis_run(problem, model, w, per_task, state, mesh, poison=None):
-  states = seed_axis.stack([state(seed)[0] for seed in SEEDS])
+  states = run_axis.stack([state(seed)[0] for seed in SEEDS])
   tx = state(SEEDS[0])[1]
-  seeds_step = seed_axis.make_seed_train_step(problem, model, w, tx, mesh, per_task)
+  seeds_step = run_axis.make_runs_train_step(problem, model, w, tx, mesh, per_task,
+                                             num_runs=len(SEEDS))
   alive = np.ones(len(SEEDS), bool)
-  sharding = seed_axis.batch_sharding(mesh, problem.batch_axis, False)
+  sharding = run_axis.batch_sharding(mesh, problem.batch_axis, False)
   for step in range(STEPS):
-    batches = seed_axis.stacked_batches(problem, SEEDS, 0, step, BATCH)
+    batches = run_axis.stacked_batches(problem, SEEDS, 0, step, BATCH)
     if poison and poison[1] == step:
       batches["images"][SEEDS.index(poison[0])] = np.nan
     states, alive, _ = seeds_step(states, alive, jax.device_put(batches, sharding))
@@ -77,7 +80,7 @@ def _seed_axis_run(problem, model, w, per_task, state, mesh, poison=None):
 
 @pytest.mark.parametrize("method,sparse", [("minmax", False), ("mgda", False), ("minmax", True)],
                          ids=["minmax-dense", "mgda-dense", "minmax-dst-task_minmax"])
-def test_the_seed_axis_gives_each_seed_what_the_one_seed_path_gives(
+def test_the_run_axis_gives_each_run_what_it_gives_alone(
     tiny_config, digits_data, method, sparse):
   setup = _setup(tiny_config, digits_data, method, sparse)
   mesh = parallel.data_mesh()
@@ -86,7 +89,7 @@ def test_the_seed_axis_gives_each_seed_what_the_one_seed_path_gives(
   assert alive.all()
   for index, single in enumerate(singles):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL),
-                 seed_axis.unstack(stacked, index), single)
+                 run_axis.unstack(stacked, index), single)
   # The seeds differ from each other (each its own init, data order and RNG).
   assert not np.allclose(singles[0].params["trunk"]["Dense_0"]["kernel"],
                          singles[1].params["trunk"]["Dense_0"]["kernel"])
@@ -102,16 +105,13 @@ def test_a_seed_that_diverges_is_frozen_and_the_others_go_on(tiny_config, digits
   assert np.asarray(stacked.step).tolist() == [STEPS, 3, STEPS]  # where seed 1 stopped
   for index, single in enumerate(singles):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL),
-                 seed_axis.unstack(stacked, index), single)
+                 run_axis.unstack(stacked, index), single)
 
 
-def test_seeds_split_over_devices_only_in_whole_numbers():
+def test_runs_split_over_devices_only_in_whole_numbers():
   mesh = parallel.data_mesh()
-  seed_axis.check_seeds(3, mesh, seed_sharded=False)
-  seed_axis.check_seeds(mesh.devices.size * 2, mesh, seed_sharded=True)
-  if mesh.devices.size > 1:
-    with pytest.raises(_checks.UserError, match="multiple of"):
-      seed_axis.check_seeds(mesh.devices.size + 1, mesh, seed_sharded=True)
+  assert run_axis.can_shard(mesh.devices.size * 2, mesh)
+  assert run_axis.can_shard(mesh.devices.size + 1, mesh) == (mesh.devices.size == 1)
 
 
 class _PoisonedProblem(DigitsProblem):
@@ -129,7 +129,7 @@ class _PoisonedProblem(DigitsProblem):
 
 
 def _stage_contexts(tmp_path, tiny_config, problem, method="dwa", epochs=3, every=11):
-  """A one-seed context per seed and one seed-axis context, for the same pretrain stage."""
+  """A context of one run per seed and one of all the seeds, for the same pretrain stage."""
   config = tiny_config()
   model = create_model("mlp", problem.num_outputs, hidden=(16,))
   mesh = parallel.data_mesh()
@@ -139,12 +139,14 @@ def _stage_contexts(tmp_path, tiny_config, problem, method="dwa", epochs=3, ever
   common = dict(name="pretrain", index=0, epochs=epochs, batch_size=BATCH, problem=problem,
                 weighting=w, mesh=mesh, eval_batch_size=64, checkpoint_every=every)
   singles = {seed: loop.StageContext(
-      seed=seed, train_step=step_lib.make_train_step(problem, model, w, tx, mesh),
-      eval_step=step_lib.make_eval_step(problem, model, mesh),
+      seeds=(seed,),
+      train_step=run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=1),
+      eval_step=loop.make_eval_step(problem, model, mesh, single=True),
       directory=str(tmp_path / f"one{seed}"), **common) for seed in SEEDS}
-  seeds = seed_loop.SeedStageContext(
-      seeds=SEEDS, train_step=seed_axis.make_seed_train_step(problem, model, w, tx, mesh),
-      eval_step=seed_loop.make_seed_eval_step(problem, model, mesh),
+  seeds = loop.StageContext(
+      seeds=SEEDS,
+      train_step=run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=len(SEEDS)),
+      eval_step=loop.make_eval_step(problem, model, mesh),
       directory=str(tmp_path / "seeds"), **common)
 
   def state(seed):
@@ -162,11 +164,17 @@ def _same_records(a, b):
                                  err_msg=field)
 
 
-def test_a_stage_of_three_seeds_equals_three_one_seed_stages_and_resumes(
+def _alone(ctx, state):
+  """`loop.train_stage` of one run: (final state, best snapshot, record, failures)."""
+  final, best, (record,), failures = loop.train_stage(ctx, run_axis.stack([state]))
+  return run_axis.unstack(final, 0), run_axis.unstack(best, 0), record, failures
+
+
+def test_a_stage_of_three_runs_equals_three_stages_of_one_run_and_resumes(
     tmp_path, tiny_config, digits_data):
   problem = DigitsProblem(digits_data("classify"))
   singles, ctx, state = _stage_contexts(tmp_path, tiny_config, problem)
-  expected = {seed: loop.train_stage(singles[seed], state(seed)) for seed in SEEDS}
+  expected = {seed: _alone(singles[seed], state(seed)) for seed in SEEDS}
 
   class Stop(Exception):
     pass
@@ -175,33 +183,31 @@ def test_a_stage_of_three_seeds_equals_three_one_seed_stages_and_resumes(
     if step == 22:
       raise Stop
   with pytest.raises(Stop):  # killed after the checkpoint of step 22, then resumed
-    seed_loop.train_stage_seeds(dataclasses.replace(ctx, on_checkpoint=stop_once),
-                                seed_axis.stack([state(s) for s in SEEDS]))
-  final, best, records, failures = seed_loop.train_stage_seeds(
-      ctx, seed_axis.stack([state(s) for s in SEEDS]))
+    loop.train_stage(dataclasses.replace(ctx, on_checkpoint=stop_once),
+                     run_axis.stack([state(s) for s in SEEDS]))
+  final, best, records, failures = loop.train_stage(ctx, run_axis.stack([state(s) for s in SEEDS]))
   assert failures == {}
   for i, seed in enumerate(SEEDS):
-    one_final, one_best, one_record = expected[seed]
+    one_final, one_best, one_record, _ = expected[seed]
     _same_records(records[i], one_record)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
-    jax.tree.map(close, seed_axis.unstack(best, i), jax.device_get(one_best))
-    jax.tree.map(close, jax.device_get(seed_axis.unstack(final, i).params),
+    jax.tree.map(close, run_axis.unstack(best, i), jax.device_get(one_best))
+    jax.tree.map(close, jax.device_get(run_axis.unstack(final, i).params),
                  jax.device_get(one_final.params))
   assert records[0].epochs[-1].val_loss != records[1].epochs[-1].val_loss
 
 
-def test_a_seed_that_diverges_in_a_stage_stops_with_the_one_seed_message(
+def test_a_run_that_diverges_in_a_stage_stops_as_it_stops_alone(
     tmp_path, tiny_config, digits_data):
   problem = _PoisonedProblem(digits_data("classify"), poison=(1, 40))
   singles, ctx, state = _stage_contexts(tmp_path, tiny_config, problem, method="equal")
-  with pytest.raises(loop.NonFiniteLossError) as raised:
-    loop.train_stage(singles[1], state(1))
-  _, _, records, failures = seed_loop.train_stage_seeds(
-      ctx, seed_axis.stack([state(s) for s in SEEDS]))
-  assert failures == {1: raised.value.summary}
+  alone = _alone(singles[1], state(1))
+  _, _, records, failures = loop.train_stage(ctx, run_axis.stack([state(s) for s in SEEDS]))
+  assert failures == {1: alone[3][0]}
   assert "at step 41" in failures[1]
-  assert [len(r.epochs) for r in records] == [3, 1, 3]  # seed 1 stopped in its second epoch
-  _same_records(records[0], loop.train_stage(singles[0], state(0))[2])
+  assert [len(r.epochs) for r in records] == [3, 1, 3]  # run 1 stopped in its second epoch
+  _same_records(records[1], alone[2])
+  _same_records(records[0], _alone(singles[0], state(0))[2])
 
 
 def _results(workdir):
@@ -209,28 +215,76 @@ def _results(workdir):
           for p in sorted(workdir.glob("seed*/*/result.json"))}
 
 
+# A variant on the axis against the same settings run alone: the same selected epochs and,
+# within one test example of the smallest task, the same metrics; the logged task weights to
+# 1e-4 (vmapped sums round differently: float32, not bitwise).
+ONE_EXAMPLE = 1 / 60  # the smallest task's test split has more than 60 images
+# Weight decay 5e-4 at 0.05 × 1e6 multiplies the weights by about -24 a step: a certain
+# overflow, whatever the gradient and the clip (which bounds the gradient, not the decay).
+DIVERGING = 1e6
+
+
+def _same_result(together, single, name):
+  assert together["selected"] == single["selected"], name
+  np.testing.assert_allclose(list(together["metrics"].values()),
+                             list(single["metrics"].values()), atol=ONE_EXAMPLE, err_msg=name)
+  np.testing.assert_allclose(together["task_weights"], single["task_weights"], rtol=1e-4,
+                             atol=1e-6, err_msg=name)
+  assert together["sparsity"] == single["sparsity"]
+
+
+@pytest.fixture(name="grid_run", scope="module")
+def fixture_grid_run(tmp_path_factory, tiny_config):
+  """Min-max on 2 seeds × a grid of 3 learning-rate scales (one diverging) × 2 clips, on the
+  run axis in chunks of 5 runs (12 runs: chunks of 5, 5, 2)."""
+  config = tiny_config(seeds=(0, 1), methods=("minmax",), chunk_runs=5,
+                       **{"grid.learning_rate_scale": (0.5, 2.0, DIVERGING),
+                          "grid.clip_norm": (0.0, 1.0)})
+  workdir = tmp_path_factory.mktemp("grid")
+  return workdir, comparison.run(config, str(workdir), print_report=False)
+
+
 @pytest.mark.slow
-def test_the_pipeline_on_the_seed_axis_gives_each_seed_its_one_seed_results(
-    tmp_path, tiny_config):
-  """Three seeds of the quick preset (made smaller, min-max only), every stage: the same
-  runs, the same selected epochs and, within one test example of the smallest task, the same
-  metrics; the logged task weights to 1e-4 (vmapped sums round differently: float32, not
-  bitwise)."""
-  out = {}
-  for axis in (False, True):
-    config = tiny_config(seeds=(0, 1, 2), seed_axis=axis, methods=("minmax",))
-    comparison.run(config, str(tmp_path / str(axis)), print_report=False)
-    out[axis] = _results(tmp_path / str(axis))
-  assert len(out[False]) == 6 and out[False].keys() == out[True].keys()
-  one_example = 1 / 60  # the smallest task's test split has more than 60 images
-  for name, single in out[False].items():
-    together = out[True][name]
-    assert together["selected"] == single["selected"], name
-    np.testing.assert_allclose(list(together["metrics"].values()),
-                               list(single["metrics"].values()), atol=one_example, err_msg=name)
-    np.testing.assert_allclose(together["task_weights"], single["task_weights"], rtol=1e-4,
-                               atol=1e-6, err_msg=name)
-    assert together["sparsity"] == single["sparsity"]
+@pytest.mark.parametrize("seed, scale, clip", [(1, 2.0, 1.0), (0, 0.5, 0.0)])
+def test_a_variant_on_the_axis_gives_what_its_settings_give_alone(grid_run, tmp_path,
+                                                                 tiny_config, seed, scale, clip):
+  workdir, _ = grid_run
+  variant = f"lr{scale:g}-clip{clip:g}"
+  alone = tiny_config(seeds=(seed,), methods=("minmax",),
+                      **{"grid.learning_rate_scale": (scale,), "grid.clip_norm": (clip,)})
+  comparison.run(alone, str(tmp_path), print_report=False)
+  single = json.loads((tmp_path / f"seed{seed}" / "minmax" / "result.json").read_text())
+  together = json.loads(
+      (workdir / f"seed{seed}" / f"minmax@{variant}" / "result.json").read_text())
+  _same_result(together, single, variant)
+  assert together["variant"] == single["variant"] == {
+      "name": variant, "learning_rate_scale": scale, "clip_norm": clip,
+      "learning_rate": pytest.approx(alone.optimizer.learning_rate * scale)}
+
+
+@pytest.mark.slow
+def test_a_diverging_variant_is_frozen_while_its_neighbours_finish(grid_run):
+  workdir, report = grid_run
+  reports = report["variants"]
+  assert sorted(reports) == sorted(f"lr{s:g}-clip{c:g}" for s in (0.5, 2.0, DIVERGING)
+                                   for c in (0.0, 1.0))
+  for name, variant_report in reports.items():
+    diverged = name.startswith(f"lr{DIVERGING:g}")
+    for seed in (0, 1):
+      run = workdir / f"seed{seed}" / f"minmax@{name}"
+      assert (run / "diverged.json").exists() == diverged, (name, seed)
+      assert (run / "result.json").exists() != diverged, (name, seed)
+    assert [d["seed"] for d in variant_report["diverged"]] == ([0, 1] if diverged else [])
+    if diverged:
+      messages = [d["runs"]["minmax"] for d in variant_report["diverged"]]
+      assert all(re.match(r"stage '(reweight|retrain)': the (loss of task|parameters)", m)
+                 for m in messages), messages
+  # The variants differ: scale and clip both change the trajectory.
+  weights = {name: reports[name]["methods"]["minmax"]["task_weights"]
+             for name in ("lr0.5-clip0", "lr2-clip0", "lr2-clip1")}
+  assert weights["lr0.5-clip0"] != weights["lr2-clip0"] != weights["lr2-clip1"]
+  index = (workdir / "report.md").read_text()
+  assert all(f"# Variant {name} (files in variants/{name}/)" in index for name in reports)
 
 
 class _PoisonedStage(DigitsProblem):
@@ -248,9 +302,9 @@ class _PoisonedStage(DigitsProblem):
 
 
 @pytest.mark.slow
-def test_a_seed_that_diverges_on_the_seed_axis_loses_and_the_others_finish(
+def test_a_seed_that_diverges_on_the_run_axis_loses_and_the_others_finish(
     tmp_path, tiny_config, digits_data):
-  config = tiny_config(seeds=(0, 1, 2), seed_axis=True)
+  config = tiny_config(seeds=(0, 1, 2))
   report = comparison.run(
       config, str(tmp_path), print_report=False,
       problem=lambda c: _PoisonedStage(digits_data("classify"), seed=1, stage_index=3, step=5))
@@ -269,7 +323,7 @@ def test_a_seed_that_diverges_on_the_seed_axis_loses_and_the_others_finish(
   assert again["methods"] == report["methods"]
 
 
-def test_seeds_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path, tiny_config,
+def test_runs_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path, tiny_config,
                                                                        tiny_experiment):
   """A prune that keeps one seed's layer whole (global scope, filters, a low sparsity) leaves
   an all-True mask there, which a one-seed retrain state stores as None; on the seed axis
@@ -282,10 +336,11 @@ def test_seeds_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path
 
   def states(every_mask):
     return [comparison._initial_state(  # pylint: disable=protected-access
-        exp, w, "retrain", 3, seed, params, model_state, masks, every_mask)[1]
+        exp, w, "retrain", 3, comparison.Point(seed, exp.variants[0]), params, model_state,
+        masks, every_mask)[1]
         for seed, masks in ((0, pruned), (1, whole))]
   with pytest.raises(ValueError):  # None in one state, an array in the other
-    seed_axis.stack(states(False))
-  stacked = seed_axis.stack(states(True))
+    run_axis.stack(states(False))
+  stacked = run_axis.stack(states(True))
   kept = sparsity.find_masks(stacked.opt_state)["trunk"]["Dense_0"]["kernel"]
   assert kept.shape[0] == 2 and kept[1].all() and not kept[0].all()

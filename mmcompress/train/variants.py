@@ -1,0 +1,102 @@
+"""Variants: per-run hyperparameters of the stages after pretraining, carried in the state.
+
+A grid (``config.grid``) names learning-rate scales and gradient clips; each combination is a
+`Variant`, and every (seed, variant) pair is one point on the run axis
+(`mmcompress.train.run_axis`). The values live in the optimizer state (optax's
+`inject_hyperparams`), not in the program: one compiled step trains every variant, each
+reading its own values from its own slice of the stacked state.
+
+* The learning-rate scale multiplies the optimizer's update (after momentum or Adam's
+  normalisation and weight decay, before the masks): for SGD, momentum and Adam that is
+  exactly the base rate (and its schedule) times the scale, so a variant's rate is
+  recorded as ``optimizer.learning_rate × scale``.
+* The clip is a global-norm clip of the model's gradient where it is > 0, and no clip at 0:
+  one traced value covers both, so "no clip" and "clip 1" share a program.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mmcompress import _checks
+
+
+class Variant(NamedTuple):
+  """One point of the grid.
+
+  Attributes:
+    learning_rate_scale: multiplies the stage's learning rate (and its schedule).
+    clip_norm: the global-norm clip of the model's gradient; 0 = no clip.
+  """
+  learning_rate_scale: float = 1.0
+  clip_norm: float = 0.0
+
+  @property
+  def name(self) -> str:
+    """The variant's folder and report name, e.g. ``lr0.5-clip1`` or ``lr2-clip0``."""
+    return f"lr{self.learning_rate_scale:g}-clip{self.clip_norm:g}"
+
+  def to_json(self, base_learning_rate: float) -> dict[str, Any]:
+    """What a result records of its variant: the rate actually used among them."""
+    return {"name": self.name, "learning_rate_scale": self.learning_rate_scale,
+            "learning_rate": base_learning_rate * self.learning_rate_scale,
+            "clip_norm": self.clip_norm}
+
+
+def default_clip(config: ml_collections.ConfigDict) -> float:
+  """The clip of the stages after pretraining without a grid: ``compress_clip_norm`` when it
+  is > 0, else ``clip_norm`` (what pretraining uses)."""
+  opt = config.optimizer
+  compress = _checks.non_negative(opt.get("compress_clip_norm", 0.0),
+                                  "optimizer.compress_clip_norm")
+  return compress if compress > 0 else _checks.non_negative(opt.clip_norm, "optimizer.clip_norm")
+
+
+def grid(config: ml_collections.ConfigDict) -> tuple[Variant, ...]:
+  """The variants of ``config.grid``, learning-rate scales outermost; an empty list takes
+  the config's own value (scale 1, `default_clip`)."""
+  section = config.get("grid") or {}
+  scales = tuple(section.get("learning_rate_scale", ()) or (1.0,))
+  clips = tuple(section.get("clip_norm", ()) or (default_clip(config),))
+  for scale in scales:
+    _checks.positive(scale, "config.grid.learning_rate_scale")
+  for clip in clips:
+    _checks.non_negative(clip, "config.grid.clip_norm (0 = no clip)")
+  variants = tuple(Variant(float(s), float(c)) for s, c in itertools.product(scales, clips))
+  names = [v.name for v in variants]
+  if len(set(names)) != len(names):
+    raise _checks.UserError(f"config.grid names a variant twice ({names}): give each "
+                            "learning-rate scale and each clip once.")
+  return variants
+
+
+def _scale(step_size: jax.Array) -> optax.GradientTransformation:
+  return optax.scale(step_size)
+
+
+def _clip_or_off(max_norm: jax.Array) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm` where ``max_norm > 0``, the identity at 0 (traced)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = optax.global_norm(updates)
+    clip = (max_norm > 0) & (norm > max_norm)
+    factor = jnp.where(clip, max_norm / jnp.where(clip, norm, 1.0), 1.0)
+    return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def clip_by_run(max_norm: float) -> optax.GradientTransformation:
+  """A global-norm clip whose norm (0 = none) is a value of the state, not of the program."""
+  return optax.inject_hyperparams(_clip_or_off)(max_norm=max_norm)
+
+
+def scale_by_run(scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates by `scale`, a value of the state, not of the program."""
+  return optax.inject_hyperparams(_scale)(step_size=scale)
