@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-import time
 from typing import Any
 
 import jax
 
+from experiments.bench_seeds import timed_run  # one whole comparison, in a fresh workdir
 from experiments.configs import digits as digits_config
-from mmcompress import comparison
 
 METHODS = ("equal", "minmax", "uncertainty", "dwa")
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -45,14 +43,6 @@ def config_for(num_seeds: int, grid: bool):
       config.grid.learning_rate_scale = SCALES
       config.grid.clip_norm = CLIPS
   return config
-
-
-def timed_run(config) -> float:
-  """Wall seconds of one whole comparison in a fresh temporary workdir."""
-  with tempfile.TemporaryDirectory() as workdir:
-    start = time.perf_counter()
-    comparison.run_digits(config, workdir, print_report=False)
-    return time.perf_counter() - start
 
 
 def run(num_seeds: int = 5, out: Any = sys.stdout, json_out: str | None = None,

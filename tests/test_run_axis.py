@@ -326,7 +326,7 @@ def test_a_seed_that_diverges_on_the_run_axis_loses_and_the_others_finish(
 def test_runs_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path, tiny_config,
                                                                        tiny_experiment):
   """A prune that keeps one seed's layer whole (global scope, filters, a low sparsity) leaves
-  an all-True mask there, which a one-seed retrain state stores as None; on the seed axis
+  an all-True mask there, which a retrain state may store as None (drop_dense); on the run axis
   every mask is kept, so the seeds' states share one tree."""
   exp = tiny_experiment(tmp_path, tiny_config(seeds=(0, 1)))
   w = stages.make_weighting("minmax", exp.config, exp.steps_per_epoch)

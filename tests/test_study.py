@@ -2,7 +2,7 @@
 sparsities, Holm's adjustment against a brute-force step-down, and the quick study end to end,
 killed with SIGKILL at a random moment and rerun to the same leaderboard and the same report
 of every setting (the comparisons' own SIGKILL test: each task set's process runs the digits
-comparison of `experiments.digits`, on the seed axis)."""
+comparison of `experiments.digits`, on the run axis)."""
 import json
 import os
 import random

@@ -425,11 +425,15 @@ def test_the_aggregator_receives_each_tasks_own_gradient_inside_the_trainer(
   config = tiny_config(**{"optimizer.learning_rate": 1.0, "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.schedule": "constant"})
 
-  def keep_row(num_tasks, seed):
-    del num_tasks, seed
-    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda g: g[row], updates))
+  pcgrad = stages.make_weighting("pcgrad", config, SPE)
 
-  w = stages.make_weighting("pcgrad", config, SPE)._replace(aggregate=keep_row)
+  def keep_row(num_tasks, seed):  # PCGrad's state (the trainer reads its weights there)
+    init = pcgrad.aggregate(num_tasks, seed).init
+    return optax.GradientTransformation(
+        init, lambda updates, state, params=None: (jax.tree.map(lambda g: g[row], updates),
+                                                   state))
+
+  w = pcgrad._replace(aggregate=keep_row)
   tx = stages.stage_transform("pretrain", config, SPE, w, problem.num_tasks)
   params, model_state = step_lib.init_variables(model, problem, 0)
   state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,

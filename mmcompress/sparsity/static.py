@@ -75,7 +75,7 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any, *,
       and then live in the state.
     drop_dense: keep None in the state for a mask that is all True (the default: fewer state
       leaves); False keeps every mask, so that states built from different masks share one
-      tree structure (the seed axis stacks them).
+      tree structure (the run axis stacks them).
 
   Returns:
     An `optax.GradientTransformation` whose state is a `StaticSparseState`; `update` requires
