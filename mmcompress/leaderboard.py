@@ -4,8 +4,9 @@ A study runs one comparison per setting (task set × sparsity), each writing its
 ``report.json`` (`mmcompress.report`). `build` reads them and ranks the methods per setting
 by worst-task retention, with, per method:
 
-* the mean worst-task retention and Δm over its seeds with a 95 % interval (Student's t over
-  the seeds that did not diverge: mean ± t(0.975, n − 1) · s / √n);
+* the mean worst-task retention over every seed, a diverged seed counting as retention 0 (the
+  very numbers its rank and paired tests use), and Δm over the seeds that did not diverge,
+  each with a 95 % interval (Student's t: mean ± t(0.975, n − 1) · s / √n);
 * its paired difference from ``equal`` and from the setting's best method, seed by seed,
   judged by the report's own rule (`mmcompress.report`: a seed within one test example is a
   tie, the exact sign test over the others, a diverged run counts as retention 0), with the
@@ -16,8 +17,12 @@ by worst-task retention, with, per method:
   false one at 0.05);
 * its rank (1 = the highest mean worst-task retention; tied means share the mean rank).
 
-Across settings: each method's mean rank over the settings it ran in. `to_markdown` writes
-the leaderboard as a report, `plot` draws the paired differences from equal.
+Across settings: each method's mean rank over the settings it ran in, with a 95 % seed
+bootstrap interval (`mean_rank_intervals`), and the headline's one family of comparisons:
+every method against equal in every setting, Holm's adjustment over that whole family
+(``p_family``; the per-setting adjustment stays in each setting's table, labelled as such).
+`to_markdown` writes the leaderboard as a report, `plot` draws the paired differences from
+equal.
 
 `tune` chooses, per setting and method, among variants of the compression stages' training
 (the study's gradient-clip grid) by the validation split alone, and gives the one report
@@ -26,12 +31,16 @@ the leaderboard as a report, `plot` draws the paired differences from equal.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from mmcompress import report as report_lib
 
 EQUAL = "equal"
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # the resamples are drawn from a fixed seed: a board is reproducible
 # Student's t quantile t(0.975, df) for df = 1 .. 30 (tests/test_leaderboard.py checks them
 # against scipy); above 30 degrees of freedom the normal quantile 1.96 is within 4 %.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -115,8 +124,7 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
   rows = {}
   for m in methods:
     finished = report["methods"][m]["per_seed"]
-    rows[m] = {"worst_task_retention": interval([r["worst_task_retention"] for r in finished])
-               if finished else None,
+    rows[m] = {"worst_task_retention": interval(paired[m][0]),
                "delta_m": interval([r["delta_m"] for r in finished]) if finished else None,
                "seeds": len(finished),
                "diverged": len(report["seeds"]) - len(finished)}
@@ -141,7 +149,68 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
     adjusted = holm({m: rows[m][key]["p_value"] for m in methods if rows[m][key]})
     for m, p in adjusted.items():
       rows[m][key]["p_holm"] = p
-  return {"seeds": list(report["seeds"]), "best": best, "methods": rows}
+  return {"seeds": list(report["seeds"]), "best": best, "methods": rows,
+          "paired_values": {m: paired[m][0] for m in methods}}
+
+
+def _mean_ranks(values: Mapping[str, Mapping[str, Sequence[float]]],
+                picks: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
+  """Each method's mean rank over the settings it ran in, from its per-seed values in each
+  setting (`picks`: the seed positions to take in each setting, e.g. a bootstrap resample;
+  all of them by default)."""
+  got: dict[str, list[float]] = {}
+  for name, by_method in values.items():
+    take = range(len(next(iter(by_method.values())))) if picks is None else picks[name]
+    means = {m: report_lib._mean([v[int(i)] for i in take])  # pylint: disable=protected-access
+             for m, v in by_method.items()}
+    for m, r in ranks(means).items():
+      got.setdefault(m, []).append(r)
+  return {m: math.fsum(r) / len(r) for m, r in got.items()}
+
+
+def mean_rank_intervals(values: Mapping[str, Mapping[str, Sequence[float]]],
+                        resamples: Iterable[Mapping[str, Sequence[int]]]
+                        ) -> dict[str, tuple[float, float]]:
+  """The 95 % percentile interval of each method's mean rank over seed resamples.
+
+  Args:
+    values: setting -> method -> its worst-task retention on each seed (a diverged seed as
+      0), the seeds in the same order for every method of a setting (they are paired).
+    resamples: each a setting -> seed positions, drawn with replacement (`bootstrap_picks`);
+      every method of a setting takes the same positions, so the pairing is kept.
+
+  Returns:
+    method -> (2.5th, 97.5th percentile) of its mean rank over the resamples (NumPy's
+    linear interpolation between order statistics).
+  """
+  draws: dict[str, list[float]] = {}
+  for picks in resamples:
+    for m, r in _mean_ranks(values, picks).items():
+      draws.setdefault(m, []).append(r)
+  return {m: (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)))
+          for m, d in draws.items()}
+
+
+def bootstrap_picks(sizes: Mapping[str, int], resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> list[dict[str, np.ndarray]]:
+  """`resamples` draws of seed positions, with replacement, for settings of `sizes` seeds."""
+  rng = np.random.default_rng(seed)
+  return [{name: rng.integers(0, n, n) for name, n in sizes.items()} for _ in range(resamples)]
+
+
+def family(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """The headline's family: every method against equal in every setting, with Holm's
+  adjustment over all of them at once (set as ``p_family`` in each ``minus_equal``)."""
+  p_values = {f"{name}/{m}": row["minus_equal"]["p_value"]
+              for name, board in settings.items()
+              for m, row in board["methods"].items() if row["minus_equal"]}
+  adjusted = holm(p_values)
+  for name, board in settings.items():
+    for m, row in board["methods"].items():
+      if row["minus_equal"]:
+        row["minus_equal"]["p_family"] = adjusted[f"{name}/{m}"]
+  return {"comparisons": list(p_values), "against": EQUAL, "adjustment": "holm",
+          "alpha": report_lib.ALPHA}
 
 
 def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -150,14 +219,19 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   names = []
   for board in settings.values():
     names += [m for m in board["methods"] if m not in names]
+  values = {name: board.pop("paired_values") for name, board in settings.items()}
+  means = _mean_ranks(values)
+  intervals = mean_rank_intervals(
+      values, bootstrap_picks({name: len(b["seeds"]) for name, b in settings.items()}))
   mean_rank = {}
   for m in names:
-    got = [b["methods"][m]["rank"] for b in settings.values() if m in b["methods"]]
-    mean_rank[m] = {"mean_rank": math.fsum(got) / len(got), "settings": len(got)}
+    got = sum(m in b["methods"] for b in settings.values())
+    mean_rank[m] = {"mean_rank": means[m], "mean_rank_ci": list(intervals[m]), "settings": got}
   order = sorted(names, key=lambda m: (mean_rank[m]["mean_rank"], names.index(m)))
+  headline = family(settings)
   # The orders are kept as lists too: a JSON copy of the board sorts its keys.
   return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order},
-          "order": {"settings": list(settings), "methods": order}}
+          "family": headline, "order": {"settings": list(settings), "methods": order}}
 
 
 def _validation_mean(report: Mapping[str, Any], method: str, where: str) -> float:
@@ -213,10 +287,11 @@ def tune(variants: Mapping[str, Mapping[str, Any]], where: str = "the variants"
   return merged, tuning
 
 
-def _verdict(pair: Mapping[str, Any] | None) -> str:
-  """"better" / "worse" when the report's rule shows a difference and Holm's adjusted p is
-  below `report.ALPHA` too; "—" otherwise."""
-  if not pair or pair["direction"] == 0 or pair["p_holm"] >= report_lib.ALPHA:
+def _verdict(pair: Mapping[str, Any] | None, adjusted: str = "p_holm") -> str:
+  """"better" / "worse" when the report's rule shows a difference and the `adjusted` p (Holm
+  within the setting, or over the headline's family: ``p_family``) is below `report.ALPHA`
+  too; "—" otherwise."""
+  if not pair or pair["direction"] == 0 or pair[adjusted] >= report_lib.ALPHA:
     return "—"
   return "better" if pair["direction"] > 0 else "worse"
 
@@ -249,10 +324,12 @@ def _setting_lines(name: str, board: Mapping[str, Any],
              for v in [f"{v}/" for v in variants] or [""]]
   lines = [f"## {name}", "",
            f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
-           f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}.", "",
+           f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}. Tests in this "
+           "table are adjusted within this setting only (Holm over its methods); the "
+           "headline's are adjusted over the whole family (above).", "",
            "| rank | method | worst-task retention [95 % CI] | Δm % [95 % CI] "
-           "| − equal [95 % CI] | W/T/L | p (Holm) | vs equal "
-           "| − best [95 % CI] | W/T/L | p (Holm) | vs best |",
+           "| − equal [95 % CI] | W/T/L | p (Holm in setting) | vs equal "
+           "| − best [95 % CI] | W/T/L | p (Holm in setting) | vs best |",
            "|---:|---|---|---|---|---|---|---|---|---|---|---|"]
   for m in order:
     row = rows[m]
@@ -264,7 +341,8 @@ def _setting_lines(name: str, board: Mapping[str, Any],
         + _pair_cells(row["minus_equal"]) + _pair_cells(row["minus_best"])) + " |")
   shown = {v: [m for m in order if _verdict(rows[m]["minus_equal"]) == v]
            for v in ("better", "worse")}
-  lines += ["", (f"Shown better than equal: {', '.join(shown['better']) or 'none'}; "
+  lines += ["", ("Shown better than equal (Holm within this setting): "
+                 f"{', '.join(shown['better']) or 'none'}; "
                  f"shown worse: {', '.join(shown['worse']) or 'none'}.")]
   return lines
 
@@ -278,10 +356,11 @@ def to_markdown(board: Mapping[str, Any]) -> str:
            + ", ".join(names) + "). Each setting is its own comparison with its own report.",
            "",
            "How to read it. *Worst-task retention*: on each seed, the lowest over tasks of the "
-           "compressed model's metric over the dense model's (1 = no task lost anything); "
-           "*Δm*: LibMTL's mean relative change over every metric, in percent (negative is "
-           "worse than dense). Means over the seeds that did not diverge, with 95 % Student-t "
-           "intervals. *− equal*, *− best*: the paired difference in worst-task retention from "
+           "compressed model's metric over the dense model's (1 = no task lost anything), its "
+           "mean over every seed with a diverged seed counted as 0, the same numbers that rank "
+           "the methods and enter the paired tests; *Δm*: LibMTL's mean relative change over "
+           "every metric, in percent (negative is worse than dense), over the seeds that did "
+           "not diverge. Both with 95 % Student-t intervals. *− equal*, *− best*: the paired difference in worst-task retention from "
            "equal weighting and from the setting's best, seed by seed, a diverged seed counting "
            "as retention 0, with its 95 % t interval; *W/T/L*: seeds won, tied (within one "
            "test example of the worst task) and lost; *p*: the exact sign test over the "
@@ -290,7 +369,12 @@ def to_markdown(board: Mapping[str, Any]) -> str:
            "shows it (p < 0.05, and the mean beyond one test example) and Holm's p is below "
            "0.05 too.", "",
            "## Mean rank across settings", "",
-           "| method | mean rank | " + " | ".join(names) + " |",
+           f"The headline's family: every method against {board['family']['against']} in "
+           f"every setting, {len(board['family']['comparisons'])} comparisons, Holm's "
+           "adjustment over all of them at once (↑ / ↓ below). The mean rank's interval is a "
+           f"95 % percentile interval over {BOOTSTRAP_RESAMPLES} resamples of each setting's "
+           "seeds (paired: every method takes the same seeds).", "",
+           "| method | mean rank [95 % CI] | " + " | ".join(names) + " |",
            "|---|---:|" + "---:|" * len(names)]
   for m in board["order"]["methods"]:
     info, cells = board["mean_rank"][m], []
@@ -298,9 +382,12 @@ def to_markdown(board: Mapping[str, Any]) -> str:
       row = settings[n]["methods"].get(m)
       cells.append("—" if row is None else
                    f"{row['rank']:g}" + {"better": " ↑", "worse": " ↓"}.get(
-                       _verdict(row["minus_equal"]), ""))
-    lines.append(f"| {m} | {info['mean_rank']:.2f} | " + " | ".join(cells) + " |")
-  lines += ["", "↑ / ↓: shown better / worse than equal in that setting (Holm-adjusted).", ""]
+                       _verdict(row["minus_equal"], "p_family"), ""))
+    low, high = info["mean_rank_ci"]
+    lines.append(f"| {m} | {info['mean_rank']:.2f} [{low:.2f}, {high:.2f}] | "
+                 + " | ".join(cells) + " |")
+  lines += ["", "↑ / ↓: shown better / worse than equal in that setting, Holm-adjusted over "
+                "the whole family.", ""]
   tuning = board.get("tuning")
   if tuning:
     lines += _tuning_lines(board) + [""]

@@ -164,7 +164,9 @@ def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
       if not pair:
         continue
       mean, low, high = pair["interval"]
-      shown = pair["direction"] != 0 and pair["p_holm"] < 0.05
+      # Filled: shown, Holm-adjusted over the headline's family (within the setting on a
+      # board written before the family).
+      shown = pair["direction"] != 0 and pair.get("p_family", pair["p_holm"]) < 0.05
       color = "tab:blue" if mean >= 0 else "tab:red"
       ax.errorbar([mean], [yi], xerr=[[mean - low], [high - mean]], fmt="o", color=color,
                   markerfacecolor=color if shown else "white", capsize=2, markersize=4)

@@ -61,12 +61,13 @@ def test_a_setting_ranks_and_pairs_every_method_against_equal_and_the_best():
   assert vs_equal["p_value"] == pytest.approx(2 / 2**6) and vs_equal["direction"] == 1
   assert rows["same"]["minus_equal"]["tied"] == 6
   assert rows["same"]["minus_equal"]["direction"] == 0
-  # A diverged seed counts as retention 0 in the paired test, and is left out of the mean.
+  # A diverged seed counts as retention 0 in the paired test and in the table's mean: the
+  # mean that ranks the method is the mean the table shows.
   broken = rows["broken"]
   assert broken["diverged"] == 1 and broken["seeds"] == 5
   assert broken["minus_best"]["differences"][1] == pytest.approx(-0.96)
   assert broken["worst_task_retention"][0] == pytest.approx(
-      np.mean([0.95, 0.97, 0.95, 0.96, 0.97]))
+      np.mean([0.95, 0.0, 0.97, 0.95, 0.96, 0.97])) == broken["paired_mean"]
   assert rows["better"]["minus_best"] is None and rows["equal"]["minus_equal"] is None
 
 
@@ -74,9 +75,13 @@ def test_the_mean_rank_is_over_the_settings_a_method_ran_in():
   one = _report({"equal": [0.9] * 6, "a": [0.95] * 6, "b": [0.8] * 6})
   two = _report({"equal": [0.9] * 6, "a": [0.7] * 6})
   board = leaderboard.build({"one": one, "two": two})
-  assert board["mean_rank"] == {"equal": {"mean_rank": 1.5, "settings": 2},
-                                "a": {"mean_rank": 1.5, "settings": 2},
-                                "b": {"mean_rank": 3.0, "settings": 1}}
+  # Every seed the same: every resample gives the same ranks, a zero-width interval.
+  assert board["mean_rank"] == {"equal": {"mean_rank": 1.5, "mean_rank_ci": [1.5, 1.5],
+                                          "settings": 2},
+                                "a": {"mean_rank": 1.5, "mean_rank_ci": [1.5, 1.5],
+                                      "settings": 2},
+                                "b": {"mean_rank": 3.0, "mean_rank_ci": [3.0, 3.0],
+                                      "settings": 1}}
   assert list(board["settings"]) == ["one", "two"] == board["order"]["settings"]
   assert board["order"]["methods"] == ["equal", "a", "b"]
   json.dumps(board)  # plain JSON
@@ -125,3 +130,62 @@ def test_tuning_refuses_variants_that_cannot_be_compared():
     leaderboard.tune({"clip-0": one, "clip-1": _report({"equal": [0.9]}, (0,))})
   with pytest.raises(ValueError, match="no validation figure"):
     leaderboard.tune({"clip-0": _report({"equal": [0.9, 0.9]}, seeds), "clip-1": one})
+
+
+def test_the_headline_family_is_holm_over_every_method_against_equal_in_every_setting():
+  draw = np.random.default_rng(3)
+  reports = {name: _report({m: list(0.9 + draw.normal(0, 0.02, 6)) for m in
+                            ("equal", "a", "b", "c")}) for name in ("one", "two", "three")}
+  reports["two"]["methods"]["a"]["per_seed"] = [
+      dict(r, worst_task_retention=r["worst_task_retention"] + 0.2)
+      for r in reports["two"]["methods"]["a"]["per_seed"]]  # a sweep: p = 2/64 there
+  board = leaderboard.build(reports)
+  family = board["family"]
+  assert family["against"] == "equal" and family["adjustment"] == "holm"
+  assert sorted(family["comparisons"]) == sorted(f"{n}/{m}" for n in reports for m in "abc")
+  p_values = {f"{n}/{m}": board["settings"][n]["methods"][m]["minus_equal"]["p_value"]
+              for n in reports for m in "abc"}
+  family_p = {f"{n}/{m}": board["settings"][n]["methods"][m]["minus_equal"]["p_family"]
+              for n in reports for m in "abc"}
+  # Against a step-down by hand over the nine comparisons (tests/test_study.py's), at several
+  # levels: the family rejects exactly what the step-down rejects.
+  for alpha in (0.05, 0.1, 0.3, 0.5):
+    order = sorted(p_values, key=p_values.get)
+    rejected = set()
+    for i, key in enumerate(order):
+      if p_values[key] > alpha / (len(order) - i):
+        break
+      rejected.add(key)
+    assert {k for k, v in family_p.items() if v <= alpha} == rejected
+  # Nine comparisons: the sweep's 2/64 becomes 9 · 2/64 over the family, not 3 · 2/64.
+  assert family_p["two/a"] == pytest.approx(min(1.0, 9 * 2 / 64))
+  assert board["settings"]["two"]["methods"]["a"]["minus_equal"]["p_holm"] == pytest.approx(
+      3 * 2 / 64)
+  text = leaderboard.to_markdown(board)
+  assert "9 comparisons, Holm's adjustment over all of them at once" in text
+  assert "p (Holm in setting)" in text
+
+
+def test_the_mean_rank_interval_is_the_percentile_interval_over_seed_resamples():
+  """Exhaustively: every one of the 4⁴ resamples of 4 seeds, against ranks computed
+  independently (scipy's rankdata of the negated means, ties averaged)."""
+  values = {"s": {"x": [0.90, 0.95, 0.80, 0.99], "y": [0.92, 0.91, 0.85, 0.98],
+                  "z": [0.70, 0.99, 0.90, 0.90]}}
+  every = [{"s": np.array(pick)} for pick in np.ndindex(4, 4, 4, 4)]
+  got = leaderboard.mean_rank_intervals(values, every)
+  names = list(values["s"])
+  by_hand = {m: [] for m in names}
+  for pick in every:
+    means = [np.mean(np.asarray(values["s"][m])[pick["s"]]) for m in names]
+    for m, r in zip(names, stats.rankdata(-np.round(means, 12))):
+      by_hand[m].append(r)
+  for m in names:
+    assert got[m] == pytest.approx((np.percentile(by_hand[m], 2.5),
+                                    np.percentile(by_hand[m], 97.5)))
+  assert got["x"][0] < got["x"][1]  # the seeds disagree: a real interval
+  # The drawn resamples: reproducible, with replacement, the same positions for every method.
+  picks = leaderboard.bootstrap_picks({"s": 4, "t": 6}, resamples=50)
+  assert len(picks) == 50 and all(len(p["s"]) == 4 and len(p["t"]) == 6 for p in picks)
+  assert all(0 <= p["t"].min() and p["t"].max() < 6 for p in picks)
+  again = leaderboard.bootstrap_picks({"s": 4, "t": 6}, resamples=50)
+  assert all(np.array_equal(a["t"], b["t"]) for a, b in zip(picks, again))
