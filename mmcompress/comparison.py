@@ -419,12 +419,13 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
     return {task_sets[0]: run(config, workdir, **kwargs)}
   reports, sections = {}, []
   for task_set in task_sets:
-    subdir = os.path.join(workdir, task_set)
+    folder = digits.data.folder_name(task_set)
+    subdir = os.path.join(workdir, folder)
     reports[task_set] = run(config, subdir,
                             problem=lambda c, t=task_set: digits.from_config(c, t), **kwargs)
     if parallel.is_primary():  # only the primary process wrote the report
       with open(os.path.join(subdir, "report.md")) as f:
-        sections.append(f"# Task set '{task_set}' (files in {task_set}/)\n\n{f.read()}")
+        sections.append(f"# Task set '{task_set}' (files in {folder}/)\n\n{f.read()}")
   if parallel.is_primary():
     _files.write_atomically(os.path.join(workdir, "report.md"),
                             lambda f: f.write("\n\n".join(sections).encode("utf-8")))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -163,3 +164,42 @@ def test_each_seed_draws_its_own_data_order_and_a_seed_always_the_same():
     assert len(set(epoch.tolist())) == len(epoch) == spe * batch_size
   stacked = run_axis.stacked_batches(problem, (0, 1, 0), 0, 3, batch_size)["images"]
   assert np.array_equal(stacked[0], stacked[2]) and not np.array_equal(stacked[0], stacked[1])
+
+
+def test_a_grouping_is_parsed_into_classify_style_tasks():
+  from mmcompress.problems.digits import data  # pylint: disable=import-outside-toplevel
+  assert data.parse_groups("groups:83/59/17/06/24") == ((3, 8), (5, 9), (1, 7), (0, 6), (2, 4))
+  grouped = load_multidigits("groups:38/59/17", seed=0)
+  assert grouped.task_names == ("g0_3_8", "g1_5_9", "g2_1_7")
+  assert grouped.num_outputs == (2, 2, 2) and grouped.task_kinds == ("classification",) * 3
+  raw = datasets.load_digits()
+  for split in (grouped.train, grouped.val, grouped.test):
+    digit = raw.target[split.index]
+    # Only the named digits, each image in exactly its digit's task, labels in digit order.
+    assert set(digit.tolist()) == {1, 3, 5, 7, 8, 9}
+    assert split.task_mask.sum(axis=1).tolist() == [1] * split.num_examples
+    for k, group in enumerate(((3, 8), (5, 9), (1, 7))):
+      rows = split.task_mask[:, k]
+      assert set(digit[rows].tolist()) == set(group)
+      np.testing.assert_array_equal(split.targets[rows, k], [group.index(d) for d in digit[rows]])
+  # The splits are classify's, restricted to the named digits.
+  full = load_multidigits("classify", seed=0)
+  for a, b in zip((grouped.train, grouped.val, grouped.test), (full.train, full.val, full.test)):
+    np.testing.assert_array_equal(a.index, b.index[np.isin(raw.target[b.index], [1, 3, 5, 7, 8, 9])])
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("groups:38/38", "digit 3 is in group '38' and in group '38'"),
+    ("groups:38/85", "digit 8 is in group '38' and in group '85'"),
+    ("groups:3/59", "group '3' holds one digit"),
+    ("groups:33/59", "group '33' holds one digit"),
+    ("groups:3a/59", "group '3a' is not a string of digits"),
+    ("groups:38//59", "group '' is not a string of digits"),
+    ("groups:3859", "has 1 group"),
+    ("groups", "must be one of"),
+    ("pairs-of-digits", "must be one of"),
+])
+def test_a_bad_grouping_is_refused_naming_what_to_change(spec, fragment):
+  from mmcompress import _checks  # pylint: disable=import-outside-toplevel
+  with pytest.raises(_checks.UserError, match=re.escape(fragment)):
+    load_multidigits(spec)

@@ -136,3 +136,30 @@ def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_
   assert "Task set 'classify'" in index and "Task set 'mixed'" in index
   for task_set in ("classify", "mixed"):
     assert (tmp_path / task_set / "report.json").exists()
+
+
+def test_a_grouping_of_ones_own_runs_into_a_folder_of_its_name_and_a_bad_one_is_one_line(
+    tmp_path, tiny_config):
+  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  config = tiny_config(task_sets=("mixed", "groups:38/59/17"),
+                       stages=("pretrain", "prune", "retrain"), methods=("equal",))
+  reports = comparison.run_digits(config, str(tmp_path), print_report=False)
+  assert reports["groups:38/59/17"]["tasks"] == ["g0_3_8", "g1_5_9", "g2_1_7"]
+  saved = json.loads((tmp_path / "groups-38-59-17" / "config.json").read_text())
+  assert saved["task_sets"] == ["mixed", "groups:38/59/17"]
+  assert "Task set 'groups:38/59/17' (files in groups-38-59-17/)" in (
+      tmp_path / "report.md").read_text()
+  # Another grouping in the same workdir is refused, not silently switched to.
+  other = tiny_config(task_sets=("mixed", "groups:38/59/16"),
+                      stages=("pretrain", "prune", "retrain"), methods=("equal",))
+  with pytest.raises(ValueError, match="different config"):
+    comparison.run_digits(other, str(tmp_path), print_report=False)
+  # From the command line: one line, exit 2, nothing written.
+  workdir = tmp_path / "bad"
+  done = subprocess.run(command(workdir) + ['--config.task_sets=("groups:38/85",)'],
+                        cwd=tmp_path, env=environment(), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  errors = [line for line in done.stderr.splitlines() if line.strip()]
+  assert len(errors) == 1 and "digit 8 is in group '38' and in group '85'" in errors[0]
+  assert not workdir.exists()

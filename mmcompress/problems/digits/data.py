@@ -40,6 +40,13 @@ per task trained on that task's images only (4-fold CV, 3 seeds), the accuracy o
 The same dense `MultiHeadMLP` recipe as above, equal weights and a squared error for ``ink``,
 reaches test accuracy 0.977 (digit) and 0.984 (parity) and R² 0.922 (ink), seeds 0–2.
 
+``"groups:<g1>/<g2>/..."``: a grouping of the user's own, with the ``classify`` conventions:
+each gᵢ is a string of at least two digits (``groups:38/59/17/06/24`` is five tasks, {3, 8},
+{5, 9}, {1, 7}, {0, 6}, {2, 4}), no digit in two groups; task k classifies the images of its
+digits (labels 0..c-1 in increasing digit order) and every image belongs to its digit's task.
+Images of a digit that no group names are left out of every split. The spec is part of the
+config (``config.task_sets``), so a workdir recorded with one grouping refuses another.
+
 Splits: for every digit separately, the indices of its images are permuted by
 ``numpy.random.default_rng(seed)``; the first ``round(test_fraction · n)`` go to test, the next
 ``round(val_fraction · n)`` to validation and the rest to train. The split is therefore
@@ -50,14 +57,15 @@ index (the trainer shuffles).
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn import datasets
 
 from mmcompress import _checks
 
-TASK_SETS = ("classify", "mixed")
+TASK_SETS = ("classify", "mixed")  # and any "groups:<g1>/<g2>/..." (`parse_groups`)
+GROUPS_PREFIX = "groups:"
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 
@@ -129,11 +137,65 @@ def _split_indices(digits: np.ndarray, seed: int, val_fraction: float,
   return tuple(np.sort(np.concatenate(part)).astype(np.int64) for part in (train, val, test))
 
 
-def _classify_targets(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (targets, task_mask) of the "classify" task set for a vector of digits."""
-  targets = np.zeros((digits.size, len(CLASSIFY_GROUPS)), np.float32)
-  mask = np.zeros((digits.size, len(CLASSIFY_GROUPS)), bool)
-  for k, group in enumerate(CLASSIFY_GROUPS):
+def parse_groups(task_set: str, name: str = "task_set") -> tuple[tuple[int, ...], ...]:
+  """The digit groups of a ``"groups:<g1>/<g2>/..."`` task set, each in increasing order.
+
+  Raises:
+    UserError: naming `name` and what to change, unless the spec has at least two groups,
+      each of at least two distinct digits 0-9, and no digit in two groups.
+
+  >>> parse_groups("groups:38/59/17")
+  ((3, 8), (5, 9), (1, 7))
+  """
+  example = f"e.g. '{GROUPS_PREFIX}38/59/17/06/24'"
+  if not isinstance(task_set, str) or not task_set.startswith(GROUPS_PREFIX):
+    raise _checks.UserError(f"{name}={task_set!r} is not a grouping: write it as {example}.")
+  parts = task_set[len(GROUPS_PREFIX):].split("/")
+  if len(parts) < 2:
+    raise _checks.UserError(f"{name}={task_set!r} has {len(parts)} group: give at least two "
+                            f"groups separated by '/', {example}.")
+  groups, seen = [], {}
+  for part in parts:
+    if not part or not part.isdigit() or not part.isascii():
+      raise _checks.UserError(f"{name}={task_set!r}: group {part!r} is not a string of digits "
+                              f"0-9; {example}.")
+    digits = tuple(sorted({int(c) for c in part}))
+    if len(digits) < 2:
+      raise _checks.UserError(f"{name}={task_set!r}: group {part!r} holds one digit; a task "
+                              "classifies at least two digits.")
+    for d in digits:
+      if d in seen:
+        raise _checks.UserError(f"{name}={task_set!r}: digit {d} is in group {seen[d]!r} and "
+                                f"in group {part!r}; put each digit in one group.")
+      seen[d] = part
+    groups.append(digits)
+  return tuple(groups)
+
+
+def check_task_set(task_set: Any, name: str = "task_set") -> str:
+  """`task_set` if it names a task set (`TASK_SETS` or a valid grouping), else a `UserError`."""
+  if isinstance(task_set, str) and task_set.startswith(GROUPS_PREFIX):
+    parse_groups(task_set, name)
+    return task_set
+  if task_set not in TASK_SETS:
+    raise _checks.UserError(f"{name} must be one of {list(TASK_SETS)} or a grouping "
+                            f"'{GROUPS_PREFIX}<digits>/<digits>/...' (e.g. "
+                            f"'{GROUPS_PREFIX}38/59/17/06/24'), got {task_set!r}.")
+  return task_set
+
+
+def folder_name(task_set: str) -> str:
+  """A task set's folder name: a grouping's ':' and '/' become '-' (groups-38-59-17)."""
+  return task_set.replace(":", "-").replace("/", "-")
+
+
+def _classify_targets(digits: np.ndarray, groups: tuple[tuple[int, ...], ...] = CLASSIFY_GROUPS
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (targets, task_mask) of a grouping (by default "classify"'s) for a vector of
+  digits."""
+  targets = np.zeros((digits.size, len(groups)), np.float32)
+  mask = np.zeros((digits.size, len(groups)), bool)
+  for k, group in enumerate(groups):
     for label, digit in enumerate(group):
       rows = digits == digit
       targets[rows, k] = label
@@ -146,8 +208,9 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   """Builds MultiDigits from scikit-learn's bundled digits (no download).
 
   Args:
-    task_set: ``"classify"`` (four digit-group tasks, one per image) or ``"mixed"`` (digit,
-      parity and an ink regression on every image); see the module docstring.
+    task_set: ``"classify"`` (four digit-group tasks, one per image), ``"mixed"`` (digit,
+      parity and an ink regression on every image) or a grouping ``"groups:38/59/..."``;
+      see the module docstring.
     seed: a non-negative integer that decides the split; the same seed gives the same arrays.
     val_fraction: the fraction of each digit's images held out for validation, in (0, 0.5).
     test_fraction: the fraction of each digit's images held out for test, in (0, 0.5).
@@ -162,7 +225,7 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   >>> data.task_names
   ('g0_0_6', 'g1_1_5_8_9', 'g2_2_3', 'g3_4_7')
   """
-  _checks.one_of(task_set, TASK_SETS, "task_set")
+  check_task_set(task_set)
   seed = _checks.non_negative_int(seed, "seed")
   val_fraction = _checks.split_fraction(val_fraction, "val_fraction")
   test_fraction = _checks.split_fraction(test_fraction, "test_fraction")
@@ -172,12 +235,15 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   digits = raw.target.astype(np.int64)
   splits = _split_indices(digits, int(seed), val_fraction, test_fraction)
 
-  if task_set == "classify":
+  if task_set == "classify" or task_set.startswith(GROUPS_PREFIX):
+    groups = CLASSIFY_GROUPS if task_set == "classify" else parse_groups(task_set)
     names = tuple("g{}_{}".format(k, "_".join(map(str, group)))
-                  for k, group in enumerate(CLASSIFY_GROUPS))
-    kinds = (CLASSIFICATION,) * len(CLASSIFY_GROUPS)
-    num_outputs = tuple(len(group) for group in CLASSIFY_GROUPS)
-    targets, mask = _classify_targets(digits)
+                  for k, group in enumerate(groups))
+    kinds = (CLASSIFICATION,) * len(groups)
+    num_outputs = tuple(len(group) for group in groups)
+    targets, mask = _classify_targets(digits, groups)
+    named = mask.any(axis=1)  # images of a digit no group names are in no split
+    splits = tuple(rows[named[rows]] for rows in splits)
   else:
     names = ("digit", "parity", "ink")
     kinds = (CLASSIFICATION, CLASSIFICATION, REGRESSION)

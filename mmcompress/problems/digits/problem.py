@@ -108,16 +108,20 @@ class DigitsProblem(base.Problem):
 
 
 def validate_config(config: Any) -> None:
-  """Raises a `UserError` unless every entry of ``config.task_sets`` names a task set."""
+  """Raises a `UserError` unless every entry of ``config.task_sets`` names a task set (one
+  of `digits.TASK_SETS` or a grouping ``groups:...``), each once."""
   if not config.task_sets:
     raise _checks.UserError(
-        f"config.task_sets is empty: name some of {list(digits.TASK_SETS)}.")
+        f"config.task_sets is empty: name some of {list(digits.TASK_SETS)} or a grouping "
+        "'groups:<digits>/<digits>/...'.")
   for task_set in config.task_sets:
-    _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+    digits.check_task_set(task_set, "config.task_sets entry")
+  if len(set(config.task_sets)) != len(config.task_sets):
+    raise _checks.UserError(f"config.task_sets names a task set twice: {list(config.task_sets)}.")
 
 
 def from_config(config: Any, task_set: str | None = None) -> DigitsProblem:
   """The MultiDigits problem of a digits config (its first task set unless one is named)."""
   task_set = config.task_sets[0] if task_set is None else task_set
-  _checks.one_of(task_set, digits.TASK_SETS, "config.task_sets entry")
+  digits.check_task_set(task_set, "config.task_sets entry")
   return DigitsProblem(digits.load_multidigits(task_set, seed=config.data_seed))
