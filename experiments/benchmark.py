@@ -79,6 +79,7 @@ import jax
 import numpy as np
 import optax
 from absl import flags
+from absl import logging as absl_logging
 
 from experiments import bench_grid, bench_seeds, launch, synthetic
 from mmcompress import _checks, saddle_point, sparsity, weighting
@@ -516,6 +517,8 @@ _GRID_SEEDS = flags.DEFINE_integer("grid_seeds", 5, "Seeds of each variant for -
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if (_SEEDS.value or _GRID.value) and not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # whole comparisons: orbax's INFO lines
   if _SEEDS.value:
     if _NUM_SEEDS.value < 1:
       raise _checks.UserError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")

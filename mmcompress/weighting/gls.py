@@ -23,8 +23,10 @@ def gls(*, task_scales: ArrayLike | None = None) -> base.TaskWeighting:
 
   The objective is the geometric mean of the scaled losses, (Π_k c_k L_k)^(1/K), computed as
   exp(mean_k log(c_k L_k)). Its gradient with respect to L_k is G / (K L_k) (G the
-  objective's value): every task's gradient is divided by its own loss, and the scales c_k
-  cancel from it. The reference (LibMTL's ``GLS``) minimises the same K-th root, so GLS has
+  objective's value): every task's gradient is divided by its own loss. The scales c_k
+  leave the direction alone (they cancel from the ratios between tasks, and from `weights`)
+  but not the length: G, and so the whole gradient, carries the factor (Π_k c_k)^(1/K).
+  The reference (LibMTL's ``GLS``) minimises the same K-th root, so GLS has
   no separate ``"reference"`` reduction. A zero loss makes the gradient non-finite (the
   trainer stops with the task's name).
 

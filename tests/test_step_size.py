@@ -1,0 +1,58 @@
+"""The loss-scale convention is a step size: equal weighting of the mean of the K losses at K
+times the learning rate steps exactly as equal weighting of their sum at the base rate, through
+the trainer's own step with the rate scaled by a grid variant (docs/weightings.md, "Step size
+is part of the method"), and the two part once weight decay is on."""
+import jax
+import numpy as np
+import pytest
+
+from mmcompress.models import create_model
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.train import parallel, run_axis, stages, step as step_lib, variants
+
+STEPS = 5
+
+
+def _run(tiny_config, problem, model, reduction, scale, weight_decay):
+  config = tiny_config(loss_reduction=reduction,
+                       **{"optimizer.weight_decay": weight_decay, "optimizer.momentum": 0.9,
+                          "optimizer.schedule": "constant", "optimizer.learning_rate": 0.05,
+                          "optimizer.clip_norm": 0.0})
+  spe = problem.steps_per_epoch(64)
+  w = stages.make_weighting("equal", config, spe)
+  params, model_state = step_lib.init_variables(model, problem, 0)
+  masks = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
+  tx = stages.stage_transform("retrain", config, spe, w, problem.num_tasks, masks,
+                              variant=variants.Variant(scale, 0.0))
+  state = run_axis.stack([step_lib.create_train_state(params, model_state, w, tx,
+                                                      problem.num_tasks, jax.random.key(0))])
+  mesh = parallel.data_mesh()
+  step = run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=1)
+  where = run_axis.batch_sharding(mesh, problem.batch_axis, False)
+  alive = np.ones(1, bool)
+  for i in range(STEPS):
+    batch = run_axis.place(run_axis.stack([problem.train_batch(0, 3, i, 64)]), where)
+    state, alive, _ = step(state, alive, batch)
+  assert alive.all()
+  return jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-3])
+def test_the_mean_of_the_losses_at_k_times_the_rate_is_their_sum(tiny_config, digits_data,
+                                                                 weight_decay):
+  problem = DigitsProblem(digits_data("classify"))
+  model = create_model("mlp", problem.num_outputs, hidden=(16,))
+  k = problem.num_tasks
+  mean = _run(tiny_config, problem, model, "mean", float(k), weight_decay)
+  total = _run(tiny_config, problem, model, "reference", 1.0, weight_decay)
+  base = _run(tiny_config, problem, model, "mean", 1.0, weight_decay)
+  gaps = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), mean, total))
+  if weight_decay == 0.0:
+    assert max(gaps) < 1e-6  # step for step the same steps (float32 rounding)
+  else:
+    # The decay is added after the objective's gradient with the same λ: summed losses see
+    # it K times weaker relative to their data term, so the two conventions part.
+    assert max(gaps) > 1e-5
+  # And the rate matters: the mean at the base rate is another trajectory.
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), base, total))
+  assert max(moved) > 1e-3
