@@ -78,11 +78,17 @@ class Experiment:
     """The grid's variants (one, the config's own settings, without ``config.grid``)."""
     return variants_lib.grid(self.config)
 
+  def variants_for(self, method: str) -> tuple[variants_lib.Variant, ...]:
+    """The variants `method` trains: the one it pins (``pcgrad@lr0.5-clip1``), or the grid's."""
+    pinned = variants_lib.pinned(method)
+    return (pinned,) if pinned else self.variants
+
   def run_name(self, seed: int, method: str, variant: variants_lib.Variant | None) -> str:
-    """``seed3/minmax``, or ``seed3/minmax@lr0.5-clip1`` when the grid has several variants."""
-    if variant is None or len(self.variants) == 1:
+    """``seed3/minmax``, or ``seed3/minmax@lr0.5-clip1`` when the grid has several variants
+    (a method that pins its variant names it already)."""
+    if variant is None or len(self.variants_for(method)) == 1:
       return f"seed{seed}/{method}"
-    return f"seed{seed}/{method}@{variant.name}"
+    return f"seed{seed}/{method}{variants_lib.PIN}{variant.name}"
 
   @functools.cached_property
   def scoring_step(self) -> Callable[..., Any]:
@@ -340,7 +346,8 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
     (seed, variant) -> the run's result, or `records.Diverged`.
   """
   cfg = exp.config
-  runs = [Point(seed, v) for seed in seeds for v in exp.variants]
+  grid = exp.variants_for(method)
+  runs = [Point(seed, v) for seed in seeds for v in grid]
   saved = {p: _saved_outcome(exp, exp.run_name(p.seed, method, p.variant)) for p in runs}
   if all(outcome is not None for outcome in saved.values()):
     return saved
@@ -358,7 +365,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
       continue
     if points[0].variant is None and stage != "pretrain":  # every variant from here on
       points, starts, last, best, stage_records, failures = _fan_out(
-          exp, points, (starts, last, best, stage_records, failures))
+          grid, points, (starts, last, best, stage_records, failures))
     if stage == "prune":
       for p in points:
         params, model_state = starts[p]
@@ -370,7 +377,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
         starts[p] = (sparsity.apply_masks(params, masks[p]), model_state)
       continue
     names = {p: ([exp.run_name(p.seed, method, p.variant)] if p.variant is not None else
-                 [exp.run_name(p.seed, method, v) for v in exp.variants]) for p in points}
+                 [exp.run_name(p.seed, method, v) for v in grid]) for p in points}
     final, stage_best, stage_recs, stage_failures = _train_axis(
         exp, method, weighting_name, stage, index, points, names, starts, masks)
     failures.update(stage_failures)
@@ -381,7 +388,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
     points = [p for p in points if p not in failures]
   if not all(p in stage_records for p in runs):  # pretraining alone: every variant is it
     _, last, best, stage_records, failures = _fan_out(
-        exp, list(stage_records), (last, best, stage_records, failures))
+        grid, list(stage_records), (last, best, stage_records, failures))
   out = {}
   for p in runs:
     run_name = exp.run_name(p.seed, method, p.variant)
@@ -393,13 +400,13 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
   return out
 
 
-def _fan_out(exp: Experiment, points: list[Point], by_point: tuple[dict, ...]
-             ) -> tuple[list[Point], ...]:
-  """The runs of every variant of each seed's `points` (runs before the variants), and the
-  dicts `by_point` with each seed's entry copied to each of its variants' runs."""
-  fanned = [Point(p.seed, v) for p in points for v in exp.variants]
+def _fan_out(grid: tuple[variants_lib.Variant, ...], points: list[Point],
+             by_point: tuple[dict, ...]) -> tuple[list[Point], ...]:
+  """The runs of every variant of `grid` of each seed's `points` (runs before the variants),
+  and the dicts `by_point` with each seed's entry copied to each of its variants' runs."""
+  fanned = [Point(p.seed, v) for p in points for v in grid]
   copies = tuple({Point(p.seed, v): (list(value) if isinstance(value, list) else value)
-                  for p, value in d.items() for v in exp.variants} for d in by_point)
+                  for p, value in d.items() for v in grid} for d in by_point)
   return (fanned, *copies)
 
 
@@ -463,7 +470,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "prune" in config.stages:
     _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
   _checks.non_negative_int(config.chunk_runs, "config.chunk_runs (0 = every run at once)")
-  for variant in variants_lib.grid(config):  # every learning-rate scale and clip, checked
+  if len(set(config.methods)) != len(config.methods):
+    raise ValueError(f"config.methods names a method twice: {list(config.methods)}.")
+  pinned = [v for v in map(variants_lib.pinned, config.methods) if v is not None]
+  for variant in variants_lib.grid(config) + tuple(pinned):  # every scale and clip, checked
     for stage in config.stages:
       if stage in stages_lib.TRAINING_STAGES:
         stages_lib.descent_transform(stage, config, 1, masks={}, variant=variant)
@@ -471,10 +481,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # Fields added after runs were recorded, each with the value every run before it had: no
 # compression-stage clip, no clip grid in a study, every run of a method in one chunk, the
-# runs' batches split over the devices, no grid.
+# runs' batches split over the devices, no grid, no tuning seeds.
 _ADDED_OFF = ((("optimizer", "compress_clip_norm"), 0.0), (("study", "compress_clip_norms"), []),
               (("chunk_runs",), 0), (("runs_sharded",), False),
-              (("grid",), {"learning_rate_scale": [], "clip_norm": []}))
+              (("grid",), {"learning_rate_scale": [], "clip_norm": []}),
+              (("study", "tuning_seeds"), []))
 # Fields removed since, which a run recorded before them may hold: the one-seed path's
 # switches (every run is on the run axis now, which trains to the same numbers).
 _REMOVED = ("seed_axis", "seed_sharded")
@@ -580,6 +591,14 @@ def _run_all(exp: Experiment, progress: progress_lib.Progress
   return dense, methods
 
 
+def _report_names(methods: tuple[str, ...]) -> dict[str, str]:
+  """Each method's name in the report: a method that pins its variant under its own name
+  (``equal@lr2-clip0`` is "equal", what the report compares with) unless another entry
+  shares that name; the variant is in each run's ``result.json``."""
+  bases = [variants_lib.base_method(m) for m in methods]
+  return {m: b if bases.count(b) == 1 else m for m, b in zip(methods, bases)}
+
+
 def _variant_records(exp: Experiment, dense: dict[int, Any],
                      methods: dict[str, dict[Point, records.Outcome]],
                      variant: variants_lib.Variant
@@ -593,7 +612,10 @@ def _variant_records(exp: Experiment, dense: dict[int, Any],
       dropped.append(records.DroppedSeed(
           seed, f"its dense reference diverged ({dense[seed].message})"))
       continue
-    outcomes = {m: methods[m][Point(seed, variant)] for m in exp.config.methods}
+    names = _report_names(exp.config.methods)
+    outcomes = {names[m]: methods[m][Point(seed, exp.variants_for(m)[0]
+                                          if variants_lib.pinned(m) else variant)]
+                for m in exp.config.methods}
     failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
     if failures:
       diverged.append({"seed": seed, "runs": failures})
@@ -718,6 +740,12 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
                     f" (× {variant.learning_rate_scale:g}) and "
                     + (f"gradient clip {variant.clip_norm:g}." if variant.clip_norm else
                        "no gradient clip."))
+  pins = [(m, variants_lib.pinned(m)) for m in config.methods if variants_lib.pinned(m)]
+  if pins:
+    notes.insert(0, "Pinned variants (each method trains this one only): " + "; ".join(
+        f"{m}: learning rate {config.optimizer.learning_rate * v.learning_rate_scale:g} "
+        f"(× {v.learning_rate_scale:g}), " + (f"clip {v.clip_norm:g}" if v.clip_norm else
+                                               "no clip") for m, v in pins) + ".")
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
@@ -727,6 +755,7 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
   report["config"] = json.loads(config.to_json())
   report["diverged"] = diverged
   report["variant"] = variant.to_json(config.optimizer.learning_rate)
+  report["pinned"] = {m: v.to_json(config.optimizer.learning_rate) for m, v in pins}
   return report
 
 

@@ -287,6 +287,48 @@ def tune(variants: Mapping[str, Mapping[str, Any]], where: str = "the variants"
   return merged, tuning
 
 
+def choose(variants: Mapping[str, Mapping[str, Any]], where: str = "the tuning runs"
+           ) -> dict[str, dict[str, Any]]:
+  """Each method's variant, chosen on the validation split of the tuning seeds.
+
+  Args:
+    variants: variant name -> its report on the tuning seeds (the comparison of a grid:
+      every variant's report, `comparison.run`), in the grid's order (a tie goes to the
+      first).
+    where: names the setting in errors.
+
+  Returns:
+    method -> ``{"chosen", "learning_rate_scale", "clip_norm", "validation", "stable",
+    "at_grid_edge"}``: the variant of the highest mean validation worst-task retention over
+    the tuning seeds among those that finished on every tuning seed (``stable``; when none
+    did, the highest with a diverged seed counted as 0, and ``stable`` False), its scale and
+    clip, every variant's mean (None for one that diverged on a tuning seed), and whether
+    the chosen scale is the grid's smallest or largest (the grid may be too narrow). No test
+    number is read.
+  """
+  names = list(variants)
+  if not names:
+    raise ValueError(f"{where}: no variant to choose from.")
+  info = {n: variants[n]["variant"] for n in names}
+  scales = sorted({v["learning_rate_scale"] for v in info.values()})
+  out = {}
+  for method in variants[names[0]]["methods"]:
+    means, stable = {}, {}
+    for n in names:
+      report = variants[n]
+      stable[n] = not any(method in d["runs"] for d in report.get("diverged", ()))
+      means[n] = _validation_mean(report, method, f"{where}, variant {n!r}")
+    pool = [n for n in names if stable[n]] or names
+    chosen = max(pool, key=lambda n: (means[n], -names.index(n)))
+    scale = info[chosen]["learning_rate_scale"]
+    out[method] = {"chosen": chosen, "learning_rate_scale": scale,
+                   "clip_norm": info[chosen]["clip_norm"],
+                   "validation": {n: means[n] if stable[n] else None for n in names},
+                   "stable": stable[chosen],
+                   "at_grid_edge": len(scales) > 1 and scale in (scales[0], scales[-1])}
+  return out
+
+
 def _verdict(pair: Mapping[str, Any] | None, adjusted: str = "p_holm") -> str:
   """"better" / "worse" when the report's rule shows a difference and the `adjusted` p (Holm
   within the setting, or over the headline's family: ``p_family``) is below `report.ALPHA`
@@ -400,19 +442,35 @@ def to_markdown(board: Mapping[str, Any]) -> str:
 def _tuning_lines(board: Mapping[str, Any]) -> list[str]:
   """The knob each method got in each setting, and the validation figures it was chosen by."""
   names, tuning = board["order"]["settings"], board["tuning"]
-  lines = ["## Tuned on the validation split", "",
-           "Each method's compression stages ran once per variant below (the same dense "
+  first = board["settings"][names[0]] if names else {}
+  if "tuning_seeds" in first:
+    how = (f"Each method ran every variant below on the tuning seeds "
+           f"{', '.join(map(str, first['tuning_seeds']))}, disjoint from the reported seeds; "
+           "per setting it keeps the variant of the highest mean validation worst-task "
+           "retention among those that finished on every tuning seed (— : diverged on one; a "
+           "tie goes to the first variant), and every number above is that variant trained "
+           "again on the reported seeds from their own dense models. ⚠: the choice is at the "
+           "grid's smallest or largest learning rate; ✗: every variant diverged on a tuning "
+           "seed. Cells: the chosen variant, then the validation means of ")
+  else:
+    how = ("Each method's compression stages ran once per variant below (the same dense "
            "models, seeds and budget); per setting, each method keeps the variant of the "
            "highest mean validation worst-task retention over its seeds (a diverged seed "
            "counts as 0; a tie goes to the first variant), and every test number above is "
-           "that variant's. Cells: the chosen variant, then the validation means of "
-           + ", ".join(board["variants"]) + ".",
+           "that variant's. Cells: the chosen variant, then the validation means of ")
+  lines = ["## Tuned on the validation split", "", how + ", ".join(board["variants"]) + ".",
            "", "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+  def mean(value):
+    return "—" if value is None else f"{value:.3f}"
+
   for m in board["order"]["methods"]:
     cells = []
     for n in names:
       t = tuning[n].get(m)
-      cells.append("—" if t is None else f"**{t['chosen']}** (" + ", ".join(
-          f"{t['validation'][v]:.3f}" for v in board["variants"]) + ")")
+      mark = ("" if t is None else (" ⚠" if t.get("at_grid_edge") else "")
+              + ("" if t.get("stable", True) else " ✗"))
+      cells.append("—" if t is None else f"**{t['chosen']}**{mark} (" + ", ".join(
+          mean(t["validation"][v]) for v in board["variants"]) + ")")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return lines

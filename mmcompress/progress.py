@@ -28,12 +28,12 @@ def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
   method's own pretraining, which every variant of a seed starts from, counts for each)."""
   method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(config)}
   grid = variants.grid(config)
-  suffixes = [""] if len(grid) == 1 else [f"@{v.name}" for v in grid]
+  suffixes = [""] if len(grid) == 1 else [f"{variants.PIN}{v.name}" for v in grid]
   plan = {}
   for seed in config.seeds:
     plan[f"seed{seed}/dense"] = {"pretrain": int(config.epochs.pretrain)}
     for method in config.methods:
-      for suffix in suffixes:
+      for suffix in ([""] if variants.pinned(method) else suffixes):
         plan[f"seed{seed}/{method}{suffix}"] = dict(method_stages)
   return plan
 
@@ -107,7 +107,8 @@ class Progress:
                            ("task_weight", record.task_weights)):
         for task, value in zip(self.task_names, values):
           writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
-      writer.flush()
+      # Flushed when its run finishes (`run_done`), not every epoch: a grid logs hundreds of
+      # runs an epoch, and a flush each costs more than the scalars.
     metrics = " ".join(f"{m:.3f}" for m in record.val_metric)
     self._line(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
                f"w {' '.join(f'{w:.2f}' for w in record.task_weights)}", self.epoch_lines)
@@ -117,6 +118,8 @@ class Progress:
     shows `line` with the `status`."""
     for stage, epochs in self.plan.get(run_name, {}).items():
       self._done[run_name, stage] = epochs
+    if run_name in self._writers:
+      self._writers[run_name].flush()
     self._line(f"{line} [{self.status()}]", True)
 
   def seed_done(self, seed: Any) -> None:

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
-from mmcompress.train import stages as stages_lib
+from mmcompress.train import stages as stages_lib, variants as variants_lib
 
 
 class Setting(NamedTuple):
@@ -98,6 +98,21 @@ def _validate_study(config: ml_collections.ConfigDict) -> None:
     _checks.non_negative(value, "config.study.compress_clip_norms")
   if len({name for name, _ in variants(config)}) != len(clips):
     raise ValueError(f"config.study.compress_clip_norms names one twice: {clips}.")
+  tuning_seeds = tuple(study.get("tuning_seeds", ()))
+  if tuning_seeds:
+    if set(tuning_seeds) & set(config.seeds):
+      raise ValueError(
+          f"config.study.tuning_seeds {tuning_seeds} and config.seeds {tuple(config.seeds)} "
+          f"share {sorted(set(tuning_seeds) & set(config.seeds))}: a method's step size is "
+          "chosen on seeds it is not reported on; make them disjoint (e.g. 100, 101, 102).")
+    if len(set(tuning_seeds)) != len(tuning_seeds):
+      raise ValueError(f"config.study.tuning_seeds names one twice: {tuning_seeds}.")
+    if clips:
+      raise ValueError("config.study.tuning_seeds tunes every method on its own seeds over "
+                       "config.grid; leave config.study.compress_clip_norms empty.")
+    if any("@" in m for m in config.methods):
+      raise ValueError("a tuned study chooses each method's variant itself: name the methods "
+                       "without '@<variant>'.")
   if clips and (config.optimizer.compress_clip_norm or config.optimizer.clip_norm):
     raise ValueError("config.study.compress_clip_norms tunes the compression stages' clip "
                      "(clip-0: none): leave --config.optimizer.clip_norm and "
@@ -122,6 +137,53 @@ def variant_config(config: ml_collections.ConfigDict,
   return out
 
 
+def tuned(config: ml_collections.ConfigDict) -> bool:
+  """Whether the study tunes every method's variant on its own seeds (the fair protocol)."""
+  return bool(config.study.get("tuning_seeds", ()))
+
+
+def tuning_config(sub: ml_collections.ConfigDict, study: ml_collections.ConfigDict
+                  ) -> ml_collections.ConfigDict:
+  """A setting's tuning comparison: its config on the study's tuning seeds, every method
+  over every variant of ``config.grid``."""
+  out = ml_collections.ConfigDict(sub.to_dict())
+  out.seeds = tuple(study.study.tuning_seeds)
+  out.lock()
+  return out
+
+
+def reporting_config(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
+                     ) -> ml_collections.ConfigDict:
+  """A setting's reported comparison: its seeds, each method pinned at its chosen variant
+  (``pcgrad@lr0.5-clip1``), no grid."""
+  out = ml_collections.ConfigDict(sub.to_dict())
+  out.methods = tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods)
+  out.grid.learning_rate_scale, out.grid.clip_norm = (), ()
+  out.lock()
+  return out
+
+
+def _read_choices(folder: str) -> dict[str, Any] | None:
+  """A setting's recorded choices (``tuning.json``), or None before its tuning finished."""
+  path = os.path.join(folder, "tuning.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["methods"]
+
+
+def _choose(tune_folder: str, grid_names: list[str], where: str) -> dict[str, Any]:
+  """`leaderboard.choose` over a finished tuning comparison's variant reports."""
+  reports = {}
+  for name in grid_names:
+    path = os.path.join(tune_folder, "variants", name, "report.json")
+    if len(grid_names) == 1:
+      path = os.path.join(tune_folder, "report.json")
+    with open(path) as f:
+      reports[name] = json.load(f)
+  return leaderboard.choose(reports, where=where)
+
+
 def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
   """Checks the study and every setting's config, and that no folder holds another run;
   raises a `UserError` naming what to change. Returns the settings."""
@@ -136,7 +198,16 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
       sub = setting_config(config, setting)
       comparison.validate(sub)
       digits.validate_config(sub)
-      comparison.refuse_other_run(sub, os.path.join(workdir, setting.name))
+      folder = os.path.join(workdir, setting.name)
+      if tuned(config):
+        tune = tuning_config(sub, config)
+        comparison.validate(tune)
+        comparison.refuse_other_run(tune, os.path.join(folder, "tune"))
+        chosen = _read_choices(folder)
+        if chosen is not None:  # the report runs of a setting already tuned
+          comparison.refuse_other_run(reporting_config(sub, chosen), folder)
+      else:
+        comparison.refuse_other_run(sub, folder)
   comparison.refuse_other_run(config, workdir)
   return found
 
@@ -271,8 +342,37 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
       if not share(os.path.join(dense_from, setting.name), folder, _pretrained_pieces(sub)):
         raise RuntimeError(f"{dense_from}/{setting.name} has not finished: the variants after "
                            "the first start from its dense models.")
-    comparison.run_digits(sub, folder, label=label + setting.name, print_report=False)
+    if tuned(config):
+      _tune_and_report(config, sub, folder, first, label + setting.name)
+    else:
+      comparison.run_digits(sub, folder, label=label + setting.name, print_report=False)
     first = first or folder
+
+
+def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.ConfigDict,
+                     folder: str, first: str | None, label: str) -> None:
+  """One setting of the fair protocol: every method over the grid on the tuning seeds (in
+  ``<folder>/tune/``), each method's variant chosen on their validation split
+  (``<folder>/tuning.json``), then each method at its choice on the reporting seeds (in
+  `folder`, whose report the leaderboard reads). `first`: the task set's first setting, whose
+  tuning runs' unpruned stages this one's start from."""
+  tune_folder = os.path.join(folder, "tune")
+  tune = tuning_config(sub, config)
+  if first is not None:
+    os.makedirs(tune_folder, exist_ok=True)
+    share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
+  comparison.run_digits(tune, tune_folder, label=f"{label}/tune", print_report=False)
+  chosen = _read_choices(folder)
+  if chosen is None:
+    grid_names = [v.name for v in variants_lib.grid(tune)]
+    chosen = _choose(tune_folder, grid_names, where=label)
+    _files.write_json_atomically(os.path.join(folder, "tuning.json"), {
+        "tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds),
+        "grid": grid_names, "methods": chosen})
+  reporting = reporting_config(sub, chosen)
+  if first is not None:
+    share_unpruned(first, folder, reporting)
+  comparison.run_digits(reporting, folder, label=label, print_report=False)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -337,6 +437,27 @@ def _read_reports(workdir: str, found: list[Setting]) -> dict[str, Any]:
   return reports
 
 
+def _record_choices(board: dict[str, Any], workdir: str, found: list[Setting]) -> None:
+  """Puts each setting's choices (``tuning.json``) into the board: per setting the tuning and
+  reporting seeds, per method its chosen learning rate and clip and whether the choice sits
+  at the grid's edge, and the table of the validation means (``board["tuning"]``)."""
+  board["tuning"], grids = {}, []
+  for setting in found:
+    with open(os.path.join(workdir, setting.name, "tuning.json")) as f:
+      record = json.load(f)
+    board["tuning"][setting.name] = record["methods"]
+    grids.append(record["grid"])
+    rows = board["settings"][setting.name]
+    rows["tuning_seeds"], rows["report_seeds"] = record["tuning_seeds"], record["report_seeds"]
+    for method, row in rows["methods"].items():
+      choice = record["methods"][method]
+      row["tuning"] = {"chosen": choice["chosen"],
+                       "chosen_learning_rate_scale": choice["learning_rate_scale"],
+                       "chosen_clip_norm": choice["clip_norm"],
+                       "at_grid_edge": choice["at_grid_edge"], "stable": choice["stable"]}
+  board["variants"] = grids[0] if grids else []
+
+
 def _write_board(board: dict[str, Any], found: list[Setting], workdir: str) -> str:
   """Writes a leaderboard's ``leaderboard.json``, ``report.md`` and ``leaderboard.png`` into
   `workdir`; returns the Markdown."""
@@ -384,6 +505,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool =
     board["variants"], board["tuning"] = names, tuning
   else:
     board = leaderboard.build(_read_reports(workdir, found))
+    if tuned(config):
+      _record_choices(board, workdir, found)
   markdown = _write_board(board, found, workdir)
   if print_report:
     print(markdown, flush=True)

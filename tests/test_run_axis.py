@@ -236,8 +236,9 @@ def _same_result(together, single, name):
 @pytest.fixture(name="grid_run", scope="module")
 def fixture_grid_run(tmp_path_factory, tiny_config):
   """Min-max on 2 seeds × a grid of 3 learning-rate scales (one diverging) × 2 clips, on the
-  run axis in chunks of 5 runs (12 runs: chunks of 5, 5, 2)."""
-  config = tiny_config(seeds=(0, 1), methods=("minmax",), chunk_runs=5,
+  run axis in chunks of 5 runs (12 runs: chunks of 5, 5, 2), beside equal pinned at one
+  variant (`equal@lr2-clip1`: 2 runs, in every variant's report under the name equal)."""
+  config = tiny_config(seeds=(0, 1), methods=("minmax", "equal@lr2-clip1"), chunk_runs=5,
                        **{"grid.learning_rate_scale": (0.5, 2.0, DIVERGING),
                           "grid.clip_norm": (0.0, 1.0)})
   workdir = tmp_path_factory.mktemp("grid")
@@ -250,16 +251,18 @@ def test_a_variant_on_the_axis_gives_what_its_settings_give_alone(grid_run, tmp_
                                                                  tiny_config, seed, scale, clip):
   workdir, _ = grid_run
   variant = f"lr{scale:g}-clip{clip:g}"
-  alone = tiny_config(seeds=(seed,), methods=("minmax",),
+  pinned = variant == "lr2-clip1"  # the pinned equal's variant: compare it too
+  alone = tiny_config(seeds=(seed,), methods=("minmax", "equal") if pinned else ("minmax",),
                       **{"grid.learning_rate_scale": (scale,), "grid.clip_norm": (clip,)})
   comparison.run(alone, str(tmp_path), print_report=False)
-  single = json.loads((tmp_path / f"seed{seed}" / "minmax" / "result.json").read_text())
-  together = json.loads(
-      (workdir / f"seed{seed}" / f"minmax@{variant}" / "result.json").read_text())
-  _same_result(together, single, variant)
-  assert together["variant"] == single["variant"] == {
-      "name": variant, "learning_rate_scale": scale, "clip_norm": clip,
-      "learning_rate": pytest.approx(alone.optimizer.learning_rate * scale)}
+  for method, name in [("minmax", f"minmax@{variant}")] + (
+      [("equal", "equal@lr2-clip1")] if pinned else []):
+    single = json.loads((tmp_path / f"seed{seed}" / method / "result.json").read_text())
+    together = json.loads((workdir / f"seed{seed}" / name / "result.json").read_text())
+    _same_result(together, single, name)
+    assert together["variant"] == single["variant"] == {
+        "name": variant, "learning_rate_scale": scale, "clip_norm": clip,
+        "learning_rate": pytest.approx(alone.optimizer.learning_rate * scale)}
 
 
 @pytest.mark.slow
@@ -285,6 +288,13 @@ def test_a_diverging_variant_is_frozen_while_its_neighbours_finish(grid_run):
   assert weights["lr0.5-clip0"] != weights["lr2-clip0"] != weights["lr2-clip1"]
   index = (workdir / "report.md").read_text()
   assert all(f"# Variant {name} (files in variants/{name}/)" in index for name in reports)
+  # The pinned equal is in every variant's report, as "equal", with the same numbers.
+  equal = [r["methods"]["equal"]["per_seed"] for r in reports.values()]
+  assert all(e == equal[0] for e in equal) and len(equal[0]) == 2
+  assert all(r["pinned"]["equal@lr2-clip1"]["learning_rate_scale"] == 2.0
+             for r in reports.values())
+  assert all("minmax_minus_equal" in r["comparison"] for r in reports.values()
+             if not r["diverged"])
 
 
 class _PoisonedStage(DigitsProblem):

@@ -215,6 +215,10 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
     ({"grid.clip_norm": (-1.0,)}, "config.grid.clip_norm"),
     ({"grid.clip_norm": (1.0, 1.0)}, "names a variant twice"),
     ({"chunk_runs": -1}, "config.chunk_runs"),
+    ({"methods": ("equal@lr2",)}, "'lr2' is not a variant"),
+    ({"methods": ("equal@lr0-clip1",)}, "learning-rate scale"),
+    ({"methods": ("equal", "equal")}, "names a method twice"),
+    ({"methods": ("gradnorm@lr1-clip0",)}, "config.methods"),
 ])
 def test_bad_configs_fail_before_any_compute(overrides, match, tiny_config):
   with pytest.raises(ValueError, match=match):

@@ -45,6 +45,13 @@ sparsity (`mmcompress.study`).
 Preset ``tuned``: ``compress_clip_norms = (0.0, 1.0)``, no clip or a clip at global norm 1
 (what Nash-MTL's and FairGrad's authors clip their direction to).
 
+Preset ``fair``: the fair protocol (`mmcompress.study`): every method's learning rate
+(``FAIR_SCALES`` × the base rate, 1/4 to 4 in steps of about √2) and clip (none or 1) chosen
+per setting on the tuning seeds 100–102 by the mean validation worst-task retention, then
+that variant alone trained on the reported seeds 0–9 from their own dense models; the same
+grid, epochs and seeds for every method. ``fair_quick``: its smoke test (2 + 2 seeds, 2
+methods, 3 learning rates, 40x only, 1-2 epochs per stage).
+
 Preset ``quick``: 2 seeds, 2 methods (equal, and min-max with task-aware masks), 1-2 epochs per stage, both task sets and sparsities:
 a smoke test of the whole study in under a minute.
 """
@@ -55,6 +62,9 @@ from mmcompress import weighting
 
 # Every registered weighting, equal first (the baseline every method is paired with).
 WEIGHTINGS = ("equal",) + tuple(w for w in weighting.WEIGHTINGS if w != "equal")
+# The fair protocol's learning-rate scales: 1/4 to 4 in steps of about √2 (written to two
+# digits, so that a variant's name, lr0.35-clip0, reads back as the very scale it trained).
+FAIR_SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
 CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_disparse",
             "minmax+taylor_minmax")
 
@@ -75,8 +85,26 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       "compilation_cache": True,
       "compress_clip_norms": (),
   })
+  c.study.tuning_seeds = ()
   if preset == "tuned":
     c.study.compress_clip_norms = (0.0, 1.0)
+  elif preset in ("fair", "fair_quick"):
+    # Every method's learning rate (×, steps of about √2 over 16×) and clip chosen on
+    # tuning seeds disjoint from the reported ones (mmcompress.study, the fair protocol).
+    c.study.tuning_seeds = (100, 101, 102)
+    c.grid.learning_rate_scale = FAIR_SCALES
+    c.grid.clip_norm = (0.0, 1.0)
+    c.chunk_runs = 0
+    if preset == "fair_quick":
+      c.seeds = (0, 1)
+      c.study.tuning_seeds = (100, 101)
+      c.methods = ("equal", "minmax+taylor_max")
+      c.study.sparsities = (0.975,)
+      c.grid.learning_rate_scale = (0.5, 1.0, 2.0)
+      c.grid.clip_norm = (0.0,)
+      c.epochs = ml_collections.ConfigDict({"pretrain": 2, "reweight": 1, "retrain": 2,
+                                            "sparse": 2})
+      c.checkpoint_every_steps = 10
   elif preset == "quick":
     c.seeds = (0, 1)
     c.methods = ("equal", "minmax+taylor_max")
@@ -84,6 +112,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
                                           "sparse": 2})
     c.checkpoint_every_steps = 10
   elif preset:
-    raise ValueError(f"unknown preset {preset!r}: use '', 'tuned' or 'quick'.")
+    raise ValueError(f"unknown preset {preset!r}: use '', 'tuned', 'fair', 'fair_quick' or "
+                     "'quick'.")
   c.lock()
   return c

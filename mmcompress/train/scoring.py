@@ -49,8 +49,9 @@ class Criterion(NamedTuple):
 
 
 def parse_method(method: str, config: ml_collections.ConfigDict) -> tuple[str, Criterion]:
-  """(weighting name, criterion) of a ``config.methods`` entry, or raises naming the entry."""
-  name, _, suffix = method.partition("+")
+  """(weighting name, criterion) of a ``config.methods`` entry, or raises naming the entry.
+  An entry may pin a variant after ``@`` (`mmcompress.train.variants.pinned`)."""
+  name, _, suffix = method.partition("@")[0].partition("+")
   _checks.one_of(name, tuple(weighting_lib.WEIGHTINGS), "config.methods entry")
   criterion = suffix or default_criterion(config)
   _checks.one_of(criterion, CRITERIA, f"the pruning criterion of method {method!r}")

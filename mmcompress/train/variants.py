@@ -16,6 +16,7 @@ reading its own values from its own slice of the stacked state.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -46,6 +47,33 @@ class Variant(NamedTuple):
     return {"name": self.name, "learning_rate_scale": self.learning_rate_scale,
             "learning_rate": base_learning_rate * self.learning_rate_scale,
             "clip_norm": self.clip_norm}
+
+
+PIN = "@"  # a config.methods entry "pcgrad@lr0.5-clip1" trains that method at that variant only
+_NAME = re.compile(r"lr([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)-clip([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)")
+
+
+def parse(name: str, where: str = "variant") -> Variant:
+  """The variant a name such as ``lr0.5-clip1`` (`Variant.name`) stands for, or a `UserError`
+  naming `where`."""
+  match = _NAME.fullmatch(name)
+  if not match:
+    raise _checks.UserError(f"{where}: {name!r} is not a variant; write lr<scale>-clip<clip>, "
+                            "e.g. lr0.5-clip1 (clip 0: none).")
+  scale, clip = (float(g) for g in match.groups())
+  _checks.positive(scale, f"{where}: the learning-rate scale")
+  return Variant(scale, clip)
+
+
+def pinned(method: str) -> Variant | None:
+  """The variant a ``config.methods`` entry pins (``pcgrad@lr0.5-clip1``), or None."""
+  _, at, name = method.partition(PIN)
+  return parse(name, f"config.methods entry {method!r}") if at else None
+
+
+def base_method(method: str) -> str:
+  """A ``config.methods`` entry without its pinned variant (``pcgrad@lr0.5-clip1`` -> pcgrad)."""
+  return method.partition(PIN)[0]
 
 
 def default_clip(config: ml_collections.ConfigDict) -> float:
