@@ -124,6 +124,8 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
                                   exp.problem.num_tasks, masks, point.seed, every_mask,
                                   variant=point.variant)
   rng = jax.random.fold_in(jax.random.key(point.seed), index)
+  if stage != "pretrain" and exp.config.data_order:  # another draw of the stage's randomness
+    rng = jax.random.fold_in(rng, exp.config.data_order)
   # create_train_state copies every leaf, so the step may donate them: the caller's arrays
   # (shared by every method's stages when pretraining is shared) survive.
   state = step_lib.create_train_state(params, model_state, weighting, tx,
@@ -131,6 +133,19 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
   if stage == "sparse":  # dynamic sparse training starts from its initial masks
     state = state.replace(params=sparsity.apply_masks(params, sparsity.find_masks(state.opt_state)))
   return tx, state
+
+
+# A run's batches are drawn from its seed; with ``config.data_order`` = d > 0 the stages after
+# pretraining draw them from seed + d · DATA_ORDER_STRIDE instead: the same data, the same
+# dense model, another order (the null control: what reshuffling alone changes).
+DATA_ORDER_STRIDE = 1_000_003
+
+
+def data_seed(config: ml_collections.ConfigDict, stage: str, seed: int) -> int:
+  """The seed a stage's training batches are drawn from (`DATA_ORDER_STRIDE`)."""
+  if stage == "pretrain" or not config.data_order:
+    return seed
+  return seed + config.data_order * DATA_ORDER_STRIDE
 
 
 def _chunks(points: list[Point], size: int) -> list[list[Point]]:
@@ -168,7 +183,8 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
 
     directory = os.path.join(exp.workdir, "axis", label, stage)
     ctx = loop.StageContext(
-        name=stage, index=index, seeds=tuple(p.seed for p in chunk), epochs=cfg.epochs[stage],
+        name=stage, index=index, seeds=tuple(data_seed(cfg, stage, p.seed) for p in chunk),
+        epochs=cfg.epochs[stage],
         batch_size=cfg.batch_size, problem=exp.problem, weighting=weighting,
         train_step=run_axis.make_runs_train_step(
             exp.problem, exp.model, weighting, built[0][0], exp.mesh,
@@ -470,6 +486,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "prune" in config.stages:
     _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
   _checks.non_negative_int(config.chunk_runs, "config.chunk_runs (0 = every run at once)")
+  _checks.non_negative_int(config.data_order, "config.data_order (0 = the seed's own order)")
   if len(set(config.methods)) != len(config.methods):
     raise ValueError(f"config.methods names a method twice: {list(config.methods)}.")
   pinned = [v for v in map(variants_lib.pinned, config.methods) if v is not None]
@@ -485,7 +502,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 _ADDED_OFF = ((("optimizer", "compress_clip_norm"), 0.0), (("study", "compress_clip_norms"), []),
               (("chunk_runs",), 0), (("runs_sharded",), False),
               (("grid",), {"learning_rate_scale": [], "clip_norm": []}),
-              (("study", "tuning_seeds"), []))
+              (("study", "tuning_seeds"), []), (("data_order",), 0))
 # Fields removed since, which a run recorded before them may hold: the one-seed path's
 # switches (every run is on the run axis now, which trains to the same numbers).
 _REMOVED = ("seed_axis", "seed_sharded")

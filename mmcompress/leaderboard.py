@@ -198,23 +198,43 @@ def bootstrap_picks(sizes: Mapping[str, int], resamples: int = BOOTSTRAP_RESAMPL
   return [{name: rng.integers(0, n, n) for name, n in sizes.items()} for _ in range(resamples)]
 
 
-def family(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """The headline's family: every method against equal in every setting, with Holm's
-  adjustment over all of them at once (set as ``p_family`` in each ``minus_equal``)."""
+def family(settings: Mapping[str, Mapping[str, Any]],
+           controls: Sequence[str] = ()) -> dict[str, Any]:
+  """The headline's family: every method (not the `controls`) against equal in every
+  setting, with Holm's adjustment over all of them at once (set as ``p_family`` in each
+  ``minus_equal``)."""
   p_values = {f"{name}/{m}": row["minus_equal"]["p_value"]
               for name, board in settings.items()
-              for m, row in board["methods"].items() if row["minus_equal"]}
+              for m, row in board["methods"].items() if row["minus_equal"] and m not in controls}
   adjusted = holm(p_values)
   for name, board in settings.items():
     for m, row in board["methods"].items():
-      if row["minus_equal"]:
+      if row["minus_equal"] and m not in controls:
         row["minus_equal"]["p_family"] = adjusted[f"{name}/{m}"]
   return {"comparisons": list(p_values), "against": EQUAL, "adjustment": "holm",
           "alpha": report_lib.ALPHA}
 
 
-def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """The leaderboard of several settings' reports (name -> report.json content)."""
+def detection_limit(pair: Mapping[str, Any]) -> float:
+  """The smallest paired difference a setting could have shown, from its null control's
+  paired differences from equal (the same method trained again on another data order):
+  |mean| + t(0.975, n − 1) · sd / √n, the far end of their 95 % interval around zero. A
+  difference between two methods within it is within what reshuffling alone produces."""
+  mean, low, high = pair["interval"]
+  return max(abs(low), abs(high), abs(mean))
+
+
+def build(reports: Mapping[str, Mapping[str, Any]], controls: Sequence[str] = (),
+          null: str | None = None) -> dict[str, Any]:
+  """The leaderboard of several settings' reports (name -> report.json content).
+
+  Args:
+    reports: setting -> its report.
+    controls: rows that are controls, not methods: ranked and paired like the others, kept
+      out of the headline's family.
+    null: the control that is equal trained again on another data order; each setting's
+      ``detection_limit`` comes from its paired differences from equal.
+  """
   settings = {name: setting(r) for name, r in reports.items()}
   names = []
   for board in settings.values():
@@ -228,10 +248,15 @@ def build(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     got = sum(m in b["methods"] for b in settings.values())
     mean_rank[m] = {"mean_rank": means[m], "mean_rank_ci": list(intervals[m]), "settings": got}
   order = sorted(names, key=lambda m: (mean_rank[m]["mean_rank"], names.index(m)))
-  headline = family(settings)
+  headline = family(settings, controls)
+  for board in settings.values():
+    row = board["methods"].get(null) if null else None
+    if row and row["minus_equal"]:
+      board["detection_limit"] = detection_limit(row["minus_equal"])
   # The orders are kept as lists too: a JSON copy of the board sorts its keys.
   return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order},
-          "family": headline, "order": {"settings": list(settings), "methods": order}}
+          "family": headline, "controls": list(controls),
+          "order": {"settings": list(settings), "methods": order}}
 
 
 def _validation_mean(report: Mapping[str, Any], method: str, where: str) -> float:
@@ -333,8 +358,8 @@ def _verdict(pair: Mapping[str, Any] | None, adjusted: str = "p_holm") -> str:
   """"better" / "worse" when the report's rule shows a difference and the `adjusted` p (Holm
   within the setting, or over the headline's family: ``p_family``) is below `report.ALPHA`
   too; "—" otherwise."""
-  if not pair or pair["direction"] == 0 or pair[adjusted] >= report_lib.ALPHA:
-    return "—"
+  if not pair or pair["direction"] == 0 or pair.get(adjusted, 1.0) >= report_lib.ALPHA:
+    return "—"  # (a control has no family p: it is never named)
   return "better" if pair["direction"] > 0 else "worse"
 
 
@@ -365,7 +390,11 @@ def _setting_lines(name: str, board: Mapping[str, Any],
   reports = [f"[{v}{name}/report.md]({v}{name}/report.md)"
              for v in [f"{v}/" for v in variants] or [""]]
   lines = [f"## {name}", "",
-           f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
+           (f"Detection limit (the null control, equal on another data order, against equal: "
+            f"the far end of its 95 % interval): **{board['detection_limit']:.4f}** "
+            "worst-task retention; a difference within it is within what reshuffling alone "
+            "produces.\n\n" if "detection_limit" in board else "")
+           + f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
            f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}. Tests in this "
            "table are adjusted within this setting only (Holm over its methods); the "
            "headline's are adjusted over the whole family (above).", "",

@@ -373,6 +373,42 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   if first is not None:
     share_unpruned(first, folder, reporting)
   comparison.run_digits(reporting, folder, label=label, print_report=False)
+  for name, control in controls(sub, chosen).items():
+    control_folder = os.path.join(folder, f"control-{name}")
+    os.makedirs(control_folder, exist_ok=True)
+    share(folder, control_folder, _pretrained_pieces(control))  # the same dense models
+    comparison.run_digits(control, control_folder, label=f"{label}/control-{name}",
+                          print_report=False)
+
+
+# The controls of the fair protocol: folder name -> the leaderboard's row name.
+CONTROLS = {"base": "equal, base rate (control)", "k": "equal, K x base rate (control)",
+            "null": "equal, another data order (null control)"}
+
+
+def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
+             ) -> dict[str, ml_collections.ConfigDict]:
+  """A setting's controls, each a comparison of equal alone on the reporting seeds: at the
+  base learning rate (``base``: what an untuned study ran), at K times it (``k``: with no
+  weight decay or ℓ1 term, step for step what summed losses run, `tests/test_step_size.py`),
+  both at the config's own clip; and tuned equal again on another data order (``null``,
+  ``config.data_order=1``: the run-to-run noise that gives the detection limit). None without
+  ``equal`` among the methods."""
+  if "equal" not in sub.methods:
+    return {}
+  num_tasks = problems.get(sub.problem).from_config(sub).num_tasks
+  clip = variants_lib.default_clip(sub)
+  out = {}
+  for name, method in (("base", f"equal@{variants_lib.Variant(1.0, clip).name}"),
+                       ("k", f"equal@{variants_lib.Variant(float(num_tasks), clip).name}"),
+                       ("null", f"equal@{chosen['equal']['chosen']}")):
+    config = ml_collections.ConfigDict(sub.to_dict())
+    config.methods = (method,)
+    config.grid.learning_rate_scale, config.grid.clip_norm = (), ()
+    config.data_order = 1 if name == "null" else 0
+    config.lock()
+    out[name] = config
+  return out
 
 
 def _die_with_parent(parent: int) -> None:
@@ -450,7 +486,9 @@ def _record_choices(board: dict[str, Any], workdir: str, found: list[Setting]) -
     rows = board["settings"][setting.name]
     rows["tuning_seeds"], rows["report_seeds"] = record["tuning_seeds"], record["report_seeds"]
     for method, row in rows["methods"].items():
-      choice = record["methods"][method]
+      choice = record["methods"].get(method)
+      if choice is None:  # a control: its variant is fixed, not chosen
+        continue
       row["tuning"] = {"chosen": choice["chosen"],
                        "chosen_learning_rate_scale": choice["learning_rate_scale"],
                        "chosen_clip_norm": choice["clip_norm"],
@@ -503,10 +541,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool =
           {name: by_variant[name][setting.name] for name in names}, where=setting.name)
     board = leaderboard.build(reports)
     board["variants"], board["tuning"] = names, tuning
+  elif tuned(config):
+    reports = _read_reports(workdir, found)
+    for setting in found:  # each control's one method, equal, as a row of its own
+      for name, row in CONTROLS.items():
+        path = os.path.join(workdir, setting.name, f"control-{name}", "report.json")
+        if os.path.exists(path):
+          with open(path) as f:
+            reports[setting.name]["methods"][row] = json.load(f)["methods"]["equal"]
+    board = leaderboard.build(reports, controls=list(CONTROLS.values()), null=CONTROLS["null"])
+    _record_choices(board, workdir, found)
   else:
     board = leaderboard.build(_read_reports(workdir, found))
-    if tuned(config):
-      _record_choices(board, workdir, found)
   markdown = _write_board(board, found, workdir)
   if print_report:
     print(markdown, flush=True)

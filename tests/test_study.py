@@ -357,76 +357,13 @@ def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_pat
   assert "[clip-0.5/mixed-40x/report.md](clip-0.5/mixed-40x/report.md)" in markdown
 
 
-def _nan_tests(report):
-  """`report` with every test figure NaN: only the validation figures stay."""
-  out = json.loads(json.dumps(report))
-  for method in out["methods"].values():
-    for key in ("metrics", "retention", "worst_task_retention", "delta_m"):
-      if key in method:
-        method[key] = float("nan") if not isinstance(method[key], dict) else {
-            k: float("nan") for k in method[key]}
-    for row in method["per_seed"]:
-      for key in list(row):
-        if not key.startswith("val_") and key not in ("seed",):
-          row[key] = float("nan")
-  return out
-
-
-def test_the_fair_protocol_refuses_overlapping_seeds_and_pinned_methods(tmp_path):
+def test_the_null_control_draws_the_stages_after_pretraining_from_another_order():
+  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
   config = study_config.get_config("fair_quick")
   with config.unlocked():
-    config.study.tuning_seeds = (1, 100)
-  with pytest.raises(ValueError, match=r"share \[1\]: a method's step size is chosen on seeds"):
-    study.validate(config, str(tmp_path))
-  config = study_config.get_config("fair_quick")
+    config.data_order = 2
+  assert comparison.data_seed(config, "pretrain", 3) == 3  # the same dense model
+  assert comparison.data_seed(config, "retrain", 3) == 3 + 2 * comparison.DATA_ORDER_STRIDE
   with config.unlocked():
-    config.methods = ("equal@lr1-clip0",)
-  with pytest.raises(ValueError, match="without '@<variant>'"):
-    study.validate(config, str(tmp_path))
-  study.validate(study_config.get_config("fair"), str(tmp_path))  # the full protocol checks
-
-
-@pytest.mark.slow
-def test_the_fair_quick_study_tunes_on_its_own_seeds_and_reports_the_choice(tmp_path):
-  config = study_config.get_config("fair_quick")
-  with config.unlocked():
-    config.study.jobs = 1
-    config.study.compilation_cache = False
-    config.quiet = True
-  board = study.run(config, str(tmp_path), print_report=False)
-  names = board["order"]["settings"]
-  assert names == ["classify-40x", "mixed-40x"]
-  saved = json.loads((tmp_path / "leaderboard.json").read_text())
-  for name in names:
-    setting = saved["settings"][name]
-    assert setting["tuning_seeds"] == [100, 101] and setting["report_seeds"] == [0, 1]
-    tuning = json.loads((tmp_path / name / "tuning.json").read_text())
-    for method in config.methods:
-      row = setting["methods"][method]["tuning"]
-      choice = tuning["methods"][method]
-      assert row["chosen"] == choice["chosen"]
-      assert row["chosen_learning_rate_scale"] in (0.5, 1.0, 2.0)
-      assert row["at_grid_edge"] == (row["chosen_learning_rate_scale"] in (0.5, 2.0))
-      # The reported runs are the chosen variant, on the reported seeds only.
-      for seed in (0, 1):
-        result = json.loads((tmp_path / name / f"seed{seed}" / f"{method}@{choice['chosen']}"
-                             / "result.json").read_text())
-        assert result["variant"]["name"] == choice["chosen"]
-      assert not list((tmp_path / name).glob("seed100"))
-    # Every variant ran on the tuning seeds only.
-    for variant in tuning["grid"]:
-      report = json.loads((tmp_path / name / "tune" / "variants" / variant / "report.json")
-                          .read_text())
-      assert report["seeds"] == [100, 101]
-    # The choice reads no test figure: with every one NaN, the same choice.
-    reports = {v: json.loads((tmp_path / name / "tune" / "variants" / v / "report.json")
-                             .read_text()) for v in tuning["grid"]}
-    assert leaderboard.choose({v: _nan_tests(r) for v, r in reports.items()}, name) == \
-        leaderboard.choose(reports, name) == tuning["methods"]
-  assert all(len(saved["mean_rank"][m]["mean_rank_ci"]) == 2 for m in config.methods)
-  markdown = (tmp_path / "report.md").read_text()
-  assert "on the tuning seeds 100, 101, disjoint from the reported seeds" in markdown
-  # Rerun: everything is read back, the same board.
-  again = study.run(config, str(tmp_path), print_report=False)
-  assert again["tuning"] == board["tuning"]
-  assert again["mean_rank"] == board["mean_rank"]
+    config.data_order = 0
+  assert comparison.data_seed(config, "retrain", 3) == 3

@@ -70,6 +70,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # by global norm (0 = none). () = the config's own (scale 1; compress_clip_norm, or
   # clip_norm when that is 0).
   c.grid = ml_collections.ConfigDict({"learning_rate_scale": (), "clip_norm": ()})
+  # > 0: the stages after pretraining draw their batches (and their randomness) anew, from the
+  # same data and the same dense model: the null control of a study (0 = the seed's own).
+  c.data_order = 0
   c.distributed = False            # True on a multi-host Cloud TPU slice
   c.quiet = False                  # CI=true is quiet too
   c.epoch_lines = True             # a line per epoch; False: per finished run (progress.log)
