@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
 import numpy as np
@@ -203,3 +204,41 @@ def test_a_bad_grouping_is_refused_naming_what_to_change(spec, fragment):
   from mmcompress import _checks  # pylint: disable=import-outside-toplevel
   with pytest.raises(_checks.UserError, match=re.escape(fragment)):
     load_multidigits(spec)
+
+
+def test_pairs_overlay_two_glyphs_from_pools_that_share_no_glyph():
+  from mmcompress.problems.digits import data  # pylint: disable=import-outside-toplevel
+  pairs = load_multidigits("pairs", seed=0)
+  assert pairs.task_names == ("left", "right", "sum")
+  assert pairs.task_kinds == ("classification", "classification", "regression")
+  splits = (pairs.train, pairs.val, pairs.test)
+  assert tuple(s.num_examples for s in splits) == data.PAIRS_SIZES
+  pools = [set(s.index.ravel().tolist()) for s in splits]
+  assert not (pools[0] & pools[1] or pools[0] & pools[2] or pools[1] & pools[2])
+  raw = datasets.load_digits()
+  glyphs = raw.images / 16.0
+  train_sum = raw.target[pairs.train.index].sum(1)
+  for split in splits:
+    left, right = split.index[:, 0], split.index[:, 1]
+    np.testing.assert_array_equal(split.targets[:, 0], raw.target[left])
+    np.testing.assert_array_equal(split.targets[:, 1], raw.target[right])
+    np.testing.assert_allclose(split.targets[:, 2], (raw.target[left] + raw.target[right]
+                                                     - train_sum.mean()) / train_sum.std(),
+                               rtol=1e-5, atol=1e-5)
+    assert split.images.shape[1:] == (14, 14, 1) and split.task_mask.all()
+  # Each canvas is its two glyphs overlaid (the brighter pixel kept), the left one at some
+  # row 0-6 and column 0-2, the right one at some row 0-6 and column 4-6: found by trying
+  # every placement.
+  for i in range(8):
+    canvas, (a, b) = pairs.test.images[i, :, :, 0], pairs.test.index[i]
+    found = 0
+    for r1, c1, r2, c2 in itertools.product(range(7), range(3), range(7), range(4, 7)):
+      built = np.zeros((14, 14), np.float32)
+      built[r1:r1 + 8, c1:c1 + 8] = glyphs[a]
+      built[r2:r2 + 8, c2:c2 + 8] = np.maximum(built[r2:r2 + 8, c2:c2 + 8], glyphs[b])
+      found += np.allclose(built, canvas, atol=1e-6)
+    assert found >= 1, i
+  assert np.isclose(np.mean((pairs.train.targets[:, 2])), 0, atol=1e-5)
+  again = load_multidigits("pairs", seed=0)
+  np.testing.assert_array_equal(again.test.images, pairs.test.images)
+  assert not np.array_equal(load_multidigits("pairs", seed=1).test.index, pairs.test.index)

@@ -40,6 +40,16 @@ per task trained on that task's images only (4-fold CV, 3 seeds), the accuracy o
 The same dense `MultiHeadMLP` recipe as above, equal weights and a squared error for ``ink``,
 reaches test accuracy 0.977 (digit) and 0.984 (parity) and R² 0.922 (ink), seeds 0–2.
 
+``"pairs"``: two glyphs overlaid on one 14 × 14 canvas, MultiMNIST-style (Sener & Koltun,
+NeurIPS 2018): the left glyph at a random place in the canvas's left part (rows 0–6,
+columns 0–2), the right one in its right part (rows 0–6, columns 4–6), the brighter pixel
+kept where they overlap (columns 4–9). Three tasks on every canvas, sharing every input:
+``left`` and ``right`` (10-way: each glyph's digit) and ``sum`` (their sum, a regression
+standardised on train as ``ink`` is). The glyphs are split into train / val / test pools by
+the same stratified split as the other task sets, and each split's pairs are drawn from its
+own pool only, so no test glyph is ever seen in training; `PAIRS_SIZES` pairs a split
+(10,000 test pairs from about 450 test glyphs: a test glyph recurs in about 44 pairs).
+
 ``"groups:<g1>/<g2>/..."``: a grouping of the user's own, with the ``classify`` conventions:
 each gᵢ is a string of at least two digits (``groups:38/59/17/06/24`` is five tasks, {3, 8},
 {5, 9}, {1, 7}, {0, 6}, {2, 4}), no digit in two groups; task k classifies the images of its
@@ -64,7 +74,7 @@ from sklearn import datasets
 
 from mmcompress import _checks
 
-TASK_SETS = ("classify", "mixed")  # and any "groups:<g1>/<g2>/..." (`parse_groups`)
+TASK_SETS = ("classify", "mixed", "pairs")  # and any "groups:<g1>/<g2>/..." (`parse_groups`)
 GROUPS_PREFIX = "groups:"
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -77,11 +87,12 @@ class Split(NamedTuple):
   """One split of a multi-task data set, as NumPy arrays (a pytree: `jax.device_put` works).
 
   Attributes:
-    images: (N, 8, 8, 1) float32 pixels in [0, 1].
+    images: (N, 8, 8, 1) float32 pixels in [0, 1] ((N, 14, 14, 1) for ``pairs``).
     targets: (N, K) float32; for a classification task the class index, for a regression task
       the value. Entries whose `task_mask` is False are 0.0 and carry no meaning.
     task_mask: (N, K) bool; True where the image belongs to the task (its target is valid).
-    index: (N,) int64 row of each image in `sklearn.datasets.load_digits()`.
+    index: (N,) int64 row of each image in `sklearn.datasets.load_digits()` ((N, 2) for
+      ``pairs``: the rows of the left and the right glyph).
   """
   images: np.ndarray
   targets: np.ndarray
@@ -184,6 +195,47 @@ def check_task_set(task_set: Any, name: str = "task_set") -> str:
   return task_set
 
 
+# Pairs drawn per split for ``pairs`` (train, val, test), and the canvas's side.
+PAIRS_SIZES = (10_000, 2_000, 10_000)
+PAIRS_CANVAS = 14
+
+
+def _overlay(images: np.ndarray, left: np.ndarray, right: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+  """(N, 14, 14, 1) canvases: glyph `left[i]` and glyph `right[i]` of `images` (8 × 8) placed
+  at random offsets in the canvas's left and right parts, the brighter pixel kept."""
+  n, side = left.size, images.shape[1]
+  canvas = np.zeros((n, PAIRS_CANVAS, PAIRS_CANVAS), np.float32)
+  rows = rng.integers(0, PAIRS_CANVAS - side + 1, (n, 2))
+  cols = np.stack([rng.integers(0, 3, n), rng.integers(4, PAIRS_CANVAS - side + 1, n)], 1)
+  for k, glyphs in enumerate((left, right)):
+    for i in range(n):
+      r, c = rows[i, k], cols[i, k]
+      window = canvas[i, r:r + side, c:c + side]
+      np.maximum(window, images[glyphs[i], :, :, 0], out=window)
+  return canvas[..., None]
+
+
+def _pairs(images: np.ndarray, digits: np.ndarray, splits: tuple[np.ndarray, ...], seed: int
+           ) -> tuple[tuple[Split, ...], tuple[float, float]]:
+  """The ``pairs`` splits, each drawn from its own glyph pool, and the train split's mean and
+  standard deviation of the digit sum (the regression target is standardised with them)."""
+  rng = np.random.default_rng([seed, 1])  # apart from the glyph split's stream
+  drawn = []
+  for pool, n in zip(splits, PAIRS_SIZES):
+    left, right = rng.choice(pool, n), rng.choice(pool, n)
+    drawn.append((_overlay(images, left, right, rng), left, right))
+  train_sum = (digits[drawn[0][1]] + digits[drawn[0][2]]).astype(np.float64)
+  mean, std = float(train_sum.mean()), float(train_sum.std())
+  out = []
+  for canvases, left, right in drawn:
+    total = (digits[left] + digits[right] - mean) / std
+    targets = np.stack([digits[left], digits[right], total], 1).astype(np.float32)
+    out.append(Split(images=canvases, targets=targets, task_mask=np.ones(targets.shape, bool),
+                     index=np.stack([left, right], 1)))
+  return tuple(out), (mean, std)
+
+
 def folder_name(task_set: str) -> str:
   """A task set's folder name: a grouping's ':' and '/' become '-' (groups-38-59-17)."""
   return task_set.replace(":", "-").replace("/", "-")
@@ -209,7 +261,8 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
 
   Args:
     task_set: ``"classify"`` (four digit-group tasks, one per image), ``"mixed"`` (digit,
-      parity and an ink regression on every image) or a grouping ``"groups:38/59/..."``;
+      parity and an ink regression on every image), ``"pairs"`` (two overlaid glyphs: left,
+      right and their sum) or a grouping ``"groups:38/59/..."``;
       see the module docstring.
     seed: a non-negative integer that decides the split; the same seed gives the same arrays.
     val_fraction: the fraction of each digit's images held out for validation, in (0, 0.5).
@@ -235,6 +288,11 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   digits = raw.target.astype(np.int64)
   splits = _split_indices(digits, int(seed), val_fraction, test_fraction)
 
+  if task_set == "pairs":
+    (train, val, test), _ = _pairs(images, digits, splits, int(seed))
+    return MultiTaskData(task_set=task_set, task_names=("left", "right", "sum"),
+                         task_kinds=(CLASSIFICATION, CLASSIFICATION, REGRESSION),
+                         num_outputs=(10, 10, 1), train=train, val=val, test=test)
   if task_set == "classify" or task_set.startswith(GROUPS_PREFIX):
     groups = CLASSIFY_GROUPS if task_set == "classify" else parse_groups(task_set)
     names = tuple("g{}_{}".format(k, "_".join(map(str, group)))
