@@ -44,7 +44,7 @@ from experiments.configs import base
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """The default config, or the `quick` / `study` / `criteria` preset."""
   c = base.get_base_config()
-  c.task_sets = ("classify",)      # or ("mixed",): two classifications and a regression per image
+  c.task_sets = ("classify",)      # or ("mixed",), ("pairs",), ("groups:38/59/17/06/24",): data.py
   c.data_seed = 0                  # the train/val/test split (fixed across model seeds)
   c.problem = "digits"
   c.model = "mlp"
