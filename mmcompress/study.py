@@ -382,30 +382,33 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
 
 
 # The controls of the fair protocol: folder name -> the leaderboard's row name.
-CONTROLS = {"base": "equal, base rate (control)", "k": "equal, K x base rate (control)",
+CONTROLS = {"base": "equal, base rate (control)",
+            "sum": "equal, summed losses, base rate (control)",
             "null": "equal, another data order (null control)"}
 
 
 def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
              ) -> dict[str, ml_collections.ConfigDict]:
-  """A setting's controls, each a comparison of equal alone on the reporting seeds: at the
-  base learning rate (``base``: what an untuned study ran), at K times it (``k``: with no
-  weight decay or ℓ1 term, step for step what summed losses run, `tests/test_step_size.py`),
-  both at the config's own clip; and tuned equal again on another data order (``null``,
-  ``config.data_order=1``: the run-to-run noise that gives the detection limit). None without
-  ``equal`` among the methods."""
+  """A setting's controls, each a comparison of equal alone on the reporting seeds, from the
+  reported comparison's dense models: with averaged losses (``base``: what an untuned study
+  ran) and with summed losses (``sum``, ``loss_reduction="reference"``: with SGD and no weight
+  decay or ℓ1 term, step for step averaged losses at K times the rate,
+  `tests/test_step_size.py`), both at the base learning rate and the config's own clip: how
+  much step size alone moves a method; and tuned equal again on another data order
+  (``null``, ``config.data_order=1``: the run-to-run noise that gives the detection limit).
+  None without ``equal`` among the methods."""
   if "equal" not in sub.methods:
     return {}
-  num_tasks = problems.get(sub.problem).from_config(sub).num_tasks
-  clip = variants_lib.default_clip(sub)
+  base = f"equal@{variants_lib.Variant(1.0, variants_lib.default_clip(sub)).name}"
   out = {}
-  for name, method in (("base", f"equal@{variants_lib.Variant(1.0, clip).name}"),
-                       ("k", f"equal@{variants_lib.Variant(float(num_tasks), clip).name}"),
+  for name, method in (("base", base), ("sum", base),
                        ("null", f"equal@{chosen['equal']['chosen']}")):
     config = ml_collections.ConfigDict(sub.to_dict())
     config.methods = (method,)
     config.grid.learning_rate_scale, config.grid.clip_norm = (), ()
     config.data_order = 1 if name == "null" else 0
+    if name == "sum":  # (the dense models are the reported ones, copied: averaged losses)
+      config.loss_reduction = "reference"
     config.lock()
     out[name] = config
   return out

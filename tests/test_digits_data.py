@@ -122,7 +122,7 @@ def test_describe_counts_per_task():
 
 @pytest.mark.parametrize("task_set", ["cifar", "", None])
 def test_unknown_task_set_lists_the_known_ones(task_set):
-  with pytest.raises(ValueError, match=r"\['classify', 'mixed'\]"):
+  with pytest.raises(ValueError, match=r"\['classify', 'mixed', 'pairs'\] or a grouping"):
     load_multidigits(task_set)
 
 

@@ -77,20 +77,23 @@ def test_the_fair_quick_study_tunes_on_its_own_seeds_and_reports_the_choice(tmp_
     assert leaderboard.choose({v: _nan_tests(r) for v, r in reports.items()}, name) == \
         leaderboard.choose(reports, name) == tuning["methods"]
   assert all(len(saved["mean_rank"][m]["mean_rank_ci"]) == 2 for m in config.methods)
-  # The controls: equal at the base rate and at K times it, and tuned equal on another data
-  # order, from the same dense models; the null control gives each setting's detection limit.
+  # The controls: equal with averaged and with summed losses at the base rate, and tuned equal
+  # on another data order, from the same dense models; the null control gives each setting's
+  # detection limit.
   controls = list(study.CONTROLS.values())
   assert saved["controls"] == controls
   assert not any(c in name for name in saved["family"]["comparisons"] for c in controls)
-  for name, k in (("mixed-40x", 3),):
+  for name in ("mixed-40x",):
     setting = saved["settings"][name]
     assert set(controls) <= set(setting["methods"])
     assert setting["detection_limit"] >= 0
     assert (tmp_path / name / "control-base" / "seed0" / "equal@lr1-clip0" / "result.json").exists()
-    assert (tmp_path / name / "control-k" / "seed1" / f"equal@lr{k}-clip0" / "result.json").exists()
+    assert json.loads((tmp_path / name / "control-sum" / "config.json").read_text())[
+        "loss_reduction"] == "reference"
+    assert (tmp_path / name / "control-sum" / "seed1" / "equal@lr1-clip0" / "result.json").exists()
     null = json.loads((tmp_path / name / "control-null" / "config.json").read_text())
     assert null["data_order"] == 1
-    for control in ("base", "k", "null"):
+    for control in ("base", "sum", "null"):
       report = json.loads((tmp_path / name / f"control-{control}" / "report.json").read_text())
       reported = json.loads((tmp_path / name / "report.json").read_text())
       assert report["dense"] == reported["dense"]  # the same dense models, copied

@@ -32,8 +32,11 @@ The ``reduction`` of `equal`, `uncertainty`, `dwa` and `stch` says how the task 
 added up:
 
 * ``"mean"`` (the default): every objective is normalised so that, at its starting point, it
-  equals the mean of the task losses; the same descent learning rate then means the same
-  thing for every weighting, min-max included.
+  equals the mean of the task losses, as min-max's does. That puts the loss-level weightings
+  on one scale, not every method on one step size: a gradient-level method combines whole
+  task gradients (PCGrad sums its rows) and its heads get their task's full gradient, so one
+  learning rate still means different steps for different methods (docs/weightings.md,
+  "Step size is part of the method"); a fair comparison tunes each method's rate.
 * ``"reference"``: the reference implementation's sums, so that its baselines can be
   reproduced: equal sums the task losses, DWA weights them by K·softmax, uncertainty sums
   ½e^{−s_k} L_k + s_k / 2, STCH sums the log-losses in its warm-up and multiplies its smooth
