@@ -50,7 +50,7 @@ Preset ``fair``: the fair protocol (`mmcompress.study`): every method's learning
 per setting on the tuning seeds 100–102 by the mean validation worst-task retention, then
 that variant alone trained on the reported seeds 0–9 from their own dense models; the same
 grid, epochs and seeds for every method. ``fair_quick``: its smoke test (2 + 2 seeds, 2
-methods, 3 learning rates, `mixed` at 40x only, 1-2 epochs per stage).
+methods, 3 learning rates, `mixed` at 40x only, no reweighting, 1-2 epochs per stage).
 
 Preset ``quick``: 2 seeds, 2 methods (equal, and min-max with task-aware masks), 1-2 epochs per stage, both task sets and sparsities:
 a smoke test of the whole study in under a minute.
@@ -98,7 +98,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     if preset == "fair_quick":
       c.seeds = (0, 1)
       c.study.tuning_seeds = (100, 101)
-      c.methods = ("equal", "minmax+taylor_max")
+      c.methods = ("equal", "minmax")
+      c.stages = ("pretrain", "prune", "retrain")
       c.study.task_sets = ("mixed",)
       c.study.sparsities = (0.975,)
       c.grid.learning_rate_scale = (0.5, 1.0, 2.0)
