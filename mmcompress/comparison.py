@@ -149,9 +149,17 @@ def data_seed(config: ml_collections.ConfigDict, stage: str, seed: int) -> int:
 
 
 def _chunks(points: list[Point], size: int) -> list[list[Point]]:
-  """`points` in chunks of `size` runs (0: one chunk of all)."""
-  size = size or len(points)
-  return [points[i:i + size] for i in range(0, len(points), size)]
+  """`points` in as few chunks of at most `size` runs as there can be (0: one chunk of all),
+  their sizes differing by one at most: at most two shapes of the step to compile (54 runs
+  in chunks of at most 25 are three of 18, not 25, 25 and 4)."""
+  count = -(-len(points) // size) if size else 1
+  small, extra = divmod(len(points), max(count, 1))
+  out, start = [], 0
+  for k in range(count):
+    end = start + small + (k < extra)
+    out.append(points[start:end])
+    start = end
+  return [chunk for chunk in out if chunk]
 
 
 def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int,
@@ -676,9 +684,11 @@ def _axis_note(config: ml_collections.ConfigDict) -> str:
   def count(n, what):
     return f"{n} {what}" + ("" if n == 1 else "s")
 
+  sizes = [len(c) for c in _chunks(list(range(runs)), config.chunk_runs)]
   return (f"Run axis: each method's {count(runs, 'run')} ({count(seeds, 'seed')} × "
-          f"{count(variants, 'variant')}) trained as one program in chunks of "
-          f"{min(config.chunk_runs or runs, runs)} (config.chunk_runs={config.chunk_runs}).")
+          f"{count(variants, 'variant')}) trained as one program "
+          + (f"in chunks of {', '.join(map(str, sizes))}" if len(sizes) > 1 else "at once")
+          + f" (config.chunk_runs={config.chunk_runs}).")
 
 
 def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:

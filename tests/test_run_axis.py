@@ -236,7 +236,7 @@ def _same_result(together, single, name):
 @pytest.fixture(name="grid_run", scope="module")
 def fixture_grid_run(tmp_path_factory, tiny_config):
   """Min-max on 2 seeds × a grid of 3 learning-rate scales (one diverging) × 2 clips, on the
-  run axis in chunks of 5 runs (12 runs: chunks of 5, 5, 2), beside equal pinned at one
+  run axis in chunks of at most 5 runs (12 runs: three chunks of 4), beside equal pinned at one
   variant (`equal@lr2-clip1`: 2 runs, in every variant's report under the name equal)."""
   config = tiny_config(seeds=(0, 1), methods=("minmax", "equal@lr2-clip1"), chunk_runs=5,
                        **{"grid.learning_rate_scale": (0.5, 2.0, DIVERGING),
