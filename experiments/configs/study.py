@@ -4,6 +4,7 @@ Commands, measured on 2 CPU cores:
 
   python -m experiments.study --workdir=runs/study                       # 15 min 14 s
   python -m experiments.study --workdir=runs/tuned --config=study:tuned  # 33 min 1 s
+  python -m experiments.study --workdir=runs/fair --config=study:fair    # not yet measured
 
 (the second tunes each method's compression-stage clip on the validation split; its
 leaderboard is the README's headline).
