@@ -556,6 +556,12 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   # Nor a field added since, missing there and off now (`_ADDED_OFF`).
   for path, off in _ADDED_OFF:
     _fill_if_off(saved, current, path, off)
+  # A run recorded before the run axis (it names the seed axis) left no checkpoint on it:
+  # however the axis is chunked now, it resumes (its finished runs are read back).
+  if any(field in saved for field in _REMOVED):
+    for field in ("chunk_runs", "runs_sharded"):
+      if field not in saved and field in current:
+        saved[field] = current[field]
   for field in _REMOVED:
     if field not in current:
       saved.pop(field, None)
