@@ -418,3 +418,23 @@ def test_apply_masks_structure_mismatch():
     sp.apply_masks({"a": jnp.ones((2, 2))}, {"b": jnp.ones((2, 2), bool)})
   with pytest.raises(ValueError, match="masks"):
     sp.apply_masks({"a": jnp.ones((2, 2))}, {"a": jnp.ones((2, 3), bool)})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused_where_seen_and_ranked_lowest_under_jit(bad):
+  scores = {"Dense_0": {"kernel": jnp.array([[3.0, bad, 0.5], [1.0, 2.0, 0.25]])}}
+  with pytest.raises(ValueError, match=r"'Dense_0/kernel' hold 1 NaN or infinite"):
+    sp.score_masks(scores, 0.5)
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    sp.magnitude_masks(scores, 0.5)
+  # Under jit the values cannot be seen: the bad entry ranks below every finite score, so it
+  # is the first pruned (unstructured), its filter too (filter), and within its group (n:m).
+  unstructured = jax.jit(lambda s: sp.score_masks(s, 0.5))(scores)
+  np.testing.assert_array_equal(unstructured["Dense_0"]["kernel"],
+                                [[True, False, False], [True, True, False]])
+  filters = jax.jit(lambda s: sp.score_masks(s, 1 / 3, structure="filter"))(scores)
+  np.testing.assert_array_equal(filters["Dense_0"]["kernel"][:, 1], [False, False])
+  assert filters["Dense_0"]["kernel"][:, [0, 2]].all()
+  pairs = {"Dense_0": {"kernel": jnp.array([[9.0], [bad], [1.0], [2.0]])}}
+  n_m = jax.jit(lambda s: sp.score_masks(s, None, structure="1:2"))(pairs)
+  np.testing.assert_array_equal(n_m["Dense_0"]["kernel"][:, 0], [True, False, False, True])

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmcompress import _checks
 
@@ -136,13 +137,23 @@ def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
   return _keep_all_but_smallest(scores, k, None)
 
 
+def _lowest_if_not_finite(scores: jax.Array) -> jax.Array:
+  """`scores` with every NaN or infinite entry made the lowest possible (−∞): a score that
+  is not a number is no evidence of importance, so it is pruned first (`_ranked_masks`)."""
+  scores = jnp.asarray(scores)
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    return scores
+  return jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
+
+
 def _keep_all_but_smallest(scores: jax.Array, k: int, favoured: jax.Array | None) -> jax.Array:
   """`keep_all_but_smallest`, where every favoured entry (a bool vector) ranks above every
-  other one: the order is (favoured, score, index), lexicographically."""
+  other one: the order is (favoured, score, index), lexicographically. A NaN or infinite
+  score ranks lowest (`_lowest_if_not_finite`)."""
   keep = jnp.ones(scores.shape, dtype=bool)
   if k == 0:
     return keep
-  order = jnp.argsort(scores, stable=True)
+  order = jnp.argsort(_lowest_if_not_finite(scores), stable=True)
   if favoured is not None:
     # A stable sort by the tier of the score-sorted entries keeps the score order in a tier.
     order = order[jnp.argsort(favoured[order].astype(jnp.int8), stable=True)]
@@ -182,7 +193,7 @@ def _n_m_mask(scores: jax.Array, n: int, m: int, favoured: jax.Array | None = No
   """Keeps the n largest scores of every m consecutive entries along axis -2 (favoured
   entries first, when given)."""
   shape = jnp.shape(scores)
-  groups = _n_m_groups(scores, m)
+  groups = _n_m_groups(_lowest_if_not_finite(scores), m)
   if favoured is None:
     # The rank of each entry within its group in a stable ascending sort: the m - n lowest
     # ranks (smallest score, lower index first among ties) are pruned.
@@ -350,11 +361,31 @@ def _plan(sparsity: Any, structure: Any, scope: Any, include: IncludeFn | None) 
   return _Plan(kind, n, m, structure, sparsity, scope, include)
 
 
+def _refuse_non_finite(leaves_with_path: list[tuple[Any, Any]], flags: list[bool]) -> None:
+  """Raises a ValueError naming the first prunable leaf whose (concrete) scores hold a NaN or
+  an infinity. Under `jax.jit` the values cannot be seen: there such a score ranks lowest."""
+  for (path, leaf), prunable in zip(leaves_with_path, flags):
+    if not prunable or isinstance(leaf, jax.core.Tracer):
+      continue
+    values = np.asarray(leaf)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+      bad = int(np.size(values) - np.isfinite(values).sum())
+      raise ValueError(
+          f"the scores of {path_name(path)!r} hold {bad} NaN or infinite value(s) of "
+          f"{values.size}: masks chosen from them would be arbitrary. Mend what produced them "
+          "(a diverged run's weights, a NaN loss in a task's gradient) before pruning.")
+
+
 def _ranked_masks(scores: Any, flags: Any, plan: _Plan, favoured: Any | None) -> Any:
-  """The keep-masks of `scores` (prunable leaves per `flags`), favoured entries first."""
+  """The keep-masks of `scores` (prunable leaves per `flags`), favoured entries first.
+
+  Scores that can be seen (outside `jax.jit`) must be finite (`_refuse_non_finite`); under
+  jit a NaN or infinite score ranks below every finite one, and a filter with one such entry
+  below every other filter."""
   kind, n, m, sparsity = plan.kind, plan.n, plan.m, plan.sparsity
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(scores)
   flag_leaves = treedef.flatten_up_to(flags)
+  _refuse_non_finite(leaves_with_path, flag_leaves)
   tiers = ([None] * len(flag_leaves) if favoured is None
            else [jnp.asarray(f, bool) for f in treedef.flatten_up_to(favoured)])
 
