@@ -438,3 +438,16 @@ def test_non_finite_scores_are_refused_where_seen_and_ranked_lowest_under_jit(ba
   pairs = {"Dense_0": {"kernel": jnp.array([[9.0], [bad], [1.0], [2.0]])}}
   n_m = jax.jit(lambda s: sp.score_masks(s, None, structure="1:2"))(pairs)
   np.testing.assert_array_equal(n_m["Dense_0"]["kernel"][:, 0], [True, False, False, True])
+
+
+def test_an_include_that_selects_nothing_is_an_error_not_all_true_masks():
+  params = {"Dense_0": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))}}
+  nothing = lambda path, leaf: False  # noqa: E731
+  for structure, s in (("unstructured", 0.5), ("filter", 0.5), ("2:4", None)):
+    with pytest.raises(ValueError, match="`include` selects none of the 2 leaves"):
+      sp.score_masks(params, s, structure=structure, include=nothing)
+  with pytest.raises(ValueError, match="selects none"):
+    sp.magnitude_masks(params, 0.5, include=nothing)
+  # Nothing to prune at sparsity 0: no error, every mask all True.
+  kept = sp.magnitude_masks(params, 0.0, include=nothing)
+  assert all(bool(m.all()) for m in jax.tree.leaves(kept))

@@ -385,6 +385,13 @@ def _ranked_masks(scores: Any, flags: Any, plan: _Plan, favoured: Any | None) ->
   kind, n, m, sparsity = plan.kind, plan.n, plan.m, plan.sparsity
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(scores)
   flag_leaves = treedef.flatten_up_to(flags)
+  if leaves_with_path and not any(flag_leaves) and (sparsity or kind == "n:m"):
+    raise ValueError(
+        f"`include` selects none of the {len(leaves_with_path)} leaves "
+        f"({', '.join(path_name(p) for p, _ in leaves_with_path[:4])}"
+        f"{', ...' if len(leaves_with_path) > 4 else ''}), so nothing would be pruned: give "
+        "an `include` that names the leaves to prune (by default every kernel but the "
+        "prediction heads').")
   _refuse_non_finite(leaves_with_path, flag_leaves)
   tiers = ([None] * len(flag_leaves) if favoured is None
            else [jnp.asarray(f, bool) for f in treedef.flatten_up_to(favoured)])
