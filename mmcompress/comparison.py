@@ -448,19 +448,27 @@ def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dic
   task_sets = tuple(config.task_sets)
   if len(task_sets) == 1:
     return {task_sets[0]: run(config, workdir, **kwargs)}
-  reports, sections = {}, []
+  reports, parts = {}, {}
   for task_set in task_sets:
     folder = digits.data.folder_name(task_set)
-    subdir = os.path.join(workdir, folder)
-    reports[task_set] = run(config, subdir,
+    reports[task_set] = run(config, os.path.join(workdir, folder),
                             problem=lambda c, t=task_set: digits.from_config(c, t), **kwargs)
-    if parallel.is_primary():  # only the primary process wrote the report
-      with open(os.path.join(subdir, "report.md")) as f:
-        sections.append(f"# Task set '{task_set}' (files in {folder}/)\n\n{f.read()}")
-  if parallel.is_primary():
-    _files.write_atomically(os.path.join(workdir, "report.md"),
-                            lambda f: f.write("\n\n".join(sections).encode("utf-8")))
+    parts[folder] = f"Task set '{task_set}'"
+  if parallel.is_primary():  # only the primary process wrote the reports
+    _write_index(workdir, parts)
   return reports
+
+
+def _write_index(workdir: str, parts: Mapping[str, str]) -> str:
+  """Writes ``workdir/report.md``: the ``report.md`` of each sub-folder of `parts` (folder ->
+  title) one after another, each under its title. Returns its path."""
+  sections = []
+  for folder, title in parts.items():
+    with open(os.path.join(workdir, folder, "report.md")) as f:
+      sections.append(f"# {title} (files in {folder}/)\n\n{f.read()}")
+  path = os.path.join(workdir, "report.md")
+  _files.write_atomically(path, lambda f: f.write("\n\n".join(sections).encode("utf-8")))
+  return path
 
 
 @_checks.as_user_error()
@@ -585,13 +593,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  json.loads(config.to_json()))
 
 
-def _announce(progress: progress_lib.Progress, run_name: str, outcome: records.Outcome) -> None:
-  """The line of a finished run, with where the whole comparison stands (a seed whose dense
-  reference diverged runs no method: they are done too)."""
-  seed_part, method = run_name.split("/", 1)
+def _announce(progress: progress_lib.Progress, seed: int, run_name: str,
+              outcome: records.Outcome) -> None:
+  """The line of a finished run (`run_name`: ``seed<seed>/<method>[@<variant>]``), with where
+  the whole comparison stands (a seed whose dense reference diverged runs no method: they
+  are done too)."""
+  method = run_name.split("/", 1)[1]
   if method == "dense" and isinstance(outcome, records.Diverged):
-    progress.seed_done(seed_part[len("seed"):])
-  label = f"seed {seed_part[len('seed'):]} {method.replace('@', ' ')}"
+    progress.seed_done(seed)
+  label = f"seed {seed} {method.replace(variants_lib.PIN, ' ')}"
   if isinstance(outcome, records.Diverged):
     line = f"{label}: diverged, counted as a loss ({outcome.message})"
   else:
@@ -610,7 +620,7 @@ def _run_all(exp: Experiment, progress: progress_lib.Progress
   cfg = exp.config
   dense = run_dense(exp, tuple(cfg.seeds))
   for seed in cfg.seeds:
-    _announce(progress, f"seed{seed}/dense",
+    _announce(progress, seed, f"seed{seed}/dense",
               dense[seed] if isinstance(dense[seed], records.Diverged) else dense[seed][0])
   live = tuple(s for s in cfg.seeds if not isinstance(dense[s], records.Diverged))
   shared = {s: tuple(dense[s][1:]) for s in live} if cfg.share_pretraining else None
@@ -618,7 +628,7 @@ def _run_all(exp: Experiment, progress: progress_lib.Progress
   for method in cfg.methods:
     methods[method] = run_method(exp, method, live, shared) if live else {}
     for p, outcome in methods[method].items():
-      _announce(progress, exp.run_name(p.seed, method, p.variant), outcome)
+      _announce(progress, p.seed, exp.run_name(p.seed, method, p.variant), outcome)
   return dense, methods
 
 
@@ -637,16 +647,16 @@ def _variant_records(exp: Experiment, dense: dict[int, Any],
   """One variant's comparison: the records of the seeds with a dense reference, every
   divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
   per_seed, diverged, dropped = [], [], []
+  names = _report_names(exp.config.methods)
+  # Each method's runs of this variant: its own, when it pins one.
+  chosen = {m: variants_lib.pinned(m) or variant for m in exp.config.methods}
   for seed in exp.config.seeds:
     if isinstance(dense[seed], records.Diverged):
       diverged.append({"seed": seed, "runs": {"dense": dense[seed].message}})
       dropped.append(records.DroppedSeed(
           seed, f"its dense reference diverged ({dense[seed].message})"))
       continue
-    names = _report_names(exp.config.methods)
-    outcomes = {names[m]: methods[m][Point(seed, exp.variants_for(m)[0]
-                                          if variants_lib.pinned(m) else variant)]
-                for m in exp.config.methods}
+    outcomes = {names[m]: methods[m][Point(seed, chosen[m])] for m in exp.config.methods}
     failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
     if failures:
       diverged.append({"seed": seed, "runs": failures})
@@ -767,18 +777,14 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
   config, problem = exp.config, exp.problem
   per_seed, diverged, dropped = _variant_records(exp, dense, methods, variant)
   notes = _setup_notes(config, problem) + _divergence_notes(diverged)
+  rate = config.optimizer.learning_rate
   if len(exp.variants) > 1:
     notes.insert(0, f"Variant {variant.name} of the grid: the stages after pretraining at "
-                    f"learning rate {config.optimizer.learning_rate * variant.learning_rate_scale:g}"
-                    f" (× {variant.learning_rate_scale:g}) and "
-                    + (f"gradient clip {variant.clip_norm:g}." if variant.clip_norm else
-                       "no gradient clip."))
-  pins = [(m, variants_lib.pinned(m)) for m in config.methods if variants_lib.pinned(m)]
+                    f"{variant.describe(rate)}.")
+  pins = {m: v for m, v in zip(config.methods, map(variants_lib.pinned, config.methods)) if v}
   if pins:
     notes.insert(0, "Pinned variants (each method trains this one only): " + "; ".join(
-        f"{m}: learning rate {config.optimizer.learning_rate * v.learning_rate_scale:g} "
-        f"(× {v.learning_rate_scale:g}), " + (f"clip {v.clip_norm:g}" if v.clip_norm else
-                                               "no clip") for m, v in pins) + ".")
+        f"{m}: {v.describe(rate)}" for m, v in pins.items()) + ".")
   report = report_lib.build_report(
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
@@ -787,8 +793,8 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
       test_counts=problem.test_counts(), dropped=dropped)
   report["config"] = json.loads(config.to_json())
   report["diverged"] = diverged
-  report["variant"] = variant.to_json(config.optimizer.learning_rate)
-  report["pinned"] = {m: v.to_json(config.optimizer.learning_rate) for m, v in pins}
+  report["variant"] = variant.to_json(rate)
+  report["pinned"] = {m: v.to_json(rate) for m, v in pins.items()}
   return report
 
 
@@ -830,14 +836,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if len(reports) == 1:
     markdown = report_lib.write(report, workdir)["markdown"]
   else:
-    sections = []
     for name, variant_report in reports.items():
-      path = report_lib.write(variant_report, os.path.join(workdir, "variants", name))
-      with open(path["markdown"]) as f:
-        sections.append(f"# Variant {name} (files in variants/{name}/)\n\n{f.read()}")
-    markdown = os.path.join(workdir, "report.md")
-    _files.write_atomically(markdown,
-                            lambda f: f.write("\n\n".join(sections).encode("utf-8")))
+      report_lib.write(variant_report, os.path.join(workdir, "variants", name))
+    markdown = _write_index(workdir, {f"variants/{name}": f"Variant {name}" for name in reports})
   if print_report:
     with open(markdown) as f:
       print(f.read(), flush=True)

@@ -149,8 +149,7 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
     adjusted = holm({m: rows[m][key]["p_value"] for m in methods if rows[m][key]})
     for m, p in adjusted.items():
       rows[m][key]["p_holm"] = p
-  return {"seeds": list(report["seeds"]), "best": best, "methods": rows,
-          "paired_values": {m: paired[m][0] for m in methods}}
+  return {"seeds": list(report["seeds"]), "best": best, "methods": rows}
 
 
 def _mean_ranks(values: Mapping[str, Mapping[str, Sequence[float]]],
@@ -220,8 +219,8 @@ def detection_limit(pair: Mapping[str, Any]) -> float:
   paired differences from equal (the same method trained again on another data order):
   |mean| + t(0.975, n − 1) · sd / √n, the far end of their 95 % interval around zero. A
   difference between two methods within it is within what reshuffling alone produces."""
-  mean, low, high = pair["interval"]
-  return max(abs(low), abs(high), abs(mean))
+  _, low, high = pair["interval"]
+  return max(abs(low), abs(high))
 
 
 def build(reports: Mapping[str, Mapping[str, Any]], controls: Sequence[str] = (),
@@ -239,7 +238,8 @@ def build(reports: Mapping[str, Mapping[str, Any]], controls: Sequence[str] = ()
   names = []
   for board in settings.values():
     names += [m for m in board["methods"] if m not in names]
-  values = {name: board.pop("paired_values") for name, board in settings.items()}
+  values = {name: {m: _paired_values(r, m)[0] for m in r["methods"]}
+            for name, r in reports.items()}
   means = _mean_ranks(values)
   intervals = mean_rank_intervals(
       values, bootstrap_picks({name: len(b["seeds"]) for name, b in settings.items()}))

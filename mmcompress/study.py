@@ -130,9 +130,18 @@ def variant_config(config: ml_collections.ConfigDict,
                    clip: float) -> ml_collections.ConfigDict:
   """The study of one variant: the compression stages clipped at `clip` (0: not clipped),
   nothing left to tune."""
+  return _derived(config, optimizer__compress_clip_norm=clip, study__compress_clip_norms=())
+
+
+def _derived(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
+  """A locked copy of `config` with `fields` set; a field ``a__b`` is ``config.a.b``."""
   out = ml_collections.ConfigDict(config.to_dict())
-  out.optimizer.compress_clip_norm = clip
-  out.study.compress_clip_norms = ()
+  for name, value in fields.items():
+    *sections, leaf = name.split("__")
+    target = out
+    for section in sections:
+      target = target[section]
+    target[leaf] = value
   out.lock()
   return out
 
@@ -146,21 +155,15 @@ def tuning_config(sub: ml_collections.ConfigDict, study: ml_collections.ConfigDi
                   ) -> ml_collections.ConfigDict:
   """A setting's tuning comparison: its config on the study's tuning seeds, every method
   over every variant of ``config.grid``."""
-  out = ml_collections.ConfigDict(sub.to_dict())
-  out.seeds = tuple(study.study.tuning_seeds)
-  out.lock()
-  return out
+  return _derived(sub, seeds=tuple(study.study.tuning_seeds))
 
 
 def reporting_config(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
                      ) -> ml_collections.ConfigDict:
   """A setting's reported comparison: its seeds, each method pinned at its chosen variant
   (``pcgrad@lr0.5-clip1``), no grid."""
-  out = ml_collections.ConfigDict(sub.to_dict())
-  out.methods = tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods)
-  out.grid.learning_rate_scale, out.grid.clip_norm = (), ()
-  out.lock()
-  return out
+  return _derived(sub, methods=tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods),
+                  grid__learning_rate_scale=(), grid__clip_norm=())
 
 
 def _read_choices(folder: str) -> dict[str, Any] | None:
@@ -400,18 +403,13 @@ def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
   if "equal" not in sub.methods:
     return {}
   base = f"equal@{variants_lib.Variant(1.0, variants_lib.default_clip(sub)).name}"
-  out = {}
-  for name, method in (("base", base), ("sum", base),
-                       ("null", f"equal@{chosen['equal']['chosen']}")):
-    config = ml_collections.ConfigDict(sub.to_dict())
-    config.methods = (method,)
-    config.grid.learning_rate_scale, config.grid.clip_norm = (), ()
-    config.data_order = 1 if name == "null" else 0
-    if name == "sum":  # (the dense models are the reported ones, copied: averaged losses)
-      config.loss_reduction = "reference"
-    config.lock()
-    out[name] = config
-  return out
+  alone = dict(grid__learning_rate_scale=(), grid__clip_norm=())
+  return {
+      "base": _derived(sub, methods=(base,), **alone),
+      # (The dense models are the reported ones, copied: trained on averaged losses.)
+      "sum": _derived(sub, methods=(base,), loss_reduction="reference", **alone),
+      "null": _derived(sub, methods=(f"equal@{chosen['equal']['chosen']}",), data_order=1,
+                       **alone)}
 
 
 def _die_with_parent(parent: int) -> None:

@@ -36,7 +36,7 @@ def _trajectories(tiny_config, problem, model, reduction, scales, weight_decay):
                                                         problem.num_tasks, jax.random.key(0))])
     alive = np.ones(1, bool)
     for i in range(STEPS):
-      batch = run_axis.place(run_axis.stack([problem.train_batch(0, 3, i, 64)]), where)
+      batch = parallel.place(run_axis.stack([problem.train_batch(0, 3, i, 64)]), where)
       state, alive, _ = step(state, alive, batch)
     assert alive.all()
     out.append(jax.device_get(state.params))

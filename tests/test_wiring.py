@@ -442,7 +442,7 @@ def test_the_aggregator_receives_each_tasks_own_gradient_inside_the_trainer(
   batch = problem.train_batch(0, 0, 0, 64)
   step = run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=1)
   new, _, _ = step(run_axis.stack([state]), np.ones(1, bool),
-                   run_axis.place(run_axis.stack([batch]),
+                   parallel.place(run_axis.stack([batch]),
                                   run_axis.batch_sharding(mesh, problem.batch_axis, False)))
   moved = jax.tree.map(lambda a, b: np.asarray(a)[0] - np.asarray(b),
                        jax.device_get(new.params), params)

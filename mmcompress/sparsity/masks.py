@@ -368,8 +368,10 @@ def _refuse_non_finite(leaves_with_path: list[tuple[Any, Any]], flags: list[bool
     if not prunable or isinstance(leaf, jax.core.Tracer):
       continue
     values = np.asarray(leaf)
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-      bad = int(np.size(values) - np.isfinite(values).sum())
+    if not np.issubdtype(values.dtype, np.floating):
+      continue
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
       raise ValueError(
           f"the scores of {path_name(path)!r} hold {bad} NaN or infinite value(s) of "
           f"{values.size}: masks chosen from them would be arbitrary. Mend what produced them "

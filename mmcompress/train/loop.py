@@ -159,15 +159,23 @@ class StageContext:
     return self.problem.steps_per_epoch(self.batch_size)
 
 
-def evaluate(problem: Problem, eval_step: Callable[..., Any], params: Any, model_state: Any,
-             split: str, mesh: jax.sharding.Mesh, batch_size: int) -> dict:
-  """The problem's metrics of one model over a whole split (`step.make_eval_step`)."""
+def _split_totals(problem: Problem, eval_step: Callable[..., Any], params: Any,
+                  model_state: Any, split: str, mesh: jax.sharding.Mesh, batch_size: int,
+                  batches_at: jax.sharding.NamedSharding) -> Any:
+  """`eval_step`'s sums added up over every batch of `split`, on the host."""
   parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
   totals = None
   for batch in problem.eval_batches(split, batch_size):
-    sums = eval_step(params, model_state, parallel.shard_batch(batch, mesh))
+    sums = eval_step(params, model_state, parallel.place(batch, batches_at))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return problem.finalize(jax.tree.map(np.asarray, totals))
+  return jax.tree.map(np.asarray, totals)
+
+
+def evaluate(problem: Problem, eval_step: Callable[..., Any], params: Any, model_state: Any,
+             split: str, mesh: jax.sharding.Mesh, batch_size: int) -> dict:
+  """The problem's metrics of one model over a whole split (`step.make_eval_step`)."""
+  return problem.finalize(_split_totals(problem, eval_step, params, model_state, split, mesh,
+                                        batch_size, parallel.batch_sharded(mesh)))
 
 
 def make_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh,
@@ -179,11 +187,7 @@ def make_eval_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh,
   def sums(params: Any, model_state: Any, batch: dict) -> Any:
     return problem.eval_sums(model, params, model_state, batch)
 
-  def eval_step(params: Any, model_state: Any, batch: dict) -> Any:
-    if single:
-      one = sums(run_axis.unstack(params, 0), run_axis.unstack(model_state, 0), batch)
-      return jax.tree.map(lambda x: x[None], one)
-    return jax.vmap(sums, in_axes=(0, 0, None))(params, model_state, batch)
+  eval_step = run_axis.over_runs(sums, (0, 0, None), 1 if single else 2)
 
   states = run_axis.state_sharding(mesh, sharded)
   batch = parallel.replicated(mesh) if sharded else parallel.batch_sharded(mesh)
@@ -194,13 +198,9 @@ def evaluate_runs(problem: Problem, eval_step: Callable[..., Any], params: Any,
                   model_state: Any, split: str, mesh: jax.sharding.Mesh, batch_size: int,
                   sharded: bool = False) -> list[dict]:
   """Every run's metrics over a whole split, in one pass (`make_eval_step`)."""
-  parallel.check_batch_size(batch_size, mesh, "eval_batch_size")
-  sharding = parallel.replicated(mesh) if sharded else parallel.batch_sharded(mesh)
-  totals = None
-  for batch in problem.eval_batches(split, batch_size):
-    sums = eval_step(params, model_state, run_axis.place(batch, sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.tree.map(np.asarray, totals)
+  totals = _split_totals(
+      problem, eval_step, params, model_state, split, mesh, batch_size,
+      parallel.replicated(mesh) if sharded else parallel.batch_sharded(mesh))
   num_runs = jax.tree.leaves(totals)[0].shape[0]
   return [problem.finalize(jax.tree.map(lambda x, i=i: x[i], totals)) for i in range(num_runs)]
 
@@ -312,7 +312,7 @@ def train_stage(ctx: StageContext, states: TrainState
     restored = checkpoints.restore_latest(abstract_carry(states, num_tasks, sharding))
     if restored is None:
       carry = jax.jit(initial_carry, static_argnums=1, out_shardings=sharding)(
-          run_axis.place(states, sharding), num_tasks)
+          parallel.place(states, sharding), num_tasks)
       records = [StageRecord(ctx.name) for _ in range(num_runs)]
       step, failures = 0, {}
     else:
@@ -328,7 +328,7 @@ def train_stage(ctx: StageContext, states: TrainState
       batches = run_axis.stacked_batches(ctx.problem, ctx.seeds, ctx.index, step,
                                          ctx.batch_size)
       carry["state"], carry["alive"], losses = ctx.train_step(
-          carry["state"], carry["alive"], run_axis.place(batches, batches_at))
+          carry["state"], carry["alive"], parallel.place(batches, batches_at))
       carry["loss_sum"] = _accumulate(carry["loss_sum"], losses, carry["alive"])
       step += 1
       pending.append((step, losses, carry["alive"]))

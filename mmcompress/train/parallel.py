@@ -100,17 +100,18 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
-  """Places a global host batch on the mesh, split along `axis`.
-
-  Every process computes the same global batch (a pure function of the step), so each
-  device's shard is simply cut from it, wherever the device sits in the mesh. Across
-  processes, each one places only the shards of its own devices (the callback is called for
-  those alone): the processes feed disjoint parts of the one global batch.
-  """
-  sharding = batch_sharded(mesh, axis)
+def place(tree: Any, sharding: NamedSharding) -> Any:
+  """Places host arrays that every process holds alike (a pure function of the step) with
+  `sharding`. Each device's shard is simply cut from them, wherever the device sits in the
+  mesh; across processes, each one places only the shards of its own devices (the callback
+  is called for those alone): the processes feed disjoint parts of the one global array."""
   if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
+    return jax.device_put(tree, sharding)
   return jax.tree.map(
       lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda index: np.asarray(x)[index]), batch)
+                                             lambda index: np.asarray(x)[index]), tree)
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
+  """Places a global host batch on the mesh, split along `axis` (`place`)."""
+  return place(batch, batch_sharded(mesh, axis))

@@ -70,28 +70,22 @@ def can_shard(num_runs: int, mesh: jax.sharding.Mesh) -> bool:
   return jax.process_count() == 1 and num_runs % mesh.devices.size == 0
 
 
-def place(tree: Any, sharding: NamedSharding) -> Any:
-  """Host arrays (the same on every process) placed with `sharding`; across processes each
-  process places only its own devices' shards (as `parallel.shard_batch`)."""
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda index: np.asarray(x)[index]), tree)
-
-
 def _all_finite(tree: Any) -> jax.Array:
   return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
                          jnp.asarray(True))
 
 
-def _squeezed(step: Callable[[TrainState, Any], tuple[TrainState, jax.Array]]
-              ) -> Callable[[TrainState, Any], tuple[TrainState, jax.Array]]:
-  """`step` of one run applied to an axis of one run (no vmap: see the module's docstring)."""
+def over_runs(fn: Callable[..., Any], in_axes: tuple[int | None, ...], num_runs: int
+              ) -> Callable[..., Any]:
+  """`fn` of one run applied to an axis of `num_runs` runs: `jax.vmap(fn, in_axes)`, or for
+  one run `fn` itself on the run's share (the arguments with in-axis 0 unstacked, the outputs
+  stacked again): no vmap, whose programs compile slower (see the module's docstring)."""
+  if num_runs != 1:
+    return jax.vmap(fn, in_axes=in_axes)
 
-  def one(states: TrainState, batches: Any) -> tuple[TrainState, jax.Array]:
-    new, losses = step(unstack(states, 0), unstack(batches, 0))
-    return jax.tree.map(lambda x: x[None], (new, losses))
+  def one(*args):
+    out = fn(*(a if axis is None else unstack(a, 0) for a, axis in zip(args, in_axes)))
+    return jax.tree.map(lambda x: x[None], out)
 
   return one
 
@@ -120,7 +114,7 @@ def make_runs_train_step(problem: Problem, model: nn.Module, weighting: TaskWeig
     the step (a frozen run's are those of its frozen state, not used).
   """
   one_run = train_step_fn(problem, model, weighting, tx, per_task)
-  step = _squeezed(one_run) if num_runs == 1 else jax.vmap(one_run)
+  step = over_runs(one_run, (0, 0), num_runs)
 
   def runs_step(states: TrainState, alive: jax.Array, batches: Any
                 ) -> tuple[TrainState, jax.Array, jax.Array]:

@@ -42,6 +42,12 @@ class Variant(NamedTuple):
     """The variant's folder and report name, e.g. ``lr0.5-clip1`` or ``lr2-clip0``."""
     return f"lr{self.learning_rate_scale:g}-clip{self.clip_norm:g}"
 
+  def describe(self, base_learning_rate: float) -> str:
+    """``learning rate 0.025 (× 0.5), clip 1`` (or ``no clip``), for a report's notes."""
+    return (f"learning rate {base_learning_rate * self.learning_rate_scale:g} "
+            f"(× {self.learning_rate_scale:g}), "
+            + (f"clip {self.clip_norm:g}" if self.clip_norm else "no clip"))
+
   def to_json(self, base_learning_rate: float) -> dict[str, Any]:
     """What a result records of its variant: the rate actually used among them."""
     return {"name": self.name, "learning_rate_scale": self.learning_rate_scale,
@@ -103,10 +109,6 @@ def grid(config: ml_collections.ConfigDict) -> tuple[Variant, ...]:
   return variants
 
 
-def _scale(step_size: jax.Array) -> optax.GradientTransformation:
-  return optax.scale(step_size)
-
-
 def _clip_or_off(max_norm: jax.Array) -> optax.GradientTransformation:
   """`optax.clip_by_global_norm` where ``max_norm > 0``, the identity at 0 (traced)."""
 
@@ -127,4 +129,4 @@ def clip_by_run(max_norm: float) -> optax.GradientTransformation:
 
 def scale_by_run(scale: float) -> optax.GradientTransformation:
   """Multiplies the updates by `scale`, a value of the state, not of the program."""
-  return optax.inject_hyperparams(_scale)(step_size=scale)
+  return optax.inject_hyperparams(optax.scale)(step_size=scale)
