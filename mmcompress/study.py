@@ -166,13 +166,28 @@ def reporting_config(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
                   grid__learning_rate_scale=(), grid__clip_norm=())
 
 
-def _read_choices(folder: str) -> dict[str, Any] | None:
+def sum_tuning_config(tune: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """A setting's tuning of equal with summed losses (``loss_reduction="reference"``) over the
+  same grid and seeds as the methods' (`tuning_config` `tune`): the tuned control that checks
+  that tuning removes the loss-scale convention. None without ``equal`` among the methods."""
+  if "equal" not in tune.methods:
+    return None
+  return _derived(tune, methods=("equal",), loss_reduction="reference")
+
+
+def _read_tuning(folder: str) -> dict[str, Any] | None:
   """A setting's recorded choices (``tuning.json``), or None before its tuning finished."""
   path = os.path.join(folder, "tuning.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)["methods"]
+    return json.load(f)
+
+
+def _read_choices(folder: str) -> dict[str, Any] | None:
+  """A setting's recorded choice per method, or None before its tuning finished."""
+  record = _read_tuning(folder)
+  return None if record is None else record["methods"]
 
 
 def _choose(tune_folder: str, grid_names: list[str], where: str) -> dict[str, Any]:
@@ -206,6 +221,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
         tune = tuning_config(sub, config)
         comparison.validate(tune)
         comparison.refuse_other_run(tune, os.path.join(folder, "tune"))
+        if sum_tuning_config(tune) is not None:
+          comparison.refuse_other_run(sum_tuning_config(tune), os.path.join(folder, "tune-sum"))
         chosen = _read_choices(folder)
         if chosen is not None:  # the report runs of a setting already tuned
           comparison.refuse_other_run(reporting_config(sub, chosen), folder)
@@ -355,28 +372,40 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
 def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.ConfigDict,
                      folder: str, first: str | None, label: str) -> None:
   """One setting of the fair protocol: every method over the grid on the tuning seeds (in
-  ``<folder>/tune/``), each method's variant chosen on their validation split
-  (``<folder>/tuning.json``), then each method at its choice on the reporting seeds (in
-  `folder`, whose report the leaderboard reads). `first`: the task set's first setting, whose
-  tuning runs' unpruned stages this one's start from."""
-  tune_folder = os.path.join(folder, "tune")
+  ``<folder>/tune/``; equal with summed losses too, in ``<folder>/tune-sum/``), each method's
+  variant chosen on their validation split (``<folder>/tuning.json``), then each method at
+  its choice on the reporting seeds (in `folder`, whose report the leaderboard reads), then
+  the controls (`controls`). `first`: the task set's first setting, whose tuning runs'
+  unpruned stages this one's start from."""
+  tune_folder, sum_folder = os.path.join(folder, "tune"), os.path.join(folder, "tune-sum")
   tune = tuning_config(sub, config)
+  tune_sum = sum_tuning_config(tune)
   if first is not None:
     os.makedirs(tune_folder, exist_ok=True)
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
   comparison.run_digits(tune, tune_folder, label=f"{label}/tune", print_report=False)
-  chosen = _read_choices(folder)
-  if chosen is None:
+  if tune_sum is not None:
+    os.makedirs(sum_folder, exist_ok=True)
+    if first is not None:
+      share_unpruned(os.path.join(first, "tune-sum"), sum_folder, tune_sum)
+    share(tune_folder, sum_folder, _pretrained_pieces(tune_sum))  # the same dense models
+    comparison.run_digits(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False)
+  record = _read_tuning(folder)
+  if record is None:
     grid_names = [v.name for v in variants_lib.grid(tune)]
-    chosen = _choose(tune_folder, grid_names, where=label)
-    _files.write_json_atomically(os.path.join(folder, "tuning.json"), {
-        "tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds),
-        "grid": grid_names, "methods": chosen})
+    record = {"tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds),
+              "grid": grid_names, "methods": _choose(tune_folder, grid_names, where=label),
+              "controls": {}}
+    if tune_sum is not None:
+      record["controls"]["sum_tuned"] = _choose(sum_folder, grid_names,
+                                                where=f"{label}/tune-sum")["equal"]
+    _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
+  chosen = record["methods"]
   reporting = reporting_config(sub, chosen)
   if first is not None:
     share_unpruned(first, folder, reporting)
   comparison.run_digits(reporting, folder, label=label, print_report=False)
-  for name, control in controls(sub, chosen).items():
+  for name, control in controls(sub, chosen, record.get("controls", {})).items():
     control_folder = os.path.join(folder, f"control-{name}")
     os.makedirs(control_folder, exist_ok=True)
     share(folder, control_folder, _pretrained_pieces(control))  # the same dense models
@@ -387,10 +416,12 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
 # The controls of the fair protocol: folder name -> the leaderboard's row name.
 CONTROLS = {"base": "equal, base rate (control)",
             "sum": "equal, summed losses, base rate (control)",
-            "null": "equal, another data order (null control)"}
+            "null": "equal, another data order (null control)",
+            "sum_tuned": "equal, summed losses, tuned (control)"}
 
 
-def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
+def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any],
+             tuned_controls: dict[str, Any] | None = None
              ) -> dict[str, ml_collections.ConfigDict]:
   """A setting's controls, each a comparison of equal alone on the reporting seeds, from the
   reported comparison's dense models: with averaged losses (``base``: what an untuned study
@@ -398,18 +429,24 @@ def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
   decay or ℓ1 term, step for step averaged losses at K times the rate,
   `tests/test_step_size.py`), both at the base learning rate and the config's own clip: how
   much step size alone moves a method; and tuned equal again on another data order
-  (``null``, ``config.data_order=1``: the run-to-run noise that gives the detection limit).
-  None without ``equal`` among the methods."""
+  (``null``, ``config.data_order=1``: the run-to-run noise that gives the detection limit);
+  and equal with summed losses at its own tuned variant (``sum_tuned``, from
+  `tuned_controls`, the choices of `sum_tuning_config`): after tuning, the two conventions
+  should tie. None without ``equal`` among the methods."""
   if "equal" not in sub.methods:
     return {}
   base = f"equal@{variants_lib.Variant(1.0, variants_lib.default_clip(sub)).name}"
   alone = dict(grid__learning_rate_scale=(), grid__clip_norm=())
-  return {
+  out = {
       "base": _derived(sub, methods=(base,), **alone),
       # (The dense models are the reported ones, copied: trained on averaged losses.)
       "sum": _derived(sub, methods=(base,), loss_reduction="reference", **alone),
       "null": _derived(sub, methods=(f"equal@{chosen['equal']['chosen']}",), data_order=1,
                        **alone)}
+  if tuned_controls and "sum_tuned" in tuned_controls:
+    out["sum_tuned"] = _derived(sub, methods=(f"equal@{tuned_controls['sum_tuned']['chosen']}",),
+                                loss_reduction="reference", **alone)
+  return out
 
 
 def _die_with_parent(parent: int) -> None:
@@ -488,6 +525,8 @@ def _record_choices(board: dict[str, Any], workdir: str, found: list[Setting]) -
     rows["tuning_seeds"], rows["report_seeds"] = record["tuning_seeds"], record["report_seeds"]
     for method, row in rows["methods"].items():
       choice = record["methods"].get(method)
+      if method == CONTROLS["sum_tuned"]:
+        choice = record.get("controls", {}).get("sum_tuned")
       if choice is None:  # a control: its variant is fixed, not chosen
         continue
       row["tuning"] = {"chosen": choice["chosen"],

@@ -19,7 +19,7 @@ from mmcompress import comparison, leaderboard, study
 from mmcompress.weighting import WEIGHTINGS
 
 # The quick study made smaller still: a narrow MLP, a checkpoint every few steps.
-SMALL = ["--config=study:quick", "--config.model_kwargs.hidden=(32,)",
+SMALL = ["--config=study:untuned_quick", "--config.model_kwargs.hidden=(32,)",
          "--config.checkpoint_every_steps=5"]
 
 
@@ -28,9 +28,14 @@ def test_the_study_runs_every_weighting_and_criterion():
   assert set(WEIGHTINGS) <= set(config.methods)
   assert {m.partition("+")[2] for m in config.methods if "+" in m} == {
       "taylor_mean", "taylor_max", "taylor_disparse", "taylor_minmax"}
-  assert len(config.seeds) == 10
+  assert len(config.seeds) == 10 and len(config.study.tuning_seeds) >= 3
+  assert not set(config.seeds) & set(config.study.tuning_seeds)
   assert [s.name for s in study.settings(config)] == [
-      "classify-40x", "classify-100x", "mixed-40x", "mixed-100x"]
+      "classify-40x", "classify-100x", "mixed-40x", "mixed-100x", "pairs-40x", "pairs-100x"]
+  # The grid: the same for every method, 16x in steps of about sqrt 2, with and without a clip.
+  scales = sorted(config.grid.learning_rate_scale)
+  assert scales[-1] / scales[0] >= 16 and max(b / a for a, b in zip(scales, scales[1:])) < 1.45
+  assert set(config.grid.clip_norm) == {0.0, 1.0}
 
 
 def test_the_tuned_preset_is_the_study_over_no_clip_and_a_clip_at_norm_1(tmp_path):
@@ -44,7 +49,7 @@ def test_the_tuned_preset_is_the_study_over_no_clip_and_a_clip_at_norm_1(tmp_pat
 
 
 def test_a_setting_config_is_the_study_with_its_task_set_and_sparsity():
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   setting = study.settings(config)[3]
   sub = study.setting_config(config, setting)
   assert (tuple(sub.task_sets), sub.sparsity) == (("mixed",), 0.99)
@@ -73,7 +78,7 @@ def test_ratio_text(sparsity, text):
     ("optimizer.clip_norm", 1.0, "leave --config.optimizer.clip_norm and"),
 ])
 def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, message):
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.study.compress_clip_norms = (0.0, 1.0)
     *parents, leaf = field.split(".")
@@ -87,7 +92,7 @@ def test_a_bad_study_is_refused_before_any_compute(tmp_path, field, value, messa
 
 
 def test_a_study_recorded_before_the_clip_grid_still_resumes(tmp_path):
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   comparison.check_workdir(config, str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["study"]["compress_clip_norms"], saved["optimizer"]["compress_clip_norm"]
@@ -101,7 +106,7 @@ def test_a_study_recorded_before_the_clip_grid_still_resumes(tmp_path):
 
 @pytest.mark.parametrize("chunk_runs, share_pretraining", [(0, True), (1, False)])
 def test_the_variants_share_what_precedes_compression(chunk_runs, share_pretraining):
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.chunk_runs, config.share_pretraining = chunk_runs, share_pretraining
   setting = study.setting_config(config, study.settings(config)[0])
@@ -114,7 +119,7 @@ def test_the_variants_share_what_precedes_compression(chunk_runs, share_pretrain
 
 
 def test_a_setting_folder_of_another_run_is_refused(tmp_path):
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   (tmp_path / "mixed-100x").mkdir()
   (tmp_path / "mixed-100x" / "config.json").write_text(json.dumps({"seeds": [5]}))
   with pytest.raises(ValueError, match="mixed-100x holds a run with a different config"):
@@ -134,7 +139,7 @@ def _finished_setting(root, seeds, methods):
 
 
 def test_share_unpruned_copies_the_dense_references_and_the_stages_before_the_prune(tmp_path):
-  config = study.setting_config(study_config.get_config("quick"),
+  config = study.setting_config(study_config.get_config("untuned_quick"),
                                 study.Setting("classify-100x", "classify", 0.99))
   assert study.unpruned_stages(config) == ("pretrain", "reweight")
   source, target = tmp_path / "a", tmp_path / "b"
@@ -155,7 +160,7 @@ def test_share_unpruned_copies_the_dense_references_and_the_stages_before_the_pr
 
 
 def test_share_unpruned_waits_for_the_first_setting_to_finish(tmp_path):
-  config = study.setting_config(study_config.get_config("quick"),
+  config = study.setting_config(study_config.get_config("untuned_quick"),
                                 study.Setting("classify-100x", "classify", 0.99))
   source, target = tmp_path / "a", tmp_path / "b"
   _finished_setting(source, config.seeds, config.methods)
@@ -165,7 +170,7 @@ def test_share_unpruned_waits_for_the_first_setting_to_finish(tmp_path):
 
 
 def test_dynamic_sparse_training_shares_only_the_dense_references():
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.stages = ("sparse",)
   assert study.unpruned_stages(config) == ()
@@ -211,7 +216,7 @@ def fixture_quick_study(tmp_path_factory):
   """The quick study run in this process, one task set after the other (``jobs=1``): the
   command line runs them side by side, and must give the same leaderboard."""
   workdir = tmp_path_factory.mktemp("study")
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.model_kwargs.hidden = (32,)
     config.checkpoint_every_steps = 5
@@ -305,7 +310,7 @@ def test_sigkill_during_the_study_then_rerun_gives_the_same_leaderboard(quick_st
 
 @pytest.mark.slow
 def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_path):
-  config = study_config.get_config("quick")
+  config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.model_kwargs.hidden = (32,)
     config.checkpoint_every_steps = 5
@@ -359,7 +364,7 @@ def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_pat
 
 def test_the_null_control_draws_the_stages_after_pretraining_from_another_order():
   from mmcompress import comparison  # pylint: disable=import-outside-toplevel
-  config = study_config.get_config("fair_quick")
+  config = study_config.get_config("quick")
   with config.unlocked():
     config.data_order = 2
   assert comparison.data_seed(config, "pretrain", 3) == 3  # the same dense model
