@@ -1,7 +1,7 @@
 """A study: the comparison at every setting (task set × sparsity), one leaderboard over them.
 
 `run(config, workdir)` runs, for every task set of ``config.study.task_sets`` and every
-sparsity of ``config.study.sparsities``, the digits comparison (`comparison.run_digits`) into
+sparsity of ``config.study.sparsities``, the comparison of ``config.problem`` (`comparison.run`) into
 ``<workdir>/<task set>-<ratio>x/``, where it writes its full report; then it ranks the methods
 across the settings (`mmcompress.leaderboard`) into ``<workdir>/report.md``,
 ``leaderboard.json`` and ``leaderboard.png``.
@@ -60,20 +60,37 @@ def ratio_text(sparsity: float) -> str:
   return f"{ratio:.0f}x" if abs(ratio - round(ratio)) < 1e-6 * ratio else f"{ratio:.1f}x"
 
 
+def has_task_sets(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config.problem`` has task sets to choose from (digits: ``TASK_SETS``); a study
+  of a problem without them (scenes, NYUv2) names none and has one setting per sparsity."""
+  return hasattr(problems.get(config.problem), "TASK_SETS")
+
+
+def _task_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The study's task sets; ``("",)`` (the problem's one) for a problem without task sets."""
+  return tuple(config.study.task_sets) if has_task_sets(config) else ("",)
+
+
 def settings(config: ml_collections.ConfigDict) -> list[Setting]:
-  """Every (task set, sparsity) of the study, task set by task set."""
-  folder = problems.get("digits").data.folder_name  # a grouping's ':' and '/' are not a name
+  """Every (task set, sparsity) of the study, task set by task set; a setting of a problem
+  without task sets is named after the problem (``scenes-40x``)."""
+  module = problems.get(config.problem)
+
+  def folder(task_set):  # a digits grouping's ':' and '/' are not a name
+    return module.data.folder_name(task_set) if task_set else config.problem
+
   return [Setting(f"{folder(t)}-{ratio_text(s)}", t, float(s))
-          for t in config.study.task_sets for s in config.study.sparsities]
+          for t in _task_sets(config) for s in config.study.sparsities]
 
 
 def setting_config(config: ml_collections.ConfigDict,
                    setting: Setting) -> ml_collections.ConfigDict:
-  """The comparison config of one setting: the study's fields with its task set and sparsity
-  (and no ``study`` section)."""
+  """The comparison config of one setting: the study's fields with its task set (if the
+  problem has task sets) and sparsity (and no ``study`` section)."""
   fields = config.to_dict()
   del fields["study"]
-  fields["task_sets"] = (setting.task_set,)
+  if setting.task_set:
+    fields["task_sets"] = (setting.task_set,)
   fields["sparsity"] = setting.sparsity
   out = ml_collections.ConfigDict(fields)
   out.lock()
@@ -83,7 +100,11 @@ def setting_config(config: ml_collections.ConfigDict,
 @_checks.as_user_error()
 def _validate_study(config: ml_collections.ConfigDict) -> None:
   study = config.study
-  if not study.task_sets:
+  if not has_task_sets(config):
+    if study.task_sets:
+      raise ValueError(f"config.problem {config.problem!r} has no task sets: leave "
+                       "config.study.task_sets empty, (), for a study of its tasks.")
+  elif not study.task_sets:
     raise ValueError("config.study.task_sets is empty: name at least one, e.g. ('classify',).")
   if not study.sparsities:
     raise ValueError("config.study.sparsities is empty: give at least one, e.g. (0.975,).")
@@ -211,11 +232,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
     for name, clip in variants(config):
       validate(variant_config(config, clip), os.path.join(workdir, name))
   else:
-    digits = problems.get("digits")
+    module = problems.get(config.problem)
     for setting in found:
       sub = setting_config(config, setting)
       comparison.validate(sub)
-      digits.validate_config(sub)
+      module.validate_config(sub)
       folder = os.path.join(workdir, setting.name)
       if tuned(config):
         tune = tuning_config(sub, config)
@@ -365,7 +386,7 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
     if tuned(config):
       _tune_and_report(config, sub, folder, first, label + setting.name)
     else:
-      comparison.run_digits(sub, folder, label=label + setting.name, print_report=False)
+      comparison.run(sub, folder, label=label + setting.name, print_report=False)
     first = first or folder
 
 
@@ -383,13 +404,13 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   if first is not None:
     os.makedirs(tune_folder, exist_ok=True)
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
-  comparison.run_digits(tune, tune_folder, label=f"{label}/tune", print_report=False)
+  comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False)
   if tune_sum is not None:
     os.makedirs(sum_folder, exist_ok=True)
     if first is not None:
       share_unpruned(os.path.join(first, "tune-sum"), sum_folder, tune_sum)
     share(tune_folder, sum_folder, _pretrained_pieces(tune_sum))  # the same dense models
-    comparison.run_digits(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False)
+    comparison.run(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False)
   record = _read_tuning(folder)
   if record is None:
     grid_names = [v.name for v in variants_lib.grid(tune)]
@@ -404,12 +425,12 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   reporting = reporting_config(sub, chosen)
   if first is not None:
     share_unpruned(first, folder, reporting)
-  comparison.run_digits(reporting, folder, label=label, print_report=False)
+  comparison.run(reporting, folder, label=label, print_report=False)
   for name, control in controls(sub, chosen, record.get("controls", {})).items():
     control_folder = os.path.join(folder, f"control-{name}")
     os.makedirs(control_folder, exist_ok=True)
     share(folder, control_folder, _pretrained_pieces(control))  # the same dense models
-    comparison.run_digits(control, control_folder, label=f"{label}/control-{name}",
+    comparison.run(control, control_folder, label=f"{label}/control-{name}",
                           print_report=False)
 
 
@@ -475,7 +496,7 @@ def _task_set_process(config: ml_collections.ConfigDict, workdir: str, task_set:
 def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
   """`run_task_set` for every task set, ``config.study.jobs`` processes at a time (in this
   process when one job or one task set)."""
-  task_sets = list(config.study.task_sets)
+  task_sets = list(_task_sets(config))
   if config.study.jobs == 1 or len(task_sets) == 1:
     for task_set in task_sets:
       run_task_set(config, workdir, task_set)

@@ -58,7 +58,7 @@ a smoke test of the whole study in under a minute.
 """
 import ml_collections
 
-from experiments.configs import digits
+from experiments.configs import digits, scenes
 from mmcompress import weighting
 
 # Every registered weighting, equal first (the baseline every method is paired with).
@@ -72,8 +72,24 @@ FAIR_SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
 CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_minmax")
 
 
+def _scenes_quick() -> ml_collections.ConfigDict:
+  """The study of another problem: scenes' quick preset (one seed, equal and min-max) at 40x,
+  every method at the base rate; the problem has no task sets, so one setting, scenes-40x."""
+  c = scenes.get_config("quick")
+  c.unlock()
+  del c["sparsity"]
+  c.study = ml_collections.ConfigDict({"task_sets": (), "sparsities": (0.975,), "jobs": 1,
+                                       "compilation_cache": True, "compress_clip_norms": (),
+                                       "tuning_seeds": ()})
+  c.lock()
+  return c
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """The fair study, or a preset: `quick`, `untuned`, `untuned_quick`, `tuned`."""
+  """The fair study, or a preset: `quick`, `untuned`, `untuned_quick`, `tuned`,
+  `scenes_quick`."""
+  if preset == "scenes_quick":
+    return _scenes_quick()
   c = digits.get_config("study")
   c.unlock()
   # A study sets these per setting, from config.study.
@@ -132,6 +148,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       c.study.compress_clip_norms = (0.0, 1.0)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}: use '', 'quick', 'untuned', "
-                     "'untuned_quick' or 'tuned'.")
+                     "'untuned_quick', 'tuned' or 'scenes_quick'.")
   c.lock()
   return c

@@ -24,7 +24,13 @@ References:
   Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on Connection Sensitivity",
   ICLR 2019 (the saliency |θ ⊙ ∂L/∂θ|).
   Molchanov, Mallya, Tyree, Frosio & Kautz, "Importance Estimation for Neural Network
-  Pruning", CVPR 2019 (first-order Taylor importance of a trained network).
+  Pruning", CVPR 2019 (first-order Taylor importance of a trained network). Theirs is the
+  square (θg)², averaged over minibatches; ours is |θg| (`taylor_scores`; the pipeline
+  averages it over calibration batches, `mmcompress.train.scoring`). On one batch both rank a
+  task's weights alike; averaged, the square leans on the batches with the largest changes,
+  the absolute value estimates the expected size of the loss change itself, in the units of
+  the task's loss. We keep the absolute value so that a score stays a loss change before the
+  tasks' normalisation; no squared variant is offered.
   Sun, Hassani, Wang, Huang & Shi, "DiSparse: Disentangled Sparsification for Multitask
   Model Compression", CVPR 2022 (`disparse_masks`).
 """
