@@ -311,7 +311,10 @@ def _cached(exp: Experiment, run_name: str,
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _files.write_json_atomically(path, result.to_json())
   logging.info("%s: %s%s", run_name, result.metrics, _ratios_text(result))
-  return result
+  # As a rerun would read it back (key-sorted JSON), so that the report a resumed run writes
+  # is byte for byte the report of a run that was never interrupted.
+  return records.RunResult.from_json(
+      json.loads(json.dumps(result.to_json(), sort_keys=True)), path)
 
 
 def _recorded_divergence(exp: Experiment, run_name: str) -> records.Diverged | None:

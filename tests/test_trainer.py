@@ -111,6 +111,25 @@ def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path, t
   assert whole.export["round_trip_exact"]
 
 
+@pytest.mark.slow
+def test_a_rerun_after_a_kill_writes_byte_identical_reports_and_exports(tmp_path, tiny_config):
+  config = tiny_config(**{"epochs.retrain": 1})
+  whole = tmp_path / "whole"
+  comparison.run(config, str(whole), print_report=False)
+  # A kill after the runs were recorded but before the report was written, and one run killed
+  # after its last checkpoint but before its result: the rerun reads the others back from
+  # their files, finishes that one from its checkpoint, and writes the report again.
+  cut = tmp_path / "cut"
+  shutil.copytree(whole, cut)
+  for name in ("report.json", "report.md", "seed0/minmax/result.json",
+               "models/seed0_minmax.npz"):
+    (cut / name).unlink()
+  comparison.run(config, str(cut), print_report=False)
+  for name in ("report.json", "report.md", "models/seed0_minmax.npz",
+               "models/seed0_equal.npz", "seed0/minmax/result.json"):
+    assert (cut / name).read_bytes() == (whole / name).read_bytes(), name
+
+
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, dense_run,
                                                                     tiny_experiment):
   trained, fresh = dense_run
