@@ -173,6 +173,11 @@ def saddle_point(descent: optax.GradientTransformation,
     `update` go to `descent` (e.g. ``task_weights`` for task-aware regrowth), which ignores
     them if it takes none.
   """
+  for name, tx in (("descent", descent), ("ascent", ascent)):
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+      raise TypeError(f"saddle_point's {name} must be an optax.GradientTransformation "
+                      f"(e.g. optax.sgd(0.1)), got {type(tx).__name__}.")
+
   def init_fn(params: Any) -> SaddlePointState:
     model, weights = _split(params, "params")
     return SaddlePointState(descent=descent.init(model), ascent=ascent.init(weights))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from mmcompress import _checks
@@ -17,6 +18,17 @@ def _as_vector(value: ArrayLike, name: str) -> jax.Array:
   if value.ndim != 1 or value.shape[0] < 1:
     raise ValueError(f"{name} must be a vector with one entry per task, got shape {value.shape}.")
   return value
+
+
+def _concrete(value: jax.Array) -> np.ndarray | None:
+  """`value`'s numbers when they are known now (outside jit), else None (a tracer)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  return np.asarray(value)
+
+
+# How far from the simplex concrete task weights may be (float32 rounding of a projection).
+_SIMPLEX_TOLERANCE = 1e-4
 
 
 def saddle_objective(task_losses: ArrayLike,
@@ -41,11 +53,18 @@ def saddle_objective(task_losses: ArrayLike,
   γ = 0 is the pure worst case (the maximising w is a vertex); γ → ∞ pins w at 1/K, which is
   equal weighting. The reference uses γ = 5.
 
+  Weights off the simplex: where the weights are concrete (outside jit) they must lie on it
+  (non-negative, summing to 1 within 1e-4) and the scales must be positive, else a
+  ValueError names them. Under jit the values cannot be seen and the formula is evaluated as
+  written, a linear function of w plus the quadratic pull: off the simplex it is no longer a
+  weighted mean of the losses, and a negative w_k rewards task k's loss. `simplex_ascent`
+  keeps the trainer's weights on the simplex.
+
   Args:
     task_losses: (K,) per-task losses L_k of the shared model (differentiable in W).
-    task_weights: (K,) task weights w, expected on the simplex.
+    task_weights: (K,) task weights w on the probability simplex.
     gamma: γ >= 0, the strength of the pull toward equal weights.
-    task_scales: optional (K,) per-task scales c_k; default all ones.
+    task_scales: optional (K,) positive per-task scales c_k; default all ones.
 
   Returns:
     The scalar objective.
@@ -68,6 +87,14 @@ def saddle_objective(task_losses: ArrayLike,
           f"task_scales has {task_scales.shape[0]} entries but task_losses has {num_tasks}: "
           "pass one scale per task.")
     task_losses = task_scales * task_losses
+  weights = _concrete(task_weights)
+  if weights is not None and (np.any(weights < -_SIMPLEX_TOLERANCE)
+                              or abs(float(np.sum(weights)) - 1.0) > _SIMPLEX_TOLERANCE):
+    raise ValueError(f"task_weights must lie on the probability simplex (non-negative, summing "
+                     f"to 1), got {weights.tolist()}; simplex_ascent keeps them there.")
+  scales = None if task_scales is None else _concrete(task_scales)
+  if scales is not None and not np.all(scales > 0):
+    raise ValueError(f"task_scales must be positive, got {scales.tolist()}.")
   spread = task_weights - 1.0 / num_tasks
   return jnp.dot(task_weights, task_losses) - 0.5 * gamma * jnp.dot(spread, spread)
 

@@ -369,6 +369,10 @@ def dynamic_sparse(inner: optax.GradientTransformation,
       raise ValueError(
           "params must be passed to dynamic_sparse(...).update(updates, state, params).")
     _checks.same_structure(updates, params, "updates", stacked=True)
+    if not isinstance(state, DynamicSparseState):
+      raise TypeError(f"state must be the DynamicSparseState of this transform's init, got "
+                      f"{type(state).__name__}.")
+    _checks.same_structure(state.masks, params, "state.masks (from init(params))")
     t, masks = state.count, state.masks
     inner_updates, inner_state = inner.update(masks_lib.mask_tree(updates, masks),
                                               state.inner_state,

@@ -58,6 +58,14 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     structure of `params` and every leaf a leading axis of K: ``grads[k]`` is the gradient
     of ``values[k]``.
 
+  Non-finite tasks: the K rows come from one backward pass in which task k's row carries a
+  zero cotangent for every other task. Where task j's value or partial derivatives are not
+  finite (a log of 0, an overflow), 0 · ∞ = NaN, so every row may be NaN at each parameter
+  that task j's value depends on; at the parameters it does not depend on the other rows
+  stay exact (tested in ``tests/test_edges.py``). Nothing is hidden: the trainer checks every
+  step's task losses and parameters and records a run whose task loss or parameters stop
+  being finite as diverged, naming the task.
+
   >>> values, grads = per_task_grads(lambda p: jnp.stack([p ** 2, 3 * p]), jnp.array(2.0))
   >>> grads.tolist()
   [4.0, 3.0]
@@ -66,6 +74,11 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
   else:
     values, vjp_fn = jax.vjp(fn, params)
+  if not hasattr(values, "shape"):
+    raise TypeError(
+        f"per_task_grads needs fn to return a (K,) array of task objectives, got a "
+        f"{type(values).__name__}: stack K scalars with jnp.stack, or pass has_aux=True if fn "
+        "returns (values, aux).")
   if jnp.ndim(values) != 1:
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
                      f"got shape {jnp.shape(values)}.")
