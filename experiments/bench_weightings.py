@@ -168,22 +168,25 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def check_arguments(models: Sequence[str], methods: Sequence[str],
+                    setups: dict[str, benchmark.Setup], batch_size: int | None,
+                    steps: int | None, rounds: int | None, warmup: int | None,
+                    json_out: str | None) -> None:
+  """`benchmark.check_arguments`, the methods and the output file: a `UserError` before
+  any compute."""
+  launch.check_output_file(json_out, "json_out")
+  for m in methods:
+    _checks.one_of(m, tuple(weighting.WEIGHTINGS), "--methods entry")
+  benchmark.check_arguments(models, setups, batch_size, steps, rounds, warmup)
+
+
 def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benchmark.Setup],
         batch_size: int | None = None, steps: int | None = None, rounds: int | None = None,
         warmup: int | None = None, json_out: str | None = None,
         out: Any = sys.stdout) -> list[dict[str, Any]]:
   """Benchmarks `methods` on every model of `models`; prints a table per model."""
-  unknown = [m for m in models if m not in setups]
-  if not models or unknown:
-    raise _checks.UserError(f"models must name some of {sorted(setups)}, got {list(models)}.")
-  for m in methods:
-    _checks.one_of(m, tuple(weighting.WEIGHTINGS), "methods entry")
+  check_arguments(models, methods, setups, batch_size, steps, rounds, warmup, json_out)
   methods = [BASELINE] + [m for m in methods if m != BASELINE]
-  mesh = parallel.data_mesh()
-  for name in models:
-    parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
-                              mesh)
-  benchmark.check_counts(steps, rounds, warmup)
   results = []
   for name in models:
     print(f"{name}: {setups[name].description}, {len(methods)} methods ...", file=out,
@@ -222,11 +225,14 @@ def main(argv: Sequence[str]) -> None:
   setups, _ = benchmark.platform_setups(jax.default_backend(), full=FLAGS.full)
   models = [m for m in FLAGS.models if m != "vgg16"] if not FLAGS["models"].present else (
       FLAGS.models)
+  methods = _METHODS.value or list(weighting.WEIGHTINGS)
+  check_arguments(models, methods, setups, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds,
+                  FLAGS.warmup, FLAGS.json_out)  # before the sizes line
   which = "full" if setups is benchmark.SETUPS else "small, for a CPU; --full for the full ones"
   print(f"Sizes ({which}): " + ", ".join(
       f"{m} batch {setups[m].batch_size} x {setups[m].steps} steps x {setups[m].rounds} rounds"
       for m in models if m in setups) + ".", flush=True)
-  run(models, _METHODS.value or list(weighting.WEIGHTINGS), setups=setups,
+  run(models, methods, setups=setups,
       batch_size=FLAGS.batch_size, steps=FLAGS.steps, rounds=FLAGS.rounds,
       warmup=FLAGS.warmup, json_out=FLAGS.json_out)
 

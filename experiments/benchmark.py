@@ -250,6 +250,22 @@ def check_counts(steps: int | None, rounds: int | None, warmup: int | None) -> N
                             f"rounds={rounds}, warmup={warmup}.")
 
 
+def check_arguments(models: Sequence[str], setups: dict[str, Setup], batch_size: int | None,
+                    steps: int | None, rounds: int | None, warmup: int | None) -> None:
+  """Raises a `UserError` for models not in `setups`, a batch size that is not a positive
+  multiple of the devices, or counts out of range: every check before the first compute."""
+  unknown = [m for m in models if m not in setups]
+  if not models or unknown:
+    raise _checks.UserError(f"--models must name some of {sorted(setups)}, got {list(models)}.")
+  if batch_size is not None and batch_size < 1:
+    raise _checks.UserError(f"--batch_size must be >= 1, got {batch_size}.")
+  mesh = parallel.data_mesh()
+  for name in models:
+    parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
+                              mesh)
+  check_counts(steps, rounds, warmup)
+
+
 @dataclasses.dataclass
 class Bench:
   """One model's steps, ready to time: the steps by kind, their current states, the batch.
@@ -462,14 +478,8 @@ def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | No
   other size arguments override them when not None.
   """
   setups = SETUPS if setups is None else setups
-  unknown = [m for m in models if m not in setups]
-  if not models or unknown:
-    raise _checks.UserError(f"models must name some of {sorted(setups)}, got {list(models)}.")
-  mesh = parallel.data_mesh()
-  for name in models:  # every check before the first model's compute
-    parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
-                              mesh)
-  check_counts(steps, rounds, warmup)
+  check_arguments(models, setups, batch_size, steps, rounds, warmup)
+  launch.check_output_file(json_out, "json_out")
   results = []
   for name in models:
     print(f"{name}: {setups[name].description} ...", file=out, flush=True)
@@ -517,6 +527,7 @@ _GRID_SEEDS = flags.DEFINE_integer("grid_seeds", 5, "Seeds of each variant for -
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  launch.check_output_file(_JSON_OUT.value, "json_out")
   if (_SEEDS.value or _GRID.value) and not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # whole comparisons: orbax's INFO lines
   if _SEEDS.value:
@@ -530,6 +541,8 @@ def main(argv: Sequence[str]) -> None:
     bench_grid.run(_GRID_SEEDS.value, json_out=_JSON_OUT.value)
     return
   setups, sizing = platform_setups(jax.default_backend(), full=_FULL.value)
+  check_arguments(_MODELS.value, setups, _BATCH_SIZE.value, _STEPS.value, _ROUNDS.value,
+                  _WARMUP.value)  # before the sizes line: a mistake is the only line
   print(sizing, flush=True)
   run(_MODELS.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value, rounds=_ROUNDS.value,
       warmup=_WARMUP.value, control=_CONTROL.value, json_out=_JSON_OUT.value, setups=setups)

@@ -12,9 +12,11 @@ which works from an installed package as well as from the source tree. The sourc
 path of a shipped config, ``experiments/configs/NAME.py[:PRESET]``, also finds the shipped
 copy when the current folder holds no such file.
 """
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags, logging
 
@@ -62,14 +64,23 @@ def resolve_config(value: str) -> str:
       "(e.g. --config=digits:quick).")
 
 
+# Each resolved --config value -> the value the user typed, so that an error names what they
+# typed (``digits:nope``), not the installed file it resolved to.
+_TYPED: dict[str, str] = {}
+
+
 def _resolve_config_flag(argv: Sequence[str]) -> list[str]:
   """`argv` with the value of every ``--config`` resolved by `resolve_config`."""
   argv, i = list(argv), 1
   while i < len(argv) and argv[i] != "--":
     if argv[i].startswith("--config="):
-      argv[i] = "--config=" + resolve_config(argv[i][len("--config="):])
+      typed = argv[i][len("--config="):]
+      argv[i] = "--config=" + resolve_config(typed)
+      _TYPED.setdefault(argv[i][len("--config="):], typed)  # (resolved twice: the first)
     elif argv[i] == "--config" and i + 1 < len(argv):
-      argv[i + 1] = resolve_config(argv[i + 1])
+      typed = argv[i + 1]
+      argv[i + 1] = resolve_config(typed)
+      _TYPED.setdefault(argv[i + 1], typed)
       i += 1
     i += 1
   return argv
@@ -88,6 +99,8 @@ def one_line(error: BaseException) -> str:
     message = message.replace("\\n", " ").replace("\\'", "'")
     message = (f"the config has no field {message} (it is locked: every --config.X must "
                "name one of its fields; the config file lists them).")
+  for resolved, typed in _TYPED.items():
+    message = message.replace(resolved, typed)
   lines = [line.strip() for line in message.splitlines() if line.strip()]
   if any(line.startswith("Traceback") for line in lines):
     head = lines[0].replace("Error whilst parsing config file:", "").rstrip(" :")
@@ -107,6 +120,40 @@ def _program() -> str:
   main = sys.modules.get("__main__")
   spec = getattr(main, "__spec__", None)
   return spec.name if spec is not None else os.path.basename(sys.argv[0])
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+  """Raises a `UserError` unless `path` (a ``--FLAG`` naming a file to write) can be written:
+  its folder exists and is writable, and it is not a folder. Checked before any compute, so
+  a mistyped path never loses a finished benchmark's results."""
+  if not path:
+    return
+  if os.path.isdir(path):
+    raise _checks.UserError(f"--{flag}={path} is a folder: name a file, e.g. {path}/out.json.")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise _checks.UserError(f"--{flag}={path}: the folder {os.path.dirname(path) or '.'} does "
+                            "not exist; create it first or name a file in an existing folder.")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise _checks.UserError(f"--{flag}={path}: the folder {os.path.dirname(path) or '.'} is not "
+                            "writable.")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the entry points without absl flags: a mistake is one line on stderr,
+  ``PROGRAM: error: WHAT``, and exit status 2 (argparse's own would print its usage first)."""
+
+  def error(self, message: str):  # pylint: disable=useless-return
+    exit_with_user_error(self.prog, message)
+
+
+def run_argparse_main(main: Callable[[list[str] | None], Any], program: str,
+                      argv: list[str] | None = None) -> Any:
+  """``main(argv)`` with a `UserError` it raises as one line and exit status 2."""
+  try:
+    return main(argv)
+  except _checks.UserError as error:
+    exit_with_user_error(program, error)
 
 
 def define_flags(config_name: str):

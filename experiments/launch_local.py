@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+
+from experiments import launch as launch_lib
 
 PROGRAM = "experiments.launch_local"
 # What `mmcompress.train.parallel.maybe_initialize_distributed` reads (its NUM_PROCESSES_ENV
@@ -125,7 +128,7 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int,
 
 
 def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
+  parser = launch_lib.ArgumentParser(
       prog=PROGRAM, description="Runs COMMAND as several JAX processes on this machine.",
       usage=f"python -m {PROGRAM} [--processes=N] [--devices_per_process=D] "
             "[--grace_s=S] -- COMMAND...")
@@ -143,6 +146,9 @@ def main(argv: Sequence[str]) -> int:
     parser.error("--processes and --devices_per_process must be >= 1")
   if args.grace_s < 0:
     parser.error("--grace_s must be >= 0")
+  if shutil.which(command[0]) is None:
+    parser.error(f"no such command {command[0]!r} (not a file nor on PATH): give the command "
+                 "after --, e.g. -- python -m experiments.digits ...")
   return launch(command, args.processes, args.devices_per_process, args.grace_s)
 
 

@@ -10,11 +10,11 @@ trains no epoch). The validation loss of the dense pretraining is drawn dashed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 
+from experiments import launch
 from mmcompress import _files
 
 _STAGES = {"dense": ("pretrain",), "equal": ("reweight", "retrain"),
@@ -89,13 +89,23 @@ def draw(workdir: str | os.PathLike, path: str | os.PathLike,
   return path
 
 
+PROGRAM = "experiments.scenes_curves"
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = launch.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", default=os.path.join("docs", "scenes_losses.png"))
   args = parser.parse_args(argv)
+  if not os.path.isfile(os.path.join(args.workdir, "config.json")):
+    parser.error(f"--workdir {args.workdir} holds no run (no config.json): name the workdir "
+                 "of a scenes run, e.g. runs/scenes.")
+  if not os.path.isdir(os.path.join(args.workdir, "axis")):
+    parser.error(f"--workdir {args.workdir} holds no training records yet (no axis/ folder): "
+                 "run or resume it first.")
+  launch.check_output_file(args.out, "out")
   print(draw(args.workdir, args.out))
 
 
 if __name__ == "__main__":
-  main()
+  launch.run_argparse_main(main, PROGRAM)

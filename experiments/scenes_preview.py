@@ -8,11 +8,11 @@ nearer, invalid pixels black); the normals as RGB = (n + 1) / 2 (invalid pixels 
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
+from experiments import launch
 from mmcompress import _files
 from mmcompress.problems.scenes import data, render
 
@@ -54,14 +54,22 @@ def draw(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> str:
   return path
 
 
+PROGRAM = "experiments.scenes_preview"
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = launch.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=os.path.join("docs", "scenes.png"))
   parser.add_argument("--count", type=int, default=4)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  if args.count < 1:
+    parser.error(f"--count must be >= 1 (the scenes to draw), got {args.count}.")
+  if args.seed < 0:
+    parser.error(f"--seed must be >= 0, got {args.seed}.")
+  launch.check_output_file(args.out, "out")
   print(draw(data.generate("train", args.count, seed=args.seed), args.out))
 
 
 if __name__ == "__main__":
-  main()
+  launch.run_argparse_main(main, PROGRAM)

@@ -52,8 +52,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   del argv
   gammas = [_checks.non_negative(g, "--gammas entry") for g in _GAMMAS.value]
-  rows = []
+  if not gammas or not _EVERY.value:
+    raise _checks.UserError("--gammas and --every need at least one value each.")
+  runs = []
   for every in _EVERY.value:
+    _checks.one_of(every, ("step", "epoch"), "--every entry")
     for gamma in gammas:
       config = _CONFIG.value.copy_and_resolve_references()
       with config.unlocked():
@@ -62,11 +65,16 @@ def main(argv):
         config.minmax.every = every
         config.quiet = True
       workdir = os.path.join(_WORKDIR.value, f"gamma{gamma:g}_{every}")
-      report = comparison.run(config, workdir, print_report=False)
-      equal = val_worst_retention(report, workdir, "equal")
-      minmax = val_worst_retention(report, workdir, "minmax")
-      diff = np.subtract(minmax, equal)
-      rows.append((gamma, every, np.mean(minmax), np.mean(equal), diff))
+      comparison.validate(config)  # every run checked before the first one's compute
+      comparison.refuse_other_run(config, workdir)
+      runs.append((gamma, every, config, workdir))
+  rows = []
+  for gamma, every, config, workdir in runs:
+    report = comparison.run(config, workdir, print_report=False)
+    equal = val_worst_retention(report, workdir, "equal")
+    minmax = val_worst_retention(report, workdir, "minmax")
+    diff = np.subtract(minmax, equal)
+    rows.append((gamma, every, np.mean(minmax), np.mean(equal), diff))
   print("gamma  every  val worst-task retention: minmax  equal  paired diff mean [min, max]")
   for gamma, every, mm, eq, diff in rows:
     print(f"{gamma:5g}  {every:5s}  {mm:.4f}  {eq:.4f}  {diff.mean():+.4f} "

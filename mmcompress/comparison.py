@@ -44,7 +44,7 @@ import numpy as np
 
 from mmcompress import _checks, _files, export, problems, report as report_lib
 from mmcompress import progress as progress_lib, records, sparsity, weighting
-from mmcompress.models import create_model
+from mmcompress.models import MODEL_NAMES, create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import loop, parallel, run_axis, scoring
@@ -485,6 +485,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.methods is empty: name at least one of "
                      f"{list(weighting.WEIGHTINGS)}.")
   stages_lib.check_stage_order(config.stages)
+  _checks.one_of(config.model, MODEL_NAMES, "config.model")
   _checks.sparsity(config.sparsity, "config.sparsity")
   _checks.one_of(config.scope, ("layer", "global"), "config.scope")
   masks_lib.parse_structure(config.structure)  # "unstructured", "filter" or a valid "n:m"
@@ -540,18 +541,49 @@ def _fill_if_off(saved: dict[str, Any], current: Mapping[str, Any], path: tuple[
     saved[field] = off
 
 
+def _check_workdir_path(workdir: str) -> None:
+  """Raises a `UserError` unless `workdir` is a folder this process can write in, or can be
+  made one (its nearest existing parent is a writable folder); creates nothing."""
+  if os.path.exists(workdir):
+    if not os.path.isdir(workdir):
+      raise _checks.UserError(f"--workdir {workdir} is a file, not a folder: name a folder.")
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise _checks.UserError(f"--workdir {workdir} is not writable: name a folder you can "
+                              "write in.")
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise _checks.UserError(f"--workdir {workdir} lies under {parent}, which is a file: name "
+                            "a folder.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise _checks.UserError(f"--workdir {workdir} cannot be created: {parent} is not "
+                            "writable; name a folder you can write in.")
+
+
 def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """Raises a `UserError` if `workdir` holds a run with a different config.
+  """Raises a `UserError` if `workdir` holds a run with a different config (or cannot be a
+  workdir: a file, under a file, not writable, a ``config.json`` that is not a run's).
 
   Returns:
     Whether `workdir` holds a run (with this config: it resumes).
   """
+  _check_workdir_path(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return False
   current = json.loads(config.to_json())
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as error:
+    raise _checks.UserError(
+        f"{path} is not a run's record (not JSON: {error}); use another --workdir, or "
+        "remove that file if the folder is yours to reuse.") from None
+  if not isinstance(saved, dict):
+    raise _checks.UserError(f"{path} is not a run's record (not a JSON object); use another "
+                            "--workdir.")
   # A run recorded before configs named their problem ran the one its config's fields
   # describe, the one `config.problem` names now: not a difference.
   saved.setdefault("problem", current.get("problem"))
@@ -759,9 +791,17 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  check_workdir(config, workdir)
+  # Everything that can refuse the run (its data, its model, the task scales against the
+  # tasks) before the workdir records it: a refused run leaves the workdir as it was.
   problem = (problem or problems.get(config.problem).from_config)(config)
-  model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
+  with _checks.as_user_error():
+    model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
+  if config.task_scales and len(config.task_scales) != problem.num_tasks:
+    raise _checks.UserError(
+        f"config.task_scales has {len(config.task_scales)} entries but the problem has "
+        f"{problem.num_tasks} tasks ({', '.join(problem.task_names)}): give one scale per "
+        "task, or () for all 1.")
+  check_workdir(config, workdir)
   quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
            or not parallel.is_primary())
   progress = progress_lib.Progress(quiet, workdir, problem.task_names,

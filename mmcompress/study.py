@@ -108,6 +108,9 @@ def _validate_study(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.study.task_sets is empty: name at least one, e.g. ('classify',).")
   if not study.sparsities:
     raise ValueError("config.study.sparsities is empty: give at least one, e.g. (0.975,).")
+  module = problems.get(config.problem)
+  for task_set in study.task_sets if has_task_sets(config) else ():
+    module.data.check_task_set(task_set, "config.study.task_sets entry")
   for name, values in (("task_sets", study.task_sets), ("sparsities", study.sparsities)):
     if len(set(values)) != len(values):
       raise ValueError(f"config.study.{name} names one twice: {tuple(values)}.")

@@ -69,6 +69,80 @@ def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path, st
   assert json.loads((other / "config.json").read_text()) == {"sparsity": 0.5}
 
 
+# Every entry point's user errors: (module, arguments, fragments of the one line). In the
+# arguments, {w} is a fresh workdir (it must be left as it was: absent), {file} an existing
+# file, {empty} an empty folder, {run} a folder with a config.json and nothing else.
+ENTRY_POINT_ERRORS = (
+    ("experiments.digits", "--config.model=nope --workdir={w}", ("config.model", "nope")),
+    ("experiments.digits", "--config.task_scales=(1.0,2.0) --workdir={w}",
+     ("config.task_scales has 2 entries", "4 tasks")),
+    ("experiments.digits", "--workdir={file}", ("is a file",)),
+    ("experiments.digits", "--workdir={file}/sub", ("which is a file",)),
+    ("experiments.digits", "--config=digits:nope --workdir={w}", ("--config=digits:nope",)),
+    ("experiments.digits", "--workdir={corrupt}", ("is not a run's record",)),
+    ("experiments.cifar100", "--workdir={w}", ("config.data_dir is empty",)),
+    ("experiments.cifar100", "--config.data_dir={w}x --workdir={w}", ("does not exist",)),
+    ("experiments.cifar100", "--config.data_dir={empty} --workdir={w}", ("is not prepared",)),
+    ("experiments.scenes", "--config.data_dir={file}/cache --workdir={w}", ("scenes cache",)),
+    ("experiments.scenes", "--config.seeds=() --workdir={w}", ("config.seeds is empty",)),
+    ("experiments.scenes", "--config.sparsity=1.5 --workdir={w}", ("config.sparsity",)),
+    ("experiments.study", "--config.study.task_sets=('nope',) --workdir={w}",
+     ("config.study.task_sets entry",)),
+    ("experiments.study", "--config.study.tuning_seeds=(0,) --workdir={w}", ("share [0]",)),
+    ("experiments.study", "--config.study.sparsities=() --workdir={w}",
+     ("config.study.sparsities is empty",)),
+    ("experiments.benchmark", "--batch_size=0", ("--batch_size must be >= 1",)),
+    ("experiments.benchmark", "--json_out=missing/x.json", ("the folder missing does not exist",)),
+    ("experiments.benchmark", "--models=nope", ("--models must name some of",)),
+    ("experiments.bench_weightings", "--steps=0", ("steps >= 1",)),
+    ("experiments.bench_weightings", "--methods=nope", ("--methods entry",)),
+    ("experiments.bench_weightings", "--json_out={empty}", ("is a folder",)),
+    ("experiments.launch_local", "", ("no command",)),
+    ("experiments.launch_local", "-- /no/such/command", ("no such command",)),
+    ("experiments.launch_local", "--processes=0 -- python", ("--processes",)),
+    ("experiments.gpu_check", "--steps=0", ("--steps",)),
+    ("experiments.gpu_check", "--nope", ("nope",)),
+    ("experiments.gpu_check", "extra", ("unexpected arguments",)),
+    ("experiments.tune_minmax", "--gammas=abc --workdir={w}", ("--gammas entry",)),
+    ("experiments.tune_minmax", "--every=never --workdir={w}", ("--every entry",)),
+    ("experiments.tune_minmax", "--config.model=nope --workdir={w}", ("config.model",)),
+    ("experiments.scenes_curves", "--workdir={w}", ("holds no run",)),
+    ("experiments.scenes_curves", "--workdir={run}", ("no training records",)),
+    ("experiments.scenes_curves", "", ("--workdir",)),
+    ("experiments.scenes_preview", "--count=-1", ("--count must be >= 1",)),
+    ("experiments.scenes_preview", "--seed=-1", ("--seed must be >= 0",)),
+    ("experiments.scenes_preview", "--out=missing/x.png", ("does not exist",)),
+)
+
+
+@pytest.mark.slow
+def test_every_entry_point_answers_a_user_error_in_one_line_writing_nothing(tmp_path,
+                                                                            start_module):
+  # Run from outside the source tree, as a user of the installed package would.
+  places = {"file": tmp_path / "a_file", "empty": tmp_path / "empty", "run": tmp_path / "run",
+            "corrupt": tmp_path / "corrupt"}
+  places["file"].write_text("not a folder")
+  for name in ("empty", "run", "corrupt"):
+    places[name].mkdir()
+  (places["run"] / "config.json").write_text("{}")
+  (places["corrupt"] / "config.json").write_text("{not json")
+  before = sorted(p.name for p in tmp_path.iterdir())
+  cases = list(enumerate(ENTRY_POINT_ERRORS))
+  for start in range(0, len(cases), 6):  # six processes at a time
+    waits = []
+    for i, (module, args, _) in cases[start:start + 6]:
+      args = args.format(w=tmp_path / f"w{i}", **places)
+      waits.append(start_module(module, *args.split(), cwd=tmp_path))
+    for wait, (i, (module, args, fragments)) in zip(waits, cases[start:start + 6]):
+      done = wait()
+      assert_one_line_user_error(done, *fragments)
+      assert done.stderr.startswith(module + ": error:"), (module, args, done.stderr)
+  # Nothing written: no workdir, no output file, the files as they were.
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+  assert (places["corrupt"] / "config.json").read_text() == "{not json"
+  assert not any(places["empty"].iterdir())
+
+
 def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path, start_python):
   script = ("import sys\nfrom experiments import launch\nfrom mmcompress import _checks\n"
             "def main(argv):\n"

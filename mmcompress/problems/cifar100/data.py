@@ -24,6 +24,7 @@ Data flow, all NumPy on the host:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 import os
@@ -32,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from absl import logging as absl_logging
 
 from mmcompress import _checks
 
@@ -241,6 +243,18 @@ def _prepare_hint(data_dir: str | None) -> str:
       "pass it as --config.data_dir (here: the data_dir argument).")
 
 
+@contextlib.contextmanager
+def _tfds_quiet() -> Iterator[None]:
+  """TFDS' absl warnings (a folder without ``dataset_info.json``, ...) held back while it is
+  probed: what is wrong is said once, in the error, not in two warnings before it."""
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(previous)
+
+
 def open_source(split: str, data_dir: str | os.PathLike[str] | None = None) -> Sequence[Any]:
   """Opens a split of the prepared TFDS ``cifar100`` data set for random access.
 
@@ -266,16 +280,21 @@ def open_source(split: str, data_dir: str | os.PathLike[str] | None = None) -> S
   if not isinstance(split, str) or split.split("[", 1)[0].strip() not in _SPLITS:
     raise _checks.UserError(f"split must be 'train' or 'test' (optionally sliced), got {split!r}.")
   directory = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
+  if directory is not None and not os.path.isdir(directory):
+    raise _checks.MissingDataError(
+        f"CIFAR-100: the data directory {directory} does not exist. {_prepare_hint(directory)}")
   try:
-    # download=False: a missing data set must fail here, not start a download.
-    return tfds.data_source("cifar100", split=split, data_dir=directory, download=False)
+    with _tfds_quiet():
+      # download=False: a missing data set must fail here, not start a download.
+      return tfds.data_source("cifar100", split=split, data_dir=directory, download=False)
   except (KeyError, NotImplementedError, ValueError, FileNotFoundError) as error:
     # TFDS reports a missing data set obliquely (an empty split dict, or the default file
     # format being unsupported): ask the builder, and let any other failure through as it is.
-    builder = tfds.builder("cifar100", data_dir=directory)
-    if builder.is_prepared() and "array_record" in {
-        getattr(f, "value", f) for f in builder.info.available_file_formats()}:
-      raise
+    with _tfds_quiet():
+      builder = tfds.builder("cifar100", data_dir=directory)
+      if builder.is_prepared() and "array_record" in {
+          getattr(f, "value", f) for f in builder.info.available_file_formats()}:
+        raise
     where = builder.data_dir
     raise _checks.MissingDataError(
         f"CIFAR-100 (TFDS 'cifar100', array_record) is not prepared in {where}. "
