@@ -132,37 +132,46 @@ def test_tuning_refuses_variants_that_cannot_be_compared():
     leaderboard.tune({"clip-0": _report({"equal": [0.9, 0.9]}, seeds), "clip-1": one})
 
 
-def test_the_headline_family_is_holm_over_every_method_against_equal_in_every_setting():
+def test_the_headline_family_is_one_comparison_per_method_over_every_setting_with_holm():
   draw = np.random.default_rng(3)
-  reports = {name: _report({m: list(0.9 + draw.normal(0, 0.02, 6)) for m in
-                            ("equal", "a", "b", "c")}) for name in ("one", "two", "three")}
-  reports["two"]["methods"]["a"]["per_seed"] = [
-      dict(r, worst_task_retention=r["worst_task_retention"] + 0.2)
-      for r in reports["two"]["methods"]["a"]["per_seed"]]  # a sweep: p = 2/64 there
-  board = leaderboard.build(reports)
+  methods = ("equal", "a", "b", "c", "control")
+  values = {name: {m: list(0.9 + draw.normal(0, 0.02, 6)) for m in methods}
+            for name in ("one", "two", "three")}
+  values["two"]["a"] = [v + 0.2 for v in values["two"]["equal"]]  # +0.2 in one setting
+  values["three"]["b"][2] = None  # b diverged on seed 2 there: retention 0
+  reports = {name: _report(v) for name, v in values.items()}
+  board = leaderboard.build(reports, controls=["control"])
   family = board["family"]
   assert family["against"] == "equal" and family["adjustment"] == "holm"
-  assert sorted(family["comparisons"]) == sorted(f"{n}/{m}" for n in reports for m in "abc")
-  p_values = {f"{n}/{m}": board["settings"][n]["methods"][m]["minus_equal"]["p_value"]
-              for n in reports for m in "abc"}
-  family_p = {f"{n}/{m}": board["settings"][n]["methods"][m]["minus_equal"]["p_family"]
-              for n in reports for m in "abc"}
-  # Against a step-down by hand over the nine comparisons (tests/test_study.py's), at several
-  # levels: the family rejects exactly what the step-down rejects.
-  for alpha in (0.05, 0.1, 0.3, 0.5):
+  assert sorted(family["comparisons"]) == ["a", "b", "c"]  # not equal, not the control
+  # By hand: per seed the difference from equal averaged over the three settings, a seed
+  # within one test example (0.01: dense 1, 100 test examples) tied, the others into a
+  # two-sided binomial test (scipy), then Holm's step-down by brute force.
+  p_values = {}
+  for m in "abc":
+    diffs = np.mean([[(v or 0.0) - e for v, e in zip(values[n][m], values[n]["equal"])]
+                     for n in values], axis=0)
+    pair = family["comparisons"][m]
+    np.testing.assert_allclose(pair["differences"], diffs, atol=1e-12)
+    better, worse = int(np.sum(diffs > 0.01)), int(np.sum(diffs < -0.01))
+    assert (pair["better"], pair["worse"], pair["tied"]) == (better, worse, 6 - better - worse)
+    p_values[m] = stats.binomtest(better, better + worse).pvalue if better + worse else 1.0
+    assert pair["p_value"] == pytest.approx(p_values[m])
+  # a is +0.2 / 3 on every seed over the settings: a 6/0/0 sweep, p = 2/64.
+  assert family["comparisons"]["a"]["better"] == 6
+  for alpha in (0.05, 0.1, 0.3, 0.5, 1.0):
     order = sorted(p_values, key=p_values.get)
     rejected = set()
     for i, key in enumerate(order):
       if p_values[key] > alpha / (len(order) - i):
         break
       rejected.add(key)
-    assert {k for k, v in family_p.items() if v <= alpha} == rejected
-  # Nine comparisons: the sweep's 2/64 becomes 9 · 2/64 over the family, not 3 · 2/64.
-  assert family_p["two/a"] == pytest.approx(min(1.0, 9 * 2 / 64))
-  assert board["settings"]["two"]["methods"]["a"]["minus_equal"]["p_holm"] == pytest.approx(
-      3 * 2 / 64)
+    assert {m for m, c in family["comparisons"].items() if c["p_family"] <= alpha} == rejected
+  # Three comparisons, not nine: the sweep's 2/64 becomes at most 3 · 2/64 = 0.094.
+  assert family["comparisons"]["a"]["p_family"] == pytest.approx(3 * 2 / 64)
   text = leaderboard.to_markdown(board)
-  assert "9 comparisons, Holm's adjustment over all of them at once" in text
+  assert "## The headline: every method against equal, over every setting" in text
+  assert "One comparison per method, 3 in all, Holm's adjustment over them" in text
   assert "p (Holm in setting)" in text
 
 
