@@ -27,13 +27,13 @@ weights stop being finite is frozen while the others go on, and writes ``diverge
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -47,7 +47,7 @@ from mmcompress import progress as progress_lib, records, sparsity, weighting
 from mmcompress.models import MODEL_NAMES, create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import loop, parallel, run_axis, scoring
+from mmcompress.train import clock as clock_lib, loop, parallel, run_axis, scoring
 from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
 
 
@@ -68,6 +68,7 @@ class Experiment:
   workdir: str
   log: Callable[[str, str, int, loop.EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
+  clock: clock_lib.Clock | None = None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -200,7 +201,7 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
         eval_step=exp.axis_eval_steps[sharded, len(chunk) == 1], mesh=exp.mesh,
         eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
         directory=directory if len(chunks) == 1 else os.path.join(directory, f"chunk{k}"),
-        sharded=sharded, log=log, on_checkpoint=exp.on_checkpoint)
+        sharded=sharded, log=log, on_checkpoint=exp.on_checkpoint, clock=exp.clock)
     states, bests, recs, stopped = loop.train_stage(ctx, run_axis.stack([s for _, s in built]))
     # On the host: each run's share is then indexed without compiling anything.
     states, bests = jax.device_get((states, bests))
@@ -233,8 +234,9 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
   placed = parallel.replicate((best["params"], best["model_state"]), exp.mesh)
-  test, val = (loop.evaluate(problem, exp.eval_step, *placed, split, exp.mesh,
-                             cfg.eval_batch_size) for split in ("test", "val"))
+  with clock_lib.measure(exp.clock, "evaluation"):
+    test, val = (loop.evaluate(problem, exp.eval_step, *placed, split, exp.mesh,
+                               cfg.eval_batch_size) for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
   return records.RunResult(
       metrics=test["metrics"],
@@ -777,7 +779,8 @@ def _divergence_notes(diverged: list[dict]) -> list[str]:
 
 def _experiment(config: ml_collections.ConfigDict, workdir: str,
                 problem: Callable[[ml_collections.ConfigDict], Problem] | None,
-                on_checkpoint: Callable[[str, int], None] | None, label: str = ""
+                on_checkpoint: Callable[[str, int], None] | None, label: str = "",
+                clock: clock_lib.Clock | None = None
                 ) -> tuple[Experiment, progress_lib.Progress]:
   """The experiment of a checked config on this host's devices, and its progress log.
 
@@ -809,7 +812,7 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
                                    plan=progress_lib.planned_epochs(config),
                                    epoch_lines=config.epoch_lines, label=label)
   exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
-                   workdir=workdir, log=progress, on_checkpoint=on_checkpoint)
+                   workdir=workdir, log=progress, on_checkpoint=on_checkpoint, clock=clock)
   return exp, progress
 
 
@@ -844,7 +847,8 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         problem: Callable[[ml_collections.ConfigDict], Problem] | None = None,
         on_checkpoint: Callable[[str, int], None] | None = None,
-        print_report: bool = True, label: str = "") -> dict:
+        print_report: bool = True, label: str = "",
+        clock: clock_lib.Clock | None = None) -> dict:
   """Runs the whole comparison described by `config` in `workdir` and returns the report.
 
   With a grid of several variants (``config.grid``) every variant gets a report of its own
@@ -859,12 +863,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     problem: builds the data set and its tasks from the config (and checks the data first);
       by default the ``from_config`` of the problem that ``config.problem`` names.
     on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
-    print_report: print the Markdown report at the end.
+    print_report: print the Markdown report at the end, and where this call's wall time
+      went (`clock.Clock.line`).
     label: printed before every progress line (`mmcompress.study` runs several at once).
+    clock: an open `clock.Clock` to measure on (the study's); by default this call's own.
   """
   validate(config)
-  started = time.time()
-  exp, progress = _experiment(config, workdir, problem, on_checkpoint, label)
+  with contextlib.ExitStack() as stack:
+    clock = clock or stack.enter_context(clock_lib.Clock())
+    report = _run_and_write(config, workdir, problem, on_checkpoint, print_report, label,
+                            clock)
+    if print_report:
+      print(f"(this call: {clock.line()}; a call that resumed from checkpoints is shorter "
+            "than a full run)", file=sys.stderr, flush=True)
+  return report
+
+
+def _run_and_write(config: ml_collections.ConfigDict, workdir: str,
+                   problem: Callable[[ml_collections.ConfigDict], Problem] | None,
+                   on_checkpoint: Callable[[str, int], None] | None, print_report: bool,
+                   label: str, clock: clock_lib.Clock) -> dict:
+  """`run`'s runs and its report files."""
+  exp, progress = _experiment(config, workdir, problem, on_checkpoint, label, clock)
   try:
     dense, methods = _run_all(exp, progress)
   finally:
@@ -885,6 +905,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if print_report:
     with open(markdown) as f:
       print(f.read(), flush=True)
-    print(f"(this call took {time.time() - started:.0f} s; a call that resumed from "
-          "checkpoints is shorter than a full run)", file=sys.stderr)
   return report

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
-from mmcompress.train import stages as stages_lib, variants as variants_lib
+from mmcompress.train import clock as clock_lib, stages as stages_lib, variants as variants_lib
 
 
 class Setting(NamedTuple):
@@ -348,19 +348,22 @@ def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str)
   one's dense models."""
   if config.study.compilation_cache:
     use_compilation_cache(os.path.join(workdir, "jax_cache"))
-  if not variants(config):
-    _run_settings(config, workdir, task_set)
-    return
-  first = None
-  for name, clip in variants(config):
-    folder = os.path.join(workdir, name)
-    _run_settings(variant_config(config, clip), folder, task_set, dense_from=first,
-                  label=f"{name}/")
-    first = first or folder
+  with clock_lib.Clock() as clock:
+    if not variants(config):
+      _run_settings(config, workdir, task_set, clock=clock)
+    else:
+      first = None
+      for name, clip in variants(config):
+        folder = os.path.join(workdir, name)
+        _run_settings(variant_config(config, clip), folder, task_set, dense_from=first,
+                      label=f"{name}/", clock=clock)
+        first = first or folder
+  print(f"study: task set {task_set or config.problem!r}: {clock.line()}", flush=True)
 
 
 def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str,
-                  dense_from: str | None = None, label: str = "") -> None:
+                  dense_from: str | None = None, label: str = "",
+                  clock: clock_lib.Clock | None = None) -> None:
   """Every sparsity of one task set of a study that tunes nothing, in order; the later ones
   share what the first one trained before pruning (`share_unpruned`).
 
@@ -371,6 +374,7 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
     dense_from: a study folder whose settings of this task set hold the dense models to
       start from (`share` of `_pretrained_pieces`), or None.
     label: put before each setting's name in the progress lines.
+    clock: the `clock.Clock` its comparisons measure on.
   """
   first = None
   for setting in settings(config):
@@ -387,14 +391,16 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
         raise RuntimeError(f"{dense_from}/{setting.name} has not finished: the variants after "
                            "the first start from its dense models.")
     if tuned(config):
-      _tune_and_report(config, sub, folder, first, label + setting.name)
+      _tune_and_report(config, sub, folder, first, label + setting.name, clock)
     else:
-      comparison.run(sub, folder, label=label + setting.name, print_report=False)
+      comparison.run(sub, folder, label=label + setting.name, print_report=False,
+                     clock=clock)
     first = first or folder
 
 
 def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.ConfigDict,
-                     folder: str, first: str | None, label: str) -> None:
+                     folder: str, first: str | None, label: str,
+                     clock: clock_lib.Clock | None = None) -> None:
   """One setting of the fair protocol: every method over the grid on the tuning seeds (in
   ``<folder>/tune/``; equal with summed losses too, in ``<folder>/tune-sum/``), each method's
   variant chosen on their validation split (``<folder>/tuning.json``), then each method at
@@ -407,13 +413,14 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   if first is not None:
     os.makedirs(tune_folder, exist_ok=True)
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
-  comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False)
+  comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False, clock=clock)
   if tune_sum is not None:
     os.makedirs(sum_folder, exist_ok=True)
     if first is not None:
       share_unpruned(os.path.join(first, "tune-sum"), sum_folder, tune_sum)
     share(tune_folder, sum_folder, _pretrained_pieces(tune_sum))  # the same dense models
-    comparison.run(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False)
+    comparison.run(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False,
+                   clock=clock)
   record = _read_tuning(folder)
   if record is None:
     grid_names = [v.name for v in variants_lib.grid(tune)]
@@ -428,13 +435,13 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   reporting = reporting_config(sub, chosen)
   if first is not None:
     share_unpruned(first, folder, reporting)
-  comparison.run(reporting, folder, label=label, print_report=False)
+  comparison.run(reporting, folder, label=label, print_report=False, clock=clock)
   for name, control in controls(sub, chosen, record.get("controls", {})).items():
     control_folder = os.path.join(folder, f"control-{name}")
     os.makedirs(control_folder, exist_ok=True)
     share(folder, control_folder, _pretrained_pieces(control))  # the same dense models
     comparison.run(control, control_folder, label=f"{label}/control-{name}",
-                          print_report=False)
+                   print_report=False, clock=clock)
 
 
 # The controls of the fair protocol: folder name -> the leaderboard's row name.

@@ -32,7 +32,7 @@ import numpy as np
 
 from mmcompress import sparsity
 from mmcompress.problems import Problem
-from mmcompress.train import parallel, run_axis
+from mmcompress.train import clock as clock_lib, parallel, run_axis
 from mmcompress.train.checkpoint import StageCheckpoints
 from mmcompress.train.step import TrainState
 from mmcompress import weighting as weighting_lib
@@ -136,6 +136,8 @@ class StageContext:
     sharded: whether the run axis is split over the devices (`run_axis.can_shard`).
     log: called at the end of each epoch with (run's position, stage, epoch, `EpochRecord`).
     on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
+    clock: a `clock.Clock` that the steps, evaluations and checkpoints are measured on, or
+      None.
   """
   name: str
   index: int
@@ -153,6 +155,7 @@ class StageContext:
   sharded: bool = False
   log: Callable[[int, str, int, EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
+  clock: clock_lib.Clock | None = None
 
   @property
   def steps_per_epoch(self) -> int:
@@ -309,7 +312,8 @@ def train_stage(ctx: StageContext, states: TrainState
   sharding = run_axis.state_sharding(ctx.mesh, ctx.sharded)
   checkpoints = StageCheckpoints(ctx.directory)
   try:
-    restored = checkpoints.restore_latest(abstract_carry(states, num_tasks, sharding))
+    with clock_lib.measure(ctx.clock, "checkpoints"):
+      restored = checkpoints.restore_latest(abstract_carry(states, num_tasks, sharding))
     if restored is None:
       carry = jax.jit(initial_carry, static_argnums=1, out_shardings=sharding)(
           parallel.place(states, sharding), num_tasks)
@@ -327,26 +331,31 @@ def train_stage(ctx: StageContext, states: TrainState
     while step < total and len(failures) < num_runs:
       batches = run_axis.stacked_batches(ctx.problem, ctx.seeds, ctx.index, step,
                                          ctx.batch_size)
-      carry["state"], carry["alive"], losses = ctx.train_step(
-          carry["state"], carry["alive"], parallel.place(batches, batches_at))
-      carry["loss_sum"] = _accumulate(carry["loss_sum"], losses, carry["alive"])
-      step += 1
-      pending.append((step, losses, carry["alive"]))
-      end_of_epoch = step % per_epoch == 0
-      if end_of_epoch or step % ctx.checkpoint_every == 0 or step == total:
-        failures, pending = _new_failures(ctx, pending, failures), []
+      with clock_lib.measure(ctx.clock, "training steps"):
+        carry["state"], carry["alive"], losses = ctx.train_step(
+            carry["state"], carry["alive"], parallel.place(batches, batches_at))
+        carry["loss_sum"] = _accumulate(carry["loss_sum"], losses, carry["alive"])
+        step += 1
+        pending.append((step, losses, carry["alive"]))
+        end_of_epoch = step % per_epoch == 0
+        if end_of_epoch or step % ctx.checkpoint_every == 0 or step == total:
+          # (Reads the losses back: the steps' compute is counted here, with the steps.)
+          failures, pending = _new_failures(ctx, pending, failures), []
       if end_of_epoch:
-        carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures,
-                                    epoch_update)
+        with clock_lib.measure(ctx.clock, "evaluation"):
+          carry, records = _end_epoch(ctx, carry, step // per_epoch - 1, records, failures,
+                                      epoch_update)
       if step % ctx.checkpoint_every == 0 or step == total or len(failures) == num_runs:
         records = [r._replace(done=step == total and i not in failures)
                    for i, r in enumerate(records)]
-        checkpoints.save(step, carry, {"runs": [r.to_json() for r in records], "step": step,
-                                       "failures": {str(k): v for k, v in failures.items()}})
+        with clock_lib.measure(ctx.clock, "checkpoints"):
+          checkpoints.save(step, carry, {"runs": [r.to_json() for r in records], "step": step,
+                                         "failures": {str(k): v for k, v in failures.items()}})
         if ctx.on_checkpoint:
           ctx.on_checkpoint(ctx.name, step)
   finally:
-    checkpoints.close()
+    with clock_lib.measure(ctx.clock, "checkpoints"):  # waits for a save still being written
+      checkpoints.close()
   return carry["state"], carry["best"], records, failures
 
 

@@ -1,0 +1,43 @@
+"""Where the wall time goes (`mmcompress.train.clock`): measured blocks, compilation taken out of
+them, the rest by difference."""
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mmcompress.train import clock as clock_lib
+
+
+def test_a_block_counts_its_wall_time_less_what_compiled_inside_it():
+  with clock_lib.Clock() as clock:
+    with clock.measure("evaluation"):
+      time.sleep(0.2)
+    # A new program: its compile time goes to compilation, not to the block.
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T + x.shape[0]))
+    with clock.measure("training steps"):
+      f(jnp.ones((37, 41))).block_until_ready()
+      time.sleep(0.1)
+    with clock.measure("checkpoints"):
+      with clock.measure("evaluation"):  # nested: counted by the outer block only
+        time.sleep(0.05)
+  split = clock.split()
+  assert split["compilation"] > 0
+  assert 0.2 <= split["evaluation"] < 0.3
+  assert 0.1 <= split["training steps"] < 0.1 + 0.5  # the call itself, not its compilation
+  assert 0.05 <= split["checkpoints"] < 0.15
+  assert sum(split.values()) == pytest.approx(clock.wall, rel=1e-6)
+  line = clock.line()
+  assert line.startswith("wall time ") and "the rest" in line and "compilation" in line
+  # Closed: nothing more is heard.
+  before = clock.totals["compilation"]
+  jax.jit(lambda x: x * 3 + 1)(jnp.ones(7)).block_until_ready()
+  assert clock.totals["compilation"] == before
+
+
+def test_measure_names_its_kind_and_no_clock_measures_nothing():
+  with pytest.raises(ValueError, match="kind must be one of"):
+    with clock_lib.Clock() as clock, clock.measure("compilation"):
+      pass
+  with clock_lib.measure(None, "evaluation"):
+    pass
