@@ -548,19 +548,19 @@ def _check_workdir_path(workdir: str) -> None:
   made one (its nearest existing parent is a writable folder); creates nothing."""
   if os.path.exists(workdir):
     if not os.path.isdir(workdir):
-      raise _checks.UserError(f"--workdir {workdir} is a file, not a folder: name a folder.")
+      raise _checks.UserError(f"the workdir {workdir} is a file, not a folder: name a folder.")
     if not os.access(workdir, os.W_OK | os.X_OK):
-      raise _checks.UserError(f"--workdir {workdir} is not writable: name a folder you can "
+      raise _checks.UserError(f"the workdir {workdir} is not writable: name a folder you can "
                               "write in.")
     return
   parent = os.path.dirname(os.path.abspath(workdir))
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
-    raise _checks.UserError(f"--workdir {workdir} lies under {parent}, which is a file: name "
-                            "a folder.")
+    raise _checks.UserError(f"the workdir {workdir} lies under {parent}, which is a file: "
+                            "name a folder.")
   if not os.access(parent, os.W_OK | os.X_OK):
-    raise _checks.UserError(f"--workdir {workdir} cannot be created: {parent} is not "
+    raise _checks.UserError(f"the workdir {workdir} cannot be created: {parent} is not "
                             "writable; name a folder you can write in.")
 
 
@@ -777,6 +777,20 @@ def _divergence_notes(diverged: list[dict]) -> list[str]:
   return notes
 
 
+def check_runnable(config: ml_collections.ConfigDict, problem: Problem) -> nn.Module:
+  """The model of a checked config for `problem`, after checking what needs the problem:
+  the model's own arguments and the task scales against the tasks; a `UserError` names
+  what to change."""
+  with _checks.as_user_error():
+    model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
+  if config.task_scales and len(config.task_scales) != problem.num_tasks:
+    raise _checks.UserError(
+        f"config.task_scales has {len(config.task_scales)} entries but the problem has "
+        f"{problem.num_tasks} tasks ({', '.join(problem.task_names)}): give one scale per "
+        "task, or () for all 1.")
+  return model
+
+
 def _experiment(config: ml_collections.ConfigDict, workdir: str,
                 problem: Callable[[ml_collections.ConfigDict], Problem] | None,
                 on_checkpoint: Callable[[str, int], None] | None, label: str = "",
@@ -797,13 +811,7 @@ def _experiment(config: ml_collections.ConfigDict, workdir: str,
   # Everything that can refuse the run (its data, its model, the task scales against the
   # tasks) before the workdir records it: a refused run leaves the workdir as it was.
   problem = (problem or problems.get(config.problem).from_config)(config)
-  with _checks.as_user_error():
-    model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
-  if config.task_scales and len(config.task_scales) != problem.num_tasks:
-    raise _checks.UserError(
-        f"config.task_scales has {len(config.task_scales)} entries but the problem has "
-        f"{problem.num_tasks} tasks ({', '.join(problem.task_names)}): give one scale per "
-        "task, or () for all 1.")
+  model = check_runnable(config, problem)
   check_workdir(config, workdir)
   quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
            or not parallel.is_primary())

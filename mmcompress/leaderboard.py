@@ -210,9 +210,9 @@ def family(settings: Mapping[str, Mapping[str, Any]],
   others, the mean beyond the mean threshold). A seed's settings share its seed, and within a
   task set its dense model, so they are averaged rather than counted as independent pairs.
   Why one comparison per method and not per (method, setting): with 10 seeds the smallest
-  sign-test p is 2/2¹⁰, and Holm over 20 methods × 4 settings would multiply it by 80 (0.16):
-  such a family could name nothing, whatever the data, and "nothing is shown" would hold by
-  construction. Over 20 methods a 10/0/0 sweep gives 0.039.
+  sign-test p is 2/2¹⁰, and Holm over 20 methods × 6 settings would multiply it by 120
+  (0.23): such a family could name nothing, whatever the data, and "nothing is shown" would
+  hold by construction. Over 20 methods a 10/0/0 sweep gives 0.039.
 
   Returns:
     ``{"comparisons": {method: pair}, "against", "adjustment", "alpha", "unit"}``, each pair

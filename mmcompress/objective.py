@@ -21,7 +21,7 @@ def _as_vector(value: ArrayLike, name: str) -> jax.Array:
 
 
 def _concrete(value: jax.Array) -> np.ndarray | None:
-  """`value`'s numbers when they are known now (outside jit), else None (a tracer)."""
+  """`value`'s numbers when they are known now (outside any transformation), else None."""
   if isinstance(value, jax.core.Tracer):
     return None
   return np.asarray(value)
@@ -53,10 +53,10 @@ def saddle_objective(task_losses: ArrayLike,
   γ = 0 is the pure worst case (the maximising w is a vertex); γ → ∞ pins w at 1/K, which is
   equal weighting. The reference uses γ = 5.
 
-  Weights off the simplex: where the weights are concrete (outside jit) they must lie on it
-  (non-negative, summing to 1 within 1e-4) and the scales must be positive, else a
-  ValueError names them. Under jit the values cannot be seen and the formula is evaluated as
-  written, a linear function of w plus the quadratic pull: off the simplex it is no longer a
+  Weights off the simplex: where the weights are concrete (outside any JAX transformation:
+  jit, grad, vmap) they must lie on it (non-negative, summing to 1 within 1e-4) and the
+  scales must be positive, else a ValueError names them. Inside a transformation the values
+  cannot be seen and the formula is evaluated as written, a linear function of w plus the quadratic pull: off the simplex it is no longer a
   weighted mean of the losses, and a negative w_k rewards task k's loss. `simplex_ascent`
   keeps the trainer's weights on the simplex.
 

@@ -235,18 +235,22 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
     for name, clip in variants(config):
       validate(variant_config(config, clip), os.path.join(workdir, name))
   else:
-    module = problems.get(config.problem)
+    module, checked = problems.get(config.problem), set()
     for setting in found:
       sub = setting_config(config, setting)
       comparison.validate(sub)
       module.validate_config(sub)
+      if setting.task_set not in checked:  # the data, the model, the task scales: once a set
+        comparison.check_runnable(sub, module.from_config(sub))
+        checked.add(setting.task_set)
       folder = os.path.join(workdir, setting.name)
       if tuned(config):
         tune = tuning_config(sub, config)
         comparison.validate(tune)
         comparison.refuse_other_run(tune, os.path.join(folder, "tune"))
-        if sum_tuning_config(tune) is not None:
-          comparison.refuse_other_run(sum_tuning_config(tune), os.path.join(folder, "tune-sum"))
+        tune_sum = sum_tuning_config(tune)
+        if tune_sum is not None:
+          comparison.refuse_other_run(tune_sum, os.path.join(folder, "tune-sum"))
         chosen = _read_choices(folder)
         if chosen is not None:  # the report runs of a setting already tuned
           comparison.refuse_other_run(reporting_config(sub, chosen), folder)
@@ -431,6 +435,11 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
       record["controls"]["sum_tuned"] = _choose(sum_folder, grid_names,
                                                 where=f"{label}/tune-sum")["equal"]
     _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
+  elif tune_sum is not None and "sum_tuned" not in record.get("controls", {}):
+    # Tuned before the summed-losses control existed: its choice is added to the record.
+    record.setdefault("controls", {})["sum_tuned"] = _choose(
+        sum_folder, record["grid"], where=f"{label}/tune-sum")["equal"]
+    _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
   chosen = record["methods"]
   reporting = reporting_config(sub, chosen)
   if first is not None:
@@ -550,7 +559,9 @@ def _record_choices(board: dict[str, Any], workdir: str, found: list[Setting]) -
   for setting in found:
     with open(os.path.join(workdir, setting.name, "tuning.json")) as f:
       record = json.load(f)
-    board["tuning"][setting.name] = record["methods"]
+    board["tuning"][setting.name] = dict(record["methods"])
+    if "sum_tuned" in record.get("controls", {}):
+      board["tuning"][setting.name][CONTROLS["sum_tuned"]] = record["controls"]["sum_tuned"]
     grids.append(record["grid"])
     rows = board["settings"][setting.name]
     rows["tuning_seeds"], rows["report_seeds"] = record["tuning_seeds"], record["report_seeds"]

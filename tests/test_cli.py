@@ -91,6 +91,8 @@ ENTRY_POINT_ERRORS = (
     ("experiments.study", "--config.study.tuning_seeds=(0,) --workdir={w}", ("share [0]",)),
     ("experiments.study", "--config.study.sparsities=() --workdir={w}",
      ("config.study.sparsities is empty",)),
+    ("experiments.study", "--config=study:quick --config.task_scales=(1.0,2.0) --workdir={w}",
+     ("config.task_scales has 2 entries", "3 tasks")),
     ("experiments.benchmark", "--batch_size=0", ("--batch_size must be >= 1",)),
     ("experiments.benchmark", "--json_out=missing/x.json", ("the folder missing does not exist",)),
     ("experiments.benchmark", "--models=nope", ("--models must name some of",)),

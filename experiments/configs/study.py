@@ -1,60 +1,41 @@
-"""The study: every weighting and pruning criterion, two task sets, 40x and 100x, 10 seeds.
+"""The study: every weighting and task-aware criterion, tuned fairly, at 40x and 100x.
 
-Commands, measured on 2 CPU cores:
+  python -m experiments.study --workdir=runs/study                       # the fair protocol
+  python -m experiments.study --workdir=runs/quick --config=study:quick  # its smoke test
 
-  python -m experiments.study --workdir=runs/study                       # 15 min 14 s
-  python -m experiments.study --workdir=runs/tuned --config=study:tuned  # 33 min 1 s
-  python -m experiments.study --workdir=runs/fair --config=study:fair    # not yet measured
+The default is the fair protocol (`mmcompress.study`): for every setting (task set `classify`,
+`mixed`, `pairs` × sparsity 97.5 % and 99 % of the prunable weights, 40x and 100x), every
+method runs every variant of ``config.grid`` (learning-rate scales `FAIR_SCALES` × the base
+rate, 1/4 to 4 in steps of about √2, each with a clip at global norm 1 and without) on the
+tuning seeds ``config.study.tuning_seeds`` (100–102), keeps the variant of the best mean
+validation worst-task retention, and is then trained at that variant alone on the reported
+seeds 0–9 from their own dense models; the controls (equal at the base rate with averaged and
+with summed losses, equal with summed losses tuned, tuned equal on another data order) run
+beside it. The same grid, epochs and seeds for every method (docs/weightings.md, "The same
+budget"). One leaderboard over the settings: ``<workdir>/report.md``, ``leaderboard.json``,
+``leaderboard.png``.
 
-(the second tunes each method's compression-stage clip on the validation split; its
-leaderboard is the README's headline).
-
-One comparison per setting (task set × sparsity), each the digits comparison of
-``experiments/configs/digits.py``'s ``study`` preset (10 paired seeds, the paper's γ = 5,
-the default pipeline pretrain → reweight → prune → retrain and its epochs for every method)
-with the methods below, in ``<workdir>/<task set>-<ratio>x/`` with its own report; then one
-leaderboard, ``<workdir>/report.md`` (and ``leaderboard.json``, ``leaderboard.png``).
-
-The methods:
-
-* every task weighting of `mmcompress.weighting.WEIGHTINGS`, each with the magnitude prune of
-  the paper and its published defaults (the ``config.<weighting>`` sections; min-max's γ
-  and step were chosen on the validation split, see the digits config);
-* min-max with each task-aware pruning criterion, the per-task Taylor scores aggregated by
-  mean, max, DiSparse's union and the min-max task weights (``minmax+taylor_*``).
-
-Every method gets the same training budget (the same stages, epochs, batch size and
-optimizer). Within a task set the dense reference of each seed and each method's
-reweighting are trained once and shared by both sparsities: they do not depend on the
-sparsity (`mmcompress.study`).
+The methods: every registered weighting (`mmcompress.weighting.WEIGHTINGS`) with the paper's
+magnitude prune and its published defaults (the ``config.<weighting>`` sections; the paper's
+γ = 5 for min-max), and min-max with each distinct task-aware criterion (`CRITERIA`).
 
 ``config.study``:
 
-* ``task_sets``, ``sparsities``: the settings, every pair of them;
+* ``task_sets``, ``sparsities``: the settings, every pair of them (a problem without task
+  sets, e.g. scenes, leaves ``task_sets`` empty: one setting per sparsity);
+* ``tuning_seeds``: the seeds every variant is tuned on, disjoint from ``config.seeds``; empty:
+  no tuning, every method at the config's own settings;
 * ``jobs``: task sets run side by side in that many processes (each runs its sparsities in
-  order, the later ones from what the first trained before its prune); 1 runs everything
-  in this process;
-* ``compilation_cache``: keep JAX's compiled programs in ``<workdir>/jax_cache`` (the two
-  sparsities of a task set compile the same programs; a rerun after a kill compiles nothing);
-* ``compress_clip_norms``: empty, or the gradient clips (0: none) to tune every method's
-  compression stages over. The study then runs once per value, in ``<workdir>/clip-<value>/``
-  (the dense models trained once, by the first, and copied to the others: only the stages
-  after pretraining are clipped, ``optimizer.compress_clip_norm``), and its leaderboard keeps,
-  per setting and method, the value of the best mean validation worst-task retention
-  (`mmcompress.leaderboard.tune`), the same grid and budget for every method.
+  order, the later ones from what the first trained before its prune);
+* ``compilation_cache``: keep JAX's compiled programs in ``<workdir>/jax_cache``;
+* ``compress_clip_norms``: the earlier studies' clip-only tuning (one study per clip value,
+  each method's clip chosen on its reported seeds' validation split); empty in the fair one.
 
-Preset ``tuned``: ``compress_clip_norms = (0.0, 1.0)``, no clip or a clip at global norm 1
-(what Nash-MTL's and FairGrad's authors clip their direction to).
-
-Preset ``fair``: the fair protocol (`mmcompress.study`): every method's learning rate
-(``FAIR_SCALES`` × the base rate, 1/4 to 4 in steps of about √2) and clip (none or 1) chosen
-per setting on the tuning seeds 100–102 by the mean validation worst-task retention, then
-that variant alone trained on the reported seeds 0–9 from their own dense models; the same
-grid, epochs and seeds for every method. ``fair_quick``: its smoke test (2 + 2 seeds, 2
-methods, 3 learning rates, `mixed` at 40x only, no reweighting, 1-2 epochs per stage).
-
-Preset ``quick``: 2 seeds, 2 methods (equal, and min-max with task-aware masks), 1-2 epochs per stage, both task sets and sparsities:
-a smoke test of the whole study in under a minute.
+Presets: ``quick`` (the fair protocol's smoke test: 2 + 2 seeds, equal and min-max, `mixed` at
+40x, no reweighting, a grid of three scales); ``untuned``, ``untuned_quick`` and ``tuned``
+(the earlier studies of docs/earlier_studies.md: every method at the base rate, classify and
+mixed, the 22 methods they ran; ``tuned`` chooses each method's clip); ``scenes_quick`` (the
+study of another registered problem).
 """
 import ml_collections
 
@@ -138,6 +119,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # chosen on the validation split of the reported seeds), classify and mixed, the digits
     # reweighting floor. Kept to reproduce the README's earlier leaderboards.
     c.reweight.eps = 1e-6
+    c.methods = WEIGHTINGS + CRITERIA + ("minmax+taylor_disparse",)  # the earlier 22
     c.study.task_sets = ("classify", "mixed")
     c.study.tuning_seeds = ()
     c.grid.learning_rate_scale = ()
