@@ -189,11 +189,15 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
 
 def run_main(main: Callable[[list[str]], None]) -> None:
   """``absl.app.run(main)``, with every user error (see the module docstring) as one line on
-  stderr and exit status 2."""
+  stderr and exit status 2, and JAX's persistent compilation cache in the user's cache folder
+  (`mmcompress.train.parallel.use_compilation_cache`; ``JAX_COMPILATION_CACHE_DIR=`` turns it
+  off, ``JAX_COMPILATION_CACHE_DIR=DIR`` puts it in DIR)."""
   def checked_main(argv: list[str]) -> None:
     if len(argv) > 1:
       exit_with_user_error(_program(), f"unexpected arguments {argv[1:]}: every argument is a "
                            "--flag=value (see --helpshort).")
+    from mmcompress.train import parallel  # pylint: disable=import-outside-toplevel
+    parallel.use_compilation_cache(parallel.default_cache_dir())
     try:
       main(argv)
     except _checks.UserError as error:

@@ -43,7 +43,8 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
-from mmcompress.train import clock as clock_lib, stages as stages_lib, variants as variants_lib
+from mmcompress.train import clock as clock_lib, parallel
+from mmcompress.train import stages as stages_lib, variants as variants_lib
 
 
 class Setting(NamedTuple):
@@ -329,29 +330,12 @@ def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) 
   return share(source, target, _unpruned_pieces(config))
 
 
-def use_compilation_cache(directory: str) -> None:
-  """JAX's persistent compilation cache in `directory` for every program, however quick to
-  compile, unless JAX_COMPILATION_CACHE_DIR is set (to a folder: that one is kept; empty: no
-  cache).
-
-  JAX writes an entry in place: a kill during the write leaves it cut short, and a rerun
-  then warns ("Error reading persistent compilation cache entry") and compiles that program
-  again; no number depends on the cache.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") is not None:
-    return
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
   """Every sparsity of one task set, in order (`_run_settings`). A study that tunes runs
   every variant in turn, each in ``<workdir>/<variant>/``, the later ones from the first
   one's dense models."""
   if config.study.compilation_cache:
-    use_compilation_cache(os.path.join(workdir, "jax_cache"))
+    parallel.use_compilation_cache(os.path.join(workdir, "jax_cache"))
   with clock_lib.Clock() as clock:
     if not variants(config):
       _run_settings(config, workdir, task_set, clock=clock)

@@ -41,3 +41,29 @@ def test_measure_names_its_kind_and_no_clock_measures_nothing():
       pass
   with clock_lib.measure(None, "evaluation"):
     pass
+
+
+def test_the_compilation_cache_goes_to_the_users_cache_folder_unless_turned_off(monkeypatch,
+                                                                                tmp_path):
+  from mmcompress.train import parallel  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  assert parallel.default_cache_dir() == str(tmp_path / "cache" / "mmcompress" / "jax")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+  assert parallel.use_compilation_cache(str(tmp_path / "x")) is None  # off
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+  assert parallel.use_compilation_cache(str(tmp_path / "x")) == str(tmp_path / "mine")
+  assert jax.config.jax_compilation_cache_dir != str(tmp_path / "x")  # the environment's
+
+
+@pytest.mark.slow
+def test_an_entry_point_fills_the_users_cache(tmp_path, run_python,
+                                                                 monkeypatch):
+  # The benchmark at its smallest, without the test session's own cache (conftest.py).
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  args = ("-m", "experiments.benchmark", "--models=mlp", "--steps=1", "--rounds=1",
+          "--warmup=0", "--nocontrol")
+  env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+  first = run_python(*args, cwd=tmp_path, env=env)
+  assert first.returncode == 0, first.stderr[-2000:]
+  cache = tmp_path / "cache" / "mmcompress" / "jax"
+  assert any(cache.iterdir())  # (turned off by the environment: the test above)

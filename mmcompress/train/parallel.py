@@ -115,3 +115,34 @@ def place(tree: Any, sharding: NamedSharding) -> Any:
 def shard_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
   """Places a global host batch on the mesh, split along `axis` (`place`)."""
   return place(batch, batch_sharded(mesh, axis))
+
+
+def use_compilation_cache(directory: str) -> str | None:
+  """JAX's persistent compilation cache in `directory` for every program, however quick to
+  compile, unless the environment variable JAX_COMPILATION_CACHE_DIR is set: to a folder,
+  that one is kept; to the empty string, no cache at all (the way to turn it off).
+
+  A compiled program is read back instead of compiled again when the same program (the same
+  shapes, the same JAX and XLA) is compiled again, in this process or a later one; no number
+  depends on it. JAX writes an entry in place: a kill during the write leaves it cut short,
+  and a later read warns ("Error reading persistent compilation cache entry") and compiles
+  that program again.
+
+  Returns:
+    The cache folder in use, or None when the environment turned it off.
+  """
+  chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if chosen is not None:
+    return chosen or None
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
+def default_cache_dir() -> str:
+  """The user's cache folder for compiled programs: ``$XDG_CACHE_HOME/mmcompress/jax``
+  (``~/.cache/mmcompress/jax`` when XDG_CACHE_HOME is not set)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "mmcompress", "jax")
+
