@@ -130,13 +130,7 @@ def check_output_file(path: str | None, flag: str) -> None:
     return
   if os.path.isdir(path):
     raise _checks.UserError(f"--{flag}={path} is a folder: name a file, e.g. {path}/out.json.")
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise _checks.UserError(f"--{flag}={path}: the folder {os.path.dirname(path) or '.'} does "
-                            "not exist; create it first or name a file in an existing folder.")
-  if not os.access(folder, os.W_OK | os.X_OK):
-    raise _checks.UserError(f"--{flag}={path}: the folder {os.path.dirname(path) or '.'} is not "
-                            "writable.")
+  _checks.writable_folder(os.path.dirname(path) or ".", f"--{flag}={path} goes in")
 
 
 class ArgumentParser(argparse.ArgumentParser):

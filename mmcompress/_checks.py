@@ -11,6 +11,7 @@ It is a ValueError, so code that catches ValueError keeps working.
 from __future__ import annotations
 
 import contextlib
+import os
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -187,3 +188,15 @@ def config_data_dir(data_dir: str, what: str) -> str:
     raise UserError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
                     f"that holds {what} (see the README's 'Reproducing the paper').")
   return data_dir
+
+
+def writable_folder(folder: str, what: str) -> None:
+  """Raises a `UserError` unless `folder` exists, is a folder and can be written in; the
+  message starts with `what` (e.g. ``"the workdir W lies under"``)."""
+  if not os.path.exists(folder):
+    raise UserError(f"{what} {folder}, which does not exist; create it first or name another.")
+  if not os.path.isdir(folder):
+    raise UserError(f"{what} {folder}, which is a file: name a folder.")
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise UserError(f"{what} {folder}, which is not writable: name a folder you can write in.")
+

@@ -547,21 +547,12 @@ def _check_workdir_path(workdir: str) -> None:
   """Raises a `UserError` unless `workdir` is a folder this process can write in, or can be
   made one (its nearest existing parent is a writable folder); creates nothing."""
   if os.path.exists(workdir):
-    if not os.path.isdir(workdir):
-      raise _checks.UserError(f"the workdir {workdir} is a file, not a folder: name a folder.")
-    if not os.access(workdir, os.W_OK | os.X_OK):
-      raise _checks.UserError(f"the workdir {workdir} is not writable: name a folder you can "
-                              "write in.")
+    _checks.writable_folder(workdir, "the workdir is")
     return
   parent = os.path.dirname(os.path.abspath(workdir))
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise _checks.UserError(f"the workdir {workdir} lies under {parent}, which is a file: "
-                            "name a folder.")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise _checks.UserError(f"the workdir {workdir} cannot be created: {parent} is not "
-                            "writable; name a folder you can write in.")
+  _checks.writable_folder(parent, f"the workdir {workdir} lies under")
 
 
 def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:

@@ -94,7 +94,7 @@ ENTRY_POINT_ERRORS = (
     ("experiments.study", "--config=study:quick --config.task_scales=(1.0,2.0) --workdir={w}",
      ("config.task_scales has 2 entries", "3 tasks")),
     ("experiments.benchmark", "--batch_size=0", ("--batch_size must be >= 1",)),
-    ("experiments.benchmark", "--json_out=missing/x.json", ("the folder missing does not exist",)),
+    ("experiments.benchmark", "--json_out=missing/x.json", ("goes in missing, which does not exist",)),
     ("experiments.benchmark", "--models=nope", ("--models must name some of",)),
     ("experiments.bench_weightings", "--steps=0", ("steps >= 1",)),
     ("experiments.bench_weightings", "--methods=nope", ("--methods entry",)),
