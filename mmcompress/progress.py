@@ -107,8 +107,8 @@ class Progress:
                            ("task_weight", record.task_weights)):
         for task, value in zip(self.task_names, values):
           writer.add_scalar(f"{stage}/{name}/{task}", value, epoch)
-      # Flushed when its run finishes (`run_done`), not every epoch: a grid logs hundreds of
-      # runs an epoch, and a flush each costs more than the scalars.
+      # Written when its run finishes (`run_done` closes its writer), not every epoch: a grid
+      # logs hundreds of runs an epoch, and a flush each costs more than the scalars.
     metrics = " ".join(f"{m:.3f}" for m in record.val_metric)
     self._line(f"  {run_name:>18s} {stage:8s} epoch {epoch + 1:3d}  val {metrics}  "
                f"w {' '.join(f'{w:.2f}' for w in record.task_weights)}", self.epoch_lines)
@@ -119,7 +119,9 @@ class Progress:
     for stage, epochs in self.plan.get(run_name, {}).items():
       self._done[run_name, stage] = epochs
     if run_name in self._writers:
-      self._writers[run_name].flush()
+      # Closed, not only flushed: each writer holds two threads, and a grid finishes
+      # thousands of runs in one comparison (a tuning comparison held 2,000 threads open).
+      self._writers.pop(run_name).close()
     self._line(f"{line} [{self.status()}]", True)
 
   def seed_done(self, seed: Any) -> None:

@@ -56,3 +56,17 @@ def test_a_label_goes_before_every_printed_line_but_not_into_the_log(tmp_path, c
   log = (tmp_path / "progress.log").read_text().splitlines()
   assert out == [f"[mixed-100x] {line}" for line in log]
   shown.close()
+
+
+def test_a_finished_runs_tensorboard_writer_is_closed_with_its_threads(tmp_path):
+  import threading  # pylint: disable=import-outside-toplevel
+  plan = {f"seed{s}/dense": {"pretrain": 1} for s in range(20)}
+  shown = progress.Progress(True, str(tmp_path), ("a", "b"), True, plan)
+  before = threading.active_count()
+  for s in range(20):
+    shown(f"seed{s}/dense", "pretrain", 0, RECORD)
+    shown.run_done(f"seed{s}/dense", f"seed {s} dense")
+  assert threading.active_count() <= before + 2  # not two threads per finished run
+  events = list(tmp_path.glob("tensorboard/seed*/dense/events.*"))
+  assert len(events) == 20 and all(e.stat().st_size > 0 for e in events)  # written
+  shown.close()
