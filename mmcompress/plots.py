@@ -113,9 +113,10 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
     means = np.array([e["metrics"][task] for e in entries])
     lows = np.array([min(r["metrics"][task] for r in e["per_seed"]) for e in entries])
     highs = np.array([max(r["metrics"][task] for r in e["per_seed"]) for e in entries])
+    # (Clipped at 0: the mean of equal values can round to just outside them.)
+    spread = np.maximum(0.0, np.stack([means - lows, highs - means]))
     ax.bar(x, means, color=colors, width=0.7,
-           yerr=np.stack([means - lows, highs - means]) if len(report["seeds"]) > 1 else None,
-           capsize=3, ecolor="0.2")
+           yerr=spread if len(report["seeds"]) > 1 else None, capsize=3, ecolor="0.2")
     span = float(highs.max() - lows.min()) or abs(float(means.mean())) * 0.05 or 1.0
     bottom = float(lows.min()) - 0.8 * span
     if lows.min() >= 0 > bottom:

@@ -640,3 +640,19 @@ def test_records_read_and_write_the_same_json():
     records.RunResult.from_json({**old, "compression_ratio": "big"}, "r")
   with pytest.raises(ValueError, match="per_seed\\[0\\] has no 'seed'"):
     records.SeedRecord.from_json({"dense": {}, "methods": {}}, 0)
+
+
+def test_the_task_figure_draws_a_method_whose_seeds_all_agree(tmp_path):
+  # Six equal values whose mean rounds to just below them (0.4859276965628126 < ...265): the
+  # spread drawn must not come out negative (matplotlib refuses a negative error bar).
+  value, seeds = 0.48592769656281265, list(range(6))
+  per_seed = [{"seed": s, "metrics": {"t": value}} for s in seeds]
+  mean = report_lib._mean([value] * 6)  # pylint: disable=protected-access
+  assert mean < value
+  report = {"tasks": ["t"], "seeds": seeds, "higher_is_better": {"t": True},
+            "metric_names": {"t": "accuracy"}, "target_sparsity": 0.975,
+            "dense": {"metrics": {"t": 0.9}, "per_seed": [
+                {"seed": s, "metrics": {"t": 0.9}} for s in seeds]},
+            "methods": {"equal": {"metrics": {"t": mean}, "per_seed": per_seed}}}
+  path = plots.plot_task_metrics(report, str(tmp_path / "task_metrics.png"))
+  assert (tmp_path / "task_metrics.png").stat().st_size > 0 and path.endswith(".png")
