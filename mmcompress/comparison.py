@@ -233,10 +233,14 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
   cfg, problem = exp.config, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
-  placed = parallel.replicate((best["params"], best["model_state"]), exp.mesh)
+  # An axis of one run, evaluated by the stages' program for an axis of one (already compiled
+  # when a stage trained a single run, e.g. one seed: then one compilation fewer).
+  placed = parallel.place(run_axis.stack([(best["params"], best["model_state"])]),
+                          run_axis.state_sharding(exp.mesh, False))
   with clock_lib.measure(exp.clock, "evaluation"):
-    test, val = (loop.evaluate(problem, exp.eval_step, *placed, split, exp.mesh,
-                               cfg.eval_batch_size) for split in ("test", "val"))
+    test, val = (loop.evaluate_runs(problem, exp.axis_eval_steps[False, True], *placed, split,
+                                    exp.mesh, cfg.eval_batch_size)[0]
+                 for split in ("test", "val"))
   stats = sparsity.summary(params, masks)
   return records.RunResult(
       metrics=test["metrics"],

@@ -89,8 +89,6 @@ ENTRY_POINT_ERRORS = (
     ("experiments.study", "--config.study.task_sets=('nope',) --workdir={w}",
      ("config.study.task_sets entry",)),
     ("experiments.study", "--config.study.tuning_seeds=(0,) --workdir={w}", ("share [0]",)),
-    ("experiments.study", "--config.study.sparsities=() --workdir={w}",
-     ("config.study.sparsities is empty",)),
     ("experiments.study", "--config=study:quick --config.task_scales=(1.0,2.0) --workdir={w}",
      ("config.task_scales has 2 entries", "3 tasks")),
     ("experiments.benchmark", "--batch_size=0", ("--batch_size must be >= 1",)),
@@ -130,12 +128,12 @@ def test_every_entry_point_answers_a_user_error_in_one_line_writing_nothing(tmp_
   (places["corrupt"] / "config.json").write_text("{not json")
   before = sorted(p.name for p in tmp_path.iterdir())
   cases = list(enumerate(ENTRY_POINT_ERRORS))
-  for start in range(0, len(cases), 6):  # six processes at a time
+  for start in range(0, len(cases), 9):  # nine processes at a time
     waits = []
-    for i, (module, args, _) in cases[start:start + 6]:
+    for i, (module, args, _) in cases[start:start + 9]:
       args = args.format(w=tmp_path / f"w{i}", **places)
       waits.append(start_module(module, *args.split(), cwd=tmp_path))
-    for wait, (i, (module, args, fragments)) in zip(waits, cases[start:start + 6]):
+    for wait, (i, (module, args, fragments)) in zip(waits, cases[start:start + 9]):
       done = wait()
       assert_one_line_user_error(done, *fragments)
       assert done.stderr.startswith(module + ": error:"), (module, args, done.stderr)
