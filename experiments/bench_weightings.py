@@ -183,9 +183,12 @@ def check_arguments(models: Sequence[str], methods: Sequence[str],
 def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benchmark.Setup],
         batch_size: int | None = None, steps: int | None = None, rounds: int | None = None,
         warmup: int | None = None, json_out: str | None = None,
-        out: Any = sys.stdout) -> list[dict[str, Any]]:
-  """Benchmarks `methods` on every model of `models`; prints a table per model."""
+        out: Any = sys.stdout, header: str = "") -> list[dict[str, Any]]:
+  """Benchmarks `methods` on every model of `models`; prints a table per model (after
+  `header`, the sizes line, once every argument is checked)."""
   check_arguments(models, methods, setups, batch_size, steps, rounds, warmup, json_out)
+  if header:
+    print(header, file=out, flush=True)
   methods = [BASELINE] + [m for m in methods if m != BASELINE]
   results = []
   for name in models:
@@ -226,15 +229,13 @@ def main(argv: Sequence[str]) -> None:
   models = [m for m in FLAGS.models if m != "vgg16"] if not FLAGS["models"].present else (
       FLAGS.models)
   methods = _METHODS.value or list(weighting.WEIGHTINGS)
-  check_arguments(models, methods, setups, FLAGS.batch_size, FLAGS.steps, FLAGS.rounds,
-                  FLAGS.warmup, FLAGS.json_out)  # before the sizes line
   which = "full" if setups is benchmark.SETUPS else "small, for a CPU; --full for the full ones"
-  print(f"Sizes ({which}): " + ", ".join(
+  header = f"Sizes ({which}): " + ", ".join(
       f"{m} batch {setups[m].batch_size} x {setups[m].steps} steps x {setups[m].rounds} rounds"
-      for m in models if m in setups) + ".", flush=True)
+      for m in models if m in setups) + "."
   run(models, methods, setups=setups,
       batch_size=FLAGS.batch_size, steps=FLAGS.steps, rounds=FLAGS.rounds,
-      warmup=FLAGS.warmup, json_out=FLAGS.json_out)
+      warmup=FLAGS.warmup, json_out=FLAGS.json_out, header=header)
 
 
 if __name__ == "__main__":

@@ -471,15 +471,18 @@ def verdict(result: dict[str, Any], target: float = TARGET_OVERHEAD) -> str:
 def run(models: Sequence[str], *, batch_size: int | None = None, steps: int | None = None,
         rounds: int | None = None, warmup: int | None = None, control: bool = True,
         json_out: str | None = None, out: Any = sys.stdout,
-        setups: dict[str, Setup] | None = None) -> list[dict[str, Any]]:
+        setups: dict[str, Setup] | None = None, header: str = "") -> list[dict[str, Any]]:
   """Benchmarks every model of `models`, prints the table and verdicts, returns the results.
 
   `setups` gives each model's default sizes (`SETUPS` if None; see `platform_setups`); the
-  other size arguments override them when not None.
+  other size arguments override them when not None. `header` (the sizes line) is printed
+  once every argument is checked: a mistake is the only line.
   """
   setups = SETUPS if setups is None else setups
   check_arguments(models, setups, batch_size, steps, rounds, warmup)
   launch.check_output_file(json_out, "json_out")
+  if header:
+    print(header, file=out, flush=True)
   results = []
   for name in models:
     print(f"{name}: {setups[name].description} ...", file=out, flush=True)
@@ -541,11 +544,9 @@ def main(argv: Sequence[str]) -> None:
     bench_grid.run(_GRID_SEEDS.value, json_out=_JSON_OUT.value)
     return
   setups, sizing = platform_setups(jax.default_backend(), full=_FULL.value)
-  check_arguments(_MODELS.value, setups, _BATCH_SIZE.value, _STEPS.value, _ROUNDS.value,
-                  _WARMUP.value)  # before the sizes line: a mistake is the only line
-  print(sizing, flush=True)
   run(_MODELS.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value, rounds=_ROUNDS.value,
-      warmup=_WARMUP.value, control=_CONTROL.value, json_out=_JSON_OUT.value, setups=setups)
+      warmup=_WARMUP.value, control=_CONTROL.value, json_out=_JSON_OUT.value, setups=setups,
+      header=sizing)
 
 
 if __name__ == "__main__":

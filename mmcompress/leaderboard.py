@@ -396,8 +396,8 @@ def _verdict(pair: Mapping[str, Any] | None, adjusted: str = "p_holm") -> str:
   """"better" / "worse" when the report's rule shows a difference and the `adjusted` p (Holm
   within the setting, or over the headline's family: ``p_family``) is below `report.ALPHA`
   too; "—" otherwise."""
-  if not pair or pair["direction"] == 0 or pair.get(adjusted, 1.0) >= report_lib.ALPHA:
-    return "—"  # (a control has no family p: it is never named)
+  if not pair or pair["direction"] == 0 or pair[adjusted] >= report_lib.ALPHA:
+    return "—"
   return "better" if pair["direction"] > 0 else "worse"
 
 

@@ -215,16 +215,11 @@ def _read_choices(folder: str) -> dict[str, Any] | None:
   return None if record is None else record["methods"]
 
 
-def _choose(tune_folder: str, grid_names: list[str], where: str) -> dict[str, Any]:
-  """`leaderboard.choose` over a finished tuning comparison's variant reports."""
-  reports = {}
-  for name in grid_names:
-    path = os.path.join(tune_folder, "variants", name, "report.json")
-    if len(grid_names) == 1:
-      path = os.path.join(tune_folder, "report.json")
-    with open(path) as f:
-      reports[name] = json.load(f)
-  return leaderboard.choose(reports, where=where)
+def _choose(outcome: dict[str, Any], grid_names: list[str], where: str) -> dict[str, Any]:
+  """`leaderboard.choose` over a finished tuning comparison's reports (what `comparison.run`
+  returned: ``{"variants": {name: report}}``, or the one report of a grid of one)."""
+  reports = outcome["variants"] if len(grid_names) > 1 else {grid_names[0]: outcome}
+  return leaderboard.choose({name: reports[name] for name in grid_names}, where=where)
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
@@ -401,29 +396,24 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
   if first is not None:
     os.makedirs(tune_folder, exist_ok=True)
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
-  comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False, clock=clock)
+  tuned_outcome = comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False,
+                                 clock=clock)
+  grid_names = [v.name for v in variants_lib.grid(tune)]
+  record = _read_tuning(folder) or {
+      "tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds), "grid": grid_names,
+      "methods": _choose(tuned_outcome, grid_names, where=label)}
+  record.setdefault("controls", {})
   if tune_sum is not None:
     os.makedirs(sum_folder, exist_ok=True)
     if first is not None:
       share_unpruned(os.path.join(first, "tune-sum"), sum_folder, tune_sum)
     share(tune_folder, sum_folder, _pretrained_pieces(tune_sum))  # the same dense models
-    comparison.run(tune_sum, sum_folder, label=f"{label}/tune-sum", print_report=False,
-                   clock=clock)
-  record = _read_tuning(folder)
-  if record is None:
-    grid_names = [v.name for v in variants_lib.grid(tune)]
-    record = {"tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds),
-              "grid": grid_names, "methods": _choose(tune_folder, grid_names, where=label),
-              "controls": {}}
-    if tune_sum is not None:
-      record["controls"]["sum_tuned"] = _choose(sum_folder, grid_names,
-                                                where=f"{label}/tune-sum")["equal"]
-    _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
-  elif tune_sum is not None and "sum_tuned" not in record.get("controls", {}):
-    # Tuned before the summed-losses control existed: its choice is added to the record.
-    record.setdefault("controls", {})["sum_tuned"] = _choose(
-        sum_folder, record["grid"], where=f"{label}/tune-sum")["equal"]
-    _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
+    summed = comparison.run(tune_sum, sum_folder, label=f"{label}/tune-sum",
+                            print_report=False, clock=clock)
+    # (Also for a record written before the summed-losses control existed.)
+    record["controls"].setdefault("sum_tuned", _choose(summed, grid_names,
+                                                       where=f"{label}/tune-sum")["equal"])
+  _files.write_json_atomically(os.path.join(folder, "tuning.json"), record)
   chosen = record["methods"]
   reporting = reporting_config(sub, chosen)
   if first is not None:
