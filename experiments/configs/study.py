@@ -105,9 +105,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # The fair protocol's smoke test: 2 + 2 seeds, equal and min-max, `mixed` at 40x, no
     # reweighting; the grid's scales powers of K = 3, so that equal with summed losses (the
     # tuned control) meets averaged losses' curve one grid step lower. Runs this short want
-    # large rates: measured (without weight decay, as its test runs), equal's mean validation worst-task
-    # retention over 3, 9, 27, 81 was
-    # 0.38, 0.64, 0.69, 0.13 (summed losses: 0.51, 0.69, 0.12, diverged).
+    # large rates: measured without weight decay (as its test runs), equal's mean validation
+    # worst-task retention over 3, 9, 27, 81 was 0.38, 0.64, 0.69, 0.13 (summed losses: 0.51,
+    # 0.69, 0.12, diverged).
     c.study.tuning_seeds = (100, 101)
     c.methods = ("equal", "minmax")
     c.stages = ("pretrain", "prune", "retrain")
