@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from mmcompress.aggregators import _solvers
 from mmcompress.aggregators import (fairgrad, fairgrad_weights, mgda, mgda_weights, nash_mtl,
                                     nash_mtl_weights, upgrad, upgrad_weights)
 
@@ -226,6 +227,28 @@ def test_fairgrad_with_alpha_one_is_nash_mtl(results):
   g = CASES[3]
   np.testing.assert_allclose(jax.jit(jax.vmap(fairgrad_weights))(grams(g)),
                              results["nash_mtl"][3][0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_newton_stops_at_a_fixed_point_with_the_answer_it_would_give_later(alpha):
+  # Rows that nearly cancel (the second almost minus the first): the float32 iteration stalls
+  # at a point it no longer moves from, with a squared decrement above the tolerance. Run to
+  # the step cap it returns the very same weights; stopped at the fixed point, far sooner.
+  rng = np.random.default_rng(1)
+  rows = rng.normal(size=(3, 50))
+  rows[1] = -rows[0] + 1e-3 * rng.normal(size=50)
+  q, _ = _solvers.normalised(jnp.asarray((rows @ rows.T).astype(np.float32)))
+  solve = jax.jit(_solvers.newton, static_argnames=("alpha", "stop_at_fixed_point"))
+  stopped, steps = solve(q, alpha=alpha)
+  capped, all_steps = solve(q, alpha=alpha, stop_at_fixed_point=False)
+  np.testing.assert_array_equal(stopped, capped)
+  assert int(all_steps) == _solvers.NEWTON_MAX_ITER and int(steps) < int(all_steps) // 2
+  # Where the decrement does fall below the tolerance, the fixed point changes nothing.
+  for k in (2, 4):
+    for q in grams(CASES[k])[:2]:
+      np.testing.assert_array_equal(solve(_solvers.normalised(q)[0], alpha=alpha)[0],
+                                    solve(_solvers.normalised(q)[0], alpha=alpha,
+                                          stop_at_fixed_point=False)[0])
 
 
 @pytest.mark.parametrize("name", METHODS)

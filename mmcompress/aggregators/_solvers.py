@@ -20,7 +20,9 @@ iterations (more for larger K and worse conditioning).
 vanishes exactly at the solution, so every Newton step is a descent direction; the step is
 cut to stay inside w > 0 and halved until the function decreases (or its slope along the step
 is still negative), at most `NEWTON_MAX_ITER` steps, stopping once the squared Newton
-decrement is below `NEWTON_TOL`.
+decrement is below `NEWTON_TOL` or a step leaves every weight as it was in float32 (a fixed
+point of the iteration: on nearly cancelling rows the decrement stalls above the tolerance,
+and without this stop each call ran all its steps with up to 40 halvings each).
 
 All of it is jittable and vmappable: the loops are `lax.while_loop`s with an iteration cap
 and nothing branches in Python on a traced value.
@@ -202,14 +204,23 @@ def check_alpha(alpha: float) -> float:
 
 
 def power_equation(q: jax.Array, alpha: float) -> jax.Array:
-  """The w > 0 with (q + εI) w = w^(-1/alpha) element-wise, ε = `RIDGE`.
+  """The w > 0 with (q + εI) w = w^(-1/alpha) element-wise, ε = `RIDGE` (see `newton`)."""
+  return newton(q, alpha)[0]
+
+
+def newton(q: jax.Array, alpha: float, *,
+           stop_at_fixed_point: bool = True) -> tuple[jax.Array, jax.Array]:
+  """`power_equation`'s solution and the number of Newton steps it took.
+
+  The w > 0 with (q + εI) w = w^(-1/alpha) element-wise, ε = `RIDGE`.
 
   It is the minimiser of the strictly convex f(w) = wᵀ(q + εI)w/2 - Σ h(w_i) with
   h' (w) = w^(-1/alpha) (h = log for alpha = 1). Without the ridge there is no solution when
   some v >= 0, v != 0 has Gᵀv = 0 (a zero row, two opposite rows, rows that add up to zero):
   f then decreases without end along v. With it every w stays finite, and a weight on such a
   direction grows to about ε^(-alpha/(1+alpha)) while adding nothing to Gᵀw. Starts from the
-  solution for orthogonal rows, (q_ii + ε)^(-alpha/(1+alpha)).
+  solution for orthogonal rows, (q_ii + ε)^(-alpha/(1+alpha)). `stop_at_fixed_point=False`
+  runs on to the other stopping rules (to test that stopping there changes nothing).
   """
   p = 1 - 1 / alpha
   ridge = RIDGE
@@ -252,8 +263,13 @@ def power_equation(q: jax.Array, alpha: float) -> jax.Array:
       return (j < NEWTON_MAX_HALVINGS) & rises & past
 
     _, t = jax.lax.while_loop(too_long, lambda c: (c[0] + 1, c[1] / 2), (jnp.int32(0), t0))
-    return i + 1, w + t * step, -slope
+    new = w + t * step
+    # A step that moves no weight in float32 leaves a fixed point: every further iteration
+    # (a function of w alone) would repeat it. Stopping there returns the very same w.
+    moved = jnp.any(new != w) if stop_at_fixed_point else True
+    return i + 1, new, jnp.where(moved, -slope, 0)
 
   w0 = (jnp.diagonal(q) + ridge) ** (-alpha / (1 + alpha))
   carry = (jnp.int32(0), w0, jnp.full((), jnp.inf, q.dtype))
-  return jax.lax.while_loop(keep_going, iterate, carry)[1]
+  steps, w, _ = jax.lax.while_loop(keep_going, iterate, carry)
+  return w, steps

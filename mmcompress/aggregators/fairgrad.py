@@ -20,8 +20,8 @@ def fairgrad_weights(gram: ArrayLike, alpha: float = 1.0) -> jax.Array:
   default tolerances, and it may stall with a weight at its bound 0). Here w minimises the
   strictly convex wᵀ(gram + εI)w/2 - Σ h(wᵢ), h' (w) = w^(-1/alpha), ε = 1e-7 times the mean
   diagonal of gram, by a damped Newton method (at most 100 steps, stopping once the squared
-  Newton decrement is below 1e-12). d is within 1e-3 of the exact answer relative to |d| for
-  Gram condition numbers up to 1e4.
+  Newton decrement is below 1e-12 or a step no longer moves any weight in float32). d is
+  within 1e-3 of the exact answer relative to |d| for Gram condition numbers up to 1e4.
 
   Degenerate inputs: the ridge ε keeps w finite where the equation has no solution. A zero row
   gets the weight ε^(-alpha/(1+alpha)) (times the mean diagonal to the power

@@ -20,8 +20,9 @@ def nash_mtl_weights(gram: ArrayLike) -> jax.Array:
   by at most 20 convex-concave steps with cvxpy, on a Gram matrix divided by its norm, and may
   stall with a weight at zero. Here α solves the equation: a damped Newton method on the
   strictly convex αᵀ(gram + εI)α/2 - Σ log αᵢ, ε = 1e-7 times the mean diagonal of gram (at
-  most 100 steps, stopping once the squared Newton decrement is below 1e-12). d is within
-  1e-3 of the exact answer relative to |d| for Gram condition numbers up to 1e4.
+  most 100 steps, stopping once the squared Newton decrement is below 1e-12 or a step no
+  longer moves any weight in float32). d is within 1e-3 of the exact answer relative to |d|
+  for Gram condition numbers up to 1e4.
 
   Degenerate inputs: the ridge ε keeps α finite where the equation has no solution. A zero
   row gets the weight ε^(-1/2) (about 3000 over the square root of the mean diagonal) and
