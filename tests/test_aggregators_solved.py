@@ -9,6 +9,7 @@ of float32 with a fixed seed (FairGrad: K = 4 only), whose Gram matrix has condi
 Every method is compiled once per K, vmapped over that K's cases.
 """
 import itertools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -249,6 +250,30 @@ def test_newton_stops_at_a_fixed_point_with_the_answer_it_would_give_later(alpha
       np.testing.assert_array_equal(solve(_solvers.normalised(q)[0], alpha=alpha)[0],
                                     solve(_solvers.normalised(q)[0], alpha=alpha,
                                           stop_at_fixed_point=False)[0])
+
+
+# 17 normalised Gram matrices of one step of a Nash-MTL run (the classify task set at 40x, a
+# chunk of tuning runs, step 455 of its retraining): tasks whose gradients have nearly
+# vanished (diagonals down to 1e-18). Vmapped, XLA's default CPU compilation of the line
+# search's loop ran forever on them (the run stalled for hours); each alone took 1 to 5 steps.
+HUNG_BATCH = pathlib.Path(__file__).parent / "data" / "classify_nash_grams.npy"
+SOLVE_HUNG_BATCH = f"""
+import jax, jax.numpy as jnp, numpy as np
+from mmcompress.aggregators import _solvers
+q = jnp.asarray(np.load({str(HUNG_BATCH)!r}))
+w, steps = jax.jit(jax.vmap(lambda q: _solvers.newton(q, 1.0)))(q)
+alone = [int(_solvers.newton(x, 1.0)[1]) for x in q]
+print(np.asarray(steps).max(), max(alone), np.isfinite(np.asarray(w)).all())
+"""
+
+
+def test_a_batch_that_hung_the_vmapped_line_search_is_solved(run_python, tmp_path):
+  # XLA's default optimisation (the tests compile without it), where it hung: in a process
+  # of its own, with a deadline.
+  done = run_python("-c", SOLVE_HUNG_BATCH, cwd=tmp_path, env={"XLA_FLAGS": ""}, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  batched, alone, finite = done.stdout.split()
+  assert finite == "True" and int(batched) <= 10 and int(alone) <= 10
 
 
 @pytest.mark.parametrize("name", METHODS)

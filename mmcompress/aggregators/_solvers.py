@@ -255,14 +255,23 @@ def newton(q: jax.Array, alpha: float, *,
     t0 = jnp.minimum(1, 0.99 * jnp.min(shrink))
     f0 = value(w)
 
-    def too_long(carry):
-      j, t = carry
+    def too_long(j, t):
       new = w + t * step
       rises = value(new) > f0 + 1e-4 * t * slope
       past = gradient(new) @ step > 0
       return (j < NEWTON_MAX_HALVINGS) & rises & past
 
-    _, t = jax.lax.while_loop(too_long, lambda c: (c[0] + 1, c[1] / 2), (jnp.int32(0), t0))
+    def halve(carry):
+      j, t, _ = carry
+      return j + 1, t / 2, too_long(j + 1, t / 2)
+
+    # The test is computed once per t and carried, not recomputed in the loop's condition:
+    # under jax.vmap the loop ends when no entry's condition holds, while each entry's update
+    # is kept by a second evaluation of it; XLA may round the two copies differently (a fused
+    # multiply-add in one), and an entry at the edge of rounding then never changes while the
+    # loop never ends. Measured on CPU: a batch of 17 Gram matrices from a classify run hung.
+    start = (jnp.int32(0), t0, too_long(jnp.int32(0), t0))
+    _, t, _ = jax.lax.while_loop(lambda c: c[2], halve, start)
     new = w + t * step
     # A step that moves no weight in float32 leaves a fixed point: every further iteration
     # (a function of w alone) would repeat it. Stopping there returns the very same w.
