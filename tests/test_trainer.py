@@ -1,6 +1,7 @@
 """The trainer: data parallelism, checkpoints and resumption, and its refusals."""
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -25,7 +26,8 @@ def fixture_probes(start_python):
   """tests/multidevice_probe.py run as (devices, batch size) in each of `PROBES`, side by side."""
   waits = {name: start_python(
       ROOT / "tests" / "multidevice_probe.py", batch_size, cwd=ROOT,
-      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+      env={"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={devices}".strip()})
            for name, (devices, batch_size) in PROBES.items()}
   return {name: wait() for name, wait in waits.items()}
 
