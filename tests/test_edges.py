@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from mmcompress import saddle_objective, saddle_point, simplex_ascent, sparsity, weighting
+from mmcompress import (aggregators, saddle_objective, saddle_point, simplex_ascent, sparsity,
+                        weighting)
 
 
 @pytest.mark.parametrize("descent, ascent, name", [
@@ -69,3 +70,70 @@ def test_a_non_finite_task_reaches_the_others_only_where_it_depends_on_the_param
   np.testing.assert_allclose(grads["shared"][1], 1.0 / params["shared"], rtol=1e-6)
   np.testing.assert_array_equal(grads["shared"][0], [0.0, 0.0])
 
+
+
+# Rows of norm about 1e20: their Gram matrix (1e40) overflows float32. Every aggregator takes
+# it of the rows scaled by a power of two and scales its weights back by their homogeneity.
+HUGE = 2.0 ** 67  # about 1.5e20
+
+
+def _direction(name, G):
+  method = getattr(aggregators, name)
+  return method(G, jax.random.key(0)) if name == "pcgrad" else method(G)
+
+
+@pytest.mark.parametrize("name", sorted(aggregators.WEIGHTS))
+def test_rows_of_norm_1e20_give_the_direction_their_homogeneity_says(name):
+  G = jnp.asarray(np.random.default_rng(0).normal(size=(3, 20)), jnp.float32)
+  assert not np.all(np.isfinite(np.asarray((HUGE * G) @ (HUGE * G).T)))  # the overflow
+  degree = (aggregators.fairgrad_degree(1.0) if name == "fairgrad"
+            else aggregators.DEGREES[name])
+  # d(cG) = c^(1 + 2 degree) d(G): weights of degree `degree` in the Gram matrix times the rows.
+  expected = np.asarray(_direction(name, G), np.float64) * HUGE ** (1 + 2 * degree)
+  got = np.asarray(_direction(name, HUGE * G), np.float64)
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.max(np.abs(expected)))
+  # One huge row among ordinary ones: finite.
+  assert np.all(np.isfinite(np.asarray(_direction(name, G.at[0].multiply(HUGE)))))
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "pcgrad", "nash_mtl"])
+def test_the_trainers_aggregate_scales_exactly_and_survives_huge_rows(name):
+  params = {"a": jnp.ones((4, 5)), "b": jnp.ones(7)}
+  rng = np.random.default_rng(1)
+  stacked = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=(3,) + p.shape), jnp.float32),
+                         params)
+  weights_fn = ((lambda gram, key: aggregators.pcgrad_weights(gram, key)) if name == "pcgrad"
+                else (lambda gram, key, f=aggregators.WEIGHTS[name]: f(gram)))
+  tx = weighting.aggregate(weights_fn, 3, shared=lambda path, leaf: True,
+                           degree=aggregators.DEGREES[name])
+  state = tx.init(params)
+  combined, new_state = tx.update(stacked, state, params)
+  # Ordinary rows: the weights of the unscaled Gram matrix (bitwise for degree 0: scaling by
+  # a power of two is exact and these weights depend on ratios of its entries).
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
+  rows = [g.reshape(3, -1) for g in jax.tree.leaves(stacked)]
+  gram = sum(jnp.matmul(r, r.T, precision=jax.lax.Precision.HIGHEST) for r in rows)
+  direct = weights_fn(gram, key)
+  alpha = new_state.task_weights * jnp.sum(direct)  # task_weights are normalised to sum 1
+  if aggregators.DEGREES[name] == 0:
+    np.testing.assert_array_equal(new_state.task_weights, direct / jnp.sum(direct))
+  else:
+    np.testing.assert_allclose(alpha, direct, rtol=1e-6)
+  huge, _ = tx.update(jax.tree.map(lambda g: HUGE * g, stacked), state, params)
+  for leaf, small in zip(jax.tree.leaves(huge), jax.tree.leaves(combined)):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+    scale = HUGE ** (1 + 2 * aggregators.DEGREES[name])
+    np.testing.assert_allclose(np.asarray(leaf, np.float64), np.asarray(small) * scale,
+                               rtol=1e-5, atol=1e-6 * scale * float(jnp.max(jnp.abs(small))))
+
+
+def test_db_mtl_weighs_rows_of_norm_1e20_as_it_weighs_them_scaled_down():
+  params = {"a": jnp.ones((4, 5))}
+  stacked = {"a": jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 5)), jnp.float32)}
+  tx = weighting.db_mtl_aggregate(3, shared=lambda path, leaf: True)
+  state = tx.init(params)
+  _, small = tx.update(stacked, state, params)
+  out, huge = tx.update(jax.tree.map(lambda g: HUGE * g, stacked), state, params)
+  assert np.all(np.isfinite(np.asarray(out["a"])))
+  np.testing.assert_allclose(huge.task_weights, small.task_weights, rtol=1e-6)

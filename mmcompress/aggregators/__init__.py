@@ -16,11 +16,18 @@ All are jittable and usable under `jax.vmap`; the matrix products run at
 * `upgrad`: the mean projection of the rows onto their dual cone (Quinton & Rey 2024);
 * `fairgrad`: α-fair allocation, (G Gᵀ w)ᵢ = wᵢ^(-1/alpha) (Ban & Ji 2024).
 
+The direction functions take the Gram matrix of the rows scaled by a power of two (exact in
+floating point), so that finite rows never overflow it (rows of norm 1e20 would in float32),
+and scale the weights back by their homogeneity (`DEGREES`); a NaN or infinite row gives NaN
+or infinite weights.
+
 Conventions (no ×K factor, no clipping, which rows are normalised, ...) and where LibMTL,
 TorchJD and the authors' code differ are in each function's docstring.
 """
+from mmcompress.aggregators._solvers import scaled_gram, unscaled
 from mmcompress.aggregators.aligned_mtl import aligned_mtl, aligned_mtl_weights
 from mmcompress.aggregators.cagrad import cagrad, cagrad_weights
+from mmcompress.aggregators.fairgrad import degree as fairgrad_degree
 from mmcompress.aggregators.fairgrad import fairgrad, fairgrad_weights
 from mmcompress.aggregators.imtl_g import imtl_g, imtl_g_weights
 from mmcompress.aggregators.mgda import mgda, mgda_weights
@@ -40,13 +47,20 @@ WEIGHTS = {
     "fairgrad": fairgrad_weights,
 }
 
+# name -> the weights' homogeneity d, weights(s gram) = s^d weights(gram), s > 0 (FairGrad's
+# depends on its alpha: `fairgrad.degree`).
+DEGREES = {"mgda": 0.0, "pcgrad": 0.0, "cagrad": 0.0, "imtl_g": 0.0, "nash_mtl": -0.5,
+           "aligned_mtl": 0.0, "upgrad": 0.0}
+
 __all__ = [
+    "DEGREES",
     "WEIGHTS",
     "aligned_mtl",
     "aligned_mtl_weights",
     "cagrad",
     "cagrad_weights",
     "fairgrad",
+    "fairgrad_degree",
     "fairgrad_weights",
     "imtl_g",
     "imtl_g_weights",
@@ -56,6 +70,8 @@ __all__ = [
     "nash_mtl_weights",
     "pcgrad",
     "pcgrad_weights",
+    "scaled_gram",
+    "unscaled",
     "upgrad",
     "upgrad_weights",
 ]

@@ -29,7 +29,8 @@ and nothing branches in Python on a traced value.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,10 +76,52 @@ def dot(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def direction(G: ArrayLike, weights: Callable[[jax.Array], jax.Array]) -> jax.Array:
-  """d = weights(G Gᵀ) @ G for a (K, n) matrix G, after checking its shape."""
+def direction(G: ArrayLike, weights: Callable[[jax.Array], jax.Array],
+              degree: float = 0.0) -> jax.Array:
+  """d = weights(G Gᵀ) @ G for a (K, n) matrix G, after checking its shape.
+
+  The Gram matrix is taken of G scaled by a power of two (`scaled_gram`), so that finite rows
+  never overflow it; `degree` is the weights' homogeneity, weights(s Q) = s^degree weights(Q),
+  which puts the scale back (`unscaled`).
+  """
   G = check_rows(G)
-  return dot(weights(dot(G, G.T)), G)
+  gram, exponent = scaled_gram([G])
+  return dot(unscaled(weights(gram), exponent, degree), G)
+
+
+# The largest power-of-two scaling `scaled_gram` applies either way: 2^-120 and 2^120 are
+# normal float32 numbers (a subnormal scale could be flushed to zero).
+_MAX_EXPONENT = 120
+
+
+def scaled_gram(rows: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(Σ_i R_i R_iᵀ 4^-e, e) for (K, n_i) matrices R_i, e an integer.
+
+  2^-e brings the largest absolute entry into [1/2, 1) (e clipped to ±120; 0 when every
+  entry is zero or one is not finite). Scaling by a power of two is exact in floating point,
+  so the result is the unscaled Gram matrix times 4^-e to the last bit wherever that one does
+  not overflow, and it cannot overflow for finite rows (rows of norm 1e20 square to 1e40,
+  beyond float32). A NaN or infinite entry gives a NaN or infinite Gram matrix, as before.
+  """
+  top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(r)) for r in rows])
+  _, exponent = jnp.frexp(top)
+  exponent = jnp.where(jnp.isfinite(top) & (top > 0), exponent, 0)
+  exponent = jnp.clip(exponent, -_MAX_EXPONENT, _MAX_EXPONENT).astype(jnp.int32)
+  scale = jnp.ldexp(jnp.ones((), rows[0].dtype), -exponent)
+  terms = [dot(r * scale, (r * scale).T) for r in rows]
+  return functools.reduce(jnp.add, terms), exponent
+
+
+def unscaled(weights: jax.Array, exponent: jax.Array, degree: float) -> jax.Array:
+  """The weights of a Gram matrix 4^exponent times the one `weights` were computed from,
+  for weights homogeneous of `degree` (weights(s Q) = s^degree weights(Q)): times
+  4^(degree·exponent), exactly when 2·degree is an integer."""
+  if degree == 0:
+    return weights
+  power = 2 * degree * exponent
+  if float(2 * degree).is_integer():
+    return jnp.ldexp(weights, power.astype(jnp.int32))
+  return weights * jnp.exp2(power.astype(weights.dtype))
 
 
 def normalised(gram: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -48,6 +48,13 @@ def fairgrad_weights(gram: ArrayLike, alpha: float = 1.0) -> jax.Array:
   return _solvers.power_weights(gram, alpha)
 
 
+def degree(alpha: float) -> float:
+  """The homogeneity of `fairgrad_weights`: w(s gram) = s^degree w(gram), degree =
+  -alpha/(1+alpha) (w scales as |g|^(-2 alpha/(1+alpha)))."""
+  alpha = _solvers.check_alpha(alpha)
+  return -alpha / (1 + alpha)
+
+
 def fairgrad(G: ArrayLike, alpha: float = 1.0) -> jax.Array:
   """FairGrad's direction d = wᵀG with (G Gᵀ w)ᵢ = wᵢ^(-1/alpha) (see `fairgrad_weights`).
 
@@ -65,4 +72,4 @@ def fairgrad(G: ArrayLike, alpha: float = 1.0) -> jax.Array:
   >>> fairgrad(jnp.array([[1.0, 0.0], [0.0, 2.0]]), alpha=1.0).round(3)
   Array([1., 1.], dtype=float32)
   """
-  return _solvers.direction(G, lambda gram: fairgrad_weights(gram, alpha))
+  return _solvers.direction(G, lambda gram: fairgrad_weights(gram, alpha), degree(alpha))

@@ -7,6 +7,10 @@ from jax.typing import ArrayLike
 from mmcompress.aggregators import _solvers
 
 
+# nash_mtl_weights(s gram) = s^DEGREE nash_mtl_weights(gram): α scales as 1/|g|.
+DEGREE = -0.5
+
+
 def nash_mtl_weights(gram: ArrayLike) -> jax.Array:
   """Nash-MTL's task weights (Navon et al., "Multi-Task Learning as a Bargaining Game",
   ICML 2022) from the Gram matrix.
@@ -66,4 +70,4 @@ def nash_mtl(G: ArrayLike) -> jax.Array:
   >>> nash_mtl(jnp.array([[1.0, 0.0], [0.0, 2.0]])).round(3)
   Array([1., 1.], dtype=float32)
   """
-  return _solvers.direction(G, nash_mtl_weights)
+  return _solvers.direction(G, nash_mtl_weights, DEGREE)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mmcompress import _checks
+from mmcompress import _checks, aggregators
 from mmcompress.sparsity.masks import path_name
 from mmcompress.weighting import base
 
@@ -118,13 +118,20 @@ class AggregateState(NamedTuple):
 def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
   """Σ over the flagged leaves of G_leaf G_leafᵀ, in float32: the (K, K) Gram matrix of the
   task gradients restricted to those leaves."""
+  gram, exponent = scaled_gram_matrix(stacked, flags)
+  return jnp.ldexp(gram, 2 * exponent)
+
+
+def scaled_gram_matrix(stacked: Any, flags: Any) -> tuple[jax.Array, jax.Array]:
+  """`gram_matrix` times 4^-e, and e: the rows scaled by the power of two 2^-e that brings
+  their largest entry into [1/2, 1) (`mmcompress.aggregators.scaled_gram`: exact, and no
+  overflow for finite rows)."""
   rows = [g.reshape(g.shape[0], -1).astype(jnp.float32)
           for g, shared in zip(jax.tree.leaves(stacked), jax.tree.leaves(flags)) if shared]
-  terms = [jnp.matmul(m, m.T, precision=jax.lax.Precision.HIGHEST) for m in rows]
-  if not terms:
+  if not rows:
     raise ValueError("no shared parameter: every leaf is task-specific, so there is nothing "
                      "for a gradient-level method to combine (check `shared`).")
-  return sum(terms[1:], terms[0])
+  return aggregators.scaled_gram(rows)
 
 
 def combine(stacked: Any, flags: Any, alpha: jax.Array, max_norm: float | None = None) -> Any:
@@ -168,7 +175,8 @@ def checked_flags(updates: Any, params: Any | None, num_tasks: int, shared: Shar
 
 
 def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
-              seed: int = 0, max_norm: float | None = None) -> optax.GradientTransformation:
+              seed: int = 0, max_norm: float | None = None,
+              degree: float = 0.0) -> optax.GradientTransformation:
   """Combines stacked per-task gradients with task weights computed from their Gram matrix.
 
   ``update(stacked, state, params)``: ``gram = Σ_shared leaves G Gᵀ``, ``α = weights_fn(gram,
@@ -184,6 +192,11 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     max_norm: None or 0 (the direction as the method gives it), or clip the combined
       direction's global norm over the shared leaves to this (the Nash-MTL and FairGrad authors'
       trainers clip theirs to 1: their directions do not shrink with the gradients).
+    degree: the homogeneity of `weights_fn` in the Gram matrix, weights_fn(s gram, key) =
+      s^degree weights_fn(gram, key) for s > 0 (0: MGDA, PCGrad, UPGrad, ...; Nash-MTL -1/2;
+      `mmcompress.aggregators.DEGREES`). The Gram matrix handed to `weights_fn` is that of
+      the rows scaled by a power of two (exact; no overflow for finite rows), and α is
+      scaled back by it.
 
   Returns:
     An `optax.GradientTransformation` with an `AggregateState`; `update` requires `params`.
@@ -205,7 +218,8 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
                 ) -> tuple[Any, AggregateState]:
     flags = checked_flags(updates, params, num_tasks, shared, "aggregate")
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
-    alpha = weights_fn(gram_matrix(updates, flags), key)
+    gram, exponent = scaled_gram_matrix(updates, flags)
+    alpha = aggregators.unscaled(weights_fn(gram, key), exponent, degree)
     return combine(updates, flags, alpha, max_norm), AggregateState(
         count=optax.safe_int32_increment(state.count), key=state.key,
         task_weights=normalised(alpha).astype(jnp.float32))
@@ -234,10 +248,10 @@ def gradient_weighting(name: str, objective: Callable[..., jax.Array],
 
 
 def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike | None = None,
-                   shared: SharedFn | None = None, max_norm: float | None = None
-                   ) -> base.TaskWeighting:
+                   shared: SharedFn | None = None, max_norm: float | None = None,
+                   degree: float = 0.0) -> base.TaskWeighting:
   """The gradient-level weighting that combines the gradients of the (scaled) task losses
-  with `aggregate(weights_fn, ..., max_norm=max_norm)` (MGDA, PCGrad, ...:
+  with `aggregate(weights_fn, ..., max_norm=max_norm, degree=degree)` (MGDA, PCGrad, ...:
   `mmcompress.aggregators`)."""
   scales = base.check_task_scales(task_scales)
 
@@ -246,7 +260,8 @@ def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike |
     return base.scaled(task_losses, scales)
 
   def make(num_tasks: int, seed: int = 0) -> optax.GradientTransformation:
-    return aggregate(weights_fn, num_tasks, shared=shared, seed=seed, max_norm=max_norm)
+    return aggregate(weights_fn, num_tasks, shared=shared, seed=seed, max_norm=max_norm,
+                     degree=degree)
 
   return gradient_weighting(name, objective, make)
 

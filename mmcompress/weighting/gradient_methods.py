@@ -71,7 +71,8 @@ def nash_mtl(max_norm: float | None = 1.0, *, task_scales: ArrayLike | None = No
   None: not clipped).
   """
   return gram_weighting("nash_mtl", _keyless(aggregators.nash_mtl_weights),
-                        task_scales=task_scales, shared=shared, max_norm=max_norm)
+                        task_scales=task_scales, shared=shared, max_norm=max_norm,
+                        degree=aggregators.DEGREES["nash_mtl"])
 
 
 def aligned_mtl(*, task_scales: ArrayLike | None = None,
@@ -103,7 +104,8 @@ def fairgrad(alpha: float = 1.0, max_norm: float | None = 1.0, *,
   alpha = _checks.positive(alpha, "fairgrad.alpha")
   return gram_weighting("fairgrad",
                         _keyless(aggregators.fairgrad_weights, alpha),
-                        task_scales=task_scales, shared=shared, max_norm=max_norm)
+                        task_scales=task_scales, shared=shared, max_norm=max_norm,
+                        degree=aggregators.fairgrad_degree(alpha))
 
 
 def reader(factory: Any, *knobs: str) -> Any:
