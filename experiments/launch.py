@@ -4,7 +4,10 @@ A mistake of the user's ends the command before any compute with one line on std
 ``PROGRAM: error: WHAT TO CHANGE``, and exit status 2: a flag or config field that cannot be
 parsed or does not exist, a config file or preset that does not exist, and whatever the
 library raises as `mmcompress._checks.UserError` (a config that cannot run, a missing or
-malformed data folder, a workdir that holds another run). Any other error keeps its traceback.
+malformed data folder, a workdir that holds another run). A write that the filesystem
+refuses during the run (no permission, a read-only filesystem, no space left) is one line too,
+with exit status 2, saying that what was saved is kept and the same command resumes. Any
+other error keeps its traceback.
 
 ``--config`` takes a config file with an optional preset, ``PATH[:PRESET]``, or a config
 shipped with the package by name, ``NAME[:PRESET]`` (``digits:quick``, ``nyuv2:dst100x``),
@@ -13,6 +16,7 @@ path of a shipped config, ``experiments/configs/NAME.py[:PRESET]``, also finds t
 copy when the current folder holds no such file.
 """
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -109,6 +113,22 @@ def one_line(error: BaseException) -> str:
   return " ".join(lines)
 
 
+# What the filesystem answers when it refuses a write: not the program's fault.
+_REFUSED_WRITES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def refused_write(error: BaseException) -> OSError | None:
+  """The OSError of a write the filesystem refused somewhere in `error`'s chain of causes
+  (orbax and tensorstore wrap theirs), or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _REFUSED_WRITES:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def exit_with_user_error(program: str, error: BaseException | str) -> None:
   """Prints ``PROGRAM: error: MESSAGE`` as one line on stderr and exits with status 2."""
   message = error if isinstance(error, str) else one_line(error)
@@ -196,6 +216,14 @@ def run_main(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except _checks.UserError as error:
       exit_with_user_error(_program(), error)
+    except Exception as error:  # pylint: disable=broad-except
+      refused = refused_write(error)
+      if refused is None:
+        raise
+      where = f" {refused.filename}" if refused.filename else ""
+      exit_with_user_error(_program(), f"could not write{where}: {refused.strerror}. What was "
+                           "saved before is kept: make the folder writable (or free some "
+                           "space) and rerun the same command to resume.")
   app.run(checked_main, flags_parser=_parse_flags)
 
 

@@ -193,3 +193,32 @@ def test_as_user_error_marks_value_errors_only():
       raise KeyError("not a ValueError")
   assert issubclass(_checks.MissingDataError, FileNotFoundError)
   assert issubclass(_checks.MissingDataError, ValueError)
+
+
+# Runs experiments.digits as `python -m` would, with the second checkpoint save refused by
+# the filesystem, as when the workdir turns read-only mid-run (a chmod cannot show it to root).
+REFUSE_SECOND_SAVE = """
+import errno, runpy, sys
+from mmcompress.train import checkpoint
+save, calls = checkpoint.StageCheckpoints.save, []
+def refusing(self, step, state, record):
+  calls.append(step)
+  if len(calls) == 2:
+    raise PermissionError(errno.EACCES, "Permission denied", self.directory + "/x")
+  return save(self, step, state, record)
+checkpoint.StageCheckpoints.save = refusing
+sys.argv = ["digits"] + sys.argv[1:]
+runpy.run_module("experiments.digits", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_write_refused_mid_run_is_one_line_and_keeps_what_was_saved(tmp_path, start_python):
+  workdir = tmp_path / "w"
+  done = start_python("-c", REFUSE_SECOND_SAVE, "--config=digits:quick",
+                      "--config.methods=('equal',)", "--config.seeds=(0,)",
+                      f"--workdir={workdir}", cwd=tmp_path, env={"CI": "true"})()
+  assert_one_line_user_error(done, "could not write", "Permission denied",
+                             "rerun the same command to resume")
+  assert (workdir / "config.json").exists()
+  assert any(p.name.isdigit() for p in workdir.rglob("*") if p.is_dir())  # the first save
