@@ -50,7 +50,8 @@ def test_per_task_grads_names_a_tuple_of_objectives():
     weighting.per_task_grads(lambda p: (p ** 2, 3 * p), jnp.array(2.0))
 
 
-def test_a_non_finite_task_reaches_the_others_only_where_it_depends_on_the_parameters():
+@pytest.mark.parametrize("mode", ["vmap", "unrolled"])
+def test_a_non_finite_task_reaches_the_others_only_where_it_depends_on_the_parameters(mode):
   # The rule of `per_task_grads`: a task whose value or partials are not finite leaves the
   # other tasks' rows finite at every parameter it does not depend on; where it does, the
   # shared backward pass multiplies its partials by the other tasks' zero cotangents
@@ -60,13 +61,13 @@ def test_a_non_finite_task_reaches_the_others_only_where_it_depends_on_the_param
     return jnp.stack([jnp.sum(p["own"] ** 2) + jnp.sum(shared),
                       jnp.sum(jnp.log(shared - 2.0))])  # log(0): -inf, its partial inf
   params = {"own": jnp.array([1.0, 2.0]), "shared": jnp.array([1.0, 3.0])}
-  values, grads = weighting.per_task_grads(fn, params)
+  values, grads = weighting.per_task_grads(fn, params, mode=mode)
   assert np.isfinite(values[0]) and not np.isfinite(values[1])
   np.testing.assert_array_equal(grads["own"][0], [2.0, 4.0])  # untouched by task 1
   assert not np.all(np.isfinite(grads["shared"][0]))  # reached through the shared node
   # With every task finite, each row is that task's own gradient.
   finite = lambda p: jnp.stack([jnp.sum(p["own"] ** 2), jnp.sum(jnp.log(p["shared"]))])
-  _, grads = weighting.per_task_grads(finite, params)
+  _, grads = weighting.per_task_grads(finite, params, mode=mode)
   np.testing.assert_allclose(grads["shared"][1], 1.0 / params["shared"], rtol=1e-6)
   np.testing.assert_array_equal(grads["shared"][0], [0.0, 0.0])
 

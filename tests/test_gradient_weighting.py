@@ -37,10 +37,12 @@ def _flat_rows(stacked, keys):
 TRUNK = [("trunk", "bias"), ("trunk", "kernel")]
 
 
-def test_per_task_grads_equal_k_separate_grads_and_heads_get_only_their_own_task():
+@pytest.mark.parametrize("mode", weighting.GRAD_MODES)
+def test_per_task_grads_equal_k_separate_grads_and_heads_get_only_their_own_task(mode):
   params = _params()
   values, stacked, aux = jax.jit(lambda p: weighting.per_task_grads(
-      lambda q: (_task_losses(q), jnp.sum(q["trunk"]["bias"])), p, has_aux=True))(params)
+      lambda q: (_task_losses(q), jnp.sum(q["trunk"]["bias"])), p, has_aux=True,
+      mode=mode))(params)
   np.testing.assert_allclose(values, _task_losses(params), rtol=1e-6)
   np.testing.assert_allclose(aux, jnp.sum(params["trunk"]["bias"]), rtol=1e-6)
   for k in range(K):
@@ -52,9 +54,25 @@ def test_per_task_grads_equal_k_separate_grads_and_heads_get_only_their_own_task
         assert not np.any(np.asarray(stacked[f"head_{j}"]["kernel"][k]))
 
 
-def test_per_task_grads_rejects_a_scalar_objective():
+def test_per_task_grads_rejects_a_scalar_objective_and_an_unknown_mode():
   with pytest.raises(ValueError, match=r"\(K,\) vector"):
     weighting.per_task_grads(lambda p: jnp.sum(p ** 2), jnp.ones(3))
+  with pytest.raises(ValueError, match="mode must be one of"):
+    weighting.per_task_grads(lambda p: p ** 2, jnp.ones(3), mode="loop")
+
+
+def test_auto_unrolls_up_to_its_task_count_and_vmaps_beyond():
+  # Which program `auto` builds: K gradient calls unrolled (K dot products of the input with
+  # each row's cotangent) or one vmapped backward pass.
+  for num_tasks in (weighting.UNROLL_MAX_TASKS, weighting.UNROLL_MAX_TASKS + 1):
+    fn = lambda p, n=num_tasks: jnp.tanh(jnp.arange(1.0, n + 1.0) * jnp.sum(p))
+    jaxpr = str(jax.make_jaxpr(lambda p: weighting.per_task_grads(fn, p)[1])(jnp.ones(3)))
+    unrolled = str(jax.make_jaxpr(lambda p: weighting.per_task_grads(
+        fn, p, mode="unrolled")[1])(jnp.ones(3)))
+    vmapped = str(jax.make_jaxpr(lambda p: weighting.per_task_grads(
+        fn, p, mode="vmap")[1])(jnp.ones(3)))
+    assert unrolled != vmapped
+    assert jaxpr == (unrolled if num_tasks <= weighting.UNROLL_MAX_TASKS else vmapped)
 
 
 def _recording_weights(gram, key):

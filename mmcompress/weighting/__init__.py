@@ -67,8 +67,9 @@ from mmcompress.weighting.famo import from_config as _famo_from_config
 from mmcompress.weighting.gls import from_config as _gls_from_config
 from mmcompress.weighting.gls import gls
 from mmcompress.weighting import gradient_methods as gm
-from mmcompress.weighting.gradient import (AggregateState, aggregate, current_weights,
-                                           default_shared, per_task_grads, sum_tasks)
+from mmcompress.weighting.gradient import (GRAD_MODES, UNROLL_MAX_TASKS, AggregateState,
+                                           aggregate, current_weights, default_shared,
+                                           per_task_grads, sum_tasks)
 from mmcompress.weighting.minmax import from_config as _minmax_from_config
 from mmcompress.weighting.minmax import auto_from_config as _minmax_auto_from_config
 from mmcompress.weighting.minmax import AutoScalesState, minmax, minmax_auto
@@ -136,6 +137,8 @@ mgda, pcgrad, cagrad, imtl_g = gm.mgda, gm.pcgrad, gm.cagrad, gm.imtl_g
 nash_mtl, aligned_mtl, upgrad, fairgrad = gm.nash_mtl, gm.aligned_mtl, gm.upgrad, gm.fairgrad
 
 __all__ = [
+    "GRAD_MODES",
+    "UNROLL_MAX_TASKS",
     "AggregateState",
     "AutoScalesState",
     "DBMTLState",

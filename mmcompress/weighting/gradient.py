@@ -44,25 +44,46 @@ WeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 SharedFn = Callable[[tuple[Any, ...], Any], bool]
 
 
-def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
-                   ) -> tuple[Any, ...]:
-  """The gradients of each of K task objectives, stacked, from one VJP.
+# How `per_task_grads` takes the K gradients.
+GRAD_MODES = ("auto", "unrolled", "vmap")
+# `auto` unrolls up to this many tasks: the unrolled program holds K backward passes, so its
+# compilation grows with K (VGG16's 20 tasks), while the vmapped one holds one.
+UNROLL_MAX_TASKS = 8
+
+
+def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False,
+                   mode: str = "auto") -> tuple[Any, ...]:
+  """The gradients of each of K task objectives, stacked.
 
   Args:
     fn: ``params -> values`` with values of shape (K,) (``has_aux``: ``(values, aux)``).
     params: the point at which to differentiate.
     has_aux: whether `fn` returns auxiliary outputs too.
+    mode: how the K gradients are taken (`GRAD_MODES`):
+
+      * ``"vmap"``: one VJP, its backward pass vmapped over the K one-hot cotangents (one
+        batched backward pass in the program);
+      * ``"unrolled"``: K ordinary gradients, ``jax.grad`` of each ``values[k]``, written one
+        after the other; under `jax.jit` XLA shares their identical forward passes, so it is
+        K backward passes after one forward pass (without jit, K + 1 forward passes);
+      * ``"auto"`` (default): ``"unrolled"`` for K <= `UNROLL_MAX_TASKS`, else ``"vmap"``.
+
+      Measured on this project's 2-core CPU machine (jax 0.10.2, the digits problem's four
+      tasks, batch 128, jitted, median of 20): the CNN's per-task gradients took 38 ms
+      vmapped and 9.3 ms unrolled (one ordinary gradient: 4.9 ms); the MLP's 1.9 ms and
+      1.8 ms (one gradient: 1.0 ms). The vmapped backward pass batches convolutions over the
+      tasks, which XLA's CPU backend runs far slower than K ordinary ones.
 
   Returns:
     ``(values, grads)`` or, with `has_aux`, ``(values, grads, aux)``, where `grads` has the
     structure of `params` and every leaf a leading axis of K: ``grads[k]`` is the gradient
-    of ``values[k]``.
+    of ``values[k]``. Both modes agree to float32 rounding (tested).
 
-  Non-finite tasks: the K rows come from one backward pass in which task k's row carries a
-  zero cotangent for every other task. Where task j's value or partial derivatives are not
-  finite (a log of 0, an overflow), 0 · ∞ = NaN, so every row may be NaN at each parameter
-  that task j's value depends on; at the parameters it does not depend on the other rows
-  stay exact (tested in ``tests/test_edges.py``). Nothing is hidden: the trainer checks every
+  Non-finite tasks: in the vmapped mode task k's row carries a zero cotangent for every other
+  task. Where task j's value or partial derivatives are not finite (a log of 0, an overflow),
+  0 · ∞ = NaN, so every row may be NaN at each parameter that task j's value depends on; at
+  the parameters it does not depend on the other rows stay exact (tested in
+  ``tests/test_edges.py``, for both modes). Nothing is hidden: the trainer checks every
   step's task losses and parameters and records a run whose task loss or parameters stop
   being finite as diverged, naming the task.
 
@@ -70,6 +91,8 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
   >>> grads.tolist()
   [4.0, 3.0]
   """
+  if mode not in GRAD_MODES:
+    raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}.")
   if has_aux:
     values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
   else:
@@ -82,8 +105,14 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
   if jnp.ndim(values) != 1:
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
                      f"got shape {jnp.shape(values)}.")
-  cotangents = jnp.eye(values.shape[0], dtype=values.dtype)
-  (grads,) = jax.vmap(vjp_fn)(cotangents)
+  num_tasks = values.shape[0]
+  if mode == "vmap" or (mode == "auto" and num_tasks > UNROLL_MAX_TASKS):
+    (grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=values.dtype))
+  else:
+    def task(k):
+      return lambda p: (fn(p)[0] if has_aux else fn(p))[k]
+    rows = [jax.grad(task(k))(params) for k in range(num_tasks)]
+    grads = jax.tree.map(lambda *r: jnp.stack(r), *rows)
   return (values, grads, aux) if has_aux else (values, grads)
 
 
