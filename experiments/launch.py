@@ -6,7 +6,8 @@ parsed or does not exist, a config file or preset that does not exist, and whate
 library raises as `mmcompress._checks.UserError` (a config that cannot run, a missing or
 malformed data folder, a workdir that holds another run). A write that the filesystem
 refuses during the run (no permission, a read-only filesystem, no space left) is one line too,
-with exit status 2, saying that what was saved is kept and the same command resumes. Any
+with exit status 2, saying that whatever was saved is kept and the same command resumes (an
+unreadable file the run needs, EACCES or EPERM on reading, is answered the same way). Any
 other error keeps its traceback.
 
 ``--config`` takes a config file with an optional preset, ``PATH[:PRESET]``, or a config
@@ -125,7 +126,7 @@ def refused_write(error: BaseException) -> OSError | None:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in _REFUSED_WRITES:
       return error
-    error = error.__cause__ or error.__context__
+    error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
   return None
 
 
@@ -221,9 +222,10 @@ def run_main(main: Callable[[list[str]], None]) -> None:
       if refused is None:
         raise
       where = f" {refused.filename}" if refused.filename else ""
-      exit_with_user_error(_program(), f"could not write{where}: {refused.strerror}. What was "
-                           "saved before is kept: make the folder writable (or free some "
-                           "space) and rerun the same command to resume.")
+      exit_with_user_error(_program(), f"could not write or read{where}: {refused.strerror}. "
+                           "Whatever the run saved before is kept: make the folder writable "
+                           "(or readable, or free some space) and rerun the same command to "
+                           "resume.")
   app.run(checked_main, flags_parser=_parse_flags)
 
 

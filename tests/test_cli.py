@@ -218,7 +218,7 @@ def test_a_write_refused_mid_run_is_one_line_and_keeps_what_was_saved(tmp_path, 
   done = start_python("-c", REFUSE_SECOND_SAVE, "--config=digits:quick",
                       "--config.methods=('equal',)", "--config.seeds=(0,)",
                       f"--workdir={workdir}", cwd=tmp_path, env={"CI": "true"})()
-  assert_one_line_user_error(done, "could not write", "Permission denied",
+  assert_one_line_user_error(done, "could not write or read", "Permission denied",
                              "rerun the same command to resume")
   assert (workdir / "config.json").exists()
   assert any(p.name.isdigit() for p in workdir.rglob("*") if p.is_dir())  # the first save

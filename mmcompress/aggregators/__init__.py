@@ -16,15 +16,16 @@ All are jittable and usable under `jax.vmap`; the matrix products run at
 * `upgrad`: the mean projection of the rows onto their dual cone (Quinton & Rey 2024);
 * `fairgrad`: α-fair allocation, (G Gᵀ w)ᵢ = wᵢ^(-1/alpha) (Ban & Ji 2024).
 
-The direction functions take the Gram matrix of the rows scaled by a power of two (exact in
-floating point), so that finite rows never overflow it (rows of norm 1e20 would in float32),
-and scale the weights back by their homogeneity (`DEGREES`); a NaN or infinite row gives NaN
-or infinite weights.
+The direction functions take the Gram matrix of rows whose largest entry lies outside
+[2^-40, 2^40] scaled by a power of two (exact in floating point), so that finite rows never
+overflow it (rows of norm 1e20 would in float32), and scale the direction back by the weights'
+homogeneity (`DEGREES`, `fairgrad_degree`); within that range nothing is scaled. A NaN or
+infinite row gives NaN or infinite weights.
 
 Conventions (no ×K factor, no clipping, which rows are normalised, ...) and where LibMTL,
 TorchJD and the authors' code differ are in each function's docstring.
 """
-from mmcompress.aggregators._solvers import scaled_gram, unscaled
+from mmcompress.aggregators._solvers import exponent_scale, rescaled, row_exponent, scaled_gram
 from mmcompress.aggregators.aligned_mtl import aligned_mtl, aligned_mtl_weights
 from mmcompress.aggregators.cagrad import cagrad, cagrad_weights
 from mmcompress.aggregators.fairgrad import degree as fairgrad_degree
@@ -59,6 +60,7 @@ __all__ = [
     "aligned_mtl_weights",
     "cagrad",
     "cagrad_weights",
+    "exponent_scale",
     "fairgrad",
     "fairgrad_degree",
     "fairgrad_weights",
@@ -70,8 +72,9 @@ __all__ = [
     "nash_mtl_weights",
     "pcgrad",
     "pcgrad_weights",
+    "rescaled",
+    "row_exponent",
     "scaled_gram",
-    "unscaled",
     "upgrad",
     "upgrad_weights",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,48 +81,66 @@ def direction(G: ArrayLike, weights: Callable[[jax.Array], jax.Array],
               degree: float = 0.0) -> jax.Array:
   """d = weights(G Gᵀ) @ G for a (K, n) matrix G, after checking its shape.
 
-  The Gram matrix is taken of G scaled by a power of two (`scaled_gram`), so that finite rows
-  never overflow it; `degree` is the weights' homogeneity, weights(s Q) = s^degree weights(Q),
-  which puts the scale back (`unscaled`).
+  Rows whose largest entry lies outside [2^-40, 2^40] are first scaled by a power of two,
+  2^-e (`scaled_gram`): their Gram matrix would overflow float32 (rows of norm 1e20) or lose
+  its small entries. `degree` is the weights' homogeneity, weights(s Q) = s^degree weights(Q)
+  for s > 0, and d = weights(Q 4^-e) @ (G 2^-e) · 2^(e (1 + 2 degree)) (`rescaled`): the
+  direction's scale, unlike the weights', stays within float32 whenever the answer does.
+  Within that range (every ordinary gradient) e = 0 and nothing changes.
   """
   G = check_rows(G)
   gram, exponent = scaled_gram([G])
-  return dot(unscaled(weights(gram), exponent, degree), G)
+  return rescaled(dot(weights(gram), G * exponent_scale(exponent, G.dtype)), exponent,
+                  degree)
 
 
-# The largest power-of-two scaling `scaled_gram` applies either way: 2^-120 and 2^120 are
-# normal float32 numbers (a subnormal scale could be flushed to zero).
+# Rows whose largest absolute entry lies in [2^-_SAFE, 2^_SAFE] are used as they are: their
+# Gram matrix stays within float32's normal range for up to about 1e14 entries a row.
+_SAFE = 40
+# The largest scaling applied either way: 2^-120 and 2^120 are normal float32 numbers (a
+# subnormal scale could be flushed to zero).
 _MAX_EXPONENT = 120
 
 
-def scaled_gram(rows: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """(Σ_i R_i R_iᵀ 4^-e, e) for (K, n_i) matrices R_i, e an integer.
-
-  2^-e brings the largest absolute entry into [1/2, 1) (e clipped to ±120; 0 when every
-  entry is zero or one is not finite). Scaling by a power of two is exact in floating point,
-  so the result is the unscaled Gram matrix times 4^-e to the last bit wherever that one does
-  not overflow, and it cannot overflow for finite rows (rows of norm 1e20 square to 1e40,
-  beyond float32). A NaN or infinite entry gives a NaN or infinite Gram matrix, as before.
-  """
-  top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(r)) for r in rows])
+def row_exponent(top: jax.Array) -> jax.Array:
+  """The int32 e with top 2^-e in [1/2, 1) when `top` (a largest absolute entry, any shape)
+  lies outside [2^-40, 2^40]; else 0, and 0 when top is zero or not finite; clipped to ±120."""
   _, exponent = jnp.frexp(top)
-  exponent = jnp.where(jnp.isfinite(top) & (top > 0), exponent, 0)
-  exponent = jnp.clip(exponent, -_MAX_EXPONENT, _MAX_EXPONENT).astype(jnp.int32)
-  scale = jnp.ldexp(jnp.ones((), rows[0].dtype), -exponent)
+  extreme = (top > 2.0 ** _SAFE) | (top < 2.0 ** -_SAFE)
+  exponent = jnp.where(jnp.isfinite(top) & (top > 0) & extreme, exponent, 0)
+  return jnp.clip(exponent, -_MAX_EXPONENT, _MAX_EXPONENT).astype(jnp.int32)
+
+
+def exponent_scale(exponent: jax.Array, dtype: Any) -> jax.Array:
+  """2^-exponent in `dtype` (exact)."""
+  return jnp.ldexp(jnp.ones(jnp.shape(exponent), dtype), -exponent)
+
+
+def scaled_gram(rows: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(Σ_i (R_i 2^-e)(R_i 2^-e)ᵀ, e) for (K, n_i) matrices R_i, e = `row_exponent` of their
+  largest absolute entry.
+
+  Scaling by a power of two is exact in floating point, so the result is the plain Gram matrix
+  times 4^-e to the last bit wherever that one neither overflows nor underflows, and it cannot
+  overflow for finite float32 rows. A NaN or infinite entry gives a NaN or infinite Gram
+  matrix, as without scaling. Rows of very different sizes (one 2^60 times another) still lose
+  the small one's squares below float32's range: its weight is then that of a zero row.
+  """
+  top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(r), initial=0.0) for r in rows])
+  exponent = row_exponent(top)
+  scale = exponent_scale(exponent, rows[0].dtype)
   terms = [dot(r * scale, (r * scale).T) for r in rows]
   return functools.reduce(jnp.add, terms), exponent
 
 
-def unscaled(weights: jax.Array, exponent: jax.Array, degree: float) -> jax.Array:
-  """The weights of a Gram matrix 4^exponent times the one `weights` were computed from,
-  for weights homogeneous of `degree` (weights(s Q) = s^degree weights(Q)): times
-  4^(degree·exponent), exactly when 2·degree is an integer."""
-  if degree == 0:
-    return weights
-  power = 2 * degree * exponent
+def rescaled(direction_: jax.Array, exponent: jax.Array, degree: float) -> jax.Array:
+  """A direction computed from rows scaled by 2^-exponent and weights of their Gram matrix,
+  scaled back: times 2^(exponent (1 + 2 degree)) for weights homogeneous of `degree`
+  (exact when 2·degree is an integer; 1 + 2 degree lies in [-1, 1] for every method here)."""
+  power = (1 + 2 * degree) * exponent
   if float(2 * degree).is_integer():
-    return jnp.ldexp(weights, power.astype(jnp.int32))
-  return weights * jnp.exp2(power.astype(weights.dtype))
+    return jnp.ldexp(direction_, power.astype(jnp.int32))
+  return direction_ * jnp.exp2(power.astype(direction_.dtype))
 
 
 def normalised(gram: jax.Array) -> tuple[jax.Array, jax.Array]:

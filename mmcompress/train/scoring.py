@@ -10,7 +10,7 @@ aggregate of it is plain magnitude pruning.)
 The Taylor scores are averaged over ``config.prune.calibration_batches`` batches of the
 *training* split, drawn as the training stages draw theirs (for the prune stage's own index,
 so they are batches no training stage of this run saw in this order), at the weights the
-prune stage receives: per batch, the K per-task gradients from one VJP
+prune stage receives: per batch, the K per-task gradients
 (`mmcompress.weighting.per_task_grads`), then |θ ⊙ ∂L_k/∂θ|, then the mean over batches.
 The ``minmax`` aggregate weights the tasks by the method's task weights at prune time (its
 weighting's weights at the end of the stage before the prune: the min-max player decides
@@ -71,7 +71,7 @@ def default_criterion(config: ml_collections.ConfigDict) -> str:
 def make_scoring_step(problem: Problem, model: nn.Module, mesh: jax.sharding.Mesh
                       ) -> Callable[[Any, Any, dict, jax.Array], Any]:
   """The jitted ``(params, model_state, batch, key_data) -> stacked Taylor scores`` of one
-  batch: the K per-task gradients from one VJP, then |θ ⊙ ∂L_k/∂θ|. Make it once per
+  batch: the K per-task gradients (`per_task_grads`), then |θ ⊙ ∂L_k/∂θ|. Make it once per
   experiment: every prune of every run then reuses its compilation."""
 
   def scores(params, model_state, batch, key_data):

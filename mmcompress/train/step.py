@@ -2,7 +2,7 @@
 
 A step is: the problem's per-task losses → the weighting's objective → one `jax.grad` over
 ``{"params": model, "task_weights": weighting}`` (a gradient-level weighting: the K
-per-task gradients of the model from one VJP, `per_task_grads`) → one optax update through
+per-task gradients of the model, `per_task_grads`) → one optax update through
 `mmcompress.saddle_point` → the weighting's `observe` of the step's losses. Masks, task weights and both optimizers' states all live in
 `TrainState`, so the step is pure and the whole state is replicated and checkpointed.
 """

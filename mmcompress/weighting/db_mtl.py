@@ -73,10 +73,9 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
         lambda b, g, s: g + (rate * (b - g)).astype(g.dtype) if s else b,
         state.buffer, updates, flags)
     averaged = jax.tree.map(lambda b, g, s: b if s else g, buffer, updates, flags)
-    # The norms from the Gram matrix of the rows scaled by 2^-e (exact; finite for rows of
-    # norm 1e20, whose squares overflow float32), scaled back.
-    scaled, exponent = gradient.scaled_gram_matrix(averaged, flags)
-    norms = jnp.ldexp(jnp.sqrt(jnp.diagonal(scaled)), exponent)
+    # Each row's norm with the row scaled by its own power of two (finite and non-zero for
+    # rows of norm 1e20 or 1e-30, whose squares leave float32's range).
+    norms = gradient.row_norms(averaged, flags)
     alpha = jnp.max(norms) / (norms + 1e-8)
     return gradient.combine(averaged, flags, alpha), DBMTLState(
         count=count, buffer=buffer, task_weights=gradient.normalised(alpha))

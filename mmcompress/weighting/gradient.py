@@ -5,8 +5,9 @@ gradient of every task's loss with respect to the shared parameters, not one gra
 weighted sum. Two pieces make it an optax transform like any other:
 
 * `per_task_grads(fn, params)`: the (K, ...) stacked gradients of a function returning K
-  task objectives, from one `jax.vjp` and a `jax.vmap` over the K one-hot cotangents (the
-  construction of `jax.jacrev`, with the values and auxiliary outputs kept);
+  task objectives, as K ordinary gradients sharing one forward pass under jit, or one
+  `jax.vjp` with a `jax.vmap` over the K one-hot cotangents (the construction of
+  `jax.jacrev`), with the values and auxiliary outputs kept;
 * `aggregate(weights_fn, num_tasks)`: an optax transform whose ``update`` takes those stacked
   gradients (every leaf with a leading axis of K) and returns one gradient of the
   parameters' shapes. It computes the K x K Gram matrix of the task gradients over the
@@ -26,6 +27,7 @@ optax.sgd(0.1))`` (the ℓ1 term is added once, to the combined gradient).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -79,8 +81,8 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     structure of `params` and every leaf a leading axis of K: ``grads[k]`` is the gradient
     of ``values[k]``. Both modes agree to float32 rounding (tested).
 
-  Non-finite tasks: in the vmapped mode task k's row carries a zero cotangent for every other
-  task. Where task j's value or partial derivatives are not finite (a log of 0, an overflow),
+  Non-finite tasks: in both modes task k's row is pulled back from a cotangent that is zero
+  for every other task. Where task j's value or partial derivatives are not finite (a log of 0, an overflow),
   0 · ∞ = NaN, so every row may be NaN at each parameter that task j's value depends on; at
   the parameters it does not depend on the other rows stay exact (tested in
   ``tests/test_edges.py``, for both modes). Nothing is hidden: the trainer checks every
@@ -144,32 +146,63 @@ class AggregateState(NamedTuple):
   task_weights: jax.Array
 
 
-def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
-  """Σ over the flagged leaves of G_leaf G_leafᵀ, in float32: the (K, K) Gram matrix of the
-  task gradients restricted to those leaves."""
-  gram, exponent = scaled_gram_matrix(stacked, flags)
-  return jnp.ldexp(gram, 2 * exponent)
-
-
-def scaled_gram_matrix(stacked: Any, flags: Any) -> tuple[jax.Array, jax.Array]:
-  """`gram_matrix` times 4^-e, and e: the rows scaled by the power of two 2^-e that brings
-  their largest entry into [1/2, 1) (`mmcompress.aggregators.scaled_gram`: exact, and no
-  overflow for finite rows)."""
+def _shared_rows(stacked: Any, flags: Any) -> list[jax.Array]:
+  """The flagged leaves as (K, n_leaf) float32 matrices."""
   rows = [g.reshape(g.shape[0], -1).astype(jnp.float32)
           for g, shared in zip(jax.tree.leaves(stacked), jax.tree.leaves(flags)) if shared]
   if not rows:
     raise ValueError("no shared parameter: every leaf is task-specific, so there is nothing "
                      "for a gradient-level method to combine (check `shared`).")
-  return aggregators.scaled_gram(rows)
+  return rows
 
 
-def combine(stacked: Any, flags: Any, alpha: jax.Array, max_norm: float | None = None) -> Any:
+def gram_matrix(stacked: Any, flags: Any) -> jax.Array:
+  """Σ over the flagged leaves of G_leaf G_leafᵀ, in float32: the (K, K) Gram matrix of the
+  task gradients restricted to those leaves (unscaled: it overflows for rows of norm 1e20)."""
+  terms = [jnp.matmul(m, m.T, precision=jax.lax.Precision.HIGHEST)
+           for m in _shared_rows(stacked, flags)]
+  return sum(terms[1:], terms[0])
+
+
+def scaled_gram_matrix(stacked: Any, flags: Any) -> tuple[jax.Array, jax.Array]:
+  """`gram_matrix` of the rows scaled by 2^-e, and e (`mmcompress.aggregators.scaled_gram`:
+  e = 0 unless the largest entry lies outside [2^-40, 2^40]; exact, and no overflow for
+  finite rows)."""
+  return aggregators.scaled_gram(_shared_rows(stacked, flags))
+
+
+def row_norms(stacked: Any, flags: Any) -> jax.Array:
+  """(K,) the norm of each task's gradient over the flagged leaves, each row scaled by its own
+  power of two first (`mmcompress.aggregators.row_exponent`), so that rows of norm 1e20 or
+  1e-30 keep finite, non-zero norms; for ordinary rows, the square root of `gram_matrix`'s
+  diagonal to the last bit."""
+  rows = _shared_rows(stacked, flags)
+  top = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(r), axis=1, initial=0.0) for r in rows])
+  exponent = aggregators.row_exponent(top)
+  scale = aggregators.exponent_scale(exponent, jnp.float32)[:, None]
+  terms = [jnp.matmul(m * scale, (m * scale).T, precision=jax.lax.Precision.HIGHEST)
+           for m in rows]
+  return jnp.ldexp(jnp.sqrt(jnp.diagonal(sum(terms[1:], terms[0]))), exponent)
+
+
+def combine(stacked: Any, flags: Any, alpha: jax.Array, max_norm: float | None = None, *,
+            exponent: jax.Array | None = None, degree: float = 0.0) -> Any:
   """Σ_k α_k g_k on the flagged (shared) leaves, scaled down so that their global norm is at
-  most `max_norm` (when given); Σ_k g_k on the others."""
+  most `max_norm` (when given); Σ_k g_k on the others.
+
+  With `exponent`, α are the weights of the Gram matrix of the rows scaled by 2^-exponent
+  (`scaled_gram_matrix`), homogeneous of `degree`: the shared leaves get
+  (Σ_k α_k g_k 2^-exponent) 2^(exponent (1 + 2 degree)) (`mmcompress.aggregators.rescaled`),
+  Σ_k α'_k g_k for the weights α' of the unscaled Gram matrix."""
   def one(g, shared):
     coeffs = alpha if shared else jnp.ones_like(alpha)
-    return jnp.tensordot(coeffs.astype(g.dtype), g, axes=1,
-                         precision=jax.lax.Precision.HIGHEST)
+    if not shared or exponent is None:
+      return jnp.tensordot(coeffs.astype(g.dtype), g, axes=1,
+                           precision=jax.lax.Precision.HIGHEST)
+    scaled = g * aggregators.exponent_scale(exponent, g.dtype)
+    return aggregators.rescaled(jnp.tensordot(coeffs.astype(g.dtype), scaled, axes=1,
+                                              precision=jax.lax.Precision.HIGHEST),
+                                exponent, degree)
   out = jax.tree.map(one, stacked, flags)
   if max_norm is None:
     return out
@@ -205,11 +238,11 @@ def checked_flags(updates: Any, params: Any | None, num_tasks: int, shared: Shar
 
 def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None = None,
               seed: int = 0, max_norm: float | None = None,
-              degree: float = 0.0) -> optax.GradientTransformation:
+              degree: float | None = None) -> optax.GradientTransformation:
   """Combines stacked per-task gradients with task weights computed from their Gram matrix.
 
-  ``update(stacked, state, params)``: ``gram = Σ_shared leaves G Gᵀ``, ``α = weights_fn(gram,
-  key)``, and the returned gradient is ``Σ_k α_k g_k`` on the shared leaves and ``Σ_k g_k``
+  ``update(stacked, state, params)``: ``gram = Σ_shared leaves G Gᵀ`` (of the rows scaled by a
+  power of two with `degree`), ``α = weights_fn(gram, key)``, and the returned gradient is ``Σ_k α_k g_k`` on the shared leaves and ``Σ_k g_k``
   on the task-specific ones (see the module docstring for where it goes in a chain).
 
   Args:
@@ -221,11 +254,12 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
     max_norm: None or 0 (the direction as the method gives it), or clip the combined
       direction's global norm over the shared leaves to this (the Nash-MTL and FairGrad authors'
       trainers clip theirs to 1: their directions do not shrink with the gradients).
-    degree: the homogeneity of `weights_fn` in the Gram matrix, weights_fn(s gram, key) =
-      s^degree weights_fn(gram, key) for s > 0 (0: MGDA, PCGrad, UPGrad, ...; Nash-MTL -1/2;
-      `mmcompress.aggregators.DEGREES`). The Gram matrix handed to `weights_fn` is that of
-      the rows scaled by a power of two (exact; no overflow for finite rows), and α is
-      scaled back by it.
+    degree: None (default): `weights_fn` gets the plain Gram matrix, which overflows for rows
+      of norm 1e20. Or the homogeneity of `weights_fn`, weights_fn(s gram, key) = s^degree
+      weights_fn(gram, key) for s > 0 (0: MGDA, PCGrad, UPGrad, ...; Nash-MTL -1/2;
+      `mmcompress.aggregators.DEGREES`): rows whose largest entry lies outside
+      [2^-40, 2^40] are then scaled by a power of two before the Gram matrix is taken
+      (exact), and the direction scaled back (`combine`).
 
   Returns:
     An `optax.GradientTransformation` with an `AggregateState`; `update` requires `params`.
@@ -247,9 +281,14 @@ def aggregate(weights_fn: WeightsFn, num_tasks: int, *, shared: SharedFn | None 
                 ) -> tuple[Any, AggregateState]:
     flags = checked_flags(updates, params, num_tasks, shared, "aggregate")
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.count)
-    gram, exponent = scaled_gram_matrix(updates, flags)
-    alpha = aggregators.unscaled(weights_fn(gram, key), exponent, degree)
-    return combine(updates, flags, alpha, max_norm), AggregateState(
+    if degree is None:
+      alpha = weights_fn(gram_matrix(updates, flags), key)
+      combined = combine(updates, flags, alpha, max_norm)
+    else:
+      gram, exponent = scaled_gram_matrix(updates, flags)
+      alpha = weights_fn(gram, key)  # up to a positive factor: what is logged is normalised
+      combined = combine(updates, flags, alpha, max_norm, exponent=exponent, degree=degree)
+    return combined, AggregateState(
         count=optax.safe_int32_increment(state.count), key=state.key,
         task_weights=normalised(alpha).astype(jnp.float32))
 
@@ -278,7 +317,7 @@ def gradient_weighting(name: str, objective: Callable[..., jax.Array],
 
 def gram_weighting(name: str, weights_fn: WeightsFn, *, task_scales: ArrayLike | None = None,
                    shared: SharedFn | None = None, max_norm: float | None = None,
-                   degree: float = 0.0) -> base.TaskWeighting:
+                   degree: float | None = None) -> base.TaskWeighting:
   """The gradient-level weighting that combines the gradients of the (scaled) task losses
   with `aggregate(weights_fn, ..., max_norm=max_norm, degree=degree)` (MGDA, PCGrad, ...:
   `mmcompress.aggregators`)."""

@@ -1,7 +1,7 @@
 """The gradient-level weightings built on `mmcompress.aggregators`, one factory each.
 
 Each is `gradient.gram_weighting`: the trainer takes the K gradients of the (scaled) task
-losses with one VJP, and `gradient.aggregate` combines them with the method's weights of
+losses (`gradient.per_task_grads`), and `gradient.aggregate` combines them with the method's weights of
 their Gram matrix. The mathematics, the conventions and where they differ from LibMTL,
 TorchJD and the authors' code are in each aggregator's docstring; the combined direction is
 used as it is (no ×K factor, no clipping), except that Nash-MTL's and FairGrad's, whose size
@@ -33,7 +33,8 @@ def mgda(*, task_scales: ArrayLike | None = None,
   """MGDA (Désidéri 2012; Sener & Koltun, NeurIPS 2018): the min-norm point of the convex
   hull of the task gradients (`aggregators.mgda`)."""
   return gram_weighting("mgda", _keyless(aggregators.mgda_weights),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared,
+                        degree=aggregators.DEGREES["mgda"])
 
 
 def pcgrad(*, task_scales: ArrayLike | None = None,
@@ -41,7 +42,7 @@ def pcgrad(*, task_scales: ArrayLike | None = None,
   """PCGrad (Yu et al., NeurIPS 2020): conflicting gradients projected onto each other's
   normal planes in a random order drawn every step (`aggregators.pcgrad`)."""
   return gram_weighting("pcgrad", aggregators.pcgrad_weights, task_scales=task_scales,
-                        shared=shared)
+                        shared=shared, degree=aggregators.DEGREES["pcgrad"])
 
 
 def cagrad(c: float = 0.4, *, task_scales: ArrayLike | None = None,
@@ -50,7 +51,8 @@ def cagrad(c: float = 0.4, *, task_scales: ArrayLike | None = None,
   (`aggregators.cagrad`; the authors' NYUv2 setting c = 0.4)."""
   c = _checks.non_negative(c, "cagrad.c")
   return gram_weighting("cagrad", _keyless(aggregators.cagrad_weights, c),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared,
+                        degree=aggregators.DEGREES["cagrad"])
 
 
 def imtl_g(*, task_scales: ArrayLike | None = None,
@@ -58,7 +60,8 @@ def imtl_g(*, task_scales: ArrayLike | None = None,
   """IMTL-G (Liu et al., ICLR 2021), the gradient part: equal projections of the combined
   gradient onto every unit task gradient (`aggregators.imtl_g`)."""
   return gram_weighting("imtl_g", _keyless(aggregators.imtl_g_weights),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared,
+                        degree=aggregators.DEGREES["imtl_g"])
 
 
 def nash_mtl(max_norm: float | None = 1.0, *, task_scales: ArrayLike | None = None,
@@ -80,7 +83,8 @@ def aligned_mtl(*, task_scales: ArrayLike | None = None,
   """Aligned-MTL (Senushkin et al., CVPR 2023): the task gradients made orthogonal with equal
   norms by the Gram matrix's eigendecomposition (`aggregators.aligned_mtl`)."""
   return gram_weighting("aligned_mtl", _keyless(aggregators.aligned_mtl_weights),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared,
+                        degree=aggregators.DEGREES["aligned_mtl"])
 
 
 def upgrad(*, task_scales: ArrayLike | None = None,
@@ -88,7 +92,8 @@ def upgrad(*, task_scales: ArrayLike | None = None,
   """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual cone of all of
   them, averaged (`aggregators.upgrad`)."""
   return gram_weighting("upgrad", _keyless(aggregators.upgrad_weights),
-                        task_scales=task_scales, shared=shared)
+                        task_scales=task_scales, shared=shared,
+                        degree=aggregators.DEGREES["upgrad"])
 
 
 def fairgrad(alpha: float = 1.0, max_norm: float | None = 1.0, *,
