@@ -108,7 +108,7 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
                      f"got shape {jnp.shape(values)}.")
   num_tasks = values.shape[0]
-  if mode == "vmap" or (mode == "auto" and num_tasks > UNROLL_MAX_TASKS):
+  if mode == "vmap" or num_tasks == 0 or (mode == "auto" and num_tasks > UNROLL_MAX_TASKS):
     (grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=values.dtype))
   else:
     def task(k):
