@@ -17,7 +17,6 @@ path of a shipped config, ``experiments/configs/NAME.py[:PRESET]``, also finds t
 copy when the current folder holds no such file.
 """
 import argparse
-import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -114,22 +113,6 @@ def one_line(error: BaseException) -> str:
   return " ".join(lines)
 
 
-# What the filesystem answers when it refuses a write: not the program's fault.
-_REFUSED_WRITES = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
-
-
-def refused_write(error: BaseException) -> OSError | None:
-  """The OSError of a write the filesystem refused somewhere in `error`'s chain of causes
-  (orbax and tensorstore wrap theirs), or None."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _REFUSED_WRITES:
-      return error
-    error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-  return None
-
-
 def exit_with_user_error(program: str, error: BaseException | str) -> None:
   """Prints ``PROGRAM: error: MESSAGE`` as one line on stderr and exits with status 2."""
   message = error if isinstance(error, str) else one_line(error)
@@ -218,14 +201,10 @@ def run_main(main: Callable[[list[str]], None]) -> None:
     except _checks.UserError as error:
       exit_with_user_error(_program(), error)
     except Exception as error:  # pylint: disable=broad-except
-      refused = refused_write(error)
+      refused = _checks.refused_write(error)
       if refused is None:
         raise
-      where = f" {refused.filename}" if refused.filename else ""
-      exit_with_user_error(_program(), f"could not write or read{where}: {refused.strerror}. "
-                           "Whatever the run saved before is kept: make the folder writable "
-                           "(or readable, or free some space) and rerun the same command to "
-                           "resume.")
+      exit_with_user_error(_program(), _checks.refused_write_message(refused))
   app.run(checked_main, flags_parser=_parse_flags)
 
 

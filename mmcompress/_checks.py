@@ -11,6 +11,7 @@ It is a ValueError, so code that catches ValueError keeps working.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import math
 import numbers
@@ -200,3 +201,26 @@ def writable_folder(folder: str, what: str) -> None:
   if not os.access(folder, os.W_OK | os.X_OK):
     raise UserError(f"{what} {folder}, which is not writable: name a folder you can write in.")
 
+
+# What the filesystem answers when it refuses a write (or a read): not the program's fault.
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def refused_write(error: BaseException | None) -> OSError | None:
+  """The OSError of a write (or read) the filesystem refused somewhere in `error`'s chain of
+  causes (orbax and tensorstore wrap theirs), or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _REFUSED:
+      return error
+    error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+  return None
+
+
+def refused_write_message(refused: OSError) -> str:
+  """What a user is told of `refused` (`refused_write`): one line, what to do."""
+  where = f" {refused.filename}" if refused.filename else ""
+  return (f"could not write or read{where}: {refused.strerror}. Whatever the run saved before "
+          "is kept: make the folder writable (or readable, or free some space) and rerun the "
+          "same command to resume.")

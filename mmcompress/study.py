@@ -480,10 +480,21 @@ def _die_with_parent(parent: int) -> None:
     os._exit(1)  # pylint: disable=protected-access
 
 
+# The exit status of a task set's process that the filesystem stopped (`_checks.refused_write`).
+_REFUSED_STATUS = 2
+
+
 def _task_set_process(config: ml_collections.ConfigDict, workdir: str, task_set: str,
-                      parent: int) -> None:
+                      parent: int, messages: Any) -> None:
   _die_with_parent(parent)
-  run_task_set(config, workdir, task_set)
+  try:
+    run_task_set(config, workdir, task_set)
+  except Exception as error:  # pylint: disable=broad-except
+    refused = _checks.refused_write(error)
+    if refused is None:
+      raise
+    messages.put(f"task set {task_set!r}: {_checks.refused_write_message(refused)}")
+    sys.exit(_REFUSED_STATUS)
 
 
 def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -495,25 +506,30 @@ def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
       run_task_set(config, workdir, task_set)
     return
   context = multiprocessing.get_context("spawn")  # JAX's threads do not survive a fork
-  waiting, running, failed = list(task_sets), {}, []
+  messages = context.SimpleQueue()  # a refused write's one line, from a task set's process
+  waiting, running, failed, refused = list(task_sets), {}, [], []
   started = time.monotonic()
   while waiting or running:
     while waiting and len(running) < config.study.jobs:
       task_set = waiting.pop(0)
       process = context.Process(target=_task_set_process, name=f"study-{task_set}",
-                                args=(config, workdir, task_set, os.getpid()))
+                                args=(config, workdir, task_set, os.getpid(), messages))
       process.start()
       running[process.sentinel] = (task_set, process)
     for sentinel in multiprocessing.connection.wait(list(running)):
       task_set, process = running.pop(sentinel)
       process.join()
-      if process.exitcode != 0:
+      if process.exitcode == _REFUSED_STATUS and not messages.empty():
+        refused.append(messages.get())
+      elif process.exitcode != 0:
         failed.append(f"{task_set} (exit status {process.exitcode})")
       print(f"study: task set {task_set!r} {'stopped' if process.exitcode else 'done'} "
             f"after {progress.duration(time.monotonic() - started)}", flush=True)
   if failed:
     raise RuntimeError(f"the study's task sets {', '.join(failed)} stopped before the end "
                        "(their messages are above); rerun the same command to resume.")
+  if refused:  # the filesystem's doing, not the program's: one line
+    raise _checks.UserError("; ".join(refused))
 
 
 def _read_reports(workdir: str, found: list[Setting]) -> dict[str, Any]:

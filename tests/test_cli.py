@@ -222,3 +222,34 @@ def test_a_write_refused_mid_run_is_one_line_and_keeps_what_was_saved(tmp_path, 
                              "rerun the same command to resume")
   assert (workdir / "config.json").exists()
   assert any(p.name.isdigit() for p in workdir.rglob("*") if p.is_dir())  # the first save
+
+
+# The same refusal inside the study's task-set processes (spawned: a sitecustomize on their
+# PYTHONPATH installs it before anything runs).
+SITECUSTOMIZE = """
+import errno, os
+if os.environ.get("REFUSE_SECOND_SAVE"):
+  from mmcompress.train import checkpoint
+  save, calls = checkpoint.StageCheckpoints.save, []
+  def refusing(self, step, state, record):
+    calls.append(step)
+    if len(calls) == 2:
+      raise PermissionError(errno.EACCES, "Permission denied", self.directory + "/x")
+    return save(self, step, state, record)
+  checkpoint.StageCheckpoints.save = refusing
+"""
+
+
+@pytest.mark.slow
+def test_a_write_refused_in_the_studys_task_set_processes_is_one_line(tmp_path, start_python):
+  (tmp_path / "patch").mkdir()
+  (tmp_path / "patch" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+  done = start_python(
+      "-m", "experiments.study", "--config=study:untuned_quick", "--config.methods=('equal',)",
+      "--config.model_kwargs.hidden=(32,)", "--config.study.sparsities=(0.975,)",
+      f"--workdir={tmp_path / 'w'}", cwd=tmp_path,
+      env={"CI": "true", "REFUSE_SECOND_SAVE": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "patch"), os.environ["PYTHONPATH"]])})()
+  assert_one_line_user_error(done, "task set 'classify': could not write or read",
+                             "task set 'mixed'", "rerun the same command to resume")
+  assert (tmp_path / "w" / "config.json").exists()
