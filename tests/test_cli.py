@@ -195,10 +195,11 @@ def test_as_user_error_marks_value_errors_only():
   assert issubclass(_checks.MissingDataError, ValueError)
 
 
-# Runs experiments.digits as `python -m` would, with the second checkpoint save refused by
-# the filesystem, as when the workdir turns read-only mid-run (a chmod cannot show it to root).
-REFUSE_SECOND_SAVE = """
-import errno, runpy, sys
+# The second checkpoint save of each process refused by the filesystem, as when the workdir
+# turns read-only mid-run (a chmod cannot show it to root): a sitecustomize on the PYTHONPATH
+# installs it before anything runs, in the study's spawned task-set processes too.
+SITECUSTOMIZE = """
+import errno
 from mmcompress.train import checkpoint
 save, calls = checkpoint.StageCheckpoints.save, []
 def refusing(self, step, state, record):
@@ -207,49 +208,35 @@ def refusing(self, step, state, record):
     raise PermissionError(errno.EACCES, "Permission denied", self.directory + "/x")
   return save(self, step, state, record)
 checkpoint.StageCheckpoints.save = refusing
-sys.argv = ["digits"] + sys.argv[1:]
-runpy.run_module("experiments.digits", run_name="__main__", alter_sys=True)
 """
+
+
+def _refusing_environment(tmp_path):
+  (tmp_path / "patch").mkdir()
+  (tmp_path / "patch" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+  return {"CI": "true",
+          "PYTHONPATH": os.pathsep.join([str(tmp_path / "patch"), os.environ["PYTHONPATH"]])}
 
 
 @pytest.mark.slow
 def test_a_write_refused_mid_run_is_one_line_and_keeps_what_was_saved(tmp_path, start_python):
   workdir = tmp_path / "w"
-  done = start_python("-c", REFUSE_SECOND_SAVE, "--config=digits:quick",
+  done = start_python("-m", "experiments.digits", "--config=digits:quick",
                       "--config.methods=('equal',)", "--config.seeds=(0,)",
-                      f"--workdir={workdir}", cwd=tmp_path, env={"CI": "true"})()
+                      f"--workdir={workdir}", cwd=tmp_path, env=_refusing_environment(tmp_path))()
   assert_one_line_user_error(done, "could not write or read", "Permission denied",
                              "rerun the same command to resume")
   assert (workdir / "config.json").exists()
   assert any(p.name.isdigit() for p in workdir.rglob("*") if p.is_dir())  # the first save
 
 
-# The same refusal inside the study's task-set processes (spawned: a sitecustomize on their
-# PYTHONPATH installs it before anything runs).
-SITECUSTOMIZE = """
-import errno, os
-if os.environ.get("REFUSE_SECOND_SAVE"):
-  from mmcompress.train import checkpoint
-  save, calls = checkpoint.StageCheckpoints.save, []
-  def refusing(self, step, state, record):
-    calls.append(step)
-    if len(calls) == 2:
-      raise PermissionError(errno.EACCES, "Permission denied", self.directory + "/x")
-    return save(self, step, state, record)
-  checkpoint.StageCheckpoints.save = refusing
-"""
-
-
 @pytest.mark.slow
 def test_a_write_refused_in_the_studys_task_set_processes_is_one_line(tmp_path, start_python):
-  (tmp_path / "patch").mkdir()
-  (tmp_path / "patch" / "sitecustomize.py").write_text(SITECUSTOMIZE)
   done = start_python(
       "-m", "experiments.study", "--config=study:untuned_quick", "--config.methods=('equal',)",
       "--config.model_kwargs.hidden=(32,)", "--config.study.sparsities=(0.975,)",
-      f"--workdir={tmp_path / 'w'}", cwd=tmp_path,
-      env={"CI": "true", "REFUSE_SECOND_SAVE": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "patch"), os.environ["PYTHONPATH"]])})()
+      f"--workdir={tmp_path / 'w'}", cwd=tmp_path, env=_refusing_environment(tmp_path))()
+  # Each task set's process stopped by its own refusal, both named in one line.
   assert_one_line_user_error(done, "task set 'classify': could not write or read",
                              "task set 'mixed'", "rerun the same command to resume")
   assert (tmp_path / "w" / "config.json").exists()
