@@ -519,17 +519,21 @@ def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
     for sentinel in multiprocessing.connection.wait(list(running)):
       task_set, process = running.pop(sentinel)
       process.join()
-      if process.exitcode == _REFUSED_STATUS and not messages.empty():
-        refused.append(messages.get())
+      if process.exitcode == _REFUSED_STATUS:
+        refused.append(task_set)
       elif process.exitcode != 0:
         failed.append(f"{task_set} (exit status {process.exitcode})")
       print(f"study: task set {task_set!r} {'stopped' if process.exitcode else 'done'} "
             f"after {progress.duration(time.monotonic() - started)}", flush=True)
+  lines = []  # each refused process's own line, in whatever order they were put
+  while not messages.empty():
+    lines.append(messages.get())
+  failed += [f"{t} (exit status {_REFUSED_STATUS})" for t in refused[len(lines):]]
   if failed:
     raise RuntimeError(f"the study's task sets {', '.join(failed)} stopped before the end "
                        "(their messages are above); rerun the same command to resume.")
-  if refused:  # the filesystem's doing, not the program's: one line
-    raise _checks.UserError("; ".join(refused))
+  if lines:  # the filesystem's doing, not the program's: one line
+    raise _checks.UserError("; ".join(sorted(lines)))
 
 
 def _read_reports(workdir: str, found: list[Setting]) -> dict[str, Any]:
