@@ -95,22 +95,28 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
   """
   if mode not in GRAD_MODES:
     raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}.")
-  if has_aux:
-    values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
-  else:
-    values, vjp_fn = jax.vjp(fn, params)
-  if not hasattr(values, "shape"):
+  shapes = jax.eval_shape(fn, params)  # K, before any computation
+  shape = shapes[0] if has_aux and isinstance(shapes, tuple) else shapes
+  if not hasattr(shape, "shape"):
     raise TypeError(
         f"per_task_grads needs fn to return a (K,) array of task objectives, got a "
-        f"{type(values).__name__}: stack K scalars with jnp.stack, or pass has_aux=True if fn "
+        f"{type(shape).__name__}: stack K scalars with jnp.stack, or pass has_aux=True if fn "
         "returns (values, aux).")
-  if jnp.ndim(values) != 1:
+  if len(shape.shape) != 1:
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
-                     f"got shape {jnp.shape(values)}.")
-  num_tasks = values.shape[0]
+                     f"got shape {tuple(shape.shape)}.")
+  num_tasks = shape.shape[0]
   if mode == "vmap" or num_tasks == 0 or (mode == "auto" and num_tasks > UNROLL_MAX_TASKS):
+    if has_aux:
+      values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
+    else:
+      values, vjp_fn = jax.vjp(fn, params)
     (grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=values.dtype))
-  else:
+  else:  # K gradients; the values (and aux) from one more forward pass, shared under jit
+    if has_aux:
+      values, aux = fn(params)
+    else:
+      values = fn(params)
     def task(k):
       return lambda p: (fn(p)[0] if has_aux else fn(p))[k]
     rows = [jax.grad(task(k))(params) for k in range(num_tasks)]
