@@ -82,7 +82,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from experiments import bench_grid, bench_seeds, launch, synthetic
-from mmcompress import _checks, saddle_point, sparsity, weighting
+from mmcompress import errors, saddle_point, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.problems import Problem
 from mmcompress.problems.digits import DigitsProblem
@@ -246,8 +246,8 @@ def _compiled_versions(step: Callable) -> int | None:
 
 def check_counts(steps: int | None, rounds: int | None, warmup: int | None) -> None:
   if any(v is not None and v < 1 for v in (steps, rounds)) or (warmup or 0) < 0:
-    raise _checks.UserError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
-                            f"rounds={rounds}, warmup={warmup}.")
+    raise errors.UserError(f"need steps >= 1, rounds >= 1 and warmup >= 0, got steps={steps}, "
+                           f"rounds={rounds}, warmup={warmup}.")
 
 
 def check_arguments(models: Sequence[str], setups: dict[str, Setup], batch_size: int | None,
@@ -256,9 +256,9 @@ def check_arguments(models: Sequence[str], setups: dict[str, Setup], batch_size:
   multiple of the devices, or counts out of range: every check before the first compute."""
   unknown = [m for m in models if m not in setups]
   if not models or unknown:
-    raise _checks.UserError(f"--models must name some of {sorted(setups)}, got {list(models)}.")
+    raise errors.UserError(f"--models must name some of {sorted(setups)}, got {list(models)}.")
   if batch_size is not None and batch_size < 1:
-    raise _checks.UserError(f"--batch_size must be >= 1, got {batch_size}.")
+    raise errors.UserError(f"--batch_size must be >= 1, got {batch_size}.")
   mesh = parallel.data_mesh()
   for name in models:
     parallel.check_batch_size(setups[name].batch_size if batch_size is None else batch_size,
@@ -535,12 +535,12 @@ def main(argv: Sequence[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # whole comparisons: orbax's INFO lines
   if _SEEDS.value:
     if _NUM_SEEDS.value < 1:
-      raise _checks.UserError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")
+      raise errors.UserError(f"--num_seeds must be >= 1, got {_NUM_SEEDS.value}.")
     bench_seeds.run(_NUM_SEEDS.value, json_out=_JSON_OUT.value)
     return
   if _GRID.value:
     if _GRID_SEEDS.value < 1:
-      raise _checks.UserError(f"--grid_seeds must be >= 1, got {_GRID_SEEDS.value}.")
+      raise errors.UserError(f"--grid_seeds must be >= 1, got {_GRID_SEEDS.value}.")
     bench_grid.run(_GRID_SEEDS.value, json_out=_JSON_OUT.value)
     return
   setups, sizing = platform_setups(jax.default_backend(), full=_FULL.value)

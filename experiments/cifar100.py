@@ -3,7 +3,7 @@
   python -m experiments.cifar100 --workdir=runs/cifar100 --config.data_dir=/data/tfds
 """
 from experiments import launch
-from mmcompress import comparison
+from mmcompress.app import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("cifar100")
 

@@ -3,7 +3,7 @@
   python -m experiments.digits --workdir=runs/digits [--config=...:quick] [--config.X=...]
 """
 from experiments import launch
-from mmcompress import comparison
+from mmcompress.app import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("digits")
 

@@ -3,7 +3,7 @@
 A mistake of the user's ends the command before any compute with one line on stderr,
 ``PROGRAM: error: WHAT TO CHANGE``, and exit status 2: a flag or config field that cannot be
 parsed or does not exist, a config file or preset that does not exist, and whatever the
-library raises as `mmcompress._checks.UserError` (a config that cannot run, a missing or
+library raises as `mmcompress.errors.UserError` (a config that cannot run, a missing or
 malformed data folder, a workdir that holds another run). A write that the filesystem
 refuses during the run (no permission, a read-only filesystem, no space left) is one line too,
 with exit status 2, saying that whatever was saved is kept and the same command resumes (an
@@ -24,7 +24,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from mmcompress import _checks
+from mmcompress import _checks, errors
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 USER_ERROR_STATUS = 2
@@ -62,7 +62,7 @@ def resolve_config(value: str) -> str:
   in_source_tree = os.path.normpath(path) == os.path.join("experiments", "configs", f"{name}.py")
   if (by_name or in_source_tree) and name in shipped_configs():
     return os.path.join(CONFIGS, f"{name}.py") + colon + preset
-  raise _checks.UserError(
+  raise errors.UserError(
       f"--config={value}: there is no config file {path!r}; pass the path of a config file or "
       f"a shipped config by name, one of {shipped_configs()}, with an optional preset "
       "(e.g. --config=digits:quick).")
@@ -133,7 +133,7 @@ def check_output_file(path: str | None, flag: str) -> None:
   if not path:
     return
   if os.path.isdir(path):
-    raise _checks.UserError(f"--{flag}={path} is a folder: name a file, e.g. {path}/out.json.")
+    raise errors.UserError(f"--{flag}={path} is a folder: name a file, e.g. {path}/out.json.")
   _checks.writable_folder(os.path.dirname(path) or ".", f"--{flag}={path} goes in")
 
 
@@ -150,7 +150,7 @@ def run_argparse_main(main: Callable[[list[str] | None], Any], program: str,
   """``main(argv)`` with a `UserError` it raises as one line and exit status 2."""
   try:
     return main(argv)
-  except _checks.UserError as error:
+  except errors.UserError as error:
     exit_with_user_error(program, error)
 
 
@@ -198,7 +198,7 @@ def run_main(main: Callable[[list[str]], None]) -> None:
     parallel.use_compilation_cache(parallel.default_cache_dir())
     try:
       main(argv)
-    except _checks.UserError as error:
+    except errors.UserError as error:
       exit_with_user_error(_program(), error)
     except Exception as error:  # pylint: disable=broad-except
       refused = _checks.refused_write(error)
@@ -218,7 +218,7 @@ def run(config_flag, workdir_flag, job: Callable, problem: str) -> None:
       logging.set_verbosity(logging.WARNING)
     config = config_flag.value
     if config.get("problem") != problem:
-      raise _checks.UserError(
+      raise errors.UserError(
           f"config.problem is {config.get('problem')!r}, but this entry point runs "
           f"{problem!r}: use python -m experiments.{config.get('problem') or problem} for "
           "that config, or a config of this problem.")

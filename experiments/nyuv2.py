@@ -3,7 +3,7 @@
   python -m experiments.nyuv2 --workdir=runs/nyuv2 --config.data_dir=/data/nyuv2
 """
 from experiments import launch
-from mmcompress import comparison
+from mmcompress.app import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("nyuv2")
 

@@ -3,7 +3,7 @@
   python -m experiments.scenes --workdir=runs/scenes [--config=scenes:quick] [--config.X=...]
 """
 from experiments import launch
-from mmcompress import comparison
+from mmcompress.app import comparison
 
 _CONFIG, _WORKDIR = launch.define_flags("scenes")
 

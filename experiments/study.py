@@ -4,7 +4,7 @@ one leaderboard (see experiments/configs/study.py).
   python -m experiments.study --workdir=runs/study [--config=study:quick] [--config.X=...]
 """
 from experiments import launch
-from mmcompress import study
+from mmcompress.app import study
 
 _CONFIG, _WORKDIR = launch.define_flags("study")
 

@@ -16,7 +16,9 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import launch
-from mmcompress import _checks, comparison, metrics
+from mmcompress import _checks, errors
+from mmcompress.app import comparison
+from mmcompress.problems import metrics
 
 # The base config (its seeds, sparsity and stages are used) and where the runs go.
 _CONFIG, _WORKDIR = launch.define_flags("digits")
@@ -53,7 +55,7 @@ def main(argv):
   del argv
   gammas = [_checks.non_negative(g, "--gammas entry") for g in _GAMMAS.value]
   if not gammas or not _EVERY.value:
-    raise _checks.UserError("--gammas and --every need at least one value each.")
+    raise errors.UserError("--gammas and --every need at least one value each.")
   runs = []
   for every in _EVERY.value:
     _checks.one_of(every, ("step", "epoch"), "--every entry")

@@ -11,11 +11,16 @@ The core a user composes into their own JAX training loop:
   IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, FairGrad, DB-MTL), the per-task gradients and the
   transform that combines them;
 * `mmcompress.aggregators`: the gradient-level methods as pure functions of the task
-  gradients (or of their Gram matrix).
+  gradients (or of their Gram matrix);
+* `UserError`: what every public function raises for a mistake in its arguments.
+
+The layers above the core: `mmcompress.train` (the trainer), `mmcompress.models` and
+`mmcompress.problems`, and `mmcompress.app` (comparisons, the study, reports).
 """
 from mmcompress import sparsity
 from mmcompress import weighting
-from mmcompress.minmax import SaddlePointState, SimplexAscentState, saddle_point, simplex_ascent
+from mmcompress.errors import UserError
+from mmcompress.transforms import SaddlePointState, SimplexAscentState, saddle_point, simplex_ascent
 from mmcompress.objective import equal_task_weights, saddle_objective
 from mmcompress.weighting import TaskWeighting
 
@@ -23,6 +28,7 @@ __all__ = [
     "SaddlePointState",
     "SimplexAscentState",
     "TaskWeighting",
+    "UserError",
     "equal_task_weights",
     "saddle_objective",
     "saddle_point",

@@ -3,10 +3,8 @@
 Every public entry point validates its arguments with these before any compute starts, so
 that a mistake is reported as what to change rather than as a shape error deep inside jit.
 
-`UserError` marks a mistake of the caller's (an argument, a config field, a data folder, a
-workdir), as opposed to a fault of the program: the command-line entry points print its
-message as one line and exit with status 2, and let every other exception keep its traceback.
-It is a ValueError, so code that catches ValueError keeps working.
+`UserError` (public in `mmcompress.errors`) marks a mistake of the caller's; the command-line
+entry points print its message as one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -20,13 +18,7 @@ from typing import Any
 
 import jax
 
-
-class UserError(ValueError):
-  """A mistake in what the caller passed; the message says what to change."""
-
-
-class MissingDataError(UserError, FileNotFoundError):
-  """A data set that is not where the caller said it is; also a FileNotFoundError."""
+from mmcompress.errors import MissingDataError, UserError
 
 
 @contextlib.contextmanager

@@ -133,7 +133,7 @@ def fixture_tiny_experiment(digits_data):
   """Makes a `comparison.Experiment` of `tiny_config()` (or `config`) in `workdir`; `log`
   receives every finished epoch's record."""
   # pylint: disable=import-outside-toplevel
-  from mmcompress import comparison
+  from mmcompress.app import comparison
   from mmcompress.models import create_model
   from mmcompress.problems.digits import DigitsProblem
   from mmcompress.train import parallel

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from mmcompress import _checks, comparison, sparsity
+from mmcompress import errors, sparsity
+from mmcompress.app import comparison
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
 from mmcompress.train import parallel, step
@@ -134,9 +135,9 @@ def test_the_control_runs_the_dense_steps_own_compilation():
 
 
 def test_run_refuses_bad_arguments_as_user_errors():
-  with pytest.raises(_checks.UserError, match="models must name"):
+  with pytest.raises(errors.UserError, match="models must name"):
     benchmark.run(["resnet"], out=io.StringIO())
-  with pytest.raises(_checks.UserError, match="steps >= 1"):
+  with pytest.raises(errors.UserError, match="steps >= 1"):
     benchmark.run(["mlp"], steps=0, out=io.StringIO())
 
 
@@ -157,7 +158,7 @@ def test_the_weightings_benchmark_times_each_methods_trainer_step_against_equal(
   table = out.getvalue()
   assert "Taylor scoring for task-aware pruning (8 calibration batches" in table
   assert all(name in table for name in methods)
-  with pytest.raises(_checks.UserError, match="methods entry"):
+  with pytest.raises(errors.UserError, match="methods entry"):
     bench_weightings.run(["mlp"], ["no_such_method"], setups=setups, out=out)
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from experiments import launch
-from mmcompress import _checks
+from mmcompress import _checks, errors
 
 
 @pytest.fixture(name="start_module")
@@ -144,10 +144,10 @@ def test_every_entry_point_answers_a_user_error_in_one_line_writing_nothing(tmp_
 
 
 def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path, start_python):
-  script = ("import sys\nfrom experiments import launch\nfrom mmcompress import _checks\n"
+  script = ("import sys\nfrom experiments import launch\nfrom mmcompress import errors\n"
             "def main(argv):\n"
             "  if sys.argv[0] == 'user':\n"
-            "    raise _checks.UserError('change\\nthis')\n"
+            "    raise errors.UserError('change\\nthis')\n"
             "  raise ValueError('a bug')\n"
             "launch.run_main(main)\n")
   cases = (("user", 2, "error: change this"), ("bug", 1, "Traceback"))
@@ -171,7 +171,7 @@ def test_config_values_resolve_to_the_shipped_files(tmp_path, monkeypatch):
   own.write_text("")
   assert launch.resolve_config(f"{own}:x") == f"{own}:x"
   for bad in ("nosuch", "nosuch.py", "other/digits.py", "base", ""):
-    with pytest.raises(_checks.UserError, match="no config file"):
+    with pytest.raises(errors.UserError, match="no config file"):
       launch.resolve_config(bad)
 
 
@@ -181,18 +181,18 @@ def test_one_line_keeps_the_last_line_of_a_wrapped_config_error():
                        "ValueError: unknown preset 'bogus': use 'quick'.")
   assert (launch.one_line(wrapped)
           == "flag --config=x.py:bogus: unknown preset 'bogus': use 'quick'.")
-  assert launch.one_line(_checks.UserError("a\n  b")) == "a b"
+  assert launch.one_line(errors.UserError("a\n  b")) == "a b"
 
 
 def test_as_user_error_marks_value_errors_only():
-  with pytest.raises(_checks.UserError, match="^bad$"):
+  with pytest.raises(errors.UserError, match="^bad$"):
     with _checks.as_user_error():
       raise ValueError("bad")
   with pytest.raises(KeyError):
     with _checks.as_user_error():
       raise KeyError("not a ValueError")
-  assert issubclass(_checks.MissingDataError, FileNotFoundError)
-  assert issubclass(_checks.MissingDataError, ValueError)
+  assert issubclass(errors.MissingDataError, FileNotFoundError)
+  assert issubclass(errors.MissingDataError, ValueError)
 
 
 # The second checkpoint save of each process refused by the filesystem, as when the workdir

@@ -201,8 +201,8 @@ def test_a_grouping_is_parsed_into_classify_style_tasks():
     ("pairs-of-digits", "must be one of"),
 ])
 def test_a_bad_grouping_is_refused_naming_what_to_change(spec, fragment):
-  from mmcompress import _checks  # pylint: disable=import-outside-toplevel
-  with pytest.raises(_checks.UserError, match=re.escape(fragment)):
+  from mmcompress import errors  # pylint: disable=import-outside-toplevel
+  with pytest.raises(errors.UserError, match=re.escape(fragment)):
     load_multidigits(spec)
 
 

@@ -107,7 +107,7 @@ def test_rerunning_a_finished_workdir_with_another_config_is_refused(quick_run):
 
 def test_a_workdir_recorded_before_configs_named_their_problem_still_resumes(tmp_path,
                                                                               tiny_config):
-  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   saved = json.loads(config.to_json())
   del saved["problem"]
@@ -120,7 +120,7 @@ def test_a_workdir_recorded_before_configs_named_their_problem_still_resumes(tmp
 
 
 def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_config):
-  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
   # No reweighting stage: the reports' layout does not depend on it.
   config = tiny_config(task_sets=("classify", "mixed"), stages=("pretrain", "prune", "retrain"))
   reports = comparison.run_digits(config, str(tmp_path), print_report=False)
@@ -140,7 +140,7 @@ def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_
 
 def test_a_grouping_of_ones_own_runs_into_a_folder_of_its_name_and_a_bad_one_is_one_line(
     tmp_path, tiny_config):
-  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
   config = tiny_config(task_sets=("mixed", "groups:38/59/17"),
                        stages=("pretrain", "prune", "retrain"), methods=("equal",))
   reports = comparison.run_digits(config, str(tmp_path), print_report=False)

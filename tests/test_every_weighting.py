@@ -9,7 +9,8 @@ tests/test_run_axis.py), and under every weighting in the measured study (README
 import numpy as np
 import pytest
 
-from mmcompress import comparison, weighting
+from mmcompress import weighting
+from mmcompress.app import comparison
 
 
 @pytest.fixture(name="dense", scope="module")

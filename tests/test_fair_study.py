@@ -1,4 +1,4 @@
-"""The fair protocol of the study (`mmcompress.study`, the default config and ``quick``):
+"""The fair protocol of the study (`mmcompress.app.study`, the default config and ``quick``):
 every method tuned on seeds it is not reported on, the choice retrained on the reporting seeds,
 the controls beside it. Its own file: the quick fair study is the suite's longest test, and
 ``--dist loadfile`` gives a file a worker of its own."""
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from experiments.configs import study as study_config
-from mmcompress import leaderboard, study
+from mmcompress.app import leaderboard, study
 
 
 def _nan_tests(report):

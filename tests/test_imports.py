@@ -1,6 +1,8 @@
-"""What each layer of the package loads: the core no trainer, model, data set, flax or other
-experiment machinery; the trainer no data set, report, export or comparison; the models no
-problem.
+"""What each layer of the package loads. The layers, from the bottom: the core (the package's
+top-level modules, `weighting`, `aggregators`, `sparsity`) loads no trainer, model, data set,
+application, flax or other experiment machinery; the trainer (`train`) no data set, export or
+application; the models no problem, trainer or application; the problems no trainer or
+application; the application (`app`) may load everything.
 
 Every module is imported in a process of its own, and what it loaded is read from that
 process's ``sys.modules``. One interpreter serves them all: it loads jax, optax and numpy
@@ -56,20 +58,21 @@ def within(name, prefixes):
 
 def core_forbids(name):
   return within(name, ("mmcompress.train", "mmcompress.models", "mmcompress.problems",
-                       "mmcompress.report", "mmcompress.export", "mmcompress.comparison",
-                       "mmcompress.records", "mmcompress.plots", "flax"))
+                       "mmcompress.app", "flax"))
 
 
 def train_forbids(name):
   data_set = (within(name, ("mmcompress.problems",))
               and name not in ("mmcompress.problems", "mmcompress.problems.base"))
-  return data_set or within(name, ("mmcompress.report", "mmcompress.export",
-                                   "mmcompress.comparison", "mmcompress.records",
-                                   "mmcompress.plots"))
+  return data_set or within(name, ("mmcompress.app", "mmcompress.export"))
 
 
 def models_forbid(name):
-  return within(name, ("mmcompress.problems",))
+  return within(name, ("mmcompress.problems", "mmcompress.app", "mmcompress.train"))
+
+
+def problems_forbid(name):
+  return within(name, ("mmcompress.app", "mmcompress.train"))
 
 
 def package_modules():
@@ -80,7 +83,8 @@ def package_modules():
 
 def rule_of(module):
   """The check of what `module` may load, or None for modules without one."""
-  core = ("mmcompress", "mmcompress.objective", "mmcompress.minmax", "mmcompress._checks")
+  core = ("mmcompress", "mmcompress.objective", "mmcompress.transforms", "mmcompress.errors",
+          "mmcompress.export", "mmcompress._checks", "mmcompress._files")
   if module in core or within(module, ("mmcompress.weighting", "mmcompress.sparsity",
                                        "mmcompress.aggregators")):
     return core_forbids
@@ -88,12 +92,14 @@ def rule_of(module):
     return train_forbids
   if within(module, ("mmcompress.models",)):
     return models_forbid
+  if within(module, ("mmcompress.problems",)):
+    return problems_forbid
   return None
 
 
 CHECKED = [m for m in package_modules() if rule_of(m)]
 # Modules that break the rules on purpose: the check must catch them.
-BREAKERS = ("mmcompress.comparison", "mmcompress.problems.digits")
+BREAKERS = ("mmcompress.app.comparison", "mmcompress.problems.digits")
 
 
 @pytest.fixture(name="loaded", scope="module")
@@ -112,13 +118,14 @@ def forbidden_in(loaded, module, rule):
 
 
 def test_the_checked_modules_cover_every_layer():
-  for module in ("mmcompress", "mmcompress.objective", "mmcompress.minmax",
+  for module in ("mmcompress", "mmcompress.objective", "mmcompress.transforms",
                  "mmcompress.weighting", "mmcompress.sparsity", "mmcompress.sparsity.masks",
                  "mmcompress.aggregators", "mmcompress.weighting.gradient",
                  "mmcompress._checks", "mmcompress.train", "mmcompress.train.loop",
-                 "mmcompress.models", "mmcompress.models.mtan"):
+                 "mmcompress.models", "mmcompress.models.mtan", "mmcompress.export",
+                 "mmcompress.errors", "mmcompress.problems", "mmcompress.problems.digits"):
     assert module in CHECKED
-  for module in ("mmcompress.comparison", "mmcompress.report", "mmcompress.problems"):
+  for module in ("mmcompress.app", "mmcompress.app.comparison", "mmcompress.app.report"):
     assert module not in CHECKED
 
 
@@ -133,8 +140,8 @@ def test_the_core_loads_no_experiment_machinery(loaded, module):
 
 
 def test_the_check_catches_a_module_that_loads_a_forbidden_one(loaded):
-  found = forbidden_in(loaded, "mmcompress.comparison", core_forbids)
-  assert {"mmcompress.train", "mmcompress.export", "mmcompress.report", "flax"} <= set(found)
+  found = forbidden_in(loaded, "mmcompress.app.comparison", core_forbids)
+  assert {"mmcompress.train", "mmcompress.app.report", "flax"} <= set(found)
   assert "mmcompress.problems.digits" in forbidden_in(loaded, "mmcompress.problems.digits",
                                                       train_forbids)
   assert "mmcompress.problems.digits" in forbidden_in(loaded, "mmcompress.problems.digits",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mmcompress import leaderboard
+from mmcompress.app import leaderboard
 
 
 

@@ -1,4 +1,4 @@
-"""Tests of mmcompress.metrics against hand-computed values."""
+"""Tests of mmcompress.problems.metrics against hand-computed values."""
 from __future__ import annotations
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmcompress import metrics
+from mmcompress.problems import metrics
 
 
 @pytest.mark.parametrize("metric, dense, higher, expected", [

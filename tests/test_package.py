@@ -14,9 +14,9 @@ import experiments
 import mmcompress
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CORE = ["mmcompress/__init__.py", "mmcompress/_checks.py", "mmcompress/minmax.py",
-        "mmcompress/objective.py", "mmcompress/weighting", "mmcompress/sparsity",
-        "mmcompress/aggregators"]
+CORE = ["mmcompress/__init__.py", "mmcompress/_checks.py", "mmcompress/transforms.py",
+        "mmcompress/errors.py", "mmcompress/objective.py", "mmcompress/weighting",
+        "mmcompress/sparsity", "mmcompress/aggregators"]
 
 
 def setup_cfg() -> configparser.ConfigParser:
@@ -117,10 +117,10 @@ def test_every_file_and_folder_the_readme_layout_names_exists():
   layout = (REPO / "README.md").read_text().split("## Layout", 1)[1]
   named = set(re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.]*)`", layout))
   # Bare names in a room's paragraph belong to the folder the paragraph is about.
-  for folder, names in (("mmcompress", ("objective.py", "minmax.py", "_checks.py",
-                                        "aggregators/", "comparison.py", "records.py",
-                                        "report.py",
-                                        "plots.py", "export.py", "metrics.py")),
+  for folder, names in (("mmcompress", ("objective.py", "transforms.py", "_checks.py",
+                                        "errors.py", "aggregators/", "export.py")),
+                        ("mmcompress/app", ("comparison.py", "records.py", "report.py",
+                                            "plots.py", "study.py", "leaderboard.py")),
                         ("mmcompress/train", ("step.py", "stages.py", "loop.py",
                                               "checkpoint.py", "parallel.py")),
                         ("experiments", ("benchmark.py", "gpu_check.py", "tune_minmax.py",

@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 from experiments import synthetic
 from experiments.configs import cifar100 as cifar_config
 from experiments.configs import nyuv2 as nyu_config
-from mmcompress import comparison, problems, weighting
+from mmcompress import problems, weighting
+from mmcompress.app import comparison
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.problems.nyuv2 import tasks as dense_tasks

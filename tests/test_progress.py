@@ -1,5 +1,5 @@
 """Where a comparison stands: the plan of its epochs, the time left, what is shown and kept."""
-from mmcompress import progress
+from mmcompress.app import progress
 from mmcompress.train import loop
 
 RECORD = loop.EpochRecord(epoch=0, train_loss=[1.0, 2.0], val_loss=[1.0, 2.0],

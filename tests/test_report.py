@@ -1,4 +1,4 @@
-"""Tests of mmcompress.report: hand-computed aggregates, honest sentences, files on disk."""
+"""Tests of mmcompress.app.report: hand-computed aggregates, honest sentences, files on disk."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmcompress import plots, records, report as report_lib
+from mmcompress.app import plots, records, report as report_lib
 
 TASKS = ["cls", "depth"]
 HIGHER = {"cls": True, "depth": False}

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from mmcompress import _checks, comparison, minmax, sparsity, weighting
+from mmcompress import _checks, sparsity, transforms, weighting
+from mmcompress.app import comparison
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
@@ -28,7 +29,7 @@ def _dynamic_sparse(w, seed):
   descent = sparsity.dynamic_sparse(
       optax.chain(weighting.sum_tasks(), optax.sgd(0.1, momentum=0.9)), sparsity=0.9,
       update_every=2, grow_fraction=0.05, grow="task_minmax", seed=seed)
-  return minmax.saddle_point(descent, w.tx)
+  return transforms.saddle_point(descent, w.tx)
 
 
 def _setup(tiny_config, digits_data, method, sparse):

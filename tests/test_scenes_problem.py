@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import scenes as scenes_config, study as study_config
-from mmcompress import comparison, problems, study
+from mmcompress import problems
+from mmcompress.app import comparison, study
 from mmcompress.problems import base
 from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.problems.nyuv2 import tasks

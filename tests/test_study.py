@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import study as study_config
-from mmcompress import comparison, leaderboard, study
+from mmcompress.app import comparison, leaderboard, study
 from mmcompress.weighting import WEIGHTINGS
 
 # The quick study made smaller still: a narrow MLP, a checkpoint every few steps.
@@ -363,7 +363,7 @@ def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_pat
 
 
 def test_the_null_control_draws_the_stages_after_pretraining_from_another_order():
-  from mmcompress import comparison  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
   config = study_config.get_config("quick")
   with config.unlocked():
     config.data_order = 2

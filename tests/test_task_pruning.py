@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmcompress import comparison, sparsity, weighting
+from mmcompress import sparsity, weighting
+from mmcompress.app import comparison
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.models import create_model
 from mmcompress.train import parallel, scoring, stages, step as step_lib

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmcompress import comparison
+from mmcompress.app import comparison
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import checkpoint, loop, run_axis, step as step_lib, variants

@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from mmcompress import comparison, report as report_lib, sparsity
+from mmcompress import sparsity
+from mmcompress.app import comparison, report as report_lib
 from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem

@@ -3,7 +3,7 @@
   python -m experiments.study --workdir=runs/study                       # the fair protocol
   python -m experiments.study --workdir=runs/quick --config=study:quick  # its smoke test
 
-The default is the fair protocol (`mmcompress.study`): for every setting (task set `classify`,
+The default is the fair protocol (`mmcompress.app.study`): for every setting (task set `classify`,
 `mixed`, `pairs` × sparsity 97.5 % and 99 % of the prunable weights, 40x and 100x), every
 method runs every variant of ``config.grid`` (learning-rate scales `FAIR_SCALES` × the base
 rate, 1/4 to 4 in steps of about √2, each with a clip at global norm 1 and without) on the
@@ -90,7 +90,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       "compilation_cache": True,
       "compress_clip_norms": (),
   })
-  # The fair protocol (mmcompress.study): every method's learning rate (x, steps of about
+  # The fair protocol (mmcompress.app.study): every method's learning rate (x, steps of about
   # sqrt 2 over 16x) and clip chosen per setting on tuning seeds disjoint from the reported
   # ones, then trained at its choice on the reported seeds.
   c.study.tuning_seeds = (100, 101, 102)

@@ -75,7 +75,7 @@ class Problem(abc.ABC):
     """Task → how many test examples its metric averages over; None when not known.
 
     The report turns this into one test example's worth of each task's metric, the smallest
-    difference it calls a difference (`mmcompress.report.one_example_retention`).
+    difference it calls a difference (`mmcompress.app.report.one_example_retention`).
     """
     return None
   def metric_notes(self) -> list[str]:

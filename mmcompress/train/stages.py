@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
-from mmcompress.minmax import saddle_point
+from mmcompress.transforms import saddle_point
 from mmcompress.train import variants
 
 STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")

@@ -9,7 +9,7 @@ import optax
 from jax.typing import ArrayLike
 
 from mmcompress import _checks
-from mmcompress.minmax import simplex_ascent
+from mmcompress.transforms import simplex_ascent
 from mmcompress.objective import equal_task_weights, saddle_objective
 from mmcompress.weighting import base
 

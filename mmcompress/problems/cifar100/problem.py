@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmcompress import _checks, metrics
+from mmcompress import _checks
+from mmcompress.problems import metrics
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems import base

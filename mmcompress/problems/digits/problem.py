@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmcompress import _checks, metrics
+from mmcompress import _checks
+from mmcompress.problems import metrics
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems import base
 

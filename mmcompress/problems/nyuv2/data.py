@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from mmcompress import _checks
-from mmcompress._checks import MissingDataError, UserError
+from mmcompress.errors import MissingDataError, UserError
 
 TASKS = ("segmentation", "depth", "normal")
 NUM_CLASSES = 13

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmcompress import _checks, _files
-from mmcompress._checks import UserError
+from mmcompress.errors import UserError
 from mmcompress.problems.scenes import render
 
 SPLITS = ("train", "val", "test")

@@ -1,14 +1,14 @@
 """One leaderboard over several comparison reports: which method keeps the worst task best.
 
 A study runs one comparison per setting (task set × sparsity), each writing its own
-``report.json`` (`mmcompress.report`). `build` reads them and ranks the methods per setting
+``report.json`` (`mmcompress.app.report`). `build` reads them and ranks the methods per setting
 by worst-task retention, with, per method:
 
 * the mean worst-task retention over every seed, a diverged seed counting as retention 0 (the
   very numbers its rank and paired tests use), and Δm over the seeds that did not diverge,
   each with a 95 % interval (Student's t: mean ± t(0.975, n − 1) · s / √n);
 * its paired difference from ``equal`` and from the setting's best method, seed by seed,
-  judged by the report's own rule (`mmcompress.report`: a seed within one test example is a
+  judged by the report's own rule (`mmcompress.app.report`: a seed within one test example is a
   tie, the exact sign test over the others, a diverged run counts as retention 0), with the
   better / worse / tied counts;
 * the 95 % t interval of the mean paired difference, and the sign test's p-value adjusted
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress import report as report_lib
+from mmcompress.app import report as report_lib
 
 EQUAL = "equal"
 BOOTSTRAP_RESAMPLES = 2000
@@ -206,7 +206,7 @@ def family(settings: Mapping[str, Mapping[str, Any]],
   The unit is the reporting seed: on each seed common to those settings, the method's paired
   difference from equal (worst-task retention, a diverged run as 0) and its one-example
   threshold are averaged over the settings, and the report's rule judges the averaged seeds
-  (`mmcompress.report`: a seed within its threshold is a tie, the exact sign test over the
+  (`mmcompress.app.report`: a seed within its threshold is a tie, the exact sign test over the
   others, the mean beyond the mean threshold). A seed's settings share its seed, and within a
   task set its dense model, so they are averaged rather than counted as independent pairs.
   Why one comparison per method and not per (method, setting): with 10 seeds the smallest

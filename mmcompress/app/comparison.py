@@ -42,8 +42,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmcompress import _checks, _files, export, problems, report as report_lib
-from mmcompress import progress as progress_lib, records, sparsity, weighting
+from mmcompress import _checks, _files, export, problems, sparsity, weighting
+from mmcompress.app import progress as progress_lib, records, report as report_lib
 from mmcompress.models import MODEL_NAMES, create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
@@ -868,7 +868,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     on_checkpoint: called as ``(stage, step)`` after every checkpoint save.
     print_report: print the Markdown report at the end, and where this call's wall time
       went (`clock.Clock.line`).
-    label: printed before every progress line (`mmcompress.study` runs several at once).
+    label: printed before every progress line (`mmcompress.app.study` runs several at once).
     clock: an open `clock.Clock` to measure on (the study's); by default this call's own.
   """
   validate(config)

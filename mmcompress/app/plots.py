@@ -1,6 +1,6 @@
 """The report's figures: per-task metrics as bars, and a method's task weights over training.
 
-Both draw from a report (`mmcompress.report.build_report`, or report.json read back) onto a
+Both draw from a report (`mmcompress.app.report.build_report`, or report.json read back) onto a
 matplotlib Figure of their own (no pyplot, no global backend), written atomically as PNG. This
 is the only module that imports matplotlib, and only when a figure is drawn.
 """
@@ -143,7 +143,7 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
 
 
 def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
-  """Draws a study's leaderboard (`mmcompress.leaderboard.build`): one panel per setting, one
+  """Draws a study's leaderboard (`mmcompress.app.leaderboard.build`): one panel per setting, one
   row per method (in mean-rank order, best at the top), its paired difference from equal in
   worst-task retention with the 95 % t interval; filled where the difference is shown
   (the report's rule and Holm's adjustment), hollow where it is not.

@@ -4,11 +4,11 @@ Each record is a frozen dataclass with one reader, ``from_json``, which checks a
 (read from disk, or written by hand) once and names what is wrong, and one writer,
 ``to_json``, which gives back the plain dict that is saved. The files keep their layout:
 
-* `RunResult`: a finished run's ``result.json`` (``mmcompress.comparison``).
+* `RunResult`: a finished run's ``result.json`` (``mmcompress.app.comparison``).
 * `Diverged`: a run whose loss became non-finite, ``{"diverged": message}``
   (``diverged.json``, and a method's entry in a seed's record).
 * `SeedRecord`: one seed's ``{"seed", "dense", "methods"}``, the input of the report.
-* `DroppedSeed` and `ReportInputs`: the rest of `mmcompress.report.build_report`'s arguments.
+* `DroppedSeed` and `ReportInputs`: the rest of `mmcompress.app.report.build_report`'s arguments.
 
 A field that a result does not have is None, and the writer leaves it out, so an older
 ``result.json`` (without ``task_metrics`` or the newer ratios) reads and writes unchanged.
@@ -334,7 +334,7 @@ def _test_counts(value: Any, tasks: Sequence[str]) -> dict[str, int] | None:
 
 @dataclasses.dataclass(frozen=True)
 class ReportInputs:
-  """What the report needs besides the seeds' records (`mmcompress.report.build_report`).
+  """What the report needs besides the seeds' records (`mmcompress.app.report.build_report`).
 
   Attributes:
     tasks: the task names, in the order to report them.

@@ -3,7 +3,7 @@
 `run(config, workdir)` runs, for every task set of ``config.study.task_sets`` and every
 sparsity of ``config.study.sparsities``, the comparison of ``config.problem`` (`comparison.run`) into
 ``<workdir>/<task set>-<ratio>x/``, where it writes its full report; then it ranks the methods
-across the settings (`mmcompress.leaderboard`) into ``<workdir>/report.md``,
+across the settings (`mmcompress.app.leaderboard`) into ``<workdir>/report.md``,
 ``leaderboard.json`` and ``leaderboard.png``.
 
 * **Before any compute** every setting's config is checked, and a workdir (or a setting's
@@ -42,7 +42,8 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from mmcompress import _checks, _files, comparison, leaderboard, plots, problems, progress
+from mmcompress import _checks, _files, problems
+from mmcompress.app import comparison, leaderboard, plots, progress
 from mmcompress.train import clock as clock_lib, parallel
 from mmcompress.train import stages as stages_lib, variants as variants_lib
 

@@ -1,6 +1,6 @@
 """The report of a compression experiment: paired seeds, per-task retention, and plain words.
 
-Input: one `mmcompress.records.SeedRecord` per seed, or its JSON form, a dict (read and
+Input: one `mmcompress.app.records.SeedRecord` per seed, or its JSON form, a dict (read and
 checked by `SeedRecord.from_json`), each with the dense model's metrics and, per method (a task
 weighting such as "equal" or "minmax"), the compressed model's metrics, its measured sparsity
 and compression ratios (that of the prunable part, also under the older name
@@ -34,7 +34,7 @@ equal weighting seed by seed rather than through means alone: the effect is abou
 the seed-to-seed spread is of the same size (the README's ten-seed table).
 
 `build_report` computes a JSON-serialisable dict, `to_markdown` renders it as a table and one
-sentence, `mmcompress.plots` draws the PNGs, and `write` puts all four in
+sentence, `mmcompress.app.plots` draws the PNGs, and `write` puts all four in
 a directory.
 """
 from __future__ import annotations
@@ -47,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from mmcompress import _files, metrics as metrics_lib, plots, records
+from mmcompress import _files
+from mmcompress.app import plots, records
+from mmcompress.problems import metrics as metrics_lib
 
 MINMAX = "minmax"
 EQUAL = "equal"
@@ -392,9 +394,9 @@ def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
   """Aggregates per-seed results into one JSON-serialisable report.
 
   Retention is compressed / dense per metric and seed, oriented so that below 1 is worse
-  (`mmcompress.metrics.retention`), and a task's retention is the mean over its metrics
-  (`mmcompress.metrics.task_retention`); the worst-task retention of a seed is its minimum
-  over tasks; Δm is `mmcompress.metrics.delta_m_all` in percent, LibMTL's Δp over all metrics
+  (`mmcompress.problems.metrics.retention`), and a task's retention is the mean over its metrics
+  (`mmcompress.problems.metrics.task_retention`); the worst-task retention of a seed is its minimum
+  over tasks; Δm is `mmcompress.problems.metrics.delta_m_all` in percent, LibMTL's Δp over all metrics
   (positive: better than dense). The ``_one_metric`` fields are the same figures over the one
   metric per task of `metric_names`. Every mean is over seeds of per-seed values, so the mean
   worst-task retention is the mean of each seed's minimum (not the minimum of the mean
@@ -412,7 +414,7 @@ def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
   the two; a seed whose difference is no larger is a tie.
 
   Args:
-    per_seed: one `mmcompress.records.SeedRecord` or result dict per seed (see the module
+    per_seed: one `mmcompress.app.records.SeedRecord` or result dict per seed (see the module
       docstring); every seed must have the same methods, and each metrics dict every task
       (extra metric keys are ignored).
     tasks: the task names, in the order to report them.
@@ -574,7 +576,7 @@ def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[flo
 
 def from_records(per_seed: Sequence[records.SeedRecord],
                  inputs: records.ReportInputs) -> dict[str, Any]:
-  """`build_report` of records already read (`mmcompress.records`)."""
+  """`build_report` of records already read (`mmcompress.app.records`)."""
   tasks, target = list(inputs.tasks), inputs.target_sparsity
   seeds = [r.seed for r in per_seed]
   method_names = _method_names(per_seed)
