@@ -50,6 +50,8 @@ import numpy as np
 from mmcompress import _files
 from mmcompress.sparsity import masks as masks_lib
 
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "MANIFEST_KEY", "read_manifest", "save"]
+
 FORMAT_NAME = "mmcompress.export"
 FORMAT_VERSION = 1
 MANIFEST_KEY = "manifest.json"

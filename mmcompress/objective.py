@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 
 from mmcompress import _checks
 
+__all__ = ["equal_task_weights", "saddle_objective"]
+
 
 def _as_vector(value: ArrayLike, name: str) -> jax.Array:
   value = jnp.asarray(value)

@@ -15,6 +15,9 @@ import optax
 
 from mmcompress import _checks
 
+__all__ = ["GEOMETRIES", "SADDLE_KEYS", "saddle_point", "SaddlePointState", "simplex_ascent",
+           "SimplexAscentState"]
+
 GEOMETRIES = ("euclidean", "entropic")
 
 

@@ -3,8 +3,11 @@ dependencies (what it loads when imported: tests/test_imports.py), and the READM
 command tests the installed copy."""
 import ast
 import configparser
+import importlib
+import importlib.util
 import os
 import pathlib
+import pkgutil
 import re
 import sys
 
@@ -146,3 +149,32 @@ def test_every_repository_path_the_readme_and_docs_name_exists():
   missing = sorted((where, p) for where, p in named if not (REPO / p.rstrip("/.")).exists())
   assert not missing, f"paths named but not in the repository: {missing}"
   assert len(named) > 10
+
+
+def _defined_public_names(path: pathlib.Path) -> set[str]:
+  """Functions, classes and UPPER_CASE constants a module defines at its top level."""
+  names = set()
+  for node in ast.parse(path.read_text()).body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+        if isinstance(target, ast.Name) and target.id.isupper():
+          names.add(target.id)
+  return {n for n in names if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(
+    info.name for info in pkgutil.walk_packages(mmcompress.__path__, "mmcompress."))
+    if not m.rsplit(".", 1)[-1].startswith("_")] + ["mmcompress"])
+def test_every_public_module_lists_its_public_names_in_all(module):
+  loaded = importlib.import_module(module)
+  listed = getattr(loaded, "__all__", None)
+  assert listed is not None, f"{module} has no __all__"
+  assert len(set(listed)) == len(listed), f"{module}.__all__ repeats a name"
+  missing = [n for n in listed if not hasattr(loaded, n)]
+  if loaded.__file__.endswith("__init__.py"):  # a package may list submodules it loads lazily
+    missing = [n for n in missing if importlib.util.find_spec(f"{module}.{n}") is None]
+  assert not missing, f"{module}.__all__ names {missing}, which it does not have"
+  unlisted = _defined_public_names(pathlib.Path(loaded.__file__)) - set(listed)
+  assert not unlisted, f"{module} defines {sorted(unlisted)} but does not list them in __all__"

@@ -13,6 +13,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["aligned_mtl", "aligned_mtl_weights"]
+
 _EPS = float(np.finfo(np.float32).eps)
 
 

@@ -16,6 +16,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.aggregators import _solvers
 
+__all__ = ["cagrad", "cagrad_weights", "MAX_ITERATIONS", "TOLERANCE"]
+
 MAX_ITERATIONS = 1000  # the accelerated projected gradient's cap
 TOLERANCE = 1e-7  # it stops once no weight moves by more (the weights are on the simplex)
 _SUPPORT = 1e-5  # weights above this make the face the exact solve is restricted to

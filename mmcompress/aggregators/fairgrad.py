@@ -6,6 +6,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["degree", "fairgrad", "fairgrad_weights"]
+
 
 def fairgrad_weights(gram: ArrayLike, alpha: float = 1.0) -> jax.Array:
   """FairGrad's task weights (Ban and Ji, "Fair Resource Allocation in Multi-Task Learning",

@@ -13,6 +13,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["imtl_g", "imtl_g_weights"]
+
 _EPS = float(np.finfo(np.float32).eps)
 _FLAT = 1e-4  # |1^T x| below this fraction of sum |x|: no affine solution, uniform weights
 

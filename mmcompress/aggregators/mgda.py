@@ -6,6 +6,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["mgda", "mgda_weights"]
+
 
 def mgda_weights(gram: ArrayLike) -> jax.Array:
   """MGDA's task weights (Désidéri 2012; Sener and Koltun, NeurIPS 2018) from the Gram matrix.

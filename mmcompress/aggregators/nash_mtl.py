@@ -6,6 +6,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["DEGREE", "nash_mtl", "nash_mtl_weights"]
+
 
 # nash_mtl_weights(s gram) = s^DEGREE nash_mtl_weights(gram): α scales as 1/|g|.
 DEGREE = -0.5

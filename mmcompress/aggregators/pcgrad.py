@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["pcgrad", "pcgrad_weights"]
+
 
 def _project_one(gram: jax.Array, order: jax.Array, i: jax.Array) -> jax.Array:
   """The coefficients, in the rows, of row `i` projected in `order` (skipping `i` itself)."""

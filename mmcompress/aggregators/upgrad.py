@@ -7,6 +7,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.aggregators import _solvers
 
+__all__ = ["upgrad", "upgrad_weights"]
+
 
 def upgrad_weights(gram: ArrayLike) -> jax.Array:
   """UPGrad's task weights (Quinton and Rey, "Jacobian Descent for Multi-Objective

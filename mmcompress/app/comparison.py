@@ -50,6 +50,9 @@ from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import clock as clock_lib, loop, parallel, run_axis, scoring
 from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
 
+__all__ = ["check_runnable", "check_workdir", "DATA_ORDER_STRIDE", "data_seed", "Experiment",
+           "Point", "refuse_other_run", "run", "run_dense", "run_digits", "run_method", "validate"]
+
 
 class Point(NamedTuple):
   """A run on the axis: its seed and its variant (None: a stage no variant changes, i.e.

@@ -39,6 +39,10 @@ import numpy as np
 
 from mmcompress.app import report as report_lib
 
+__all__ = ["bootstrap_picks", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "build", "choose",
+           "detection_limit", "EQUAL", "family", "holm", "interval", "mean_rank_intervals", "ranks",
+           "setting", "t975", "to_markdown", "tune"]
+
 EQUAL = "equal"
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # the resamples are drawn from a fixed seed: a board is reproducible

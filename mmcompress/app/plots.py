@@ -15,6 +15,8 @@ import numpy as np
 
 from mmcompress import _files
 
+__all__ = ["decimals", "plot_leaderboard", "plot_task_metrics", "plot_task_weights"]
+
 
 def decimals(values: Sequence[float], at_least: int = 3) -> int:
   """`at_least` decimals, more when the largest magnitude in `values` is below 0.01.

@@ -22,6 +22,8 @@ from typing import Any
 
 from mmcompress.train import loop, stages as stages_lib, variants
 
+__all__ = ["duration", "planned_epochs", "Progress"]
+
 
 def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
   """Run name -> {training stage: epochs} for every run a comparison of `config` trains (a

@@ -22,6 +22,9 @@ from typing import Any, Union
 
 import numpy as np
 
+__all__ = ["Diverged", "DroppedSeed", "jsonable", "mapping", "number", "outcome_from_json",
+           "RATIOS", "ReportInputs", "RunResult", "SeedRecord"]
+
 
 def number(value: Any, where: str, finite: bool = True) -> float:
   """`value` as a float; raises a ValueError naming `where` unless it is a (finite) number."""

@@ -51,6 +51,9 @@ from mmcompress import _files
 from mmcompress.app import plots, records
 from mmcompress.problems import metrics as metrics_lib
 
+__all__ = ["ALPHA", "build_report", "EQUAL", "from_records", "MINMAX", "one_example_retention",
+           "sign_test", "summary_sentence", "to_markdown", "write"]
+
 MINMAX = "minmax"
 EQUAL = "equal"
 # Paired differences smaller than this are float noise, counted as ties.

@@ -47,6 +47,11 @@ from mmcompress.app import comparison, leaderboard, plots, progress
 from mmcompress.train import clock as clock_lib, parallel
 from mmcompress.train import stages as stages_lib, variants as variants_lib
 
+__all__ = ["CONTROLS", "controls", "has_task_sets", "ratio_text", "reporting_config", "run",
+           "run_task_set", "Setting", "setting_config", "settings", "share", "share_unpruned",
+           "sum_tuning_config", "tuned", "tuning_config", "unpruned_stages", "validate",
+           "variant_config", "variants"]
+
 
 class Setting(NamedTuple):
   """One comparison of a study: its folder name, task set and sparsity."""

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 
 from mmcompress.models.heads import check_num_outputs, task_heads
 
+__all__ = ["CNNTrunk", "MultiHeadCNN"]
+
 
 class CNNTrunk(nn.Module):
   """Blocks of 3×3 convolution (``Conv_i``), ReLU and 2×2 max pooling, then global averaging.

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+__all__ = ["check_num_outputs", "task_heads"]
+
 
 def check_num_outputs(num_outputs: Sequence[int]) -> tuple[int, ...]:
   """Returns `num_outputs` as a tuple of ints >= 1, or raises a ValueError.

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 from mmcompress.models.heads import check_num_outputs, task_heads
 
+__all__ = ["MLPTrunk", "MultiHeadMLP"]
+
 
 class MLPTrunk(nn.Module):
   """Flatten, then Dense + ReLU blocks named ``Dense_0``, ``Dense_1``, …

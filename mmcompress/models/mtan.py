@@ -69,6 +69,11 @@ import jax.numpy as jnp
 from mmcompress import _checks
 from mmcompress.models.heads import check_num_outputs
 
+__all__ = ["AttentionMask", "ConvBNReLU", "decoder_widths", "DensePredictionHead",
+           "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet", "NUM_BLOCKS",
+           "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
+           "SIZE_MULTIPLE", "unit_vectors"]
+
 NUM_BLOCKS = 5
 # Images must be divisible by this: one 2×2 pooling per encoder block.
 SIZE_MULTIPLE = 2**NUM_BLOCKS

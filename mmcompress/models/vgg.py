@@ -36,6 +36,8 @@ import jax.numpy as jnp
 
 from mmcompress.models.heads import check_num_outputs, task_heads
 
+__all__ = ["MultiHeadVGG16", "TaskBatchNorm", "VGG16_LAYERS", "VGG16Trunk"]
+
 # Output channels of the 3×3 convolutions; "M" is a 2×2 max pooling. No fifth pooling.
 VGG16_LAYERS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                        512, 512, 512, "M", 512, 512, 512)

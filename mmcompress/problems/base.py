@@ -10,6 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["apply_model", "epoch_order", "masked_mean", "one_metric_per_task", "pad_rows",
+           "per_task_means", "Problem"]
+
 
 class Problem(abc.ABC):
   """A data set with K tasks, as the trainer sees it.

@@ -28,6 +28,9 @@ from jax.typing import ArrayLike
 
 from mmcompress import _checks
 
+__all__ = ["classification_accuracy", "delta_m", "delta_m_all", "regression_errors", "retention",
+           "task_retention"]
+
 
 def _flag(value: Any, name: str) -> bool:
   if not isinstance(value, (bool, np.bool_)):

@@ -32,6 +32,8 @@ from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.sparsity import task_scores
 
+__all__ = ["dynamic_sparse", "DynamicSparseState", "GROWTH"]
+
 
 class DynamicSparseState(NamedTuple):
   """State of `dynamic_sparse`.

@@ -25,6 +25,10 @@ import numpy as np
 
 from mmcompress import _checks
 
+__all__ = ["apply_masks", "check_inner", "default_include", "is_none", "keep_all_but_smallest",
+           "magnitude_masks", "mask_tree", "parse_structure", "path_name", "prunable_flags",
+           "prune_count", "resolve_include", "score_masks", "tiered_score_masks"]
+
 IncludeFn = Callable[[tuple[Any, ...], Any], bool]
 
 _STRUCTURES_HELP = ("'unstructured', 'filter' or an 'n:m' pattern such as '2:4' "

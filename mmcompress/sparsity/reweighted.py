@@ -20,6 +20,8 @@ import optax
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
 
+__all__ = ["add_reweighted_l1", "ReweightedL1State"]
+
 
 class ReweightedL1State(NamedTuple):
   """State of `add_reweighted_l1`.

@@ -22,6 +22,8 @@ import optax
 from mmcompress import _checks
 from mmcompress.sparsity.masks import check_inner, is_none, mask_tree
 
+__all__ = ["full_masks", "static_sparse", "StaticSparseState"]
+
 
 class StaticSparseState(NamedTuple):
   """State of `static_sparse`.

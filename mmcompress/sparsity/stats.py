@@ -24,6 +24,8 @@ import numpy as np
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
 
+__all__ = ["find_masks", "non_prunable_groups", "planned_summary", "summary"]
+
 
 def _holds_masks(node: Any) -> bool:
   """Whether `node` is a NamedTuple (an optax-style state) with a field named ``masks``."""

@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+__all__ = ["StageCheckpoints"]
+
 
 class StageCheckpoints:
   """The checkpoints of one stage of one run, in `directory`.

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 
 import jax
 
+__all__ = ["Clock", "KINDS", "measure"]
+
 KINDS = ("compilation", "training steps", "evaluation", "checkpoints")
 # JAX's compile events (jax._src.dispatch / pxla), each a duration in seconds.
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",

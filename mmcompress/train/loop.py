@@ -38,6 +38,10 @@ from mmcompress.train.step import TrainState
 from mmcompress import weighting as weighting_lib
 from mmcompress.weighting import TaskWeighting
 
+__all__ = ["abstract_carry", "EpochRecord", "evaluate", "evaluate_runs", "initial_carry",
+           "make_eval_step", "NonFiniteLossError", "selection_score", "snapshot", "StageContext",
+           "StageRecord", "train_stage"]
+
 
 class NonFiniteLossError(FloatingPointError):
   """A loss (or the weights) became NaN or infinite everywhere there was something to compare

@@ -16,6 +16,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmcompress import _checks
 
+__all__ = ["batch_sharded", "check_batch_size", "DATA_AXIS", "data_mesh", "default_cache_dir",
+           "HEARTBEAT_TIMEOUT_S", "is_primary", "local_launch", "maybe_initialize_distributed",
+           "NUM_PROCESSES_ENV", "place", "PROCESS_ID_ENV", "replicate", "replicated", "shard_batch",
+           "use_compilation_cache"]
+
 DATA_AXIS = "data"
 
 

@@ -38,6 +38,9 @@ from mmcompress.train import parallel
 from mmcompress.train.step import TrainState, train_step_fn
 from mmcompress.weighting import TaskWeighting
 
+__all__ = ["batch_sharding", "can_shard", "make_runs_train_step", "over_runs", "stack",
+           "stacked_batches", "state_sharding", "unstack"]
+
 
 def stack(trees: Sequence[Any]) -> Any:
   """The trees of R runs as one tree whose leaves have a leading run axis of size R, on

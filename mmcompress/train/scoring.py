@@ -32,6 +32,9 @@ from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.problems import Problem
 from mmcompress.train import parallel
 
+__all__ = ["calibration_scores", "CRITERIA", "Criterion", "default_criterion", "make_scoring_step",
+           "parse_method", "prune_masks"]
+
 CRITERIA = ("magnitude",) + tuple(f"taylor_{a}" for a in sparsity.AGGREGATIONS)
 
 

@@ -18,6 +18,10 @@ from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.transforms import saddle_point
 from mmcompress.train import variants
 
+__all__ = ["base_optimizer", "check_stage_order", "descent_transform", "learning_rate_schedule",
+           "make_weighting", "method_stages", "per_task_gradients", "stage_optimizer_config",
+           "stage_transform", "STAGES", "TRAINING_STAGES"]
+
 STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")
 TRAINING_STAGES = ("pretrain", "reweight", "retrain", "sparse")
 # What may come directly before each stage (None: it must come first).

@@ -21,6 +21,9 @@ from mmcompress.problems import Problem
 from mmcompress.train import parallel
 from mmcompress.weighting import TaskWeighting, current_weights, per_task_grads
 
+__all__ = ["create_train_state", "init_variables", "make_eval_step", "make_train_step",
+           "train_step_fn", "TrainState"]
+
 _WEIGHTING_STREAM = 1  # folded into a step's key for the weighting's randomness
 
 

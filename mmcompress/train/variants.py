@@ -26,6 +26,9 @@ import optax
 
 from mmcompress import _checks
 
+__all__ = ["base_method", "clip_by_run", "default_clip", "grid", "parse", "PIN", "pinned",
+           "scale_by_run", "Variant"]
+
 
 class Variant(NamedTuple):
   """One point of the grid.

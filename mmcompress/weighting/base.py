@@ -15,6 +15,9 @@ from jax.typing import ArrayLike
 
 from mmcompress import _checks
 
+__all__ = ["check_reduction", "check_task_scales", "counted_tasks", "no_epoch_memory",
+           "no_step_memory", "REDUCTIONS", "scaled", "TaskWeighting", "uniform_weights"]
+
 
 def no_epoch_memory(task_state: Any, epoch_mean_losses: jax.Array) -> Any:
   """The `end_epoch` of a weighting that remembers nothing between epochs."""

@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base, gradient
 
+__all__ = ["db_mtl", "db_mtl_aggregate", "DBMTLState", "from_config"]
+
 _LOG_EPS = 1e-8  # inside the logarithm of the losses, as the reference code
 
 

@@ -11,6 +11,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
+__all__ = ["dwa", "DWAState", "from_config"]
+
 
 class DWAState(NamedTuple):
   """DWA's memory: the mean task losses of the last two epochs (row 1 the latest)."""

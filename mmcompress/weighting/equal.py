@@ -9,6 +9,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.weighting import base
 
+__all__ = ["equal", "from_config"]
+
 
 def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> base.TaskWeighting:
   """Equal weights: the objective is the mean (``"reference"``: the sum) of the task losses.

@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
+__all__ = ["famo", "FAMOState", "from_config"]
+
 _EPS = 1e-8  # added to L − ℓ inside the logarithms, as the reference
 
 

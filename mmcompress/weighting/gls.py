@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
+__all__ = ["from_config", "geometric_mean", "gls"]
+
 
 def geometric_mean(values: jax.Array) -> jax.Array:
   """(Π_k v_k)^(1/K) of positive `values`, as exp(mean(log v)) (no overflow of the product)."""

@@ -40,6 +40,11 @@ from mmcompress import _checks, aggregators
 from mmcompress.sparsity.masks import path_name
 from mmcompress.weighting import base
 
+__all__ = ["aggregate", "AggregateState", "checked_flags", "combine", "current_weights",
+           "default_shared", "GRAD_MODES", "gradient_weighting", "gram_matrix", "gram_weighting",
+           "normalised", "per_task_grads", "row_norms", "scaled_gram_matrix", "shared_flags",
+           "sum_tasks", "UNROLL_MAX_TASKS"]
+
 # (gram (K, K), key) -> alpha (K,): the task weights of the combined direction.
 WeightsFn = Callable[[jax.Array, jax.Array], jax.Array]
 # (path, leaf) -> whether the leaf is shared by the tasks (True) or belongs to one (False).

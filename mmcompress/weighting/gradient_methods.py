@@ -22,6 +22,9 @@ from mmcompress import _checks, aggregators
 from mmcompress.weighting import base
 from mmcompress.weighting.gradient import SharedFn, gram_weighting
 
+__all__ = ["aligned_mtl", "cagrad", "fairgrad", "imtl_g", "mgda", "nash_mtl", "pcgrad", "reader",
+           "upgrad"]
+
 
 def _keyless(weights: Any, *args: Any) -> Any:
   """``(gram, key) -> weights(gram, *args)``: an aggregator that draws nothing at random."""

@@ -13,6 +13,8 @@ from mmcompress.transforms import simplex_ascent
 from mmcompress.objective import equal_task_weights, saddle_objective
 from mmcompress.weighting import base
 
+__all__ = ["auto_from_config", "AutoScalesState", "from_config", "minmax", "minmax_auto"]
+
 
 class AutoScalesState(NamedTuple):
   """The memory of min-max with ``task_scales="auto"``.

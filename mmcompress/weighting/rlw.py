@@ -11,6 +11,8 @@ from jax.typing import ArrayLike
 
 from mmcompress.weighting import base
 
+__all__ = ["draw_weights", "from_config", "rlw"]
+
 
 def draw_weights(key: jax.Array, num_tasks: int) -> jax.Array:
   """One step's random task weights: softmax(z) with z ~ N(0, I_K) drawn from `key`."""

@@ -12,6 +12,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
+__all__ = ["from_config", "stch", "STCHState"]
+
 _LOG_EPS = 1e-20  # inside every logarithm, as LibMTL's STCH
 
 

@@ -11,6 +11,8 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
+__all__ = ["from_config", "uncertainty"]
+
 
 def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
                 optimizer: optax.GradientTransformation | None = None,

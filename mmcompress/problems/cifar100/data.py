@@ -37,6 +37,12 @@ from absl import logging as absl_logging
 
 from mmcompress import _checks
 
+__all__ = ["augment", "check_coarse_labels", "CLASSES_PER_TASK", "COARSE_NAMES", "eval_arrays",
+           "FINE_NAMES", "FINE_TO_COARSE", "fine_to_task_label", "horizontal_flip", "IMAGE_SHAPE",
+           "ImageSplit", "load_split", "make_splits", "MEAN", "normalize", "NUM_FINE", "NUM_TASKS",
+           "open_source", "PAD", "random_crop", "STD", "task_batch", "TASK_CLASSES", "TASK_NAMES",
+           "TaskIndex"]
+
 NUM_FINE = 100
 NUM_TASKS = 20
 CLASSES_PER_TASK = 5

@@ -24,6 +24,8 @@ from mmcompress.sparsity import masks as masks_lib
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems import base
 
+__all__ = ["Cifar100Problem", "from_config", "merge_task_statistics", "validate_config"]
+
 _TASK_SUFFIX = re.compile(r"_task(\d+)$")
 
 

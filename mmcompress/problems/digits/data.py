@@ -74,6 +74,10 @@ from sklearn import datasets
 
 from mmcompress import _checks
 
+__all__ = ["check_task_set", "CLASSIFICATION", "CLASSIFY_GROUPS", "describe", "folder_name",
+           "GROUPS_PREFIX", "load_multidigits", "MultiTaskData", "PAIRS_CANVAS", "PAIRS_SIZES",
+           "parse_groups", "REGRESSION", "Split", "TASK_SETS"]
+
 TASK_SETS = ("classify", "mixed", "pairs")  # and any "groups:<g1>/<g2>/..." (`parse_groups`)
 GROUPS_PREFIX = "groups:"
 CLASSIFICATION = "classification"

@@ -14,6 +14,8 @@ from mmcompress.problems import metrics
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems import base
 
+__all__ = ["DigitsProblem", "from_config", "METRIC_NAMES", "per_example_losses", "validate_config"]
+
 METRIC_NAMES = {digits.CLASSIFICATION: "accuracy", digits.REGRESSION: "MAE"}
 
 

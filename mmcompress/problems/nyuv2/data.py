@@ -55,6 +55,10 @@ import numpy as np
 from mmcompress import _checks
 from mmcompress.errors import MissingDataError, UserError
 
+__all__ = ["augment", "check_layout", "crop_size", "IGNORE_LABEL", "IMAGE_TOLERANCE", "load_batch",
+           "MAPS", "NORMAL_TOLERANCE", "NUM_CLASSES", "NYUv2Source", "rescale_crop_flip", "SCALES",
+           "SPLITS", "TASKS", "write_synthetic"]
+
 TASKS = ("segmentation", "depth", "normal")
 NUM_CLASSES = 13
 IGNORE_LABEL = -1

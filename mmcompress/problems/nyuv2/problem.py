@@ -32,6 +32,9 @@ from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.problems.nyuv2 import tasks
 from mmcompress.problems import base
 
+__all__ = ["AVERAGING_MODES", "check_config", "DenseProblem", "from_config", "MTAN_EVAL_BATCH",
+           "NYUv2Problem", "PRIMARY", "validate_config"]
+
 PRIMARY = {tasks.SEGMENTATION: "miou", tasks.DEPTH: "depth_abs_err",
            tasks.NORMAL: "normal_mean"}
 _TARGETS = {tasks.SEGMENTATION: "label", tasks.DEPTH: "depth",

@@ -59,6 +59,13 @@ from jax.typing import ArrayLike
 from mmcompress.models.mtan import unit_vectors
 from mmcompress.problems import base
 
+__all__ = ["add_sums", "angle_errors", "ANGLE_THRESHOLDS", "batch_means", "BINS_PER_DEGREE",
+           "dense_sums", "DENSE_TASKS", "DEPTH", "depth_loss", "depth_sums", "DepthBatchMeans",
+           "DepthSums", "finalize", "finalize_batch_means", "HIGHER_IS_BETTER", "histogram_median",
+           "masked_median", "miou", "NORMAL", "normal_l1_loss", "normal_loss", "normal_sums",
+           "NormalBatchMeans", "NormalSums", "NUM_ANGLE_BINS", "pixel_accuracy", "SEGMENTATION",
+           "segmentation_loss", "segmentation_sums", "TASK_METRICS"]
+
 # Keys of `dense_sums` and `finalize`; the same names as `mmcompress.problems.nyuv2.data.TASKS`.
 SEGMENTATION = "segmentation"
 DEPTH = "depth"

@@ -44,6 +44,9 @@ from mmcompress import _checks, _files
 from mmcompress.errors import UserError
 from mmcompress.problems.scenes import render
 
+__all__ = ["default_cache_dir", "DTYPES", "generate", "load_scenes", "load_split", "MAPS", "shapes",
+           "split_dir", "SPLITS", "VERSION"]
+
 SPLITS = ("train", "val", "test")
 MAPS = ("image", "label", "depth", "normal")
 DTYPES = {"image": np.float32, "label": np.int32, "depth": np.float32, "normal": np.float32}

@@ -23,6 +23,9 @@ from mmcompress.problems.nyuv2 import tasks
 from mmcompress.problems.scenes import data as scenes
 from mmcompress.problems.scenes import render
 
+__all__ = ["ArraySource", "concatenate", "from_config", "ScenesProblem", "trivial_metrics",
+           "trivial_predictions", "validate_config"]
+
 
 class ArraySource:
   """Random access to examples stacked in memory, with `nyuv2.data.NYUv2Source`'s interface.

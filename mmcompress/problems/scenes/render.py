@@ -39,6 +39,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+__all__ = ["Box", "Camera", "camera_rotation", "CLASS_COLOURS", "CLASSES", "Cylinder",
+           "focal_length", "Hits", "IGNORE_LABEL", "NUM_CLASSES", "pixel_directions", "Quad",
+           "random_example", "random_scene", "render", "Scene", "SKY_COLOUR", "Sphere", "trace"]
+
 CLASSES = ("floor", "wall", "rug", "picture", "box", "sphere", "cylinder")
 NUM_CLASSES = len(CLASSES)
 IGNORE_LABEL = -1
