@@ -143,6 +143,17 @@ def one_of(value: Any, allowed: Sequence[str], name: str) -> str:
   return value
 
 
+def is_stand_in(tree: Any) -> bool:
+  """Whether `tree` is a leafless stand-in for params rather than params.
+
+  `optax.tree_map_params` calls ``init`` with such a stand-in (a pytree node without children)
+  to find which parts of a state have the params' structure; an ``init`` that checks or reads
+  its params skips that for a stand-in and builds its params-shaped fields from it by tree maps.
+  """
+  return (tree is not None and not isinstance(tree, (dict, list, tuple))
+          and not jax.tree.leaves(tree) and not hasattr(tree, "shape"))
+
+
 def same_structure(tree: Any, reference: Any, name: str, reference_name: str = "params",
                    is_leaf: Callable[[Any], bool] | None = None,
                    stacked: bool | int = False) -> None:

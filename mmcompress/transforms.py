@@ -94,13 +94,17 @@ def simplex_ascent(learning_rate: optax.ScalarOrSchedule,
   step_fn = _euclidean_step if geometry == "euclidean" else _entropic_step
 
   def init_fn(params: jax.Array) -> SimplexAscentState:
+    windowed = every > 1
+    zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
+    if _checks.is_stand_in(params):  # optax.tree_map_params: grad_sum is the params-shaped part
+      return SimplexAscentState(count=zero(), num_ascents=zero(),
+                                grad_sum=params if windowed else None,
+                                num_summed=zero() if windowed else None, num_skipped=zero())
     params = jnp.asarray(params)
     if params.ndim != 1:
       raise ValueError(
           f"simplex_ascent acts on a (K,) vector of task weights, got shape {params.shape}.")
     # Distinct arrays, not one shared zero: a donating jit rejects aliased buffers.
-    zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
-    windowed = every > 1
     return SimplexAscentState(count=zero(), num_ascents=zero(),
                               grad_sum=jnp.zeros_like(params) if windowed else None,
                               num_summed=zero() if windowed else None, num_skipped=zero())
@@ -175,6 +179,11 @@ def saddle_point(descent: optax.GradientTransformation,
     An `optax.GradientTransformationExtraArgs` over the two-key dict; keyword arguments of
     `update` go to `descent` (e.g. ``task_weights`` for task-aware regrowth), which ignores
     them if it takes none.
+
+  `optax.tree_map_params` maps a function over the params-shaped parts of both halves' states
+  (each half's own part of the params). Extra trees (its ``*rest``) cannot be passed: optax
+  hands every params-shaped part the whole of each extra tree, and each half of this state
+  holds only its own half of the params; map each half's state on its own instead.
   """
   for name, tx in (("descent", descent), ("ascent", ascent)):
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
@@ -182,6 +191,8 @@ def saddle_point(descent: optax.GradientTransformation,
                       f"(e.g. optax.sgd(0.1)), got {type(tx).__name__}.")
 
   def init_fn(params: Any) -> SaddlePointState:
+    if _checks.is_stand_in(params):  # optax.tree_map_params (see the note above)
+      return SaddlePointState(descent=descent.init(params), ascent=ascent.init(params))
     model, weights = _split(params, "params")
     return SaddlePointState(descent=descent.init(model), ascent=ascent.init(weights))
 

@@ -127,36 +127,12 @@ CASES = [
 ]
 FACTORIES = dict(CASES)
 
-# Library defects the checks found (reported, not fixed here): (check, case) -> (reason, error).
-_PLACEHOLDER = ("library defect: init cannot take optax's params placeholder ({}), so "
-                "optax.tree_map_params raises")
-_SIMPLEX = _PLACEHOLDER.format("simplex_ascent's init calls jnp.asarray(params)"), TypeError
-_STATIC_SPARSE = (_PLACEHOLDER.format("static_sparse's init checks and masks params against the "
-                                      "masks"), ValueError)
-XFAILS = {
-    **{("tree_map_params", n): _SIMPLEX for n, _ in CASES if n.startswith("simplex")},
-    ("tree_map_params", "weighting_minmax"): _SIMPLEX,
-    ("tree_map_params", "weighting_minmax_auto"): _SIMPLEX,
-    ("tree_map_params", "saddle_point"): (_PLACEHOLDER.format(
-        "saddle_point's init requires the {'params', 'task_weights'} dict"), ValueError),
-    ("tree_map_params", "static_sparse_sgd"): _STATIC_SPARSE,
-    ("tree_map_params", "static_sparse_adam"): _STATIC_SPARSE,
-    ("tree_map_params", "aggregate_static_sparse"): _STATIC_SPARSE,
-    ("tree_map_params", "weighting_db_mtl"): (_PLACEHOLDER.format(
-        "db_mtl_aggregate's moving average is the params' tree with a leading K axis, so "
-        "the mapped function sees (K, ...) leaves"), AssertionError),
-}
 
 
 def _cases(check):
-  """The case names for `check`, each known failure marked as a strict xfail."""
-  def marks(name):
-    if (check, name) not in XFAILS:
-      return []
-    reason, error = XFAILS[check, name]
-    return [pytest.mark.xfail(strict=True, raises=error, reason=reason)]
-  return pytest.mark.parametrize("name", [pytest.param(n, marks=marks(n)) for n, _ in CASES])
-
+  """The case names for `check` (every case goes through every check)."""
+  del check
+  return pytest.mark.parametrize("name", [n for n, _ in CASES])
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -217,13 +193,21 @@ def check_eval_shape(tx, params, grad_fn):
                    tx.update(grads, state, params))
 
 
-def check_tree_map_params(tx, params):
-  """`optax.tree_map_params` maps the state's param-shaped parts and keeps its structure."""
+def check_tree_map_params(tx, params, *, extra_trees=True):
+  """`optax.tree_map_params` maps the state's param-shaped parts and keeps its structure; with
+  a tree like the params beside the state (how partition specs are mapped), every mapped
+  leaf meets the params' leaf of its place."""
   state, seen = tx.init(params), []
   mapped = optax.tree_map_params(tx, lambda x: seen.append(jnp.shape(x)) or jnp.zeros_like(x),
                                  state)
   assert_same_spec(mapped, state)
   assert set(seen) <= {jnp.shape(p) for p in jax.tree.leaves(params)}
+  if extra_trees:
+    pairs = []
+    again = optax.tree_map_params(tx, lambda x, p: pairs.append((jnp.shape(x), jnp.shape(p)))
+                                  or x, state, params)
+    assert_same_spec(again, state)
+    assert len(pairs) == len(seen) and all(x == p for x, p in pairs)
 
 
 def check_donation(tx, params, grad_fn):
@@ -273,7 +257,25 @@ def test_jitted_step_does_not_retrace(name):
 @_cases("tree_map_params")
 def test_tree_map_params(name):
   tx, params, _ = FACTORIES[name]()
-  check_tree_map_params(tx, params)
+  check_tree_map_params(tx, params, extra_trees=name != "saddle_point")
+
+
+def test_saddle_point_maps_extra_trees_one_half_at_a_time():
+  """`saddle_point`'s documented limit: optax hands every params-shaped part of the state the
+  whole of an extra tree, and each half holds only its half of the params; each half's state
+  maps with its own half of the tree."""
+  descent, ascent = optax.adam(1e-2), mmcompress.simplex_ascent(0.1, every=3)
+  tx = mmcompress.saddle_point(descent, ascent)
+  params = {"params": _model_params(), "task_weights": mmcompress.equal_task_weights(2)}
+  state = tx.init(params)
+  with pytest.raises(ValueError):
+    optax.tree_map_params(tx, lambda x, p: x, state, params)
+  check_tree_map_params(descent, params["params"])
+  check_tree_map_params(ascent, params["task_weights"])
+  halves = (optax.tree_map_params(descent, lambda x, p: x + 1, state.descent, params["params"]),
+            optax.tree_map_params(ascent, lambda x, p: x + 1, state.ascent,
+                                  params["task_weights"]))
+  assert float(halves[0][0].mu["bias"][0]) == 1.0 and float(halves[1].grad_sum[0]) == 1.0
 
 
 @_cases("donation")

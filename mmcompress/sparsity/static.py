@@ -95,6 +95,9 @@ def static_sparse(inner: optax.GradientTransformation, masks: Any, *,
   stored = _drop_dense(stored) if drop_dense else stored
 
   def init_fn(params):
+    if _checks.is_stand_in(params):  # optax.tree_map_params: the inner state's params parts
+      return StaticSparseState(inner_state=inner.init(params),
+                               masks=jax.tree.map(jnp.array, stored))
     _checks.same_structure(masks, params, "masks")
     # A copy, so that a step donating the state never deletes the caller's own mask arrays.
     return StaticSparseState(inner_state=inner.init(mask_tree(params, stored)),

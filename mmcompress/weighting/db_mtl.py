@@ -22,11 +22,11 @@ class DBMTLState(NamedTuple):
 
   Attributes:
     count: int32, updates made so far (the moving average's β/count^σ uses it).
-    buffer: the moving average of each task's gradient: the params' tree, every leaf with a
-      leading axis of K (the task-specific leaves are kept at zero: they are not averaged).
-      Built from the params by a plain tree map, so that `optax.tree_map_params` (which
-      `mmcompress.sparsity.dynamic_sparse` uses to reset changed entries) can rebuild it;
-      a function it maps sees (K, ...) leaves there.
+    buffer: the moving average of each task's gradient: a tuple of K trees shaped like the
+      params (the task-specific leaves are kept at zero: they are not averaged). K separate
+      trees, not one tree of (K, ...) leaves, so that `optax.tree_map_params` (which
+      `mmcompress.sparsity.dynamic_sparse` uses to reset changed entries) finds each of them
+      as a params-shaped part of the state.
     task_weights: (K,) float32, the last update's α_k = max_j |ĝ_j| / |ĝ_k| over their sum.
   """
   count: jax.Array
@@ -61,8 +61,8 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
   shared = gradient.default_shared if shared is None else shared
 
   def init_fn(params: Any) -> DBMTLState:
-    buffer = jax.tree.map(lambda p: jnp.zeros((num_tasks, *jnp.shape(p)), jnp.result_type(p)),
-                          params)
+    buffer = tuple(jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
+                   for _ in range(num_tasks))
     return DBMTLState(count=jnp.zeros([], jnp.int32), buffer=buffer,
                       task_weights=jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
 
@@ -71,16 +71,18 @@ def db_mtl_aggregate(num_tasks: int, *, beta: float = 0.9, beta_sigma: float = 0
     flags = gradient.checked_flags(updates, params, num_tasks, shared, "db_mtl_aggregate")
     count = optax.safe_int32_increment(state.count)
     rate = beta / count.astype(jnp.float32) ** beta_sigma
+    stacked = jax.tree.map(lambda *rows: jnp.stack(rows), *state.buffer)
     buffer = jax.tree.map(
         lambda b, g, s: g + (rate * (b - g)).astype(g.dtype) if s else b,
-        state.buffer, updates, flags)
+        stacked, updates, flags)
     averaged = jax.tree.map(lambda b, g, s: b if s else g, buffer, updates, flags)
     # Each row's norm with the row scaled by its own power of two (finite and non-zero for
     # rows of norm 1e20 or 1e-30, whose squares leave float32's range).
     norms = gradient.row_norms(averaged, flags)
     alpha = jnp.max(norms) / (norms + 1e-8)
+    rows = tuple(jax.tree.map(lambda b, k=k: b[k], buffer) for k in range(num_tasks))
     return gradient.combine(averaged, flags, alpha), DBMTLState(
-        count=count, buffer=buffer, task_weights=gradient.normalised(alpha))
+        count=count, buffer=rows, task_weights=gradient.normalised(alpha))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
