@@ -105,6 +105,8 @@ CASES = [
         sp.add_reweighted_l1(1e-3, refresh_every=2), optax.sgd(0.1)))),
     ("dynamic_sparse_sgd", lambda: _dynamic_case(optax.sgd(0.1, momentum=0.9))),
     ("dynamic_sparse_adam", lambda: _dynamic_case(optax.adam(1e-2))),
+    ("gradual_magnitude_adam", lambda: _model_case(sp.gradual_magnitude(
+        optax.adam(1e-2), sparsity=0.5, begin_step=1, end_step=4, update_every=2))),
     ("weighting_equal", lambda: _weighting_case("equal")),
     ("weighting_uncertainty", lambda: _weighting_case("uncertainty")),
     ("weighting_dwa", lambda: _weighting_case("dwa")),

@@ -8,12 +8,15 @@ Everything here composes into a user's own optax loop:
 >>> opt = optax.chain(add_reweighted_l1(1e-4), optax.sgd(0.1))     # doctest: +SKIP
 >>> opt = dynamic_sparse(optax.sgd(0.1), sparsity=0.99,            # doctest: +SKIP
 ...                      update_every=100, grow_fraction=0.003)
+>>> opt = gradual_magnitude(optax.sgd(0.1), sparsity=0.975,        # doctest: +SKIP
+...                         begin_step=0, end_step=3000, update_every=100)
 >>> scores = taylor_scores(params, stacked_grads)                  # doctest: +SKIP
 >>> masks = task_aware_masks(scores, 0.975, aggregate="max")       # doctest: +SKIP
 """
 from __future__ import annotations
 
 from mmcompress.sparsity.dynamic import DynamicSparseState, dynamic_sparse
+from mmcompress.sparsity.gradual import GradualMagnitudeState, cubic_sparsity, gradual_magnitude
 from mmcompress.sparsity.masks import apply_masks, default_include, magnitude_masks, score_masks
 from mmcompress.sparsity.reweighted import ReweightedL1State, add_reweighted_l1
 from mmcompress.sparsity.static import StaticSparseState, full_masks, static_sparse
@@ -25,15 +28,18 @@ from mmcompress.sparsity.task_scores import (AGGREGATIONS, disparse_masks, magni
 __all__ = [
     "AGGREGATIONS",
     "DynamicSparseState",
+    "GradualMagnitudeState",
     "ReweightedL1State",
     "StaticSparseState",
     "add_reweighted_l1",
     "apply_masks",
+    "cubic_sparsity",
     "default_include",
     "disparse_masks",
     "dynamic_sparse",
     "find_masks",
     "full_masks",
+    "gradual_magnitude",
     "magnitude_masks",
     "magnitude_scores",
     "max_scores",
