@@ -1,5 +1,6 @@
 """Gradual magnitude pruning (`sparsity.gradual_magnitude`) against Zhu & Gupta's cubic
 schedule computed by hand, its exact final count, and pruned weights held at zero."""
+import json
 import math
 
 import jax
@@ -85,3 +86,25 @@ def test_bad_schedules_are_refused_with_the_argument_named(kwargs, fragment):
   args = {"sparsity": 0.9, "begin_step": 0, "end_step": 10, "update_every": 2, **kwargs}
   with pytest.raises(ValueError, match=fragment):
     sparsity.gradual_magnitude(optax.sgd(0.1), **args)
+
+
+def test_the_gradual_stage_prunes_to_the_target_in_the_pipeline(tmp_path, tiny_config):
+  """``stages = (pretrain, gradual, retrain)``: a loss-level and a gradient-level method end
+  with every prunable layer at exactly the count of zeros `magnitude_masks` plans, in the
+  exported model too; a stage order that ends with the gradual stage is refused."""
+  from mmcompress import export  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
+  from mmcompress.train import stages  # pylint: disable=import-outside-toplevel
+  config = tiny_config(methods=("equal", "pcgrad"), stages=("pretrain", "gradual", "retrain"),
+                       **{"epochs.gradual": 2})
+  comparison.run(config, str(tmp_path), print_report=False)
+  for method in config.methods:
+    result = json.loads((tmp_path / "seed0" / method / "result.json").read_text())
+    assert result["export"]["round_trip_exact"]
+    params = export.load(tmp_path / result["export"]["path"])
+    planned = sparsity.planned_summary(params, config.sparsity)
+    got = sparsity.summary(params, jax.tree.map(lambda p: p != 0, params))
+    assert got["prunable_nonzero"] == planned["prunable_nonzero"] == (
+        result["parameters"]["prunable_nonzero"])
+  with pytest.raises(ValueError, match="must be followed by 'retrain'"):
+    stages.check_stage_order(("pretrain", "gradual"))

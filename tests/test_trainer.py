@@ -224,7 +224,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
     ({"optimizer.clip_norm": -1.0}, "optimizer.clip_norm"),
     ({"optimizer.compress_clip_norm": -1.0}, "optimizer.compress_clip_norm"),
     ({"stages": ("pretrain", "finetune")}, "stage"),
-    ({"stages": ("pretrain", "retrain")}, "'retrain' must follow \\['prune'\\]"),
+    ({"stages": ("pretrain", "retrain")}, r"'retrain' must follow \['prune', 'gradual'\]"),
     ({"stages": ("reweight", "prune", "retrain")}, "'reweight' must follow"),
     ({"sparsity": 1.0}, "config.sparsity"),
     ({"sparsity": -0.5}, "config.sparsity"),

@@ -26,7 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       "clip_norm": 0.0,             # > 0 clips the model's gradient by global norm
       "compress_clip_norm": 0.0})   # > 0: the stages after pretraining clip at this instead
   c.epochs = ml_collections.ConfigDict({"pretrain": 30, "reweight": 15, "retrain": 30,
-                                        "sparse": 60})
+                                        "sparse": 60, "gradual": 15})
   c.reweight = ml_collections.ConfigDict({"penalty": 1e-4, "eps": 1e-6,
                                           "refresh_every_epochs": 5, "refresh_at_epochs": (),
                                           # the stage's own lr / schedule; 0 / "" = optimizer's
@@ -39,6 +39,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dynamic = ml_collections.ConfigDict({"update_every_epochs": 2, "grow_fraction": 0.005,
                                          "end_fraction": 0.75, "grow": "gradient",
                                          "budget": "exact"})
+  # The "gradual" stage (gradual magnitude pruning, in place of "prune", followed by
+  # "retrain"): the sparsity rises along Zhu & Gupta's cubic schedule from initial_sparsity
+  # to config.sparsity, the masks changing every update_every_epochs from begin_fraction of
+  # the stage to end_fraction (the last change on the stage's last step at 1.0).
+  c.gradual = ml_collections.ConfigDict({"update_every_epochs": 1, "begin_fraction": 0.0,
+                                         "end_fraction": 1.0, "initial_sparsity": 0.0})
   # The prune stage's masks: "magnitude" (the paper) or "taylor" (per-task first-order Taylor
   # scores on calibration batches of the training split, aggregated across the tasks by
   # "mean", "max", "disparse" or "minmax"); a method "minmax+taylor_max" names its own.

@@ -58,7 +58,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   if preset == "quick":
     c.seeds = (0,)
     c.epochs = ml_collections.ConfigDict({"pretrain": 4, "reweight": 2, "retrain": 3,
-                                          "sparse": 6})
+                                          "sparse": 6, "gradual": 2})
     c.checkpoint_every_steps = 50
   elif preset == "study":
     c.seeds = tuple(range(10))

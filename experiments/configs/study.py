@@ -99,7 +99,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   if preset in ("quick", "untuned_quick"):
     c.seeds = (0, 1)
     c.epochs = ml_collections.ConfigDict({"pretrain": 2, "reweight": 1, "retrain": 2,
-                                          "sparse": 2})
+                                          "sparse": 2, "gradual": 1})
     c.checkpoint_every_steps = 10
   if preset == "quick":
     # The fair protocol's smoke test: 2 + 2 seeds, equal and min-max, `mixed` at 40x, no

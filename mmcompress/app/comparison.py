@@ -421,6 +421,8 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
       last[p], best[p] = final[p], stage_best[p]
       starts[p] = _handed_on(stage, last[p], best[p])
       stage_records[p].append(stage_recs[p])
+      if stage in stages_lib.MASK_GIVERS and p not in stage_failures:  # e.g. gradual pruning
+        masks[p] = jax.device_get(sparsity.find_masks(last[p].opt_state))
     points = [p for p in points if p not in failures]
   if not all(p in stage_records for p in runs):  # pretraining alone: every variant is it
     _, last, best, stage_records, failures = _fan_out(
@@ -596,6 +598,11 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   # did before it existed.
   if "prune" not in saved and current.get("prune", {}).get("criterion") == "magnitude":
     saved["prune"] = current["prune"]
+  # Nor the section and epochs of the gradual stage, added since, for a run without it.
+  if "gradual" not in saved.get("stages", ()) and "gradual" in current:
+    saved.setdefault("gradual", current["gradual"])
+    if isinstance(saved.get("epochs"), dict) and "gradual" in current.get("epochs", {}):
+      saved["epochs"].setdefault("gradual", current["epochs"]["gradual"])
   # Nor a field added since, missing there and off now (`_ADDED_OFF`).
   for path, off in _ADDED_OFF:
     _fill_if_off(saved, current, path, off)
@@ -743,7 +750,15 @@ def _axis_note(config: ml_collections.ConfigDict) -> str:
 
 
 def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
-  """The report's line on how each method's masks were chosen (none without a prune stage)."""
+  """The report's line on how each method's masks were chosen (none without a prune or
+  gradual stage)."""
+  if "gradual" in config.stages:
+    g = config.gradual
+    return [f"Masks: gradual magnitude pruning (Zhu & Gupta 2018) raises each prunable layer's "
+            f"sparsity from {g.initial_sparsity:g} to {config.sparsity:g} along the cubic "
+            f"schedule during the gradual stage (masks updated every "
+            f"{g.update_every_epochs} epoch(s), from {g.begin_fraction:g} to "
+            f"{g.end_fraction:g} of the stage); the retrain stage keeps its final masks."]
   if "prune" not in config.stages:
     return []
   default = scoring.default_criterion(config)

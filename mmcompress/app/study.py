@@ -264,7 +264,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
 
 # The stages that cut or grow weights by the target sparsity: the stages before the first of
 # them (pretraining, reweighting) train the same weights at every sparsity.
-_SPARSITY_STAGES = ("prune", "sparse")
+_SPARSITY_STAGES = ("prune", "gradual", "sparse")
 
 
 def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -2,14 +2,17 @@
 
 ``pretrain`` (dense) → ``reweight`` (reweighted-ℓ1) → ``prune`` (magnitude masks to the
 target) → ``retrain`` (masked), or ``sparse`` (dynamic sparse training from scratch), as in
-Guo et al. (ISCAS 2024; Neurocomputing 2025). A training stage differs from another only in
-the descent transform it wraps around the base optimizer; the task weighting's transform is
-the same in every stage.
+Guo et al. (ISCAS 2024; Neurocomputing 2025); or ``gradual`` (gradual magnitude pruning,
+Zhu & Gupta 2018) in place of ``prune``, followed by ``retrain`` at its final masks. A training
+stage differs from another only in the descent transform it wraps around the base optimizer
+(`SPARSE_WRAPPERS` for the stages that keep masks); the task weighting's transform is the same
+in every stage.
 """
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import optax
@@ -19,19 +22,23 @@ from mmcompress.transforms import saddle_point
 from mmcompress.train import variants
 
 __all__ = ["base_optimizer", "check_stage_order", "descent_transform", "learning_rate_schedule",
-           "make_weighting", "method_stages", "per_task_gradients", "stage_optimizer_config",
-           "stage_transform", "STAGES", "TRAINING_STAGES"]
+           "make_weighting", "MASK_GIVERS", "method_stages", "per_task_gradients",
+           "SPARSE_WRAPPERS", "stage_optimizer_config", "stage_transform", "StageSteps", "STAGES",
+           "TRAINING_STAGES"]
 
-STAGES = ("pretrain", "reweight", "prune", "retrain", "sparse")
-TRAINING_STAGES = ("pretrain", "reweight", "retrain", "sparse")
+STAGES = ("pretrain", "reweight", "prune", "gradual", "retrain", "sparse")
+TRAINING_STAGES = ("pretrain", "reweight", "gradual", "retrain", "sparse")
 # What may come directly before each stage (None: it must come first).
 _MAY_FOLLOW = {
     "pretrain": (None,),
     "reweight": ("pretrain",),
     "prune": ("pretrain", "reweight"),
-    "retrain": ("prune",),
+    "gradual": ("pretrain", "reweight"),
+    "retrain": ("prune", "gradual"),
     "sparse": (None,),
 }
+# The stages that hand their masks to the next stage (which must be "retrain").
+MASK_GIVERS = ("prune", "gradual")
 
 
 def method_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -57,8 +64,8 @@ def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
           f"stages {list(stages)} cannot run: {stage!r} must follow {allowed}, not "
           f"{previous!r}.")
     previous = stage
-  if stages[-1] == "prune":
-    raise ValueError(f"stages {list(stages)} cannot run: 'prune' must be followed by "
+  if stages[-1] in MASK_GIVERS:
+    raise ValueError(f"stages {list(stages)} cannot run: {stages[-1]!r} must be followed by "
                      "'retrain' (the masked retraining that the pruned model needs).")
   return stages
 
@@ -155,23 +162,74 @@ def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_e
     base = optax.chain(*links, base)
   if stage in ("pretrain", "reweight"):
     return base
-  if stage == "retrain":
-    if masks is None:
-      raise ValueError("the retrain stage needs masks from a prune stage before it.")
-    return sparsity.static_sparse(base, masks, drop_dense=not every_mask)
-  if stage == "sparse":
-    dyn = config.dynamic
-    if not 0.0 < dyn.end_fraction <= 1.0:
-      raise ValueError("dynamic.end_fraction must be in (0, 1] (the share of the stage during "
-                       f"which the masks change; 0.75 = until epoch 150 of 200), got "
-                       f"{dyn.end_fraction}.")
-    end_step = max(1, int(dyn.end_fraction * total_steps))
-    return sparsity.dynamic_sparse(
-        base, sparsity=config.sparsity, update_every=dyn.update_every_epochs * steps_per_epoch,
-        grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=seed,
-        budget=dyn.budget)
-  raise ValueError(f"{stage!r} is not a training stage; training stages are "
-                   f"{list(TRAINING_STAGES)}.")
+  if stage not in SPARSE_WRAPPERS:
+    raise ValueError(f"{stage!r} is not a training stage; training stages are "
+                     f"{list(TRAINING_STAGES)}.")
+  return SPARSE_WRAPPERS[stage](base, config, StageSteps(total_steps, steps_per_epoch),
+                                masks=masks, seed=seed, every_mask=every_mask)
+
+
+class StageSteps(NamedTuple):
+  """A stage's length: its steps in all and per epoch."""
+  total: int
+  per_epoch: int
+
+
+def _retrain(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+             steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
+             ) -> optax.GradientTransformation:
+  """Masked retraining at the masks of the stage before (`static_sparse`)."""
+  del config, steps, seed
+  if masks is None:
+    raise ValueError("the retrain stage needs masks from a prune or gradual stage before it.")
+  return sparsity.static_sparse(base, masks, drop_dense=not every_mask)
+
+
+def _dynamic(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+             steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
+             ) -> optax.GradientTransformation:
+  """Dynamic sparse training from scratch (`dynamic_sparse`, ``config.dynamic``)."""
+  del masks, every_mask
+  dyn = config.dynamic
+  if not 0.0 < dyn.end_fraction <= 1.0:
+    raise ValueError("dynamic.end_fraction must be in (0, 1] (the share of the stage during "
+                     f"which the masks change; 0.75 = until epoch 150 of 200), got "
+                     f"{dyn.end_fraction}.")
+  end_step = max(1, int(dyn.end_fraction * steps.total))
+  return sparsity.dynamic_sparse(
+      base, sparsity=config.sparsity, update_every=dyn.update_every_epochs * steps.per_epoch,
+      grow_fraction=dyn.grow_fraction, grow=dyn.grow, end_step=end_step, seed=seed,
+      budget=dyn.budget)
+
+
+def _gradual(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+             steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
+             ) -> optax.GradientTransformation:
+  """Gradual magnitude pruning (`gradual_magnitude`, ``config.gradual``): the masks change
+  every ``update_every_epochs`` from ``begin_fraction`` of the stage to ``end_fraction``,
+  the last change on a step of the stage, so the stage ends at the target sparsity."""
+  del masks, seed, every_mask
+  g = config.gradual
+  begin = _checks.fraction(g.begin_fraction, "gradual.begin_fraction")
+  if not begin < g.end_fraction <= 1.0:
+    raise ValueError(f"gradual.end_fraction must be in (begin_fraction, 1], got "
+                     f"{g.end_fraction}.")
+  last = max(steps.total - 1, 0)
+  end_step = min(last, int(g.end_fraction * steps.total))
+  return sparsity.gradual_magnitude(
+      base, sparsity=config.sparsity, begin_step=min(int(begin * steps.total), end_step),
+      end_step=end_step,
+      update_every=_checks.positive_int(g.update_every_epochs, "gradual.update_every_epochs")
+      * steps.per_epoch, initial_sparsity=g.initial_sparsity)
+
+
+# The training stages that keep masks: name -> (base, config, steps, masks=, seed=,
+# every_mask=) -> the stage's descent transform around the base optimizer.
+SPARSE_WRAPPERS = types.MappingProxyType({
+    "retrain": _retrain,
+    "sparse": _dynamic,
+    "gradual": _gradual,
+})
 
 
 def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch: int
