@@ -127,6 +127,10 @@ CASES = [
                          sp.magnitude_masks(_model_params(), 0.5)),
         _model_params(), _stacked_grads)),
 ]
+# Every registered weighting has a case: those not listed above (a weighting added later) at
+# their factory's defaults.
+CASES += [(f"weighting_{n}", functools.partial(_weighting_case, n))
+          for n in weighting.WEIGHTINGS if f"weighting_{n}" not in dict(CASES)]
 FACTORIES = dict(CASES)
 
 
@@ -226,6 +230,17 @@ def check_donation(tx, params, grad_fn):
   donating = jax.jit(step, donate_argnums=(0, 1))
   for _ in range(2):  # a second init must not hand out buffers the first run donated
     chex.assert_trees_all_close(run(donating, jax.tree.map(jnp.copy, params)), want)
+
+
+def check_all(tx, params, grad_fn):
+  """Every check of this suite on one transform (for a case defined elsewhere, e.g. a weighting
+  a test registers)."""
+  traj = trajectory(tx, params, grad_fn)
+  check_updates_and_params(traj)
+  check_state(traj)
+  check_eval_shape(tx, params, grad_fn)
+  check_tree_map_params(tx, params)
+  check_donation(tx, params, grad_fn)
 
 
 @functools.cache

@@ -25,7 +25,8 @@ SMALL = ["--config=study:untuned_quick", "--config.model_kwargs.hidden=(32,)",
 
 def test_the_study_runs_every_weighting_and_criterion():
   config = study_config.get_config()
-  assert set(WEIGHTINGS) <= set(config.methods)
+  assert set(WEIGHTINGS) <= set(config.methods)  # every built-in one, named by the preset
+  assert set(study_config.WEIGHTINGS) == set(WEIGHTINGS)
   assert {m.partition("+")[2] for m in config.methods if "+" in m} == {
       "taylor_mean", "taylor_max", "taylor_minmax"}
   assert len(config.seeds) == 10 and len(config.study.tuning_seeds) >= 3

@@ -61,10 +61,10 @@ BUGS = (
         "diffs = [float(a) - float(b) for a, b in zip(first, list(second)[1:] + list(second)[:1])]",
         WIRING),
     Bug("the DST mask-update period read in steps", "mmcompress/train/stages.py",
-        "update_every=dyn.update_every_epochs * steps_per_epoch",
+        "update_every=dyn.update_every_epochs * steps.per_epoch",
         "update_every=dyn.update_every_epochs", WIRING),
     Bug("min-max every=epoch ascends every step", "mmcompress/weighting/minmax.py",
-        '"every": steps_per_epoch if every == "epoch" else 1}', '"every": 1}', WIRING),
+        'return _checks.positive_int(steps_per_epoch, "steps_per_epoch")', "return 1", WIRING),
     Bug("the step schedule's boundary read in steps", "mmcompress/train/stages.py",
         "every * steps_per_epoch, factor", "every, factor", WIRING),
     # The second round (issue: four planted bugs survive the suite).

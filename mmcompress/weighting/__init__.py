@@ -51,58 +51,87 @@ added up:
 """
 from __future__ import annotations
 
+import inspect
+import types
+from collections.abc import Callable
 from typing import Any
 
 
 from mmcompress import _checks
 from mmcompress.weighting.base import REDUCTIONS, TaskWeighting
 from mmcompress.weighting.db_mtl import DBMTLState, db_mtl, db_mtl_aggregate
-from mmcompress.weighting.db_mtl import from_config as _db_mtl_from_config
 from mmcompress.weighting.dwa import DWAState, dwa
-from mmcompress.weighting.dwa import from_config as _dwa_from_config
 from mmcompress.weighting.equal import equal
-from mmcompress.weighting.equal import from_config as _equal_from_config
 from mmcompress.weighting.famo import FAMOState, famo
-from mmcompress.weighting.famo import from_config as _famo_from_config
-from mmcompress.weighting.gls import from_config as _gls_from_config
 from mmcompress.weighting.gls import gls
 from mmcompress.weighting import gradient_methods as gm
 from mmcompress.weighting.gradient import (GRAD_MODES, UNROLL_MAX_TASKS, AggregateState,
                                            aggregate, current_weights, default_shared,
                                            per_task_grads, sum_tasks)
-from mmcompress.weighting.minmax import from_config as _minmax_from_config
-from mmcompress.weighting.minmax import auto_from_config as _minmax_auto_from_config
 from mmcompress.weighting.minmax import AutoScalesState, minmax, minmax_auto
-from mmcompress.weighting.rlw import from_config as _rlw_from_config
 from mmcompress.weighting.rlw import rlw
 from mmcompress.weighting.stch import STCHState, stch
-from mmcompress.weighting.stch import from_config as _stch_from_config
-from mmcompress.weighting.uncertainty import from_config as _uncertainty_from_config
 from mmcompress.weighting.uncertainty import uncertainty
 
-# name -> (the factory, its reader of an experiment config): one line per weighting.
-_REGISTRY = {
-    "equal": (equal, _equal_from_config),
-    "uncertainty": (uncertainty, _uncertainty_from_config),
-    "dwa": (dwa, _dwa_from_config),
-    "minmax": (minmax, _minmax_from_config),
-    "rlw": (rlw, _rlw_from_config),
-    "gls": (gls, _gls_from_config),
-    "stch": (stch, _stch_from_config),
-    "famo": (famo, _famo_from_config),
-    "minmax_auto": (minmax_auto, _minmax_auto_from_config),
+# name -> factory: one line per weighting. A factory's keyword arguments are its knobs, read
+# from the config section of its name (`from_config`).
+_FACTORIES: dict[str, Callable[..., TaskWeighting]] = {
+    "equal": equal,
+    "uncertainty": uncertainty,
+    "dwa": dwa,
+    "minmax": minmax,
+    "rlw": rlw,
+    "gls": gls,
+    "stch": stch,
+    "famo": famo,
+    "minmax_auto": minmax_auto,
     # Gradient-level: the aggregators of `mmcompress.aggregators` (gradient_methods.py).
-    "mgda": (gm.mgda, gm.reader(gm.mgda)),
-    "pcgrad": (gm.pcgrad, gm.reader(gm.pcgrad)),
-    "cagrad": (gm.cagrad, gm.reader(gm.cagrad, "c")),
-    "imtl_g": (gm.imtl_g, gm.reader(gm.imtl_g)),
-    "nash_mtl": (gm.nash_mtl, gm.reader(gm.nash_mtl, "max_norm")),
-    "aligned_mtl": (gm.aligned_mtl, gm.reader(gm.aligned_mtl)),
-    "upgrad": (gm.upgrad, gm.reader(gm.upgrad)),
-    "fairgrad": (gm.fairgrad, gm.reader(gm.fairgrad, "alpha", "max_norm")),
-    "db_mtl": (db_mtl, _db_mtl_from_config),
+    "mgda": gm.mgda,
+    "pcgrad": gm.pcgrad,
+    "cagrad": gm.cagrad,
+    "imtl_g": gm.imtl_g,
+    "nash_mtl": gm.nash_mtl,
+    "aligned_mtl": gm.aligned_mtl,
+    "upgrad": gm.upgrad,
+    "fairgrad": gm.fairgrad,
+    "db_mtl": db_mtl,
 }
-WEIGHTINGS = {name: factory for name, (factory, _) in _REGISTRY.items()}
+# The weightings that read another's config section: minmax_auto shares min-max's knobs.
+_SECTIONS: dict[str, str] = {"minmax_auto": "minmax"}
+# Every registered weighting by name (a read-only view: `register` adds to it).
+WEIGHTINGS = types.MappingProxyType(_FACTORIES)
+# What `from_config` passes to a factory that takes it, besides its section's knobs.
+_CONTEXT = ("task_scales", "reduction", "steps_per_epoch")
+
+
+def register(name: str, factory: Callable[..., TaskWeighting], *,
+             section: str | None = None) -> None:
+  """Adds a weighting: ``config.methods`` can then name it, and `from_config` builds it with
+  the keyword arguments of its config section (``config.<section or name>``; a missing
+  section leaves every knob at the factory's default).
+
+  Args:
+    name: the method's name (letters, digits and underscores; not registered yet).
+    factory: ``(**knobs) -> TaskWeighting``; it may also take ``task_scales``, ``reduction``
+      and ``steps_per_epoch``, which `from_config` passes from the config and the trainer.
+    section: the config section to read, if not ``config.<name>``.
+  """
+  if not (isinstance(name, str) and name.isidentifier()):
+    raise _checks.UserError(f"a weighting's name must be an identifier, got {name!r}.")
+  if name in _FACTORIES:
+    raise _checks.UserError(f"a weighting named {name!r} is registered already.")
+  if not callable(factory):
+    raise _checks.UserError(f"the factory of {name!r} must be callable, got {factory!r}.")
+  _FACTORIES[name] = factory
+  if section is not None:
+    _SECTIONS[name] = section
+
+
+def unregister(name: str) -> None:
+  """Removes a weighting `register` added (for tests and notebooks)."""
+  _checks.one_of(name, tuple(_FACTORIES), "weighting")
+  del _FACTORIES[name]
+  _SECTIONS.pop(name, None)
 
 
 def create(name: str, **kwargs: Any) -> TaskWeighting:
@@ -111,26 +140,52 @@ def create(name: str, **kwargs: Any) -> TaskWeighting:
   return WEIGHTINGS[name](**kwargs)
 
 
+def section_name(name: str) -> str:
+  """The config section the weighting `name` reads its knobs from."""
+  return _SECTIONS.get(name, name)
+
+
+def knobs(name: str) -> tuple[str, ...]:
+  """The keyword arguments of the weighting `name` that a config section may set."""
+  _checks.one_of(name, tuple(WEIGHTINGS), "weighting")
+  params = inspect.signature(WEIGHTINGS[name]).parameters.values()
+  return tuple(p.name for p in params if p.name not in _CONTEXT
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def from_config(name: str, config: Any, *, steps_per_epoch: int) -> TaskWeighting:
   """The weighting called `name`, with its knobs read from an experiment config.
 
-  Every weighting gets ``config.task_scales`` (the same per-task loss scales for all; ()
-  for none) and ``config.loss_reduction`` (one of `REDUCTIONS`; the weightings without a
-  reduction ignore it), and reads its own section (``config.minmax``, ``config.dwa``, ...).
+  One reader serves every registered weighting: the entries of ``config.<section>``
+  (`section_name`) are passed as the factory's keyword arguments, and so are
+  ``config.task_scales`` (() for none), ``config.loss_reduction`` (one of `REDUCTIONS`) and
+  `steps_per_epoch` to a factory that takes them. An entry the factory does not take is
+  refused, naming the knobs it has.
 
   Args:
     name: one of `WEIGHTINGS`.
-    config: the experiment config.
+    config: the experiment config (any mapping with these fields).
     steps_per_epoch: training steps per epoch (min-max's once-per-epoch ascent).
 
   Returns:
     The `TaskWeighting`.
   """
   _checks.one_of(name, tuple(WEIGHTINGS), "weighting")
-  scales = tuple(config.task_scales) or None
-  reduction = _checks.one_of(config.loss_reduction, REDUCTIONS, "config.loss_reduction")
-  return _REGISTRY[name][1](config, steps_per_epoch=steps_per_epoch, task_scales=scales,
-                            reduction=reduction)
+  section = section_name(name)
+  given = dict(config.get(section) or {})
+  allowed = knobs(name)
+  unknown = sorted(set(given) - set(allowed))
+  if unknown:
+    raise _checks.UserError(
+        f"config.{section}.{unknown[0]} is not a knob of the weighting {name!r}: its knobs are "
+        f"{list(allowed)}; remove it or correct its name.")
+  context = {"task_scales": tuple(config.get("task_scales") or ()) or None,
+             "reduction": _checks.one_of(config.get("loss_reduction", "mean"), REDUCTIONS,
+                                         "config.loss_reduction"),
+             "steps_per_epoch": steps_per_epoch}
+  takes = inspect.signature(WEIGHTINGS[name]).parameters
+  given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+  return WEIGHTINGS[name](**given, **{k: v for k, v in context.items() if k in takes})
 
 
 mgda, pcgrad, cagrad, imtl_g = gm.mgda, gm.pcgrad, gm.cagrad, gm.imtl_g
@@ -163,15 +218,19 @@ __all__ = [
     "from_config",
     "gls",
     "imtl_g",
+    "knobs",
     "mgda",
     "minmax",
     "minmax_auto",
     "nash_mtl",
     "pcgrad",
     "per_task_grads",
+    "register",
     "rlw",
+    "section_name",
     "stch",
     "sum_tasks",
     "uncertainty",
+    "unregister",
     "upgrad",
 ]

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base, gradient
 
-__all__ = ["db_mtl", "db_mtl_aggregate", "DBMTLState", "from_config"]
+__all__ = ["db_mtl", "db_mtl_aggregate", "DBMTLState"]
 
 _LOG_EPS = 1e-8  # inside the logarithm of the losses, as the reference code
 
@@ -114,11 +114,3 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
     return db_mtl_aggregate(num_tasks, beta=beta, beta_sigma=beta_sigma, shared=shared)
 
   return gradient.gradient_weighting("db_mtl", objective, make)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`db_mtl` with ``config.db_mtl.{beta, beta_sigma}`` (no reduction: it combines
-  gradients). The arguments are those of `mmcompress.weighting.from_config`."""
-  del steps_per_epoch, reduction
-  return db_mtl(config.db_mtl.beta, config.db_mtl.beta_sigma, task_scales=task_scales)

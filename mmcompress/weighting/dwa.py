@@ -11,7 +11,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
-__all__ = ["dwa", "DWAState", "from_config"]
+__all__ = ["dwa", "DWAState"]
 
 
 class DWAState(NamedTuple):
@@ -63,13 +63,3 @@ def dwa(temperature: float = 2.0, *, task_scales: ArrayLike | None = None,
                     num_epochs=state.num_epochs + 1)
 
   return base.TaskWeighting("dwa", init, objective, optax.set_to_zero(), end_epoch, weights)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`dwa` with ``config.dwa.temperature``.
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del steps_per_epoch
-  return dwa(config.dwa.temperature, task_scales=task_scales, reduction=reduction)

@@ -9,7 +9,7 @@ from jax.typing import ArrayLike
 
 from mmcompress.weighting import base
 
-__all__ = ["equal", "from_config"]
+__all__ = ["equal"]
 
 
 def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> base.TaskWeighting:
@@ -28,13 +28,3 @@ def equal(*, task_scales: ArrayLike | None = None, reduction: str = "mean") -> b
 
   return base.TaskWeighting("equal", base.counted_tasks, objective, optax.set_to_zero(),
                            base.no_epoch_memory, base.uniform_weights)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`equal` with its knobs from the config (it has none of its own).
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del config, steps_per_epoch
-  return equal(task_scales=task_scales, reduction=reduction)

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
-__all__ = ["famo", "FAMOState", "from_config"]
+__all__ = ["famo", "FAMOState"]
 
 _EPS = 1e-8  # added to L − ℓ inside the logarithms, as the reference
 
@@ -131,13 +131,3 @@ def famo(w_lr: float = 0.025, gamma: float = 1e-3, *, min_losses: ArrayLike | No
 
   return base.TaskWeighting("famo", init, objective, optax.set_to_zero(), base.no_epoch_memory,
                            weights, observe)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`famo` with ``config.famo.{w_lr, gamma, min_losses}`` (no reduction: its gradient
-  weights sum to one, as the reference's). The arguments are those of
-  `mmcompress.weighting.from_config`."""
-  del steps_per_epoch, reduction
-  return famo(config.famo.w_lr, config.famo.gamma, min_losses=tuple(config.famo.min_losses),
-              task_scales=task_scales)

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
-__all__ = ["from_config", "geometric_mean", "gls"]
+__all__ = ["geometric_mean", "gls"]
 
 
 def geometric_mean(values: jax.Array) -> jax.Array:
@@ -59,13 +59,3 @@ def gls(*, task_scales: ArrayLike | None = None) -> base.TaskWeighting:
 
   return base.TaskWeighting("gls", init, objective, optax.set_to_zero(), base.no_epoch_memory,
                            weights, observe)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`gls` (no knobs of its own; no reduction: the reference takes the same K-th root).
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del config, steps_per_epoch, reduction
-  return gls(task_scales=task_scales)

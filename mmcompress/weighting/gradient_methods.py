@@ -22,7 +22,7 @@ from mmcompress import _checks, aggregators
 from mmcompress.weighting import base
 from mmcompress.weighting.gradient import SharedFn, gram_weighting
 
-__all__ = ["aligned_mtl", "cagrad", "fairgrad", "imtl_g", "mgda", "nash_mtl", "pcgrad", "reader",
+__all__ = ["aligned_mtl", "cagrad", "fairgrad", "imtl_g", "mgda", "nash_mtl", "pcgrad",
            "upgrad"]
 
 
@@ -114,15 +114,3 @@ def fairgrad(alpha: float = 1.0, max_norm: float | None = 1.0, *,
                         _keyless(aggregators.fairgrad_weights, alpha),
                         task_scales=task_scales, shared=shared, max_norm=max_norm,
                         degree=aggregators.fairgrad_degree(alpha))
-
-
-def reader(factory: Any, *knobs: str) -> Any:
-  """A `from_config` for `factory` that passes ``config.<name>.<knob>`` for each knob."""
-  def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                  reduction: str) -> base.TaskWeighting:
-    """`factory` with its knobs from its config section; a gradient-level weighting has no
-    loss reduction. The arguments are those of `mmcompress.weighting.from_config`."""
-    del steps_per_epoch, reduction
-    section = config[factory.__name__] if knobs else None
-    return factory(*(section[k] for k in knobs), task_scales=task_scales)
-  return from_config

@@ -13,7 +13,7 @@ from mmcompress.transforms import simplex_ascent
 from mmcompress.objective import equal_task_weights, saddle_objective
 from mmcompress.weighting import base
 
-__all__ = ["auto_from_config", "AutoScalesState", "from_config", "minmax", "minmax_auto"]
+__all__ = ["AutoScalesState", "minmax", "minmax_auto"]
 
 
 class AutoScalesState(NamedTuple):
@@ -35,7 +35,7 @@ def _relative_scales(losses: jax.Array) -> jax.Array:
 
 def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
            task_scales: ArrayLike | str | None = None, geometry: str = "euclidean",
-           every: int = 1) -> base.TaskWeighting:
+           every: int | str = 1, steps_per_epoch: int | None = None) -> base.TaskWeighting:
   """Min-max task weights (Guo et al., ISCAS 2024): projected descent/ascent on
   `saddle_objective`.
 
@@ -59,15 +59,17 @@ def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
     gamma: γ >= 0 (reference 5).
     task_scales: optional per-task loss scales c_k, or ``"auto"`` (see above).
     geometry: ``"euclidean"`` (APGDA) or ``"entropic"`` (exponentiated gradient).
-    every: ascend once per this many steps, on their mean gradient (pass the steps per
-      epoch to ascend once per epoch as the reference does; the reference ascends from the
-      first batch's losses of the epoch instead of a mean).
+    every: ascend once per this many steps, on their mean gradient; ``"step"`` is 1 and
+      ``"epoch"`` is `steps_per_epoch` (once per epoch as the reference does; the reference
+      ascends from the first batch's losses of the epoch instead of a mean).
+    steps_per_epoch: the steps of an epoch, for ``every="epoch"``.
   """
   gamma = _checks.non_negative(gamma, "gamma")
   auto = isinstance(task_scales, str)
   if auto:
     _checks.one_of(task_scales, ("auto",), "task_scales")
   scales = None if auto else base.check_task_scales(task_scales)
+  every = _ascent_every(every, steps_per_epoch)
   tx = simplex_ascent(learning_rate, geometry=geometry, every=every)
 
   def init(num_tasks: int) -> tuple[Any, Any]:
@@ -102,39 +104,22 @@ def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
 
 
 def minmax_auto(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
-                geometry: str = "euclidean", every: int = 1) -> base.TaskWeighting:
+                geometry: str = "euclidean", every: int | str = 1,
+                steps_per_epoch: int | None = None) -> base.TaskWeighting:
   """`minmax` with ``task_scales="auto"``: the scales are mean(L) / L_k of the stage's
   first-step losses L."""
-  return minmax(learning_rate, gamma=gamma, task_scales="auto", geometry=geometry, every=every)
+  return minmax(learning_rate, gamma=gamma, task_scales="auto", geometry=geometry, every=every,
+                steps_per_epoch=steps_per_epoch)
 
 
-def _knobs(config: Any, steps_per_epoch: int) -> dict[str, Any]:
-  """``config.minmax``'s knobs as `minmax`'s keyword arguments."""
-  mm = config.minmax
-  every = _checks.one_of(mm.every, ("step", "epoch"), "minmax.every")
-  return {"learning_rate": mm.learning_rate, "gamma": mm.gamma, "geometry": mm.geometry,
-          "every": steps_per_epoch if every == "epoch" else 1}
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`minmax` with ``config.minmax.{learning_rate, gamma, geometry, every}``.
-
-  ``every`` is ``"step"`` or ``"epoch"`` (ascend once per `steps_per_epoch` steps). Min-max
-  has no loss reduction: its weights stay on the simplex, so `reduction` is not used.
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del reduction
-  return minmax(task_scales=task_scales, **_knobs(config, steps_per_epoch))
-
-
-def auto_from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                     reduction: str) -> base.TaskWeighting:
-  """`minmax_auto` with the knobs of `from_config`; its scales are automatic, so
-  ``config.task_scales`` (`task_scales`) is not used, nor is `reduction`.
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del task_scales, reduction
-  return minmax_auto(**_knobs(config, steps_per_epoch))
+def _ascent_every(every: int | str, steps_per_epoch: int | None) -> int:
+  """`every` as a number of steps: ``"step"`` is 1, ``"epoch"`` is `steps_per_epoch`."""
+  if isinstance(every, str):
+    every = _checks.one_of(every, ("step", "epoch"), "minmax.every")
+    if every == "step":
+      return 1
+    if steps_per_epoch is None:
+      raise _checks.UserError("minmax.every='epoch' needs steps_per_epoch (the trainer passes "
+                              "it); or pass every as a number of steps.")
+    return _checks.positive_int(steps_per_epoch, "steps_per_epoch")
+  return every

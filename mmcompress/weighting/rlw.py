@@ -11,7 +11,7 @@ from jax.typing import ArrayLike
 
 from mmcompress.weighting import base
 
-__all__ = ["draw_weights", "from_config", "rlw"]
+__all__ = ["draw_weights", "rlw"]
 
 
 def draw_weights(key: jax.Array, num_tasks: int) -> jax.Array:
@@ -47,13 +47,3 @@ def rlw(*, task_scales: ArrayLike | None = None) -> base.TaskWeighting:
 
   return base.TaskWeighting("rlw", base.counted_tasks, objective, optax.set_to_zero(),
                            base.no_epoch_memory, base.uniform_weights)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`rlw` (no knobs of its own; no reduction: its weights sum to one, as the reference's).
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del config, steps_per_epoch, reduction
-  return rlw(task_scales=task_scales)

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
-__all__ = ["from_config", "stch", "STCHState"]
+__all__ = ["stch", "STCHState"]
 
 _LOG_EPS = 1e-20  # inside every logarithm, as LibMTL's STCH
 
@@ -113,14 +113,3 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, *, task_scales: ArrayLike | No
 
   return base.TaskWeighting("stch", init, objective, optax.set_to_zero(), end_epoch, weights,
                            observe)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`stch` with ``config.stch.{mu, warmup_epochs}``.
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del steps_per_epoch
-  return stch(config.stch.mu, config.stch.warmup_epochs, task_scales=task_scales,
-              reduction=reduction)

@@ -11,7 +11,7 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.weighting import base
 
-__all__ = ["from_config", "uncertainty"]
+__all__ = ["uncertainty"]
 
 
 def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
@@ -55,14 +55,3 @@ def uncertainty(learning_rate: optax.ScalarOrSchedule = 1e-2, *,
 
   return base.TaskWeighting("uncertainty", init, objective, optimizer, base.no_epoch_memory,
                            weights)
-
-
-def from_config(config: Any, *, steps_per_epoch: int, task_scales: ArrayLike | None,
-                reduction: str) -> base.TaskWeighting:
-  """`uncertainty` with ``config.uncertainty.{learning_rate, init_log_var}``.
-
-  The arguments are those of `mmcompress.weighting.from_config`.
-  """
-  del steps_per_epoch
-  return uncertainty(config.uncertainty.learning_rate, task_scales=task_scales,
-                     reduction=reduction, init_log_var=config.uncertainty.init_log_var)
