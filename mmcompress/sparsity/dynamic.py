@@ -151,7 +151,9 @@ def _restart_second_moments(state: Any, grown: Any, kept: Any, grads: Any) -> An
   return state
 
 
-GROWTH = ("gradient", "random", "task_mean", "task_max", "task_disparse", "task_minmax")
+# Regrowth by the summed gradient (RigL), at random (SET), or task-aware: "task_<name>" for
+# every aggregation of `task_scores.AGGREGATIONS`.
+GROWTH = ("gradient", "random") + tuple(f"task_{a}" for a in task_scores.AGGREGATIONS)
 
 
 def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule",
@@ -177,19 +179,13 @@ def _growth_scores(updates: Any, params: Any, rule: "_GrowthRule",
           f"grow={rule.grow!r} ranks by per-task gradients: dynamic_sparse needs them stacked "
           "(a leading K axis on every leaf, from mmcompress.weighting.per_task_grads), with "
           "an inner chain that combines them first (mmcompress.weighting.aggregate or sum_tasks).")
-  magnitudes = jax.tree.map(jnp.abs, updates)
-  if rule.grow == "task_mean":
-    return task_scores.mean_scores(magnitudes)
-  if rule.grow == "task_max":
-    return task_scores.max_scores(magnitudes, rule.include)
-  if rule.grow == "task_disparse":
-    return task_scores.normalised_scores(magnitudes, rule.include)
-  if task_weights is None:
+  aggregation = task_scores.AGGREGATIONS[rule.grow[len("task_"):]]
+  if aggregation.weighted and task_weights is None:
     raise ValueError(
-        "grow='task_minmax' weights the tasks' gradients by their task weights: pass them as "
+        f"grow={rule.grow!r} weights the tasks' gradients by their task weights: pass them as "
         "dynamic_sparse(...).update(updates, state, params, task_weights=w) (the trainer's "
         "step does; mmcompress.saddle_point forwards it to the descent).")
-  return task_scores.minmax_scores(magnitudes, task_weights, rule.include)
+  return aggregation.scores(jax.tree.map(jnp.abs, updates), rule.include, task_weights)
 
 
 def _summed_over_tasks(updates: Any, params: Any) -> Any:

@@ -36,7 +36,9 @@ References:
 """
 from __future__ import annotations
 
-from typing import Any
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,11 +48,10 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
 
-__all__ = ["AGGREGATIONS", "check_task_weights", "disparse_masks", "magnitude_scores", "max_scores",
+__all__ = ["Aggregation", "AGGREGATIONS", "check_task_weights", "disparse_masks", "magnitude_scores", "max_scores",
            "mean_scores", "minmax_scores", "normalised_scores", "num_tasks_of", "task_aware_masks",
            "task_totals", "taylor_scores", "WEIGHTS_SUM_TOLERANCE"]
 
-AGGREGATIONS = ("mean", "max", "disparse", "minmax")
 
 # How far the task weights of "minmax" may sum from one (float32 simplex projections).
 WEIGHTS_SUM_TOLERANCE = 1e-5
@@ -330,6 +331,34 @@ def disparse_masks(stacked: Any,
   return masks_lib.tiered_score_masks(ranking, union, sparsity, **kwargs)
 
 
+class Aggregation(NamedTuple):
+  """How the K per-task scores of every weight become one ranking.
+
+  Attributes:
+    scores: ``(stacked, include, task_weights) -> scores``: the params-shaped scores that
+      `score_masks` ranks, or, for a `union` rule, the stacked normalised scores each task
+      chooses by.
+    weighted: whether it takes the task weights (then they are required).
+    union: DiSparse's rule: each task keeps its own best entries, the union trimmed to the
+      budget by their mean (`disparse_masks`).
+  """
+  scores: Callable[[Any, masks_lib.IncludeFn | None, Any], Any]
+  weighted: bool = False
+  union: bool = False
+
+
+# name -> the aggregation: one line each; the pipeline's criteria ("taylor_<name>") and
+# dynamic sparse training's task-aware growth ("task_<name>") are read from here.
+AGGREGATIONS = types.MappingProxyType({
+    "mean": Aggregation(lambda stacked, include, w: mean_scores(stacked)),
+    "max": Aggregation(lambda stacked, include, w: max_scores(stacked, include)),
+    "disparse": Aggregation(lambda stacked, include, w: normalised_scores(stacked, include),
+                            union=True),
+    "minmax": Aggregation(lambda stacked, include, w: minmax_scores(stacked, w, include),
+                          weighted=True),
+})
+
+
 def task_aware_masks(stacked: Any,
                      sparsity: float | None,
                      *,
@@ -367,17 +396,12 @@ def task_aware_masks(stacked: Any,
   >>> task_aware_masks(stacked, 0.5, aggregate="max")["kernel"].tolist()
   [[True, False], [True, False]]
   """
-  aggregate = _checks.one_of(aggregate, AGGREGATIONS, "aggregate")
-  if aggregate != "minmax" and task_weights is not None:
-    raise ValueError(f"task_weights are for aggregate 'minmax' only, got aggregate "
+  rule = AGGREGATIONS[_checks.one_of(aggregate, tuple(AGGREGATIONS), "aggregate")]
+  if not rule.weighted and task_weights is not None:
+    weighted = [n for n, a in AGGREGATIONS.items() if a.weighted]
+    raise ValueError(f"task_weights are for the aggregates {weighted} only, got aggregate "
                      f"{aggregate!r}.")
   kwargs = dict(structure=structure, scope=scope, include=include)
-  if aggregate == "disparse":
+  if rule.union:
     return disparse_masks(stacked, sparsity, **kwargs)
-  if aggregate == "mean":
-    scores = mean_scores(stacked)
-  elif aggregate == "max":
-    scores = max_scores(stacked, include)
-  else:
-    scores = minmax_scores(stacked, task_weights, include)
-  return masks_lib.score_masks(scores, sparsity, **kwargs)
+  return masks_lib.score_masks(rule.scores(stacked, include, task_weights), sparsity, **kwargs)

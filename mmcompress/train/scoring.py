@@ -67,7 +67,7 @@ def default_criterion(config: ml_collections.ConfigDict) -> str:
   criterion = _checks.one_of(prune.criterion, ("magnitude", "taylor"), "config.prune.criterion")
   if criterion == "magnitude":
     return criterion
-  return "taylor_" + _checks.one_of(prune.aggregate, sparsity.AGGREGATIONS,
+  return "taylor_" + _checks.one_of(prune.aggregate, tuple(sparsity.AGGREGATIONS),
                                     "config.prune.aggregate")
 
 
