@@ -390,7 +390,7 @@ def load(path: str | os.PathLike, *, like: Any = None) -> Any:
   Args:
     path: a file written by `save`.
     like: optional template pytree (e.g. a Flax FrozenDict, or the params themselves, or
-      `jax.ShapeDtypeStruct`s) whose leaves have the '/'-joined key paths of the export; the
+      `jax.ShapeDtypeStruct` leaves) with the '/'-joined key paths of the export; the
       arrays are returned in its structure. Without it, nested plain dicts.
 
   Returns:

@@ -36,7 +36,7 @@ from mmcompress.aggregators.nash_mtl import nash_mtl, nash_mtl_weights
 from mmcompress.aggregators.pcgrad import pcgrad, pcgrad_weights
 from mmcompress.aggregators.upgrad import upgrad, upgrad_weights
 
-# name -> the function of the Gram matrix to the task weights.
+#: name -> the function of the Gram matrix to the task weights.
 WEIGHTS = {
     "mgda": mgda_weights,
     "pcgrad": pcgrad_weights,
@@ -48,8 +48,8 @@ WEIGHTS = {
     "fairgrad": fairgrad_weights,
 }
 
-# name -> the weights' homogeneity d, weights(s gram) = s^d weights(gram), s > 0 (FairGrad's
-# depends on its alpha: `fairgrad.degree`).
+#: name -> the weights' homogeneity d, weights(s gram) = s^d weights(gram), s > 0 (FairGrad's
+#: depends on its alpha: `fairgrad_degree`).
 DEGREES = {"mgda": 0.0, "pcgrad": 0.0, "cagrad": 0.0, "imtl_g": 0.0, "nash_mtl": -0.5,
            "aligned_mtl": 0.0, "upgrad": 0.0}
 
