@@ -15,21 +15,9 @@ the paper's γ = 5: the default γ = 0.5 diverges on ``mixed``, see `get_config`
 Override any field, e.g. ``--config.sparsity=0.99 --config.minmax.gamma=5``; the config is
 locked, so a mistyped field fails.
 
-The min-max knobs and how they were chosen (on the validation split, never on test):
-``python -m experiments.tune_minmax --workdir=runs/tune --config.seeds="(0,1,2,3,4,5,6,7,8,9)"
---gammas=0.5,1,2,5 --every=step`` ran equal and min-max over 10 paired seeds at 40x and printed
-the validation worst-task retention (min over tasks of compressed / dense):
-
-  γ     min-max  equal   paired difference, mean [min, max]
-  0.5   0.9699   0.9631  +0.0068 [−0.0098, +0.0291]
-  1     0.9660   0.9631  +0.0029 [−0.0098, +0.0098]
-  2     0.9651   0.9631  +0.0020 [−0.0098, +0.0098]
-  5     0.9680   0.9631  +0.0049 [−0.0196, +0.0098]
-
-(A 3-seed run of the same tool with the ascent once per epoch put γ = 0.5, 1, 2, 5 all within
-±0.0033 of equal.) The highest mean is γ = 0.5 with an ascent every step, so that is the
-default; but one validation image of the hard task is worth 0.0098 here, so these
-differences are within about one image and the choice is weak.
+The min-max knobs: ``minmax.gamma = 0.5`` with an ascent every step, chosen on the validation
+split by ``python -m experiments.tune_minmax`` (the measurements: docs/running.md, "How the
+digits defaults were chosen").
 * ``minmax.learning_rate = 0.02``: the reference ascent step 1/β with β = 50.
 * ``task_scales = ()`` (for every weighting): raw losses, as the reference does for
   classification. On the
@@ -51,9 +39,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.seeds = (0, 1, 2)
   c.minmax.gamma = 0.5             # chosen on validation: see the docstring
-  # The seeds and variants of a method in chunks of at most 25 runs (README, "The run axis"):
-  # a grid of 50 runs took 173 s in two chunks against 208 s in one (their states no longer
-  # fit the caches) and 208 s in five of 10 (the chunks' own overheads), on 2 CPU cores.
+  # The seeds and variants of a method in chunks of at most 25 runs (docs/running.md,
+  # "How the digits defaults were chosen").
   c.chunk_runs = 25
   if preset == "quick":
     c.seeds = (0,)

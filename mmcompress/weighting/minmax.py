@@ -49,10 +49,8 @@ def minmax(learning_rate: optax.ScalarOrSchedule = 0.02, *, gamma: float = 5.0,
   scales of the step's own losses (stop_gradient: every scaled loss is mean(L) there, and the
   objective is the mean loss, as for every weighting) and `observe` stores them; later steps
   use the stored scales. The mean in the numerator keeps the objective's size, and so the
-  model's step, that of the raw losses: with c_k = 1 / L_k alone (tried first), a stage that
-  starts from a trained model with small losses multiplies the gradient by 1 / L, and on the
-  digits 'mixed' tasks the reweight stage diverged on 3 of 6 runs. A zero first loss gives an
-  infinite scale.
+  model's step, that of the raw losses (docs/weightings.md says why c_k = 1 / L_k alone is
+  not used). A zero first loss gives an infinite scale.
 
   Args:
     learning_rate: the ascent step 1/β (reference 0.02, β = 50), or a schedule.
