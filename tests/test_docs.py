@@ -9,6 +9,7 @@ import pytest
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 # The modules whose public names (their __all__) the API reference documents.
 DOCUMENTED = ("mmcompress", "mmcompress.export", "mmcompress.errors", "mmcompress.weighting",
+              "mmcompress.train.plan",
               "mmcompress.weighting.base", "mmcompress.aggregators", "mmcompress.sparsity",
               "mmcompress.train.step", "mmcompress.train.stages", "mmcompress.train.loop",
               "mmcompress.train.run_axis", "mmcompress.train.variants",

@@ -1,7 +1,7 @@
 """What each layer of the package loads. The layers, from the bottom: the core (the package's
 top-level modules, `weighting`, `aggregators`, `sparsity`) loads no trainer, model, data set,
-application, flax or other experiment machinery; the trainer (`train`) no data set, export or
-application; the models no problem, trainer or application; the problems no trainer or
+application, flax or other experiment machinery; the trainer (`train`) no data set, export,
+application or ml_collections (it reads a typed plan); the models no problem, trainer or application; the problems no trainer or
 application; the application (`app`) may load everything.
 
 Every module is imported in a process of its own, and what it loaded is read from that
@@ -64,7 +64,8 @@ def core_forbids(name):
 def train_forbids(name):
   data_set = (within(name, ("mmcompress.problems",))
               and name not in ("mmcompress.problems", "mmcompress.problems.base"))
-  return data_set or within(name, ("mmcompress.app", "mmcompress.export"))
+  # The trainer reads a typed plan (mmcompress.train.plan), never an ml_collections config.
+  return data_set or within(name, ("mmcompress.app", "mmcompress.export", "ml_collections"))
 
 
 def models_forbid(name):

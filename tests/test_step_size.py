@@ -9,6 +9,7 @@ import pytest
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import parallel, run_axis, stages, step as step_lib, variants
+from mmcompress.train import plan as plan_lib
 
 STEPS = 5
 
@@ -22,14 +23,15 @@ def _trajectories(tiny_config, problem, model, reduction, scales, weight_decay):
                           "optimizer.schedule": "constant", "optimizer.learning_rate": 0.05,
                           "optimizer.clip_norm": 0.0})
   spe = problem.steps_per_epoch(64)
-  w = stages.make_weighting("equal", config, spe)
+  plan = plan_lib.from_config(config)
+  w = stages.make_weighting("equal", plan, spe)
   params, model_state = step_lib.init_variables(model, problem, 0)
   masks = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
   mesh = parallel.data_mesh()
   where = run_axis.batch_sharding(mesh, problem.batch_axis, False)
   step, out = None, []
   for scale in scales:
-    tx = stages.stage_transform("retrain", config, spe, w, problem.num_tasks, masks,
+    tx = stages.stage_transform("retrain", plan, spe, w, problem.num_tasks, masks,
                                 variant=variants.Variant(scale, 0.0))
     step = step or run_axis.make_runs_train_step(problem, model, w, tx, mesh, num_runs=1)
     state = run_axis.stack([step_lib.create_train_state(params, model_state, w, tx,

@@ -47,7 +47,7 @@ from mmcompress.app import progress as progress_lib, records, report as report_l
 from mmcompress.models import MODEL_NAMES, create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import clock as clock_lib, loop, parallel, run_axis, scoring
+from mmcompress.train import clock as clock_lib, loop, parallel, plan as plan_lib, run_axis, scoring
 from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
 
 __all__ = ["check_runnable", "check_workdir", "DATA_ORDER_STRIDE", "data_seed", "Experiment",
@@ -78,9 +78,14 @@ class Experiment:
     return self.problem.steps_per_epoch(self.config.batch_size)
 
   @functools.cached_property
+  def plan(self) -> plan_lib.Plan:
+    """What the trainer reads of the config, read once (`mmcompress.train.plan`)."""
+    return plan_lib.from_config(self.config)
+
+  @functools.cached_property
   def variants(self) -> tuple[variants_lib.Variant, ...]:
     """The grid's variants (one, the config's own settings, without ``config.grid``)."""
-    return variants_lib.grid(self.config)
+    return variants_lib.grid(self.plan)
 
   def variants_for(self, method: str) -> tuple[variants_lib.Variant, ...]:
     """The variants `method` trains: the one it pins (``pcgrad@lr0.5-clip1``), or the grid's."""
@@ -124,7 +129,7 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
   there). The transforms of the runs differ only in what `init` puts in the state (masks,
   growth seed, the variant's values), so one step serves all.
   """
-  tx = stages_lib.stage_transform(stage, exp.config, exp.steps_per_epoch, weighting,
+  tx = stages_lib.stage_transform(stage, exp.plan, exp.steps_per_epoch, weighting,
                                   exp.problem.num_tasks, masks, point.seed, every_mask,
                                   variant=point.variant)
   rng = jax.random.fold_in(jax.random.key(point.seed), index)
@@ -180,7 +185,7 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
     progress lines: several when the runs of every variant start from this point's).
   """
   cfg = exp.config
-  weighting = stages_lib.make_weighting(method, cfg, exp.steps_per_epoch)
+  weighting = stages_lib.make_weighting(method, exp.plan, exp.steps_per_epoch)
   chunks = _chunks(points, cfg.chunk_runs)
   final, best, stage_records, failures = {}, {}, {}, {}
   for k, chunk in enumerate(chunks):
@@ -200,7 +205,7 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
         batch_size=cfg.batch_size, problem=exp.problem, weighting=weighting,
         train_step=run_axis.make_runs_train_step(
             exp.problem, exp.model, weighting, built[0][0], exp.mesh,
-            stages_lib.per_task_gradients(stage, cfg), sharded, len(chunk)),
+            stages_lib.per_task_gradients(stage, exp.plan), sharded, len(chunk)),
         eval_step=exp.axis_eval_steps[sharded, len(chunk) == 1], mesh=exp.mesh,
         eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
         directory=directory if len(chunks) == 1 else os.path.join(directory, f"chunk{k}"),
@@ -281,7 +286,7 @@ def _weights_at_prune(exp: Experiment, weighting_name: str,
   num_tasks = exp.problem.num_tasks
   if state is None:
     return np.full((num_tasks,), 1.0 / num_tasks, np.float32)
-  method_weighting = stages_lib.make_weighting(weighting_name, exp.config, exp.steps_per_epoch)
+  method_weighting = stages_lib.make_weighting(weighting_name, exp.plan, exp.steps_per_epoch)
   return np.asarray(jax.device_get(weighting.current_weights(
       method_weighting, state.task_params, state.task_state, state.opt_state)), np.float32)
 
@@ -392,7 +397,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
   else:
     starts = {Point(seed): step_lib.init_variables(exp.model, exp.problem, seed)
               for seed in seeds}
-  weighting_name, criterion = scoring.parse_method(method, cfg)
+  weighting_name, criterion = scoring.parse_method(method, exp.plan)
   points = list(starts)
   masks, pruning, last, best, failures = {}, {}, {}, {}, {}
   stage_records = {p: [] for p in points}
@@ -406,7 +411,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
       for p in points:
         params, model_state = starts[p]
         masks[p], pruning[p] = scoring.prune_masks(
-            criterion, cfg, params, problem=exp.problem, scoring_step=exp.scoring_step,
+            criterion, exp.plan, params, problem=exp.problem, scoring_step=exp.scoring_step,
             model_state=model_state, mesh=exp.mesh, seed=p.seed, stage_index=index,
             task_weights=(_weights_at_prune(exp, weighting_name, last.get(p))
                           if criterion.aggregate == "minmax" else None))
@@ -488,8 +493,9 @@ def _write_index(workdir: str, parts: Mapping[str, str]) -> str:
 @_checks.as_user_error()
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
+  plan = plan_lib.from_config(config)  # what the trainer reads, its sections' keys checked
   for method in config.methods:
-    scoring.parse_method(method, config)  # a known weighting, and a known criterion if named
+    scoring.parse_method(method, plan)  # a known weighting, and a known criterion if named
   # The problem's own fields, before any file is read.
   problems.get(config.get("problem")).validate_config(config)
   if not config.methods:
@@ -513,7 +519,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
   # Building every weighting and every stage's transform checks all their knobs.
   for method in config.methods:
-    stages_lib.make_weighting(scoring.parse_method(method, config)[0], config, 1)
+    stages_lib.make_weighting(scoring.parse_method(method, plan)[0], plan, 1)
   if "prune" in config.stages:
     _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
   _checks.non_negative_int(config.chunk_runs, "config.chunk_runs (0 = every run at once)")
@@ -521,10 +527,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(set(config.methods)) != len(config.methods):
     raise ValueError(f"config.methods names a method twice: {list(config.methods)}.")
   pinned = [v for v in map(variants_lib.pinned, config.methods) if v is not None]
-  for variant in variants_lib.grid(config) + tuple(pinned):  # every scale and clip, checked
+  for variant in variants_lib.grid(plan) + tuple(pinned):  # every scale and clip, checked
     for stage in config.stages:
       if stage in stages_lib.TRAINING_STAGES:
-        stages_lib.descent_transform(stage, config, 1, masks={}, variant=variant)
+        stages_lib.descent_transform(stage, plan, 1, masks={}, variant=variant)
 
 
 # Fields added after runs were recorded, each with the value every run before it had: no
@@ -736,7 +742,7 @@ def _setup_notes(config: ml_collections.ConfigDict, problem: Problem) -> list[st
 
 def _axis_note(config: ml_collections.ConfigDict) -> str:
   """The report's line on how the runs were trained: how many on the axis, in what chunks."""
-  seeds, variants = len(config.seeds), len(variants_lib.grid(config))
+  seeds, variants = len(config.seeds), len(variants_lib.grid(plan_lib.from_config(config)))
   runs = seeds * variants
 
   def count(n, what):
@@ -761,7 +767,7 @@ def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
             f"{g.end_fraction:g} of the stage); the retrain stage keeps its final masks."]
   if "prune" not in config.stages:
     return []
-  default = scoring.default_criterion(config)
+  default = scoring.default_criterion(plan_lib.from_config(config))
   named = sorted({m for m in config.methods if "+" in m})
   how = ("|weight|, as the paper" if default == "magnitude" else
          "per-task first-order Taylor scores |θ ⊙ ∂L_k/∂θ| on "

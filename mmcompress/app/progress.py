@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mmcompress.train import loop, stages as stages_lib, variants
+from mmcompress.train import loop, plan as plan_lib, stages as stages_lib, variants
 
 __all__ = ["duration", "planned_epochs", "Progress"]
 
@@ -28,8 +28,9 @@ __all__ = ["duration", "planned_epochs", "Progress"]
 def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
   """Run name -> {training stage: epochs} for every run a comparison of `config` trains (a
   method's own pretraining, which every variant of a seed starts from, counts for each)."""
-  method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(config)}
-  grid = variants.grid(config)
+  trainer_plan = plan_lib.from_config(config)
+  method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(trainer_plan)}
+  grid = variants.grid(trainer_plan)
   suffixes = [""] if len(grid) == 1 else [f"{variants.PIN}{v.name}" for v in grid]
   plan = {}
   for seed in config.seeds:

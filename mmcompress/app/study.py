@@ -45,7 +45,7 @@ import ml_collections
 from mmcompress import _checks, _files, problems
 from mmcompress.app import comparison, leaderboard, plots, progress
 from mmcompress.train import clock as clock_lib, parallel
-from mmcompress.train import stages as stages_lib, variants as variants_lib
+from mmcompress.train import plan as plan_lib, stages as stages_lib, variants as variants_lib
 
 __all__ = ["CONTROLS", "controls", "has_task_sets", "ratio_text", "reporting_config", "run",
            "run_task_set", "Setting", "setting_config", "settings", "share", "share_unpruned",
@@ -280,7 +280,7 @@ def _pieces(config: ml_collections.ConfigDict, stages: set[str]) -> list[str]:
   `stages` (`stages_lib.method_stages`) on the run axis (``axis/<method>/<stage>``)."""
   pieces = ["axis/dense"] + [f"seed{s}/dense" for s in config.seeds]
   for method in config.methods:
-    for stage in stages_lib.method_stages(config):
+    for stage in stages_lib.method_stages(plan_lib.from_config(config)):
       if stage in stages:
         pieces.append(f"axis/{method}/{stage}")
   return pieces
@@ -404,7 +404,7 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
   tuned_outcome = comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False,
                                  clock=clock)
-  grid_names = [v.name for v in variants_lib.grid(tune)]
+  grid_names = [v.name for v in variants_lib.grid(plan_lib.from_config(tune))]
   record = _read_tuning(folder) or {
       "tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds), "grid": grid_names,
       "methods": _choose(tuned_outcome, grid_names, where=label)}

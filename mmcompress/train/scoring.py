@@ -25,12 +25,11 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.problems import Problem
-from mmcompress.train import parallel
+from mmcompress.train import parallel, plan as plan_lib
 
 __all__ = ["calibration_scores", "CRITERIA", "Criterion", "default_criterion", "make_scoring_step",
            "parse_method", "prune_masks"]
@@ -51,7 +50,7 @@ class Criterion(NamedTuple):
     return self.name.split("_", 1)[1] if self.task_aware else None
 
 
-def parse_method(method: str, config: ml_collections.ConfigDict) -> tuple[str, Criterion]:
+def parse_method(method: str, config: plan_lib.Plan) -> tuple[str, Criterion]:
   """(weighting name, criterion) of a ``config.methods`` entry, or raises naming the entry.
   An entry may pin a variant after ``@`` (`mmcompress.train.variants.pinned`)."""
   name, _, suffix = method.partition("@")[0].partition("+")
@@ -61,7 +60,7 @@ def parse_method(method: str, config: ml_collections.ConfigDict) -> tuple[str, C
   return name, Criterion(criterion)
 
 
-def default_criterion(config: ml_collections.ConfigDict) -> str:
+def default_criterion(config: plan_lib.Plan) -> str:
   """``config.prune.criterion`` (with ``config.prune.aggregate`` for ``"taylor"``)."""
   prune = config.prune
   criterion = _checks.one_of(prune.criterion, ("magnitude", "taylor"), "config.prune.criterion")
@@ -103,7 +102,7 @@ def calibration_scores(step: Callable[..., Any], params: Any, model_state: Any,
   return jax.tree.map(lambda s: s / len(batches), total)
 
 
-def prune_masks(criterion: Criterion, config: ml_collections.ConfigDict, params: Any, *,
+def prune_masks(criterion: Criterion, config: plan_lib.Plan, params: Any, *,
                 problem: Problem, scoring_step: Callable[..., Any], model_state: Any,
                 mesh: jax.sharding.Mesh, seed: int, stage_index: int,
                 task_weights: Any = None) -> tuple[Any, dict[str, Any]]:

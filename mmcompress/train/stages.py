@@ -10,16 +10,16 @@ in every stage.
 """
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import ml_collections
 import optax
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.transforms import saddle_point
-from mmcompress.train import variants
+from mmcompress.train import plan as plan_lib, variants
 
 __all__ = ["base_optimizer", "check_stage_order", "descent_transform", "learning_rate_schedule",
            "make_weighting", "MASK_GIVERS", "method_stages", "per_task_gradients",
@@ -41,7 +41,7 @@ _MAY_FOLLOW = {
 MASK_GIVERS = ("prune", "gradual")
 
 
-def method_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def method_stages(config: plan_lib.Plan) -> tuple[str, ...]:
   """The training stages of ``config.stages`` that each method trains itself: all of them
   but pretraining when the methods share the dense reference's (``share_pretraining``)."""
   shared = config.share_pretraining and config.stages[0] == "pretrain"
@@ -70,7 +70,7 @@ def check_stage_order(stages: Sequence[str]) -> tuple[str, ...]:
   return stages
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
+def learning_rate_schedule(config: plan_lib.Optimizer, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
   """``constant``, ``cosine`` (to zero over the stage) or ``step`` (× decay_factor every
   decay_every_epochs epochs, the reference's NYUv2 schedule)."""
@@ -85,7 +85,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int,
   return optax.constant_schedule(lr)
 
 
-def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+def base_optimizer(config: plan_lib.Optimizer, total_steps: int,
                    steps_per_epoch: int = 1, variant: variants.Variant | None = None
                    ) -> optax.GradientTransformation:
   """The model's optimizer for one stage: gradient clipping by global norm, weight decay,
@@ -111,8 +111,7 @@ def base_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
-def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
-                           ) -> ml_collections.ConfigDict:
+def stage_optimizer_config(stage: str, config: plan_lib.Plan) -> plan_lib.Optimizer:
   """``config.optimizer`` as one stage uses it: the reweight stage takes its own learning
   rate and schedule when ``config.reweight.learning_rate`` > 0 (the reference's CIFAR-100
   code trains that stage with its own rate) and ``config.reweight.schedule`` is set. (The
@@ -121,16 +120,16 @@ def stage_optimizer_config(stage: str, config: ml_collections.ConfigDict
   rw = config.reweight
   if not (stage == "reweight" and (rw.learning_rate or rw.schedule)):
     return config.optimizer
-  optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
+  changes = {}
   if rw.learning_rate:
-    optimizer.learning_rate = _checks.positive(rw.learning_rate, "reweight.learning_rate")
+    changes["learning_rate"] = _checks.positive(rw.learning_rate, "reweight.learning_rate")
   if rw.schedule:
-    optimizer.schedule = _checks.one_of(rw.schedule, ("constant", "cosine", "step"),
-                                        "reweight.schedule")
-  return optimizer
+    changes["schedule"] = _checks.one_of(rw.schedule, ("constant", "cosine", "step"),
+                                         "reweight.schedule")
+  return dataclasses.replace(config.optimizer, **changes)
 
 
-def descent_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
+def descent_transform(stage: str, config: plan_lib.Plan, steps_per_epoch: int,
                       masks: Any = None, seed: int = 0,
                       first: optax.GradientTransformation | None = None,
                       every_mask: bool = False, variant: variants.Variant | None = None
@@ -175,7 +174,7 @@ class StageSteps(NamedTuple):
   per_epoch: int
 
 
-def _retrain(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+def _retrain(base: optax.GradientTransformation, config: plan_lib.Plan,
              steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
              ) -> optax.GradientTransformation:
   """Masked retraining at the masks of the stage before (`static_sparse`)."""
@@ -185,7 +184,7 @@ def _retrain(base: optax.GradientTransformation, config: ml_collections.ConfigDi
   return sparsity.static_sparse(base, masks, drop_dense=not every_mask)
 
 
-def _dynamic(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+def _dynamic(base: optax.GradientTransformation, config: plan_lib.Plan,
              steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
              ) -> optax.GradientTransformation:
   """Dynamic sparse training from scratch (`dynamic_sparse`, ``config.dynamic``)."""
@@ -202,7 +201,7 @@ def _dynamic(base: optax.GradientTransformation, config: ml_collections.ConfigDi
       budget=dyn.budget)
 
 
-def _gradual(base: optax.GradientTransformation, config: ml_collections.ConfigDict,
+def _gradual(base: optax.GradientTransformation, config: plan_lib.Plan,
              steps: StageSteps, *, masks: Any, seed: int, every_mask: bool
              ) -> optax.GradientTransformation:
   """Gradual magnitude pruning (`gradual_magnitude`, ``config.gradual``): the masks change
@@ -232,19 +231,20 @@ SPARSE_WRAPPERS = types.MappingProxyType({
 })
 
 
-def make_weighting(name: str, config: ml_collections.ConfigDict, steps_per_epoch: int
+def make_weighting(name: str, config: plan_lib.Plan, steps_per_epoch: int
                    ) -> weighting_lib.TaskWeighting:
-  """The task weighting `name`, with its knobs from the config (`weighting.from_config`)."""
-  return weighting_lib.from_config(name, config, steps_per_epoch=steps_per_epoch)
+  """The task weighting `name`, with its knobs from the plan (`weighting.from_config`)."""
+  return weighting_lib.from_config(name, config.weighting_config(),
+                                   steps_per_epoch=steps_per_epoch)
 
 
-def per_task_gradients(stage: str, config: ml_collections.ConfigDict) -> bool:
+def per_task_gradients(stage: str, config: plan_lib.Plan) -> bool:
   """Whether a stage's descent needs each task's gradient whatever the weighting: a sparse
   stage with task-aware regrowth (``config.dynamic.grow`` ``task_mean``, ``task_max``, ...)."""
   return stage == "sparse" and str(config.dynamic.grow).startswith("task_")
 
 
-def stage_transform(stage: str, config: ml_collections.ConfigDict, steps_per_epoch: int,
+def stage_transform(stage: str, config: plan_lib.Plan, steps_per_epoch: int,
                     weighting: weighting_lib.TaskWeighting, num_tasks: int, masks: Any = None,
                     seed: int = 0, every_mask: bool = False,
                     variant: variants.Variant | None = None) -> optax.GradientTransformation:

@@ -21,10 +21,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from mmcompress import _checks
+from mmcompress.train import plan as plan_lib
 
 __all__ = ["base_method", "clip_by_run", "default_clip", "grid", "parse", "PIN", "pinned",
            "scale_by_run", "Variant"]
@@ -85,21 +85,19 @@ def base_method(method: str) -> str:
   return method.partition(PIN)[0]
 
 
-def default_clip(config: ml_collections.ConfigDict) -> float:
+def default_clip(config: plan_lib.Plan) -> float:
   """The clip of the stages after pretraining without a grid: ``compress_clip_norm`` when it
   is > 0, else ``clip_norm`` (what pretraining uses)."""
   opt = config.optimizer
-  compress = _checks.non_negative(opt.get("compress_clip_norm", 0.0),
-                                  "optimizer.compress_clip_norm")
+  compress = _checks.non_negative(opt.compress_clip_norm, "optimizer.compress_clip_norm")
   return compress if compress > 0 else _checks.non_negative(opt.clip_norm, "optimizer.clip_norm")
 
 
-def grid(config: ml_collections.ConfigDict) -> tuple[Variant, ...]:
+def grid(config: plan_lib.Plan) -> tuple[Variant, ...]:
   """The variants of ``config.grid``, learning-rate scales outermost; an empty list takes
   the config's own value (scale 1, `default_clip`)."""
-  section = config.get("grid") or {}
-  scales = tuple(section.get("learning_rate_scale", ()) or (1.0,))
-  clips = tuple(section.get("clip_norm", ()) or (default_clip(config),))
+  scales = tuple(config.grid.learning_rate_scale or (1.0,))
+  clips = tuple(config.grid.clip_norm or (default_clip(config),))
   for scale in scales:
     _checks.positive(scale, "config.grid.learning_rate_scale")
   for clip in clips:
