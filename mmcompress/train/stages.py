@@ -19,7 +19,7 @@ import optax
 
 from mmcompress import _checks, sparsity, weighting as weighting_lib
 from mmcompress.transforms import saddle_point
-from mmcompress.train import plan as plan_lib, variants
+from mmcompress.train import plan as plan_lib, step as step_lib, variants
 
 __all__ = ["base_optimizer", "check_stage_order", "descent_transform", "learning_rate_schedule",
            "make_weighting", "MASK_GIVERS", "method_stages", "per_task_gradients",
@@ -251,12 +251,8 @@ def stage_transform(stage: str, config: plan_lib.Plan, steps_per_epoch: int,
   """The `saddle_point` transform a training stage steps with: the stage's descent (with a
   gradient-level weighting's aggregator first in it, or, where the stage needs per-task
   gradients of a loss-level weighting, `weighting.sum_tasks`) and the weighting's own transform."""
-  if weighting.aggregate is not None:
-    first = weighting.aggregate(num_tasks, seed)
-  elif per_task_gradients(stage, config):  # rows c_k ∇L_k (make_train_step): sum them
-    first = weighting_lib.sum_tasks()
-  else:
-    first = None
+  first = step_lib.descent_first_link(weighting, per_task_gradients(stage, config), num_tasks,
+                                     seed)
   descent = descent_transform(stage, config, steps_per_epoch, masks, seed, first=first,
                               every_mask=every_mask, variant=variant)
   return saddle_point(descent, weighting.tx)

@@ -19,10 +19,10 @@ import optax
 
 from mmcompress.problems import Problem
 from mmcompress.train import parallel
-from mmcompress.weighting import TaskWeighting, current_weights, per_task_grads
+from mmcompress.weighting import TaskWeighting, current_weights, per_task_grads, sum_tasks
 
-__all__ = ["create_train_state", "init_variables", "make_eval_step", "make_train_step",
-           "train_step_fn", "TrainState"]
+__all__ = ["create_train_state", "descent_first_link", "init_variables", "make_eval_step",
+           "make_train_step", "train_step_fn", "TrainState"]
 
 _WEIGHTING_STREAM = 1  # folded into a step's key for the weighting's randomness
 
@@ -49,48 +49,86 @@ class TrainState:
   rng: jax.Array
 
 
+def _gradient_rule(problem: Problem, model: nn.Module, weighting: TaskWeighting,
+                   per_task: bool) -> Callable[..., tuple[Any, Any, Any]]:
+  """How a step takes its gradients, the one place that asks what kind of weighting it is:
+  ``(state, batch, rng, key) -> (grads, losses, model_state)`` with ``grads`` over
+  ``{"params", "task_weights"}``.
+
+  * a loss-level weighting: one `jax.grad` of its objective over both players;
+  * a loss-level weighting whose descent needs each task's gradient (`per_task`): row k of
+    the model's gradient is c_k ∇L_k with c = ∂objective/∂L (the rows sum to the plain
+    gradient), from one VJP vmapped over the K weighted cotangents;
+  * a gradient-level weighting: the K gradients of its per-task objectives
+    (`per_task_grads`), stacked; its aggregator, first in the descent, combines them
+    (`descent_first_link`).
+  """
+  def losses_of(params, state, batch, rng):
+    return problem.task_losses(model, params, state.model_state, batch, rng)
+
+  def joint(state, batch, rng, key):
+    def objective(players):
+      losses, model_state = losses_of(players["params"], state, batch, rng)
+      value = weighting.objective(losses, players["task_weights"], state.task_state, key)
+      return value, (losses, model_state)
+    grads, (losses, model_state) = jax.grad(objective, has_aux=True)(
+        {"params": state.params, "task_weights": state.task_params})
+    return grads, losses, model_state
+
+  def weighted_rows(state, batch, rng, key):
+    losses, vjp_fn, model_state = jax.vjp(lambda params: losses_of(params, state, batch, rng),
+                                          state.params, has_aux=True)
+    weights, task_grads = jax.grad(
+        lambda l, tp: weighting.objective(l, tp, state.task_state, key), argnums=(0, 1))(
+            losses, state.task_params)
+    (rows,) = jax.vmap(vjp_fn)(jnp.diag(weights))  # row k: c_k ∇L_k
+    return {"params": rows, "task_weights": task_grads}, losses, model_state
+
+  def stacked(state, batch, rng, key):
+    def objectives(params):
+      losses, model_state = losses_of(params, state, batch, rng)
+      value = weighting.objective(losses, state.task_params, state.task_state, key)
+      return value, (losses, model_state)
+    _, model_grads, (losses, model_state) = per_task_grads(objectives, state.params,
+                                                           has_aux=True)
+    return ({"params": model_grads,
+             "task_weights": jax.tree.map(jnp.zeros_like, state.task_params)},
+            losses, model_state)
+
+  if weighting.aggregate is not None:
+    return stacked
+  return weighted_rows if per_task else joint
+
+
+def descent_first_link(weighting: TaskWeighting, per_task: bool, num_tasks: int,
+                       seed: int = 0) -> optax.GradientTransformation | None:
+  """The first link of the descent's chain that the step's gradients need
+  (`_gradient_rule`): a gradient-level weighting's aggregator, `weighting.sum_tasks` for a
+  loss-level one's weighted rows, or None for its plain gradient."""
+  if weighting.aggregate is not None:
+    return weighting.aggregate(num_tasks, seed)
+  return sum_tasks() if per_task else None
+
+
 def train_step_fn(problem: Problem, model: nn.Module, weighting: TaskWeighting,
                   tx: optax.GradientTransformation, per_task: bool = False
                   ) -> Callable[[TrainState, dict], tuple[TrainState, jax.Array]]:
   """The pure step ``(state, batch) -> (state, task_losses)`` of `make_train_step`, unjitted
-  (for `jax.vmap` over seeds: `make_seed_train_step`)."""
+  (for `jax.vmap` over runs: `mmcompress.train.run_axis`)."""
   tx = optax.with_extra_args_support(tx)
+  gradients = _gradient_rule(problem, model, weighting, per_task)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     # The weighting's own stream (RLW's draws), apart from the model's (dropout).
     key = jax.random.fold_in(rng, _WEIGHTING_STREAM)
-
-    def objective(players):
-      losses, model_state = problem.task_losses(model, players["params"], state.model_state,
-                                                batch, rng)
-      value = weighting.objective(losses, players["task_weights"], state.task_state, key)
-      return value, (losses, model_state)
-
+    grads, losses, model_state = gradients(state, batch, rng, key)
     players = {"params": state.params, "task_weights": state.task_params}
-    if weighting.aggregate is None and per_task:
-      losses, vjp_fn, model_state = jax.vjp(
-          lambda params: problem.task_losses(model, params, state.model_state, batch, rng),
-          state.params, has_aux=True)
-      weights, task_grads = jax.grad(
-          lambda l, tp: weighting.objective(l, tp, state.task_state, key), argnums=(0, 1))(
-              losses, state.task_params)
-      (rows,) = jax.vmap(vjp_fn)(jnp.diag(weights))  # row k: c_k ∇L_k
-      grads = {"params": rows, "task_weights": task_grads}
-    elif weighting.aggregate is None:
-      grads, (losses, model_state) = jax.grad(objective, has_aux=True)(players)
-    else:  # K gradients of the model, stacked; the aggregator in `tx` combines them.
-      _, model_grads, (losses, model_state) = per_task_grads(
-          lambda params: objective({"params": params, "task_weights": state.task_params}),
-          state.params, has_aux=True)
-      grads = {"params": model_grads,
-               "task_weights": jax.tree.map(jnp.zeros_like, state.task_params)}
-    if weighting.aggregate is None and not per_task:
-      updates, opt_state = tx.update(grads, state.opt_state, players)
-    else:  # the task weights before this step, for a descent that weighs the tasks' rows
-      weights_now = current_weights(weighting, state.task_params, state.task_state,
-                                    state.opt_state)
-      updates, opt_state = tx.update(grads, state.opt_state, players, task_weights=weights_now)
+    # The task weights before this step, for a descent that weighs the tasks' rows
+    # (task-aware regrowth); a transform that takes no extra arguments ignores them.
+    weights_now = current_weights(weighting, state.task_params, state.task_state,
+                                  state.opt_state)
+    updates, opt_state = tx.update(grads, state.opt_state, players, task_weights=weights_now)
     players = optax.apply_updates(players, updates)
     task_state = weighting.observe(state.task_state, jax.lax.stop_gradient(losses))
     return state.replace(step=state.step + 1, params=players["params"],
