@@ -23,7 +23,7 @@ A `TaskWeighting` bundles what a training loop needs from a way of weighting K t
   for logging and plots (a gradient-level method's weights change every step and live in
   its aggregator's state: use `current_weights`).
 * ``aggregate``: None for a loss-level weighting; for a gradient-level one, a function of
-  the number of tasks that returns the optax transform turning the stacked per-task
+  the number of tasks (and a seed, default 0) that returns the optax transform turning the stacked per-task
   gradients (every leaf with a leading K axis, from `per_task_grads`) into the one gradient
   the model's optimizer consumes. It goes first in that optimizer's chain, inside the sparse
   wrappers, which mask every task's gradient before it (see `mmcompress.weighting.gradient`).

@@ -15,7 +15,7 @@ from jax.typing import ArrayLike
 
 from mmcompress import _checks
 
-__all__ = ["check_reduction", "check_task_scales", "counted_tasks", "no_epoch_memory",
+__all__ = ["AggregatorFactory", "check_reduction", "check_task_scales", "counted_tasks", "no_epoch_memory",
            "no_step_memory", "REDUCTIONS", "scaled", "TaskWeighting", "uniform_weights"]
 
 
@@ -43,6 +43,11 @@ def uniform_weights(task_params: Any, task_state: jax.Array) -> jax.Array:
   return jnp.full(task_state.shape, 1.0 / task_state.shape[0])
 
 
+#: A gradient-level weighting's aggregator: ``(num_tasks, seed) -> optax transform`` that turns
+#: stacked per-task gradients into one gradient (the seed: for an aggregator that draws).
+AggregatorFactory = Callable[[int, int], optax.GradientTransformation]
+
+
 class TaskWeighting(NamedTuple):
   """A way of weighting task losses; see `mmcompress.weighting` for each field's contract."""
   name: str
@@ -52,7 +57,7 @@ class TaskWeighting(NamedTuple):
   end_epoch: Callable[[Any, jax.Array], Any]
   weights: Callable[[Any, Any], jax.Array]
   observe: Callable[[Any, jax.Array], Any] = no_step_memory
-  aggregate: Callable[[int], optax.GradientTransformation] | None = None
+  aggregate: AggregatorFactory | None = None
 
 
 def scaled(task_losses: ArrayLike, task_scales: np.ndarray | None) -> jax.Array:
