@@ -2,6 +2,7 @@
 schedule computed by hand, its exact final count, and pruned weights held at zero."""
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -108,3 +109,16 @@ def test_the_gradual_stage_prunes_to_the_target_in_the_pipeline(tmp_path, tiny_c
         result["parameters"]["prunable_nonzero"])
   with pytest.raises(ValueError, match="must be followed by 'retrain'"):
     stages.check_stage_order(("pretrain", "gradual"))
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"structure": "filter"}, "config.structure='filter'"),
+    ({"scope": "global"}, "config.scope='global'"),
+    ({"prune.criterion": "taylor"}, "config.prune.criterion='taylor'"),
+    ({"methods": ("equal", "minmax+taylor_max")}, "method 'minmax+taylor_max'")])
+def test_settings_the_gradual_stage_would_ignore_are_refused(tiny_config, overrides, named):
+  from mmcompress import errors  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
+  config = tiny_config(stages=("pretrain", "gradual", "retrain"), **overrides)
+  with pytest.raises(errors.UserError, match=re.escape(named)):
+    comparison.validate(config)

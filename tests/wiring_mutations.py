@@ -78,8 +78,8 @@ BUGS = (
         "        starts[p] = (sparsity.apply_masks(params, masks[p]), model_state)",
         ("tests/test_task_pruning.py", "-k", "taylor_minmax_run")),
     Bug("a gradient-level weighting sees one row K times: the task gradients summed first",
-        "mmcompress/train/step.py", 'grads = {"params": model_grads,',
-        'grads = {"params": jax.tree.map(lambda g: jnp.broadcast_to(g.sum(0), g.shape), '
+        "mmcompress/train/step.py", 'return ({"params": model_grads,',
+        'return ({"params": jax.tree.map(lambda g: jnp.broadcast_to(g.sum(0), g.shape), '
         'model_grads),',
         ("tests/test_wiring.py", "-k", "aggregator_receives")),
     Bug("every seed sees the same data order", "mmcompress/problems/digits/problem.py",

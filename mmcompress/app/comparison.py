@@ -496,6 +496,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   plan = plan_lib.from_config(config)  # what the trainer reads, its sections' keys checked
   for method in config.methods:
     scoring.parse_method(method, plan)  # a known weighting, and a known criterion if named
+  if "gradual" in config.stages:
+    _check_gradual(config)
   # The problem's own fields, before any file is read.
   problems.get(config.get("problem")).validate_config(config)
   if not config.methods:
@@ -531,6 +533,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for stage in config.stages:
       if stage in stages_lib.TRAINING_STAGES:
         stages_lib.descent_transform(stage, plan, 1, masks={}, variant=variant)
+
+
+def _check_gradual(config: ml_collections.ConfigDict) -> None:
+  """Raises unless the config's masks are what the gradual stage makes: unstructured, per
+  layer, by magnitude (settings it would otherwise ignore)."""
+  ignored = [f"{name}={value!r}" for name, value, plain in (
+      ("config.structure", config.structure, "unstructured"),
+      ("config.scope", config.scope, "layer"),
+      ("config.prune.criterion", config.prune.criterion, "magnitude")) if value != plain]
+  ignored += [f"method {m!r}" for m in config.methods if "+" in m.partition("@")[0]]
+  if ignored:
+    raise ValueError(
+        f"the gradual stage prunes unstructured, per layer, by magnitude; it cannot honour "
+        f"{', '.join(ignored)}: use the prune stage for those, or leave them at their defaults.")
 
 
 # Fields added after runs were recorded, each with the value every run before it had: no
@@ -759,7 +775,7 @@ def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
   """The report's line on how each method's masks were chosen (none without a prune or
   gradual stage)."""
   if "gradual" in config.stages:
-    g = config.gradual
+    g = plan_lib.from_config(config).gradual
     return [f"Masks: gradual magnitude pruning (Zhu & Gupta 2018) raises each prunable layer's "
             f"sparsity from {g.initial_sparsity:g} to {config.sparsity:g} along the cubic "
             f"schedule during the gradual stage (masks updated every "

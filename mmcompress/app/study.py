@@ -455,7 +455,8 @@ def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any],
   should tie. None without ``equal`` among the methods."""
   if "equal" not in sub.methods:
     return {}
-  base = f"equal@{variants_lib.Variant(1.0, variants_lib.default_clip(sub)).name}"
+  clip = variants_lib.default_clip(plan_lib.from_config(sub))
+  base = f"equal@{variants_lib.Variant(1.0, clip).name}"
   alone = dict(grid__learning_rate_scale=(), grid__clip_norm=())
   out = {
       "base": _derived(sub, methods=(base,), **alone),

@@ -104,6 +104,12 @@ def gradual_magnitude(inner: optax.GradientTransformation, *, sparsity: float,
     initial_sparsity: s_i, the sparsity of the first mask update (in [0, `sparsity`]).
     include: which leaves are prunable (`default_include`: kernels except the heads).
 
+  The masks are unstructured and per layer. They have the params' structure, so
+  `optax.tree_map_params` maps them as it maps the params (a partition spec applies to them
+  too). The decision in 1 is a `jax.lax.cond` on the count; on a vmapped axis of runs (whose
+  counts are batched) it becomes a select, so the ranking of every prunable leaf then runs on
+  every step, not only on the update steps (the same masks; more compute).
+
   Returns:
     An `optax.GradientTransformation` whose state is a `GradualMagnitudeState`; `update`
     requires `params`.
