@@ -51,12 +51,6 @@ class DynamicSparseState(NamedTuple):
   rng_key: jax.Array
 
 
-def _order(group: jax.Array, score: jax.Array) -> jax.Array:
-  """Indices sorted by (group, score, index) ascending: ties go to the lower index."""
-  index = jnp.arange(score.size, dtype=jnp.int32)
-  return jax.lax.sort((group.astype(jnp.int32), score, index), num_keys=3)[-1]
-
-
 def _grow_order(after_drop: jax.Array, grow_score: jax.Array, k: int) -> jax.Array:
   """The flat indices in the order regrowth takes them: the entries inactive after the drop
   first, then by score descending, ties to the lower index.
@@ -67,10 +61,10 @@ def _grow_order(after_drop: jax.Array, grow_score: jax.Array, k: int) -> jax.Arr
   votes hold exactly k entries those are grown, and more are trimmed by the mean.
   """
   if grow_score.ndim == 1:
-    return _order(after_drop, -grow_score)
+    return masks_lib.grouped_order(after_drop, -grow_score)
 
   def votes(score):
-    top = _order(after_drop, -score)[:k]
+    top = masks_lib.grouped_order(after_drop, -score)[:k]
     return jnp.zeros(after_drop.shape, bool).at[top].set(score[top] > 0)
 
   union = jnp.any(jax.vmap(votes)(grow_score), axis=0)
@@ -94,7 +88,7 @@ def _regrow_leaf(mask: jax.Array, new_weight: jax.Array, grow_score: jax.Array,
   shape = mask.shape
   mask = mask.reshape(-1)
   # Drop: active entries first (key 0), then by |w| ascending.
-  drop_order = _order(~mask, jnp.abs(new_weight).reshape(-1))
+  drop_order = masks_lib.grouped_order(~mask, jnp.abs(new_weight).reshape(-1))
   after_drop = mask.at[drop_order[:k]].set(False)
   grow_order = _grow_order(after_drop, _flat_scores(grow_score, shape), k)
   return after_drop.at[grow_order[:k]].set(True).reshape(shape)
@@ -110,7 +104,7 @@ def _prune_back_and_grow(mask: jax.Array, new_weight: jax.Array, grow_score: jax
   """
   shape = mask.shape
   mask = mask.reshape(-1)
-  drop_order = _order(~mask, jnp.abs(new_weight).reshape(-1))
+  drop_order = masks_lib.grouped_order(~mask, jnp.abs(new_weight).reshape(-1))
   num_drop = jnp.sum(mask, dtype=jnp.int32) - keep
   rank = jnp.arange(mask.size, dtype=jnp.int32)
   dropped = jnp.zeros_like(mask).at[drop_order].set(rank < num_drop)

@@ -69,11 +69,10 @@ def _pruned_to(param: jax.Array, kept: jax.Array, count: jax.Array) -> jax.Array
   """The mask of `param` with exactly `count` (traced) entries pruned: the smallest |w| first,
   the entries kept so far ranked above those already pruned (so pruning never revives a
   weight), ties to the lower flattened index (as `magnitude_masks`)."""
-  scores = jnp.abs(param).reshape(-1)
-  scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
-  index = jnp.arange(scores.size, dtype=jnp.int32)
-  order = jax.lax.sort((kept.reshape(-1).astype(jnp.int32), scores, index), num_keys=3)[-1]
-  rank = jnp.zeros(scores.size, jnp.int32).at[order].set(index)
+  # pylint: disable-next=protected-access
+  scores = masks_lib._lowest_if_not_finite(jnp.abs(param).reshape(-1))
+  order = masks_lib.grouped_order(kept.reshape(-1), scores)
+  rank = jnp.zeros(scores.size, jnp.int32).at[order].set(jnp.arange(scores.size, dtype=jnp.int32))
   return (rank >= count).reshape(param.shape)
 
 

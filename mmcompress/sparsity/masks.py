@@ -25,9 +25,9 @@ import numpy as np
 
 from mmcompress import _checks
 
-__all__ = ["apply_masks", "check_inner", "default_include", "is_none", "keep_all_but_smallest",
-           "magnitude_masks", "mask_tree", "parse_structure", "path_name", "prunable_flags",
-           "prune_count", "resolve_include", "score_masks", "tiered_score_masks"]
+__all__ = ["apply_masks", "check_inner", "default_include", "grouped_order", "is_none",
+           "keep_all_but_smallest", "magnitude_masks", "mask_tree", "parse_structure", "path_name",
+           "prunable_flags", "prune_count", "resolve_include", "score_masks", "tiered_score_masks"]
 
 IncludeFn = Callable[[tuple[Any, ...], Any], bool]
 
@@ -139,6 +139,13 @@ def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
   dropped first. `k` is a static Python int.
   """
   return _keep_all_but_smallest(scores, k, None)
+
+
+def grouped_order(group: jax.Array, score: jax.Array) -> jax.Array:
+  """Indices of the flat `score` sorted by (group, score, index) ascending: ties go to the lower
+  index (`dynamic_sparse`'s drop and growth, `gradual_magnitude`'s pruning)."""
+  index = jnp.arange(score.size, dtype=jnp.int32)
+  return jax.lax.sort((group.astype(jnp.int32), score, index), num_keys=3)[-1]
 
 
 def _lowest_if_not_finite(scores: jax.Array) -> jax.Array:

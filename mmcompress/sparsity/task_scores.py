@@ -48,9 +48,10 @@ from jax.typing import ArrayLike
 from mmcompress import _checks
 from mmcompress.sparsity import masks as masks_lib
 
-__all__ = ["Aggregation", "AGGREGATIONS", "check_task_weights", "disparse_masks", "magnitude_scores", "max_scores",
-           "mean_scores", "minmax_scores", "normalised_scores", "num_tasks_of", "task_aware_masks",
-           "task_totals", "taylor_scores", "WEIGHTS_SUM_TOLERANCE"]
+__all__ = ["Aggregation", "AGGREGATIONS", "check_task_weights", "disparse_masks",
+           "magnitude_scores", "max_scores", "mean_scores", "minmax_scores", "normalised_scores",
+           "num_tasks_of", "task_aware_masks", "task_totals", "taylor_scores",
+           "WEIGHTS_SUM_TOLERANCE"]
 
 
 # How far the task weights of "minmax" may sum from one (float32 simplex projections).
