@@ -75,11 +75,9 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
         K backward passes after one forward pass (without jit, K + 1 forward passes);
       * ``"auto"`` (default): ``"unrolled"`` for K <= `UNROLL_MAX_TASKS`, else ``"vmap"``.
 
-      Measured on this project's 2-core CPU machine (jax 0.10.2, the digits problem's four
-      tasks, batch 128, jitted, median of 20): the CNN's per-task gradients took 38 ms
-      vmapped and 9.3 ms unrolled (one ordinary gradient: 4.9 ms); the MLP's 1.9 ms and
-      1.8 ms (one gradient: 1.0 ms). The vmapped backward pass batches convolutions over the
-      tasks, which XLA's CPU backend runs far slower than K ordinary ones.
+      On CPU the vmapped backward pass batches convolutions over the tasks, which XLA runs
+      far slower than K ordinary ones (docs/benchmarks.md, and the per-task gradient cost in
+      ``python -m experiments.bench_weightings``).
 
   Returns:
     ``(values, grads)`` or, with `has_aux`, ``(values, grads, aux)``, where `grads` has the
