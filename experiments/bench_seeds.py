@@ -35,7 +35,7 @@ import optax
 
 from experiments.configs import digits as digits_config
 from mmcompress import saddle_point, weighting
-from mmcompress.app import comparison, progress
+from mmcompress.app import comparison, plan as app_plan, progress
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
@@ -65,7 +65,7 @@ def timed_run(config) -> float:
 def step_calls(config, steps_per_epoch: int) -> int:
   """How many training steps one seed's share of the comparison takes: its dense
   pretraining and every method's training stages (`mmcompress.app.progress.planned_epochs`)."""
-  plan = progress.planned_epochs(config)
+  plan = progress.planned_epochs(app_plan.comparison(config))
   seed = f"seed{config.seeds[0]}/"
   return sum(sum(s.values()) for run, s in plan.items() if run.startswith(seed)) * steps_per_epoch
 

@@ -133,7 +133,7 @@ def fixture_tiny_experiment(digits_data):
   """Makes a `comparison.Experiment` of `tiny_config()` (or `config`) in `workdir`; `log`
   receives every finished epoch's record."""
   # pylint: disable=import-outside-toplevel
-  from mmcompress.app import comparison
+  from mmcompress.app import comparison, plan as app_plan
   from mmcompress.models import create_model
   from mmcompress.problems.digits import DigitsProblem
   from mmcompress.train import parallel
@@ -142,8 +142,8 @@ def fixture_tiny_experiment(digits_data):
     config = config or _tiny_config()
     data = data or digits_data(config.task_sets[0], config.data_seed)
     model = create_model(config.model, data.num_outputs, **config.model_kwargs.to_dict())
-    return comparison.Experiment(config=config, problem=DigitsProblem(data), model=model,
-                                 mesh=parallel.data_mesh(), workdir=str(workdir),
+    return comparison.Experiment(plan=app_plan.comparison(config), problem=DigitsProblem(data),
+                                 model=model, mesh=parallel.data_mesh(), workdir=str(workdir),
                                  on_checkpoint=on_checkpoint, log=log)
   return make
 

@@ -15,7 +15,7 @@ from mmcompress.app import comparison
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
 from mmcompress.train import parallel, step
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 KINDS = {"dense", "minmax", "zeroed"}
 
@@ -203,13 +203,13 @@ def test_the_grid_benchmark_times_one_variant_and_ten_on_the_run_axis(monkeypatc
     comparison.validate(config)
     assert config.task_sets == ("classify",) and config.sparsity == 0.975
     assert config.methods == bench_grid.METHODS and config.seeds == tuple(range(5))
-  assert len(variants.grid(plan_lib.from_config(one))) == 1
-  assert len(variants.grid(plan_lib.from_config(grid))) == 10
+  assert len(variants.grid(app_plan.trainer(one))) == 1
+  assert len(variants.grid(app_plan.trainer(grid))) == 10
   seen = []
   walls = iter([30.0, 75.0])
 
   def timed(config):
-    seen.append(len(variants.grid(plan_lib.from_config(config))))
+    seen.append(len(variants.grid(app_plan.trainer(config))))
     return next(walls)
 
   monkeypatch.setattr(bench_grid, "timed_run", timed)

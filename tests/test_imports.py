@@ -1,8 +1,9 @@
 """What each layer of the package loads. The layers, from the bottom: the core (the package's
 top-level modules, `weighting`, `aggregators`, `sparsity`) loads no trainer, model, data set,
 application, flax or other experiment machinery; the trainer (`train`) no data set, export,
-application or ml_collections (it reads a typed plan); the models no problem, trainer or application; the problems no trainer or
-application; the application (`app`) may load everything.
+application or ml_collections (it reads a typed plan); the models no problem, trainer or
+application; the problems no trainer or application; the application (`app`) may load
+everything, and only its plan builder (`app/plan.py`) names ml_collections in its source.
 
 Every module is imported in a process of its own, and what it loaded is read from that
 process's ``sys.modules``. One interpreter serves them all: it loads jax, optax and numpy
@@ -148,3 +149,27 @@ def test_the_check_catches_a_module_that_loads_a_forbidden_one(loaded):
   assert "mmcompress.problems.digits" in forbidden_in(loaded, "mmcompress.problems.digits",
                                                       models_forbid)
   assert not train_forbids("mmcompress.problems.base") and not train_forbids("mmcompress.train")
+
+
+# The one module of the package that reads an experiment config (the application's plan
+# builder); every other module takes a plan.
+CONFIG_READER = "app/plan.py"
+
+
+def modules_naming(word, root):
+  """The package's source files (relative to `root`, in '/' form) whose text holds `word`."""
+  return sorted(p.relative_to(root).as_posix() for p in pathlib.Path(root).rglob("*.py")
+                if word in p.read_text(encoding="utf-8"))
+
+
+def test_only_the_plan_builder_names_ml_collections():
+  root = pathlib.Path(mmcompress.__file__).resolve().parent
+  assert modules_naming("ml_collections", root) == [CONFIG_READER]
+
+
+def test_the_source_check_finds_a_module_that_names_it(tmp_path):
+  (tmp_path / "app").mkdir()
+  (tmp_path / "app" / "plan.py").write_text("import ml_collections\n")
+  (tmp_path / "loop.py").write_text("def f(config: 'ml_collections.ConfigDict'): ...\n")
+  (tmp_path / "step.py").write_text("import jax\n")
+  assert modules_naming("ml_collections", tmp_path) == [CONFIG_READER, "loop.py"]

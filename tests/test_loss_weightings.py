@@ -8,7 +8,7 @@ import pytest
 from experiments.configs import base as base_config
 from mmcompress import weighting
 from mmcompress.train import stages
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 LOSSES = np.array([0.5, 2.0, 1.0], np.float32)
 SCALES = np.array([1.0, 0.5, 3.0], np.float32)
@@ -187,8 +187,8 @@ def test_minmax_auto_scales_are_the_first_steps_mean_over_each_loss_and_stay_fix
 
 def test_minmax_auto_from_config_ignores_the_fixed_scales_and_minmax_is_unchanged():
   config = _config(task_scales=(1.0, 5.0, 9.0))
-  auto = stages.make_weighting("minmax_auto", plan_lib.from_config(config), 1)
-  plain = stages.make_weighting("minmax", plan_lib.from_config(config), 1)
+  auto = stages.make_weighting("minmax_auto", app_plan.trainer(config), 1)
+  plain = stages.make_weighting("minmax", app_plan.trainer(config), 1)
   assert (auto.name, plain.name) == ("minmax_auto", "minmax")
   auto_weights, auto_state = auto.init(3)
   plain_weights, plain_state = plain.init(3)
@@ -258,7 +258,7 @@ def test_weightings_without_a_reduction_ignore_it(name):
   key = jax.random.key(3)
   values = []
   for reduction in weighting.REDUCTIONS:
-    w = stages.make_weighting(name, plan_lib.from_config(_config(loss_reduction=reduction)), 1)
+    w = stages.make_weighting(name, app_plan.trainer(_config(loss_reduction=reduction)), 1)
     task_params, state = w.init(3)
     values.append(float(w.objective(LOSSES, task_params, state, key)))
   assert values[0] == values[1]
@@ -268,13 +268,13 @@ def test_config_sections_reach_stch_and_famo():
   config = _config()
   config.stch.mu, config.stch.warmup_epochs = 0.25, 7
   config.famo.w_lr, config.famo.gamma, config.famo.min_losses = 0.5, 0.0, (0.1, 0.2, 0.3)
-  stch = stages.make_weighting("stch", plan_lib.from_config(config), 1)
+  stch = stages.make_weighting("stch", app_plan.trainer(config), 1)
   _, state = stch.init(3)
   for _ in range(7):
     state = stch.end_epoch(state, jnp.asarray(LOSSES))
   np.testing.assert_allclose(stch.objective(2 * LOSSES, {}, state),
                              0.25 * np.log(3 * np.exp(np.log(2.0) / 0.25)), rtol=1e-5)
-  famo = stages.make_weighting("famo", plan_lib.from_config(config), 1)
+  famo = stages.make_weighting("famo", app_plan.trainer(config), 1)
   _, state = famo.init(3)
   for losses in (LOSSES, LOSSES / 2):
     state = famo.observe(state, jnp.asarray(losses))

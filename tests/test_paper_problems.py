@@ -20,7 +20,7 @@ from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import loop, parallel, stages, step
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 
 def minmax_masked_step(problem, model, sparsity_level=0.9):
@@ -148,9 +148,9 @@ def test_cifar100_reweight_stage_runs_at_its_own_rate_and_refresh_epochs():
   assert tuple(config.reweight.refresh_at_epochs) == (45, 90, 135)
   steps = 100
   reweight = stages.learning_rate_schedule(
-      stages.stage_optimizer_config("reweight", plan_lib.from_config(config)), steps, 1)
+      stages.stage_optimizer_config("reweight", app_plan.trainer(config)), steps, 1)
   pretrain = stages.learning_rate_schedule(
-      stages.stage_optimizer_config("pretrain", plan_lib.from_config(config)), steps, 1)
+      stages.stage_optimizer_config("pretrain", app_plan.trainer(config)), steps, 1)
   np.testing.assert_allclose([reweight(0), reweight(steps - 1)], [1e-7, 1e-7], rtol=1e-6)
   np.testing.assert_allclose(pretrain(0), 0.1, rtol=1e-6)  # cosine from the base rate
   assert float(pretrain(steps // 2)) < 0.06

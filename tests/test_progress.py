@@ -1,5 +1,5 @@
 """Where a comparison stands: the plan of its epochs, the time left, what is shown and kept."""
-from mmcompress.app import progress
+from mmcompress.app import plan as app_plan, progress
 from mmcompress.train import loop
 
 RECORD = loop.EpochRecord(epoch=0, train_loss=[1.0, 2.0], val_loss=[1.0, 2.0],
@@ -8,11 +8,11 @@ RECORD = loop.EpochRecord(epoch=0, train_loss=[1.0, 2.0], val_loss=[1.0, 2.0],
 
 def test_the_plan_counts_every_training_stage_of_every_run(tiny_config):
   config = tiny_config(seeds=(0, 3))  # pretrain 2, reweight 1, retrain 2; methods equal, minmax
-  plan = progress.planned_epochs(config)
+  plan = progress.planned_epochs(app_plan.comparison(config))
   assert plan["seed3/dense"] == {"pretrain": 2}
   assert plan["seed0/minmax"] == {"reweight": 1, "retrain": 2}  # pretraining is shared
   assert len(plan) == 2 * 3
-  unshared = progress.planned_epochs(tiny_config(share_pretraining=False))
+  unshared = progress.planned_epochs(app_plan.comparison(tiny_config(share_pretraining=False)))
   assert unshared["seed0/equal"] == {"pretrain": 2, "reweight": 1, "retrain": 2}
 
 

@@ -15,7 +15,7 @@ from mmcompress.app import comparison
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 SEEDS = (0, 1, 2)
 STEPS = 6
@@ -34,7 +34,7 @@ def _dynamic_sparse(w, seed):
 
 
 def _setup(tiny_config, digits_data, method, sparse):
-  plan = plan_lib.from_config(tiny_config())
+  plan = app_plan.trainer(tiny_config())
   problem = DigitsProblem(digits_data("classify"))
   model = create_model("mlp", problem.num_outputs, hidden=(16,))
   spe = problem.steps_per_epoch(BATCH)
@@ -136,8 +136,8 @@ def _stage_contexts(tmp_path, tiny_config, problem, method="dwa", epochs=3, ever
   model = create_model("mlp", problem.num_outputs, hidden=(16,))
   mesh = parallel.data_mesh()
   spe = problem.steps_per_epoch(BATCH)
-  w = stages.make_weighting(method, plan_lib.from_config(config), spe)
-  tx = stages.stage_transform("pretrain", plan_lib.from_config(config), spe, w,
+  w = stages.make_weighting(method, app_plan.trainer(config), spe)
+  tx = stages.stage_transform("pretrain", app_plan.trainer(config), spe, w,
                               problem.num_tasks)
   common = dict(name="pretrain", index=0, epochs=epochs, batch_size=BATCH, problem=problem,
                 weighting=w, mesh=mesh, eval_batch_size=64, checkpoint_every=every)
@@ -343,7 +343,7 @@ def test_runs_whose_masks_differ_in_which_layers_are_whole_still_stack(tmp_path,
   an all-True mask there, which a retrain state may store as None (drop_dense); on the run axis
   every mask is kept, so the seeds' states share one tree."""
   exp = tiny_experiment(tmp_path, tiny_config(seeds=(0, 1)))
-  w = stages.make_weighting("minmax", exp.plan, exp.steps_per_epoch)
+  w = stages.make_weighting("minmax", exp.plan.trainer, exp.steps_per_epoch)
   params, model_state = step_lib.init_variables(exp.model, exp.problem, 0)
   pruned = sparsity.magnitude_masks(params, 0.9)
   whole = jax.tree.map(lambda m: np.ones(m.shape, bool), pruned)

@@ -9,7 +9,7 @@ import pytest
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import parallel, run_axis, stages, step as step_lib, variants
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 STEPS = 5
 
@@ -23,7 +23,7 @@ def _trajectories(tiny_config, problem, model, reduction, scales, weight_decay):
                           "optimizer.schedule": "constant", "optimizer.learning_rate": 0.05,
                           "optimizer.clip_norm": 0.0})
   spe = problem.steps_per_epoch(64)
-  plan = plan_lib.from_config(config)
+  plan = app_plan.trainer(config)
   w = stages.make_weighting("equal", plan, spe)
   params, model_state = step_lib.init_variables(model, problem, 0)
   masks = jax.tree.map(lambda p: np.ones(p.shape, bool), params)

@@ -368,8 +368,9 @@ def test_the_null_control_draws_the_stages_after_pretraining_from_another_order(
   config = study_config.get_config("quick")
   with config.unlocked():
     config.data_order = 2
-  assert comparison.data_seed(config, "pretrain", 3) == 3  # the same dense model
-  assert comparison.data_seed(config, "retrain", 3) == 3 + 2 * comparison.DATA_ORDER_STRIDE
+  assert comparison.data_seed(config.data_order, "pretrain", 3) == 3  # the same dense model
+  stride = comparison.DATA_ORDER_STRIDE
+  assert comparison.data_seed(config.data_order, "retrain", 3) == 3 + 2 * stride
   with config.unlocked():
     config.data_order = 0
-  assert comparison.data_seed(config, "retrain", 3) == 3
+  assert comparison.data_seed(config.data_order, "retrain", 3) == 3

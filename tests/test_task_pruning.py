@@ -10,24 +10,24 @@ from mmcompress.app import comparison
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.models import create_model
 from mmcompress.train import parallel, scoring, stages, step as step_lib
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 
 def test_a_method_names_its_criterion_after_a_plus(tiny_config):
   config = tiny_config()
-  plan = plan_lib.from_config(config)
+  plan = app_plan.trainer(config)
   assert scoring.parse_method("minmax", plan) == ("minmax", scoring.Criterion("magnitude"))
-  name, criterion = scoring.parse_method("equal+taylor_disparse", plan_lib.from_config(config))
+  name, criterion = scoring.parse_method("equal+taylor_disparse", app_plan.trainer(config))
   assert (name, criterion.name, criterion.aggregate) == ("equal", "taylor_disparse", "disparse")
   assert criterion.task_aware
   taylor = tiny_config(**{"prune.criterion": "taylor", "prune.aggregate": "max"})
-  assert scoring.parse_method("dwa", plan_lib.from_config(taylor))[1].name == "taylor_max"
+  assert scoring.parse_method("dwa", app_plan.trainer(taylor))[1].name == "taylor_max"
   with pytest.raises(ValueError, match="pruning criterion of method 'minmax\\+taylor_median'"):
-    scoring.parse_method("minmax+taylor_median", plan_lib.from_config(config))
+    scoring.parse_method("minmax+taylor_median", app_plan.trainer(config))
   with pytest.raises(ValueError, match="config.methods entry"):
-    scoring.parse_method("minimax+taylor_max", plan_lib.from_config(config))
+    scoring.parse_method("minimax+taylor_max", app_plan.trainer(config))
   with pytest.raises(ValueError, match="config.prune.aggregate"):
-    scoring.parse_method("dwa", plan_lib.from_config(
+    scoring.parse_method("dwa", app_plan.trainer(
         tiny_config(**{"prune.criterion": "taylor", "prune.aggregate": "sum"})))
 
 
@@ -98,15 +98,15 @@ def test_a_loss_level_step_with_per_task_rows_equals_the_plain_step(tiny_config,
   model = create_model("mlp", problem.num_outputs, hidden=(8,))
   mesh = parallel.data_mesh()
   params, model_state = step_lib.init_variables(model, problem, 0)
-  w = stages.make_weighting("minmax", plan_lib.from_config(config), 5)
+  w = stages.make_weighting("minmax", app_plan.trainer(config), 5)
   batch = parallel.shard_batch(problem.train_batch(0, 0, 0, 64), mesh)
   out = {}
   for per_task in (False, True):
-    tx = stages.stage_transform("pretrain", plan_lib.from_config(config), 5, w, problem.num_tasks)
+    tx = stages.stage_transform("pretrain", app_plan.trainer(config), 5, w, problem.num_tasks)
     if per_task:
-      assert stages.per_task_gradients("sparse", plan_lib.from_config(config))
+      assert stages.per_task_gradients("sparse", app_plan.trainer(config))
       tx = stages.saddle_point(stages.descent_transform(
-          "pretrain", plan_lib.from_config(config), 5, first=weighting.sum_tasks()), w.tx)
+          "pretrain", app_plan.trainer(config), 5, first=weighting.sum_tasks()), w.tx)
     state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
                                         jax.random.key(0))
     step = step_lib.make_train_step(problem, model, w, tx, mesh, per_task)
@@ -114,7 +114,7 @@ def test_a_loss_level_step_with_per_task_rows_equals_the_plain_step(tiny_config,
     out[per_task] = jax.device_get((state.params, state.task_params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
                out[False], out[True])
-  assert not stages.per_task_gradients("retrain", plan_lib.from_config(config))
+  assert not stages.per_task_gradients("retrain", app_plan.trainer(config))
 
 
 @pytest.mark.slow

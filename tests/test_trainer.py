@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmcompress import errors
-from mmcompress.app import comparison
+from mmcompress.app import comparison, plan as app_plan
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import checkpoint, loop, run_axis, step as step_lib, variants
@@ -147,8 +147,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f):
       f.write_bytes(b"\0" * 7)
   params, _ = step_lib.init_variables(exp.model, exp.problem, 0)
-  weighting = comparison.stages_lib.make_weighting("equal", exp.plan, exp.steps_per_epoch)
-  tx = comparison.stages_lib.stage_transform("pretrain", exp.plan, exp.steps_per_epoch,
+  weighting = comparison.stages_lib.make_weighting("equal", exp.plan.trainer, exp.steps_per_epoch)
+  tx = comparison.stages_lib.stage_transform("pretrain", exp.plan.trainer, exp.steps_per_epoch,
                                              weighting, 4)
   state = step_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
   like = loop.abstract_carry(run_axis.stack([state]), 4, run_axis.state_sharding(exp.mesh, False))
@@ -202,8 +202,8 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(tmp_path, tiny_confi
   assert saved[-1] == first + 1
   ckpts = checkpoint.StageCheckpoints(str(stage_dir))
   params, _ = step_lib.init_variables(exp.model, exp.problem, 0)
-  weighting = comparison.stages_lib.make_weighting("equal", exp.plan, exp.steps_per_epoch)
-  tx = comparison.stages_lib.stage_transform("pretrain", exp.plan, exp.steps_per_epoch,
+  weighting = comparison.stages_lib.make_weighting("equal", exp.plan.trainer, exp.steps_per_epoch)
+  tx = comparison.stages_lib.stage_transform("pretrain", exp.plan.trainer, exp.steps_per_epoch,
                                              weighting, 4)
   state = step_lib.create_train_state(params, {}, weighting, tx, 4, jax.random.key(0))
   carry, record = ckpts.restore_latest(loop.abstract_carry(
@@ -409,9 +409,9 @@ def test_compression_starts_from_the_dense_reference_it_reports(tmp_path, monkey
   final = seen[("dense", "pretrain")][2]
   assert not leaves_equal(final.params, params)  # the selected epoch is not the last
   for label in ("minmax", "equal"):
-    start, start_state, _ = seen[(label, exp.config.stages[1])]
+    start, start_state, _ = seen[(label, exp.plan.stages[1])]
     fresh = loop.evaluate(exp.problem, exp.eval_step, start, start_state, "test", exp.mesh,
-                          exp.config.eval_batch_size)
+                          exp.plan.eval_batch_size)
     assert fresh["metrics"] == dense.metrics, label
 
 
@@ -431,7 +431,7 @@ def test_gradient_clipping_bounds_the_first_step(tiny_config):
   config = tiny_config(**{"optimizer.clip_norm": 0.5, "optimizer.weight_decay": 0.0,
                           "optimizer.momentum": 0.0, "optimizer.schedule": "constant",
                           "optimizer.learning_rate": 1.0})
-  tx = comparison.stages_lib.base_optimizer(plan_lib.from_config(config).optimizer, 10)
+  tx = comparison.stages_lib.base_optimizer(app_plan.trainer(config).optimizer, 10)
   grads = {"w": np.full((4,), 10.0, np.float32)}
   updates, _ = tx.update(grads, tx.init(grads))
   np.testing.assert_allclose(np.linalg.norm(updates["w"]), 0.5, rtol=1e-6)
@@ -444,7 +444,7 @@ def test_the_compression_clip_replaces_the_clip_after_pretraining(tiny_config, s
                           "optimizer.weight_decay": 0.0, "optimizer.momentum": 0.0,
                           "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0,
                           "reweight.penalty": 0.0})
-  tx = comparison.stages_lib.descent_transform(stage, plan_lib.from_config(config), 10,
+  tx = comparison.stages_lib.descent_transform(stage, app_plan.trainer(config), 10,
                                                masks={"w": np.ones((4,), bool)})
   grads = {"w": np.full((4,), 10.0, np.float32)}
   updates, _ = tx.update(grads, tx.init(grads), grads)
@@ -460,9 +460,9 @@ def test_a_variant_scales_the_learning_rate_and_clips_from_its_state(tiny_config
   config = tiny_config(**{"optimizer.weight_decay": 0.0, "optimizer.momentum": 0.0,
                           "optimizer.schedule": "constant", "optimizer.learning_rate": 1.0})
   grads = {"w": np.full((4,), 10.0, np.float32)}  # |g| = 20
-  reference = comparison.stages_lib.base_optimizer(plan_lib.from_config(config).optimizer, 10,
+  reference = comparison.stages_lib.base_optimizer(app_plan.trainer(config).optimizer, 10,
                                                    variant=variants.Variant(1.0, 0.0))
-  tx = comparison.stages_lib.base_optimizer(plan_lib.from_config(config).optimizer, 10,
+  tx = comparison.stages_lib.base_optimizer(app_plan.trainer(config).optimizer, 10,
                                             variant=variants.Variant(scale, clip))
   update = jax.jit(reference.update)  # the reference's program, this variant's state
   updates, _ = update(grads, tx.init(grads))
@@ -478,7 +478,7 @@ def test_every_shipped_config_gives_the_trainer_a_plan(name):
   known, the same values as the config."""
   module, _, preset = name.partition(":")
   config = importlib.import_module(f"experiments.configs.{module}").get_config(preset)
-  plan = plan_lib.from_config(config)
+  plan = app_plan.trainer(config)
   assert plan.stages == tuple(config.stages)
   assert plan.sparsity == config.get("sparsity", plan_lib.Plan().sparsity)  # a study: per setting
   assert plan.optimizer.learning_rate == config.optimizer.learning_rate
@@ -491,4 +491,4 @@ def test_a_key_the_trainer_does_not_read_is_refused(tiny_config):
   with config.unlocked():
     config.optimizer.momentun = 0.9
   with pytest.raises(errors.UserError, match=r"config.optimizer.momentun is not a setting"):
-    plan_lib.from_config(config)
+    app_plan.trainer(config)

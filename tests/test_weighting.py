@@ -10,7 +10,7 @@ import pytest
 
 from mmcompress import saddle_point, weighting
 from mmcompress.train import stages
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 LOSSES = jnp.array([0.5, 2.0, 1.0])
 
@@ -175,7 +175,7 @@ def test_config_loss_reduction_reaches_every_weighting_but_minmax(name, factor):
   """At the start, "reference" is K (uncertainty: K/2) times "mean"; min-max is unchanged."""
   values = {}
   for reduction in weighting.REDUCTIONS:
-    w = stages.make_weighting(name, plan_lib.from_config(_config(loss_reduction=reduction)), 1)
+    w = stages.make_weighting(name, app_plan.trainer(_config(loss_reduction=reduction)), 1)
     task_params, state = w.init(3)
     values[reduction] = float(w.objective(LOSSES, task_params, state))
   np.testing.assert_allclose(values["mean"], float(LOSSES.mean()), rtol=1e-6)
@@ -184,7 +184,7 @@ def test_config_loss_reduction_reaches_every_weighting_but_minmax(name, factor):
 
 def test_config_loss_reduction_is_checked():
   with pytest.raises(ValueError, match="loss_reduction"):
-    stages.make_weighting("minmax", plan_lib.from_config(_config(loss_reduction="sum")), 1)
+    stages.make_weighting("minmax", app_plan.trainer(_config(loss_reduction="sum")), 1)
 
 
 @pytest.mark.parametrize("call, match", [

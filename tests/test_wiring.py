@@ -23,7 +23,7 @@ from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
 from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
-from mmcompress.train import plan as plan_lib
+from mmcompress.app import plan as app_plan
 
 SPE = 7  # steps per epoch in the schedule tests: no period is a multiple of it by accident
 EVAL_BATCH = 8  # divisible by the device counts the suite runs with (1, 2, 4, 8)
@@ -189,7 +189,7 @@ def toy_params():
 def test_reweighted_l1_refreshes_at_the_steps_its_epochs_mean(tiny_config):
   config = tiny_config(**{"epochs.reweight": 6, "reweight.refresh_every_epochs": 2,
                           "reweight.refresh_at_epochs": (5,)})
-  tx = stages.descent_transform("reweight", plan_lib.from_config(config), SPE)
+  tx = stages.descent_transform("reweight", app_plan.trainer(config), SPE)
   _, states = drive(tx, toy_params(), 6 * SPE)
   anchors = [optax.tree_utils.tree_get(s, "anchors")["Dense_0"]["kernel"] for s in states]
   # The anchors refresh at the start of update t: every 2 epochs (t = 14, 28) and at the
@@ -201,7 +201,7 @@ def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction(tiny_c
   config = tiny_config(**{"epochs.sparse": 6, "dynamic.update_every_epochs": 2,
                           "dynamic.end_fraction": 0.75, "dynamic.grow": "random",
                           "dynamic.grow_fraction": 0.2, "sparsity": 0.5})
-  tx = stages.descent_transform("sparse", plan_lib.from_config(config), SPE, seed=0)
+  tx = stages.descent_transform("sparse", app_plan.trainer(config), SPE, seed=0)
   _, states = drive(tx, toy_params(), 6 * SPE)
   masks = [sparsity.find_masks(s)["Dense_0"]["kernel"] for s in states]
   # Updates every 14 steps while the step is before int(0.75 · 42) = 31: steps 14 and 28,
@@ -211,7 +211,7 @@ def test_dynamic_sparse_updates_masks_every_two_epochs_until_end_fraction(tiny_c
 
 def test_minmax_every_epoch_ascends_once_per_epoch(tiny_config):
   config = tiny_config(**{"minmax.every": "epoch", "minmax.learning_rate": 0.1})
-  weighting = stages.make_weighting("minmax", plan_lib.from_config(config), SPE)
+  weighting = stages.make_weighting("minmax", app_plan.trainer(config), SPE)
   task_params, _ = weighting.init(3)
   # A constant gradient that favours task 0: each ascent moves the weights.
   grad = jnp.asarray([1.0, 0.0, -1.0])
@@ -234,7 +234,7 @@ def test_step_schedule_decays_at_the_epoch_boundaries(tiny_config):
                           "optimizer.decay_factor": 0.5, "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
                           "epochs.pretrain": 6})
-  rates = learning_rates(stages.descent_transform("pretrain", plan_lib.from_config(config), SPE),
+  rates = learning_rates(stages.descent_transform("pretrain", app_plan.trainer(config), SPE),
                          6 * SPE)
   expected = 0.1 * 0.5 ** (np.arange(6 * SPE) // (2 * SPE))
   np.testing.assert_allclose(rates, expected, rtol=1e-6)
@@ -244,7 +244,7 @@ def test_cosine_schedule_spans_the_stages_steps(tiny_config):
   config = tiny_config(**{"optimizer.schedule": "cosine", "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.learning_rate": 0.1,
                           "epochs.retrain": 3})
-  tx = stages.descent_transform("retrain", plan_lib.from_config(config), SPE,
+  tx = stages.descent_transform("retrain", app_plan.trainer(config), SPE,
                                 masks=jnp.ones((), bool))
   rates = learning_rates(tx, 3 * SPE)
   t = np.arange(3 * SPE)
@@ -272,7 +272,7 @@ def test_validation_selects_the_epoch_and_test_metrics_are_of_that_model(tmp_pat
   assert np.argmin(mean_val) != np.argmax(mean_val)
   assert result.selected["epoch"] == int(np.argmin(mean_val))
   fresh = {split: loop.evaluate(exp.problem, exp.eval_step, params, model_state, split,
-                                exp.mesh, exp.config.eval_batch_size)
+                                exp.mesh, exp.plan.eval_batch_size)
            for split in ("val", "test")}
   # The selected weights score on a fresh validation pass what the loop logged for them.
   assert loop.selection_score(fresh["val"]) == pytest.approx(min(scores), rel=1e-6)
@@ -300,11 +300,11 @@ def test_epoch_records_and_weighting_memory_hold_each_tasks_own_losses(tmp_path,
   config = tiny_config(**{"minmax.every": "epoch"})
   batch_size, epochs = 256, 3
   spe = problem.steps_per_epoch(batch_size)
-  weighting = stages.make_weighting(method, plan_lib.from_config(config), spe)
+  weighting = stages.make_weighting(method, app_plan.trainer(config), spe)
   params, model_state = step_lib.init_variables(model, problem, 0)
   # The stage's real transform (a gradient-level weighting's aggregator state is in it); the
   # stub step below never updates with it.
-  tx = stages.stage_transform("pretrain", plan_lib.from_config(config), spe, weighting,
+  tx = stages.stage_transform("pretrain", app_plan.trainer(config), spe, weighting,
                               problem.num_tasks)
   state = step_lib.create_train_state(params, model_state, weighting, tx, problem.num_tasks,
                                       jax.random.key(0))
@@ -430,7 +430,7 @@ def test_the_aggregator_receives_each_tasks_own_gradient_inside_the_trainer(
   config = tiny_config(**{"optimizer.learning_rate": 1.0, "optimizer.momentum": 0.0,
                           "optimizer.weight_decay": 0.0, "optimizer.schedule": "constant"})
 
-  pcgrad = stages.make_weighting("pcgrad", plan_lib.from_config(config), SPE)
+  pcgrad = stages.make_weighting("pcgrad", app_plan.trainer(config), SPE)
 
   def keep_row(num_tasks, seed):  # PCGrad's state (the trainer reads its weights there)
     init = pcgrad.aggregate(num_tasks, seed).init
@@ -439,7 +439,7 @@ def test_the_aggregator_receives_each_tasks_own_gradient_inside_the_trainer(
                                                    state))
 
   w = pcgrad._replace(aggregate=keep_row)
-  tx = stages.stage_transform("pretrain", plan_lib.from_config(config), SPE, w, problem.num_tasks)
+  tx = stages.stage_transform("pretrain", app_plan.trainer(config), SPE, w, problem.num_tasks)
   params, model_state = step_lib.init_variables(model, problem, 0)
   state = step_lib.create_train_state(params, model_state, w, tx, problem.num_tasks,
                                       jax.random.key(0))

@@ -39,15 +39,14 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
 from mmcompress import _checks, _files, export, problems, sparsity, weighting
-from mmcompress.app import progress as progress_lib, records, report as report_lib
+from mmcompress.app import plan as app_plan, progress as progress_lib, records, report as report_lib
 from mmcompress.models import MODEL_NAMES, create_model
 from mmcompress.problems import Problem
 from mmcompress.sparsity import masks as masks_lib
-from mmcompress.train import clock as clock_lib, loop, parallel, plan as plan_lib, run_axis, scoring
+from mmcompress.train import clock as clock_lib, loop, parallel, run_axis, scoring
 from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
 
 __all__ = ["check_runnable", "check_workdir", "DATA_ORDER_STRIDE", "data_seed", "Experiment",
@@ -63,8 +62,9 @@ class Point(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """What every run of an experiment shares (static, not checkpointed)."""
-  config: ml_collections.ConfigDict
+  """What every run of an experiment shares (static, not checkpointed): its plan (the
+  config, read once: `mmcompress.app.plan.comparison`), data, model and devices."""
+  plan: app_plan.RunPlan
   problem: Problem
   model: nn.Module
   mesh: jax.sharding.Mesh
@@ -75,17 +75,12 @@ class Experiment:
 
   @property
   def steps_per_epoch(self) -> int:
-    return self.problem.steps_per_epoch(self.config.batch_size)
-
-  @functools.cached_property
-  def plan(self) -> plan_lib.Plan:
-    """What the trainer reads of the config, read once (`mmcompress.train.plan`)."""
-    return plan_lib.from_config(self.config)
+    return self.problem.steps_per_epoch(self.plan.batch_size)
 
   @functools.cached_property
   def variants(self) -> tuple[variants_lib.Variant, ...]:
     """The grid's variants (one, the config's own settings, without ``config.grid``)."""
-    return variants_lib.grid(self.plan)
+    return variants_lib.grid(self.plan.trainer)
 
   def variants_for(self, method: str) -> tuple[variants_lib.Variant, ...]:
     """The variants `method` trains: the one it pins (``pcgrad@lr0.5-clip1``), or the grid's."""
@@ -129,12 +124,12 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
   there). The transforms of the runs differ only in what `init` puts in the state (masks,
   growth seed, the variant's values), so one step serves all.
   """
-  tx = stages_lib.stage_transform(stage, exp.plan, exp.steps_per_epoch, weighting,
+  tx = stages_lib.stage_transform(stage, exp.plan.trainer, exp.steps_per_epoch, weighting,
                                   exp.problem.num_tasks, masks, point.seed, every_mask,
                                   variant=point.variant)
   rng = jax.random.fold_in(jax.random.key(point.seed), index)
-  if stage != "pretrain" and exp.config.data_order:  # another draw of the stage's randomness
-    rng = jax.random.fold_in(rng, exp.config.data_order)
+  if stage != "pretrain" and exp.plan.data_order:  # another draw of the stage's randomness
+    rng = jax.random.fold_in(rng, exp.plan.data_order)
   # create_train_state copies every leaf, so the step may donate them: the caller's arrays
   # (shared by every method's stages when pretraining is shared) survive.
   state = step_lib.create_train_state(params, model_state, weighting, tx,
@@ -150,11 +145,12 @@ def _initial_state(exp: Experiment, weighting: weighting.TaskWeighting, stage: s
 DATA_ORDER_STRIDE = 1_000_003
 
 
-def data_seed(config: ml_collections.ConfigDict, stage: str, seed: int) -> int:
-  """The seed a stage's training batches are drawn from (`DATA_ORDER_STRIDE`)."""
-  if stage == "pretrain" or not config.data_order:
+def data_seed(data_order: int, stage: str, seed: int) -> int:
+  """The seed a stage's training batches are drawn from, under ``config.data_order``
+  (`DATA_ORDER_STRIDE`)."""
+  if stage == "pretrain" or not data_order:
     return seed
-  return seed + config.data_order * DATA_ORDER_STRIDE
+  return seed + data_order * DATA_ORDER_STRIDE
 
 
 def _chunks(points: list[Point], size: int) -> list[list[Point]]:
@@ -184,8 +180,8 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
     for the runs that stopped, what stopped them. `names` gives each point's run names (its
     progress lines: several when the runs of every variant start from this point's).
   """
-  cfg = exp.config
-  weighting = stages_lib.make_weighting(method, exp.plan, exp.steps_per_epoch)
+  cfg = exp.plan
+  weighting = stages_lib.make_weighting(method, cfg.trainer, exp.steps_per_epoch)
   chunks = _chunks(points, cfg.chunk_runs)
   final, best, stage_records, failures = {}, {}, {}, {}
   for k, chunk in enumerate(chunks):
@@ -200,12 +196,13 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
 
     directory = os.path.join(exp.workdir, "axis", label, stage)
     ctx = loop.StageContext(
-        name=stage, index=index, seeds=tuple(data_seed(cfg, stage, p.seed) for p in chunk),
+        name=stage, index=index, seeds=tuple(data_seed(cfg.data_order, stage, p.seed)
+                                              for p in chunk),
         epochs=cfg.epochs[stage],
         batch_size=cfg.batch_size, problem=exp.problem, weighting=weighting,
         train_step=run_axis.make_runs_train_step(
             exp.problem, exp.model, weighting, built[0][0], exp.mesh,
-            stages_lib.per_task_gradients(stage, exp.plan), sharded, len(chunk)),
+            stages_lib.per_task_gradients(stage, cfg.trainer), sharded, len(chunk)),
         eval_step=exp.axis_eval_steps[sharded, len(chunk) == 1], mesh=exp.mesh,
         eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
         directory=directory if len(chunks) == 1 else os.path.join(directory, f"chunk{k}"),
@@ -238,7 +235,7 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
             compressed: bool, pruning: dict[str, Any] | None = None,
             variant: variants_lib.Variant | None = None) -> records.RunResult:
   """Test metrics, measured sparsity and the compressed export of a run's selected model."""
-  cfg, problem = exp.config, exp.problem
+  cfg, problem = exp.plan, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
   # An axis of one run, evaluated by the stages' program for an axis of one (already compiled
@@ -269,7 +266,8 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
       export=(_export(exp, run_name, params, masks) if compressed and parallel.is_primary()
               else None),
       pruning=pruning,
-      variant=(variant.to_json(cfg.optimizer.learning_rate) if variant is not None else None))
+      variant=(variant.to_json(cfg.trainer.optimizer.learning_rate) if variant is not None
+               else None))
 
 
 def _handed_on(stage: str, state: step_lib.TrainState, best: dict) -> tuple[Any, Any]:
@@ -286,7 +284,8 @@ def _weights_at_prune(exp: Experiment, weighting_name: str,
   num_tasks = exp.problem.num_tasks
   if state is None:
     return np.full((num_tasks,), 1.0 / num_tasks, np.float32)
-  method_weighting = stages_lib.make_weighting(weighting_name, exp.plan, exp.steps_per_epoch)
+  method_weighting = stages_lib.make_weighting(weighting_name, exp.plan.trainer,
+                                               exp.steps_per_epoch)
   return np.asarray(jax.device_get(weighting.current_weights(
       method_weighting, state.task_params, state.task_state, state.opt_state)), np.float32)
 
@@ -386,7 +385,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
   Returns:
     (seed, variant) -> the run's result, or `records.Diverged`.
   """
-  cfg = exp.config
+  cfg = exp.plan
   grid = exp.variants_for(method)
   runs = [Point(seed, v) for seed in seeds for v in grid]
   saved = {p: _saved_outcome(exp, exp.run_name(p.seed, method, p.variant)) for p in runs}
@@ -397,7 +396,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
   else:
     starts = {Point(seed): step_lib.init_variables(exp.model, exp.problem, seed)
               for seed in seeds}
-  weighting_name, criterion = scoring.parse_method(method, exp.plan)
+  weighting_name, criterion = scoring.parse_method(method, cfg.trainer)
   points = list(starts)
   masks, pruning, last, best, failures = {}, {}, {}, {}, {}
   stage_records = {p: [] for p in points}
@@ -411,7 +410,7 @@ def run_method(exp: Experiment, method: str, seeds: tuple[int, ...],
       for p in points:
         params, model_state = starts[p]
         masks[p], pruning[p] = scoring.prune_masks(
-            criterion, exp.plan, params, problem=exp.problem, scoring_step=exp.scoring_step,
+            criterion, cfg.trainer, params, problem=exp.problem, scoring_step=exp.scoring_step,
             model_state=model_state, mesh=exp.mesh, seed=p.seed, stage_index=index,
             task_weights=(_weights_at_prune(exp, weighting_name, last.get(p))
                           if criterion.aggregate == "minmax" else None))
@@ -453,7 +452,7 @@ def _fan_out(grid: tuple[variants_lib.Variant, ...], points: list[Point],
   return (fanned, *copies)
 
 
-def run_digits(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
+def run_digits(config: app_plan.Config, workdir: str, **kwargs) -> dict:
   """The MultiDigits comparison for every task set of ``config.task_sets``.
 
   One task set writes into `workdir`; several write one full run each into
@@ -491,58 +490,62 @@ def _write_index(workdir: str, parts: Mapping[str, str]) -> str:
 
 
 @_checks.as_user_error()
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises a `UserError` (a ValueError) naming the field for any config that cannot run."""
-  plan = plan_lib.from_config(config)  # what the trainer reads, its sections' keys checked
-  for method in config.methods:
-    scoring.parse_method(method, plan)  # a known weighting, and a known criterion if named
-  if "gradual" in config.stages:
-    _check_gradual(config)
+def validate(config: app_plan.Config) -> app_plan.RunPlan:
+  """The comparison's plan (`mmcompress.app.plan.comparison`), read once and checked: raises
+  a `UserError` (a ValueError) naming the field for any config that cannot run."""
+  plan = app_plan.comparison(config)  # what the trainer reads, its sections' keys checked
+  trainer = plan.trainer
+  for method in plan.methods:
+    scoring.parse_method(method, trainer)  # a known weighting, and a known criterion if named
+  if "gradual" in plan.stages:
+    _check_gradual(plan)
   # The problem's own fields, before any file is read.
-  problems.get(config.get("problem")).validate_config(config)
-  if not config.methods:
+  problems.get(plan.problem).validate_config(config)
+  if not plan.methods:
     raise ValueError("config.methods is empty: name at least one of "
                      f"{list(weighting.WEIGHTINGS)}.")
-  stages_lib.check_stage_order(config.stages)
-  _checks.one_of(config.model, MODEL_NAMES, "config.model")
-  _checks.sparsity(config.sparsity, "config.sparsity")
-  _checks.one_of(config.scope, ("layer", "global"), "config.scope")
-  masks_lib.parse_structure(config.structure)  # "unstructured", "filter" or a valid "n:m"
-  _checks.positive_int(config.batch_size, "config.batch_size")
-  _checks.positive_int(config.eval_batch_size, "config.eval_batch_size")
-  _checks.positive_int(config.checkpoint_every_steps, "config.checkpoint_every_steps")
-  if not config.seeds:
+  stages_lib.check_stage_order(plan.stages)
+  _checks.one_of(plan.model, MODEL_NAMES, "config.model")
+  _checks.sparsity(trainer.sparsity, "config.sparsity")
+  _checks.one_of(trainer.scope, ("layer", "global"), "config.scope")
+  masks_lib.parse_structure(trainer.structure)  # "unstructured", "filter" or a valid "n:m"
+  _checks.positive_int(trainer.batch_size, "config.batch_size")
+  _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
+  _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")
+  if not plan.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
-  if config.epochs.pretrain < 1:
+  if plan.epochs["pretrain"] < 1:
     raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
-                     f"is a pretrain run, got {config.epochs.pretrain}.")
+                     f"is a pretrain run, got {plan.epochs['pretrain']}.")
   for stage in stages_lib.TRAINING_STAGES:
-    if stage in config.stages and config.epochs[stage] < 1:
-      raise ValueError(f"config.epochs.{stage} must be >= 1, got {config.epochs[stage]}.")
+    if stage in plan.stages and plan.epochs[stage] < 1:
+      raise ValueError(f"config.epochs.{stage} must be >= 1, got {plan.epochs[stage]}.")
   # Building every weighting and every stage's transform checks all their knobs.
-  for method in config.methods:
-    stages_lib.make_weighting(scoring.parse_method(method, plan)[0], plan, 1)
-  if "prune" in config.stages:
-    _checks.positive_int(config.prune.calibration_batches, "config.prune.calibration_batches")
-  _checks.non_negative_int(config.chunk_runs, "config.chunk_runs (0 = every run at once)")
-  _checks.non_negative_int(config.data_order, "config.data_order (0 = the seed's own order)")
-  if len(set(config.methods)) != len(config.methods):
-    raise ValueError(f"config.methods names a method twice: {list(config.methods)}.")
-  pinned = [v for v in map(variants_lib.pinned, config.methods) if v is not None]
-  for variant in variants_lib.grid(plan) + tuple(pinned):  # every scale and clip, checked
-    for stage in config.stages:
+  for method in plan.methods:
+    stages_lib.make_weighting(scoring.parse_method(method, trainer)[0], trainer, 1)
+  if "prune" in plan.stages:
+    _checks.positive_int(trainer.prune.calibration_batches, "config.prune.calibration_batches")
+  _checks.non_negative_int(plan.chunk_runs, "config.chunk_runs (0 = every run at once)")
+  _checks.non_negative_int(plan.data_order, "config.data_order (0 = the seed's own order)")
+  if len(set(plan.methods)) != len(plan.methods):
+    raise ValueError(f"config.methods names a method twice: {list(plan.methods)}.")
+  pinned = [v for v in map(variants_lib.pinned, plan.methods) if v is not None]
+  for variant in variants_lib.grid(trainer) + tuple(pinned):  # every scale and clip, checked
+    for stage in plan.stages:
       if stage in stages_lib.TRAINING_STAGES:
-        stages_lib.descent_transform(stage, plan, 1, masks={}, variant=variant)
+        stages_lib.descent_transform(stage, trainer, 1, masks={}, variant=variant)
+  return plan
 
 
-def _check_gradual(config: ml_collections.ConfigDict) -> None:
-  """Raises unless the config's masks are what the gradual stage makes: unstructured, per
+def _check_gradual(plan: app_plan.RunPlan) -> None:
+  """Raises unless the plan's masks are what the gradual stage makes: unstructured, per
   layer, by magnitude (settings it would otherwise ignore)."""
+  trainer = plan.trainer
   ignored = [f"{name}={value!r}" for name, value, plain in (
-      ("config.structure", config.structure, "unstructured"),
-      ("config.scope", config.scope, "layer"),
-      ("config.prune.criterion", config.prune.criterion, "magnitude")) if value != plain]
-  ignored += [f"method {m!r}" for m in config.methods if "+" in m.partition("@")[0]]
+      ("config.structure", trainer.structure, "unstructured"),
+      ("config.scope", trainer.scope, "layer"),
+      ("config.prune.criterion", trainer.prune.criterion, "magnitude")) if value != plain]
+  ignored += [f"method {m!r}" for m in plan.methods if "+" in m.partition("@")[0]]
   if ignored:
     raise ValueError(
         f"the gradual stage prunes unstructured, per layer, by magnitude; it cannot honour "
@@ -586,7 +589,7 @@ def _check_workdir_path(workdir: str) -> None:
   _checks.writable_folder(parent, f"the workdir {workdir} lies under")
 
 
-def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
+def refuse_other_run(config: app_plan.Config, workdir: str) -> bool:
   """Raises a `UserError` if `workdir` holds a run with a different config (or cannot be a
   workdir: a file, under a file, not writable, a ``config.json`` that is not a run's).
 
@@ -649,7 +652,7 @@ def refuse_other_run(config: ml_collections.ConfigDict, workdir: str) -> bool:
   return True
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir(config: app_plan.Config, workdir: str) -> None:
   """Records the config in `workdir`, or raises if it holds a run with a different one."""
   os.makedirs(workdir, exist_ok=True)
   if not refuse_other_run(config, workdir) and parallel.is_primary():
@@ -681,13 +684,13 @@ def _run_all(exp: Experiment, progress: progress_lib.Progress
     ``(dense, methods)``: seed -> (result, params, model state) or `records.Diverged`; and
     method -> (seed, variant) -> outcome, for the seeds whose dense reference finished.
   """
-  cfg = exp.config
+  cfg = exp.plan
   dense = run_dense(exp, tuple(cfg.seeds))
   for seed in cfg.seeds:
     _announce(progress, seed, f"seed{seed}/dense",
               dense[seed] if isinstance(dense[seed], records.Diverged) else dense[seed][0])
   live = tuple(s for s in cfg.seeds if not isinstance(dense[s], records.Diverged))
-  shared = {s: tuple(dense[s][1:]) for s in live} if cfg.share_pretraining else None
+  shared = {s: tuple(dense[s][1:]) for s in live} if cfg.trainer.share_pretraining else None
   methods = {}
   for method in cfg.methods:
     methods[method] = run_method(exp, method, live, shared) if live else {}
@@ -711,16 +714,16 @@ def _variant_records(exp: Experiment, dense: dict[int, Any],
   """One variant's comparison: the records of the seeds with a dense reference, every
   divergence as ``{"seed", "runs": {name: message}}``, and the seeds left out."""
   per_seed, diverged, dropped = [], [], []
-  names = _report_names(exp.config.methods)
+  names = _report_names(exp.plan.methods)
   # Each method's runs of this variant: its own, when it pins one.
-  chosen = {m: variants_lib.pinned(m) or variant for m in exp.config.methods}
-  for seed in exp.config.seeds:
+  chosen = {m: variants_lib.pinned(m) or variant for m in exp.plan.methods}
+  for seed in exp.plan.seeds:
     if isinstance(dense[seed], records.Diverged):
       diverged.append({"seed": seed, "runs": {"dense": dense[seed].message}})
       dropped.append(records.DroppedSeed(
           seed, f"its dense reference diverged ({dense[seed].message})"))
       continue
-    outcomes = {names[m]: methods[m][Point(seed, chosen[m])] for m in exp.config.methods}
+    outcomes = {names[m]: methods[m][Point(seed, chosen[m])] for m in exp.plan.methods}
     failures = {m: o.message for m, o in outcomes.items() if isinstance(o, records.Diverged)}
     if failures:
       diverged.append({"seed": seed, "runs": failures})
@@ -732,66 +735,66 @@ def _variant_records(exp: Experiment, dense: dict[int, Any],
   return per_seed, diverged, dropped
 
 
-def _setup_notes(config: ml_collections.ConfigDict, problem: Problem) -> list[str]:
+def _setup_notes(plan: app_plan.RunPlan, problem: Problem) -> list[str]:
   """The report's lines on the data, the stages, the losses and model selection."""
   return [
-      f"Data: {problem.describe()}, model {config.model}.",
-      f"Stages: {' → '.join(config.stages)}; each method runs them under its own weighting.",
+      f"Data: {problem.describe()}, model {plan.model}.",
+      f"Stages: {' → '.join(plan.stages)}; each method runs them under its own weighting.",
       ("Every method trains sparse from scratch; the dense reference is an equal-weighted "
-       "pretrain of the same seed." if config.stages[0] != "pretrain" else
+       "pretrain of the same seed." if plan.stages[0] != "pretrain" else
        "Methods share the dense pretraining of each seed (equal weighting), which is also "
        "the dense reference: its best-validation epoch, the model compression starts from."
-       if config.share_pretraining else
+       if plan.trainer.share_pretraining else
        "Each method pretrains under its own weighting and compresses its best-validation "
        "epoch; the dense reference is equal-weighted."),
       ("Losses: every weighting's objective is normalised to the mean task loss "
        "(loss_reduction=mean; uncertainty's exactly so where its log-variances are 0)."
-       if config.loss_reduction == "mean" else
+       if plan.trainer.loss_reduction == "mean" else
        "Losses: combined as the reference code does (loss_reduction=reference): equal sums "
        "them, DWA weights them by K·softmax, uncertainty sums ½e^(−s)L + s/2; min-max keeps "
        "weights summing to one."),
       "Model selection: best mean validation loss over the epochs of the last stage; "
       "test metrics are of that model.",
-      _axis_note(config),
-  ] + _pruning_notes(config) + problem.metric_notes()
+      _axis_note(plan),
+  ] + _pruning_notes(plan) + problem.metric_notes()
 
 
-def _axis_note(config: ml_collections.ConfigDict) -> str:
+def _axis_note(plan: app_plan.RunPlan) -> str:
   """The report's line on how the runs were trained: how many on the axis, in what chunks."""
-  seeds, variants = len(config.seeds), len(variants_lib.grid(plan_lib.from_config(config)))
+  seeds, variants = len(plan.seeds), len(variants_lib.grid(plan.trainer))
   runs = seeds * variants
 
   def count(n, what):
     return f"{n} {what}" + ("" if n == 1 else "s")
 
-  sizes = [len(c) for c in _chunks(list(range(runs)), config.chunk_runs)]
+  sizes = [len(c) for c in _chunks(list(range(runs)), plan.chunk_runs)]
   return (f"Run axis: each method's {count(runs, 'run')} ({count(seeds, 'seed')} × "
           f"{count(variants, 'variant')}) trained as one program "
           + (f"in chunks of {', '.join(map(str, sizes))}" if len(sizes) > 1 else "at once")
-          + f" (config.chunk_runs={config.chunk_runs}).")
+          + f" (config.chunk_runs={plan.chunk_runs}).")
 
 
-def _pruning_notes(config: ml_collections.ConfigDict) -> list[str]:
+def _pruning_notes(plan: app_plan.RunPlan) -> list[str]:
   """The report's line on how each method's masks were chosen (none without a prune or
   gradual stage)."""
-  if "gradual" in config.stages:
-    g = plan_lib.from_config(config).gradual
+  if "gradual" in plan.stages:
+    g = plan.trainer.gradual
     return [f"Masks: gradual magnitude pruning (Zhu & Gupta 2018) raises each prunable layer's "
-            f"sparsity from {g.initial_sparsity:g} to {config.sparsity:g} along the cubic "
+            f"sparsity from {g.initial_sparsity:g} to {plan.sparsity:g} along the cubic "
             f"schedule during the gradual stage (masks updated every "
             f"{g.update_every_epochs} epoch(s), from {g.begin_fraction:g} to "
             f"{g.end_fraction:g} of the stage); the retrain stage keeps its final masks."]
-  if "prune" not in config.stages:
+  if "prune" not in plan.stages:
     return []
-  default = scoring.default_criterion(plan_lib.from_config(config))
-  named = sorted({m for m in config.methods if "+" in m})
+  default = scoring.default_criterion(plan.trainer)
+  named = sorted({m for m in plan.methods if "+" in m})
   how = ("|weight|, as the paper" if default == "magnitude" else
          "per-task first-order Taylor scores |θ ⊙ ∂L_k/∂θ| on "
-         f"{config.prune.calibration_batches} training batches, aggregated across tasks")
+         f"{plan.trainer.prune.calibration_batches} training batches, aggregated across tasks")
   line = f"Masks: the prune stage ranks the weights by {default} ({how}) for every method"
   if named:
     line += (", except where a method names its own after '+' ("
-             + ", ".join(named) + f"; Taylor scores on {config.prune.calibration_batches} "
+             + ", ".join(named) + f"; Taylor scores on {plan.trainer.prune.calibration_batches} "
              "training batches; a taylor_minmax method weights the tasks by its task weights "
              "at prune time, recorded in its result.json)")
   return [line + "."]
@@ -812,49 +815,50 @@ def _divergence_notes(diverged: list[dict]) -> list[str]:
   return notes
 
 
-def check_runnable(config: ml_collections.ConfigDict, problem: Problem) -> nn.Module:
-  """The model of a checked config for `problem`, after checking what needs the problem:
+def check_runnable(plan: app_plan.RunPlan, problem: Problem) -> nn.Module:
+  """The model of a checked plan for `problem`, after checking what needs the problem:
   the model's own arguments and the task scales against the tasks; a `UserError` names
   what to change."""
   with _checks.as_user_error():
-    model = create_model(config.model, problem.num_outputs, **config.model_kwargs.to_dict())
-  if config.task_scales and len(config.task_scales) != problem.num_tasks:
+    model = create_model(plan.model, problem.num_outputs, **plan.model_kwargs)
+  scales = plan.trainer.task_scales
+  if scales and len(scales) != problem.num_tasks:
     raise _checks.UserError(
-        f"config.task_scales has {len(config.task_scales)} entries but the problem has "
+        f"config.task_scales has {len(scales)} entries but the problem has "
         f"{problem.num_tasks} tasks ({', '.join(problem.task_names)}): give one scale per "
         "task, or () for all 1.")
   return model
 
 
-def _experiment(config: ml_collections.ConfigDict, workdir: str,
-                problem: Callable[[ml_collections.ConfigDict], Problem] | None,
+def _experiment(plan: app_plan.RunPlan, workdir: str,
+                problem: Callable[[app_plan.Config], Problem] | None,
                 on_checkpoint: Callable[[str, int], None] | None, label: str = "",
                 clock: clock_lib.Clock | None = None
                 ) -> tuple[Experiment, progress_lib.Progress]:
-  """The experiment of a checked config on this host's devices, and its progress log.
+  """The experiment of a checked plan on this host's devices, and its progress log.
 
   The processes of a multi-process run read the same config and files, so each refuses a
   workdir of another run by itself, before they meet in `jax.distributed.initialize`; the
   device count that the batch sizes must divide is known only after it, and they all refuse
   those together too, before their first collective.
   """
-  refuse_other_run(config, workdir)
-  parallel.maybe_initialize_distributed(config.distributed)
+  refuse_other_run(plan.config, workdir)
+  parallel.maybe_initialize_distributed(plan.distributed)
   mesh = parallel.data_mesh()
-  parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  parallel.check_batch_size(plan.batch_size, mesh)
+  parallel.check_batch_size(plan.eval_batch_size, mesh, "eval_batch_size")
   # Everything that can refuse the run (its data, its model, the task scales against the
   # tasks) before the workdir records it: a refused run leaves the workdir as it was.
-  problem = (problem or problems.get(config.problem).from_config)(config)
-  model = check_runnable(config, problem)
-  check_workdir(config, workdir)
-  quiet = (config.quiet or os.environ.get("CI", "").lower() == "true"
+  problem = (problem or problems.get(plan.problem).from_config)(plan.config)
+  model = check_runnable(plan, problem)
+  check_workdir(plan.config, workdir)
+  quiet = (plan.quiet or os.environ.get("CI", "").lower() == "true"
            or not parallel.is_primary())
   progress = progress_lib.Progress(quiet, workdir, problem.task_names,
                                    write=parallel.is_primary(),
-                                   plan=progress_lib.planned_epochs(config),
-                                   epoch_lines=config.epoch_lines, label=label)
-  exp = Experiment(config=config, problem=problem, model=model, mesh=mesh,
+                                   plan=progress_lib.planned_epochs(plan),
+                                   epoch_lines=plan.epoch_lines, label=label)
+  exp = Experiment(plan=plan, problem=problem, model=model, mesh=mesh,
                    workdir=workdir, log=progress, on_checkpoint=on_checkpoint, clock=clock)
   return exp, progress
 
@@ -863,14 +867,14 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
                     methods: dict[str, dict[Point, records.Outcome]],
                     variant: variants_lib.Variant) -> dict:
   """The report of one variant's runs against the seeds' dense references."""
-  config, problem = exp.config, exp.problem
+  plan, problem = exp.plan, exp.problem
   per_seed, diverged, dropped = _variant_records(exp, dense, methods, variant)
-  notes = _setup_notes(config, problem) + _divergence_notes(diverged)
-  rate = config.optimizer.learning_rate
+  notes = _setup_notes(plan, problem) + _divergence_notes(diverged)
+  rate = plan.trainer.optimizer.learning_rate
   if len(exp.variants) > 1:
     notes.insert(0, f"Variant {variant.name} of the grid: the stages after pretraining at "
                     f"{variant.describe(rate)}.")
-  pins = {m: v for m, v in zip(config.methods, map(variants_lib.pinned, config.methods)) if v}
+  pins = {m: v for m, v in zip(plan.methods, map(variants_lib.pinned, plan.methods)) if v}
   if pins:
     notes.insert(0, "Pinned variants (each method trains this one only): " + "; ".join(
         f"{m}: {v.describe(rate)}" for m, v in pins.items()) + ".")
@@ -878,17 +882,17 @@ def _variant_report(exp: Experiment, dense: dict[int, Any],
       per_seed, tasks=list(problem.task_names), higher_is_better=problem.higher_is_better,
       metric_names=problem.metric_names,
       all_higher_is_better=problem.all_higher_is_better,
-      target_sparsity=config.sparsity, extra={"notes": notes},
+      target_sparsity=plan.sparsity, extra={"notes": notes},
       test_counts=problem.test_counts(), dropped=dropped)
-  report["config"] = json.loads(config.to_json())
+  report["config"] = json.loads(plan.config_json)
   report["diverged"] = diverged
   report["variant"] = variant.to_json(rate)
   report["pinned"] = {m: v.to_json(rate) for m, v in pins.items()}
   return report
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        problem: Callable[[ml_collections.ConfigDict], Problem] | None = None,
+def run(config: app_plan.Config, workdir: str, *,
+        problem: Callable[[app_plan.Config], Problem] | None = None,
         on_checkpoint: Callable[[str, int], None] | None = None,
         print_report: bool = True, label: str = "",
         clock: clock_lib.Clock | None = None) -> dict:
@@ -911,10 +915,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     label: printed before every progress line (`mmcompress.app.study` runs several at once).
     clock: an open `clock.Clock` to measure on (the study's); by default this call's own.
   """
-  validate(config)
+  plan = validate(config)  # the config, read once
   with contextlib.ExitStack() as stack:
     clock = clock or stack.enter_context(clock_lib.Clock())
-    report = _run_and_write(config, workdir, problem, on_checkpoint, print_report, label,
+    report = _run_and_write(plan, workdir, problem, on_checkpoint, print_report, label,
                             clock)
     if print_report:
       print(f"(this call: {clock.line()}; a call that resumed from checkpoints is shorter "
@@ -922,12 +926,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   return report
 
 
-def _run_and_write(config: ml_collections.ConfigDict, workdir: str,
-                   problem: Callable[[ml_collections.ConfigDict], Problem] | None,
+def _run_and_write(plan: app_plan.RunPlan, workdir: str,
+                   problem: Callable[[app_plan.Config], Problem] | None,
                    on_checkpoint: Callable[[str, int], None] | None, print_report: bool,
                    label: str, clock: clock_lib.Clock) -> dict:
   """`run`'s runs and its report files."""
-  exp, progress = _experiment(config, workdir, problem, on_checkpoint, label, clock)
+  exp, progress = _experiment(plan, workdir, problem, on_checkpoint, label, clock)
   try:
     dense, methods = _run_all(exp, progress)
   finally:

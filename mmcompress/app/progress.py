@@ -20,25 +20,25 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mmcompress.train import loop, plan as plan_lib, stages as stages_lib, variants
+from mmcompress.app import plan as app_plan
+from mmcompress.train import loop, stages as stages_lib, variants
 
 __all__ = ["duration", "planned_epochs", "Progress"]
 
 
-def planned_epochs(config: Any) -> dict[str, dict[str, int]]:
-  """Run name -> {training stage: epochs} for every run a comparison of `config` trains (a
+def planned_epochs(plan: app_plan.RunPlan) -> dict[str, dict[str, int]]:
+  """Run name -> {training stage: epochs} for every run a comparison of `plan` trains (a
   method's own pretraining, which every variant of a seed starts from, counts for each)."""
-  trainer_plan = plan_lib.from_config(config)
-  method_stages = {s: int(config.epochs[s]) for s in stages_lib.method_stages(trainer_plan)}
-  grid = variants.grid(trainer_plan)
+  method_stages = {s: int(plan.epochs[s]) for s in stages_lib.method_stages(plan.trainer)}
+  grid = variants.grid(plan.trainer)
   suffixes = [""] if len(grid) == 1 else [f"{variants.PIN}{v.name}" for v in grid]
-  plan = {}
-  for seed in config.seeds:
-    plan[f"seed{seed}/dense"] = {"pretrain": int(config.epochs.pretrain)}
-    for method in config.methods:
+  out = {}
+  for seed in plan.seeds:
+    out[f"seed{seed}/dense"] = {"pretrain": int(plan.epochs["pretrain"])}
+    for method in plan.methods:
       for suffix in ([""] if variants.pinned(method) else suffixes):
-        plan[f"seed{seed}/{method}{suffix}"] = dict(method_stages)
-  return plan
+        out[f"seed{seed}/{method}{suffix}"] = dict(method_stages)
+  return out
 
 
 def duration(seconds: float) -> str:

@@ -58,7 +58,7 @@ def jsonable(value: Any) -> Any:
     return [jsonable(v) for v in value]
   if hasattr(value, "__array__"):
     return jsonable(np.asarray(value).tolist())
-  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict and friends
+  if hasattr(value, "to_dict"):  # an experiment config and friends
     return jsonable(value.to_dict())
   return str(value)
 

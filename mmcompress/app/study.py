@@ -40,12 +40,10 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-import ml_collections
-
 from mmcompress import _checks, _files, problems
-from mmcompress.app import comparison, leaderboard, plots, progress
+from mmcompress.app import comparison, leaderboard, plan as app_plan, plots, progress
 from mmcompress.train import clock as clock_lib, parallel
-from mmcompress.train import plan as plan_lib, stages as stages_lib, variants as variants_lib
+from mmcompress.train import stages as stages_lib, variants as variants_lib
 
 __all__ = ["CONTROLS", "controls", "has_task_sets", "ratio_text", "reporting_config", "run",
            "run_task_set", "Setting", "setting_config", "settings", "share", "share_unpruned",
@@ -67,18 +65,18 @@ def ratio_text(sparsity: float) -> str:
   return f"{ratio:.0f}x" if abs(ratio - round(ratio)) < 1e-6 * ratio else f"{ratio:.1f}x"
 
 
-def has_task_sets(config: ml_collections.ConfigDict) -> bool:
+def has_task_sets(config: app_plan.Config) -> bool:
   """Whether ``config.problem`` has task sets to choose from (digits: ``TASK_SETS``); a study
   of a problem without them (scenes, NYUv2) names none and has one setting per sparsity."""
   return hasattr(problems.get(config.problem), "TASK_SETS")
 
 
-def _task_sets(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def _task_sets(config: app_plan.Config) -> tuple[str, ...]:
   """The study's task sets; ``("",)`` (the problem's one) for a problem without task sets."""
   return tuple(config.study.task_sets) if has_task_sets(config) else ("",)
 
 
-def settings(config: ml_collections.ConfigDict) -> list[Setting]:
+def settings(config: app_plan.Config) -> list[Setting]:
   """Every (task set, sparsity) of the study, task set by task set; a setting of a problem
   without task sets is named after the problem (``scenes-40x``)."""
   module = problems.get(config.problem)
@@ -90,22 +88,15 @@ def settings(config: ml_collections.ConfigDict) -> list[Setting]:
           for t in _task_sets(config) for s in config.study.sparsities]
 
 
-def setting_config(config: ml_collections.ConfigDict,
-                   setting: Setting) -> ml_collections.ConfigDict:
+def setting_config(config: app_plan.Config, setting: Setting) -> app_plan.Config:
   """The comparison config of one setting: the study's fields with its task set (if the
   problem has task sets) and sparsity (and no ``study`` section)."""
-  fields = config.to_dict()
-  del fields["study"]
-  if setting.task_set:
-    fields["task_sets"] = (setting.task_set,)
-  fields["sparsity"] = setting.sparsity
-  out = ml_collections.ConfigDict(fields)
-  out.lock()
-  return out
+  task_sets = {"task_sets": (setting.task_set,)} if setting.task_set else {}
+  return app_plan.derived(config, drop=("study",), sparsity=setting.sparsity, **task_sets)
 
 
 @_checks.as_user_error()
-def _validate_study(config: ml_collections.ConfigDict) -> None:
+def _validate_study(config: app_plan.Config) -> None:
   study = config.study
   if not has_task_sets(config):
     if study.task_sets:
@@ -151,59 +142,45 @@ def _validate_study(config: ml_collections.ConfigDict) -> None:
                      "--config.study.compress_clip_norms=() to clip every method alike.")
 
 
-def variants(config: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+def variants(config: app_plan.Config) -> list[tuple[str, float]]:
   """The variants a study tunes over, as ``(folder, clip)``: one per value of
   ``config.study.compress_clip_norms`` (``clip-0`` is no clipping); none when it is empty."""
   return [(f"clip-{float(v):g}", float(v)) for v in config.study.get("compress_clip_norms", ())]
 
 
-def variant_config(config: ml_collections.ConfigDict,
-                   clip: float) -> ml_collections.ConfigDict:
+def variant_config(config: app_plan.Config, clip: float) -> app_plan.Config:
   """The study of one variant: the compression stages clipped at `clip` (0: not clipped),
   nothing left to tune."""
-  return _derived(config, optimizer__compress_clip_norm=clip, study__compress_clip_norms=())
+  return app_plan.derived(config, optimizer__compress_clip_norm=clip,
+                          study__compress_clip_norms=())
 
 
-def _derived(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
-  """A locked copy of `config` with `fields` set; a field ``a__b`` is ``config.a.b``."""
-  out = ml_collections.ConfigDict(config.to_dict())
-  for name, value in fields.items():
-    *sections, leaf = name.split("__")
-    target = out
-    for section in sections:
-      target = target[section]
-    target[leaf] = value
-  out.lock()
-  return out
-
-
-def tuned(config: ml_collections.ConfigDict) -> bool:
+def tuned(config: app_plan.Config) -> bool:
   """Whether the study tunes every method's variant on its own seeds (the fair protocol)."""
   return bool(config.study.get("tuning_seeds", ()))
 
 
-def tuning_config(sub: ml_collections.ConfigDict, study: ml_collections.ConfigDict
-                  ) -> ml_collections.ConfigDict:
+def tuning_config(sub: app_plan.Config, study: app_plan.Config) -> app_plan.Config:
   """A setting's tuning comparison: its config on the study's tuning seeds, every method
   over every variant of ``config.grid``."""
-  return _derived(sub, seeds=tuple(study.study.tuning_seeds))
+  return app_plan.derived(sub, seeds=tuple(study.study.tuning_seeds))
 
 
-def reporting_config(sub: ml_collections.ConfigDict, chosen: dict[str, Any]
-                     ) -> ml_collections.ConfigDict:
+def reporting_config(sub: app_plan.Config, chosen: dict[str, Any]
+                     ) -> app_plan.Config:
   """A setting's reported comparison: its seeds, each method pinned at its chosen variant
   (``pcgrad@lr0.5-clip1``), no grid."""
-  return _derived(sub, methods=tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods),
+  return app_plan.derived(sub, methods=tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods),
                   grid__learning_rate_scale=(), grid__clip_norm=())
 
 
-def sum_tuning_config(tune: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+def sum_tuning_config(tune: app_plan.Config) -> app_plan.Config | None:
   """A setting's tuning of equal with summed losses (``loss_reduction="reference"``) over the
   same grid and seeds as the methods' (`tuning_config` `tune`): the tuned control that checks
   that tuning removes the loss-scale convention. None without ``equal`` among the methods."""
   if "equal" not in tune.methods:
     return None
-  return _derived(tune, methods=("equal",), loss_reduction="reference")
+  return app_plan.derived(tune, methods=("equal",), loss_reduction="reference")
 
 
 def _read_tuning(folder: str) -> dict[str, Any] | None:
@@ -228,7 +205,7 @@ def _choose(outcome: dict[str, Any], grid_names: list[str], where: str) -> dict[
   return leaderboard.choose({name: reports[name] for name in grid_names}, where=where)
 
 
-def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
+def validate(config: app_plan.Config, workdir: str) -> list[Setting]:
   """Checks the study and every setting's config, and that no folder holds another run;
   raises a `UserError` naming what to change. Returns the settings."""
   _validate_study(config)
@@ -240,10 +217,10 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
     module, checked = problems.get(config.problem), set()
     for setting in found:
       sub = setting_config(config, setting)
-      comparison.validate(sub)
+      plan = comparison.validate(sub)
       module.validate_config(sub)
       if setting.task_set not in checked:  # the data, the model, the task scales: once a set
-        comparison.check_runnable(sub, module.from_config(sub))
+        comparison.check_runnable(plan, module.from_config(sub))
         checked.add(setting.task_set)
       folder = os.path.join(workdir, setting.name)
       if tuned(config):
@@ -267,32 +244,32 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> list[Setting]:
 _SPARSITY_STAGES = ("prune", "gradual", "sparse")
 
 
-def unpruned_stages(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def unpruned_stages(config: app_plan.Config) -> tuple[str, ...]:
   """The stages of ``config.stages`` before the first that depends on the sparsity."""
   stages = tuple(config.stages)
   cut = min((stages.index(s) for s in _SPARSITY_STAGES if s in stages), default=len(stages))
   return stages[:cut]
 
 
-def _pieces(config: ml_collections.ConfigDict, stages: set[str]) -> list[str]:
+def _pieces(config: app_plan.Config, stages: set[str]) -> list[str]:
   """The folders (relative to a setting's workdir) of each seed's dense reference (its
   checkpoints on the run axis, ``axis/dense``, and its result) and of each method's own
   `stages` (`stages_lib.method_stages`) on the run axis (``axis/<method>/<stage>``)."""
   pieces = ["axis/dense"] + [f"seed{s}/dense" for s in config.seeds]
   for method in config.methods:
-    for stage in stages_lib.method_stages(plan_lib.from_config(config)):
+    for stage in stages_lib.method_stages(app_plan.trainer(config)):
       if stage in stages:
         pieces.append(f"axis/{method}/{stage}")
   return pieces
 
 
-def _pretrained_pieces(config: ml_collections.ConfigDict) -> list[str]:
+def _pretrained_pieces(config: app_plan.Config) -> list[str]:
   """What precedes compression: the dense references, and each method's pretraining when
   the methods do not share one (no variant of a tuned study clips them)."""
   return _pieces(config, {"pretrain"})
 
 
-def _unpruned_pieces(config: ml_collections.ConfigDict) -> list[str]:
+def _unpruned_pieces(config: app_plan.Config) -> list[str]:
   """What precedes the prune: the dense references and each method's stages before it."""
   return _pieces(config, set(unpruned_stages(config)))
 
@@ -320,7 +297,7 @@ def share(source: str, target: str, pieces: list[str]) -> bool:
   return True
 
 
-def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) -> bool:
+def share_unpruned(source: str, target: str, config: app_plan.Config) -> bool:
   """Copies what a finished setting trained before any pruning into another setting's folder
   (`share`).
 
@@ -331,7 +308,7 @@ def share_unpruned(source: str, target: str, config: ml_collections.ConfigDict) 
   return share(source, target, _unpruned_pieces(config))
 
 
-def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str) -> None:
+def run_task_set(config: app_plan.Config, workdir: str, task_set: str) -> None:
   """Every sparsity of one task set, in order (`_run_settings`). A study that tunes runs
   every variant in turn, each in ``<workdir>/<variant>/``, the later ones from the first
   one's dense models."""
@@ -350,7 +327,7 @@ def run_task_set(config: ml_collections.ConfigDict, workdir: str, task_set: str)
   print(f"study: task set {task_set or config.problem!r}: {clock.line()}", flush=True)
 
 
-def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str,
+def _run_settings(config: app_plan.Config, workdir: str, task_set: str,
                   dense_from: str | None = None, label: str = "",
                   clock: clock_lib.Clock | None = None) -> None:
   """Every sparsity of one task set of a study that tunes nothing, in order; the later ones
@@ -387,7 +364,7 @@ def _run_settings(config: ml_collections.ConfigDict, workdir: str, task_set: str
     first = first or folder
 
 
-def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.ConfigDict,
+def _tune_and_report(config: app_plan.Config, sub: app_plan.Config,
                      folder: str, first: str | None, label: str,
                      clock: clock_lib.Clock | None = None) -> None:
   """One setting of the fair protocol: every method over the grid on the tuning seeds (in
@@ -404,7 +381,7 @@ def _tune_and_report(config: ml_collections.ConfigDict, sub: ml_collections.Conf
     share_unpruned(os.path.join(first, "tune"), tune_folder, tune)
   tuned_outcome = comparison.run(tune, tune_folder, label=f"{label}/tune", print_report=False,
                                  clock=clock)
-  grid_names = [v.name for v in variants_lib.grid(plan_lib.from_config(tune))]
+  grid_names = [v.name for v in variants_lib.grid(app_plan.trainer(tune))]
   record = _read_tuning(folder) or {
       "tuning_seeds": list(tune.seeds), "report_seeds": list(sub.seeds), "grid": grid_names,
       "methods": _choose(tuned_outcome, grid_names, where=label)}
@@ -440,9 +417,9 @@ CONTROLS = {"base": "equal, base rate (control)",
             "sum_tuned": "equal, summed losses, tuned (control)"}
 
 
-def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any],
+def controls(sub: app_plan.Config, chosen: dict[str, Any],
              tuned_controls: dict[str, Any] | None = None
-             ) -> dict[str, ml_collections.ConfigDict]:
+             ) -> dict[str, app_plan.Config]:
   """A setting's controls, each a comparison of equal alone on the reporting seeds, from the
   reported comparison's dense models: with averaged losses (``base``: what an untuned study
   ran) and with summed losses (``sum``, ``loss_reduction="reference"``: with SGD and no weight
@@ -455,18 +432,19 @@ def controls(sub: ml_collections.ConfigDict, chosen: dict[str, Any],
   should tie. None without ``equal`` among the methods."""
   if "equal" not in sub.methods:
     return {}
-  clip = variants_lib.default_clip(plan_lib.from_config(sub))
+  clip = variants_lib.default_clip(app_plan.trainer(sub))
   base = f"equal@{variants_lib.Variant(1.0, clip).name}"
   alone = dict(grid__learning_rate_scale=(), grid__clip_norm=())
   out = {
-      "base": _derived(sub, methods=(base,), **alone),
+      "base": app_plan.derived(sub, methods=(base,), **alone),
       # (The dense models are the reported ones, copied: trained on averaged losses.)
-      "sum": _derived(sub, methods=(base,), loss_reduction="reference", **alone),
-      "null": _derived(sub, methods=(f"equal@{chosen['equal']['chosen']}",), data_order=1,
-                       **alone)}
+      "sum": app_plan.derived(sub, methods=(base,), loss_reduction="reference", **alone),
+      "null": app_plan.derived(sub, methods=(f"equal@{chosen['equal']['chosen']}",),
+                               data_order=1, **alone)}
   if tuned_controls and "sum_tuned" in tuned_controls:
-    out["sum_tuned"] = _derived(sub, methods=(f"equal@{tuned_controls['sum_tuned']['chosen']}",),
-                                loss_reduction="reference", **alone)
+    out["sum_tuned"] = app_plan.derived(
+        sub, methods=(f"equal@{tuned_controls['sum_tuned']['chosen']}",),
+        loss_reduction="reference", **alone)
   return out
 
 
@@ -491,7 +469,7 @@ def _die_with_parent(parent: int) -> None:
 _REFUSED_STATUS = 2
 
 
-def _task_set_process(config: ml_collections.ConfigDict, workdir: str, task_set: str,
+def _task_set_process(config: app_plan.Config, workdir: str, task_set: str,
                       parent: int, messages: Any) -> None:
   _die_with_parent(parent)
   try:
@@ -504,7 +482,7 @@ def _task_set_process(config: ml_collections.ConfigDict, workdir: str, task_set:
     sys.exit(_REFUSED_STATUS)
 
 
-def _run_task_sets(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _run_task_sets(config: app_plan.Config, workdir: str) -> None:
   """`run_task_set` for every task set, ``config.study.jobs`` processes at a time (in this
   process when one job or one task set)."""
   task_sets = list(_task_sets(config))
@@ -592,7 +570,7 @@ def _write_board(board: dict[str, Any], found: list[Setting], workdir: str) -> s
   return markdown
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, print_report: bool = True
+def run(config: app_plan.Config, workdir: str, *, print_report: bool = True
         ) -> dict[str, Any]:
   """Runs (or resumes) the whole study in `workdir` and returns its leaderboard.
 

@@ -1,12 +1,11 @@
-"""What the trainer reads of an experiment config, as one frozen, typed plan.
+"""What the trainer reads of an experiment, as one frozen, typed plan.
 
-`from_config` reads an experiment config (an ``ml_collections.ConfigDict``, or any mapping of
-the same fields) once, at the application's edge; the trainer (`stages`, `scoring`,
-`variants`) takes the `Plan` and never the config. Every section is a frozen dataclass whose
-fields have the config's names, so ``plan.optimizer.learning_rate`` is
-``config.optimizer.learning_rate``. A section the config lacks takes the defaults below (the
-neutral values of ``experiments/configs/base.py``); a key of a section the trainer does not
-know is refused, naming the keys it knows.
+The trainer (`stages`, `scoring`, `variants`) takes a `Plan` and never an experiment config:
+the application reads the config once, at its edge, into a plan (`mmcompress.app.plan`), and
+a user's own project may build one directly. Every section is a frozen dataclass whose fields
+have the config's names, so ``plan.optimizer.learning_rate`` is
+``config.optimizer.learning_rate``; the defaults below are the neutral values of
+``experiments/configs/base.py``.
 """
 from __future__ import annotations
 
@@ -15,9 +14,8 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from mmcompress import _checks, weighting as weighting_lib
 
-__all__ = ["Dynamic", "from_config", "Gradual", "Grid", "Optimizer", "Plan", "Prune", "Reweight"]
+__all__ = ["Dynamic", "Gradual", "Grid", "Optimizer", "Plan", "Prune", "Reweight", "SECTIONS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +77,8 @@ class Grid:
   clip_norm: tuple[float, ...] = ()
 
 
-_SECTIONS = {"optimizer": Optimizer, "reweight": Reweight, "dynamic": Dynamic,
+#: The sections of a plan, by their config names (section name -> its dataclass).
+SECTIONS = {"optimizer": Optimizer, "reweight": Reweight, "dynamic": Dynamic,
              "gradual": Gradual, "prune": Prune, "grid": Grid}
 
 
@@ -123,59 +122,3 @@ class Plan:
     task scales and the loss reduction."""
     return {**self.weightings, "task_scales": self.task_scales,
             "loss_reduction": self.loss_reduction}
-
-
-def _frozen(value: Any) -> Any:
-  """Lists as tuples, mappings as plain dicts, recursively (a config's values, frozen)."""
-  if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-    items = value.to_dict().items() if hasattr(value, "to_dict") else value.items()
-    return {k: _frozen(v) for k, v in items}
-  if isinstance(value, (list, tuple)):
-    return tuple(_frozen(v) for v in value)
-  return value
-
-
-def _section(cls: type, given: Any, name: str) -> Any:
-  """`cls` from the config section `given` (absent: the defaults); an unknown key is
-  refused."""
-  given = _frozen(given) if given is not None else {}
-  known = [f.name for f in dataclasses.fields(cls)]
-  unknown = sorted(set(given) - set(known))
-  if unknown:
-    raise _checks.UserError(f"config.{name}.{unknown[0]} is not a setting the trainer reads; "
-                            f"config.{name} has {known}.")
-  return cls(**given)
-
-
-def from_config(config: Any, weighting_sections: tuple[str, ...] | None = None) -> Plan:
-  """The `Plan` of an experiment config (read once; the config is not kept).
-
-  Args:
-    config: an ``ml_collections.ConfigDict`` or a mapping with the fields of `Plan` (a missing
-      field or section takes its default).
-    weighting_sections: the config sections that hold weightings' knobs, copied into
-      ``Plan.weightings`` (None: the section of every registered weighting,
-      `mmcompress.weighting.section_name`).
-
-  Returns:
-    The frozen plan.
-  """
-  get = config.get
-  defaults = Plan()
-  if weighting_sections is None:
-    weighting_sections = tuple({weighting_lib.section_name(n): None
-                                for n in weighting_lib.WEIGHTINGS})
-  epochs = {**defaults.epochs, **_frozen(get("epochs") or {})}
-  return Plan(
-      stages=tuple(get("stages", defaults.stages)),
-      share_pretraining=bool(get("share_pretraining", defaults.share_pretraining)),
-      sparsity=get("sparsity", defaults.sparsity),
-      structure=get("structure", defaults.structure),
-      scope=get("scope", defaults.scope),
-      batch_size=get("batch_size", defaults.batch_size),
-      epochs=types.MappingProxyType(epochs),
-      task_scales=tuple(get("task_scales", ()) or ()),
-      loss_reduction=get("loss_reduction", defaults.loss_reduction),
-      weightings=types.MappingProxyType({name: types.MappingProxyType(_frozen(get(name)))
-                                         for name in weighting_sections if get(name)}),
-      **{name: _section(cls, get(name), name) for name, cls in _SECTIONS.items()})
