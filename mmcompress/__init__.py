@@ -4,7 +4,7 @@ The core a user composes into their own JAX training loop:
 
 * `saddle_objective`: Σ_k w_k c_k L_k − (γ/2)‖w − 1/K‖², as a pure function;
 * `simplex_ascent`: the task weights' projected ascent, an optax transform;
-* `saddle_point`: one optax transform over ``{"params", "task_weights"}`` for both players;
+* `saddle_point`: one optax transform over ``{"params", "task_params"}`` for both players;
 * `mmcompress.sparsity`: magnitude masks, `static_sparse`, reweighted-ℓ1, dynamic sparse training,
   gradual magnitude pruning;
 * `mmcompress.weighting`: the task weightings behind one interface and registry, loss-level (equal,

@@ -3,7 +3,7 @@
 `simplex_ascent` is the task-weight half of alternating projected gradient descent/ascent
 (APGDA, Guo et al., ISCAS 2024); `saddle_point` joins it with any descent transform for the
 model, so one `jax.grad` of `saddle_objective` with respect to
-``{"params": ..., "task_weights": ...}`` feeds one `update` call.
+``{"params": ..., "task_params": ...}`` feeds one `update` call.
 """
 from __future__ import annotations
 
@@ -147,7 +147,11 @@ class SaddlePointState(NamedTuple):
   ascent: optax.OptState
 
 
-SADDLE_KEYS = ("params", "task_weights")
+# The two players' keys: the model's parameters, and the task weighting's learnable parameters
+# (min-max: the task weights w themselves; uncertainty: its log-variances). "task_weights",
+# where the package uses it (`update`'s keyword, the records), always means the weights the
+# task losses are combined with, which a weighting computes from its parameters.
+SADDLE_KEYS = ("params", "task_params")
 
 
 def _split(tree: Any, name: str) -> tuple[Any, Any]:
@@ -156,17 +160,18 @@ def _split(tree: Any, name: str) -> tuple[Any, Any]:
     raise ValueError(
         f"saddle_point expects {name} as a dict with exactly the keys {list(SADDLE_KEYS)}, "
         f"got {keys}.")
-  return tree["params"], tree["task_weights"]
+  return tree["params"], tree["task_params"]
 
 
 def saddle_point(descent: optax.GradientTransformation,
                  ascent: optax.GradientTransformation) -> optax.GradientTransformation:
   """One transform for both players of min_W max_w f(W, w).
 
-  Acts on ``{"params": model_params, "task_weights": w}``. The gradient of the objective
+  Acts on ``{"params": model_params, "task_params": w}`` (`SADDLE_KEYS`: for min-max the
+  task parameters are the task weights w). The gradient of the objective
   with respect to both (one `jax.grad`) goes in; the ``"params"`` part is handed to
   `descent` (any optax optimizer, possibly wrapped in `mmcompress.sparsity.static_sparse`), the
-  ``"task_weights"`` part to `ascent` (`simplex_ascent` for min-max; any transform for the
+  ``"task_params"`` part to `ascent` (`simplex_ascent` for min-max; any transform for the
   other task weightings, see `mmcompress.weighting`). Each inner transform sees only its own
   subtree, so masks and schedules are written against the model parameters alone. This is the
   generator/discriminator split of ``optax.partition`` with the two halves named.
@@ -177,7 +182,8 @@ def saddle_point(descent: optax.GradientTransformation,
 
   Returns:
     An `optax.GradientTransformationExtraArgs` over the two-key dict; keyword arguments of
-    `update` go to `descent` (e.g. ``task_weights`` for task-aware regrowth), which ignores
+    `update` go to `descent` (e.g. ``task_weights=``, the weights the losses are combined
+    with, for task-aware regrowth), which ignores
     them if it takes none.
 
   `optax.tree_map_params` maps a function over the params-shaped parts of both halves' states
@@ -205,7 +211,7 @@ def saddle_point(descent: optax.GradientTransformation,
     model_updates, descent_state = descent_extra.update(grad_model, state.descent, model,
                                                         **extra_args)
     weight_updates, ascent_state = ascent.update(grad_weights, state.ascent, weights)
-    return ({"params": model_updates, "task_weights": weight_updates},
+    return ({"params": model_updates, "task_params": weight_updates},
             SaddlePointState(descent=descent_state, ascent=ascent_state))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -52,8 +52,8 @@ def _simplex_case(**kwargs):
 
 
 def _saddle_case(descent, ascent, objective, task_params):
-  params = {"params": _model_params(), "task_weights": task_params}
-  grad_fn = jax.grad(lambda p: objective(_task_losses(p["params"]), p["task_weights"]))
+  params = {"params": _model_params(), "task_params": task_params}
+  grad_fn = jax.grad(lambda p: objective(_task_losses(p["params"]), p["task_params"]))
   return mmcompress.saddle_point(descent, ascent), params, grad_fn
 
 
@@ -283,15 +283,15 @@ def test_saddle_point_maps_extra_trees_one_half_at_a_time():
   maps with its own half of the tree."""
   descent, ascent = optax.adam(1e-2), mmcompress.simplex_ascent(0.1, every=3)
   tx = mmcompress.saddle_point(descent, ascent)
-  params = {"params": _model_params(), "task_weights": mmcompress.equal_task_weights(2)}
+  params = {"params": _model_params(), "task_params": mmcompress.equal_task_weights(2)}
   state = tx.init(params)
   with pytest.raises(ValueError):
     optax.tree_map_params(tx, lambda x, p: x, state, params)
   check_tree_map_params(descent, params["params"])
-  check_tree_map_params(ascent, params["task_weights"])
+  check_tree_map_params(ascent, params["task_params"])
   halves = (optax.tree_map_params(descent, lambda x, p: x + 1, state.descent, params["params"]),
             optax.tree_map_params(ascent, lambda x, p: x + 1, state.ascent,
-                                  params["task_weights"]))
+                                  params["task_params"]))
   assert float(halves[0][0].mu["bias"][0]) == 1.0 and float(halves[1].grad_sum[0]) == 1.0
 
 

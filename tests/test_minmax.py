@@ -106,10 +106,10 @@ TARGETS, CURVATURES = jnp.array([0.0, 3.0]), jnp.array([1.0, 4.0])
 def solve_quadratic_game(gamma, ascent_lr, steps=20000):
   def objective(p):
     losses = CURVATURES * (p["params"] - TARGETS) ** 2
-    return saddle_objective(losses, p["task_weights"], gamma=gamma)
+    return saddle_objective(losses, p["task_params"], gamma=gamma)
 
   tx = saddle_point(optax.sgd(0.02), simplex_ascent(ascent_lr))
-  p = {"params": jnp.array(1.0), "task_weights": jnp.array([0.5, 0.5])}
+  p = {"params": jnp.array(1.0), "task_params": jnp.array([0.5, 0.5])}
 
   def body(carry, _):
     p, state = carry
@@ -117,7 +117,7 @@ def solve_quadratic_game(gamma, ascent_lr, steps=20000):
     return (optax.apply_updates(p, updates), state), None
 
   (p, _), _ = jax.lax.scan(body, (p, tx.init(p)), None, length=steps)
-  return float(p["params"]), np.asarray(p["task_weights"])
+  return float(p["params"]), np.asarray(p["task_params"])
 
 
 def brute_force_saddle(gamma):
@@ -235,15 +235,15 @@ def test_jitted_saddle_step_does_not_recompile():
   def step(p, state, batch):
     def objective(p):
       losses = jnp.stack([jnp.mean((batch @ p["params"] - t) ** 2) for t in (0.0, 1.0)])
-      return saddle_objective(losses, p["task_weights"], gamma=1.0)
+      return saddle_objective(losses, p["task_params"], gamma=1.0)
     updates, state = tx.update(jax.grad(objective)(p), state, p)
     return optax.apply_updates(p, updates), state
 
-  p = {"params": jnp.ones((3,)), "task_weights": jnp.array([0.5, 0.5])}
+  p = {"params": jnp.ones((3,)), "task_params": jnp.array([0.5, 0.5])}
   state = tx.init(p)
   for seed in range(3):
     p, state = step(p, state, jax.random.normal(jax.random.key(seed), (8, 3)))
-  assert abs(float(p["task_weights"].sum()) - 1) < 1e-6
+  assert abs(float(p["task_params"].sum()) - 1) < 1e-6
 
 
 def test_public_api_exports():
@@ -262,7 +262,9 @@ def test_public_api_exports():
     (lambda: simplex_ascent(0.1, every=0), "every"),
     (lambda: simplex_ascent(0.1).init(jnp.ones((2, 2))), "task weights"),
     (lambda: saddle_point(optax.sgd(0.1), simplex_ascent(0.1)).init({"params": 1.0}),
-     "task_weights"),
+     "task_params"),
+    (lambda: saddle_point(optax.sgd(0.1), simplex_ascent(0.1)).init(
+        {"params": 1.0, "task_weights": jnp.ones(2) / 2}), r"\['params', 'task_params'\]"),
 ])
 def test_bad_inputs_raise_clear_errors(call, match):
   with pytest.raises(ValueError, match=match):

@@ -65,6 +65,6 @@ def test_readme_snippet_trains_a_masked_min_max_model():
   assert (~mask).sum() == round(0.975 * mask.size)
   assert np.all(trunk[~mask] == 0.0)
   assert not np.allclose(trunk[mask], np.asarray(start["params"]["trunk"]["kernel"])[mask])
-  w = np.asarray(state["task_weights"])
+  w = np.asarray(state["task_params"])
   assert abs(w.sum() - 1) < 1e-6 and np.all(w >= 0)
   assert w[1] > w[0]  # the ascent moved weight to the task with the larger loss

@@ -54,12 +54,12 @@ def test_one_jitted_step_through_saddle_point(name):
   def step(p, opt_state, task_state, key):
     def objective(p):
       losses = (p["params"] - targets) ** 2
-      return w.objective(losses, p["task_weights"], task_state, key), losses
+      return w.objective(losses, p["task_params"], task_state, key), losses
     grads, losses = jax.grad(objective, has_aux=True)(p)
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, w.observe(task_state, losses), losses
 
-  p = {"params": jnp.zeros(2), "task_weights": task_params}
+  p = {"params": jnp.zeros(2), "task_params": task_params}
   opt_state = tx.init(p)
   first, _, _, _ = step(p, opt_state, task_state, KEY)
   if name in STARTS_AT_THE_MEAN:
@@ -70,7 +70,7 @@ def test_one_jitted_step_through_saddle_point(name):
     before = p
     p, opt_state, task_state, losses = step(p, opt_state, task_state, jax.random.key(i))
     task_state = w.end_epoch(task_state, losses)
-  weights = w.weights(before["task_weights"], task_state)
+  weights = w.weights(before["task_params"], task_state)
   assert np.all(np.isfinite(np.asarray(p["params"])))
   assert abs(float(jnp.sum(weights)) - 1) < 1e-6
 

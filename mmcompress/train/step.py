@@ -1,7 +1,7 @@
 """The training and evaluation steps: small pure functions, jitted once per stage.
 
 A step is: the problem's per-task losses → the weighting's objective → one `jax.grad` over
-``{"params": model, "task_weights": weighting}`` (a gradient-level weighting: the K
+``{"params": model, "task_params": weighting}`` (a gradient-level weighting: the K
 per-task gradients of the model, `per_task_grads`) → one optax update through
 `mmcompress.saddle_point` → the weighting's `observe` of the step's losses. Masks, task weights and both optimizers' states all live in
 `TrainState`, so the step is pure and the whole state is replicated and checkpointed.
@@ -53,7 +53,7 @@ def _gradient_rule(problem: Problem, model: nn.Module, weighting: TaskWeighting,
                    per_task: bool) -> Callable[..., tuple[Any, Any, Any]]:
   """How a step takes its gradients, the one place that asks what kind of weighting it is:
   ``(state, batch, rng, key) -> (grads, losses, model_state)`` with ``grads`` over
-  ``{"params", "task_weights"}``.
+  ``{"params", "task_params"}``.
 
   * a loss-level weighting: one `jax.grad` of its objective over both players;
   * a loss-level weighting whose descent needs each task's gradient (`per_task`): row k of
@@ -69,10 +69,10 @@ def _gradient_rule(problem: Problem, model: nn.Module, weighting: TaskWeighting,
   def joint(state, batch, rng, key):
     def objective(players):
       losses, model_state = losses_of(players["params"], state, batch, rng)
-      value = weighting.objective(losses, players["task_weights"], state.task_state, key)
+      value = weighting.objective(losses, players["task_params"], state.task_state, key)
       return value, (losses, model_state)
     grads, (losses, model_state) = jax.grad(objective, has_aux=True)(
-        {"params": state.params, "task_weights": state.task_params})
+        {"params": state.params, "task_params": state.task_params})
     return grads, losses, model_state
 
   def weighted_rows(state, batch, rng, key):
@@ -82,7 +82,7 @@ def _gradient_rule(problem: Problem, model: nn.Module, weighting: TaskWeighting,
         lambda l, tp: weighting.objective(l, tp, state.task_state, key), argnums=(0, 1))(
             losses, state.task_params)
     (rows,) = jax.vmap(vjp_fn)(jnp.diag(weights))  # row k: c_k ∇L_k
-    return {"params": rows, "task_weights": task_grads}, losses, model_state
+    return {"params": rows, "task_params": task_grads}, losses, model_state
 
   def stacked(state, batch, rng, key):
     def objectives(params):
@@ -92,7 +92,7 @@ def _gradient_rule(problem: Problem, model: nn.Module, weighting: TaskWeighting,
     _, model_grads, (losses, model_state) = per_task_grads(objectives, state.params,
                                                            has_aux=True)
     return ({"params": model_grads,
-             "task_weights": jax.tree.map(jnp.zeros_like, state.task_params)},
+             "task_params": jax.tree.map(jnp.zeros_like, state.task_params)},
             losses, model_state)
 
   if weighting.aggregate is not None:
@@ -123,7 +123,7 @@ def train_step_fn(problem: Problem, model: nn.Module, weighting: TaskWeighting,
     # The weighting's own stream (RLW's draws), apart from the model's (dropout).
     key = jax.random.fold_in(rng, _WEIGHTING_STREAM)
     grads, losses, model_state = gradients(state, batch, rng, key)
-    players = {"params": state.params, "task_weights": state.task_params}
+    players = {"params": state.params, "task_params": state.task_params}
     # The task weights before this step, for a descent that weighs the tasks' rows
     # (task-aware regrowth); a transform that takes no extra arguments ignores them.
     weights_now = current_weights(weighting, state.task_params, state.task_state,
@@ -132,7 +132,7 @@ def train_step_fn(problem: Problem, model: nn.Module, weighting: TaskWeighting,
     players = optax.apply_updates(players, updates)
     task_state = weighting.observe(state.task_state, jax.lax.stop_gradient(losses))
     return state.replace(step=state.step + 1, params=players["params"],
-                         task_params=players["task_weights"], task_state=task_state,
+                         task_params=players["task_params"], task_state=task_state,
                          model_state=model_state, opt_state=opt_state), losses
 
   return train_step
@@ -183,7 +183,7 @@ def create_train_state(params: Any, model_state: Any, weighting: TaskWeighting,
                        tx: Any, num_tasks: int, rng: jax.Array) -> TrainState:
   """A stage's starting state: fresh optimizer and task weighting around given weights."""
   task_params, task_state = weighting.init(num_tasks)
-  opt_state = tx.init({"params": params, "task_weights": task_params})
+  opt_state = tx.init({"params": params, "task_params": task_params})
   state = TrainState(step=jnp.zeros([], jnp.int32), params=params,
                               model_state=model_state, task_params=task_params,
                               task_state=task_state, opt_state=opt_state,

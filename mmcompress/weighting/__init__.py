@@ -7,7 +7,7 @@ A `TaskWeighting` bundles what a training loop needs from a way of weighting K t
   others) and its *non-learned* memory (``task_state``: DWA's loss history, FAMO's logits).
 * ``objective(task_losses, task_params, task_state, key=None)``: the pure function to
   differentiate. For a *loss-level* weighting it is a scalar, differentiated jointly with
-  the model in one `jax.grad` over ``{"params": model, "task_weights": task_params}``. For a
+  the model in one `jax.grad` over ``{"params": model, "task_params": task_params}``. For a
   *gradient-level* weighting (``aggregate`` is set) it is the (K,) vector of per-task
   objectives (the losses themselves, or their logarithms for DB-MTL) whose K gradients the
   aggregator combines. `key` is a PRNG key for the step; only random weightings (RLW) use it.
