@@ -19,9 +19,9 @@ Measured (README, "Scenes"): the dense model beats the trivial predictor on ever
 (test mIoU 0.187 against 0.064, depth error 0.883 m against 1.125 m, normal error 34.0°
 against 49.5°, means over 3 seeds); 20 min 44 s wall on the shared 2-core machine.
 
-Presets: ``quick`` (a few tiny scenes, one seed, one epoch per compression stage: a smoke
-test of the whole pipeline, for the tests). Override any field, e.g. ``--config.seeds="(0,)"``; the
-config is locked, so a mistyped field fails.
+Presets: ``quick`` (a few tiny scenes, a narrow MTAN of one convolution per block, one seed,
+one epoch per compression stage: a smoke test of the whole pipeline, for the tests). Override
+any field, e.g. ``--config.seeds="(0,)"``; the config is locked, so a mistyped field fails.
 """
 import ml_collections
 
@@ -61,6 +61,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   if preset == "quick":
     c.num_train, c.num_val, c.num_test = 16, 4, 4
     c.model_kwargs.filters = (4, 4, 4, 4, 4)
+    # One convolution per SegNet block (the full MTAN has 2, 2, 3, 3, 3): the same
+    # architecture with eight fewer layers, its step a fifth quicker to trace and compile.
+    c.model_kwargs.convs_per_block = (1, 1, 1, 1, 1)
     c.seeds = (0,)
     c.batch_size = 4
     c.eval_batch_size = 4
