@@ -89,6 +89,23 @@ def test_means_retentions_and_delta_m_by_hand():
   assert [r["sparsity"] for r in minmax["per_seed"]] == [0.974, 0.976, 0.975]
 
 
+def test_the_report_has_exactly_the_keys_its_types_name():
+  report = _build()
+  assert set(report) == set(report_lib.Report.__annotations__)
+  comparison = report["comparison"]
+  assert set(comparison) == set(report_lib.Comparison.__annotations__)
+  assert set(comparison["best_worst_task_retention"]) == set(
+      report_lib.BestMethod.__annotations__)
+  paired = set(report_lib.PairedDifference.__annotations__)
+  assert set(comparison["minmax_minus_equal"]) == paired | {"winner", "diverged"}
+  summary = set(report_lib.MethodSummary.__annotations__)
+  assert set(report["methods"]["minmax"]) == summary  # it logs a trajectory
+  assert set(report["methods"]["equal"]) == summary - {"task_weights", "task_weights_seed"}
+  criteria = _build([{**r, "methods": {**r["methods"], "equal+taylor_max": r["methods"]["equal"]}}
+                     for r in _per_seed()])["comparison"]["criterion_minus_magnitude"]
+  assert set(criteria["equal+taylor_max"]) == paired | {"versus"}
+
+
 def test_validation_worst_task_retention_by_hand():
   per_seed = _per_seed()
   per_seed[0]["dense"]["val_metrics"] = {"cls": 0.75, "depth": 0.5}

@@ -43,7 +43,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -51,7 +51,8 @@ from mmcompress import _files
 from mmcompress.app import plots, records
 from mmcompress.problems import metrics as metrics_lib
 
-__all__ = ["ALPHA", "build_report", "EQUAL", "from_records", "MINMAX", "one_example_retention",
+__all__ = ["ALPHA", "BestMethod", "build_report", "Comparison", "EQUAL", "from_records",
+           "MethodSummary", "MINMAX", "one_example_retention", "PairedDifference", "Report",
            "sign_test", "summary_sentence", "to_markdown", "write"]
 
 MINMAX = "minmax"
@@ -65,6 +66,95 @@ ALPHA = 0.05
 
 def _mean(values: Sequence[float]) -> float:
   return float(np.mean(np.asarray(values, np.float64)))
+
+
+# ----------------------------------------------------------------------------- its shape
+# The report's JSON, typed: what `build_report` returns (plain JSON types; an infinite value
+# is None). Every mean is over seeds of per-seed values.
+
+
+class PairedDifference(TypedDict):
+  """`first` − `second`, worst-task retention, seed by seed (`_paired`)."""
+  metric: str                   # "worst_task_retention"
+  seeds: list[Any]
+  differences: list[float]      # one per seed; a diverged seed's retention counts as 0
+  mean: float
+  min: float
+  max: float
+  better: int                   # seeds whose difference exceeds their threshold
+  worse: int
+  tied: int
+  num_seeds: int
+  thresholds: list[float]       # per seed: one test example's worth of retention
+  threshold: float              # their mean
+  p_value: float                # the exact two-sided sign test over the untied seeds
+  direction: int                # +1 / −1 when shown (p < ALPHA, |mean| > threshold), else 0
+
+
+class BestMethod(TypedDict):
+  """The method of the highest mean worst-task retention (diverged seeds as 0)."""
+  method: str
+  value: float
+  tied_with: list[str]          # the methods within the threshold of it
+  shown: bool                   # shown ahead of every other method
+  versus: dict[str, dict[str, Any]]  # method -> the main fields of its `PairedDifference`
+
+
+class Comparison(TypedDict):
+  """The paired comparisons of a report."""
+  # ``per_task``: one test example's worth of each task's retention (mean over seeds), and
+  # the ``test_counts``; both None without counts.
+  effect_threshold: dict[str, Any]
+  best_worst_task_retention: BestMethod | None
+  ranking: list[dict[str, Any]]  # {"method", "worst_task_retention"}, best first
+  # Min-max − equal, with the ``winner`` (a name or None) and the seeds each ``diverged``
+  # on; None unless both are present.
+  minmax_minus_equal: PairedDifference | None
+  # "w+criterion" − "w" (task-aware masks against magnitude masks), with ``versus``.
+  criterion_minus_magnitude: dict[str, PairedDifference]
+
+
+class MethodSummary(TypedDict, total=False):
+  """One method over the seeds (the optional keys: see each)."""
+  metrics: dict[str, float]                  # task -> mean of its one metric
+  task_metrics: dict[str, dict[str, float]]  # task -> metric -> mean
+  retention: dict[str, float]                # task -> mean retention (all its metrics)
+  worst_task_retention: float
+  delta_m: float                             # percent, positive: better than dense
+  retention_one_metric: dict[str, float]     # the same over the one metric per task
+  worst_task_retention_one_metric: float
+  delta_m_one_metric: float
+  sparsity: float
+  compression_ratio: float                   # the prunable part's (its older name)
+  prunable_compression_ratio: float
+  whole_model_compression_ratio: float | None  # None unless every seed reports it
+  export: dict[str, float] | None            # the exports' sizes, means; None: not reported
+  task_weights: list[list[float]]            # the first seed's trajectory, if logged
+  task_weights_seed: Any                     # that seed
+  # Each seed's own values of the fields above (not the trajectory), with its
+  # ``worst_task`` and ``worst_task_one_metric``.
+  per_seed: list[dict[str, Any]]
+  diverged: list[dict[str, Any]]             # {"seed", "message"}; empty if it never did
+
+
+class Report(TypedDict):
+  """A compression experiment's report (`build_report`)."""
+  tasks: list[str]
+  metric_names: dict[str, str]
+  higher_is_better: dict[str, bool]
+  all_higher_is_better: dict[str, dict[str, bool]]
+  conventions: dict[str, str]       # how Δm and the retention were computed, in words
+  target_sparsity: float
+  target_compression_ratio: float
+  seeds: list[Any]
+  extra: dict[str, Any]             # the caller's (config, wall time, notes)
+  dense: dict[str, Any]             # "metrics", "task_metrics" (means), "per_seed"
+  methods: dict[str, MethodSummary]
+  comparison: Comparison
+  # Parameter counts, what stays dense, the whole-model cap of the dense part and whether
+  # the target is reachable on the whole model (`_whole_model`); None without "parameters".
+  whole_model: dict[str, Any] | None
+  dropped_seeds: list[dict[str, Any]]  # {"seed", "reason"}: seeds left out for every method
 
 
 # ----------------------------------------------------------------------------- the report
@@ -298,7 +388,7 @@ def _direction(better: int, worse: int, mean: float, threshold: float) -> int:
 
 
 def _paired(first: Sequence[float], second: Sequence[float], seeds: Sequence[Any],
-            thresholds: Sequence[float]) -> dict[str, Any]:
+            thresholds: Sequence[float]) -> PairedDifference:
   """`first` minus `second`, worst-task retention, seed by seed, with the paired verdict.
 
   A seed is a tie when its difference is at most its threshold (one test example's worth,
@@ -393,7 +483,7 @@ def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
                  all_higher_is_better: Mapping[str, Mapping[str, bool]] | None = None,
                  extra: Mapping[str, Any] | None = None,
                  test_counts: Mapping[str, int] | None = None,
-                 dropped: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                 dropped: Sequence[Mapping[str, Any]] = ()) -> Report:
   """Aggregates per-seed results into one JSON-serialisable report.
 
   Retention is compressed / dense per metric and seed, oriented so that below 1 is worse
@@ -437,33 +527,7 @@ def build_report(per_seed: Sequence[records.SeedRecord | Mapping[str, Any]],
       them.
 
   Returns:
-    A dict of plain JSON types with ``tasks``, ``metric_names``, ``higher_is_better``,
-    ``target_sparsity``, ``target_compression_ratio``, ``seeds``, ``extra``, ``dense``
-    (``metrics``: task -> mean, ``task_metrics``: task -> metric -> mean, ``per_seed``),
-    ``methods`` (name -> ``sparsity``, ``compression_ratio`` (the prunable part's),
-    ``metrics``, ``task_metrics``, ``retention``, ``worst_task_retention``, ``delta_m``,
-    ``retention_one_metric``, ``worst_task_retention_one_metric``, ``delta_m_one_metric``,
-    ``prunable_compression_ratio``, ``whole_model_compression_ratio`` (None unless every seed
-    reports it), ``export`` (means; None when not reported), ``task_weights`` and
-    ``task_weights_seed`` (the trajectory of the first seed that has one, for methods that
-    log one), and ``per_seed``, each seed's own values of these fields (all but the
-    trajectory) plus its ``worst_task`` and ``worst_task_one_metric``, and ``diverged``: a
-    list of ``{"seed", "message"}``, empty when it never diverged), ``all_higher_is_better``,
-    ``conventions`` (how Δm and the retention were computed, in words),
-    ``comparison`` (``effect_threshold``: ``per_task``, one test example's worth of each
-    task's retention (mean over seeds), and the ``test_counts``, both None without counts;
-    ``best_worst_task_retention``: the method with the highest mean worst-task retention
-    (diverged seeds counted as 0), its value, the methods ``tied_with`` it (within the
-    threshold), whether it is ``shown`` ahead of every other method, and ``versus``: its
-    paired comparison with each; ``ranking``; ``minmax_minus_equal``: the paired
-    differences, their mean, min, max, the better / worse / tied counts, the per-seed
-    ``thresholds`` and their mean ``threshold``, the sign test's ``p_value``, the
-    ``direction`` shown (+1, -1 or 0), the ``winner`` (a method name or None) and the seeds
-    each of the two ``diverged`` on, or None unless both "minmax" and "equal" are present),
-    ``dropped_seeds``, and ``whole_model`` (the parameter counts, what stays dense, the
-    whole-model cap of the dense part and whether the target is reachable on the whole model;
-    see `_whole_model`; None when no result carries "parameters"). Infinite values become
-    None.
+    The `Report`: plain JSON types, an infinite value as None.
 
   Raises:
     ValueError: naming the seed, method and task of anything missing or malformed.
@@ -531,7 +595,7 @@ def _method_summary(name: str, per_seed: Sequence[records.SeedRecord],
 
 
 def _best(ranking: Sequence[str], means: Mapping[str, float],
-          paired: Callable[[str, str], dict[str, Any]]) -> dict[str, Any] | None:
+          paired: Callable[[str, str], PairedDifference]) -> BestMethod | None:
   """The method of the highest mean worst-task retention, and how it compares with the rest."""
   if not ranking:
     return None
@@ -549,10 +613,10 @@ def _best(ranking: Sequence[str], means: Mapping[str, float],
 def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[float]],
                 worst: Mapping[str, list[str | None]], seeds: Sequence[Any],
                 one_example: list[dict[str, float]] | None,
-                threshold: dict[str, Any]) -> dict[str, Any]:
+                threshold: dict[str, Any]) -> Comparison:
   """The paired comparisons: the best method, the ranking, and min-max minus equal."""
 
-  def paired(a: str, b: str) -> dict[str, Any]:
+  def paired(a: str, b: str) -> PairedDifference:
     return _paired(paired_values[a], paired_values[b], seeds,
                    _seed_thresholds(one_example, worst[a], worst[b]))
 
@@ -578,7 +642,7 @@ def _comparison(methods: Mapping[str, Any], paired_values: Mapping[str, list[flo
 
 
 def from_records(per_seed: Sequence[records.SeedRecord],
-                 inputs: records.ReportInputs) -> dict[str, Any]:
+                 inputs: records.ReportInputs) -> Report:
   """`build_report` of records already read (`mmcompress.app.records`)."""
   tasks, target = list(inputs.tasks), inputs.target_sparsity
   seeds = [r.seed for r in per_seed]
