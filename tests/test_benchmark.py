@@ -11,11 +11,10 @@ import pytest
 
 from experiments import benchmark
 from mmcompress import errors, sparsity
-from mmcompress.app import comparison
+from mmcompress.app import comparison, plan as app_plan
 from mmcompress.models import create_model
 from mmcompress.models.vgg import VGG16_LAYERS
 from mmcompress.train import parallel, step
-from mmcompress.app import plan as app_plan
 
 KINDS = {"dense", "minmax", "zeroed"}
 

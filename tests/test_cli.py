@@ -124,40 +124,60 @@ ENTRY_POINT_ERRORS = (
 # Runs ``python -m <module> <args>`` for each JSON case ``[module, [args...]]`` on the command
 # line, each in a process of its own, forked from this one after it has imported the libraries
 # every entry point imports (not the entry points themselves: each child runs its module as
-# __main__, defining its flags afresh). A child's stdout and stderr go to files; prints one
-# JSON line: [[exit status, stderr], ...] in the cases' order. What each child does is what
-# ``python -m`` does after its imports; the shared imports save most of each one's start.
+# __main__, defining its flags afresh, and ends as an interpreter does, atexit handlers and
+# threads included). Eight children at a time; one still running after TIMEOUT seconds is
+# killed and reported as -9. Prints one JSON line: [[exit status, stderr], ...] in the cases'
+# order; whatever the shared imports printed is at the start of every stderr, as it would be in
+# a process of its own.
 RUN_EACH_AS_MAIN = """
-import json, os, runpy, sys, tempfile
+import json, os, runpy, shutil, signal, sys, tempfile, time
+TIMEOUT, AT_ONCE = 120, 8
+out = tempfile.mkdtemp()  # (no exit-time cleanup: the children would run it)
+imports = os.path.join(out, "imports.err")
+saved = os.dup(2)
+os.dup2(os.open(imports, os.O_WRONLY | os.O_CREAT), 2)
 import jax, flax, optax, numpy, ml_collections, absl.app, absl.flags, orbax.checkpoint
 import mmcompress.app.study
-cases, out, pids = [json.loads(a) for a in sys.argv[1:]], tempfile.mkdtemp(), []
+sys.stderr.flush()
+os.dup2(saved, 2)
+with open(imports) as f:
+  printed = f.read()
+cases = [json.loads(a) for a in sys.argv[1:]]
 os.environ["CI"] = "true"
-for k, (module, args) in enumerate(cases):
+
+def start(k):
+  module, args = cases[k]
   pid = os.fork()
-  if pid == 0:
-    for fd, name in ((1, "out"), (2, "err")):
-      os.dup2(os.open(os.path.join(out, f"{k}.{name}"), os.O_WRONLY | os.O_CREAT), fd)
-    sys.argv = [module] + args
-    try:
-      runpy.run_module(module, run_name="__main__", alter_sys=True)
-      status = 0
-    except SystemExit as stop:
-      status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    except BaseException:
-      import traceback
-      traceback.print_exc()
-      status = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-  pids.append(pid)
-done = []
-for k, pid in enumerate(pids):
-  status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+  if pid:
+    return pid
+  for fd, name in ((1, "out"), (2, "err")):
+    os.dup2(os.open(os.path.join(out, f"{k}.{name}"), os.O_WRONLY | os.O_CREAT), fd)
+  sys.argv = [module] + args
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+  sys.exit(0)  # (an exception from the module, SystemExit too, ends the child with it)
+
+status, running, waiting = {}, {}, list(range(len(cases)))
+while waiting or running:
+  while waiting and len(running) < AT_ONCE:
+    k = waiting.pop(0)
+    running[start(k)] = (k, time.monotonic())
+  time.sleep(0.05)
+  for pid, (k, began) in list(running.items()):
+    done, code = os.waitpid(pid, os.WNOHANG)
+    if done:
+      status[k] = os.waitstatus_to_exitcode(code)
+    elif time.monotonic() - began > TIMEOUT:
+      os.kill(pid, signal.SIGKILL)
+      status[k] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    else:
+      continue
+    del running[pid]
+results = []
+for k in range(len(cases)):
   with open(os.path.join(out, f"{k}.err")) as f:
-    done.append([status, f.read()])
-print(json.dumps(done))
+    results.append([status[k], printed + f.read()])
+shutil.rmtree(out)
+print(json.dumps(results))
 """
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from experiments.configs import base as base_config
 from mmcompress import weighting
-from mmcompress.train import stages
 from mmcompress.app import plan as app_plan
+from mmcompress.train import stages
 
 LOSSES = np.array([0.5, 2.0, 1.0], np.float32)
 SCALES = np.array([1.0, 0.5, 3.0], np.float32)

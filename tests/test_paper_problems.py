@@ -11,7 +11,7 @@ from experiments import synthetic
 from experiments.configs import cifar100 as cifar_config
 from experiments.configs import nyuv2 as nyu_config
 from mmcompress import problems, weighting
-from mmcompress.app import comparison
+from mmcompress.app import comparison, plan as app_plan
 from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.problems.nyuv2 import tasks as dense_tasks
@@ -20,7 +20,6 @@ from mmcompress.problems.cifar100 import Cifar100Problem
 from mmcompress.problems.nyuv2 import NYUv2Problem
 from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import loop, parallel, stages, step
-from mmcompress.app import plan as app_plan
 
 
 def minmax_masked_step(problem, model, sparsity_level=0.9):

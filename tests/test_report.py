@@ -96,14 +96,15 @@ def test_the_report_has_exactly_the_keys_its_types_name():
   assert set(comparison) == set(report_lib.Comparison.__annotations__)
   assert set(comparison["best_worst_task_retention"]) == set(
       report_lib.BestMethod.__annotations__)
-  paired = set(report_lib.PairedDifference.__annotations__)
-  assert set(comparison["minmax_minus_equal"]) == paired | {"winner", "diverged"}
-  summary = set(report_lib.MethodSummary.__annotations__)
-  assert set(report["methods"]["minmax"]) == summary  # it logs a trajectory
-  assert set(report["methods"]["equal"]) == summary - {"task_weights", "task_weights_seed"}
+  assert set(comparison["minmax_minus_equal"]) == set(
+      report_lib.MinmaxMinusEqual.__annotations__)
+  summary = report_lib.MethodSummary
+  assert set(report["methods"]["minmax"]) == set(summary.__annotations__)  # it logs weights
+  assert set(report["methods"]["equal"]) == summary.__required_keys__
+  assert summary.__optional_keys__ == {"task_weights", "task_weights_seed"}
   criteria = _build([{**r, "methods": {**r["methods"], "equal+taylor_max": r["methods"]["equal"]}}
                      for r in _per_seed()])["comparison"]["criterion_minus_magnitude"]
-  assert set(criteria["equal+taylor_max"]) == paired | {"versus"}
+  assert set(criteria["equal+taylor_max"]) == set(report_lib.CriterionDifference.__annotations__)
 
 
 def test_validation_worst_task_retention_by_hand():

@@ -11,11 +11,10 @@ import optax
 import pytest
 
 from mmcompress import _checks, sparsity, transforms, weighting
-from mmcompress.app import comparison
+from mmcompress.app import comparison, plan as app_plan
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
-from mmcompress.app import plan as app_plan
 
 SEEDS = (0, 1, 2)
 STEPS = 6

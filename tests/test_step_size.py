@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from mmcompress.app import plan as app_plan
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.train import parallel, run_axis, stages, step as step_lib, variants
-from mmcompress.app import plan as app_plan
 
 STEPS = 5
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from mmcompress import sparsity, weighting
-from mmcompress.app import comparison
+from mmcompress.app import comparison, plan as app_plan
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.models import create_model
 from mmcompress.train import parallel, scoring, stages, step as step_lib
-from mmcompress.app import plan as app_plan
 
 
 def test_a_method_names_its_criterion_after_a_plus(tiny_config):

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from mmcompress import saddle_point, weighting
-from mmcompress.train import stages
 from mmcompress.app import plan as app_plan
+from mmcompress.train import stages
 
 LOSSES = jnp.array([0.5, 2.0, 1.0])
 

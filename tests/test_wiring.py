@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from mmcompress import sparsity
-from mmcompress.app import comparison, report as report_lib
+from mmcompress.app import comparison, plan as app_plan, report as report_lib
 from mmcompress import weighting as weighting_lib
 from mmcompress.models import create_model
 from mmcompress.problems.cifar100 import Cifar100Problem
@@ -23,7 +23,6 @@ from mmcompress.problems.cifar100 import data as cifar100
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
 from mmcompress.train import loop, parallel, run_axis, stages, step as step_lib
-from mmcompress.app import plan as app_plan
 
 SPE = 7  # steps per epoch in the schedule tests: no period is a multiple of it by accident
 EVAL_BATCH = 8  # divisible by the device counts the suite runs with (1, 2, 4, 8)

@@ -1,7 +1,8 @@
-"""The application's plan builder: the one module that reads an experiment config.
+"""The application's plan builder: where an experiment config becomes the plans that train.
 
 An entry point hands its ``ml_collections.ConfigDict`` (``experiments/configs/``) to the
-application; the application reads it here, once, into frozen plans:
+application's entry functions (`comparison.run`, `study.run`), which read it here, once, into
+frozen plans (this is the only module of `mmcompress` that imports ml_collections):
 
 * `trainer` → `mmcompress.train.plan.Plan`, what the trainer reads (stages, sections,
   weightings' knobs); the trainer and the core never see the config;
@@ -11,9 +12,11 @@ application; the application reads it here, once, into frozen plans:
   config of each of its comparisons (a setting, its tuning, its report, its controls), each
   recorded in its own folder.
 
-The config object itself travels on only to the problem's ``from_config`` (a problem reads
-its own fields: data folders, image sizes) and into the records (``config.json``, the
-report's ``config``).
+Besides, the config is read where the plans do not reach: a problem's ``validate_config`` and
+``from_config`` read its own fields (data folders, image sizes); the study reads its own
+section (``config.study``: settings, tuning seeds, jobs) and the fields its settings derive
+from; and the config is recorded as it is (``config.json``, the report's ``config``), which is
+how a rerun recognises its run.
 """
 from __future__ import annotations
 
@@ -97,8 +100,8 @@ class RunPlan:
 
   Attributes:
     trainer: the trainer's plan (stages, epochs, sections, sparsity, batch size).
-    problem: the registered problem's name (`mmcompress.problems.PROBLEMS`).
-    task_sets: the problem's task sets, if it has them (digits), else ().
+    problem: the registered problem's name (`mmcompress.problems.PROBLEMS`; None when the
+      config names none, which validation refuses).
     model, model_kwargs: the model's registered name and its keyword arguments.
     seeds, methods: the comparison's seeds and methods, in order.
     eval_batch_size, checkpoint_every_steps: evaluation batch; steps between checkpoints.
@@ -111,8 +114,7 @@ class RunPlan:
     config: the config itself, for the problem's ``from_config`` only.
   """
   trainer: plan_lib.Plan
-  problem: str
-  task_sets: tuple[str, ...]
+  problem: str | None
   model: str
   model_kwargs: Mapping[str, Any]
   seeds: tuple[int, ...]
@@ -147,19 +149,21 @@ class RunPlan:
 
 
 def comparison(config: Config) -> RunPlan:
-  """The `RunPlan` of a comparison's config (the problem's own fields stay in the config)."""
+  """The `RunPlan` of a comparison's config (the problem's own fields stay in the config).
+
+  A field the config lacks takes the neutral value of ``experiments/configs/base.py``, as in
+  `trainer`."""
   get = config.get
   return RunPlan(
       trainer=trainer(config),
-      problem=get("problem", "digits"),
-      task_sets=tuple(get("task_sets", ()) or ()),
+      problem=get("problem"),
       model=config.model,
       model_kwargs=types.MappingProxyType(_frozen(get("model_kwargs") or {})),
       seeds=tuple(config.seeds),
       methods=tuple(config.methods),
       eval_batch_size=config.eval_batch_size,
       checkpoint_every_steps=config.checkpoint_every_steps,
-      chunk_runs=get("chunk_runs", 0),
+      chunk_runs=get("chunk_runs", 1),
       runs_sharded=bool(get("runs_sharded", False)),
       data_order=get("data_order", 0),
       distributed=bool(get("distributed", False)),

@@ -51,9 +51,10 @@ from mmcompress import _files
 from mmcompress.app import plots, records
 from mmcompress.problems import metrics as metrics_lib
 
-__all__ = ["ALPHA", "BestMethod", "build_report", "Comparison", "EQUAL", "from_records",
-           "MethodSummary", "MINMAX", "one_example_retention", "PairedDifference", "Report",
-           "sign_test", "summary_sentence", "to_markdown", "write"]
+__all__ = ["ALPHA", "BestMethod", "build_report", "Comparison", "CriterionDifference", "EQUAL",
+           "from_records", "MethodSummary", "MINMAX", "MinmaxMinusEqual", "one_example_retention",
+           "PairedDifference", "Report", "sign_test", "summary_sentence", "to_markdown",
+           "write"]
 
 MINMAX = "minmax"
 EQUAL = "equal"
@@ -91,6 +92,17 @@ class PairedDifference(TypedDict):
   direction: int                # +1 / −1 when shown (p < ALPHA, |mean| > threshold), else 0
 
 
+class MinmaxMinusEqual(PairedDifference):
+  """Min-max − equal, with its verdict."""
+  winner: str | None            # "minmax", "equal", or None when nothing is shown
+  diverged: dict[str, list[Any]]  # "minmax" / "equal" -> the seeds it diverged on
+
+
+class CriterionDifference(PairedDifference):
+  """A task-aware criterion − magnitude masks, under the same weighting."""
+  versus: str                   # the weighting with magnitude masks
+
+
 class BestMethod(TypedDict):
   """The method of the highest mean worst-task retention (diverged seeds as 0)."""
   method: str
@@ -107,38 +119,41 @@ class Comparison(TypedDict):
   effect_threshold: dict[str, Any]
   best_worst_task_retention: BestMethod | None
   ranking: list[dict[str, Any]]  # {"method", "worst_task_retention"}, best first
-  # Min-max − equal, with the ``winner`` (a name or None) and the seeds each ``diverged``
-  # on; None unless both are present.
-  minmax_minus_equal: PairedDifference | None
-  # "w+criterion" − "w" (task-aware masks against magnitude masks), with ``versus``.
-  criterion_minus_magnitude: dict[str, PairedDifference]
+  minmax_minus_equal: MinmaxMinusEqual | None  # None unless both are present
+  criterion_minus_magnitude: dict[str, CriterionDifference]  # "w+criterion" − "w"
 
 
-class MethodSummary(TypedDict, total=False):
-  """One method over the seeds (the optional keys: see each)."""
-  metrics: dict[str, float]                  # task -> mean of its one metric
-  task_metrics: dict[str, dict[str, float]]  # task -> metric -> mean
-  retention: dict[str, float]                # task -> mean retention (all its metrics)
-  worst_task_retention: float
-  delta_m: float                             # percent, positive: better than dense
-  retention_one_metric: dict[str, float]     # the same over the one metric per task
-  worst_task_retention_one_metric: float
-  delta_m_one_metric: float
-  sparsity: float
-  compression_ratio: float                   # the prunable part's (its older name)
-  prunable_compression_ratio: float
+class _MethodMeans(TypedDict):
+  """What every `MethodSummary` holds."""
+  metrics: dict[str, float | None]                  # task -> mean of its one metric
+  task_metrics: dict[str, dict[str, float | None]]  # task -> metric -> mean
+  retention: dict[str, float | None]         # task -> mean retention (all its metrics)
+  worst_task_retention: float | None
+  delta_m: float | None                      # percent, positive: better than dense
+  retention_one_metric: dict[str, float | None]  # the same over the one metric per task
+  worst_task_retention_one_metric: float | None
+  delta_m_one_metric: float | None
+  sparsity: float | None
+  compression_ratio: float | None            # the prunable part's (its older name)
+  prunable_compression_ratio: float | None
   whole_model_compression_ratio: float | None  # None unless every seed reports it
   export: dict[str, float] | None            # the exports' sizes, means; None: not reported
-  task_weights: list[list[float]]            # the first seed's trajectory, if logged
-  task_weights_seed: Any                     # that seed
   # Each seed's own values of the fields above (not the trajectory), with its
   # ``worst_task`` and ``worst_task_one_metric``.
   per_seed: list[dict[str, Any]]
   diverged: list[dict[str, Any]]             # {"seed", "message"}; empty if it never did
 
 
+class MethodSummary(_MethodMeans, total=False):
+  """One method over the seeds (`_MethodMeans`; a mean is None where the method diverged on
+  every seed), and the trajectory of its task weights if it logs one."""
+  task_weights: list[list[float]]            # the first seed's trajectory
+  task_weights_seed: Any                     # that seed
+
+
 class Report(TypedDict):
-  """A compression experiment's report (`build_report`)."""
+  """A compression experiment's report (`build_report`; the ``report.json`` a comparison
+  writes adds its ``config``, ``diverged`` runs, ``variant`` and ``pinned`` variants)."""
   tasks: list[str]
   metric_names: dict[str, str]
   higher_is_better: dict[str, bool]

@@ -171,7 +171,7 @@ def reporting_config(sub: app_plan.Config, chosen: dict[str, Any]
   """A setting's reported comparison: its seeds, each method pinned at its chosen variant
   (``pcgrad@lr0.5-clip1``), no grid."""
   return app_plan.derived(sub, methods=tuple(f"{m}@{chosen[m]['chosen']}" for m in sub.methods),
-                  grid__learning_rate_scale=(), grid__clip_norm=())
+                          grid__learning_rate_scale=(), grid__clip_norm=())
 
 
 def sum_tuning_config(tune: app_plan.Config) -> app_plan.Config | None:
