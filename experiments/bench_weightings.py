@@ -23,9 +23,11 @@ single rounds, the compile time, and the memory of the compiled step (XLA's argu
 temporaries, `memory_analysis`) with its ratio to the equal step's: the per-method peak
 memory, since a process-wide high-water mark cannot tell methods apart in one process.
 
-Per model, one more line: the time of the prune stage's Taylor scoring for task-aware masks
+Per model, two more lines: the time of the prune stage's Taylor scoring for task-aware masks
 (`mmcompress.train.scoring.calibration_scores` on 8 calibration batches, as the base config)
-against one training epoch of the equal step.
+against one training epoch of the equal step; and ``per-task gradients (K=4): X.XX x one
+gradient``, the K per-task gradients of `mmcompress.weighting.per_task_grads` (its default
+mode, and each mode) against one gradient of the summed losses, jitted, on one batch.
 
 A loss-level method adds a few scalar operations to the equal step. A gradient-level method
 differentiates K task objectives instead of one (a vmapped VJP: K backward passes through the
@@ -107,6 +109,38 @@ def calibration_seconds(bench: benchmark.Bench, model_name: str, setup: benchmar
   return times[0], statistics.median(times[1:])
 
 
+def gradient_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.Setup,
+                     batch_size: int, steps: int, rounds: int, seed: int = 0
+                     ) -> dict[str, float]:
+  """Median seconds of one jitted call: one gradient of the summed task losses (``one``), and
+  the K per-task gradients of `mmcompress.weighting.per_task_grads` in each of its modes
+  (``auto``, ``unrolled``, ``vmap``), on the model's parameters and one training batch, timed
+  in `rounds` interleaved rounds of `steps` calls each."""
+  problem = bench.problem
+  model = create_model(model_name, benchmark.num_outputs(problem), **setup.model_options)
+  params, model_state = synthetic.step.init_variables(model, problem, seed)
+  batch = problem.train_batch(seed, 0, 0, batch_size)
+  rng = jax.random.key(seed)
+
+  def losses(p):
+    return problem.task_losses(model, p, model_state, batch, rng)[0]
+
+  calls = {"one": jax.jit(jax.grad(lambda p: losses(p).sum()))}
+  for mode in weighting.GRAD_MODES:
+    calls[mode] = jax.jit(lambda p, m=mode: weighting.per_task_grads(losses, p, mode=m)[1])
+  for call in calls.values():
+    jax.block_until_ready(call(params))  # compiled before any timing
+  times = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        out = call(params)
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - start) / steps)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[str], *,
                     batch_size: int | None = None, steps: int | None = None,
                     rounds: int | None = None, warmup: int | None = None) -> dict[str, Any]:
@@ -138,6 +172,7 @@ def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[s
         "recompiled": memory["recompiled"][m],
     }
   scoring_first_s, scoring_s = calibration_seconds(bench, model_name, setup, batch_size, mesh)
+  gradients = gradient_seconds(bench, model_name, setup, batch_size, steps, rounds)
   epoch_steps = bench.problem.steps_per_epoch(batch_size)
   return {"model": model_name, "description": setup.description,
           "calibration_batches": CALIBRATION_BATCHES, "scoring_s": scoring_s,
@@ -145,6 +180,8 @@ def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[s
           "epoch_steps": epoch_steps,
           "scoring_epochs": scoring_s / (epoch_steps * median[BASELINE] / 1e3),
           "num_params": bench.num_params, "batch_size": batch_size,
+          "gradient_s": gradients,
+          "per_task_gradient_ratio": gradients["auto"] / gradients["one"],
           "num_tasks": bench.problem.num_tasks, "platform": jax.default_backend(),
           "devices": mesh.devices.size, "steps": steps, "rounds": rounds, "warmup": warmup,
           "methods": per_method, "peak_memory_bytes": memory["peak_memory_bytes"],
@@ -206,7 +243,14 @@ def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benc
           f"batches, K per-task gradients each): {result['scoring_s']:.3f} s compiled, "
           f"{result['scoring_epochs']:.2f} x one training epoch of the equal step "
           f"({result['epoch_steps']} steps); the first call, compilation included (once per "
-          f"experiment): {result['scoring_first_s']:.2f} s.", file=out, flush=True)
+          f"experiment): {result['scoring_first_s']:.2f} s.", file=out)
+    g = result["gradient_s"]
+    print(f"per-task gradients (K={result['num_tasks']}): "
+          f"{result['per_task_gradient_ratio']:.2f} x one gradient ({g['auto'] * 1e3:.2f} ms "
+          f"against {g['one'] * 1e3:.2f} ms; modes: unrolled {g['unrolled'] * 1e3:.2f} ms, vmap "
+          f"{g['vmap'] * 1e3:.2f} ms; the default mode, auto, picks "
+          f"{'unrolled' if result['num_tasks'] <= weighting.UNROLL_MAX_TASKS else 'vmap'})",
+          file=out, flush=True)
   print("x equal: median ms/step over the equal step's; rounds x: the lowest and highest of "
         "single rounds; step MiB: XLA arguments + temporaries of the compiled step.", file=out)
   if json_out:

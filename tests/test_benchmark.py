@@ -157,6 +157,11 @@ def test_the_weightings_benchmark_times_each_methods_trainer_step_against_equal(
   assert result["scoring_s"] > 0 and result["scoring_epochs"] > 0
   table = out.getvalue()
   assert "Taylor scoring for task-aware pruning (8 calibration batches" in table
+  g = result["gradient_s"]
+  assert set(g) == {"one", "auto", "unrolled", "vmap"} and all(v > 0 for v in g.values())
+  assert result["per_task_gradient_ratio"] == g["auto"] / g["one"]
+  assert (f"per-task gradients (K=4): {result['per_task_gradient_ratio']:.2f} x one gradient"
+          in table)
   assert all(name in table for name in methods)
   with pytest.raises(errors.UserError, match="methods entry"):
     bench_weightings.run(["mlp"], ["no_such_method"], setups=setups, out=out)
