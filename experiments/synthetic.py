@@ -115,11 +115,24 @@ def masked_minmax_step(problem: Problem, model: Any, *, sparsity_level: float,
   Returns:
     A `MaskedMinmax`.
   """
+  return masked_step(problem, model, sparsity_level=sparsity_level, learning_rate=learning_rate,
+                     task_weighting=minmax, mesh=mesh, seed=seed, state_seed=state_seed)
+
+
+def masked_step(problem: Problem, model: Any, *, sparsity_level: float, learning_rate: float,
+                task_weighting: weighting.TaskWeighting, mesh: jax.sharding.Mesh | None = None,
+                seed: int = 0, state_seed: int | None = None) -> MaskedMinmax:
+  """`masked_minmax_step` under any task weighting: a gradient-level one's aggregator goes
+  first inside the sparse wrapper, as in the trainer (its arguments are
+  `masked_minmax_step`'s, `task_weighting` for `minmax`)."""
   mesh = parallel.data_mesh() if mesh is None else mesh
   params, model_state = step.init_variables(model, problem, seed)
   masks = sparsity.magnitude_masks(params, sparsity_level)
-  tx = saddle_point(sparsity.static_sparse(optax.sgd(learning_rate, momentum=0.9), masks), minmax.tx)
-  state = replicated_state(sparsity.apply_masks(params, masks), model_state, minmax, tx,
+  inner = optax.sgd(learning_rate, momentum=0.9)
+  if task_weighting.aggregate is not None:
+    inner = optax.chain(task_weighting.aggregate(problem.num_tasks, seed), inner)
+  tx = saddle_point(sparsity.static_sparse(inner, masks), task_weighting.tx)
+  state = replicated_state(sparsity.apply_masks(params, masks), model_state, task_weighting, tx,
                            problem.num_tasks, mesh, seed if state_seed is None else state_seed)
-  train_step = step.make_train_step(problem, model, minmax, tx, mesh)
+  train_step = step.make_train_step(problem, model, task_weighting, tx, mesh)
   return MaskedMinmax(train_step, state, masks, params, model_state, mesh)

@@ -104,6 +104,7 @@ ENTRY_POINT_ERRORS = (
     ("experiments.gpu_check", "--steps=0", ("--steps",)),
     ("experiments.gpu_check", "--nope", ("nope",)),
     ("experiments.gpu_check", "extra", ("unexpected arguments",)),
+    ("experiments.gpu_check", "--all --out_dir={file}", ("is a file",)),
     ("experiments.tune_minmax", "--gammas=abc --workdir={w}", ("--gammas entry",)),
     ("experiments.tune_minmax", "--every=never --workdir={w}", ("--every entry",)),
     ("experiments.tune_minmax", "--config.model=nope --workdir={w}", ("config.model",)),

@@ -20,18 +20,20 @@ Measured (README, "Scenes"): the dense model beats the trivial predictor on ever
 against 49.5°, means over 3 seeds); 20 min 44 s wall on the shared 2-core machine.
 
 Presets: ``quick`` (a few tiny scenes, a narrow MTAN of one convolution per block, one seed,
-one epoch per compression stage: a smoke test of the whole pipeline, for the tests). Override
+one epoch per compression stage: a smoke test of the whole pipeline, for the tests); ``gpu``
+(more and larger scenes, a wider MTAN, longer retraining: the scenes comparison of
+``python -m experiments.gpu_check --all``). Override
 any field, e.g. ``--config.seeds="(0,)"``; the config is locked, so a mistyped field fails.
 """
 import ml_collections
 
 from experiments.configs import base
 
-PRESETS = ("", "quick")
+PRESETS = ("", "quick", "gpu")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """The default (measured) config, or the `quick` preset."""
+  """The default (measured) config, or the `quick` or `gpu` preset."""
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}: use one of {list(PRESETS)}.")
   c = base.get_base_config()
@@ -72,5 +74,17 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # by them), the compression stages one epoch each.
     c.epochs.update({"pretrain": 6, "reweight": 1, "retrain": 1, "sparse": 1})
     c.checkpoint_every_steps = 50
+  if preset == "gpu":
+    # Sized for one GPU (`python -m experiments.gpu_check --all`, about 10 minutes in all):
+    # 4x the scenes at 4x the pixels, the MTAN twice as wide, and the compression stages
+    # long enough to train back (retraining 5x the default). Chosen by estimate from the
+    # CPU runs (the default: 13 min 48 s on 2 cores); no GPU has run it yet.
+    c.num_train, c.num_val, c.num_test = 1280, 256, 512
+    c.height, c.width = 64, 128
+    c.model_kwargs.filters = (16, 32, 64, 64, 64)
+    c.batch_size = 32
+    c.eval_batch_size = 128
+    c.epochs.update({"pretrain": 20, "reweight": 3, "retrain": 20, "sparse": 40})
+    c.checkpoint_every_steps = 1000
   c.lock()
   return c

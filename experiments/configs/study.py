@@ -35,8 +35,9 @@ task-aware criterion (`CRITERIA`).
 Presets: ``quick`` (the fair protocol's smoke test: 2 + 2 seeds, equal and min-max, `mixed` at
 40x, no reweighting, a grid of three scales); ``untuned``, ``untuned_quick`` and ``tuned``
 (the earlier studies of docs/earlier_studies.md: every method at the base rate, classify and
-mixed, the 22 methods they ran; ``tuned`` chooses each method's clip); ``scenes_quick`` (the
-study of another registered problem).
+mixed, the 22 methods they ran; ``tuned`` chooses each method's clip); ``scenes_quick`` and
+``scenes_gpu`` (the study of another registered problem, at the scenes presets `quick` and
+`gpu`).
 """
 import ml_collections
 
@@ -57,10 +58,10 @@ FAIR_SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
 CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_minmax")
 
 
-def _scenes_quick() -> ml_collections.ConfigDict:
-  """The study of another problem: scenes' quick preset (one seed, equal and min-max) at 40x,
-  every method at the base rate; the problem has no task sets, so one setting, scenes-40x."""
-  c = scenes.get_config("quick")
+def _scenes(preset: str) -> ml_collections.ConfigDict:
+  """The study of another problem: a scenes preset (equal and min-max) at 40x, every method
+  at the base rate; the problem has no task sets, so one setting, scenes-40x."""
+  c = scenes.get_config(preset)
   c.unlock()
   del c["sparsity"]
   c.study = ml_collections.ConfigDict({"task_sets": (), "sparsities": (0.975,), "jobs": 1,
@@ -72,9 +73,9 @@ def _scenes_quick() -> ml_collections.ConfigDict:
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """The fair study, or a preset: `quick`, `untuned`, `untuned_quick`, `tuned`,
-  `scenes_quick`."""
-  if preset == "scenes_quick":
-    return _scenes_quick()
+  `scenes_quick`, `scenes_gpu`."""
+  if preset in ("scenes_quick", "scenes_gpu"):
+    return _scenes(preset.split("_")[1])
   c = digits.get_config("study")
   c.unlock()
   # A study sets these per setting, from config.study.
@@ -135,6 +136,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
       c.study.compress_clip_norms = (0.0, 1.0)
   elif preset:
     raise ValueError(f"unknown preset {preset!r}: use '', 'quick', 'untuned', "
-                     "'untuned_quick', 'tuned' or 'scenes_quick'.")
+                     "'untuned_quick', 'tuned', 'scenes_quick' or 'scenes_gpu'.")
   c.lock()
   return c
