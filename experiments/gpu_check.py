@@ -49,6 +49,8 @@ from mmcompress.models import create_model
 from mmcompress.problems import scenes
 from mmcompress.problems.scenes import problem as scenes_problem
 from mmcompress.problems.cifar100 import Cifar100Problem
+from mmcompress.problems.digits import DigitsProblem
+from mmcompress.problems.digits import data as digits_data
 from mmcompress.train import parallel
 
 _SMALL = flags.DEFINE_bool("small", False, "Reduced widths and resolution (CPU smoke test).")
@@ -79,7 +81,16 @@ def _nyuv2(small: bool, workdir: str):
   return problem, create_model("mtan", problem.num_outputs, filters=filters), 2
 
 
+def _digits(small: bool, workdir: str):
+  del small, workdir
+  problem = DigitsProblem(digits_data.load_multidigits("classify"))
+  return problem, create_model("mlp", problem.num_outputs), 64
+
+
+# The paper's two models, checked by default; and the digits MLP (``step_models`` of
+# `run_all`), a step check that compiles in seconds, for smoke runs.
 MODELS = {"vgg16/cifar100": _cifar, "mtan/nyuv2": _nyuv2}
+EXTRA_MODELS = {"mlp/digits": _digits}
 
 
 def _weighting(name: str) -> weighting.TaskWeighting:
@@ -133,7 +144,7 @@ def model_steps(small: bool, steps: int, methods: Sequence[str], workdir: str,
   """`check_model` for every model of `models` under every method, printing a line each."""
   results = []
   for name in models:
-    problem, model, batch_size = MODELS[name](small, workdir)
+    problem, model, batch_size = {**MODELS, **EXTRA_MODELS}[name](small, workdir)
     for method in methods:
       results.append(check_model(name, problem, model, batch_size, steps, method))
       print(step_line(results[-1]), flush=True)
