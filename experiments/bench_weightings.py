@@ -47,11 +47,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from absl import flags
 
 from experiments import benchmark, launch, synthetic
-from mmcompress import _checks, saddle_point, sparsity, weighting
+from mmcompress import _checks, sparsity, weighting
 from mmcompress.models import create_model
 from mmcompress.train import parallel, scoring
 from mmcompress.train.step import make_train_step
@@ -75,10 +74,7 @@ def build(model_name: str, setup: benchmark.Setup, methods: Sequence[str], batch
   steps, states = {}, {}
   for name in methods:
     w = weighting.create(name)
-    inner = optax.sgd(benchmark.LEARNING_RATE, momentum=0.9)
-    if w.aggregate is not None:
-      inner = optax.chain(w.aggregate(problem.num_tasks, seed), inner)
-    tx = saddle_point(sparsity.static_sparse(inner, masks), w.tx)
+    tx = synthetic.masked_tx(w, masks, benchmark.LEARNING_RATE, problem.num_tasks, seed)
     states[name] = synthetic.replicated_state(pruned, model_state, w, tx, problem.num_tasks,
                                               mesh, seed)
     steps[name] = make_train_step(problem, model, w, tx, mesh)
@@ -88,6 +84,13 @@ def build(model_name: str, setup: benchmark.Setup, methods: Sequence[str], batch
   return benchmark.Bench(problem, steps, states, batch, num_params)
 
 
+def _model(bench: benchmark.Bench, model_name: str, setup: benchmark.Setup, seed: int
+           ) -> tuple[Any, Any, Any]:
+  """The model of `bench`'s problem and its fresh (dense) parameters and other collections."""
+  model = create_model(model_name, benchmark.num_outputs(bench.problem), **setup.model_options)
+  return (model, *synthetic.step.init_variables(model, bench.problem, seed))
+
+
 def calibration_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.Setup,
                         batch_size: int, mesh: jax.sharding.Mesh, seed: int = 0
                         ) -> tuple[float, float]:
@@ -95,8 +98,7 @@ def calibration_seconds(bench: benchmark.Bench, model_name: str, setup: benchmar
   (`scoring.calibration_scores`) on `CALIBRATION_BATCHES` training batches, the first call
   (compilation included: once per experiment) and the median of three compiled calls."""
   problem = bench.problem
-  model = create_model(model_name, benchmark.num_outputs(problem), **setup.model_options)
-  params, model_state = synthetic.step.init_variables(model, problem, seed)
+  model, params, model_state = _model(bench, model_name, setup, seed)
   batches = [problem.train_batch(seed, 2, step, batch_size)
              for step in range(CALIBRATION_BATCHES)]
   step = scoring.make_scoring_step(problem, model, mesh)
@@ -113,12 +115,12 @@ def gradient_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.S
                      batch_size: int, steps: int, rounds: int, seed: int = 0
                      ) -> dict[str, float]:
   """Median seconds of one jitted call: one gradient of the summed task losses (``one``), and
-  the K per-task gradients of `mmcompress.weighting.per_task_grads` in each of its modes
-  (``auto``, ``unrolled``, ``vmap``), on the model's parameters and one training batch, timed
-  in `rounds` interleaved rounds of `steps` calls each."""
+  the K per-task gradients of `mmcompress.weighting.per_task_grads` in each of its ways
+  (``unrolled``, ``vmap``; ``auto`` is the one of them it picks, `weighting.grad_mode`, not
+  timed again), on the model's parameters and one training batch, timed in `rounds`
+  interleaved rounds of `steps` calls each."""
   problem = bench.problem
-  model = create_model(model_name, benchmark.num_outputs(problem), **setup.model_options)
-  params, model_state = synthetic.step.init_variables(model, problem, seed)
+  model, params, model_state = _model(bench, model_name, setup, seed)
   batch = problem.train_batch(seed, 0, 0, batch_size)
   rng = jax.random.key(seed)
 
@@ -126,7 +128,7 @@ def gradient_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.S
     return problem.task_losses(model, p, model_state, batch, rng)[0]
 
   calls = {"one": jax.jit(jax.grad(lambda p: losses(p).sum()))}
-  for mode in weighting.GRAD_MODES:
+  for mode in ("unrolled", "vmap"):
     calls[mode] = jax.jit(lambda p, m=mode: weighting.per_task_grads(losses, p, mode=m)[1])
   for call in calls.values():
     jax.block_until_ready(call(params))  # compiled before any timing
@@ -138,7 +140,9 @@ def gradient_seconds(bench: benchmark.Bench, model_name: str, setup: benchmark.S
         out = call(params)
       jax.block_until_ready(out)
       times[name].append((time.perf_counter() - start) / steps)
-  return {name: statistics.median(t) for name, t in times.items()}
+  out = {name: statistics.median(t) for name, t in times.items()}
+  out["auto"] = out[weighting.grad_mode("auto", problem.num_tasks)]
+  return out
 
 
 def benchmark_model(model_name: str, setup: benchmark.Setup, methods: Sequence[str], *,
@@ -247,10 +251,9 @@ def run(models: Sequence[str], methods: Sequence[str], *, setups: dict[str, benc
     g = result["gradient_s"]
     print(f"per-task gradients (K={result['num_tasks']}): "
           f"{result['per_task_gradient_ratio']:.2f} x one gradient ({g['auto'] * 1e3:.2f} ms "
-          f"against {g['one'] * 1e3:.2f} ms; modes: unrolled {g['unrolled'] * 1e3:.2f} ms, vmap "
+          f"against {g['one'] * 1e3:.2f} ms; unrolled {g['unrolled'] * 1e3:.2f} ms, vmap "
           f"{g['vmap'] * 1e3:.2f} ms; the default mode, auto, picks "
-          f"{'unrolled' if result['num_tasks'] <= weighting.UNROLL_MAX_TASKS else 'vmap'})",
-          file=out, flush=True)
+          f"{weighting.grad_mode('auto', result['num_tasks'])})", file=out, flush=True)
   print("x equal: median ms/step over the equal step's; rounds x: the lowest and highest of "
         "single rounds; step MiB: XLA arguments + temporaries of the compiled step.", file=out)
   if json_out:

@@ -119,6 +119,17 @@ def masked_minmax_step(problem: Problem, model: Any, *, sparsity_level: float,
                      task_weighting=minmax, mesh=mesh, seed=seed, state_seed=state_seed)
 
 
+def masked_tx(task_weighting: weighting.TaskWeighting, masks: Any, learning_rate: float,
+              num_tasks: int, seed: int = 0) -> optax.GradientTransformation:
+  """The trainer's masked transform: ``saddle_point(static_sparse(chain([aggregator,]
+  sgd(learning_rate, momentum=0.9)), masks), task_weighting.tx)``, a gradient-level
+  weighting's aggregator first inside the sparse wrapper."""
+  inner = optax.sgd(learning_rate, momentum=0.9)
+  if task_weighting.aggregate is not None:
+    inner = optax.chain(task_weighting.aggregate(num_tasks, seed), inner)
+  return saddle_point(sparsity.static_sparse(inner, masks), task_weighting.tx)
+
+
 def masked_step(problem: Problem, model: Any, *, sparsity_level: float, learning_rate: float,
                 task_weighting: weighting.TaskWeighting, mesh: jax.sharding.Mesh | None = None,
                 seed: int = 0, state_seed: int | None = None) -> MaskedMinmax:
@@ -128,10 +139,7 @@ def masked_step(problem: Problem, model: Any, *, sparsity_level: float, learning
   mesh = parallel.data_mesh() if mesh is None else mesh
   params, model_state = step.init_variables(model, problem, seed)
   masks = sparsity.magnitude_masks(params, sparsity_level)
-  inner = optax.sgd(learning_rate, momentum=0.9)
-  if task_weighting.aggregate is not None:
-    inner = optax.chain(task_weighting.aggregate(problem.num_tasks, seed), inner)
-  tx = saddle_point(sparsity.static_sparse(inner, masks), task_weighting.tx)
+  tx = masked_tx(task_weighting, masks, learning_rate, problem.num_tasks, seed)
   state = replicated_state(sparsity.apply_masks(params, masks), model_state, task_weighting, tx,
                            problem.num_tasks, mesh, seed if state_seed is None else state_seed)
   train_step = step.make_train_step(problem, model, task_weighting, tx, mesh)

@@ -67,7 +67,7 @@ from mmcompress.weighting.gls import gls
 from mmcompress.weighting import gradient_methods as gm
 from mmcompress.weighting.gradient import (GRAD_MODES, UNROLL_MAX_TASKS, AggregateState,
                                            aggregate, current_weights, default_shared,
-                                           per_task_grads, sum_tasks)
+                                           grad_mode, per_task_grads, sum_tasks)
 from mmcompress.weighting.minmax import AutoScalesState, minmax, minmax_auto
 from mmcompress.weighting.rlw import rlw
 from mmcompress.weighting.stch import STCHState, stch
@@ -193,6 +193,7 @@ nash_mtl, aligned_mtl, upgrad, fairgrad = gm.nash_mtl, gm.aligned_mtl, gm.upgrad
 
 __all__ = [
     "GRAD_MODES",
+    "grad_mode",
     "UNROLL_MAX_TASKS",
     "AggregateState",
     "AutoScalesState",

@@ -41,8 +41,8 @@ from mmcompress.sparsity.masks import path_name
 from mmcompress.weighting import base
 
 __all__ = ["aggregate", "AggregateState", "checked_flags", "combine", "current_weights",
-           "default_shared", "GRAD_MODES", "gradient_weighting", "gram_matrix", "gram_weighting",
-           "normalised", "per_task_grads", "row_norms", "scaled_gram_matrix", "shared_flags",
+           "default_shared", "GRAD_MODES", "grad_mode", "gradient_weighting", "gram_matrix",
+           "gram_weighting", "normalised", "per_task_grads", "row_norms", "scaled_gram_matrix", "shared_flags",
            "sum_tasks", "UNROLL_MAX_TASKS"]
 
 # (gram (K, K), key) -> alpha (K,): the task weights of the combined direction.
@@ -56,6 +56,16 @@ GRAD_MODES = ("auto", "unrolled", "vmap")
 # `auto` unrolls up to this many tasks: the unrolled program holds K backward passes, so its
 # compilation grows with K (VGG16's 20 tasks), while the vmapped one holds one.
 UNROLL_MAX_TASKS = 8
+
+
+def grad_mode(mode: str, num_tasks: int) -> str:
+  """The way `per_task_grads` takes `num_tasks` gradients under `mode`: ``"vmap"`` or
+  ``"unrolled"`` (``"auto"``: unrolled up to `UNROLL_MAX_TASKS` tasks)."""
+  if mode not in GRAD_MODES:
+    raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}.")
+  if mode == "auto":
+    return "unrolled" if num_tasks <= UNROLL_MAX_TASKS else "vmap"
+  return mode
 
 
 def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False,
@@ -109,7 +119,7 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
                      f"got shape {tuple(shape.shape)}.")
   num_tasks = shape.shape[0]
-  if mode == "vmap" or num_tasks == 0 or (mode == "auto" and num_tasks > UNROLL_MAX_TASKS):
+  if num_tasks == 0 or grad_mode(mode, num_tasks) == "vmap":
     if has_aux:
       values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
     else:
