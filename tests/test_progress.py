@@ -1,4 +1,6 @@
 """Where a comparison stands: the plan of its epochs, the time left, what is shown and kept."""
+import struct
+
 from mmcompress.app import plan as app_plan, progress
 from mmcompress.train import loop
 
@@ -70,3 +72,26 @@ def test_a_finished_runs_tensorboard_writer_is_closed_with_its_threads(tmp_path)
   events = list(tmp_path.glob("tensorboard/seed*/dense/events.*"))
   assert len(events) == 20 and all(e.stat().st_size > 0 for e in events)  # written
   shown.close()
+  # What TensorBoard reads back: the epoch's scalars under their tags, at the epoch's step.
+  scalars = [(event.step, value.tag, value.simple_value)
+             for event in _events(events[0]) for value in event.summary.value]
+  assert sorted(scalars) == sorted(
+      (0, f"pretrain/{name}/{task}", value)
+      for name, row in (("train_loss", RECORD.train_loss), ("val_metric", RECORD.val_metric),
+                        ("task_weight", RECORD.task_weights))
+      for task, value in zip(("a", "b"), row))
+
+
+def _events(path):
+  """The events of a TensorBoard event file, read by hand: TFRecord framing (a little-endian
+  uint64 length, a 4-byte checksum, the data, a 4-byte checksum) around Event protos."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  data, events, at = path.read_bytes(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    event = event_pb2.Event()
+    event.ParseFromString(data[at + 12:at + 12 + length])
+    events.append(event)
+    at += 12 + length + 4
+  assert at == len(data)
+  return events
