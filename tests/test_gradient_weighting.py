@@ -347,8 +347,8 @@ def test_task_aware_regrowth_needs_stacked_gradients():
 
 def _model_losses(name, digits_data):
   """The trainer's per-task training losses of one batch as a function of the parameters, on
-  the MLP or the CNN (digits, 4 tasks). (A reduced MTAN took 110 s in this test on the 2-core
-  machine, its vmapped backward pass compiling slowly: left out for the suite's time.)"""
+  the MLP or the CNN (digits, 4 tasks). (The reduced MTAN's check is in tests/test_mtan.py,
+  beside the gradient its other tests need, so that the model compiles once for both.)"""
   # pylint: disable=import-outside-toplevel
   from mmcompress.models import create_model
   from mmcompress.problems.digits import DigitsProblem

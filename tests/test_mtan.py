@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from mmcompress import weighting
 from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.models.mtan import max_pool_with_argmax
 from mmcompress.models.mtan import max_unpool
@@ -69,26 +71,59 @@ def _losses(outputs, targets):
   ])
 
 
+# The reduced MTAN of the gradient tests: one convolution per block and narrow, at the
+# smallest input five blocks allow; every kind of layer is still there.
+TINY = {"filters": (4, 4, 4, 4, 4), "convs_per_block": (1, 1, 1, 1, 1)}
+TINY_SHAPE = (2, 32, 32, 3)
+
+
+class Gradients(NamedTuple):
+  variables: dict
+  images: jax.Array
+  loss: jax.Array      # the sum of the task losses
+  updates: dict        # the training-mode batch statistics
+  grads: dict          # jax.grad of the summed losses
+  separate: list       # separate[k]: jax.grad of task k's loss alone
+  rows: dict           # per_task_grads' stacked rows, by mode ("unrolled", "vmap")
+
+
 @pytest.fixture(scope="module")
-def train_step(small):
-  """One jitted training-mode gradient step, run once and shared by the tests below."""
-  model, variables, _ = small
-  images = _images(seed=5)
+def train_step():
+  """The reduced MTAN's training-mode task losses on one batch, differentiated as the trainer
+  does (`weighting.per_task_grads`, each mode) and task by task with `jax.grad`; shared by the
+  tests below. (Each program compiles for 10-25 s on 2 cores: the tasks' own gradients come
+  from one program, `jax.grad` of weights · losses called with the weights e_k, and the
+  summed gradient from the same program with the weights 1.)"""
+  model = MultiTaskAttentionNet(NUM_OUTPUTS, **TINY)
+  images = _images(TINY_SHAPE, seed=5)
+  variables = _variables(model, images)
   k1, k2, k3 = jax.random.split(jax.random.key(6), 3)
-  b, h, w, _ = SHAPE
+  b, h, w, _ = TINY_SHAPE
   normal_target = jax.random.normal(k3, (b, h, w, 3))
   targets = (jax.random.randint(k1, (b, h, w), 0, NUM_OUTPUTS[0]),
              jax.random.uniform(k2, (b, h, w, 1)),
              normal_target / jnp.linalg.norm(normal_target, axis=-1, keepdims=True))
 
-  def loss_fn(params, batch_stats, images, targets):
+  def losses(params, batch_stats):
     outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                    train=True, mutable=["batch_stats"])
-    return jnp.sum(_losses(outputs, targets)), updates
+    return _losses(outputs, targets), updates
 
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  (loss, updates), grads = step(variables["params"], variables["batch_stats"], images, targets)
-  return images, loss, updates, grads
+  def weighted(params, batch_stats, weights):
+    values, updates = losses(params, batch_stats)
+    return weights @ values, updates
+
+  grad = jax.jit(jax.value_and_grad(weighted, has_aux=True))
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  num_tasks = len(NUM_OUTPUTS)
+  (loss, updates), grads = grad(params, batch_stats, jnp.ones(num_tasks))
+  separate = [grad(params, batch_stats, jnp.eye(num_tasks)[k])[1] for k in range(num_tasks)]
+  rows = {}
+  for mode in ("unrolled", "vmap"):
+    by_mode = jax.jit(lambda p, s, mode=mode: weighting.per_task_grads(
+        lambda q: losses(q, s), p, has_aux=True, mode=mode)[1])
+    rows[mode] = by_mode(params, batch_stats)
+  return Gradients(variables, images, loss, updates, grads, separate, rows)
 
 
 # Hand-built 4x4 example, two channels (the second is the negated first) so that the maxima sit
@@ -288,9 +323,8 @@ def test_bad_input_size_and_configuration_raise():
                    jnp.zeros(SHAPE))
 
 
-def test_train_mode_updates_batch_stats_with_momentum_0_9(small, train_step):
-  _, variables, _ = small
-  images, _, updates, _ = train_step
+def test_train_mode_updates_batch_stats_with_momentum_0_9(train_step):
+  variables, images, updates = train_step.variables, train_step.images, train_step.updates
   old, new = _keystrs(variables["batch_stats"]), _keystrs(updates["batch_stats"])
   assert old.keys() == new.keys()
   unchanged = [p for p in old if np.allclose(old[p], new[p])]
@@ -307,8 +341,24 @@ def test_train_mode_updates_batch_stats_with_momentum_0_9(small, train_step):
 
 
 def test_jitted_gradient_step_is_finite_and_reaches_every_parameter(train_step):
-  _, loss, _, grads = train_step
+  loss, grads = train_step.loss, train_step.grads
   assert np.isfinite(loss) and loss > 0
   for path, g in _keystrs(grads).items():
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), path
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "vmap"])
+def test_every_per_task_gradient_mode_gives_each_tasks_own_gradient(train_step, mode):
+  rows = train_step.rows[mode]
+  for k, own in enumerate(train_step.separate):
+    jax.tree.map(lambda r, g, k=k: np.testing.assert_allclose(r[k], g, rtol=2e-5, atol=2e-6),
+                 rows, own)
+  # A task's own modules get nothing from the other tasks: their rows are exactly zero.
+  for k in range(len(NUM_OUTPUTS)):
+    for j in range(len(NUM_OUTPUTS)):
+      for module in (f"head_{k}", f"task{k}_attention_enc0", f"task{k}_attention_dec4"):
+        reached = [bool(np.any(r[j] != 0)) for r in jax.tree.leaves(rows[module])]
+        assert (any(reached) if j == k else not any(reached)), (module, j)
+  # The rule `auto` follows at these three tasks: the unrolled program.
+  assert weighting.grad_mode("auto", len(NUM_OUTPUTS)) == "unrolled"

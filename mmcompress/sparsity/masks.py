@@ -492,5 +492,10 @@ def apply_masks(params: Any, masks: Any) -> Any:
     `params` with `jnp.where(mask, p, 0)` applied leaf by leaf (dtypes preserved).
   """
   _checks.same_structure(masks, params, "masks")
+  return _masked(params, masks)
+
+
+@jax.jit  # one dispatch for the tree, not one per leaf: runs are finished and exported by
+def _masked(params: Any, masks: Any) -> Any:  # the hundred in a grid
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))),
                       params, masks)
