@@ -165,6 +165,12 @@ def test_each_seed_draws_its_own_data_order_and_a_seed_always_the_same():
     assert len(set(epoch.tolist())) == len(epoch) == spe * batch_size
   stacked = run_axis.stacked_batches(problem, (0, 1, 0), 0, 3, batch_size)["images"]
   assert np.array_equal(stacked[0], stacked[2]) and not np.array_equal(stacked[0], stacked[1])
+  # The epoch's order is remembered, so it is read-only: no caller can change another's.
+  from mmcompress.problems import base  # pylint: disable=import-outside-toplevel
+  order = base.epoch_order(1, 0, 0, data.train.num_examples)
+  assert np.array_equal(order, np.random.default_rng([1, 0, 0]).permutation(len(order)))
+  with pytest.raises(ValueError, match="read-only"):
+    order[0] = 0
 
 
 def test_a_grouping_is_parsed_into_classify_style_tasks():
