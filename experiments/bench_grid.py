@@ -12,18 +12,22 @@ within minutes on 2 cores), on 5 seeds:
 
 Both share nothing but the process (the second also trains its dense references), and it
 prints ``grid axis: 10 variants x 5 seeds / 1 variant x 5 seeds wall-time ratio X.XX``
-(the goal: at most 4). The wall times depend on the machine and whatever else runs on it.
+(the goal: at most 4), each run's wall time split as the runs print it (compilation, training
+steps, evaluation, checkpoints, the rest). The wall times depend on the machine and whatever
+else runs on it.
 """
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from typing import Any
 
 import jax
 
-from experiments.bench_seeds import timed_run  # one whole comparison, in a fresh workdir
 from experiments.configs import digits as digits_config
+from mmcompress.app import comparison
+from mmcompress.train import clock as clock_lib
 
 METHODS = ("equal", "minmax", "uncertainty", "dwa")
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -45,22 +49,36 @@ def config_for(num_seeds: int, grid: bool):
   return config
 
 
+def timed_run(config) -> tuple[float, dict[str, float]]:
+  """Wall seconds of one whole comparison in a fresh temporary workdir, and where they went
+  (`mmcompress.train.clock.Clock.split`)."""
+  with tempfile.TemporaryDirectory() as workdir, clock_lib.Clock() as clock:
+    comparison.run(config, workdir, print_report=False, clock=clock)
+  return clock.wall, clock.split()
+
+
+def _split_text(split: dict[str, float]) -> str:
+  return ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in split.items())
+
+
 def run(num_seeds: int = 5, out: Any = sys.stdout, json_out: str | None = None,
         configs=config_for) -> dict:
   """Times the two runs of the module docstring, prints the lines, returns the numbers."""
   variants = len(SCALES) * len(CLIPS)
   print(f"timing the digits comparison (study budget, classify, 40x, {', '.join(METHODS)}): "
         f"1 variant and {variants} variants, {num_seeds} seeds each ...", file=out, flush=True)
-  one = timed_run(configs(num_seeds, False))
-  many = timed_run(configs(num_seeds, True))
+  one, one_split = timed_run(configs(num_seeds, False))
+  many, many_split = timed_run(configs(num_seeds, True))
   ratio = many / one
-  print(f"  1 variant x {num_seeds} seeds: {one:.1f} s", file=out)
-  print(f"  {variants} variants x {num_seeds} seeds: {many:.1f} s", file=out)
+  print(f"  1 variant x {num_seeds} seeds: {one:.1f} s ({_split_text(one_split)})", file=out)
+  print(f"  {variants} variants x {num_seeds} seeds: {many:.1f} s ({_split_text(many_split)})",
+        file=out)
   print(f"grid axis: {variants} variants x {num_seeds} seeds / 1 variant x {num_seeds} seeds "
         f"wall-time ratio {ratio:.2f} (goal <= {GOAL_RATIO:g})", file=out)
   print(f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}", file=out, flush=True)
   result = {"wall_s": {"one": one, "grid": many}, "ratio": ratio, "variants": variants,
+            "split_s": {"one": one_split, "grid": many_split},
             "num_seeds": num_seeds, "methods": list(METHODS)}
   if json_out:
     with open(json_out, "w") as f:

@@ -22,7 +22,10 @@ backend reports it). Exits non-zero if a check fails.
 * the scenes study (`mmcompress.app.study`, the ``scenes_gpu`` preset: more and larger scenes,
   a wider MTAN, longer retraining; ``--small``: ``scenes_quick``) in ``--out_dir/scenes``, and
   whether every method's compressed model beats the trivial predictor (the training maps'
-  constant, `mmcompress.problems.scenes.trivial_metrics`) on every task.
+  constant, `mmcompress.problems.scenes.trivial_metrics`) on every task;
+* at full size, the run axis's grid benchmark (`experiments.bench_grid`: 10 variants × 5
+  seeds against 1 × 5 of the digits comparison), whose ratio a 2-core CPU cannot bring under
+  its goal (docs/running.md).
 
 Numbers depend on the machine; none are recorded in the repository until someone runs it on a
 GPU (docs/benchmarks.md says which were).
@@ -41,7 +44,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments import bench_weightings, benchmark, launch, synthetic
+from experiments import bench_grid, bench_weightings, benchmark, launch, synthetic
 from experiments.configs import study as study_config
 from mmcompress import _checks, _files, errors, problems, sparsity, weighting
 from mmcompress.app import study
@@ -226,6 +229,13 @@ def markdown(result: dict[str, Any]) -> str:
     cells = " | ".join("—" if values.get(t) is None else f"{values[t]:.3f}" for t in tasks)
     verdict = s["beats_trivial"].get(name)
     lines.append(f"| {name} | {cells} | {'' if verdict is None else verdict} |")
+  grid = result.get("grid")
+  if grid:
+    lines += ["", f"## Grid on the run axis (`experiments.benchmark --grid`, "
+              f"{grid['num_seeds']} seeds)", "",
+              f"1 variant: {grid['wall_s']['one']:.1f} s, {grid['variants']} variants: "
+              f"{grid['wall_s']['grid']:.1f} s, wall-time ratio {grid['ratio']:.2f} "
+              f"(goal <= {bench_grid.GOAL_RATIO:g})"]
   return "\n".join(lines) + "\n"
 
 
@@ -234,13 +244,17 @@ def run_all(small: bool, steps: int, out: str, *, step_methods: Sequence[str] = 
             weighting_models: Sequence[str] | None = None,
             weighting_methods: Sequence[str] | None = None,
             weighting_setups: dict[str, benchmark.Setup] | None = None,
-            adjust_scenes: Callable[[Any], None] | None = None) -> dict[str, Any]:
+            adjust_scenes: Callable[[Any], None] | None = None,
+            grid_seeds: int | None = None) -> dict[str, Any]:
   """The whole check (``--all``); writes ``out/gpu_check.json`` and ``out/gpu_check.md``.
 
   The keywords narrow it (the tests' CPU smoke run): the models and methods of the steps, the
   weightings' models (default: every model of the platform's sizes, VGG16 only on an
   accelerator or full sizes), methods (default: every registered one) and sizes (default: the
-  platform's, `benchmark.platform_setups`), and a change to the scenes study's config.
+  platform's, `benchmark.platform_setups`), a change to the scenes study's config, and the
+  seeds of the grid benchmark (`experiments.bench_grid`: by default 5 at full size, where
+  the run axis's ratio is to be measured on a device with parallel width, and none with
+  `small`, where it takes minutes of CPU).
   """
   os.makedirs(out, exist_ok=True)
   with tempfile.TemporaryDirectory() as workdir:
@@ -252,9 +266,11 @@ def run_all(small: bool, steps: int, out: str, *, step_methods: Sequence[str] = 
                                 setups=setups)
   scenes_result = scenes_study("scenes_quick" if small else "scenes_gpu",
                                os.path.join(out, "scenes"), adjust_scenes)
+  grid_seeds = (0 if small else 5) if grid_seeds is None else grid_seeds
+  grid = bench_grid.run(grid_seeds) if grid_seeds else None
   result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "jax": jax.__version__, "small": small, "steps": step_results,
-            "weightings": tables, "scenes": scenes_result,
+            "weightings": tables, "scenes": scenes_result, "grid": grid,
             "ok": all(r["ok"] for r in step_results)}
   _files.write_json_atomically(os.path.join(out, "gpu_check.json"), result)
   text = markdown(result)

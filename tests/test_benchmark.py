@@ -214,7 +214,8 @@ def test_the_grid_benchmark_times_one_variant_and_ten_on_the_run_axis(monkeypatc
 
   def timed(config):
     seen.append(len(variants.grid(app_plan.trainer(config))))
-    return next(walls)
+    wall = next(walls)
+    return wall, {"compilation": 10.0, "training steps": wall - 20.0, "the rest": 10.0}
 
   monkeypatch.setattr(bench_grid, "timed_run", timed)
   out = io.StringIO()
@@ -223,3 +224,6 @@ def test_the_grid_benchmark_times_one_variant_and_ten_on_the_run_axis(monkeypatc
   assert ("grid axis: 10 variants x 5 seeds / 1 variant x 5 seeds wall-time ratio 2.50"
           in out.getvalue())
   assert result["ratio"] == 2.5
+  assert "10 variants x 5 seeds: 75.0 s (compilation 10.0 s, training steps 55.0 s" in (
+      out.getvalue())
+  assert result["split_s"]["one"]["training steps"] == 10.0

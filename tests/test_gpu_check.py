@@ -35,6 +35,7 @@ def test_the_prepared_run_writes_its_steps_costs_and_scenes_study(tmp_path):
                              weighting_setups={"mlp": gpu_check.benchmark.Setup(
                                  "digits", batch_size=8, steps=2, rounds=2, warmup=0)})
   assert json.loads((out / "gpu_check.json").read_text()) == json.loads(json.dumps(result))
+  assert result["grid"] is None  # the grid benchmark: at full size only
   markdown = (out / "gpu_check.md").read_text()
 
   # The masked step: its checks hold, and it was timed.
@@ -69,6 +70,17 @@ def test_the_prepared_run_writes_its_steps_costs_and_scenes_study(tmp_path):
               values["depth"] < trivial["depth"], values["normal"] < trivial["normal"]]
     assert scenes["beats_trivial"][name] == all(better)
   assert "| trivial predictor |" in markdown
+
+
+def test_the_markdown_has_the_grid_line_when_the_grid_was_timed():
+  result = {"device": "cpu", "jax": "x", "small": False, "steps": [], "weightings": [],
+            "scenes": {"preset": "p", "seeds": [0], "wall_s": 60.0, "trivial": {},
+                       "metric_names": {}, "metrics": {}, "beats_trivial": {}},
+            "grid": {"num_seeds": 5, "variants": 10, "ratio": 3.5,
+                     "wall_s": {"one": 20.0, "grid": 70.0}}}
+  text = gpu_check.markdown(result)
+  assert "1 variant: 20.0 s, 10 variants: 70.0 s, wall-time ratio 3.50 (goal <= 4)" in text
+  assert "Grid on the run axis" not in gpu_check.markdown(dict(result, grid=None))
 
 
 def test_a_folder_that_cannot_hold_the_results_is_refused(tmp_path):
