@@ -38,7 +38,8 @@ _OWN_CACHE = []
 
 
 def pytest_configure(config):
-  """One persistent compilation cache for the session, its subprocesses and xdist workers.
+  """One persistent compilation cache for the session, its subprocesses and xdist workers
+  (and the files' order, `_no_reorder`).
 
   The tests compile the same programs many times (every tiny run of a stage, every rerun of a
   killed experiment): a program compiled once is read back from the cache, the very same
@@ -46,7 +47,7 @@ def pytest_configure(config):
   and subprocesses inherit it through the environment. ``JAX_COMPILATION_CACHE_DIR=`` (empty)
   turns it off; a folder given there is used and kept.
   """
-  del config
+  _no_reorder(config)
   _quick_compiles()
   if CACHE not in os.environ:
     _OWN_CACHE.append(tempfile.mkdtemp(prefix="mmcompress-tests-jax-cache-"))
@@ -60,6 +61,31 @@ def pytest_configure(config):
                       float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1)))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes",
                       int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+
+
+# The test files that take longest, longest first (CI's per-file totals, 2 workers): xdist's
+# `--dist loadfile` hands each worker a file at a time in this order, so the long files start
+# at once and the short ones fill in behind them, instead of one worker finishing a long file
+# alone at the end. Every other file follows in its usual order.
+LONGEST_FIRST = ("test_study.py", "test_run_axis.py", "test_paper_problems.py",
+                 "test_multihost.py", "test_gpu_check.py", "test_cli.py", "test_trainer.py",
+                 "test_every_weighting.py", "test_digits_experiment.py", "test_fair_study.py",
+                 "test_mtan.py", "test_models.py", "test_gradient_weighting.py",
+                 "test_task_scores.py", "test_benchmark.py", "test_contract.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Orders the files `LONGEST_FIRST` (a stable sort: a file's tests keep their order)."""
+  del config
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def _no_reorder(config) -> None:
+  """Keeps xdist from reordering the files by their count of tests (its default), which put
+  the longest files, the ones with few tests, last."""
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 # XLA's CPU backend without its LLVM optimisations, and its element-wise fusions emitted the
