@@ -84,21 +84,18 @@ class Gradients(NamedTuple):
   updates: dict        # the training-mode batch statistics
   grads: dict          # jax.grad of the summed losses
   separate: list       # separate[k]: jax.grad of task k's loss alone
-  rows: dict           # per_task_grads' stacked rows in the "vmap" mode
+  rows: dict           # per_task_grads' stacked rows, by mode ("unrolled", "vmap")
 
 
 @pytest.fixture(scope="module")
 def train_step():
   """The reduced MTAN's training-mode task losses on one batch, differentiated by
-  `weighting.per_task_grads` in its ``"vmap"`` mode and task by task with `jax.grad`; shared
-  by the tests below.
+  `weighting.per_task_grads` in each of its modes and task by task with `jax.grad`; shared by
+  the tests below.
 
-  Each program compiles for about 10 s on 2 cores, so: the tasks' own gradients come from one
+  The programs compile for 7-23 s each on 2 cores, so: the tasks' own gradients come from one
   program, `jax.grad` of weights · losses called with the weights e_k, and the summed
-  gradient from the same program with the weights 1. The ``"unrolled"`` mode (what ``"auto"``
-  picks at K = 3) is K `jax.grad` calls of ``values[k]``, the reference itself, whatever the
-  model; it is checked against separate `jax.grad` calls on the digits MLP and CNN
-  (tests/test_gradient_weighting.py), and on this model it would compile for another 23 s.
+  gradient from the same program with the weights 1.
   """
   model = MultiTaskAttentionNet(NUM_OUTPUTS, **TINY)
   images = _images(TINY_SHAPE, seed=5)
@@ -124,8 +121,10 @@ def train_step():
   num_tasks = len(NUM_OUTPUTS)
   (loss, updates), grads = grad(params, batch_stats, jnp.ones(num_tasks))
   separate = [grad(params, batch_stats, jnp.eye(num_tasks)[k])[1] for k in range(num_tasks)]
-  rows = jax.jit(lambda p, s: weighting.per_task_grads(
-      lambda q: losses(q, s), p, has_aux=True, mode="vmap")[1])(params, batch_stats)
+  rows = {}
+  for mode in ("unrolled", "vmap"):  # ("auto" is "unrolled" at K = 3)
+    rows[mode] = jax.jit(lambda p, s, mode=mode: weighting.per_task_grads(
+        lambda q: losses(q, s), p, has_aux=True, mode=mode)[1])(params, batch_stats)
   return Gradients(variables, images, loss, updates, grads, separate, rows)
 
 
@@ -351,8 +350,9 @@ def test_jitted_gradient_step_is_finite_and_reaches_every_parameter(train_step):
     assert np.any(g != 0), path
 
 
-def test_the_vmapped_per_task_gradients_are_each_tasks_own_gradient(train_step):
-  rows = train_step.rows
+@pytest.mark.parametrize("mode", ["unrolled", "vmap"])
+def test_every_per_task_gradient_mode_gives_each_tasks_own_gradient(train_step, mode):
+  rows = train_step.rows[mode]
   for k, own in enumerate(train_step.separate):
     jax.tree.map(lambda r, g, k=k: np.testing.assert_allclose(r[k], g, rtol=2e-5, atol=2e-6),
                  rows, own)
@@ -362,3 +362,6 @@ def test_the_vmapped_per_task_gradients_are_each_tasks_own_gradient(train_step):
       for module in (f"head_{k}", f"task{k}_attention_enc0", f"task{k}_attention_dec4"):
         reached = [bool(np.any(r[j] != 0)) for r in jax.tree.leaves(rows[module])]
         assert (any(reached) if j == k else not any(reached)), (module, j)
+  # The rule `auto` follows at these three tasks (the jaxpr check is in
+  # tests/test_gradient_weighting.py).
+  assert weighting.grad_mode("auto", len(NUM_OUTPUTS)) == "unrolled"
