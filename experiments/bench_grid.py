@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from typing import Any
 
 import jax
 
+from experiments.bench_seeds import timed_split  # one whole comparison, in a fresh workdir
 from experiments.configs import digits as digits_config
-from mmcompress.app import comparison
-from mmcompress.train import clock as clock_lib
 
 METHODS = ("equal", "minmax", "uncertainty", "dwa")
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -49,14 +47,6 @@ def config_for(num_seeds: int, grid: bool):
   return config
 
 
-def timed_run(config) -> tuple[float, dict[str, float]]:
-  """Wall seconds of one whole comparison in a fresh temporary workdir, and where they went
-  (`mmcompress.train.clock.Clock.split`)."""
-  with tempfile.TemporaryDirectory() as workdir, clock_lib.Clock() as clock:
-    comparison.run(config, workdir, print_report=False, clock=clock)
-  return clock.wall, clock.split()
-
-
 def _split_text(split: dict[str, float]) -> str:
   return ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in split.items())
 
@@ -67,8 +57,8 @@ def run(num_seeds: int = 5, out: Any = sys.stdout, json_out: str | None = None,
   variants = len(SCALES) * len(CLIPS)
   print(f"timing the digits comparison (study budget, classify, 40x, {', '.join(METHODS)}): "
         f"1 variant and {variants} variants, {num_seeds} seeds each ...", file=out, flush=True)
-  one, one_split = timed_run(configs(num_seeds, False))
-  many, many_split = timed_run(configs(num_seeds, True))
+  one, one_split = timed_split(configs(num_seeds, False))
+  many, many_split = timed_split(configs(num_seeds, True))
   ratio = many / one
   print(f"  1 variant x {num_seeds} seeds: {one:.1f} s ({_split_text(one_split)})", file=out)
   print(f"  {variants} variants x {num_seeds} seeds: {many:.1f} s ({_split_text(many_split)})",

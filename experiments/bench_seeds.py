@@ -39,7 +39,7 @@ from mmcompress.app import comparison, plan as app_plan, progress
 from mmcompress.models import create_model
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.problems.digits import data as digits
-from mmcompress.train import parallel, run_axis, step as step_lib
+from mmcompress.train import clock as clock_lib, parallel, run_axis, step as step_lib
 
 GOAL_RATIO = 2.5  # ten seeds for at most two and a half times the price of one
 
@@ -54,12 +54,17 @@ def config_for(seeds: Sequence[int], together: bool):
   return config
 
 
+def timed_split(config) -> tuple[float, dict[str, float]]:
+  """Wall seconds of one whole comparison in a fresh temporary workdir, and where they went
+  (`mmcompress.train.clock.Clock.split`)."""
+  with tempfile.TemporaryDirectory() as workdir, clock_lib.Clock() as clock:
+    comparison.run(config, workdir, print_report=False, clock=clock)
+  return clock.wall, clock.split()
+
+
 def timed_run(config) -> float:
   """Wall seconds of one whole comparison in a fresh temporary workdir."""
-  with tempfile.TemporaryDirectory() as workdir:
-    start = time.perf_counter()
-    comparison.run(config, workdir, print_report=False)
-    return time.perf_counter() - start
+  return timed_split(config)[0]
 
 
 def step_calls(config, steps_per_epoch: int) -> int:

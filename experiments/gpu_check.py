@@ -2,7 +2,8 @@
 
   python -m experiments.gpu_check                 # full size: VGG16 on CIFAR-100 (20 tasks ×
                                                   # 32 images, 32×32), MTAN on NYUv2 (288×384)
-  python -m experiments.gpu_check --all           # and the weightings' costs and a scenes study
+  python -m experiments.gpu_check --all           # and the weightings' costs, a scenes study
+                                                  # and the run axis's grid benchmark
   python -m experiments.gpu_check --all --small   # reduced sizes, for a CPU smoke test
   (--steps=N: the timed steps of each model's step, 10 by default; --out_dir=FOLDER with --all)
 

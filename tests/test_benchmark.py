@@ -217,7 +217,7 @@ def test_the_grid_benchmark_times_one_variant_and_ten_on_the_run_axis(monkeypatc
     wall = next(walls)
     return wall, {"compilation": 10.0, "training steps": wall - 20.0, "the rest": 10.0}
 
-  monkeypatch.setattr(bench_grid, "timed_run", timed)
+  monkeypatch.setattr(bench_grid, "timed_split", timed)
   out = io.StringIO()
   result = bench_grid.run(5, out=out)
   assert seen == [1, 10]

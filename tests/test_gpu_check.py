@@ -83,6 +83,25 @@ def test_the_markdown_has_the_grid_line_when_the_grid_was_timed():
   assert "Grid on the run axis" not in gpu_check.markdown(dict(result, grid=None))
 
 
+def test_the_whole_check_runs_the_grid_benchmark_with_the_seeds_it_is_given(tmp_path,
+                                                                          monkeypatch):
+  scenes = {"preset": "p", "seeds": [0], "wall_s": 60.0, "trivial": {}, "metric_names": {},
+            "metrics": {}, "beats_trivial": {}}
+  grid = {"num_seeds": 2, "variants": 10, "ratio": 3.5, "wall_s": {"one": 20.0, "grid": 70.0}}
+  seeds = []
+  monkeypatch.setattr(gpu_check, "model_steps", lambda *args, **kwargs: [])
+  monkeypatch.setattr(gpu_check.bench_weightings, "run", lambda *args, **kwargs: [])
+  monkeypatch.setattr(gpu_check, "scenes_study", lambda *args, **kwargs: scenes)
+  monkeypatch.setattr(gpu_check.bench_grid, "run", lambda n: seeds.append(n) or grid)
+  result = gpu_check.run_all(True, 1, str(tmp_path), weighting_models=("mlp",),
+                             weighting_methods=("equal",), grid_seeds=2)
+  assert seeds == [2] and result["grid"] == grid
+  assert "wall-time ratio 3.50" in (tmp_path / "gpu_check.md").read_text()
+  gpu_check.run_all(True, 1, str(tmp_path), weighting_models=("mlp",),
+                    weighting_methods=("equal",))
+  assert seeds == [2]  # small: no grid unless asked
+
+
 def test_a_folder_that_cannot_hold_the_results_is_refused(tmp_path):
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(gpu_check.errors.UserError, match="is a file"):

@@ -348,7 +348,7 @@ def test_task_aware_regrowth_needs_stacked_gradients():
 def _model_losses(name, digits_data):
   """The trainer's per-task training losses of one batch as a function of the parameters, on
   the MLP or the CNN (digits, 4 tasks). (The reduced MTAN's check is in tests/test_mtan.py,
-  beside the gradient its other tests need, so that the model compiles once for both.)"""
+  whose fixture also gives the gradient its other tests need.)"""
   # pylint: disable=import-outside-toplevel
   from mmcompress.models import create_model
   from mmcompress.problems.digits import DigitsProblem

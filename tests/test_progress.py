@@ -72,14 +72,21 @@ def test_a_finished_runs_tensorboard_writer_is_closed_with_its_threads(tmp_path)
   events = list(tmp_path.glob("tensorboard/seed*/dense/events.*"))
   assert len(events) == 20 and all(e.stat().st_size > 0 for e in events)  # written
   shown.close()
-  # What TensorBoard reads back: the epoch's scalars under their tags, at the epoch's step.
-  scalars = [(event.step, value.tag, value.simple_value)
-             for event in _events(events[0]) for value in event.summary.value]
-  assert sorted(scalars) == sorted(
-      (0, f"pretrain/{name}/{task}", value)
+
+
+def test_tensorboard_reads_each_epochs_scalars_from_one_event_at_that_epoch(tmp_path):
+  plan = {"seed0/equal": {"retrain": 3}}
+  shown = progress.Progress(True, str(tmp_path), ("a", "b c"), True, plan)
+  shown("seed0/equal", "retrain", 2, RECORD)
+  shown.close()
+  (path,) = tmp_path.glob("tensorboard/seed0/equal/events.*")
+  with_values = [event for event in _events(path) if event.summary.value]
+  assert len(with_values) == 1 and with_values[0].step == 2
+  assert sorted((v.tag, v.simple_value) for v in with_values[0].summary.value) == sorted(
+      (f"retrain/{name}/{task}", value)  # "b c" cleaned as tensorboardX cleans a tag
       for name, row in (("train_loss", RECORD.train_loss), ("val_metric", RECORD.val_metric),
                         ("task_weight", RECORD.task_weights))
-      for task, value in zip(("a", "b"), row))
+      for task, value in zip(("a", "b_c"), row))
 
 
 def _events(path):

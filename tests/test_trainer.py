@@ -279,6 +279,8 @@ def test_sparse_training_with_an_ascent_per_epoch_runs_end_to_end(tmp_path, tiny
 def test_a_workdir_with_another_config_is_refused(tmp_path, tiny_config):
   comparison.check_workdir(tiny_config(), str(tmp_path))
   comparison.check_workdir(tiny_config(), str(tmp_path))  # the same config resumes
+  # So does one that only checkpoints more or less often.
+  comparison.check_workdir(tiny_config(checkpoint_every_steps=1000), str(tmp_path))
   with pytest.raises(ValueError, match=r"different config \(sparsity: 0.975 there, 0.99 now"):
     comparison.check_workdir(tiny_config(sparsity=0.99), str(tmp_path))
   saved = json.loads((tmp_path / "config.json").read_text())

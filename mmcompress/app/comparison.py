@@ -640,9 +640,10 @@ def refuse_other_run(config: app_plan.Config, workdir: str) -> bool:
   for field in _REMOVED:
     if field not in current:
       saved.pop(field, None)
-  # Nor how the progress is printed.
-  saved["epoch_lines"] = current.get("epoch_lines")
-  saved["quiet"] = current.get("quiet")
+  # Nor how the progress is printed, nor how often checkpoints are written (a resumed stage
+  # gives the same results whatever the cadence: tests/test_trainer.py).
+  for field in ("epoch_lines", "quiet", "checkpoint_every_steps"):
+    saved[field] = current.get(field)
   if saved != current:
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     details = "; ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in keys)

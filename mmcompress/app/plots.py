@@ -41,9 +41,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
 
 def _save_figure(figure: Any, path: str | os.PathLike) -> str:
   path = os.fspath(path)
-  # (The constrained layout already fits the legends and labels: a "tight" bounding box on
-  # top of it drew every figure twice.)
-  _files.write_atomically(path, lambda f: figure.savefig(f, format="png"))
+  _files.write_atomically(path, lambda f: figure.savefig(f, format="png", bbox_inches="tight"))
   return path
 
 

@@ -16,6 +16,7 @@ numbers to TensorBoard.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +50,12 @@ def duration(seconds: float) -> str:
   if seconds < 3600:
     return f"{seconds // 60}m{seconds % 60:02d}s"
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _tag(name: str) -> str:
+  """A TensorBoard tag: characters other than letters, digits and ``_ . / -`` become ``_``,
+  leading slashes go (as tensorboardX's ``add_scalar`` cleans them)."""
+  return re.sub(r"[^-/\w\.]", "_", name).lstrip("/")
 
 
 class Progress:
@@ -107,7 +114,7 @@ class Progress:
       # One event per epoch holding every scalar (TensorBoard reads each tag from it): a grid
       # logs hundreds of runs an epoch, and an event per scalar cost 10x the time.
       from tensorboardX.proto.summary_pb2 import Summary  # pylint: disable=import-outside-toplevel
-      values = [Summary.Value(tag=f"{stage}/{name}/{task}", simple_value=float(value))
+      values = [Summary.Value(tag=_tag(f"{stage}/{name}/{task}"), simple_value=float(value))
                 for name, row in (("train_loss", record.train_loss),
                                   ("val_metric", record.val_metric),
                                   ("task_weight", record.task_weights))

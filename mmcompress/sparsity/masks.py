@@ -495,7 +495,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
   return _masked(params, masks)
 
 
-@jax.jit  # one dispatch for the tree, not one per leaf: runs are finished and exported by
-def _masked(params: Any, masks: Any) -> Any:  # the hundred in a grid
+# One dispatch for the whole tree, not one per leaf: a grid finishes and exports runs by the
+# hundred.
+@jax.jit
+def _masked(params: Any, masks: Any) -> Any:
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.result_type(p))),
                       params, masks)
