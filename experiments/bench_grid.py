@@ -25,11 +25,13 @@ from typing import Any
 import jax
 
 from experiments.bench_seeds import timed_split  # one whole comparison, in a fresh workdir
+from mmcompress.train.clock import split_text
 from experiments.configs import digits as digits_config
 
 METHODS = ("equal", "minmax", "uncertainty", "dwa")
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 CLIPS = (0.0, 1.0)
+NUM_SEEDS = 5  # seeds of each variant, unless the caller says otherwise
 GOAL_RATIO = 4.0  # ten variants for at most four times the price of one
 
 
@@ -47,11 +49,7 @@ def config_for(num_seeds: int, grid: bool):
   return config
 
 
-def _split_text(split: dict[str, float]) -> str:
-  return ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in split.items())
-
-
-def run(num_seeds: int = 5, out: Any = sys.stdout, json_out: str | None = None,
+def run(num_seeds: int = NUM_SEEDS, out: Any = sys.stdout, json_out: str | None = None,
         configs=config_for) -> dict:
   """Times the two runs of the module docstring, prints the lines, returns the numbers."""
   variants = len(SCALES) * len(CLIPS)
@@ -60,8 +58,8 @@ def run(num_seeds: int = 5, out: Any = sys.stdout, json_out: str | None = None,
   one, one_split = timed_split(configs(num_seeds, False))
   many, many_split = timed_split(configs(num_seeds, True))
   ratio = many / one
-  print(f"  1 variant x {num_seeds} seeds: {one:.1f} s ({_split_text(one_split)})", file=out)
-  print(f"  {variants} variants x {num_seeds} seeds: {many:.1f} s ({_split_text(many_split)})",
+  print(f"  1 variant x {num_seeds} seeds: {one:.1f} s ({split_text(one_split)})", file=out)
+  print(f"  {variants} variants x {num_seeds} seeds: {many:.1f} s ({split_text(many_split)})",
         file=out)
   print(f"grid axis: {variants} variants x {num_seeds} seeds / 1 variant x {num_seeds} seeds "
         f"wall-time ratio {ratio:.2f} (goal <= {GOAL_RATIO:g})", file=out)

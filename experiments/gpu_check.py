@@ -253,9 +253,9 @@ def run_all(small: bool, steps: int, out: str, *, step_methods: Sequence[str] = 
   weightings' models (default: every model of the platform's sizes, VGG16 only on an
   accelerator or full sizes), methods (default: every registered one) and sizes (default: the
   platform's, `benchmark.platform_setups`), a change to the scenes study's config, and the
-  seeds of the grid benchmark (`experiments.bench_grid`: by default 5 at full size, where
-  the run axis's ratio is to be measured on a device with parallel width, and none with
-  `small`, where it takes minutes of CPU).
+  seeds of the grid benchmark (`experiments.bench_grid`: by default `bench_grid.NUM_SEEDS`
+  at full size, where the run axis's ratio is to be measured on a device with parallel
+  width, and none with `small`, where it takes minutes of CPU).
   """
   os.makedirs(out, exist_ok=True)
   with tempfile.TemporaryDirectory() as workdir:
@@ -267,7 +267,7 @@ def run_all(small: bool, steps: int, out: str, *, step_methods: Sequence[str] = 
                                 setups=setups)
   scenes_result = scenes_study("scenes_quick" if small else "scenes_gpu",
                                os.path.join(out, "scenes"), adjust_scenes)
-  grid_seeds = (0 if small else 5) if grid_seeds is None else grid_seeds
+  grid_seeds = (0 if small else bench_grid.NUM_SEEDS) if grid_seeds is None else grid_seeds
   grid = bench_grid.run(grid_seeds) if grid_seeds else None
   result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "jax": jax.__version__, "small": small, "steps": step_results,

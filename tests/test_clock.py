@@ -40,6 +40,15 @@ def test_a_block_counts_its_wall_time_less_what_compiled_inside_it():
   assert clock.totals["compilation"] == before
 
 
+def test_split_text_formats_each_part_and_its_share_of_the_wall_time():
+  split = {"compilation": 1.0, "training steps": 90.0, "the rest": 9.0}
+  assert clock_lib.split_text(split) == (
+      "compilation 1.0 s, training steps 1 min 30 s, the rest 9.0 s")
+  assert clock_lib.split_text(split, 100.0) == (
+      "compilation 1.0 s (1 %), training steps 1 min 30 s (90 %), the rest 9.0 s (9 %)")
+  assert clock_lib.split_text(split, 0.0) == clock_lib.split_text(split)
+
+
 def test_measure_names_its_kind_and_no_clock_measures_nothing():
   with pytest.raises(ValueError, match="kind must be one of"):
     with clock_lib.Clock() as clock, clock.measure("compilation"):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import jax
 
-__all__ = ["Clock", "KINDS", "measure"]
+__all__ = ["Clock", "KINDS", "measure", "split_text"]
 
 KINDS = ("compilation", "training steps", "evaluation", "checkpoints")
 # JAX's compile events (jax._src.dispatch / pxla), each a duration in seconds.
@@ -37,6 +37,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
   minutes, rest = divmod(int(round(seconds)), 60)
   return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def split_text(split: dict[str, float], wall: float | None = None) -> str:
+  """``compilation 41.0 s, training steps 2 min 3 s, ...`` for a `Clock.split` (each part
+  with its percentage of `wall` when `wall` is given and positive)."""
+  if wall is not None and wall > 0:
+    return ", ".join(f"{kind} {_duration(s)} ({100 * s / wall:.0f} %)"
+                     for kind, s in split.items())
+  return ", ".join(f"{kind} {_duration(s)}" for kind, s in split.items())
 
 
 class Clock:
@@ -94,9 +103,7 @@ class Clock:
   def line(self) -> str:
     """``wall time 3 min 5 s: compilation 41.0 s (22 %), training steps ...``."""
     wall = self.wall
-    parts = [f"{kind} {_duration(s)} ({100 * s / wall:.0f} %)" if wall > 0 else
-             f"{kind} {_duration(s)}" for kind, s in self.split().items()]
-    return f"wall time {_duration(wall)}: " + ", ".join(parts)
+    return f"wall time {_duration(wall)}: {split_text(self.split(), wall)}"
 
 
 @contextlib.contextmanager

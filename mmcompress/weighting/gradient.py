@@ -106,8 +106,6 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
   >>> grads.tolist()
   [4.0, 3.0]
   """
-  if mode not in GRAD_MODES:
-    raise ValueError(f"mode must be one of {GRAD_MODES}, got {mode!r}.")
   shapes = jax.eval_shape(fn, params)  # K, before any computation
   shape = shapes[0] if has_aux and isinstance(shapes, tuple) else shapes
   if not hasattr(shape, "shape"):
@@ -119,7 +117,7 @@ def per_task_grads(fn: Callable[..., Any], params: Any, *, has_aux: bool = False
     raise ValueError(f"per_task_grads needs fn to return a (K,) vector of task objectives, "
                      f"got shape {tuple(shape.shape)}.")
   num_tasks = shape.shape[0]
-  if num_tasks == 0 or grad_mode(mode, num_tasks) == "vmap":
+  if grad_mode(mode, num_tasks) == "vmap" or num_tasks == 0:
     if has_aux:
       values, vjp_fn, aux = jax.vjp(fn, params, has_aux=True)
     else:
