@@ -115,7 +115,7 @@ def _clip_or_off(max_norm: jax.Array) -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params
-    norm = optax.global_norm(updates)
+    norm = optax.tree.norm(updates)
     clip = (max_norm > 0) & (norm > max_norm)
     factor = jnp.where(clip, max_norm / jnp.where(clip, norm, 1.0), 1.0)
     return jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates), state
