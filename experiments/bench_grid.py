@@ -25,8 +25,8 @@ from typing import Any
 import jax
 
 from experiments.bench_seeds import timed_split  # one whole comparison, in a fresh workdir
-from mmcompress.train.clock import split_text
 from experiments.configs import digits as digits_config
+from mmcompress.train.clock import split_text
 
 METHODS = ("equal", "minmax", "uncertainty", "dwa")
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -525,7 +525,8 @@ _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 10, "Seeds on the seed axis for -
 _GRID = flags.DEFINE_bool("grid", False,
                           "Instead of the steps: the digits comparison with 1 variant and with "
                           "a grid of 10 variants on the run axis (experiments/bench_grid.py).")
-_GRID_SEEDS = flags.DEFINE_integer("grid_seeds", bench_grid.NUM_SEEDS, "Seeds of each variant for --grid.")
+_GRID_SEEDS = flags.DEFINE_integer(
+    "grid_seeds", bench_grid.NUM_SEEDS, "Seeds of each variant for --grid.")
 
 
 def main(argv: Sequence[str]) -> None:

@@ -42,10 +42,9 @@ def _duration(seconds: float) -> str:
 def split_text(split: dict[str, float], wall: float | None = None) -> str:
   """``compilation 41.0 s, training steps 2 min 3 s, ...`` for a `Clock.split` (each part
   with its percentage of `wall` when `wall` is given and positive)."""
-  if wall is not None and wall > 0:
-    return ", ".join(f"{kind} {_duration(s)} ({100 * s / wall:.0f} %)"
-                     for kind, s in split.items())
-  return ", ".join(f"{kind} {_duration(s)}" for kind, s in split.items())
+  share = wall is not None and wall > 0
+  return ", ".join(f"{kind} {_duration(s)}" + (f" ({100 * s / wall:.0f} %)" if share else "")
+                   for kind, s in split.items())
 
 
 class Clock:
