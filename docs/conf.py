@@ -17,7 +17,7 @@ autodoc_typehints = "none"  # the signatures carry them; jax's aliases do not re
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 html_theme = "alabaster"
-suppress_warnings = ["myst.xref_missing"]
+# (no warning is suppressed: a link to a missing page or heading fails the build)
 
 
 def _plain_text(app, what, name, obj, options, lines):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 
 from absl import flags
@@ -34,7 +35,14 @@ def page(board: dict, source: str, command: str = "") -> str:
   lines += [title.replace("# Leaderboard:", "# The study's leaderboard:"), ""]
   if command:
     lines += [f"The study: `{command}`.", ""]
-  return "\n".join(lines + [""]) + rest.lstrip("\n")
+  lines += ["File names below are relative to the study's workdir.", ""]
+  return "\n".join(lines + [""]) + _unlinked(rest.lstrip("\n"))
+
+
+def _unlinked(markdown: str) -> str:
+  """`markdown` with every link to a relative path shown as that path in code: the study's
+  links point into its workdir, which the documentation does not hold."""
+  return re.sub(r"\[([^\]]+)\]\((?![a-z]+://|#)([^)]+)\)", r"`\2`", markdown)
 
 
 def main(argv: Sequence[str]) -> None:

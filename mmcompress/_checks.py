@@ -190,7 +190,7 @@ def config_data_dir(data_dir: str, what: str) -> str:
   """`data_dir` if a config names one, else a `UserError` saying what the folder must hold."""
   if not data_dir:
     raise UserError(f"config.data_dir is empty: pass --config.data_dir=DIR, the directory "
-                    f"that holds {what} (see the README's 'Reproducing the paper').")
+                    f"that holds {what} (see docs/paper.md).")
   return data_dir
 
 

@@ -1,7 +1,7 @@
 """CIFAR-100 as 20 tasks, multi-head VGG16: the paper's CIFAR-100 setting.
 
-Command (meant for one modern GPU or a Cloud TPU VM; data prepared as in the README's
-"Reproducing the paper"):
+Command (meant for one modern GPU or a Cloud TPU VM; data prepared as in
+docs/paper.md):
 
   python -m experiments.cifar100 --workdir=runs/cifar100 --config.data_dir=/data/tfds
   python -m experiments.cifar100 --workdir=runs/cifar100_60x \

@@ -1,7 +1,7 @@
 """NYUv2 with three dense tasks, SegNet with task attention (MTAN): the paper's NYUv2 setting.
 
 Command (meant for one GPU with at least 16 GB, or a Cloud TPU VM; data in the preprocessed
-npy layout described in the README's "Reproducing the paper"):
+npy layout described in docs/paper.md):
 
   python -m experiments.nyuv2 --workdir=runs/nyuv2 --config.data_dir=/data/nyuv2
   python -m experiments.nyuv2 --workdir=runs/nyuv2_dst60 \

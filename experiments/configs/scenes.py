@@ -1,8 +1,8 @@
 """Scenes: rendered rooms as NYUv2's three dense tasks, MTAN, trained end to end on a CPU.
 
 Command (the default: dense reference, then 40x with equal and min-max weighting through
-pretrain → reweight → prune → retrain, 3 seeds, sized for a 2-core CPU; see the README's
-"Scenes" for what it measured and how long it took):
+pretrain → reweight → prune → retrain, 3 seeds, sized for a 2-core CPU; see
+docs/scenes.md for what it measured and how long it took):
 
   python -m experiments.scenes --workdir=runs/scenes
 
@@ -15,9 +15,9 @@ augmentation, losses, metrics and MTAN model), on scenes rendered once by
 (shared pretraining, mean losses, the min-max defaults of the base config: β = 50, γ = 5,
 ascending every step). Adam at 3e-3 with a cosine schedule, as a short CPU run needs.
 
-Measured (README, "Scenes"): the dense model beats the trivial predictor on every task
-(test mIoU 0.187 against 0.064, depth error 0.883 m against 1.125 m, normal error 34.0°
-against 49.5°, means over 3 seeds); 20 min 44 s wall on the shared 2-core machine.
+Measured (docs/scenes.md): the dense model beats the trivial predictor on every task
+(test mIoU 0.192 against 0.064, depth error 0.881 m against 1.125 m, normal error 33.8°
+against 49.5°, means over 3 seeds); 13 min 48 s wall on the 2-core machine.
 
 Presets: ``quick`` (a few tiny scenes, a narrow MTAN of one convolution per block, one seed,
 one epoch per compression stage: a smoke test of the whole pipeline, for the tests); ``gpu``
@@ -48,7 +48,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.model = "mtan"
   c.model_kwargs = ml_collections.ConfigDict({"filters": (8, 16, 32, 32, 32)})
   c.methods = ("equal", "minmax")
-  # The seeds and variants of a method in chunks of at most 25 runs (README, "The run axis"):
+  # The seeds and variants of a method in chunks of at most 25 runs (docs/running.md, "The run axis"):
   # a grid of 50 runs took 173 s in two chunks against 208 s in one (their states no longer
   # fit the caches) and 208 s in five of 10 (the chunks' own overheads), on 2 CPU cores.
   c.chunk_runs = 25

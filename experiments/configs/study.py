@@ -54,7 +54,7 @@ WEIGHTINGS = ("equal", "uncertainty", "dwa", "minmax", "rlw", "gls", "stch", "fa
 FAIR_SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
 # Min-max with each distinct task-aware pruning criterion. Not "taylor_disparse": trimmed to the
 # same budget, DiSparse's union kept 88-99 % of the very weights the mean criterion kept
-# (measured at 40x and 100x on classify and mixed; README, "Task-aware masks").
+# (measured at 40x and 100x on classify and mixed; docs/task_aware.md).
 CRITERIA = ("minmax+taylor_mean", "minmax+taylor_max", "minmax+taylor_minmax")
 
 
@@ -123,7 +123,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   elif preset in ("untuned", "untuned_quick", "tuned"):
     # The studies before the fair protocol: every method at the base rate (`tuned`: its clip
     # chosen on the validation split of the reported seeds), classify and mixed, the digits
-    # reweighting floor. Kept to reproduce the README's earlier leaderboards.
+    # reweighting floor. Kept to reproduce docs/earlier_studies.md.
     c.reweight.eps = 1e-6
     c.methods = WEIGHTINGS + CRITERIA + ("minmax+taylor_disparse",)  # the earlier 22
     c.study.task_sets = ("classify", "mixed")

@@ -429,8 +429,13 @@ def _setting_lines(name: str, board: Mapping[str, Any],
   order = sorted(rows, key=lambda m: rows[m]["rank"])
   seeds = len(board["seeds"])
   chosen = {m: t["chosen"] for m, t in (tuning or {}).items()}
-  reports = [f"[{v}{name}/report.md]({v}{name}/report.md)"
-             for v in [f"{v}/" for v in variants] or [""]]
+  if "tuning_seeds" in board:  # the fair protocol: one folder per setting, tuning inside it
+    reports = [f"[{name}/report.md]({name}/report.md) (the reporting seeds)",
+               f"[{name}/tune/report.md]({name}/tune/report.md) (every variant on the tuning "
+               f"seeds, each also in `{name}/tune/variants/<variant>/`)"]
+  else:  # a variant per folder at the top, each with every setting inside
+    reports = [f"[{v}{name}/report.md]({v}{name}/report.md)"
+               for v in [f"{v}/" for v in variants] or [""]]
   lines = [f"## {name}", "",
            (f"Detection limit (the null control, equal on another data order, against equal: "
             f"the far end of its 95 % interval): **{board['detection_limit']:.4f}** "

@@ -31,7 +31,7 @@ beside them (``..._one_metric``), and the two coincide when every task has one m
 Every method is compared with the dense model *of its own seed* (the methods share the dense
 pretraining of a seed), so the per-seed numbers are paired, and min-max is compared with
 equal weighting seed by seed rather than through means alone: the effect is about a point and
-the seed-to-seed spread is of the same size (the README's ten-seed table).
+the seed-to-seed spread is of the same size (docs/running.md, "Measured: ten seeds, both task sets").
 
 `build_report` computes a JSON-serialisable dict, `to_markdown` renders it as a table and one
 sentence, `mmcompress.app.plots` draws the PNGs, and `write` puts all four in
