@@ -53,8 +53,13 @@ def test_measure_names_its_kind_and_no_clock_measures_nothing():
   with pytest.raises(ValueError, match="kind must be one of"):
     with clock_lib.Clock() as clock, clock.measure("compilation"):
       pass
-  with clock_lib.measure(None, "evaluation"):
-    pass
+  with clock_lib.Clock() as clock:
+    with clock_lib.measure(None, "evaluation"):  # no clock: this block goes nowhere
+      time.sleep(0.01)
+    assert clock.totals["evaluation"] == 0.0
+    with clock_lib.measure(clock, "evaluation"):  # the clock's own: it counts
+      time.sleep(0.01)
+    assert clock.totals["evaluation"] >= 0.01
 
 
 def test_the_compilation_cache_goes_to_the_users_cache_folder_unless_turned_off(monkeypatch,

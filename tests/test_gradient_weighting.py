@@ -260,9 +260,16 @@ def test_current_weights_reads_the_aggregator_state_of_a_gradient_level_weightin
   w = weighting.create("db_mtl")
   params = _params()
   task_params, task_state = w.init(K)
-  opt_state = optax.chain(w.aggregate(K, 0), optax.sgd(0.1)).init(params)
+  tx = optax.chain(w.aggregate(K, 0), optax.sgd(0.1))
+  opt_state = tx.init(params)
   np.testing.assert_allclose(weighting.current_weights(w, task_params, task_state, opt_state),
                              np.full(K, 1 / K))
+  # After a step: the weights the step computed, read from where the aggregator keeps them.
+  _, stacked = weighting.per_task_grads(_task_losses, params)
+  _, opt_state = tx.update(stacked, opt_state, params)
+  stepped = np.asarray(weighting.current_weights(w, task_params, task_state, opt_state))
+  np.testing.assert_array_equal(stepped, np.asarray(opt_state[0].task_weights))
+  assert not np.allclose(stepped, 1 / K)
   with pytest.raises(ValueError, match="gradient-level"):
     w.weights(task_params, task_state)
   eq = weighting.create("equal")
@@ -324,8 +331,16 @@ def test_minmax_regrowth_with_one_hot_weights_grows_that_tasks_own_choice(task):
   expected = _one_regrowth("gradient", rows[task:task + 1], weights, moved=3)
   got = _one_regrowth("task_minmax", rows, weights, moved=3, task_weights=one_hot)
   np.testing.assert_array_equal(got, expected)
-  # Uniform weights give the mean of the normalised magnitudes, not one task's choice.
-  mixed = _one_regrowth("task_minmax", rows, weights, moved=3, task_weights=jnp.full(3, 1 / 3))
+  # Weights (0.2, 0.3, 0.5) grow what Σ_k w_k |g_k| / Σ|g_k| ranks first, computed in NumPy
+  # and grown as one task's gradient would be.
+  w = np.array([0.2, 0.3, 0.5])
+  magnitudes = np.abs(np.asarray(rows, np.float64))
+  blended = np.sum(w[:, None, None] * magnitudes / magnitudes.sum(axis=(1, 2), keepdims=True),
+                   axis=0)
+  mixed = _one_regrowth("task_minmax", rows, weights, moved=3, task_weights=jnp.asarray(w))
+  np.testing.assert_array_equal(
+      mixed, _one_regrowth("gradient", jnp.asarray(blended[None], jnp.float32), weights,
+                           moved=3))
   assert mixed.sum() == expected.sum() == 6
 
 

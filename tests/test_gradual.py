@@ -109,6 +109,9 @@ def test_the_gradual_stage_prunes_to_the_target_in_the_pipeline(tmp_path, tiny_c
     got = sparsity.summary(params, jax.tree.map(lambda p: p != 0, params))
     assert got["prunable_nonzero"] == planned["prunable_nonzero"] == (
         result["parameters"]["prunable_nonzero"])
+    prunable = [n for n, leaf in planned["leaves"].items() if leaf["prunable"]]
+    assert prunable and all(got["leaves"][n]["nonzero"] == planned["leaves"][n]["nonzero"]
+                            for n in prunable), (got["leaves"], planned["leaves"])
   with pytest.raises(ValueError, match="must be followed by 'retrain'"):
     stages.check_stage_order(("pretrain", "gradual"))
 

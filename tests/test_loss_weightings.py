@@ -270,8 +270,12 @@ def test_config_sections_reach_stch_and_famo():
   config.famo.w_lr, config.famo.gamma, config.famo.min_losses = 0.5, 0.0, (0.1, 0.2, 0.3)
   stch = stages.make_weighting("stch", app_plan.trainer(config), 1)
   _, state = stch.init(3)
-  for _ in range(7):
+  for _ in range(6):
     state = stch.end_epoch(state, jnp.asarray(LOSSES))
+  # Still warming up after 6 of the configured 7 epochs (the default 4 would not be):
+  np.testing.assert_allclose(stch.objective(2 * LOSSES, {}, state),
+                             np.mean(np.log(2 * LOSSES)), rtol=1e-5)
+  state = stch.end_epoch(state, jnp.asarray(LOSSES))
   np.testing.assert_allclose(stch.objective(2 * LOSSES, {}, state),
                              0.25 * np.log(3 * np.exp(np.log(2.0) / 0.25)), rtol=1e-5)
   famo = stages.make_weighting("famo", app_plan.trainer(config), 1)

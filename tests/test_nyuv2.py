@@ -54,6 +54,7 @@ def test_source_yields_documented_shapes_and_keeps_invalid_pixels(root):
     example = source[i]
     assert {k: (v.shape, v.dtype) for k, v in example.items()} == expected
     raw = {k: np.load(root / "train" / k / f"{i}.npy") for k in nyuv2.MAPS}
+    np.testing.assert_array_equal(example["image"], raw["image"].astype(np.float32))
     np.testing.assert_array_equal(example["label"], raw["label"].astype(np.int32))
     np.testing.assert_array_equal(example["depth"], raw["depth"])
     np.testing.assert_array_equal(example["normal"], raw["normal"])
@@ -63,7 +64,9 @@ def test_source_yields_documented_shapes_and_keeps_invalid_pixels(root):
     assert np.any(np.all(example["normal"] == 0, axis=-1))
     assert set(np.unique(example["label"])) <= set(range(-1, 13))
   np.testing.assert_array_equal(source[-1]["image"], source[2]["image"])
-  np.testing.assert_array_equal(source[1]["image"], source[1]["image"])
+  first = source[1]["image"]  # a fresh array: writing into it leaves the next read as it was
+  first[...] = -7.0
+  assert not np.any(source[1]["image"] == -7.0)
   with pytest.raises(IndexError):
     source[3]
 

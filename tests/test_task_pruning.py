@@ -1,11 +1,13 @@
 """Task-aware pruning in the pipeline: method names with a criterion, calibration scores of
 the training split, masks with the exact budget, and what a run records about them."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmcompress import sparsity, weighting
+from mmcompress import export, sparsity, weighting
 from mmcompress.app import comparison, plan as app_plan
 from mmcompress.problems.digits import DigitsProblem
 from mmcompress.models import create_model
@@ -77,6 +79,16 @@ def test_a_taylor_minmax_run_prunes_to_the_exact_budget_and_records_its_weights(
   assert result.metrics != magnitude.metrics
   report_text = (tmp_path / "seed0" / "minmax+taylor_minmax" / "result.json").read_text()
   assert '"taylor_minmax"' in report_text
+  # From the exported models: the same count in every prunable leaf, another pattern.
+  models = [export.load(tmp_path / json.loads(
+      (tmp_path / "seed0" / name / "result.json").read_text())["export"]["path"])
+            for name in ("minmax+taylor_minmax", "minmax")]
+  kept = [sparsity.summary(m, jax.tree.map(lambda p: p != 0, m))["leaves"] for m in models]
+  prunable = [n for n, leaf in kept[0].items() if leaf["prunable"]]
+  assert prunable and all(kept[0][n]["nonzero"] == kept[1][n]["nonzero"] for n in prunable)
+  patterns = [{"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf) != 0
+               for path, leaf in jax.tree_util.tree_leaves_with_path(m)} for m in models]
+  assert any(not np.array_equal(patterns[0][n], patterns[1][n]) for n in prunable)
 
 
 def test_validate_refuses_an_unknown_criterion_before_any_compute(tiny_config):

@@ -308,6 +308,14 @@ def test_disparse_ranks_the_union_above_a_better_mean_outside_it():
   assert _kept(sp.disparse_masks(stacked, 0.75)) == [3]
 
 
+def test_minmax_scores_weigh_each_task_s_normalised_scores_by_its_weight():
+  rows = np.abs(np.random.default_rng(5).normal(size=(3, 4, 5)))
+  weights = np.array([0.2, 0.3, 0.5])
+  by_hand = sum(w * r / r.sum() for w, r in zip(weights, rows))  # Σ_k w_k s_k / Σ s_k
+  got = sp.minmax_scores(_kernel(*rows), jnp.asarray(weights))
+  np.testing.assert_allclose(got["kernel"], by_hand, rtol=1e-6)
+
+
 @pytest.mark.parametrize("structure, scope, sparsity", CASES)
 def test_minmax_with_one_hot_weights_is_that_task_s_own_mask(structure, scope, sparsity):
   stacked = _random_scores(seed=7, num_tasks=3)

@@ -62,6 +62,11 @@ def test_one_jitted_step_through_saddle_point(name):
   p = {"params": jnp.zeros(2), "task_params": task_params}
   opt_state = tx.init(p)
   first, _, _, _ = step(p, opt_state, task_state, KEY)
+  # The chain rule by hand: task k's loss depends on params[k] only, ∂L_k/∂W_k = −2 t_k at
+  # W = 0, so one SGD step of 0.1 moves W_k by 0.2 · c_k · t_k, c_k the objective's
+  # derivative in L_k (the weight the method gives task k at these losses).
+  c = jax.grad(lambda losses: w.objective(losses, task_params, task_state, KEY))(targets ** 2)
+  np.testing.assert_allclose(first["params"], 0.2 * c * targets, rtol=1e-5)
   if name in STARTS_AT_THE_MEAN:
     # Σ_k w_k ∂L_k/∂W at w = 1/K: task k's loss depends on params[k] only, so one SGD step
     # of 0.1 from 0 gives 0.1 · (1/2) · 2 · targets.
