@@ -12,9 +12,24 @@ from experiments.configs import study as study_config
 from mmcompress.app import leaderboard, study
 
 
+def _all_nan(tree):
+  """`tree` with every number in it NaN."""
+  if isinstance(tree, dict):
+    return {k: _all_nan(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_all_nan(v) for v in tree]
+  return float("nan") if isinstance(tree, (int, float)) and not isinstance(tree, bool) else tree
+
+
 def _nan_tests(report):
-  """`report` with every test figure NaN: only the validation figures stay."""
+  """`report` with every test figure NaN (the methods', the dense model's, the comparison's):
+  only the validation figures stay."""
   out = json.loads(json.dumps(report))
+  out["comparison"] = _all_nan(out["comparison"])
+  for row in out["dense"]["per_seed"]:
+    for key in list(row):
+      if not key.startswith("val_") and key != "seed":
+        row[key] = _all_nan(row[key])
   for method in out["methods"].values():
     for key in ("metrics", "retention", "worst_task_retention", "delta_m"):
       if key in method:

@@ -119,6 +119,31 @@ def test_tuning_keeps_each_methods_variant_of_the_best_validation_mean():
   assert board["methods"]["a"]["worst_task_retention"][0] == pytest.approx(0.6)
 
 
+def test_choose_never_takes_a_variant_that_diverged_on_a_tuning_seed():
+  """a's best validation mean is at lr4, which diverged on seed 1 (its finished seeds alone
+  would look best): it takes lr2; b diverged everywhere but lr1: lr1, the grid's edge; c
+  diverged in every variant: the best with diverged seeds as 0, flagged unstable."""
+  seeds = (100, 101)
+
+  def variant(scale, values, diverged=()):
+    report = _with_validation(_report({m: v for m, v in values.items()}, seeds), values)
+    report["variant"] = {"learning_rate_scale": scale, "clip_norm": 0.0}
+    report["diverged"] = [{"seed": 101, "runs": {m: "nan loss" for m in diverged}}]
+    return report
+
+  grid = {"lr1": variant(1.0, {"a": [0.80, 0.80], "b": [0.7, 0.7], "c": [0.5, None]},
+                         diverged=("c",)),
+          "lr2": variant(2.0, {"a": [0.90, 0.90], "b": [0.9, None], "c": [0.6, None]},
+                         diverged=("b", "c")),
+          "lr4": variant(4.0, {"a": [0.99, None], "b": [0.9, None], "c": [0.2, None]},
+                         diverged=("a", "b", "c"))}
+  got = leaderboard.choose(grid)
+  assert {m: g["chosen"] for m, g in got.items()} == {"a": "lr2", "b": "lr1", "c": "lr2"}
+  assert got["a"]["validation"] == pytest.approx({"lr1": 0.8, "lr2": 0.9, "lr4": None})
+  assert (got["a"]["stable"], got["b"]["stable"], got["c"]["stable"]) == (True, True, False)
+  assert [got[m]["at_grid_edge"] for m in "abc"] == [False, True, False]
+
+
 def test_tuning_refuses_variants_that_cannot_be_compared():
   seeds = (0, 1)
   one = _with_validation(_report({"equal": [0.9, 0.9]}, seeds), {"equal": [0.9, 0.9]})
@@ -141,6 +166,24 @@ def test_the_headline_family_is_one_comparison_per_method_over_every_setting_wit
   values["three"]["b"][2] = None  # b diverged on seed 2 there: retention 0
   reports = {name: _report(v) for name, v in values.items()}
   board = leaderboard.build(reports, controls=["control"])
+  # The control is tested like a method but not ranked: the methods' ranks are 1..4 in every
+  # setting whatever the control scored, and its Holm is its own (one comparison: unadjusted).
+  for name, b in board["settings"].items():
+    rows = b["methods"]
+    assert rows["control"]["rank"] is None and b["best"] != "control"
+    assert sorted(rows[m]["rank"] for m in methods[:4]) == [1, 2, 3, 4]
+    assert rows["control"]["minus_equal"]["p_holm"] == rows["control"]["minus_equal"]["p_value"]
+    alone = leaderboard.holm({m: rows[m]["minus_equal"]["p_value"] for m in "abc"})
+    assert {m: rows[m]["minus_equal"]["p_holm"] for m in "abc"} == pytest.approx(alone)
+  assert "control" not in board["mean_rank"] and board["order"]["methods"][-1] == "control"
+  # As the null control: each setting's detection limit, |mean| + t(0.975, 5) · sd / √6 of
+  # its paired differences from equal, by hand (scipy's t quantile).
+  nulled = leaderboard.build(reports, controls=["control"], null="control")
+  for name, v in values.items():
+    d = np.asarray(v["control"]) - np.asarray(v["equal"])
+    by_hand = abs(d.mean()) + stats.t.ppf(0.975, 5) * d.std(ddof=1) / np.sqrt(6)
+    assert nulled["settings"][name]["detection_limit"] == pytest.approx(by_hand, rel=1e-3)
+  assert "detection_limit" not in board["settings"]["one"]  # no null named: none claimed
   family = board["family"]
   assert family["against"] == "equal" and family["adjustment"] == "holm"
   assert sorted(family["comparisons"]) == ["a", "b", "c"]  # not equal, not the control
@@ -192,9 +235,14 @@ def test_the_mean_rank_interval_is_the_percentile_interval_over_seed_resamples()
     assert got[m] == pytest.approx((np.percentile(by_hand[m], 2.5),
                                     np.percentile(by_hand[m], 97.5)))
   assert got["x"][0] < got["x"][1]  # the seeds disagree: a real interval
-  # The drawn resamples: reproducible, with replacement, the same positions for every method.
-  picks = leaderboard.bootstrap_picks({"s": 4, "t": 6}, resamples=50)
-  assert len(picks) == 50 and all(len(p["s"]) == 4 and len(p["t"]) == 6 for p in picks)
-  assert all(0 <= p["t"].min() and p["t"].max() < 6 for p in picks)
-  again = leaderboard.bootstrap_picks({"s": 4, "t": 6}, resamples=50)
+  # The drawn resamples: reproducible, with replacement, one draw of seeds for every setting
+  # (s ran seeds 3, 1, 0, 2 in that order; t ran 0..5): s takes the drawn seeds it ran.
+  seeds = {"s": [3, 1, 0, 2], "t": [0, 1, 2, 3, 4, 5]}
+  picks = leaderboard.bootstrap_picks(seeds, resamples=50)
+  assert len(picks) == 50 and all(len(p["t"]) == 6 for p in picks)
+  for p in picks:
+    drawn = [seeds["t"][i] for i in p["t"]]
+    assert [seeds["s"][i] for i in p["s"]] == [d for d in drawn if d in seeds["s"]]
+  assert len({tuple(p["t"]) for p in picks}) > 40 and any(len(set(p["t"])) < 6 for p in picks)
+  again = leaderboard.bootstrap_picks(seeds, resamples=50)
   assert all(np.array_equal(a["t"], b["t"]) for a, b in zip(picks, again))

@@ -17,8 +17,14 @@ by worst-task retention, with, per method:
   false one at 0.05);
 * its rank (1 = the highest mean worst-task retention; tied means share the mean rank).
 
+Controls (equal at other step sizes or on another data order) are paired and tested like the
+methods, with Holm over the controls, but are neither ranked nor a setting's best: they
+measure the protocol, they do not compete in it.
+
 Across settings: each method's mean rank over the settings it ran in, with a 95 % seed
-bootstrap interval (`mean_rank_intervals`), and the headline's one family of comparisons
+bootstrap interval (`mean_rank_intervals`, every setting resampled by the same draw of seeds,
+since a seed's settings share its seed and, within a task set, its dense model), and the
+headline's one family of comparisons
 (`family`): every method against equal over every setting, one comparison per method on its
 paired differences averaged over the settings seed by seed, Holm's adjustment over the
 methods (``p_family``; the per-setting tests stay in each setting's table, labelled as such).
@@ -121,9 +127,11 @@ def _one_example(report: Mapping[str, Any]) -> list[dict[str, float]] | None:
           for row in report["dense"]["per_seed"]]
 
 
-def setting(report: Mapping[str, Any]) -> dict[str, Any]:
-  """The leaderboard of one comparison report: per method, its numbers and paired tests."""
+def setting(report: Mapping[str, Any], controls: Sequence[str] = ()) -> dict[str, Any]:
+  """The leaderboard of one comparison report: per method, its numbers and paired tests
+  (`controls`: rows tested like the methods, Holm over them apart, not ranked: rank None)."""
   methods = list(report["methods"])
+  ranked = [m for m in methods if m not in controls]
   one_example = _one_example(report)
   paired = {m: _paired_values(report, m) for m in methods}
   rows = {}
@@ -134,8 +142,8 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
                "seeds": len(finished),
                "diverged": len(report["seeds"]) - len(finished)}
   means = {m: report_lib._mean(paired[m][0]) for m in methods}  # pylint: disable=protected-access
-  rank = ranks(means)
-  best = min(methods, key=lambda m: (rank[m], methods.index(m)))
+  rank = ranks({m: means[m] for m in ranked})
+  best = min(ranked, key=lambda m: (rank[m], ranked.index(m)))
 
   def versus(a: str, b: str) -> dict[str, Any]:
     thresholds = report_lib._seed_thresholds(  # pylint: disable=protected-access
@@ -146,14 +154,15 @@ def setting(report: Mapping[str, Any]) -> dict[str, Any]:
     return pair
 
   for m in methods:
-    rows[m]["rank"] = rank[m]
+    rows[m]["rank"] = rank.get(m)
     rows[m]["paired_mean"] = means[m]
     rows[m]["minus_equal"] = versus(m, EQUAL) if EQUAL in methods and m != EQUAL else None
     rows[m]["minus_best"] = versus(m, best) if m != best else None
   for key in ("minus_equal", "minus_best"):
-    adjusted = holm({m: rows[m][key]["p_value"] for m in methods if rows[m][key]})
-    for m, p in adjusted.items():
-      rows[m][key]["p_holm"] = p
+    for group in (ranked, [m for m in methods if m in controls]):
+      adjusted = holm({m: rows[m][key]["p_value"] for m in group if rows[m][key]})
+      for m, p in adjusted.items():
+        rows[m][key]["p_holm"] = p
   return {"seeds": list(report["seeds"]), "best": best, "methods": rows}
 
 
@@ -165,6 +174,8 @@ def _mean_ranks(values: Mapping[str, Mapping[str, Sequence[float]]],
   got: dict[str, list[float]] = {}
   for name, by_method in values.items():
     take = range(len(next(iter(by_method.values())))) if picks is None else picks[name]
+    if len(take) == 0:  # a resample that drew none of this setting's seeds
+      continue
     means = {m: report_lib._mean([v[int(i)] for i in take])  # pylint: disable=protected-access
              for m, v in by_method.items()}
     for m, r in ranks(means).items():
@@ -181,7 +192,8 @@ def mean_rank_intervals(values: Mapping[str, Mapping[str, Sequence[float]]],
     values: setting -> method -> its worst-task retention on each seed (a diverged seed as
       0), the seeds in the same order for every method of a setting (they are paired).
     resamples: each a setting -> seed positions, drawn with replacement (`bootstrap_picks`);
-      every method of a setting takes the same positions, so the pairing is kept.
+      every method of a setting takes the same positions, so the pairing is kept, and every
+      setting the positions of the same drawn seeds.
 
   Returns:
     method -> (2.5th, 97.5th percentile) of its mean rank over the resamples (NumPy's
@@ -195,11 +207,22 @@ def mean_rank_intervals(values: Mapping[str, Mapping[str, Sequence[float]]],
           for m, d in draws.items()}
 
 
-def bootstrap_picks(sizes: Mapping[str, int], resamples: int = BOOTSTRAP_RESAMPLES,
+def bootstrap_picks(seeds: Mapping[str, Sequence[int]], resamples: int = BOOTSTRAP_RESAMPLES,
                     seed: int = BOOTSTRAP_SEED) -> list[dict[str, np.ndarray]]:
-  """`resamples` draws of seed positions, with replacement, for settings of `sizes` seeds."""
+  """`resamples` draws, with replacement, of as many reporting seeds as the settings hold
+  together (`seeds`: setting -> its seeds, in its order); each draw is one for every setting
+  (a seed's settings share its seed and, within a task set, its dense model, so they are
+  resampled as one unit, as the headline's family averages them) and gives, per setting,
+  the positions of the drawn seeds it ran."""
+  union = sorted({int(s) for ids in seeds.values() for s in ids})
+  where = {name: {int(s): i for i, s in enumerate(ids)} for name, ids in seeds.items()}
   rng = np.random.default_rng(seed)
-  return [{name: rng.integers(0, n, n) for name, n in sizes.items()} for _ in range(resamples)]
+  out = []
+  for _ in range(resamples):
+    drawn = [union[i] for i in rng.integers(0, len(union), len(union))]
+    out.append({name: np.array([at[s] for s in drawn if s in at], np.int64)
+                for name, at in where.items()})
+  return out
 
 
 def family(settings: Mapping[str, Mapping[str, Any]],
@@ -257,10 +280,11 @@ def family(settings: Mapping[str, Mapping[str, Any]],
 
 
 def detection_limit(pair: Mapping[str, Any]) -> float:
-  """The smallest paired difference a setting could have shown, from its null control's
-  paired differences from equal (the same method trained again on another data order):
-  |mean| + t(0.975, n − 1) · sd / √n, the far end of their 95 % interval around zero. A
-  difference between two methods within it is within what reshuffling alone produces."""
+  """A setting's run-to-run noise, from its null control's paired differences from equal
+  (the same method trained again on another data order): |mean| + t(0.975, n − 1) · sd / √n,
+  the end of their 95 % t interval furthest from zero. A mean difference between two methods
+  within it is within what reshuffling alone produces. It is a yardstick, not a test: the
+  verdicts come from the sign test and the one-example threshold."""
   _, low, high = pair["interval"]
   return max(abs(low), abs(high))
 
@@ -271,20 +295,20 @@ def build(reports: Mapping[str, Mapping[str, Any]], controls: Sequence[str] = ()
 
   Args:
     reports: setting -> its report.
-    controls: rows that are controls, not methods: ranked and paired like the others, kept
-      out of the headline's family.
+    controls: rows that are controls, not methods: paired and tested like the others (Holm
+      over the controls), not ranked, kept out of the mean ranks and the headline's family.
     null: the control that is equal trained again on another data order; each setting's
       ``detection_limit`` comes from its paired differences from equal.
   """
-  settings = {name: setting(r) for name, r in reports.items()}
+  settings = {name: setting(r, controls) for name, r in reports.items()}
   names = []
   for board in settings.values():
-    names += [m for m in board["methods"] if m not in names]
-  values = {name: {m: _paired_values(r, m)[0] for m in r["methods"]}
+    names += [m for m in board["methods"] if m not in names and m not in controls]
+  values = {name: {m: _paired_values(r, m)[0] for m in r["methods"] if m not in controls}
             for name, r in reports.items()}
   means = _mean_ranks(values)
   intervals = mean_rank_intervals(
-      values, bootstrap_picks({name: len(b["seeds"]) for name, b in settings.items()}))
+      values, bootstrap_picks({name: b["seeds"] for name, b in settings.items()}))
   mean_rank = {}
   for m in names:
     got = sum(m in b["methods"] for b in settings.values())
@@ -296,9 +320,10 @@ def build(reports: Mapping[str, Mapping[str, Any]], controls: Sequence[str] = ()
     if row and row["minus_equal"]:
       board["detection_limit"] = detection_limit(row["minus_equal"])
   # The orders are kept as lists too: a JSON copy of the board sorts its keys.
+  shown = [c for c in controls if any(c in b["methods"] for b in settings.values())]
   return {"settings": settings, "mean_rank": {m: mean_rank[m] for m in order},
           "family": headline, "controls": list(controls),
-          "order": {"settings": list(settings), "methods": order}}
+          "order": {"settings": list(settings), "methods": order + shown}}
 
 
 def _validation_mean(report: Mapping[str, Any], method: str, where: str) -> float:
@@ -426,7 +451,9 @@ def _setting_lines(name: str, board: Mapping[str, Any],
                    tuning: Mapping[str, Any] | None = None,
                    variants: Sequence[str] = ()) -> list[str]:
   rows = board["methods"]
-  order = sorted(rows, key=lambda m: rows[m]["rank"])
+  # Ranked methods first, by rank; then the controls (rank None); ties by name, so that a
+  # JSON copy of the board (its keys sorted) gives the same table.
+  order = sorted(rows, key=lambda m: (rows[m]["rank"] is None, rows[m]["rank"] or 0, m))
   seeds = len(board["seeds"])
   chosen = {m: t["chosen"] for m, t in (tuning or {}).items()}
   if "tuning_seeds" in board:  # the fair protocol: one folder per setting, tuning inside it
@@ -443,8 +470,9 @@ def _setting_lines(name: str, board: Mapping[str, Any],
             "produces.\n\n" if "detection_limit" in board else "")
            + f"{seeds} paired seeds; best by mean worst-task retention: **{board['best']}**. "
            f"Full report{'s' if len(reports) > 1 else ''}: {', '.join(reports)}. Tests in this "
-           "table are adjusted within this setting only (Holm over its methods); the "
-           "headline's are adjusted over the whole family (above).", "",
+           "table are adjusted within this setting only (Holm over its methods, and apart "
+           "over its controls, which are not ranked); the headline's are adjusted over the "
+           "whole family (above).", "",
            "| rank | method | worst-task retention [95 % CI] | Δm % [95 % CI] "
            "| − equal [95 % CI] | W/T/L | p (Holm in setting) | vs equal "
            "| − best [95 % CI] | W/T/L | p (Holm in setting) | vs best |",
@@ -454,7 +482,7 @@ def _setting_lines(name: str, board: Mapping[str, Any],
     name_cell = (m + (f" ({chosen[m]})" if m in chosen else "")
                  + (f" ({row['diverged']} diverged)" if row["diverged"] else ""))
     lines.append("| " + " | ".join(
-        [f"{row['rank']:g}", name_cell, _ci(row["worst_task_retention"]),
+        ["—" if row["rank"] is None else f"{row['rank']:g}", name_cell, _ci(row["worst_task_retention"]),
          _ci(row["delta_m"], digits=2, signed=True)]
         + _pair_cells(row["minus_equal"]) + _pair_cells(row["minus_best"])) + " |")
   shown = {v: [m for m in order if _verdict(rows[m]["minus_equal"]) == v]
@@ -469,8 +497,11 @@ def to_markdown(board: Mapping[str, Any]) -> str:
   """The leaderboard of `build` as a Markdown report (the study's ``report.md``)."""
   settings = board["settings"]
   names = board["order"]["settings"]
+  shown_controls = [m for m in board["order"]["methods"] if m not in board["mean_rank"]]
+  controls_text = (f" and {len(shown_controls)} controls (not ranked)" if shown_controls
+                   else "")
   lines = ["# Leaderboard: which weighting and masks keep the worst task best", "",
-           f"{len(board['mean_rank'])} methods, {len(names)} settings ("
+           f"{len(board['mean_rank'])} methods{controls_text}, {len(names)} settings ("
            + ", ".join(names) + "). Each setting is its own comparison with its own report.",
            "",
            "How to read it. *Worst-task retention*: on each seed, the lowest over tasks of the "
@@ -483,18 +514,20 @@ def to_markdown(board: Mapping[str, Any]) -> str:
            "as retention 0, with its 95 % t interval; *W/T/L*: seeds won, tied (within one "
            "test example of the worst task) and lost; *p*: the exact sign test over the "
            "untied seeds, and in brackets Holm's adjustment over all the methods of the "
-           "setting; *vs equal* / *vs best* names a difference only when the report's rule "
+           "setting (a control's: over the setting's controls); *vs equal* / *vs best* names a difference only when the report's rule "
            "shows it (p < 0.05, and the mean beyond one test example) and Holm's p is below "
            "0.05 too.", "",
            "## Mean rank across settings", "",
            "Per setting, ↑ / ↓ mark a difference from equal that the setting's own test "
            "shows (Holm within the setting: a per-setting test, not the headline's). The "
            "mean rank's interval is a "
-           f"95 % percentile interval over {BOOTSTRAP_RESAMPLES} resamples of each setting's "
-           "seeds (paired: every method takes the same seeds).", "",
+           f"95 % percentile interval over {BOOTSTRAP_RESAMPLES} resamples of the reporting "
+           "seeds (paired: every method, and every setting, takes the same drawn seeds).", "",
            "| method | mean rank [95 % CI] | " + " | ".join(names) + " |",
            "|---|---:|" + "---:|" * len(names)]
   for m in board["order"]["methods"]:
+    if m not in board["mean_rank"]:  # a control: in the settings' tables, not ranked
+      continue
     info, cells = board["mean_rank"][m], []
     for n in names:
       row = settings[n]["methods"].get(m)
