@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from experiments import launch
-from mmcompress import errors
+from mmcompress import _files, errors
 from mmcompress.app import leaderboard
 
 _LEADERBOARD = flags.DEFINE_string("leaderboard", None, "a study's leaderboard.json",
@@ -47,6 +47,7 @@ def _unlinked(markdown: str) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  launch.check_output_file(_OUT.value, "out")
   path = _LEADERBOARD.value
   if not os.path.isfile(path):
     raise errors.UserError(f"--leaderboard={path} is not a file: give a study's "
@@ -58,8 +59,7 @@ def main(argv: Sequence[str]) -> None:
   except (ValueError, KeyError, TypeError) as error:
     raise errors.UserError(f"--leaderboard={path} is not a study's leaderboard "
                            f"({error!r}).") from None
-  with open(_OUT.value, "w") as f:
-    f.write(text)
+  _files.write_atomically(_OUT.value, lambda f: f.write(text.encode("utf-8")))
 
 
 if __name__ == "__main__":

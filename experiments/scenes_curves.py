@@ -100,6 +100,15 @@ def main(argv: list[str] | None = None) -> None:
   if not os.path.isfile(os.path.join(args.workdir, "config.json")):
     parser.error(f"--workdir {args.workdir} holds no run (no config.json): name the workdir "
                  "of a scenes run, e.g. runs/scenes.")
+  try:
+    with open(os.path.join(args.workdir, "config.json")) as f:
+      recorded = json.load(f).get("problem")
+  except (ValueError, AttributeError):
+    recorded = None
+  if recorded != "scenes":
+    parser.error(f"--workdir {args.workdir} holds a run of problem {recorded!r}, not a scenes "
+                 "run: its losses are not segmentation, depth and normals. Name the workdir "
+                 "of a scenes run, e.g. runs/scenes.")
   if not os.path.isdir(os.path.join(args.workdir, "axis")):
     parser.error(f"--workdir {args.workdir} holds no training records yet (no axis/ folder): "
                  "run or resume it first.")

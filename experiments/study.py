@@ -9,4 +9,4 @@ from mmcompress.app import study
 _CONFIG, _WORKDIR = launch.define_flags("study")
 
 if __name__ == "__main__":
-  launch.run(_CONFIG, _WORKDIR, study.run, "digits")
+  launch.run(_CONFIG, _WORKDIR, study.run, None)  # any registered problem

@@ -72,12 +72,26 @@ def test_a_bad_flag_value_and_a_workdir_of_another_run_are_one_line(tmp_path, st
 
 # Every entry point's user errors: (module, arguments, fragments of the one line). In the
 # arguments, {w} is a fresh workdir (it must be left as it was: absent), {file} an existing
-# file, {empty} an empty folder, {run} a folder with a config.json and nothing else.
+# file, {empty} an empty folder, {run} a folder with a scenes run's config.json and nothing
+# else, {corrupt} one whose config.json is not JSON.
 ENTRY_POINT_ERRORS = (
     ("experiments.digits", "--config.model=nope --workdir={w}", ("config.model", "nope")),
     ("experiments.digits", "--config.task_scales=(1.0,2.0) --workdir={w}",
      ("config.task_scales has 2 entries", "4 tasks")),
     ("experiments.digits", "--workdir={file}", ("is a file",)),
+    ("experiments.digits", "--workdir=", ("--workdir is empty",)),
+    ("experiments.digits", "--config.structure=2:4 --workdir={w}",
+     ("prunes exactly 1 - n/m = 0.5", "--config.sparsity=0.5")),
+    ("experiments.digits", "--config.batch_size=5000 --workdir={w}", ("--config.batch_size",)),
+    ("experiments.digits", "--config.seeds=(-1,) --workdir={w}", ("config.seeds", "-1")),
+    ("experiments.digits", "--config.seeds=(0,0) --workdir={w}", ("names a seed twice",)),
+    ("experiments.digits", "--config.data_seed=-1 --workdir={w}", ("config.data_seed",)),
+    ("experiments.digits", "--config.methods=('equal','famo') --config.famo.min_losses=(0.1,0.1) "
+     "--workdir={w}", ("famo.min_losses has 2 entries for 4 tasks",)),
+    ("experiments.digits", "--config=digits:study --config.task_scales=(1.,1.,1.,1.) "
+     "--workdir={w}", ("config.task_scales has 4 entries", "3 tasks")),
+    ("experiments.digits", "--config.model=cnn --workdir={w}", ("config.model_kwargs",)),
+    ("experiments.digits", "--config=study:quick --workdir={w}", ("python -m experiments.study",)),
     ("experiments.digits", "--workdir={file}/sub", ("which is a file",)),
     ("experiments.digits", "--config=digits:nope --workdir={w}", ("--config=digits:nope",)),
     ("experiments.digits", "--workdir={corrupt}", ("is not a run's record",)),
@@ -90,6 +104,10 @@ ENTRY_POINT_ERRORS = (
     ("experiments.study", "--config.study.task_sets=('nope',) --workdir={w}",
      ("config.study.task_sets entry",)),
     ("experiments.study", "--config.study.tuning_seeds=(0,) --workdir={w}", ("share [0]",)),
+    ("experiments.study", "--config=digits:quick --workdir={w}", ("not a study's",)),
+    # Another registered problem runs through the study's entry point (to its own checks).
+    ("experiments.study", "--config=study:scenes_quick --config.study.sparsities=(1.5,) "
+     "--workdir={w}", ("config.study.sparsities",)),
     ("experiments.study", "--config=study:quick --config.task_scales=(1.0,2.0) --workdir={w}",
      ("config.task_scales has 2 entries", "3 tasks")),
     ("experiments.benchmark", "--batch_size=0", ("--batch_size must be >= 1",)),
@@ -110,12 +128,15 @@ ENTRY_POINT_ERRORS = (
     ("experiments.tune_minmax", "--config.model=nope --workdir={w}", ("config.model",)),
     ("experiments.scenes_curves", "--workdir={w}", ("holds no run",)),
     ("experiments.scenes_curves", "--workdir={run}", ("no training records",)),
+    ("experiments.scenes_curves", "--workdir={corrupt}", ("not a scenes run",)),
     ("experiments.scenes_curves", "", ("--workdir",)),
-    ("experiments.results_page", "--leaderboard={w}/none.json --out={w}/x.md",
+    ("experiments.results_page", "--leaderboard={w}/none.json --out={empty}/x.md",
      ("is not a file",)),
-    ("experiments.results_page", "--leaderboard={corrupt}/config.json --out={w}/x.md",
+    ("experiments.results_page", "--leaderboard={corrupt}/config.json --out={empty}/x.md",
      ("is not a study's leaderboard",)),
     ("experiments.results_page", "--out={w}/x.md", ("--leaderboard",)),
+    ("experiments.results_page", "--leaderboard={corrupt}/config.json --out={w}/x.md",
+     ("goes in", "which does not exist")),
     ("experiments.scenes_preview", "--count=-1", ("--count must be >= 1",)),
     ("experiments.scenes_preview", "--seed=-1", ("--seed must be >= 0",)),
     ("experiments.scenes_preview", "--out=missing/x.png", ("does not exist",)),
@@ -191,7 +212,7 @@ def test_every_entry_point_answers_a_user_error_in_one_line_writing_nothing(tmp_
   places["file"].write_text("not a folder")
   for name in ("empty", "run", "corrupt"):
     places[name].mkdir()
-  (places["run"] / "config.json").write_text("{}")
+  (places["run"] / "config.json").write_text('{"problem": "scenes"}')
   (places["corrupt"] / "config.json").write_text("{not json")
   before = sorted(p.name for p in tmp_path.iterdir())
   cases = [json.dumps([module, args.format(w=tmp_path / f"w{i}", **places).split()])

@@ -466,6 +466,14 @@ def run_digits(config: app_plan.Config, workdir: str, **kwargs) -> dict:
   task_sets = tuple(config.task_sets)
   if len(task_sets) == 1:
     return {task_sets[0]: run(config, workdir, **kwargs)}
+  # Every task set checked before any trains (one refused after another had trained would
+  # leave half a run), and `workdir` records the whole run's config.
+  plan = validate(config)
+  parallel.maybe_initialize_distributed(plan.distributed)
+  for task_set in task_sets:
+    refuse_other_run(config, os.path.join(workdir, digits.data.folder_name(task_set)))
+    check_runnable(plan, digits.from_config(config, task_set))
+  check_workdir(config, workdir)
   reports, parts = {}, {}
   for task_set in task_sets:
     folder = digits.data.folder_name(task_set)
@@ -508,12 +516,22 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   _checks.one_of(plan.model, MODEL_NAMES, "config.model")
   _checks.sparsity(trainer.sparsity, "config.sparsity")
   _checks.one_of(trainer.scope, ("layer", "global"), "config.scope")
-  masks_lib.parse_structure(trainer.structure)  # "unstructured", "filter" or a valid "n:m"
+  kind, n, m = masks_lib.parse_structure(trainer.structure)  # also refuses a bad "n:m"
+  if kind == "n:m" and abs(trainer.sparsity - (1.0 - n / m)) > 1e-9:
+    raise ValueError(
+        f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {1.0 - n / m:g} of "
+        f"the weights, but config.sparsity is {trainer.sparsity!r}: pass "
+        f"--config.sparsity={1.0 - n / m:g}, or another structure.")
   _checks.positive_int(trainer.batch_size, "config.batch_size")
   _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")
   if not plan.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0,).")
+  for seed in plan.seeds:
+    _checks.non_negative_int(seed, "every entry of config.seeds")
+  if len(set(plan.seeds)) != len(plan.seeds):
+    raise ValueError(f"config.seeds names a seed twice: {list(plan.seeds)}; each seed is one "
+                     "paired sample of every comparison, so give each once.")
   if plan.epochs["pretrain"] < 1:
     raise ValueError("config.epochs.pretrain must be >= 1: the dense reference of every seed "
                      f"is a pretrain run, got {plan.epochs['pretrain']}.")
@@ -820,14 +838,24 @@ def check_runnable(plan: app_plan.RunPlan, problem: Problem) -> nn.Module:
   """The model of a checked plan for `problem`, after checking what needs the problem:
   the model's own arguments and the task scales against the tasks; a `UserError` names
   what to change."""
-  with _checks.as_user_error():
+  try:
     model = create_model(plan.model, problem.num_outputs, **plan.model_kwargs)
+  except ValueError as error:
+    raise _checks.UserError(
+        f"{error} (config.model_kwargs holds config.model's options; a shipped config cannot "
+        "drop one from the command line: for another model, use a config file of your own "
+        "with that model's model_kwargs)") from None
   scales = plan.trainer.task_scales
   if scales and len(scales) != problem.num_tasks:
     raise _checks.UserError(
         f"config.task_scales has {len(scales)} entries but the problem has "
         f"{problem.num_tasks} tasks ({', '.join(problem.task_names)}): give one scale per "
         "task, or () for all 1.")
+  steps = problem.steps_per_epoch(plan.batch_size)  # a batch larger than the training split
+  for method in plan.methods:  # each weighting's per-task knobs against the tasks
+    weighting_name = scoring.parse_method(method, plan.trainer)[0]
+    weighting_obj = stages_lib.make_weighting(weighting_name, plan.trainer, steps)
+    jax.eval_shape(lambda w=weighting_obj: w.init(problem.num_tasks))  # no device touched
   return model
 
 

@@ -45,7 +45,8 @@ def local_launch() -> tuple[int, int] | None:
 
 def maybe_initialize_distributed(enabled: bool) -> None:
   """Joins a multi-process job when `enabled` or when started by a local launch; a no-op
-  otherwise. Call it before anything touches the devices.
+  otherwise, and when this process has joined already. Call it before anything touches the
+  devices.
 
   On a Cloud TPU slice (``--config.distributed=True``) `jax.distributed.initialize()` finds
   the coordinator, the process count and this process's id itself. A local launch
@@ -53,7 +54,7 @@ def maybe_initialize_distributed(enabled: bool) -> None:
   processes run on the CPU, whose collectives across processes go through gloo.
   """
   launch = local_launch()
-  if not enabled and launch is None:
+  if (not enabled and launch is None) or jax.distributed.is_initialized():
     return
   if set((jax.config.jax_platforms or "").split(",")) == {"cpu"}:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

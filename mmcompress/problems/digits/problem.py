@@ -66,8 +66,8 @@ class DigitsProblem(base.Problem):
   def steps_per_epoch(self, batch_size: int) -> int:
     n = self.data.train.num_examples
     if n < batch_size:
-      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training examples: "
-                       "use a smaller batch_size.")
+      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training "
+                              "examples: use a smaller --config.batch_size.")
     return n // batch_size
 
   def train_batch(self, seed: int, stage_index: int, step: int, batch_size: int) -> dict:
@@ -119,6 +119,7 @@ def validate_config(config: Any) -> None:
         "'groups:<digits>/<digits>/...'.")
   for task_set in config.task_sets:
     digits.check_task_set(task_set, "config.task_sets entry")
+  _checks.non_negative_int(config.data_seed, "config.data_seed (the split of the data)")
   if len(set(config.task_sets)) != len(config.task_sets):
     raise _checks.UserError(f"config.task_sets names a task set twice: {list(config.task_sets)}.")
 

@@ -138,7 +138,8 @@ class DenseProblem(base.Problem):
   def steps_per_epoch(self, batch_size: int) -> int:
     n = len(self.rows["train"])
     if n < batch_size:
-      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training images.")
+      raise _checks.UserError(f"batch_size={batch_size} is larger than the {n} training "
+                              "images: use a smaller --config.batch_size.")
     return n // batch_size
 
   def train_batch(self, seed: int, stage_index: int, step: int, batch_size: int) -> dict:
