@@ -353,6 +353,7 @@ def test_a_diverged_method_counts_as_a_loss():
   assert ranking == pytest.approx({"equal": 0.9, "minmax": 0.92 * 0.9})
   text = report_lib.to_markdown(report)
   assert "| minmax (diverged on 1 of 10) | 0.736 [0.736–0.736] |" in text
+  assert "; 0.828 with the diverged as 0 (as ranked) |" in text  # 9 · 0.92 / 10, as ranked
   assert ("no difference shown over 10 seeds (most seeds go one way, the mean the other). "
           "minmax diverged "
           "on seed 3, counted as worst-task retention 0 in the paired comparisons and left out "
