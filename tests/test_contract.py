@@ -22,6 +22,9 @@ import pytest
 import mmcompress
 from mmcompress import sparsity as sp
 from mmcompress import weighting
+from mmcompress.train import plan as plan_lib
+from mmcompress.train import stages as stages_lib
+from mmcompress.train import variants
 
 STEPS = 5
 _RNG = np.random.default_rng(0)
@@ -89,6 +92,27 @@ def _dynamic_case(inner):
   return _model_case(sp.dynamic_sparse(inner, sparsity=0.5, update_every=2, grow_fraction=0.2))
 
 
+def _trainer_case(stage, name="sgd"):
+  """The descent the trainer builds for `stage` (a run's variant: scale 2, clip 1), at half
+  masks where the stage takes them."""
+  plan = plan_lib.Plan(optimizer=plan_lib.Optimizer(name=name))
+  masks = sp.magnitude_masks(_model_params(), 0.5) if stage == "retrain" else None
+  return _model_case(stages_lib.descent_transform(stage, plan, 2, masks=masks,
+                                                  variant=variants.Variant(2.0, 1.0)))
+
+
+def _stage_case():
+  """`stage_transform`: min-max's saddle point over a retrain stage's masked descent."""
+  w = weighting.create("minmax", gamma=1.0)
+  task_params, task_state = w.init(2)
+  masks = {"params": sp.magnitude_masks(_model_params(), 0.5)}
+  tx = stages_lib.stage_transform("retrain", plan_lib.Plan(), 2, w, 2, masks=masks["params"])
+  params = {"params": _model_params(), "task_params": task_params}
+  grad_fn = jax.grad(lambda p: w.objective(_task_losses(p["params"]), p["task_params"],
+                                           task_state, _KEY))
+  return tx, params, grad_fn
+
+
 CASES = [
     ("simplex_ascent_euclidean", _simplex_case),
     ("simplex_ascent_entropic", functools.partial(_simplex_case, geometry="entropic")),
@@ -126,12 +150,30 @@ CASES = [
         sp.static_sparse(optax.chain(weighting.aggregate(_softmax_of_norms, 2), optax.sgd(0.1)),
                          sp.magnitude_masks(_model_params(), 0.5)),
         _model_params(), _stacked_grads)),
+    ("db_mtl_aggregate", lambda: (optax.chain(weighting.db_mtl_aggregate(2), optax.sgd(0.1)),
+                                  _model_params(), _stacked_grads)),
+    ("clip_by_run", lambda: _model_case(optax.chain(variants.clip_by_run(1.0),
+                                                    optax.sgd(0.1)))),
+    ("scale_by_run", lambda: _model_case(optax.chain(optax.sgd(0.1),
+                                                     variants.scale_by_run(2.0)))),
+    ("base_optimizer_adam", lambda: _model_case(stages_lib.base_optimizer(
+        plan_lib.Optimizer(name="adam"), 10, variant=variants.Variant(2.0, 1.0)))),
+    ("descent_transform_retrain", functools.partial(_trainer_case, "retrain")),
+    ("descent_transform_sparse", functools.partial(_trainer_case, "sparse", "adam")),
+    ("descent_transform_gradual", functools.partial(_trainer_case, "gradual")),
+    ("stage_transform_retrain_minmax", _stage_case),
 ]
 # Every registered weighting has a case: those not listed above (a weighting added later) at
 # their factory's defaults.
 CASES += [(f"weighting_{n}", functools.partial(_weighting_case, n))
           for n in weighting.WEIGHTINGS if f"weighting_{n}" not in dict(CASES)]
 FACTORIES = dict(CASES)
+SADDLE_POINTS = ("saddle_point", "stage_transform_retrain_minmax")
+# The cases whose params (or task params) are task weights on the simplex.
+ON_THE_SIMPLEX = tuple(n for n in FACTORIES if n.startswith("simplex_ascent")) + SADDLE_POINTS + (
+    "weighting_minmax", "weighting_minmax_auto")
+# The modules whose exported transform factories (annotated as returning one) need a case.
+EXPORTING = (mmcompress, sp, weighting, variants, stages_lib)
 
 
 
@@ -274,7 +316,8 @@ def test_jitted_step_does_not_retrace(name):
 @_cases("tree_map_params")
 def test_tree_map_params(name):
   tx, params, _ = FACTORIES[name]()
-  check_tree_map_params(tx, params, extra_trees=name != "saddle_point")
+  # A saddle point's halves each map their own half of an extra tree (the test below).
+  check_tree_map_params(tx, params, extra_trees=name not in SADDLE_POINTS)
 
 
 def test_saddle_point_maps_extra_trees_one_half_at_a_time():
@@ -313,6 +356,29 @@ def test_the_checks_catch_a_state_that_changes_shape(jit, match):
   _, params, grad_fn = _model_case(None)
   with pytest.raises(AssertionError, match=match):
     check_state(trajectory(_growing_state(), params, grad_fn, jit=jit))
+
+
+@pytest.mark.parametrize("name", ON_THE_SIMPLEX)
+def test_task_weights_stay_on_the_simplex_at_every_step(name):
+  for params, _, _ in _trajectory_of(name):
+    w = np.asarray(params["task_params"] if isinstance(params, dict) else params, np.float64)
+    assert w.shape == (np.size(w),) and np.all(w >= 0.0), (name, w)
+    assert abs(w.sum() - 1.0) < 1e-6, (name, w)
+
+
+def test_every_exported_transform_has_a_contract_case():
+  """Each factory an exporting module lists in __all__ and annotates as returning a
+  `GradientTransformation` is the start of some case's name (its own transform, or inside
+  the case's chain)."""
+  missing = []
+  for module in EXPORTING:
+    for name in module.__all__:
+      obj = getattr(module, name)
+      annotation = getattr(obj, "__annotations__", {}).get("return", "")
+      if callable(obj) and "GradientTransformation" in str(annotation):
+        if not any(case.startswith(name) for case in FACTORIES):
+          missing.append(f"{module.__name__}.{name}")
+  assert not missing, f"no contract case for {missing}"
 
 
 def test_every_registered_weighting_has_a_contract_case():

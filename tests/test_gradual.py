@@ -116,14 +116,18 @@ def test_the_gradual_stage_prunes_to_the_target_in_the_pipeline(tmp_path, tiny_c
     stages.check_stage_order(("pretrain", "gradual"))
 
 
+@pytest.mark.parametrize("stages", [("pretrain", "gradual", "retrain"), ("sparse",)])
 @pytest.mark.parametrize("overrides, named", [
     ({"structure": "filter"}, "config.structure='filter'"),
+    ({"structure": "2:4", "sparsity": 0.5}, "config.structure='2:4'"),
     ({"scope": "global"}, "config.scope='global'"),
     ({"prune.criterion": "taylor"}, "config.prune.criterion='taylor'"),
     ({"methods": ("equal", "minmax+taylor_max")}, "method 'minmax+taylor_max'")])
-def test_settings_the_gradual_stage_would_ignore_are_refused(tiny_config, overrides, named):
+def test_settings_the_gradual_and_sparse_stages_would_ignore_are_refused(tiny_config, stages,
+                                                                          overrides, named):
   from mmcompress import errors  # pylint: disable=import-outside-toplevel
   from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
-  config = tiny_config(stages=("pretrain", "gradual", "retrain"), **overrides)
+  config = tiny_config(stages=stages, **overrides)
   with pytest.raises(errors.UserError, match=re.escape(named)):
     comparison.validate(config)
+  comparison.validate(tiny_config(stages=stages))  # the defaults are what the stage does

@@ -8,10 +8,12 @@ import re
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from mmcompress import errors
+from mmcompress import errors, sparsity
 from mmcompress.app import comparison, plan as app_plan
 from mmcompress.problems.digits import data as digits
 from mmcompress.problems.digits import DigitsProblem
@@ -494,3 +496,40 @@ def test_a_key_the_trainer_does_not_read_is_refused(tiny_config):
     config.optimizer.momentun = 0.9
   with pytest.raises(errors.UserError, match=r"config.optimizer.momentun is not a setting"):
     app_plan.trainer(config)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("stage", ["retrain", "gradual", "sparse"])
+def test_pruned_weights_stay_exactly_zero_under_the_trainers_own_chain(tiny_config, stage,
+                                                                      optimizer):
+  """The chain the trainer builds (the variant's clip, weight decay, SGD with momentum or
+  Adam, the variant's learning-rate scale) inside the stage's sparse wrapper, fed large
+  gradients: after every step each weight the current mask prunes is exactly 0, and, where
+  masks can regrow a weight (retrain's fixed ones are reset at init, dynamic sparse
+  training's on every regrowth), so is every moment of it. The gradual stage's masks only
+  shrink, so a moment left at a pruned weight never reaches it."""
+  config = tiny_config(**{"optimizer.name": optimizer, "optimizer.weight_decay": 5e-4,
+                          "optimizer.schedule": "constant", "epochs.gradual": 2,
+                          "epochs.sparse": 2, "sparsity": 0.5,
+                          "dynamic.update_every_epochs": 1, "gradual.update_every_epochs": 1})
+  rng = np.random.default_rng(0)
+  f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+  params = {"trunk": {"Dense_0": {"kernel": f32(16, 8), "bias": f32(8)}}}
+  tx = comparison.stages_lib.descent_transform(
+      stage, app_plan.trainer(config), 3, masks=sparsity.magnitude_masks(params, 0.5),
+      variant=variants.Variant(2.0, 0.1))
+  state, update = tx.init(params), jax.jit(tx.update)
+  pruned_steps = 0
+  for _ in range(6):
+    grads = jax.tree.map(lambda p: 100.0 * f32(*p.shape), params)
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    kept = np.asarray(sparsity.full_masks(params, sparsity.find_masks(state))
+                      ["trunk"]["Dense_0"]["kernel"])
+    kernel = np.asarray(params["trunk"]["Dense_0"]["kernel"])
+    assert np.all(kernel[~kept] == 0.0)
+    moments = [np.asarray(leaf) for leaf in jax.tree.leaves(state)
+               if np.shape(leaf) == kernel.shape and np.asarray(leaf).dtype == np.float32]
+    assert stage == "gradual" or all(np.all(m[~kept] == 0.0) for m in moments)
+    pruned_steps += int(not kept.all())
+  assert pruned_steps >= 3  # the masks pruned on most steps: the check above had work

@@ -505,8 +505,9 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   trainer = plan.trainer
   for method in plan.methods:
     scoring.parse_method(method, trainer)  # a known weighting, and a known criterion if named
-  if "gradual" in plan.stages:
-    _check_gradual(plan)
+  for stage in ("gradual", "sparse"):
+    if stage in plan.stages:
+      _check_magnitude_only(plan, stage)
   # The problem's own fields, before any file is read.
   problems.get(plan.problem).validate_config(config)
   if not plan.methods:
@@ -555,19 +556,25 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   return plan
 
 
-def _check_gradual(plan: app_plan.RunPlan) -> None:
-  """Raises unless the plan's masks are what the gradual stage makes: unstructured, per
-  layer, by magnitude (settings it would otherwise ignore)."""
+def _check_magnitude_only(plan: app_plan.RunPlan, stage: str) -> None:
+  """Raises unless the plan's masks are what the gradual or the sparse (dynamic) `stage`
+  makes: unstructured, per layer, by magnitude (or its growth rule) without a pruning
+  criterion, unless a prune stage uses one (settings it would otherwise ignore)."""
   trainer = plan.trainer
-  ignored = [f"{name}={value!r}" for name, value, plain in (
-      ("config.structure", trainer.structure, "unstructured"),
-      ("config.scope", trainer.scope, "layer"),
-      ("config.prune.criterion", trainer.prune.criterion, "magnitude")) if value != plain]
-  ignored += [f"method {m!r}" for m in plan.methods if "+" in m.partition("@")[0]]
+  settings = [("config.structure", trainer.structure, "unstructured"),
+              ("config.scope", trainer.scope, "layer")]
+  if "prune" not in plan.stages:
+    settings.append(("config.prune.criterion", trainer.prune.criterion, "magnitude"))
+  ignored = [f"{name}={value!r}" for name, value, plain in settings if value != plain]
+  if "prune" not in plan.stages:
+    ignored += [f"method {m!r}" for m in plan.methods if "+" in m.partition("@")[0]]
   if ignored:
+    what = ("prunes unstructured, per layer, by magnitude" if stage == "gradual" else
+            "keeps unstructured, per-layer masks, dropped by magnitude and grown by "
+            "config.dynamic.grow")
     raise ValueError(
-        f"the gradual stage prunes unstructured, per layer, by magnitude; it cannot honour "
-        f"{', '.join(ignored)}: use the prune stage for those, or leave them at their defaults.")
+        f"the {stage} stage {what}; it cannot honour {', '.join(ignored)}: use the prune "
+        "stage for those, or leave them at their defaults.")
 
 
 # Fields added after runs were recorded, each with the value every run before it had: no
