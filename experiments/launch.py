@@ -208,31 +208,35 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   app.run(checked_main, flags_parser=_parse_flags)
 
 
+def check_entry(config: Any, workdir: str | None, problem: str | None) -> None:
+  """Raises a `UserError` for an empty workdir, a study's config at an experiment's entry
+  point or the reverse, or a config of another problem than `problem`, the one the entry
+  point is for (None: a study, which runs any registered problem)."""
+  if not (workdir or "").strip():
+    raise errors.UserError("--workdir is empty: give the folder for this run's results, "
+                           "e.g. --workdir=runs/digits.")
+  is_study = "study" in config
+  if is_study != (problem is None):
+    raise errors.UserError(
+        "this is a study's config (it has config.study): run it with python -m "
+        "experiments.study" if is_study else
+        "this is an experiment's config, not a study's (it has no config.study): run it "
+        f"with python -m experiments.{config.get('problem') or 'digits'}, or give "
+        "--config=study[:PRESET].")
+  if problem is not None and config.get("problem") != problem:
+    raise errors.UserError(
+        f"config.problem is {config.get('problem')!r}, but this entry point runs "
+        f"{problem!r}: use python -m experiments.{config.get('problem') or problem} for "
+        "that config, or a config of this problem.")
+
+
 def run(config_flag, workdir_flag, job: Callable, problem: str | None) -> None:
   """Runs ``job(config, workdir)`` on the flags' values (`comparison.run`,
-  `comparison.run_digits`, or `study.run`), refusing an empty workdir, a study's config at an
-  experiment's entry point or the reverse, and a config of another problem than `problem`,
-  the one this entry point is for (None: a study, which runs any registered problem)."""
+  `comparison.run_digits`, or `study.run`) after `check_entry`."""
   def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
       logging.set_verbosity(logging.WARNING)
-    config = config_flag.value
-    if not (workdir_flag.value or "").strip():
-      raise errors.UserError("--workdir is empty: give the folder for this run's results, "
-                             "e.g. --workdir=runs/digits.")
-    is_study = "study" in config
-    if is_study != (problem is None):
-      raise errors.UserError(
-          "this is a study's config (it has config.study): run it with python -m "
-          "experiments.study" if is_study else
-          "this is an experiment's config, not a study's (it has no config.study): run it "
-          f"with python -m experiments.{config.get('problem') or 'digits'}, or give "
-          "--config=study[:PRESET].")
-    if problem is not None and config.get("problem") != problem:
-      raise errors.UserError(
-          f"config.problem is {config.get('problem')!r}, but this entry point runs "
-          f"{problem!r}: use python -m experiments.{config.get('problem') or problem} for "
-          "that config, or a config of this problem.")
-    job(config, workdir_flag.value)
+    check_entry(config_flag.value, workdir_flag.value, problem)
+    job(config_flag.value, workdir_flag.value)
   run_main(main)

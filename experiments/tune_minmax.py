@@ -53,6 +53,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax reports every save at INFO
     logging.set_verbosity(logging.WARNING)
   del argv
+  launch.check_entry(_CONFIG.value, _WORKDIR.value, "digits")
   gammas = [_checks.non_negative(g, "--gammas entry") for g in _GAMMAS.value]
   if not gammas or not _EVERY.value:
     raise errors.UserError("--gammas and --every need at least one value each.")

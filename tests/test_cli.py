@@ -126,6 +126,8 @@ ENTRY_POINT_ERRORS = (
     ("experiments.tune_minmax", "--gammas=abc --workdir={w}", ("--gammas entry",)),
     ("experiments.tune_minmax", "--every=never --workdir={w}", ("--every entry",)),
     ("experiments.tune_minmax", "--config.model=nope --workdir={w}", ("config.model",)),
+    ("experiments.tune_minmax", "--workdir=", ("--workdir is empty",)),
+    ("experiments.tune_minmax", "--config=study:quick --workdir={w}", ("python -m experiments.study",)),
     ("experiments.scenes_curves", "--workdir={w}", ("holds no run",)),
     ("experiments.scenes_curves", "--workdir={run}", ("no training records",)),
     ("experiments.scenes_curves", "--workdir={corrupt}", ("not a scenes run",)),

@@ -131,3 +131,11 @@ def test_settings_the_gradual_and_sparse_stages_would_ignore_are_refused(tiny_co
   with pytest.raises(errors.UserError, match=re.escape(named)):
     comparison.validate(config)
   comparison.validate(tiny_config(stages=stages))  # the defaults are what the stage does
+
+
+def test_an_n_m_structure_names_the_sparsity_it_needs_exactly(tiny_config):
+  from mmcompress import errors  # pylint: disable=import-outside-toplevel
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
+  with pytest.raises(errors.UserError, match=re.escape("--config.sparsity=0.6666666666666667")):
+    comparison.validate(tiny_config(structure="1:3"))
+  comparison.validate(tiny_config(structure="1:3", sparsity=0.6666666666666667))

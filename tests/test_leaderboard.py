@@ -246,3 +246,15 @@ def test_the_mean_rank_interval_is_the_percentile_interval_over_seed_resamples()
   assert len({tuple(p["t"]) for p in picks}) > 40 and any(len(set(p["t"])) < 6 for p in picks)
   again = leaderboard.bootstrap_picks(seeds, resamples=50)
   assert all(np.array_equal(a["t"], b["t"]) for a, b in zip(picks, again))
+  # A setting that lost seeds (one of ten here) is in every resample all the same.
+  sparse = leaderboard.bootstrap_picks({"s": [4], "t": list(range(10))}, resamples=200)
+  assert len(sparse) == 200 and all(len(p["s"]) >= 1 for p in sparse)
+
+
+def test_a_tie_at_the_top_lists_the_settings_best_first():
+  report = _report({"equal": [0.9] * 6, "zeta": [0.95] * 6, "alpha": [0.95] * 6})
+  board = leaderboard.build({"one": report})
+  assert board["settings"]["one"]["best"] == "zeta"  # the first in the report's order
+  rows = [line for line in leaderboard.to_markdown(board).splitlines()
+          if line.startswith("| 1.5 |")]
+  assert [r.split(" | ")[1] for r in rows] == ["zeta", "alpha"]

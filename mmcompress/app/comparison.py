@@ -470,6 +470,9 @@ def run_digits(config: app_plan.Config, workdir: str, **kwargs) -> dict:
   # leave half a run), and `workdir` records the whole run's config.
   plan = validate(config)
   parallel.maybe_initialize_distributed(plan.distributed)
+  mesh = parallel.data_mesh()
+  parallel.check_batch_size(plan.batch_size, mesh)
+  parallel.check_batch_size(plan.eval_batch_size, mesh, "eval_batch_size")
   for task_set in task_sets:
     refuse_other_run(config, os.path.join(workdir, digits.data.folder_name(task_set)))
     check_runnable(plan, digits.from_config(config, task_set))
@@ -520,9 +523,9 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   kind, n, m = masks_lib.parse_structure(trainer.structure)  # also refuses a bad "n:m"
   if kind == "n:m" and abs(trainer.sparsity - (1.0 - n / m)) > 1e-9:
     raise ValueError(
-        f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {1.0 - n / m:g} of "
+        f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {1.0 - n / m!r} of "
         f"the weights, but config.sparsity is {trainer.sparsity!r}: pass "
-        f"--config.sparsity={1.0 - n / m:g}, or another structure.")
+        f"--config.sparsity={1.0 - n / m!r}, or another structure.")
   _checks.positive_int(trainer.batch_size, "config.batch_size")
   _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")
@@ -848,10 +851,10 @@ def check_runnable(plan: app_plan.RunPlan, problem: Problem) -> nn.Module:
   try:
     model = create_model(plan.model, problem.num_outputs, **plan.model_kwargs)
   except ValueError as error:
-    raise _checks.UserError(
-        f"{error} (config.model_kwargs holds config.model's options; a shipped config cannot "
-        "drop one from the command line: for another model, use a config file of your own "
-        "with that model's model_kwargs)") from None
+    hint = (" (config.model_kwargs holds config.model's options; a shipped config cannot "
+            "drop one from the command line: for another model, use a config file of your "
+            "own with that model's model_kwargs)" if "does not take" in str(error) else "")
+    raise _checks.UserError(f"{error}{hint}") from None
   scales = plan.trainer.task_scales
   if scales and len(scales) != problem.num_tasks:
     raise _checks.UserError(

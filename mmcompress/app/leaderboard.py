@@ -213,15 +213,18 @@ def bootstrap_picks(seeds: Mapping[str, Sequence[int]], resamples: int = BOOTSTR
   together (`seeds`: setting -> its seeds, in its order); each draw is one for every setting
   (a seed's settings share its seed and, within a task set, its dense model, so they are
   resampled as one unit, as the headline's family averages them) and gives, per setting,
-  the positions of the drawn seeds it ran."""
+  the positions of the drawn seeds it ran. A draw that holds none of some setting's seeds (a
+  setting that lost seeds) is drawn again, so that every mean rank averages every setting."""
   union = sorted({int(s) for ids in seeds.values() for s in ids})
   where = {name: {int(s): i for i, s in enumerate(ids)} for name, ids in seeds.items()}
   rng = np.random.default_rng(seed)
   out = []
-  for _ in range(resamples):
+  while len(out) < resamples:
     drawn = [union[i] for i in rng.integers(0, len(union), len(union))]
-    out.append({name: np.array([at[s] for s in drawn if s in at], np.int64)
-                for name, at in where.items()})
+    picks = {name: np.array([at[s] for s in drawn if s in at], np.int64)
+             for name, at in where.items()}
+    if all(len(p) for p in picks.values()):  # else drawn again: every setting in every draw
+      out.append(picks)
   return out
 
 
@@ -451,9 +454,10 @@ def _setting_lines(name: str, board: Mapping[str, Any],
                    tuning: Mapping[str, Any] | None = None,
                    variants: Sequence[str] = ()) -> list[str]:
   rows = board["methods"]
-  # Ranked methods first, by rank; then the controls (rank None); ties by name, so that a
-  # JSON copy of the board (its keys sorted) gives the same table.
-  order = sorted(rows, key=lambda m: (rows[m]["rank"] is None, rows[m]["rank"] or 0, m))
+  # Ranked methods first, by rank; then the controls (rank None); ties: the best first, then
+  # by name, so that a JSON copy of the board (its keys sorted) gives the same table.
+  order = sorted(rows, key=lambda m: (rows[m]["rank"] is None, rows[m]["rank"] or 0,
+                                      m != board["best"], m))
   seeds = len(board["seeds"])
   chosen = {m: t["chosen"] for m, t in (tuning or {}).items()}
   if "tuning_seeds" in board:  # the fair protocol: one folder per setting, tuning inside it
@@ -485,11 +489,15 @@ def _setting_lines(name: str, board: Mapping[str, Any],
         ["—" if row["rank"] is None else f"{row['rank']:g}", name_cell, _ci(row["worst_task_retention"]),
          _ci(row["delta_m"], digits=2, signed=True)]
         + _pair_cells(row["minus_equal"]) + _pair_cells(row["minus_best"])) + " |")
-  shown = {v: [m for m in order if _verdict(rows[m]["minus_equal"]) == v]
-           for v in ("better", "worse")}
-  lines += ["", ("Shown better than equal (Holm within this setting): "
-                 f"{', '.join(shown['better']) or 'none'}; "
-                 f"shown worse: {', '.join(shown['worse']) or 'none'}.")]
+  for label, names in (("Shown", [m for m in order if rows[m]["rank"] is not None]),
+                       ("Controls shown", [m for m in order if rows[m]["rank"] is None])):
+    shown = {v: [m for m in names if _verdict(rows[m]["minus_equal"]) == v]
+             for v in ("better", "worse")}
+    if names:
+      over = ", over the controls" if label != "Shown" else ""
+      lines += ["", (f"{label} better than equal (Holm within this setting{over}): "
+                     f"{', '.join(shown['better']) or 'none'}; "
+                     f"shown worse: {', '.join(shown['worse']) or 'none'}.")]
   return lines
 
 

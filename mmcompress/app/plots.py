@@ -146,7 +146,8 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
 
 def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
   """Draws a study's leaderboard (`mmcompress.app.leaderboard.build`): one panel per setting, one
-  row per method (in mean-rank order, best at the top), its paired difference from equal in
+  row per method (in mean-rank order, best at the top; then the controls, which are not
+  ranked), its paired difference from equal in
   worst-task retention with the 95 % t interval; filled where the difference is shown
   (the report's rule and Holm's adjustment), hollow where it is not.
 
