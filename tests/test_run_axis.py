@@ -94,6 +94,13 @@ def test_the_run_axis_gives_each_run_what_it_gives_alone(
   # The seeds differ from each other (each its own init, data order and RNG).
   assert not np.allclose(singles[0].params["trunk"]["Dense_0"]["kernel"],
                          singles[1].params["trunk"]["Dense_0"]["kernel"])
+  if sparse:  # on the axis too, each run's pruned weights are exactly 0, not merely close
+    for index in range(len(singles)):
+      run = run_axis.unstack(stacked, index)
+      kept = sparsity.full_masks(run.params, sparsity.find_masks(run.opt_state))
+      assert not np.asarray(kept["trunk"]["Dense_0"]["kernel"]).all()
+      assert all(np.all(np.asarray(p)[~np.asarray(m)] == 0)
+                 for p, m in zip(jax.tree.leaves(run.params), jax.tree.leaves(kept)))
 
 
 def test_a_seed_that_diverges_is_frozen_and_the_others_go_on(tiny_config, digits_data):

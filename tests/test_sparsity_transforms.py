@@ -10,6 +10,8 @@ import optax
 import pytest
 
 from mmcompress import sparsity as sp
+from mmcompress import weighting
+from mmcompress.sparsity import dynamic
 
 
 def _least_squares(seed=0):
@@ -525,3 +527,33 @@ def test_regrown_weights_under_adam_take_steps_no_larger_than_a_fresh_adams():
   # independently on the same gradients, breaks the bound several times over.
   old = _adam_steps_from_zero_moments(np.asarray(grads)[:, grown], learning_rate, regrow_at)
   assert np.abs(old).max() > 4 * learning_rate
+
+
+@pytest.mark.parametrize("grow", [g for g in dynamic.GROWTH if g.startswith("task_")])
+def test_task_aware_regrowth_keeps_the_exact_budget_and_pruned_weights_zero(grow):
+  """Each task-aware growth rule on stacked per-task gradients (two tasks of different
+  scales, a fresh draw every step): after every update each kernel keeps exactly its
+  budget, and every weight outside the mask is exactly 0."""
+  params, _ = _target_problem()
+  rng = np.random.default_rng(3)
+  opt = sp.dynamic_sparse(optax.chain(weighting.sum_tasks(), optax.sgd(0.05, momentum=0.9)),
+                          sparsity=0.8, update_every=2, grow_fraction=0.1, grow=grow)
+  extra = {"task_weights": jnp.array([0.3, 0.7])} if grow == "task_minmax" else {}
+  step = jax.jit(lambda p, s, g: opt.update(g, s, p, **extra))
+  state = opt.init(params)
+  budget = {k: v["kernel"].size - math.floor(0.8 * v["kernel"].size + 0.5)
+            for k, v in params.items()}
+  moved = 0
+  for _ in range(8):
+    stacked = jax.tree.map(lambda p: jnp.asarray(
+        rng.normal(size=(2,) + p.shape) * np.array([1.0, 50.0]).reshape((2,) + (1,) * p.ndim),
+        jnp.float32), params)
+    old = {k: np.asarray(state.masks[k]["kernel"]) for k in budget}
+    updates, state = step(params, state, stacked)
+    params = optax.apply_updates(params, updates)
+    for name, n_active in budget.items():
+      mask = np.asarray(state.masks[name]["kernel"])
+      assert int(mask.sum()) == n_active
+      assert np.all(np.asarray(params[name]["kernel"])[~mask] == 0.0)
+      moved += int((mask & ~old[name]).sum())
+  assert moved > 0  # the masks did change: the budget was kept through regrowth

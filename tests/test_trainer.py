@@ -533,3 +533,14 @@ def test_pruned_weights_stay_exactly_zero_under_the_trainers_own_chain(tiny_conf
     assert stage == "gradual" or all(np.all(m[~kept] == 0.0) for m in moments)
     pruned_steps += int(not kept.all())
   assert pruned_steps >= 3  # the masks pruned on most steps: the check above had work
+
+
+def test_a_run_whose_pruned_weights_leaked_is_found():
+  """What every pipeline run checks before it evaluates its selected model: a pruned weight
+  that is not exactly zero (even 1e-30) is named by its leaf; a mask of None prunes none."""
+  params = {"a": np.array([[1.0, 0.0], [0.0, 2.0]], np.float32), "b": np.ones(2, np.float32)}
+  masks = {"a": np.array([[True, False], [False, True]]), "b": None}
+  find = comparison._pruned_leaks  # pylint: disable=protected-access
+  assert find(params, masks) == [] and find(params, None) == []
+  params["a"][0, 1] = 1e-30
+  assert find(params, masks) == ["['a']"]

@@ -231,6 +231,16 @@ def _export(exp: Experiment, run_name: str, params: Any, masks: Any) -> dict[str
   return sizes
 
 
+def _pruned_leaks(params: Any, masks: Any | None) -> list[str]:
+  """The leaves of host `params` with a nonzero weight where `masks` prune (None: no masks)."""
+  if masks is None:
+    return []
+  full = sparsity.full_masks(params, masks)
+  return [jax.tree_util.keystr(path) for (path, p), m in zip(
+      jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(full))
+          if np.any(np.asarray(p)[~np.asarray(m, bool)] != 0)]
+
+
 def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageRecord],
             compressed: bool, pruning: dict[str, Any] | None = None,
             variant: variants_lib.Variant | None = None) -> records.RunResult:
@@ -238,6 +248,10 @@ def _finish(exp: Experiment, run_name: str, best: dict, stages: list[loop.StageR
   cfg, problem = exp.plan, exp.problem
   params = jax.device_get(best["params"])
   masks = jax.device_get(best["masks"])
+  leaks = _pruned_leaks(params, masks)
+  if leaks:  # what is evaluated below is these params as they are, not their masked copy
+    raise RuntimeError(f"{run_name}: weights its masks prune are not exactly zero in {leaks}; "
+                       "a sparse wrapper let an update through (a bug: please report it).")
   # An axis of one run, evaluated by the stages' program for an axis of one (already compiled
   # when a stage trained a single run, e.g. one seed: then one compilation fewer).
   placed = parallel.place(run_axis.stack([(best["params"], best["model_state"])]),
