@@ -544,3 +544,27 @@ def test_a_run_whose_pruned_weights_leaked_is_found():
   assert find(params, masks) == [] and find(params, None) == []
   params["a"][0, 1] = 1e-30
   assert find(params, masks) == ["['a']"]
+
+
+@pytest.mark.parametrize("structure, target", [("filter", 0.75), ("2:4", 0.5)])
+def test_a_structured_prune_runs_through_the_pipeline_to_its_exact_pattern(
+    tmp_path, tiny_config, structure, target):
+  """The prune stage with filters or an n:m pattern, through retraining and export: every
+  prunable layer of the exported model keeps exactly the count (whole filters, n of every
+  m) that `planned_summary` gives for that structure."""
+  from mmcompress import export  # pylint: disable=import-outside-toplevel
+  config = tiny_config(methods=("equal",), structure=structure, sparsity=target,
+                       **{"model_kwargs.hidden": (32, 16)})
+  comparison.run(config, str(tmp_path), print_report=False)
+  result = json.loads((tmp_path / "seed0" / "equal" / "result.json").read_text())
+  params = export.load(tmp_path / result["export"]["path"])
+  planned = sparsity.planned_summary(params, target, structure=structure)["leaves"]
+  got = sparsity.summary(params, jax.tree.map(lambda p: p != 0, params))["leaves"]
+  prunable = [n for n, leaf in planned.items() if leaf["prunable"]]
+  assert len(prunable) >= 2
+  assert all(got[n]["nonzero"] == planned[n]["nonzero"] for n in prunable), (got, planned)
+  if structure == "filter":  # whole output filters pruned: a kept column has no zero in it
+    for n in prunable:
+      kernel = np.asarray(params[n.split("/")[0]][n.split("/")[1]][n.split("/")[2]])
+      zero_columns = np.all(kernel == 0, axis=0)
+      assert zero_columns.any() and np.all(kernel[:, ~zero_columns] != 0)
