@@ -80,17 +80,7 @@ ENTRY_POINT_ERRORS = (
      ("config.task_scales has 2 entries", "4 tasks")),
     ("experiments.digits", "--workdir={file}", ("is a file",)),
     ("experiments.digits", "--workdir=", ("--workdir is empty",)),
-    ("experiments.digits", "--config.structure=2:4 --workdir={w}",
-     ("prunes exactly 1 - n/m = 0.5", "--config.sparsity=0.5")),
-    ("experiments.digits", "--config.batch_size=5000 --workdir={w}", ("--config.batch_size",)),
-    ("experiments.digits", "--config.seeds=(-1,) --workdir={w}", ("config.seeds", "-1")),
     ("experiments.digits", "--config.seeds=(0,0) --workdir={w}", ("names a seed twice",)),
-    ("experiments.digits", "--config.data_seed=-1 --workdir={w}", ("config.data_seed",)),
-    ("experiments.digits", "--config.methods=('equal','famo') --config.famo.min_losses=(0.1,0.1) "
-     "--workdir={w}", ("famo.min_losses has 2 entries for 4 tasks",)),
-    ("experiments.digits", "--config=digits:study --config.task_scales=(1.,1.,1.,1.) "
-     "--workdir={w}", ("config.task_scales has 4 entries", "3 tasks")),
-    ("experiments.digits", "--config.model=cnn --workdir={w}", ("config.model_kwargs",)),
     ("experiments.digits", "--config=study:quick --workdir={w}", ("python -m experiments.study",)),
     ("experiments.digits", "--workdir={file}/sub", ("which is a file",)),
     ("experiments.digits", "--config=digits:nope --workdir={w}", ("--config=digits:nope",)),
@@ -247,6 +237,30 @@ def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path, 
     done = wait()
     assert done.returncode == status, done.stderr
     assert wanted in done.stderr
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"structure": "2:4"}, ("prunes exactly 1 - n/m = 0.5", "--config.sparsity=0.5")),
+    ({"seeds": (-1,)}, ("config.seeds", "-1")),
+    ({"data_seed": -1}, ("config.data_seed",)),
+    ({"batch_size": 5000}, ("--config.batch_size",)),
+    ({"methods": ("equal", "famo"), "famo.min_losses": (0.1, 0.1)},
+     ("famo.min_losses has 2 entries for 4 tasks",)),
+    ({"model": "cnn"}, ("config.model_kwargs",)),
+    ({"task_sets": ("classify", "mixed"), "task_scales": (1.0,) * 4},
+     ("config.task_scales has 4 entries", "3 tasks"))])
+def test_what_a_run_checks_before_it_trains_or_writes(tmp_path, tiny_config, overrides,
+                                                      fragments):
+  """The checks the entry points run (above: how a refusal reaches the user), in process:
+  the plan's own (`validate`), those against the problem (`check_runnable`: the batch against
+  the training split, the model's options, a weighting's per-task knobs), and a run over
+  several task sets checking each before the first trains. Nothing is written."""
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
+  config = tiny_config(**overrides)
+  with pytest.raises(errors.UserError) as refused:
+    comparison.run_digits(config, str(tmp_path / "w"), print_report=False)
+  assert all(f in str(refused.value) for f in fragments), str(refused.value)
+  assert not (tmp_path / "w").exists()
 
 
 def test_config_values_resolve_to_the_shipped_files(tmp_path, monkeypatch):
