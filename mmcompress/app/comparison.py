@@ -575,16 +575,14 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
 
 def _check_magnitude_only(plan: app_plan.RunPlan, stage: str) -> None:
   """Raises unless the plan's masks are what the gradual or the sparse (dynamic) `stage`
-  makes: unstructured, per layer, by magnitude (or its growth rule) without a pruning
-  criterion, unless a prune stage uses one (settings it would otherwise ignore)."""
+  makes: unstructured, per layer, by magnitude (or its growth rule), without a pruning
+  criterion (settings it would otherwise ignore; neither stage can follow a prune stage)."""
   trainer = plan.trainer
-  settings = [("config.structure", trainer.structure, "unstructured"),
-              ("config.scope", trainer.scope, "layer")]
-  if "prune" not in plan.stages:
-    settings.append(("config.prune.criterion", trainer.prune.criterion, "magnitude"))
-  ignored = [f"{name}={value!r}" for name, value, plain in settings if value != plain]
-  if "prune" not in plan.stages:
-    ignored += [f"method {m!r}" for m in plan.methods if "+" in m.partition("@")[0]]
+  ignored = [f"{name}={value!r}" for name, value, plain in (
+      ("config.structure", trainer.structure, "unstructured"),
+      ("config.scope", trainer.scope, "layer"),
+      ("config.prune.criterion", trainer.prune.criterion, "magnitude")) if value != plain]
+  ignored += [f"method {m!r}" for m in plan.methods if "+" in m.partition("@")[0]]
   if ignored:
     what = ("prunes unstructured, per layer, by magnitude" if stage == "gradual" else
             "keeps unstructured, per-layer masks, dropped by magnitude and grown by "
