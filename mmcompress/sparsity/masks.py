@@ -27,7 +27,8 @@ from mmcompress import _checks
 
 __all__ = ["apply_masks", "check_inner", "default_include", "grouped_order", "is_none",
            "keep_all_but_smallest", "magnitude_masks", "mask_tree", "parse_structure", "path_name",
-           "prunable_flags", "prune_count", "resolve_include", "score_masks", "tiered_score_masks"]
+           "prunable_flags", "prune_count", "resolve_include", "score_masks", "structure_sparsity",
+           "tiered_score_masks"]
 
 IncludeFn = Callable[[tuple[Any, ...], Any], bool]
 
@@ -130,6 +131,20 @@ def parse_structure(structure: Any) -> tuple[str, int, int]:
         f"structure {structure!r} is not a valid n:m pattern: need integers 1 <= n < m "
         f"(e.g. '2:4' keeps 2 of every 4), got n={n}, m={m}.")
   return "n:m", n, m
+
+
+def structure_sparsity(structure: Any, sparsity: float | None = None) -> float | None:
+  """The sparsity an ``n:m`` structure fixes, 1 - n/m (None for the other structures, which
+  take any). With `sparsity` given, raises a ValueError unless the structure admits it."""
+  kind, n, m = parse_structure(structure)
+  if kind != "n:m":
+    return None
+  fixed = 1.0 - n / m
+  if sparsity is not None and abs(sparsity - fixed) > 1e-9:
+    raise ValueError(f"structure {structure!r} prunes exactly 1 - n/m = {fixed!r} of the "
+                     f"weights, not {sparsity!r}: give sparsity {fixed!r} (or None), or "
+                     "another structure.")
+  return fixed
 
 
 def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
@@ -362,11 +377,7 @@ def _plan(sparsity: Any, structure: Any, scope: Any, include: IncludeFn | None) 
   scope = _checks.one_of(scope, ("layer", "global"), "scope")
   if kind == "n:m":
     if sparsity is not None:
-      value = _checks.sparsity(sparsity)
-      if abs(value - (1.0 - n / m)) > 1e-9:
-        raise ValueError(
-            f"sparsity must be None or 1 - n/m = {1.0 - n / m} for structure {structure!r}, "
-            f"got {value}.")
+      structure_sparsity(structure, _checks.sparsity(sparsity))
   else:
     sparsity = _checks.sparsity(sparsity)
   return _Plan(kind, n, m, structure, sparsity, scope, include)
