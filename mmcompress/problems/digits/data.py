@@ -48,7 +48,8 @@ kept where they overlap (columns 4–9). Three tasks on every canvas, sharing ev
 standardised on train as ``ink`` is). The glyphs are split into train / val / test pools by
 the same stratified split as the other task sets, and each split's pairs are drawn from its
 own pool only, so no test glyph is ever seen in training; `PAIRS_SIZES` pairs a split
-(10,000 test pairs from about 450 test glyphs: a test glyph recurs in about 44 pairs).
+(3,000 training pairs; 10,000 test pairs from about 450 test glyphs: a test glyph recurs in
+about 44 pairs).
 
 ``"groups:<g1>/<g2>/..."``: a grouping of the user's own, with the ``classify`` conventions:
 each gᵢ is a string of at least two digits (``groups:38/59/17/06/24`` is five tasks, {3, 8},
