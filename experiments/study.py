@@ -1,5 +1,5 @@
-"""The study: every weighting and pruning criterion, two task sets, 40x and 100x, 10 seeds,
-one leaderboard (see experiments/configs/study.py).
+"""The study: every weighting and pruning criterion, each tuned on its own seeds, three task
+sets, 40x and 100x, 10 reported seeds, one leaderboard (see experiments/configs/study.py).
 
   python -m experiments.study --workdir=runs/study [--config=study:quick] [--config.X=...]
 """

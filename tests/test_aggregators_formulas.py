@@ -293,13 +293,17 @@ def test_permuting_the_rows_permutes_the_weights(name):
   alpha, d = random_weights(name, 5)
   permuted = weights_of(name, stack[:, order])
   assert_close(np.einsum("bk,bkn->bn", permuted, stack[:, order]), d)
-  # The weights themselves only where the Gram matrix's condition is below 1e3: above it the
-  # direction is still held to 1e-3, but an iterative solve (CAGrad's) pins the weights less
-  # tightly (measured: 1.6e-3 on a case of condition 5.7e3 under one compilation, 1.6e-7 under
-  # another), as the objective is flat along the Gram matrix's small eigenvectors.
+  if name != "cagrad":
+    assert_close(permuted, alpha[:, order])
+    return
+  # CAGrad's iterative solve pins its weights less tightly than its direction where the Gram
+  # matrix's condition exceeds 1e3, as its objective is flat along the small eigenvectors
+  # (measured: 1.6e-3 on a case of condition 5.7e3 under one compilation, 1.6e-7 under
+  # another): 1e-3 below that condition, 1e-2 above.
   tame = np.array([np.linalg.cond(G @ G.T) < 1e3 for G in stack])
-  assert tame.sum() >= 2
+  assert 0 < tame.sum() < len(stack)
   assert_close(permuted[tame], alpha[tame][:, order])
+  assert_close(permuted[~tame], alpha[~tame][:, order], accuracy=1e-2)
 
 
 METHODS = {"pcgrad": lambda G: aggregators.pcgrad(G, KEY),

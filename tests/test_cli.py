@@ -241,6 +241,7 @@ def test_a_user_error_exits_2_and_any_other_error_keeps_its_traceback(tmp_path, 
 
 @pytest.mark.parametrize("overrides, fragments", [
     ({"structure": "2:4"}, ("prunes exactly 1 - n/m = 0.5", "--config.sparsity=0.5")),
+    ({"stages": ("pretrain",)}, ("trains no method", "--config.share_pretraining=False")),
     ({"seeds": (-1,)}, ("config.seeds", "-1")),
     ({"data_seed": -1}, ("config.data_seed",)),
     ({"batch_size": 5000}, ("--config.batch_size",)),

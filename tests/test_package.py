@@ -144,7 +144,7 @@ def test_every_file_and_folder_the_layout_page_names_exists():
 def test_every_repository_path_the_readme_and_docs_name_exists():
   texts = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
   named = {(path.name, found) for path in texts
-           for found in re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.]*)",
+           for found in re.findall(r"`((?:mmcompress|experiments|tests|docs)/[\w/.-]*)",
                                    path.read_text())}
   missing = sorted((where, p) for where, p in named if not (REPO / p.rstrip("/.")).exists())
   assert not missing, f"paths named but not in the repository: {missing}"

@@ -236,6 +236,15 @@ def test_the_sparsity_a_structure_fixes():
   assert masks.structure_sparsity("1:4", 0.75) == 0.75
   with pytest.raises(ValueError, match=r"exactly 1 - n/m = 0.5 of the weights, not 0.75"):
     masks.structure_sparsity("2:4", 0.75)
+  assert masks.structure_sparsity("2:4", 0.5 + 1e-10) == 0.5  # within 1e-9: admitted
+  for structure, sparsity, match in (("2:4", 1.5, "sparsity"), ("filter", 5.0, "sparsity"),
+                                     ("4:2", None, "n:m pattern"), ("2-4", None, "structure")):
+    with pytest.raises(ValueError, match=match):
+      masks.structure_sparsity(structure, sparsity)
+  planned = sp.planned_summary({"k": jnp.ones((8, 4))}, None, structure="2:4")
+  assert planned["prunable_nonzero"] == 16 and planned["sparsity"] == 0.5
+  with pytest.raises(ValueError, match="not 0.75"):  # the planner refuses what the masks do
+    sp.planned_summary({"k": jnp.ones((8, 4))}, 0.75, structure="2:4")
 
 
 # ----------------------------------------------------------------------------- jit, apply, stats
@@ -408,7 +417,7 @@ def test_find_masks_finds_any_state_with_a_masks_field():
     (dict(sparsity=None, structure="4:4"), "structure"),
     (dict(sparsity=None, structure="3:2"), "structure"),
     (dict(sparsity=None, structure="0:4"), "structure"),
-    (dict(sparsity=0.75, structure="2:4"), "sparsity"),
+    (dict(sparsity=0.75, structure="2:4"), r"1 - n/m = 0.5 of the weights, not 0.75"),
     (dict(sparsity=None), "sparsity"),
     (dict(sparsity=0.5, include="kernels"), "include"),
 ])

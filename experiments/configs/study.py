@@ -86,8 +86,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # The reweighted-l1 penalty's floor: with the digits default 1e-6 a weight whose anchor is
   # near 0 gets a penalty gradient of up to 1e-4 / 1e-6 = 100, a step of 5 at the base rate;
   # measured, equal diverged on `pairs` at the first anchor refresh on 3 of 3 seeds (with its
-  # earlier 10,000 training pairs; with 3,000, on 1 of 3), and at 1e-3 (a step of at most
-  # 0.005, below a typical weight of this MLP, about 0.06) on none.
+  # earlier 10,000 training pairs; with 3,000, on 1 of 3, and a second fell to chance), and
+  # at 1e-3 (a step of at most 0.005, below a typical weight of this MLP, about 0.06) on none.
   c.reweight.eps = 1e-3
   c.study = ml_collections.ConfigDict({
       "task_sets": ("classify", "mixed", "pairs"),

@@ -496,6 +496,7 @@ def run_digits(config: app_plan.Config, workdir: str, **kwargs) -> dict:
   reports, parts = {}, {}
   for task_set in task_sets:
     folder = digits.data.folder_name(task_set)
+    # (`run` calls `problem` with this very config, the one the data was built from.)
     reports[task_set] = run(config, os.path.join(workdir, folder),
                             problem=lambda c, p=built[task_set]: p, **kwargs)
     parts[folder] = f"Task set '{task_set}'"
@@ -533,15 +534,23 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
     raise ValueError("config.methods is empty: name at least one of "
                      f"{list(weighting.WEIGHTINGS)}.")
   stages_lib.check_stage_order(plan.stages)
+  if tuple(plan.stages) == ("pretrain",) and trainer.share_pretraining:
+    raise ValueError(
+        "config.stages=('pretrain',) with config.share_pretraining=True trains no method: "
+        "every method would be the shared dense model. Add the compression stages (e.g. "
+        "--config.stages=\"('pretrain','prune','retrain')\"), or pass "
+        "--config.share_pretraining=False to pretrain each method under its own weighting.")
   _checks.one_of(plan.model, MODEL_NAMES, "config.model")
   _checks.sparsity(trainer.sparsity, "config.sparsity")
   _checks.one_of(trainer.scope, ("layer", "global"), "config.scope")
   fixed = masks_lib.structure_sparsity(trainer.structure)  # also refuses a bad "n:m"
-  if fixed is not None and abs(trainer.sparsity - fixed) > 1e-9:
+  try:
+    masks_lib.structure_sparsity(trainer.structure, trainer.sparsity)
+  except ValueError:
     raise ValueError(
         f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {fixed!r} of the "
         f"weights, but config.sparsity is {trainer.sparsity!r}: pass "
-        f"--config.sparsity={fixed!r}, or another structure.")
+        f"--config.sparsity={fixed!r}, or another structure.") from None
   _checks.positive_int(trainer.batch_size, "config.batch_size")
   _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")

@@ -135,8 +135,11 @@ def parse_structure(structure: Any) -> tuple[str, int, int]:
 
 def structure_sparsity(structure: Any, sparsity: float | None = None) -> float | None:
   """The sparsity an ``n:m`` structure fixes, 1 - n/m (None for the other structures, which
-  take any). With `sparsity` given, raises a ValueError unless the structure admits it."""
+  take any). With `sparsity` given, raises a ValueError unless it is a sparsity in [0, 1) and
+  the structure admits it (within 1e-9)."""
   kind, n, m = parse_structure(structure)
+  if sparsity is not None:
+    sparsity = _checks.sparsity(sparsity)
   if kind != "n:m":
     return None
   fixed = 1.0 - n / m
@@ -376,8 +379,7 @@ def _plan(sparsity: Any, structure: Any, scope: Any, include: IncludeFn | None) 
   include = resolve_include(include)
   scope = _checks.one_of(scope, ("layer", "global"), "scope")
   if kind == "n:m":
-    if sparsity is not None:
-      structure_sparsity(structure, _checks.sparsity(sparsity))
+    structure_sparsity(structure, sparsity)
   else:
     sparsity = _checks.sparsity(sparsity)
   return _Plan(kind, n, m, structure, sparsity, scope, include)

@@ -157,8 +157,8 @@ def planned_summary(params: Any, sparsity: float | None, *, structure: str = "un
 
   Args:
     params: a pytree of arrays or of anything with a `.shape` (the parameters only).
-    sparsity: the pruned fraction in [0, 1), as given to `magnitude_masks`; ignored (may be
-      None) for "n:m", which prunes 1 - n/m.
+    sparsity: the pruned fraction in [0, 1), as given to `magnitude_masks`; for "n:m",
+      which prunes 1 - n/m, None or that (another is refused, as `magnitude_masks` does).
     structure: "unstructured", "filter" or an "n:m" pattern such as "2:4".
     scope: "layer" or "global". With "global" the per-leaf counts are not known before the
       weights are (a leaf's "nonzero" is then None) but the totals are; global "filter"
@@ -175,7 +175,7 @@ def planned_summary(params: Any, sparsity: float | None, *, structure: str = "un
   include = masks_lib.resolve_include(include)
   scope = _checks.one_of(scope, ("layer", "global"), "scope")
   if kind == "n:m":
-    sparsity = 1.0 - n / m
+    sparsity = masks_lib.structure_sparsity(structure, sparsity)
   else:
     sparsity = _checks.sparsity(sparsity)
   if kind == "filter" and scope == "global":

@@ -202,8 +202,8 @@ def check_task_set(task_set: Any, name: str = "task_set") -> str:
 
 # Pairs drawn per split for ``pairs`` (train, val, test), and the canvas's side. 3,000 training
 # pairs (about 2.8 per training glyph and side), not more: a step of the fair study costs the
-# same per example on every task set, and 10,000 training pairs made `pairs` about 9 times
-# `classify`'s steps per epoch, some 6 h of the 2-core machine for its two settings.
+# same per example on every task set, and 10,000 training pairs made a `pairs` epoch 156 steps
+# against `classify`'s 16: more than 12 h of one core for its two settings.
 PAIRS_SIZES = (3_000, 2_000, 10_000)
 PAIRS_CANVAS = 14
 
