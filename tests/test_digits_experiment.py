@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from mmcompress import export
+from mmcompress import errors, export, problems
 from mmcompress.problems.digits import data as digits_data
 
 pytestmark = pytest.mark.slow  # each test runs a whole experiment
@@ -142,6 +142,32 @@ def test_both_task_sets_run_into_their_own_folders_with_an_index(tmp_path, tiny_
   assert "Task set 'classify'" in index and "Task set 'mixed'" in index
   for task_set in ("classify", "mixed"):
     assert (tmp_path / task_set / "report.json").exists()
+    # Each run records its data, as `data_fingerprint` gives it for that task set.
+    problem = problems.get("digits").from_config(config, task_set)
+    assert json.loads((tmp_path / task_set / "data.json").read_text()) == (
+        comparison.data_fingerprint(problem, config.batch_size))
+
+
+def test_a_workdir_of_the_same_config_on_other_data_is_refused(tmp_path, tiny_config):
+  from mmcompress.app import comparison  # pylint: disable=import-outside-toplevel
+  digits = problems.get("digits")
+
+  def fingerprint(task_set="classify", batch_size=8, **overrides):
+    return comparison.data_fingerprint(
+        digits.from_config(tiny_config(**overrides), task_set), batch_size)
+
+  same = fingerprint()
+  assert same == fingerprint() and same["steps_per_epoch"] > 1
+  workdir = str(tmp_path)
+  assert not comparison.refuse_other_data(same, workdir)  # nothing recorded: nothing to check
+  (tmp_path / "data.json").write_text(json.dumps(same))
+  assert comparison.refuse_other_data(same, workdir)
+  for other, what in ((fingerprint("mixed"), "the first batches differ"),
+                      (fingerprint(data_seed=1), "the first batches differ"),
+                      (fingerprint(batch_size=16), "steps per epoch: ")):
+    assert other != same
+    with pytest.raises(errors.UserError, match=f"same config on other data .{what}"):
+      comparison.refuse_other_data(other, workdir)
 
 
 def test_a_grouping_of_ones_own_runs_into_a_folder_of_its_name_and_a_bad_one_is_one_line(

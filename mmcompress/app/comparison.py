@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -49,8 +50,9 @@ from mmcompress.sparsity import masks as masks_lib
 from mmcompress.train import clock as clock_lib, loop, parallel, run_axis, scoring
 from mmcompress.train import stages as stages_lib, step as step_lib, variants as variants_lib
 
-__all__ = ["check_runnable", "check_workdir", "DATA_ORDER_STRIDE", "data_seed", "Experiment",
-           "Point", "refuse_other_run", "run", "run_dense", "run_digits", "run_method", "validate"]
+__all__ = ["check_runnable", "check_workdir", "data_fingerprint", "DATA_ORDER_STRIDE",
+           "data_seed", "Experiment", "Point", "refuse_other_data", "refuse_other_run", "run",
+           "run_dense", "run_digits", "run_method", "validate"]
 
 
 class Point(NamedTuple):
@@ -704,6 +706,42 @@ def refuse_other_run(config: app_plan.Config, workdir: str) -> bool:
   return True
 
 
+def data_fingerprint(problem: Problem, batch_size: int) -> dict[str, Any]:
+  """What identifies a run's data, beyond its config: the training steps of an epoch and a
+  SHA-256 of the first training batch (seed 0, stage 0, step 0) and the first validation
+  batch, every array's name, dtype, shape and bytes. A changed data set, data code or
+  library that changes either changes it."""
+  digest = hashlib.sha256()
+  for batch in (problem.train_batch(0, 0, 0, batch_size),
+                next(iter(problem.eval_batches("val", batch_size)))):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+      array = np.ascontiguousarray(np.asarray(leaf))
+      digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}".encode())
+      digest.update(array.tobytes())
+  return {"steps_per_epoch": int(problem.steps_per_epoch(batch_size)),
+          "sha256": digest.hexdigest()}
+
+
+def refuse_other_data(fingerprint: dict[str, Any], workdir: str) -> bool:
+  """Raises a `UserError` if `workdir`'s ``data.json`` records other data than
+  `fingerprint` (`data_fingerprint`): the same config on changed data must not resume.
+  Returns whether it records this data (False: none recorded, e.g. an older run's)."""
+  path = os.path.join(workdir, "data.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    saved = json.load(f)
+  if saved != fingerprint:
+    what = ("steps per epoch: {} there, {} now".format(saved.get("steps_per_epoch"),
+                                                        fingerprint["steps_per_epoch"])
+            if saved.get("steps_per_epoch") != fingerprint["steps_per_epoch"] else
+            "the first batches differ")
+    raise _checks.UserError(
+        f"{workdir} holds a run of the same config on other data ({what}): the data set, its "
+        "code or a library changed since it began. Use a new --workdir.")
+  return True
+
+
 def check_workdir(config: app_plan.Config, workdir: str) -> None:
   """Records the config in `workdir`, or raises if it holds a run with a different one."""
   os.makedirs(workdir, exist_ok=True)
@@ -913,7 +951,11 @@ def _experiment(plan: app_plan.RunPlan, workdir: str,
   # tasks) before the workdir records it: a refused run leaves the workdir as it was.
   problem = (problem or problems.get(plan.problem).from_config)(plan.config)
   model = check_runnable(plan, problem)
+  fingerprint = data_fingerprint(problem, plan.batch_size)
+  recorded = refuse_other_data(fingerprint, workdir)
   check_workdir(plan.config, workdir)
+  if not recorded and parallel.is_primary():
+    _files.write_json_atomically(os.path.join(workdir, "data.json"), fingerprint)
   quiet = (plan.quiet or os.environ.get("CI", "").lower() == "true"
            or not parallel.is_primary())
   progress = progress_lib.Progress(quiet, workdir, problem.task_names,
