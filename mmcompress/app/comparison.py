@@ -546,13 +546,11 @@ def validate(config: app_plan.Config) -> app_plan.RunPlan:
   _checks.sparsity(trainer.sparsity, "config.sparsity")
   _checks.one_of(trainer.scope, ("layer", "global"), "config.scope")
   fixed = masks_lib.structure_sparsity(trainer.structure)  # also refuses a bad "n:m"
-  try:
-    masks_lib.structure_sparsity(trainer.structure, trainer.sparsity)
-  except ValueError:
+  if fixed is not None and not masks_lib.admits(fixed, trainer.sparsity):
     raise ValueError(
         f"config.structure={trainer.structure!r} prunes exactly 1 - n/m = {fixed!r} of the "
         f"weights, but config.sparsity is {trainer.sparsity!r}: pass "
-        f"--config.sparsity={fixed!r}, or another structure.") from None
+        f"--config.sparsity={fixed!r}, or another structure.")
   _checks.positive_int(trainer.batch_size, "config.batch_size")
   _checks.positive_int(plan.eval_batch_size, "config.eval_batch_size")
   _checks.positive_int(plan.checkpoint_every_steps, "config.checkpoint_every_steps")

@@ -25,7 +25,7 @@ import numpy as np
 
 from mmcompress import _checks
 
-__all__ = ["apply_masks", "check_inner", "default_include", "grouped_order", "is_none",
+__all__ = ["admits", "apply_masks", "check_inner", "default_include", "grouped_order", "is_none",
            "keep_all_but_smallest", "magnitude_masks", "mask_tree", "parse_structure", "path_name",
            "prunable_flags", "prune_count", "resolve_include", "score_masks", "structure_sparsity",
            "tiered_score_masks"]
@@ -143,11 +143,16 @@ def structure_sparsity(structure: Any, sparsity: float | None = None) -> float |
   if kind != "n:m":
     return None
   fixed = 1.0 - n / m
-  if sparsity is not None and abs(sparsity - fixed) > 1e-9:
+  if sparsity is not None and not admits(fixed, sparsity):
     raise ValueError(f"structure {structure!r} prunes exactly 1 - n/m = {fixed!r} of the "
                      f"weights, not {sparsity!r}: give sparsity {fixed!r} (or None), or "
                      "another structure.")
   return fixed
+
+
+def admits(fixed: float, sparsity: float) -> bool:
+  """Whether `sparsity` is the sparsity `fixed` that an ``n:m`` structure prunes (to 1e-9)."""
+  return abs(sparsity - fixed) <= 1e-9
 
 
 def keep_all_but_smallest(scores: jax.Array, k: int) -> jax.Array:
