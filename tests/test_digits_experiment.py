@@ -168,6 +168,11 @@ def test_a_workdir_of_the_same_config_on_other_data_is_refused(tmp_path, tiny_co
     assert other != same
     with pytest.raises(errors.UserError, match=f"same config on other data .{what}"):
       comparison.refuse_other_data(other, workdir)
+  # A data.json that is not a record is one line too, not a traceback.
+  for text, what in (("{trunc", "not JSON"), ("[1, 2]", "not a JSON object")):
+    (tmp_path / "data.json").write_text(text)
+    with pytest.raises(errors.UserError, match=f"data.json is not a run's record .{what}"):
+      comparison.refuse_other_data(same, workdir)
 
 
 def test_a_grouping_of_ones_own_runs_into_a_folder_of_its_name_and_a_bad_one_is_one_line(

@@ -640,6 +640,21 @@ def _check_workdir_path(workdir: str) -> None:
   _checks.writable_folder(parent, f"the workdir {workdir} lies under")
 
 
+def _read_record(path: str) -> dict[str, Any]:
+  """A workdir's JSON record at `path`; a `UserError` in one line if it is not a JSON object."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as error:
+    raise _checks.UserError(
+        f"{path} is not a run's record (not JSON: {error}); use another --workdir, or "
+        "remove that file if the folder is yours to reuse.") from None
+  if not isinstance(saved, dict):
+    raise _checks.UserError(f"{path} is not a run's record (not a JSON object); use another "
+                            "--workdir.")
+  return saved
+
+
 def refuse_other_run(config: app_plan.Config, workdir: str) -> bool:
   """Raises a `UserError` if `workdir` holds a run with a different config (or cannot be a
   workdir: a file, under a file, not writable, a ``config.json`` that is not a run's).
@@ -652,16 +667,7 @@ def refuse_other_run(config: app_plan.Config, workdir: str) -> bool:
   if not os.path.exists(path):
     return False
   current = json.loads(config.to_json())
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (ValueError, UnicodeDecodeError) as error:
-    raise _checks.UserError(
-        f"{path} is not a run's record (not JSON: {error}); use another --workdir, or "
-        "remove that file if the folder is yours to reuse.") from None
-  if not isinstance(saved, dict):
-    raise _checks.UserError(f"{path} is not a run's record (not a JSON object); use another "
-                            "--workdir.")
+  saved = _read_record(path)
   # A run recorded before configs named their problem ran the one its config's fields
   # describe, the one `config.problem` names now: not a difference.
   saved.setdefault("problem", current.get("problem"))
@@ -727,8 +733,7 @@ def refuse_other_data(fingerprint: dict[str, Any], workdir: str) -> bool:
   path = os.path.join(workdir, "data.json")
   if not os.path.exists(path):
     return False
-  with open(path) as f:
-    saved = json.load(f)
+  saved = _read_record(path)
   if saved != fingerprint:
     what = ("steps per epoch: {} there, {} now".format(saved.get("steps_per_epoch"),
                                                         fingerprint["steps_per_epoch"])
