@@ -675,3 +675,9 @@ def test_the_task_figure_draws_a_method_whose_seeds_all_agree(tmp_path):
             "methods": {"equal": {"metrics": {"t": mean}, "per_seed": per_seed}}}
   path = plots.plot_task_metrics(report, str(tmp_path / "task_metrics.png"))
   assert (tmp_path / "task_metrics.png").stat().st_size > 0 and path.endswith(".png")
+  caption = plots._spread_caption  # pylint: disable=protected-access
+  assert caption(report) == "bars: mean, whiskers: min\u2013max over 6 seeds"
+  # A method that diverged on some seeds has fewer behind its bar, and the caption says so.
+  report["methods"]["minmax"] = {"metrics": {"t": value}, "per_seed": per_seed[:4]}
+  assert caption(report).endswith("; fewer where diverged: minmax on 2")
+  plots.plot_task_metrics(report, str(tmp_path / "task_metrics.png"))

@@ -526,7 +526,8 @@ def to_markdown(board: Mapping[str, Any]) -> str:
            + ", ".join(names) + "). Each setting is its own comparison with its own report.",
            "",
            "How to read it. *Worst-task retention*: on each seed, the lowest over tasks of the "
-           "compressed model's metric over the dense model's (1 = no task lost anything), its "
+           "oriented ratio compressed / dense (dense / compressed where lower is better), "
+           "averaged over the task's metrics (1 = no task lost anything), its "
            "mean over every seed with a diverged seed counted as 0, the same numbers that rank "
            "the methods and enter the paired tests; *Δm*: LibMTL's mean relative change over "
            "every metric, in percent (negative is worse than dense), over the seeds that did "

@@ -136,12 +136,21 @@ def plot_task_metrics(report: Mapping[str, Any], path: str | os.PathLike) -> str
     ax.grid(axis="y", alpha=0.3)
   for ax in axes[len(tasks):]:
     ax.set_visible(False)
-  n = len(report["seeds"])
-  spread = f"bars: mean, whiskers: min\u2013max over {n} seeds" if n > 1 else "one seed"
+  spread = _spread_caption(report)
   figure.suptitle(f"Per-task metrics at {100 * report['target_sparsity']:.1f} % prunable "
                   "sparsity "
                   f"({spread}; dotted: dense)", fontsize=10)
   return _save_figure(figure, path)
+
+
+def _spread_caption(report: Mapping[str, Any]) -> str:
+  """What the task figure's whiskers span: the seeds, and how many fewer a method that
+  diverged on some of them has."""
+  n = len(report["seeds"])
+  diverged = [f"{m} on {n - len(s['per_seed'])}" for m, s in report["methods"].items()
+              if len(s["per_seed"]) < n]
+  spread = f"bars: mean, whiskers: min\u2013max over {n} seeds" if n > 1 else "one seed"
+  return spread + (f"; fewer where diverged: {', '.join(diverged)}" if diverged else "")
 
 
 def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> str:
