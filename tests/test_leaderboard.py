@@ -81,7 +81,7 @@ def test_a_setting_ranks_and_pairs_every_method_against_equal_and_the_best():
 
 def test_methods_the_table_shows_level_rank_level():
   # np.mean gives 0.20000000000000004 and 0.19999999999999998 for these; the table's mean
-  # (an exact sum) gives 0.2 for both, and so must the ranks.
+  # (an exact sum) gives the same value for both, and so must the ranks.
   values = {"equal": [0.1, 0.2, 0.3], "a": [0.3, 0.2, 0.1], "b": [0.05, 0.05, 0.05]}
   report = _report(values, seeds=(0, 1, 2))
   rows = leaderboard.setting(report)["methods"]

@@ -7,10 +7,11 @@ by worst-task retention, with, per method:
 * the mean worst-task retention over every seed, a diverged seed counting as retention 0 (the
   very numbers its rank and paired tests use), and Δm over the seeds that did not diverge,
   each with a 95 % interval (Student's t: mean ± t(0.975, n − 1) · s / √n);
-* its paired difference from ``equal`` and from the setting's best method, seed by seed,
-  judged by the report's own rule (`mmcompress.app.report`: a seed within one test example is a
-  tie, the exact sign test over the others, a diverged run counts as retention 0), with the
-  better / worse / tied counts;
+* its paired difference from ``equal``, seed by seed, judged by the report's own rule
+  (`mmcompress.app.report`: a seed within one test example is a tie, the exact sign test over
+  the others, a diverged run counts as retention 0), with the better / worse / tied counts;
+  and its paired difference from the setting's best (its highest mean), described the same
+  way but not tested: the best is chosen on these very seeds;
 * the 95 % t interval of the mean paired difference, and the sign test's p-value adjusted
   by Holm's step-down over all the methods paired with equal in the setting (about twenty
   tests at 0.05 would show one difference by chance; the adjusted p keeps the chance of any
