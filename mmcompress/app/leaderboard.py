@@ -67,12 +67,17 @@ def t975(df: int) -> float:
   return _T975[df - 1] if df <= len(_T975) else 1.96
 
 
+def _mean(values: Sequence[float]) -> float:
+  """The exact mean (`math.fsum`): the one every table, rank and resample of the board uses."""
+  return math.fsum(values) / len(values)
+
+
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
   """(mean, low, high): the mean and its 95 % t interval; one value gives a zero-width one."""
   n = len(values)
   if n == 0:
     raise ValueError("an interval needs at least one value.")
-  mean = math.fsum(values) / n
+  mean = _mean(values)
   if n == 1:
     return mean, mean, mean
   sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
@@ -186,7 +191,7 @@ def _mean_ranks(values: Mapping[str, Mapping[str, Sequence[float]]],
     take = range(len(next(iter(by_method.values())))) if picks is None else picks[name]
     if len(take) == 0:  # a resample that drew none of this setting's seeds
       continue
-    means = {m: math.fsum(v[int(i)] for i in take) / len(take) for m, v in by_method.items()}
+    means = {m: _mean([v[int(i)] for i in take]) for m, v in by_method.items()}
     for m, r in ranks(means).items():
       got.setdefault(m, []).append(r)
   return {m: math.fsum(r) / len(r) for m, r in got.items()}
