@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from mmcompress import weighting
+from mmcompress.models import mtan
 from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.models.mtan import max_pool_with_argmax
 from mmcompress.models.mtan import max_unpool
@@ -71,11 +72,11 @@ def _losses(outputs, targets):
   ])
 
 
-# The reduced MTAN of the gradient tests: narrow, at the smallest input five blocks allow,
-# one convolution per block but two in the first (and so in the last decoder block, which
-# mirrors it); every kind of layer is still there.
-TINY = {"filters": (4, 4, 4, 4, 4), "convs_per_block": (2, 1, 1, 1, 1)}
-TINY_SHAPE = (2, 32, 32, 3)
+# The reduced MTAN of the gradient tests: narrow and two blocks deep (its programs compile in
+# well under half the time of five blocks'), one convolution per block but two in the first
+# (and so in the last decoder block, which mirrors it); every kind of layer is still there.
+TINY = {"filters": (4, 4), "convs_per_block": (2, 1)}
+TINY_SHAPE = (2, 16, 16, 3)
 
 
 class Gradients(NamedTuple):
@@ -94,7 +95,7 @@ def fixture_gradients():
   `weighting.per_task_grads` in each of its modes and task by task with `jax.grad`; shared by
   the tests below.
 
-  The programs compile for 7-23 s each on 2 cores, so: the tasks' own gradients come from one
+  The programs compile for seconds each on 2 cores, so: the tasks' own gradients come from one
   program, `jax.grad` of weights · losses called with the weights e_k, and the summed
   gradient from the same program with the weights 1.
   """
@@ -321,9 +322,33 @@ def test_bad_input_size_and_configuration_raise():
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((32, 64, 3)))
   with pytest.raises(ValueError, match="normalize"):
     jax.eval_shape(MultiTaskAttentionNet((13, 1)).init, jax.random.key(0), jnp.zeros(SHAPE))
-  with pytest.raises(ValueError, match="filters"):
+  with pytest.raises(ValueError, match="filters must be 5 integers"):
+    jax.eval_shape(MultiTaskAttentionNet(filters=()).init, jax.random.key(0), jnp.zeros(SHAPE))
+  # Four blocks of filters need four of convolutions.
+  with pytest.raises(ValueError, match=r"convs_per_block must be 4 integers"):
     jax.eval_shape(MultiTaskAttentionNet(filters=(8, 8, 8, 8)).init, jax.random.key(0),
                    jnp.zeros(SHAPE))
+
+
+def test_a_shallower_mtan_has_as_many_blocks_and_needs_images_divisible_by_fewer_poolings():
+  model = MultiTaskAttentionNet(NUM_OUTPUTS, filters=(4, 8), convs_per_block=(2, 1))
+  images = jnp.zeros((2, 12, 8, 3))  # 2 poolings: multiples of 4
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+  assert sorted(shapes["backbone"]) == ["dec0_0", "dec1_0", "dec1_1", "enc0_0", "enc0_1",
+                                        "enc1_0"]
+  assert {k for k in shapes if k.startswith("task0_")} == {
+      "task0_attention_enc0", "task0_attention_enc1", "task0_attention_dec0",
+      "task0_attention_dec1"}
+  # The decoder mirrors the encoder's widths; the encoder's feature extractors widen to the
+  # next block's.
+  assert shapes["backbone"]["dec0_0"]["conv"]["kernel"].shape == (3, 3, 8, 4)
+  assert shapes["shared_attention_enc0"]["conv"]["kernel"].shape[-1] == 8
+  outputs = jax.eval_shape(model.apply, jax.eval_shape(model.init, jax.random.key(0), images),
+                           images)
+  assert [y.shape for y in outputs] == [(2, 12, 8, n) for n in NUM_OUTPUTS]
+  assert mtan.size_multiple((4, 8)) == 4 and mtan.size_multiple() == mtan.SIZE_MULTIPLE == 32
+  with pytest.raises(ValueError, match=r"multiples of 4 .*\(2, 6, 8, 3\)"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 6, 8, 3)))
 
 
 def test_train_mode_updates_batch_stats_with_momentum_0_9(gradients):
@@ -345,7 +370,7 @@ def test_train_mode_updates_batch_stats_with_momentum_0_9(gradients):
 
 def test_jitted_gradient_is_finite_and_reaches_every_parameter(gradients):
   loss, grads = gradients.loss, gradients.grads
-  assert "enc0_1" in grads["backbone"] and "dec4_1" in grads["backbone"]  # the second convs
+  assert "enc0_1" in grads["backbone"] and "dec1_1" in grads["backbone"]  # the second convs
   assert np.isfinite(loss) and loss > 0
   for path, g in _keystrs(grads).items():
     assert np.all(np.isfinite(g)), path
@@ -361,6 +386,6 @@ def test_every_per_task_gradient_mode_gives_each_tasks_own_gradient(gradients, m
   # A task's own modules get nothing from the other tasks: their rows are exactly zero.
   for k in range(len(NUM_OUTPUTS)):
     for j in range(len(NUM_OUTPUTS)):
-      for module in (f"head_{k}", f"task{k}_attention_enc0", f"task{k}_attention_dec4"):
+      for module in (f"head_{k}", f"task{k}_attention_enc0", f"task{k}_attention_dec1"):
         reached = [bool(np.any(r[j] != 0)) for r in jax.tree.leaves(rows[module])]
         assert (any(reached) if j == k else not any(reached)), (module, j)

@@ -6,7 +6,8 @@ modules, one per encoder and decoder block, that picks its features out of the s
 
 Shared backbone (``backbone``): a VGG16-style encoder of 5 blocks of 3×3 convolution + batch
 norm + ReLU (channels `filters`, default 64, 128, 256, 512, 512; `convs_per_block` = 2, 2, 3, 3,
-3 convolutions, the 13 convolutions of VGG16 as in SegNet and the public MTAN code), each
+3 convolutions, the 13 convolutions of VGG16 as in SegNet and the public MTAN code; a shorter
+`filters` gives a shallower network of as many blocks, which the tests use to compile less), each
 block followed by a 2×2 max pooling that remembers where each maximum was; then a mirror
 decoder of 5 blocks (3, 3, 3, 2, 2 convolutions), each preceded by max unpooling with the
 indices of the matching encoder pooling. Decoder block ``j`` (in the order they run, ``dec0``
@@ -56,7 +57,8 @@ Calling convention, that of `mmcompress.models.heads`::
     seg, depth, normal = model.apply(variables, images, task_id=None, train=False)
 
 Every task is computed for every image; `task_id` is accepted and ignored. Images are
-(B, H, W, C) with H and W divisible by 32 (five 2×2 poolings), e.g. NYUv2's 288×384.
+(B, H, W, C) with H and W divisible by 32 (five 2×2 poolings; `size_multiple` for another
+depth), e.g. NYUv2's 288×384.
 """
 from __future__ import annotations
 
@@ -72,10 +74,10 @@ from mmcompress.models.heads import check_num_outputs
 __all__ = ["AttentionMask", "ConvBNReLU", "decoder_widths", "DensePredictionHead",
            "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet", "NUM_BLOCKS",
            "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
-           "SIZE_MULTIPLE", "unit_vectors"]
+           "SIZE_MULTIPLE", "size_multiple", "unit_vectors"]
 
 NUM_BLOCKS = 5
-# Images must be divisible by this: one 2×2 pooling per encoder block.
+# Images must be divisible by this: one 2×2 pooling per encoder block (of the default depth).
 SIZE_MULTIPLE = 2**NUM_BLOCKS
 SEGNET_FILTERS: tuple[int, ...] = (64, 128, 256, 512, 512)
 # The 13 convolutions of VGG16 (configuration D), grouped by pooling block, as in SegNet.
@@ -84,6 +86,12 @@ NYUV2_NUM_OUTPUTS: tuple[int, ...] = (13, 1, 3)
 
 # Xavier-normal weights, as the public MTAN code initialises its convolutions.
 _conv_init = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def size_multiple(filters: Sequence[int] = SEGNET_FILTERS) -> int:
+  """What the images' height and width must be divisible by for an MTAN of these `filters`
+  (one 2×2 pooling per encoder block): 32 at the default depth of 5 blocks."""
+  return 2**len(tuple(filters))
 
 
 def max_pool_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -212,7 +220,7 @@ class SegNetBackbone(nn.Module):
   `ConvBNReLU`.
 
   Attributes:
-    filters: output channels of the 5 encoder blocks.
+    filters: output channels of the encoder blocks (5 by default), one block each.
     convs_per_block: convolutions in each encoder block; the decoder mirrors them.
   """
   filters: Sequence[int] = SEGNET_FILTERS
@@ -232,12 +240,12 @@ class SegNetBackbone(nn.Module):
     """Returns the (first, last) convolution outputs of every encoder and decoder block.
 
     Args:
-      images: (B, H, W, C) images, H and W divisible by 32.
+      images: (B, H, W, C) images, H and W divisible by ``size_multiple(filters)``.
       train: batch norm with batch statistics.
 
     Returns:
-      Two lists of 5 pairs: the encoder blocks from full resolution down to 1/16, then the
-      decoder blocks from 1/16 back up to full resolution.
+      Two lists of one pair per block: the encoder blocks from full resolution down (to 1/16
+      at 5 blocks), then the decoder blocks back up to full resolution.
     """
     x = images
     encoder, argmaxes = [], []
@@ -261,7 +269,8 @@ class MultiTaskAttentionNet(nn.Module):
   Attributes:
     num_outputs: one output size per task; NYUv2's 13-class segmentation, depth and surface
       normals by default.
-    filters: output channels of the 5 encoder blocks.
+    filters: output channels of the encoder blocks, one per block (5 by default; fewer make a
+      shallower network, and the images need only be divisible by `size_multiple`).
     normalize: one flag per task: divide its output by its ℓ2 norm at every pixel.
     convs_per_block: 3×3 convolutions in each encoder block (mirrored in the decoder).
 
@@ -280,9 +289,10 @@ class MultiTaskAttentionNet(nn.Module):
   def _checked_config(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...],
                                      tuple[int, ...]]:
     sizes = check_num_outputs(self.num_outputs)
-    filters = _checks.positive_ints(self.filters, NUM_BLOCKS, "filters", "one per SegNet block")
-    convs = _checks.positive_ints(self.convs_per_block, NUM_BLOCKS, "convs_per_block",
-                                  "one per SegNet block")
+    blocks = len(tuple(self.filters)) or NUM_BLOCKS  # none: the error names the default
+    filters = _checks.positive_ints(self.filters, blocks, "filters", "one per SegNet block")
+    convs = _checks.positive_ints(self.convs_per_block, blocks, "convs_per_block",
+                                  "one per block of filters")
     normalize = tuple(self.normalize)
     if len(normalize) != len(sizes) or not all(isinstance(n, bool) for n in normalize):
       raise ValueError(
@@ -296,7 +306,8 @@ class MultiTaskAttentionNet(nn.Module):
     """Returns every task's dense prediction for a batch of images.
 
     Args:
-      images: (B, H, W, C) images, H and W divisible by 32.
+      images: (B, H, W, C) images, H and W divisible by ``size_multiple(filters)`` (32 at the
+        default depth).
       task_id: ignored: every task is computed for every image.
       train: normalise with batch statistics and update the running ones (then pass
         ``mutable=["batch_stats"]`` to `apply`).
@@ -306,23 +317,24 @@ class MultiTaskAttentionNet(nn.Module):
       where `normalize[k]`.
 
     Raises:
-      ValueError: for images whose shape is not (B, H, W, C) with H, W divisible by 32, or a
-        bad configuration.
+      ValueError: for images whose shape is not (B, H, W, C) with H, W divisible by
+        ``size_multiple(filters)``, or a bad configuration.
     """
     del task_id
     sizes, normalize, filters, convs = self._checked_config()
-    if (images.ndim != 4 or images.shape[1] < SIZE_MULTIPLE or images.shape[2] < SIZE_MULTIPLE
-        or images.shape[1] % SIZE_MULTIPLE or images.shape[2] % SIZE_MULTIPLE):
+    multiple = size_multiple(filters)
+    if (images.ndim != 4 or images.shape[1] < multiple or images.shape[2] < multiple
+        or images.shape[1] % multiple or images.shape[2] % multiple):
       raise ValueError(
           f"MultiTaskAttentionNet needs images of shape (B, H, W, C) with H and W positive "
-          f"multiples of {SIZE_MULTIPLE} (one 2x2 pooling per block), got shape "
+          f"multiples of {multiple} (one 2x2 pooling per block), got shape "
           f"{tuple(images.shape)}; resize or pad them, e.g. NYUv2 at 288x384.")
 
     encoder, decoder = SegNetBackbone(filters, convs, name="backbone")(images, train=train)
     # One feature extractor f per block, shared by the tasks; the encoder's widens the
     # features to the next block's channels.
-    encoder_f = [ConvBNReLU(filters[min(b + 1, NUM_BLOCKS - 1)],
-                            name=f"shared_attention_enc{b}") for b in range(NUM_BLOCKS)]
+    encoder_f = [ConvBNReLU(filters[min(b + 1, len(filters) - 1)],
+                            name=f"shared_attention_enc{b}") for b in range(len(filters))]
     decoder_f = [ConvBNReLU(width, name=f"shared_attention_dec{j}")
                  for j, width in enumerate(decoder_widths(filters))]
 

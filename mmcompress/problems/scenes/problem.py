@@ -127,11 +127,12 @@ def validate_config(config: Any) -> None:
   for field in ("num_train", "num_val", "num_test", "height", "width"):
     _checks.positive_int(config[field], f"config.{field}")
   _checks.non_negative_int(config.data_seed, "config.data_seed")
-  if config.model == "mtan" and (config.height % mtan.SIZE_MULTIPLE
-                                 or config.width % mtan.SIZE_MULTIPLE):
+  kwargs = dict(config.get("model_kwargs") or {})
+  multiple = mtan.size_multiple(kwargs.get("filters", mtan.SEGNET_FILTERS))
+  if config.model == "mtan" and (config.height % multiple or config.width % multiple):
     raise _checks.UserError(
         f"config.height={config.height} and config.width={config.width} must be multiples "
-        f"of {mtan.SIZE_MULTIPLE} for the MTAN model (one 2x2 pooling per block).")
+        f"of {multiple} for the MTAN model (one 2x2 pooling per block).")
   if config.num_train < config.batch_size:
     raise _checks.UserError(f"config.batch_size={config.batch_size} is larger than the "
                             f"{config.num_train} training scenes (config.num_train).")
