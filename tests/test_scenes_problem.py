@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import scenes as scenes_config, study as study_config
-from mmcompress import problems
+from mmcompress import errors, problems
 from mmcompress.app import comparison, study
 from mmcompress.problems import base
 from mmcompress.problems.nyuv2 import data as nyuv2
@@ -157,6 +157,21 @@ def test_bad_scenes_configs_are_one_line_before_any_scene_is_rendered(tmp_path, 
     assert all(f in lines[0] for f in fragments), lines[0]
   assert not (tmp_path / "w").exists() and not cache.exists()
   assert "scenes" in problems.PROBLEMS
+
+
+def test_the_image_size_check_follows_the_mtans_depth():
+  config = scenes_config.get_config("quick")  # 5 blocks: 32 x 64 images
+  with config.unlocked():
+    config.height = 36
+  with pytest.raises(errors.UserError, match="config.height=36 .* multiples of 32"):
+    scenes_problem.validate_config(config)
+  with config.unlocked():
+    config.model_kwargs.filters, config.model_kwargs.convs_per_block = (4, 4), (1, 1)
+  scenes_problem.validate_config(config)  # 2 blocks: multiples of 4
+  with config.unlocked():
+    config.width = 66
+  with pytest.raises(errors.UserError, match="config.width=66 must be multiples of 4"):
+    scenes_problem.validate_config(config)
 
 
 @pytest.mark.parametrize("preset", scenes_config.PRESETS)

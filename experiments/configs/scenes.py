@@ -40,7 +40,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   c.problem = "scenes"
   c.data_dir = ""                  # the scenes cache; "" = ~/.cache/mmcompress/scenes
   c.data_seed = 0                  # the rendered scenes (fixed across model seeds)
-  c.height, c.width = 32, 64       # MTAN needs multiples of 32
+  c.height, c.width = 32, 64       # MTAN of 5 blocks needs multiples of 32
   c.num_train, c.num_val, c.num_test = 320, 64, 128
   c.augment = True                 # NYUv2's rescale-crop and flip
   c.normal_loss = "cosine"
