@@ -63,15 +63,16 @@ def pytest_configure(config):
                       int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
 
 
-# The test files that take longest, longest first (CI's per-file totals, 2 workers): xdist's
-# `--dist loadfile` hands each worker a file at a time in this order, so the long files start
-# at once and the short ones fill in behind them, instead of one worker finishing a long file
-# alone at the end. Every other file follows in its usual order.
-LONGEST_FIRST = ("test_study.py", "test_run_axis.py", "test_paper_problems.py",
-                 "test_multihost.py", "test_gpu_check.py", "test_cli.py", "test_trainer.py",
-                 "test_every_weighting.py", "test_digits_experiment.py", "test_fair_study.py",
-                 "test_mtan.py", "test_models.py", "test_gradient_weighting.py",
-                 "test_task_scores.py", "test_benchmark.py", "test_contract.py")
+# The test files that take longest, longest first (per-file totals of a whole run, 2 workers on
+# the 2-core machine): xdist's `--dist loadfile` hands each worker a file at a time in this
+# order, so the long files start at once and the short ones fill in behind them, instead of one
+# worker finishing a long file alone at the end. Every other file follows in its usual order.
+LONGEST_FIRST = ("test_trainer.py", "test_multihost.py", "test_study.py", "test_run_axis.py",
+                 "test_cli.py", "test_every_weighting.py", "test_paper_problems.py",
+                 "test_digits_experiment.py", "test_gpu_check.py", "test_fair_study.py",
+                 "test_contract.py", "test_mtan.py", "test_task_pruning.py", "test_wiring.py",
+                 "test_nyuv2.py", "test_gradient_weighting.py", "test_benchmark.py",
+                 "test_task_scores.py", "test_sparsity_masks.py")
 
 
 def pytest_collection_modifyitems(config, items):
