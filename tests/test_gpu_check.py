@@ -2,9 +2,9 @@
 
 Narrowed to what a 2-core CI machine can afford (the digits MLP's masked step under one
 weighting, in place of the paper's models, which compile for tens of seconds here; the MLP's
-weighting costs under two weightings, the scenes quick study with min-max alone, no
-reweighting and a two-block MTAN); every part runs the code the full check runs. The scenes part is also the test
-that a problem without task sets (scenes) goes through the study.
+weighting costs under two weightings; the scenes quick study with min-max alone, no
+reweighting and a two-block MTAN); every part runs the code the full check runs. The scenes
+part is also the test that a problem without task sets (scenes) goes through the study.
 """
 import json
 

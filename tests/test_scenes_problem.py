@@ -3,6 +3,7 @@ trivial predictor's metrics by hand, config refusals, and the quick preset end t
 import json
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from experiments.configs import scenes as scenes_config, study as study_config
 from mmcompress import errors, problems
 from mmcompress.app import comparison, study
+from mmcompress.models.mtan import MultiTaskAttentionNet
 from mmcompress.problems import base
 from mmcompress.problems.nyuv2 import data as nyuv2
 from mmcompress.problems.nyuv2 import tasks
@@ -172,6 +174,10 @@ def test_the_image_size_check_follows_the_mtans_depth():
     config.width = 66
   with pytest.raises(errors.UserError, match="config.width=66 must be multiples of 4"):
     scenes_problem.validate_config(config)
+  with config.unlocked():  # 2 filters, 5 convolution counts: refused before any scene
+    config.width, config.model_kwargs.convs_per_block = 64, (1, 1, 1, 1, 1)
+  with pytest.raises(errors.UserError, match="one entry per MTAN block each"):
+    scenes_problem.validate_config(config)
 
 
 @pytest.mark.parametrize("preset", scenes_config.PRESETS)
@@ -180,10 +186,16 @@ def test_every_scenes_preset_is_a_config_that_can_run(preset):
   comparison.validate(config)  # every stage's transform and every weighting builds
   assert config.problem == "scenes" and config.model == "mtan"
   assert config.methods == ("equal", "minmax") and config.sparsity == 0.975
+  # The preset's own MTAN (5 blocks) takes its images: shapes only, no compile.
+  model = MultiTaskAttentionNet((7, 1, 3), **config.model_kwargs.to_dict())
+  images = jnp.zeros((2, config.height, config.width, 3))
+  outputs = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), images), images))
+  assert [y.shape[:3] for y in outputs] == [(2, config.height, config.width)] * 3
 
 
 def test_a_scenes_study_refuses_task_sets_scenes_does_not_have(tmp_path):
-  # (The scenes quick study itself runs in tests/test_gpu_check.py, as gpu_check's scenes part.)
+  # (The scenes quick study itself runs in tests/test_gpu_check.py, as gpu_check's scenes part,
+  # with a two-block MTAN; the preset's own model is traced below.)
   config = study_config.get_config("scenes_quick")
   assert config.problem == "scenes" and config.methods == ("equal", "minmax")
   with config.unlocked():

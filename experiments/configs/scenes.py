@@ -64,8 +64,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.num_train, c.num_val, c.num_test = 16, 4, 4
     c.model_kwargs.filters = (4, 4, 4, 4, 4)
     # One convolution per SegNet block (the full MTAN has 2, 2, 3, 3, 3): the same
-    # architecture with 5 + 5 convolutions in the encoder and decoder instead of 13 + 13, its
-    # study test 84 s -> 69 s (alone on the 2-core machine), most of it compiling two steps.
+    # architecture with 5 + 5 convolutions in the encoder and decoder instead of 13 + 13 (its
+    # study test, when it ran this model, 84 s -> 69 s alone on an earlier 2-core machine).
     c.model_kwargs.convs_per_block = (1, 1, 1, 1, 1)
     c.seeds = (0,)
     c.batch_size = 4

@@ -9,10 +9,11 @@ norm + ReLU (channels `filters`, default 64, 128, 256, 512, 512; `convs_per_bloc
 3 convolutions, the 13 convolutions of VGG16 as in SegNet and the public MTAN code; a shorter
 `filters` gives a shallower network of as many blocks, which the tests use to compile less), each
 block followed by a 2×2 max pooling that remembers where each maximum was; then a mirror
-decoder of 5 blocks (3, 3, 3, 2, 2 convolutions), each preceded by max unpooling with the
-indices of the matching encoder pooling. Decoder block ``j`` (in the order they run, ``dec0``
-at 1/16 resolution to ``dec4`` at full resolution) outputs ``filters[3 - j]`` channels,
-and ``filters[0]`` for the last one.
+decoder of as many blocks (at the default depth 3, 3, 3, 2, 2 convolutions), each preceded by
+max unpooling with the indices of the matching encoder pooling. Decoder block ``j`` of ``n``
+(in the order they run, ``dec0`` at 1/2^(n-1) resolution, 1/16 at the default depth, to
+``dec{n-1}`` at full resolution) outputs ``filters[n - 2 - j]`` channels, and ``filters[0]``
+for the last one.
 
 Task attention, after Eq. (1) of the paper: in every block ``j`` the shared network gives
 ``u`` (the output of the block's first convolution) and ``p`` (that of its last). Task ``k``
@@ -249,14 +250,15 @@ class SegNetBackbone(nn.Module):
     """
     x = images
     encoder, argmaxes = [], []
-    for b, (width, convs) in enumerate(zip(self.filters, self.convs_per_block)):
+    for b, (width, convs) in enumerate(zip(self.filters, self.convs_per_block, strict=True)):
       first, last = self._block(x, f"enc{b}", width, convs, train)
       encoder.append((first, last))
       x, argmax = max_pool_with_argmax(last)
       argmaxes.append(argmax)
     decoder = []
     widths = decoder_widths(self.filters)
-    for j, (width, convs) in enumerate(zip(widths, reversed(tuple(self.convs_per_block)))):
+    for j, (width, convs) in enumerate(zip(widths, reversed(tuple(self.convs_per_block)),
+                                           strict=True)):
       x = max_unpool(x, argmaxes[-1 - j])
       first, x = self._block(x, f"dec{j}", width, convs, train)
       decoder.append((first, x))
@@ -289,7 +291,10 @@ class MultiTaskAttentionNet(nn.Module):
   def _checked_config(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...],
                                      tuple[int, ...]]:
     sizes = check_num_outputs(self.num_outputs)
-    blocks = len(tuple(self.filters)) or NUM_BLOCKS  # none: the error names the default
+    if not tuple(self.filters):
+      raise _checks.UserError(f"filters must hold at least one integer >= 1, one per SegNet "
+                              f"block ({NUM_BLOCKS} by default), got {self.filters!r}.")
+    blocks = len(tuple(self.filters))
     filters = _checks.positive_ints(self.filters, blocks, "filters", "one per SegNet block")
     convs = _checks.positive_ints(self.convs_per_block, blocks, "convs_per_block",
                                   "one per block of filters")

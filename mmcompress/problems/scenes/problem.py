@@ -127,12 +127,19 @@ def validate_config(config: Any) -> None:
   for field in ("num_train", "num_val", "num_test", "height", "width"):
     _checks.positive_int(config[field], f"config.{field}")
   _checks.non_negative_int(config.data_seed, "config.data_seed")
-  kwargs = dict(config.get("model_kwargs") or {})
-  multiple = mtan.size_multiple(kwargs.get("filters", mtan.SEGNET_FILTERS))
-  if config.model == "mtan" and (config.height % multiple or config.width % multiple):
-    raise _checks.UserError(
-        f"config.height={config.height} and config.width={config.width} must be multiples "
-        f"of {multiple} for the MTAN model (one 2x2 pooling per block).")
+  if config.model == "mtan":
+    kwargs = dict(config.get("model_kwargs") or {})
+    filters = tuple(kwargs.get("filters", mtan.SEGNET_FILTERS))
+    convs = tuple(kwargs.get("convs_per_block", mtan.SEGNET_CONVS_PER_BLOCK))
+    if not filters or len(convs) != len(filters):
+      raise _checks.UserError(
+          f"config.model_kwargs.filters={filters} and convs_per_block={convs} need one entry "
+          "per MTAN block each: the same length, at least 1.")
+    multiple = mtan.size_multiple(filters)
+    if config.height % multiple or config.width % multiple:
+      raise _checks.UserError(
+          f"config.height={config.height} and config.width={config.width} must be multiples "
+          f"of {multiple} for the MTAN model (one 2x2 pooling per block).")
   if config.num_train < config.batch_size:
     raise _checks.UserError(f"config.batch_size={config.batch_size} is larger than the "
                             f"{config.num_train} training scenes (config.num_train).")
