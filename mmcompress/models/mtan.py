@@ -72,8 +72,8 @@ import jax.numpy as jnp
 from mmcompress import _checks
 from mmcompress.models.heads import check_num_outputs
 
-__all__ = ["AttentionMask", "ConvBNReLU", "decoder_widths", "DensePredictionHead",
-           "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet", "NUM_BLOCKS",
+__all__ = ["AttentionMask", "checked_blocks", "ConvBNReLU", "decoder_widths",
+           "DensePredictionHead", "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet", "NUM_BLOCKS",
            "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
            "SIZE_MULTIPLE", "size_multiple", "unit_vectors"]
 
@@ -93,6 +93,19 @@ def size_multiple(filters: Sequence[int] = SEGNET_FILTERS) -> int:
   """What the images' height and width must be divisible by for an MTAN of these `filters`
   (one 2×2 pooling per encoder block): 32 at the default depth of 5 blocks."""
   return 2**len(tuple(filters))
+
+
+def checked_blocks(filters: Sequence[int], convs_per_block: Sequence[int]
+                   ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """`filters` and `convs_per_block` as tuples of ints >= 1, one entry per block each, or a
+  `UserError` saying which is wrong (the model's own check, and a config's before any data)."""
+  filters = tuple(filters)
+  if not filters:
+    raise _checks.UserError(f"filters must hold at least one integer >= 1, one per SegNet "
+                            f"block ({NUM_BLOCKS} by default), got {filters!r}.")
+  return (_checks.positive_ints(filters, len(filters), "filters", "one per SegNet block"),
+          _checks.positive_ints(convs_per_block, len(filters), "convs_per_block",
+                                "one per block of filters"))
 
 
 def max_pool_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -291,13 +304,7 @@ class MultiTaskAttentionNet(nn.Module):
   def _checked_config(self) -> tuple[tuple[int, ...], tuple[bool, ...], tuple[int, ...],
                                      tuple[int, ...]]:
     sizes = check_num_outputs(self.num_outputs)
-    if not tuple(self.filters):
-      raise _checks.UserError(f"filters must hold at least one integer >= 1, one per SegNet "
-                              f"block ({NUM_BLOCKS} by default), got {self.filters!r}.")
-    blocks = len(tuple(self.filters))
-    filters = _checks.positive_ints(self.filters, blocks, "filters", "one per SegNet block")
-    convs = _checks.positive_ints(self.convs_per_block, blocks, "convs_per_block",
-                                  "one per block of filters")
+    filters, convs = checked_blocks(self.filters, self.convs_per_block)
     normalize = tuple(self.normalize)
     if len(normalize) != len(sizes) or not all(isinstance(n, bool) for n in normalize):
       raise ValueError(

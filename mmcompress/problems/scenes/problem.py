@@ -129,12 +129,13 @@ def validate_config(config: Any) -> None:
   _checks.non_negative_int(config.data_seed, "config.data_seed")
   if config.model == "mtan":
     kwargs = dict(config.get("model_kwargs") or {})
-    filters = tuple(kwargs.get("filters", mtan.SEGNET_FILTERS))
-    convs = tuple(kwargs.get("convs_per_block", mtan.SEGNET_CONVS_PER_BLOCK))
-    if not filters or len(convs) != len(filters):
-      raise _checks.UserError(
-          f"config.model_kwargs.filters={filters} and convs_per_block={convs} need one entry "
-          "per MTAN block each: the same length, at least 1.")
+    try:
+      filters, _ = mtan.checked_blocks(kwargs.get("filters", mtan.SEGNET_FILTERS),
+                                       kwargs.get("convs_per_block",
+                                                  mtan.SEGNET_CONVS_PER_BLOCK))
+    except _checks.UserError as error:
+      raise _checks.UserError(f"config.model_kwargs: {error} (one entry per MTAN block "
+                              "each)") from None
     multiple = mtan.size_multiple(filters)
     if config.height % multiple or config.width % multiple:
       raise _checks.UserError(
