@@ -23,6 +23,9 @@ from mmcompress.train import plan as plan_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# A checkpoint every 7 steps, for the tests that cut a stage between its checkpoints (the tiny
+# config saves only at the end of each stage).
+CUT_EVERY = 7
 PROBES = {"one": (1, 64), "eight": (8, 64), "eight_refused": (8, 60)}
 
 
@@ -95,24 +98,31 @@ def leaves_equal(a, b):
 
 
 @pytest.fixture(name="dense_run", scope="module")
-def fixture_dense_run(tmp_path_factory, tiny_experiment):
-  """The tiny dense reference of seed 0, trained once: (workdir, result); copy it to change it."""
+def fixture_dense_run(tmp_path_factory, tiny_config, tiny_experiment):
+  """The tiny dense reference of seed 0, trained once with a checkpoint every `CUT_EVERY`
+  steps (several to damage, one to fall back on): (workdir, result); copy it to change it."""
   workdir = tmp_path_factory.mktemp("dense")
-  return workdir, comparison.run_dense(tiny_experiment(workdir), (0,))[0][0]
+  config = tiny_config(checkpoint_every_steps=CUT_EVERY)
+  return workdir, comparison.run_dense(tiny_experiment(workdir, config), (0,))[0][0]
 
 
 @pytest.mark.slow
-def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path, tiny_experiment):
+def test_a_run_interrupted_at_checkpoints_resumes_to_the_same_result(tmp_path, tiny_config,
+                                                                     tiny_experiment):
+  # The run never cut saves only where its stages end, so this also shows that how often a
+  # run saves does not change its result.
   whole = one_run(tiny_experiment(tmp_path / "whole"), "minmax")
   # Checkpoints every 7 steps: pretrain saves at 7, 14, 21, 28, 32, reweight at 7, 14, 16,
   # retrain at 7, 14, ... One run is cut in every stage (at its 1st, 7th and 10th checkpoint):
   # each time a fresh experiment resumes it, up to the next cut, and the last one finishes it.
+  config = tiny_config(checkpoint_every_steps=CUT_EVERY)
   workdir = tmp_path / "cut"
   for stage, step in (("pretrain", 7), ("reweight", 14), ("retrain", 14)):
     with pytest.raises(Interrupt, match=f"after checkpoint {stage}/{step}$"):
-      one_run(tiny_experiment(workdir, on_checkpoint=interrupt_at(stage, step)), "minmax")
+      one_run(tiny_experiment(workdir, config, on_checkpoint=interrupt_at(stage, step)),
+              "minmax")
     assert not (workdir / "seed0" / "minmax" / "result.json").exists()
-  resumed = one_run(tiny_experiment(workdir), "minmax")
+  resumed = one_run(tiny_experiment(workdir, config), "minmax")
   assert resumed == whole
   assert whole.sparsity == pytest.approx(0.975, abs=1e-3)
   assert whole.export["round_trip_exact"]
@@ -138,10 +148,11 @@ def test_a_rerun_after_a_kill_writes_byte_identical_reports_and_exports(tmp_path
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, dense_run,
-                                                                    tiny_experiment):
+                                                                    tiny_config, tiny_experiment):
   trained, fresh = dense_run
   shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
-  exp = tiny_experiment(tmp_path)
+  config = tiny_config(checkpoint_every_steps=CUT_EVERY)
+  exp = tiny_experiment(tmp_path, config)
   stage_dir = tmp_path / "axis" / "dense" / "pretrain"
   steps = sorted(int(p.name) for p in stage_dir.iterdir() if p.name.isdigit())
   assert len(steps) >= 2
@@ -168,7 +179,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   # The stage is resumed from the older step and finishes, saving its last step again: the
   # same result as the run that was never damaged.
   (tmp_path / "seed0" / "dense" / "result.json").unlink()
-  result = comparison.run_dense(tiny_experiment(tmp_path), (0,))[0][0]
+  result = comparison.run_dense(tiny_experiment(tmp_path, config), (0,))[0][0]
   assert result == fresh
 
 
@@ -579,14 +590,14 @@ def test_a_run_cut_inside_a_mask_changing_stage_resumes_to_the_same_result(
   epoch (16 steps): the resumed run (its masks, step count and key from the checkpoint)
   gives the same result as the run never cut, pruned weights exactly zero (checked by the
   run itself before it evaluates)."""
-  config = tiny_config(stages=stages, **{f"epochs.{stage}": 2,
-                                         "dynamic.update_every_epochs": 1,
-                                         "gradual.update_every_epochs": 1})
-  whole = one_run(tiny_experiment(tmp_path / "whole", config), "minmax")
+  settings = {"stages": stages, f"epochs.{stage}": 2, "dynamic.update_every_epochs": 1,
+              "gradual.update_every_epochs": 1}
+  whole = one_run(tiny_experiment(tmp_path / "whole", tiny_config(**settings)), "minmax")
+  cut = tiny_config(checkpoint_every_steps=CUT_EVERY, **settings)  # (21 is its 3rd save)
   workdir = tmp_path / "cut"
   with pytest.raises(Interrupt, match=f"after checkpoint {stage}/21$"):
-    one_run(tiny_experiment(workdir, config, on_checkpoint=interrupt_at(stage, 21)), "minmax")
-  resumed = one_run(tiny_experiment(workdir, config), "minmax")
+    one_run(tiny_experiment(workdir, cut, on_checkpoint=interrupt_at(stage, 21)), "minmax")
+  resumed = one_run(tiny_experiment(workdir, cut), "minmax")
   assert resumed == whole
   # Measured by nonzeros: a weight regrown at 0 that stayed there counts as pruned, so
   # dynamic sparse training can measure above its target.
