@@ -314,7 +314,6 @@ def test_a_tuned_study_chooses_each_methods_clip_on_the_validation_split(tmp_pat
   config = study_config.get_config("untuned_quick")
   with config.unlocked():
     config.model_kwargs.hidden = (32,)
-    config.checkpoint_every_steps = 5
     config.methods = ("equal",)  # one method: the choice is per method
     config.study.update(task_sets=("mixed",), sparsities=(0.975,), jobs=1,
                         compress_clip_norms=(0.0, 0.5))
