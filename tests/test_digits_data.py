@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import re
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
-from mmcompress.problems.digits import CLASSIFY_GROUPS
+from mmcompress.problems.digits import CLASSIFY_GROUPS, data as data_lib
 from mmcompress.problems.digits import describe
 from mmcompress.problems.digits import load_multidigits
 
@@ -24,6 +25,18 @@ def raw():
 @pytest.fixture(scope="module", params=["classify", "mixed"])
 def data(request):
   return load_multidigits(request.param, seed=3)
+
+
+def test_the_digits_read_from_scikit_learns_file_are_load_digits(raw, monkeypatch):
+  images, digits = data_lib._bundled_digits()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(images, raw.images)
+  np.testing.assert_array_equal(digits, raw.target)
+  assert images.shape == (NUM_IMAGES, 8, 8) and images.dtype == raw.images.dtype
+  # Where that file is not found, load_digits itself.
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  images, digits = data_lib._bundled_digits()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(images, raw.images)
+  np.testing.assert_array_equal(digits, raw.target)
 
 
 def test_splits_are_disjoint_and_cover_every_image(data):

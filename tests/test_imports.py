@@ -151,6 +151,12 @@ def test_the_check_catches_a_module_that_loads_a_forbidden_one(loaded):
   assert not train_forbids("mmcompress.problems.base") and not train_forbids("mmcompress.train")
 
 
+def test_no_problem_loads_scikit_learn_when_imported(loaded):
+  # The digits are read from scikit-learn's file without its import (seconds per process).
+  assert [m for m in loaded["mmcompress.problems.digits"] if within(m, ("sklearn",))] == []
+  assert "mmcompress.problems.digits.data" in loaded["mmcompress.problems.digits"]
+
+
 # The one module of the package that reads an experiment config (the application's plan
 # builder); every other module takes a plan.
 CONFIG_READER = "app/plan.py"

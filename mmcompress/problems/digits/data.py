@@ -68,10 +68,12 @@ index (the trainer shuffles).
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import importlib.util
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn import datasets
 
 from mmcompress import _checks
 
@@ -263,6 +265,28 @@ def _classify_targets(digits: np.ndarray, groups: tuple[tuple[int, ...], ...] = 
   return targets, mask
 
 
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+  """The images ((1797, 8, 8) float64, values 0–16) and digits ((1797,) int) of
+  `sklearn.datasets.load_digits`, exactly.
+
+  Read from the CSV file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``: 64 pixel
+  values and the digit per row) without importing scikit-learn, whose import takes seconds, paid
+  again by every process that loads the data; if the file is not where that layout puts it,
+  `load_digits` itself.
+  """
+  spec = importlib.util.find_spec("sklearn")  # finds the package; runs none of it
+  folders = (spec.submodule_search_locations or []) if spec else []
+  for folder in folders:
+    path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+      with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+      return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+  from sklearn import datasets  # pylint: disable=import-outside-toplevel
+  raw = datasets.load_digits()
+  return raw.images, raw.target
+
+
 def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction: float = 0.15,
                      test_fraction: float = 0.25) -> MultiTaskData:
   """Builds MultiDigits from scikit-learn's bundled digits (no download).
@@ -291,9 +315,9 @@ def load_multidigits(task_set: str = "classify", *, seed: int = 0, val_fraction:
   val_fraction = _checks.split_fraction(val_fraction, "val_fraction")
   test_fraction = _checks.split_fraction(test_fraction, "test_fraction")
 
-  raw = datasets.load_digits()
-  images = (raw.images / 16.0).astype(np.float32)[..., None]
-  digits = raw.target.astype(np.int64)
+  raw_images, raw_digits = _bundled_digits()
+  images = (raw_images / 16.0).astype(np.float32)[..., None]
+  digits = raw_digits.astype(np.int64)
   splits = _split_indices(digits, int(seed), val_fraction, test_fraction)
 
   if task_set == "pairs":
