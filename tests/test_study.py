@@ -33,9 +33,10 @@ def test_the_study_runs_every_weighting_and_criterion():
   assert not set(config.seeds) & set(config.study.tuning_seeds)
   assert [s.name for s in study.settings(config)] == [
       "classify-40x", "classify-100x", "mixed-40x", "mixed-100x", "pairs-40x", "pairs-100x"]
-  # The grid: the same for every method, 16x in steps of about sqrt 2, with and without a clip.
+  # The grid: the same for every method, 1/4 to 16 (64x) in steps of about sqrt 2, with and
+  # without a clip.
   scales = sorted(config.grid.learning_rate_scale)
-  assert scales[-1] / scales[0] >= 16 and max(b / a for a, b in zip(scales, scales[1:])) < 1.45
+  assert scales[0] == 0.25 and scales[-1] == 16.0 and max(b / a for a, b in zip(scales, scales[1:])) < 1.45
   assert set(config.grid.clip_norm) == {0.0, 1.0}
 
 
