@@ -206,6 +206,29 @@ def test_a_stage_of_three_runs_equals_three_stages_of_one_run_and_resumes(
   assert records[0].epochs[-1].val_loss != records[1].epochs[-1].val_loss
 
 
+def test_checkpoints_of_other_runs_or_another_order_are_refused(tmp_path, tiny_config,
+                                                                 digits_data):
+  problem = DigitsProblem(digits_data("classify"))
+  _, ctx, state = _stage_contexts(tmp_path, tiny_config, problem, epochs=1)
+  ctx = dataclasses.replace(ctx, run_names=tuple(f"seed{s}/dwa" for s in SEEDS))
+
+  class Stop(Exception):
+    pass
+
+  def stop(stage, step):
+    raise Stop
+  with pytest.raises(Stop):  # cut after its first checkpoint
+    loop.train_stage(dataclasses.replace(ctx, on_checkpoint=stop),
+                     run_axis.stack([state(s) for s in SEEDS]))
+  # The same runs in another order: states of the same shapes, which would restore silently.
+  for names in (ctx.run_names[::-1], ctx.run_names[:-1] + ("seed9/dwa",)):
+    with pytest.raises(ValueError, match="holds the checkpoints of other runs"):
+      loop.train_stage(dataclasses.replace(ctx, run_names=names),
+                       run_axis.stack([state(s) for s in SEEDS]))
+  _, _, records, failures = loop.train_stage(ctx, run_axis.stack([state(s) for s in SEEDS]))
+  assert failures == {} and all(r.done for r in records)
+
+
 def test_a_run_that_diverges_in_a_stage_stops_as_it_stops_alone(
     tmp_path, tiny_config, digits_data):
   problem = _PoisonedProblem(digits_data("classify"), poison=(1, 40))

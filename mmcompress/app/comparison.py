@@ -208,7 +208,8 @@ def _train_axis(exp: Experiment, label: str, method: str, stage: str, index: int
         eval_step=exp.axis_eval_steps[sharded, len(chunk) == 1], mesh=exp.mesh,
         eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every_steps,
         directory=directory if len(chunks) == 1 else os.path.join(directory, f"chunk{k}"),
-        sharded=sharded, log=log, on_checkpoint=exp.on_checkpoint, clock=exp.clock)
+        sharded=sharded, log=log, on_checkpoint=exp.on_checkpoint, clock=exp.clock,
+        run_names=tuple(",".join(names[p]) for p in chunk))
     states, bests, recs, stopped = loop.train_stage(ctx, run_axis.stack([s for _, s in built]))
     # On the host: each run's share is then indexed without compiling anything.
     states, bests = jax.device_get((states, bests))

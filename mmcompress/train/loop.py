@@ -142,6 +142,10 @@ class StageContext:
     on_checkpoint: called with (stage, step) after each save (tests use it to interrupt).
     clock: a `clock.Clock` that the steps, evaluations and checkpoints are measured on, or
       None.
+    run_names: each run's name, in the order of the axis, recorded with every checkpoint: a
+      directory whose checkpoints hold other runs (or the same in another order, which
+      would restore one run's state into another's) is refused. Empty: not checked, nor
+      are checkpoints saved before the names were recorded.
   """
   name: str
   index: int
@@ -160,6 +164,7 @@ class StageContext:
   log: Callable[[int, str, int, EpochRecord], None] | None = None
   on_checkpoint: Callable[[str, int], None] | None = None
   clock: clock_lib.Clock | None = None
+  run_names: tuple[str, ...] = ()
 
   @property
   def steps_per_epoch(self) -> int:
@@ -325,6 +330,7 @@ def train_stage(ctx: StageContext, states: TrainState
       step, failures = 0, {}
     else:
       carry, saved = restored
+      _check_same_runs(ctx, saved)
       records = [StageRecord.from_json(r) for r in saved["runs"]]
       step, failures = saved["step"], {int(k): v for k, v in saved["failures"].items()}
       logging.info("stage %s: resuming %d runs at step %d of %d", ctx.name, num_runs, step,
@@ -354,13 +360,24 @@ def train_stage(ctx: StageContext, states: TrainState
                    for i, r in enumerate(records)]
         with clock_lib.measure(ctx.clock, "checkpoints"):
           checkpoints.save(step, carry, {"runs": [r.to_json() for r in records], "step": step,
-                                         "failures": {str(k): v for k, v in failures.items()}})
+                                         "failures": {str(k): v for k, v in failures.items()},
+                                         "run_names": list(ctx.run_names)})
         if ctx.on_checkpoint:
           ctx.on_checkpoint(ctx.name, step)
   finally:
     with clock_lib.measure(ctx.clock, "checkpoints"):  # waits for a save still being written
       checkpoints.close()
   return carry["state"], carry["best"], records, failures
+
+
+def _check_same_runs(ctx: StageContext, saved: dict) -> None:
+  """Refuses a checkpoint that recorded other runs than `ctx`'s (see `StageContext`)."""
+  recorded = saved.get("run_names")
+  if ctx.run_names and recorded and recorded != list(ctx.run_names):
+    raise ValueError(
+        f"{ctx.directory} holds the checkpoints of other runs ({', '.join(recorded)}) than "
+        f"this stage trains ({', '.join(ctx.run_names)}); resuming would give one run's "
+        "state to another. Use a new --workdir, or move that folder out of the way and rerun.")
 
 
 def _end_epoch(ctx: StageContext, carry: dict, epoch: int, records: Sequence[StageRecord],
