@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmcompress import sparsity
+from mmcompress import errors, sparsity
 from mmcompress.problems import Problem
 from mmcompress.train import clock as clock_lib, parallel, run_axis
 from mmcompress.train.checkpoint import StageCheckpoints
@@ -374,7 +374,7 @@ def _check_same_runs(ctx: StageContext, saved: dict) -> None:
   """Refuses a checkpoint that recorded other runs than `ctx`'s (see `StageContext`)."""
   recorded = saved.get("run_names")
   if ctx.run_names and recorded and recorded != list(ctx.run_names):
-    raise ValueError(
+    raise errors.UserError(
         f"{ctx.directory} holds the checkpoints of other runs ({', '.join(recorded)}) than "
         f"this stage trains ({', '.join(ctx.run_names)}); resuming would give one run's "
         "state to another. Use a new --workdir, or move that folder out of the way and rerun.")
