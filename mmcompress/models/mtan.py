@@ -73,8 +73,8 @@ from mmcompress import _checks
 from mmcompress.models.heads import check_num_outputs
 
 __all__ = ["AttentionMask", "checked_blocks", "ConvBNReLU", "decoder_widths",
-           "DensePredictionHead", "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet", "NUM_BLOCKS",
-           "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
+           "DensePredictionHead", "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet",
+           "NUM_BLOCKS", "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
            "SIZE_MULTIPLE", "size_multiple", "unit_vectors"]
 
 NUM_BLOCKS = 5
