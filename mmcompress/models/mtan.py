@@ -74,8 +74,8 @@ from mmcompress.models.heads import check_num_outputs
 
 __all__ = ["AttentionMask", "checked_blocks", "ConvBNReLU", "decoder_widths",
            "DensePredictionHead", "max_pool_with_argmax", "max_unpool", "MultiTaskAttentionNet",
-           "NUM_BLOCKS", "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS", "SegNetBackbone",
-           "SIZE_MULTIPLE", "size_multiple", "unit_vectors"]
+           "NUM_BLOCKS", "NYUV2_NUM_OUTPUTS", "SEGNET_CONVS_PER_BLOCK", "SEGNET_FILTERS",
+           "SegNetBackbone", "SIZE_MULTIPLE", "size_multiple", "unit_vectors"]
 
 NUM_BLOCKS = 5
 # Images must be divisible by this: one 2×2 pooling per encoder block (of the default depth).
